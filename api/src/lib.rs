@@ -1,0 +1,18 @@
+//! servicelog-api: what the operator and the sidecar share.
+//!
+//! - [`v1alpha1`]: the `ServiceLog` resource (the CRD with the `kube` feature).
+//! - [`validate`]: every problem of a spec, each with its field path.
+//! - [`rules`]: the rule language compiled into an immutable [`rules::Router`], and the
+//!   borrowed event views the sidecar's hot path routes.
+//! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
+//!   its `sha256:` hash, the instance record.
+#![forbid(unsafe_code)]
+
+pub mod rules;
+pub mod v1alpha1;
+pub mod validate;
+pub mod wire;
+
+pub use rules::{Decision, Router};
+pub use v1alpha1::ServiceLogSpec;
+pub use validate::{FieldError, ValidationErrors, validate};

@@ -1,0 +1,667 @@
+//! Spec → [`Router`]: one pass that checks every part of a spec and builds the program.
+//!
+//! This is also the whole of [`crate::validate`]: each check sits where the compiled form
+//! relies on it (a sink index exists, a regex compiled, at most [`MAX_FIELDS`] field
+//! slots), and the walk goes on after a problem so that every error is reported at once.
+//! A part that failed yields nothing, and the router is only built when there were no
+//! errors.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use regex::bytes::{Regex, RegexBuilder};
+
+use super::{
+    Router, SinkSet,
+    event::MAX_FIELDS,
+    json::MAX_PATH,
+    keys::{KeyTable, LEVEL_CANDIDATES, MESSAGE_CANDIDATES, Target},
+    limit::{RateLimiter, Sampler, splitmix64},
+    matcher::{Cond, FieldTest, Scalar},
+};
+use crate::{
+    v1alpha1::{
+        Action, FieldCondition, Format, Level, ServiceLogSpec, Sink, Source, SyslogProtocol, When,
+    },
+    validate::{Errors, ValidationErrors, check_glob, check_name, check_url},
+};
+
+/// Most sinks a spec may declare: a decision carries its sinks as a 64-bit set.
+pub const MAX_SINKS: usize = 64;
+
+/// Deepest nesting of `any` inside `any`.
+pub const MAX_ANY_DEPTH: usize = 8;
+
+/// Compiled size limit of one regex, so one spec cannot make the webhook or a sidecar
+/// allocate without bound.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+const DEFAULT_LEVEL_FIELDS: [&str; LEVEL_CANDIDATES] = ["level", "severity", "lvl"];
+const DEFAULT_MESSAGE_FIELDS: [&str; MESSAGE_CANDIDATES] = ["msg", "message"];
+
+/// How one source's lines become events.
+#[derive(Debug)]
+pub(crate) struct SourcePlan {
+    pub(crate) format: Format,
+    /// Keys to read: nested for `json`, flat for `logfmt`.
+    pub(crate) keys: KeyTable,
+}
+
+#[derive(Debug)]
+pub(crate) enum RuleAction {
+    To(SinkSet),
+    Drop,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    /// ANDed, cheapest first; empty matches every event.
+    pub(crate) when: Vec<Cond>,
+    pub(crate) action: RuleAction,
+    pub(crate) sample: Option<Sampler>,
+    pub(crate) rate: Option<RateLimiter>,
+    pub(crate) continue_: bool,
+}
+
+/// Distinct field names used by conditions, each with its event slot.
+#[derive(Default)]
+struct FieldIds {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+struct Ctx<'s> {
+    errors: Errors,
+    sinks: HashMap<&'s str, usize>,
+    sink_list: String,
+    sources: HashMap<&'s str, usize>,
+    source_list: String,
+    fields: FieldIds,
+}
+
+static NEXT_PROGRAM: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors> {
+    let mut errors = Errors::default();
+
+    if spec.sources.is_empty() {
+        errors.push("spec.sources", "at least one source is required");
+    }
+    let mut sources = Names::new("spec.sources", "source");
+    for (i, source) in spec.sources.iter().enumerate() {
+        sources.check(&mut errors, i, &source.name);
+        check_source(&mut errors, &spec.sources[..i], source, i);
+    }
+
+    if spec.sinks.len() > MAX_SINKS {
+        errors.push(
+            "spec.sinks",
+            format!(
+                "at most {MAX_SINKS} sinks are supported, got {}",
+                spec.sinks.len()
+            ),
+        );
+    }
+    let mut sinks = Names::new("spec.sinks", "sink");
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        sinks.check(&mut errors, i, &sink.name);
+        check_sink(&mut errors, sink, &format!("spec.sinks[{i}]"));
+    }
+
+    if spec.rules.len() > usize::from(u16::MAX) {
+        errors.push(
+            "spec.rules",
+            format!("at most {} rules are supported", u16::MAX),
+        );
+    }
+
+    let mut cx = Ctx {
+        errors,
+        sink_list: sinks.declared(),
+        sinks: sinks.index,
+        source_list: sources.declared(),
+        sources: sources.index,
+        fields: FieldIds::default(),
+    };
+
+    let mut rule_names = Names::new("spec.rules", "rule");
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let path = format!("spec.rules[{i}]");
+        rule_names.check(&mut cx.errors, i, &rule.name);
+        let when = match &rule.when {
+            Some(w) => cx.when(w, &format!("{path}.when"), 0),
+            None => Vec::new(),
+        };
+        let action = match (&rule.to, rule.action) {
+            (Some(to), None) => {
+                if to.is_empty() {
+                    cx.errors
+                        .push(format!("{path}.to"), "must name at least one sink");
+                }
+                RuleAction::To(cx.sink_set(to, &format!("{path}.to")))
+            }
+            (None, Some(Action::Drop)) => RuleAction::Drop,
+            (Some(_), Some(_)) => {
+                cx.errors.push(
+                    &path,
+                    "a rule sets either to or action: drop, not both",
+                );
+                RuleAction::Drop
+            }
+            (None, None) => {
+                cx.errors
+                    .push(&path, "a rule sets either to or action: drop");
+                RuleAction::Drop
+            }
+        };
+        let drops = rule.action.is_some();
+        let sample = rule.sample.and_then(|p| {
+            if drops {
+                cx.errors.push(
+                    format!("{path}.sample"),
+                    "sample applies to routing rules, not to action: drop",
+                );
+            }
+            if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
+                cx.errors.push(
+                    format!("{path}.sample"),
+                    format!("must be a number between 0 and 1, got {p}"),
+                );
+                return None;
+            }
+            Some(Sampler::new(p, splitmix64(i as u64)))
+        });
+        let rate = rule.rate_limit.as_ref().and_then(|r| {
+            if drops {
+                cx.errors.push(
+                    format!("{path}.rateLimit"),
+                    "rateLimit applies to routing rules, not to action: drop",
+                );
+            }
+            if !(r.per_second.is_finite() && r.per_second > 0.0) {
+                cx.errors.push(
+                    format!("{path}.rateLimit.perSecond"),
+                    format!("must be a positive number, got {}", r.per_second),
+                );
+                return None;
+            }
+            Some(RateLimiter::new(r.per_second))
+        });
+        rules.push(CompiledRule {
+            when,
+            action,
+            sample,
+            rate,
+            continue_: rule.continue_,
+        });
+    }
+
+    let default_to = cx.sink_set(&spec.default_to, "spec.defaultTo");
+
+    let Ctx { errors, fields, .. } = cx;
+    errors.into_result()?;
+
+    let message_fields = fields
+        .names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| *n == "message")
+        .fold(0u32, |m, (i, _)| m | (1 << i));
+
+    Ok(Router {
+        id: NEXT_PROGRAM.fetch_add(1, Ordering::Relaxed),
+        sources: spec
+            .sources
+            .iter()
+            .map(|s| plan(s, &fields.names))
+            .collect(),
+        source_names: spec.sources.iter().map(|s| s.name.clone()).collect(),
+        sink_names: spec.sinks.iter().map(|s| s.name.clone()).collect(),
+        rule_names: spec.rules.iter().map(|r| r.name.clone()).collect(),
+        rules,
+        default_to,
+        message_fields,
+    })
+}
+
+/// The names of one list (sources, sinks or rules): each checked, duplicates reported on
+/// the later occurrence, and the index of each name's first occurrence kept.
+struct Names<'s> {
+    list: &'static str,
+    kind: &'static str,
+    index: HashMap<&'s str, usize>,
+    order: Vec<&'s str>,
+}
+
+impl<'s> Names<'s> {
+    fn new(list: &'static str, kind: &'static str) -> Self {
+        Names {
+            list,
+            kind,
+            index: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, errors: &mut Errors, i: usize, name: &'s str) {
+        let path = format!("{}[{i}].name", self.list);
+        if !check_name(errors, &path, name) {
+            return;
+        }
+        match self.index.get(name) {
+            Some(first) => errors.push(
+                path,
+                format!(
+                    "duplicate {} name {name:?} (first at {}[{first}])",
+                    self.kind, self.list
+                ),
+            ),
+            None => {
+                self.index.insert(name, i);
+                self.order.push(name);
+            }
+        }
+    }
+
+    /// For "unknown sink" messages: the valid names a reference could have used.
+    fn declared(&self) -> String {
+        if self.order.is_empty() {
+            format!("no {}s are declared", self.kind)
+        } else {
+            format!("declared: {}", self.order.join(", "))
+        }
+    }
+}
+
+/// `earlier` are the sources declared before this one, `i` its index.
+fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usize) {
+    let path = format!("spec.sources[{i}]");
+    match (&source.file, &source.syslog) {
+        (Some(_), Some(_)) => errors.push(
+            &path,
+            "a source sets exactly one of file or syslog, not both",
+        ),
+        (None, None) => errors.push(&path, "a source sets exactly one of file or syslog"),
+        _ => {}
+    }
+    if let Some(file) = &source.file {
+        if file.paths.is_empty() {
+            errors.push(format!("{path}.file.paths"), "must list at least one path");
+        }
+        for (j, p) in file.paths.iter().enumerate() {
+            if let Err(e) = check_glob(p) {
+                errors.push(format!("{path}.file.paths[{j}]"), e);
+            }
+        }
+    }
+    if let Some(syslog) = &source.syslog {
+        // Two listeners cannot bind the same port and protocol.
+        let first = earlier.iter().position(|s| {
+            s.syslog.as_ref().is_some_and(|o| {
+                o.port == syslog.port && o.protocol == syslog.protocol
+            })
+        });
+        if syslog.port == 0 {
+            errors.push(format!("{path}.syslog.port"), "must be between 1 and 65535");
+        } else if let Some(first) = first {
+            let protocol = match syslog.protocol {
+                SyslogProtocol::Udp => "udp",
+                SyslogProtocol::Tcp => "tcp",
+            };
+            errors.push(
+                format!("{path}.syslog.port"),
+                format!(
+                    "port {}/{protocol} is already used by spec.sources[{first}]",
+                    syslog.port
+                ),
+            );
+        }
+    }
+    for (field, value) in [
+        ("levelField", &source.level_field),
+        ("messageField", &source.message_field),
+    ] {
+        if let Some(name) = value {
+            if let Err(e) = check_field_name(name) {
+                errors.push(format!("{path}.{field}"), e);
+            }
+        }
+    }
+}
+
+fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
+    let kinds = [sink.stdout.is_some(), sink.file.is_some(), sink.http.is_some()];
+    match kinds.iter().filter(|k| **k).count() {
+        1 => {}
+        0 => errors.push(path, "a sink sets exactly one of stdout, file or http"),
+        _ => errors.push(
+            path,
+            "a sink sets exactly one of stdout, file or http, not several",
+        ),
+    }
+    if let Some(file) = &sink.file {
+        if file.path.is_empty() {
+            errors.push(format!("{path}.file.path"), "must not be empty");
+        } else if !file.path.starts_with('/') {
+            errors.push(
+                format!("{path}.file.path"),
+                format!("{:?} must be an absolute path", file.path),
+            );
+        }
+    }
+    if let Some(http) = &sink.http {
+        if let Err(e) = check_url(&http.url) {
+            errors.push(format!("{path}.http.url"), e);
+        }
+    }
+}
+
+/// A field name: dot-separated non-empty segments, at most [`MAX_PATH`] of them.
+fn check_field_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{name:?} has an empty segment (dots separate nested field names)"
+        ));
+    }
+    if name.split('.').count() > MAX_PATH {
+        return Err(format!(
+            "{name:?} has more than {MAX_PATH} dotted segments"
+        ));
+    }
+    Ok(())
+}
+
+fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                format!("regex is too large: it compiles to more than {limit} bytes")
+            }
+            regex::Error::Syntax(text) => format!("regex parse error: {}", syntax_error(pattern, &text)),
+            other => format!("regex error: {other}"),
+        })
+}
+
+/// The regex crate renders syntax errors over several lines with a caret under the
+/// pattern; an error list wants one line, so re-parse for the kind and position.
+fn syntax_error(pattern: &str, fallback: &str) -> String {
+    let parsed = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern);
+    match parsed {
+        Err(regex_syntax::Error::Parse(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        Err(regex_syntax::Error::Translate(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        _ => fallback
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+impl<'s> Ctx<'s> {
+    fn sink_set(&mut self, names: &[String], path: &str) -> SinkSet {
+        let mut set = SinkSet::EMPTY;
+        for (j, name) in names.iter().enumerate() {
+            match self.sinks.get(name.as_str()) {
+                Some(&idx) => set.insert(idx),
+                None => self.errors.push(
+                    format!("{path}[{j}]"),
+                    format!("unknown sink {name:?} ({})", self.sink_list),
+                ),
+            }
+        }
+        set
+    }
+
+    fn when(&mut self, when: &When, path: &str, depth: usize) -> Vec<Cond> {
+        let mut conds = Vec::new();
+        if let Some(level) = &when.level {
+            let lpath = format!("{path}.level");
+            if level.at_least.is_none() && level.below.is_none() && level.r#in.is_empty() {
+                self.errors
+                    .push(lpath, "set at least one of atLeast, below or in");
+            } else {
+                let mut mask = 0u8;
+                for l in Level::ALL {
+                    let ok = level.at_least.is_none_or(|a| l >= a)
+                        && level.below.is_none_or(|b| l < b)
+                        && (level.r#in.is_empty() || level.r#in.contains(&l));
+                    if ok {
+                        mask |= 1 << l as u8;
+                    }
+                }
+                if mask == 0 {
+                    self.errors
+                        .push(lpath, "matches no level (the conditions contradict each other)");
+                } else {
+                    conds.push(Cond::Level(mask));
+                }
+            }
+        }
+        if let Some(source) = &when.source {
+            match self.sources.get(source.as_str()) {
+                Some(&idx) => conds.push(Cond::Source(idx)),
+                None => self.errors.push(
+                    format!("{path}.source"),
+                    format!("unknown source {source:?} ({})", self.source_list),
+                ),
+            }
+        }
+        if let Some(message) = &when.message {
+            match compile_regex(&message.regex) {
+                Ok(re) => conds.push(Cond::Message(re)),
+                Err(e) => self.errors.push(format!("{path}.message.regex"), e),
+            }
+        }
+        for (k, field) in when.fields.iter().enumerate() {
+            if let Some(c) = self.field(field, &format!("{path}.fields[{k}]")) {
+                conds.push(c);
+            }
+        }
+        if !when.any.is_empty() {
+            if depth >= MAX_ANY_DEPTH {
+                self.errors.push(
+                    format!("{path}.any"),
+                    format!("any is nested more than {MAX_ANY_DEPTH} levels deep"),
+                );
+            } else {
+                let alts = when
+                    .any
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| self.when(w, &format!("{path}.any[{k}]"), depth + 1))
+                    .collect();
+                conds.push(Cond::Any(alts));
+            }
+        }
+        conds.sort_by_key(Cond::cost);
+        conds
+    }
+
+    fn field(&mut self, fc: &FieldCondition, path: &str) -> Option<Cond> {
+        let id = match check_field_name(&fc.name) {
+            Err(e) => {
+                self.errors.push(format!("{path}.name"), e);
+                None
+            }
+            Ok(()) => self.field_id(&fc.name, path),
+        };
+
+        let present: Vec<&str> = [
+            ("equals", fc.equals.is_some()),
+            ("in", fc.r#in.is_some()),
+            ("regex", fc.regex.is_some()),
+            ("exists", fc.exists.is_some()),
+            ("greaterThan", fc.greater_than.is_some()),
+            ("lessThan", fc.less_than.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect();
+        if present.len() != 1 {
+            let found = if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(", ")
+            };
+            self.errors.push(
+                path,
+                format!(
+                    "a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan (found {found})"
+                ),
+            );
+            return None;
+        }
+
+        let test = if let Some(v) = &fc.equals {
+            match Scalar::from_json(v) {
+                Some(s) => FieldTest::Equals(s),
+                None => {
+                    self.errors.push(
+                        format!("{path}.equals"),
+                        format!("must be a string, number or boolean, got {v}"),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(list) = &fc.r#in {
+            if list.is_empty() {
+                self.errors
+                    .push(format!("{path}.in"), "must list at least one value");
+                return None;
+            }
+            let mut scalars = Vec::with_capacity(list.len());
+            for (j, v) in list.iter().enumerate() {
+                match Scalar::from_json(v) {
+                    Some(s) => scalars.push(s),
+                    None => self.errors.push(
+                        format!("{path}.in[{j}]"),
+                        format!("must be a string, number or boolean, got {v}"),
+                    ),
+                }
+            }
+            if scalars.len() != list.len() {
+                return None;
+            }
+            FieldTest::In(scalars)
+        } else if let Some(pattern) = &fc.regex {
+            match compile_regex(pattern) {
+                Ok(re) => FieldTest::Regex(re),
+                Err(e) => {
+                    self.errors.push(format!("{path}.regex"), e);
+                    return None;
+                }
+            }
+        } else if let Some(e) = fc.exists {
+            FieldTest::Exists(e)
+        } else if let Some(x) = fc.greater_than {
+            self.finite(x, &format!("{path}.greaterThan"))?;
+            FieldTest::GreaterThan(x)
+        } else if let Some(x) = fc.less_than {
+            self.finite(x, &format!("{path}.lessThan"))?;
+            FieldTest::LessThan(x)
+        } else {
+            return None;
+        };
+        Some(Cond::Field(id?, test))
+    }
+
+    fn finite(&mut self, x: f64, path: &str) -> Option<()> {
+        if x.is_finite() {
+            Some(())
+        } else {
+            self.errors
+                .push(path, format!("must be a finite number, got {x}"));
+            None
+        }
+    }
+
+    fn field_id(&mut self, name: &str, path: &str) -> Option<usize> {
+        if let Some(&id) = self.fields.index.get(name) {
+            return Some(id);
+        }
+        if self.fields.names.len() >= MAX_FIELDS {
+            self.errors.push(
+                format!("{path}.name"),
+                format!(
+                    "conditions may use at most {MAX_FIELDS} distinct field names; {name:?} would be one more"
+                ),
+            );
+            return None;
+        }
+        let id = self.fields.names.len();
+        self.fields.names.push(name.to_string());
+        self.fields.index.insert(name.to_string(), id);
+        Some(id)
+    }
+}
+
+/// The keys a source's lines are searched for: the fields of all conditions (any rule may
+/// see any source's events), and the source's level and message candidates.
+fn plan(source: &Source, fields: &[String]) -> SourcePlan {
+    let format = source.file.as_ref().map_or(Format::Text, |f| f.format);
+    let mut keys = KeyTable::default();
+    if format == Format::Text {
+        return SourcePlan { format, keys };
+    }
+    let mut add = |name: &str, target: Target| {
+        let segments: Vec<&str> = name.split('.').collect();
+        // A dotted name also matches a literal dotted key at the top level, as flattened
+        // loggers write them (`"log.level": "info"` in ECS); in logfmt it only does that.
+        keys.insert(&[name], target);
+        if format == Format::Json && segments.len() > 1 {
+            keys.insert(&segments, target);
+        }
+    };
+    for (i, name) in fields.iter().enumerate() {
+        add(
+            name,
+            Target {
+                field: Some(i as u8),
+                ..Target::default()
+            },
+        );
+    }
+    let level_fields = match &source.level_field {
+        Some(f) => vec![f.as_str()],
+        None => DEFAULT_LEVEL_FIELDS.to_vec(),
+    };
+    for (k, name) in level_fields.into_iter().enumerate() {
+        add(
+            name,
+            Target {
+                level: Some(k as u8),
+                ..Target::default()
+            },
+        );
+    }
+    let message_fields = match &source.message_field {
+        Some(f) => vec![f.as_str()],
+        None => DEFAULT_MESSAGE_FIELDS.to_vec(),
+    };
+    for (k, name) in message_fields.into_iter().enumerate() {
+        add(
+            name,
+            Target {
+                message: Some(k as u8),
+                ..Target::default()
+            },
+        );
+    }
+    SourcePlan { format, keys }
+}

@@ -1,0 +1,124 @@
+//! The extraction plan of one source: which keys of a line the compiled program reads and
+//! where each value goes.
+//!
+//! Built once per source at compile time; the JSON scanner and the logfmt parser consult
+//! it for every key of every line, so lookups are a length filter and a short linear scan
+//! — the tables hold a handful of keys, where hashing would cost more than it saves.
+
+use super::event::{MAX_FIELDS, Slot};
+
+/// Level candidates, in priority order (`level`, `severity`, `lvl`, or one `levelField`).
+pub(crate) const LEVEL_CANDIDATES: usize = 3;
+/// Message candidates, in priority order (`msg`, `message`, or one `messageField`).
+pub(crate) const MESSAGE_CANDIDATES: usize = 2;
+
+/// What a key's value is used for. A key may serve several purposes (a condition on
+/// `level` reads the same value the level comes from).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) field: Option<u8>,
+    pub(crate) level: Option<u8>,
+    pub(crate) message: Option<u8>,
+}
+
+impl Target {
+    fn merge(&mut self, other: Target) {
+        self.field = self.field.or(other.field);
+        self.level = self.level.or(other.level);
+        self.message = self.message.or(other.message);
+    }
+}
+
+/// The values found in one line, before the level and message are resolved.
+pub(crate) struct Found {
+    pub(crate) fields: [Slot; MAX_FIELDS],
+    pub(crate) level: [Slot; LEVEL_CANDIDATES],
+    pub(crate) message: [Slot; MESSAGE_CANDIDATES],
+}
+
+impl Found {
+    pub(crate) fn new() -> Found {
+        Found {
+            fields: [Slot::ABSENT; MAX_FIELDS],
+            level: [Slot::ABSENT; LEVEL_CANDIDATES],
+            message: [Slot::ABSENT; MESSAGE_CANDIDATES],
+        }
+    }
+
+    /// Duplicate keys: the last occurrence wins, as with serde_json.
+    #[inline]
+    pub(crate) fn store(&mut self, target: Target, slot: Slot) {
+        if let Some(s) = target.field.and_then(|i| self.fields.get_mut(i as usize)) {
+            *s = slot;
+        }
+        if let Some(s) = target.level.and_then(|i| self.level.get_mut(i as usize)) {
+            *s = slot;
+        }
+        if let Some(s) = target.message.and_then(|i| self.message.get_mut(i as usize)) {
+            *s = slot;
+        }
+    }
+}
+
+/// The keys wanted at one level of an object.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTable {
+    entries: Vec<Entry>,
+    /// Bit `n` set when some key has length `n` (keys of 63 bytes or more share bit 63):
+    /// most keys of a line are not wanted, and this rejects them without comparing.
+    len_mask: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    key: Box<[u8]>,
+    pub(crate) target: Target,
+    /// Set when a dotted name reaches through this key into a nested object.
+    pub(crate) child: Option<Box<KeyTable>>,
+}
+
+fn len_bit(len: usize) -> u64 {
+    1u64 << len.min(63)
+}
+
+impl KeyTable {
+    /// Adds a path of keys; the last one gets `target`.
+    pub(crate) fn insert(&mut self, path: &[&str], target: Target) {
+        let Some((first, rest)) = path.split_first() else {
+            return;
+        };
+        let entry = self.entry(first.as_bytes());
+        if rest.is_empty() {
+            entry.target.merge(target);
+        } else {
+            entry
+                .child
+                .get_or_insert_with(Default::default)
+                .insert(rest, target);
+        }
+    }
+
+    fn entry(&mut self, key: &[u8]) -> &mut Entry {
+        let pos = match self.entries.iter().position(|e| &*e.key == key) {
+            Some(pos) => pos,
+            None => {
+                self.len_mask |= len_bit(key.len());
+                self.entries.push(Entry {
+                    key: key.into(),
+                    target: Target::default(),
+                    child: None,
+                });
+                self.entries.len() - 1
+            }
+        };
+        &mut self.entries[pos]
+    }
+
+    #[inline]
+    pub(crate) fn lookup(&self, key: &[u8]) -> Option<&Entry> {
+        if self.len_mask & len_bit(key.len()) == 0 {
+            return None;
+        }
+        self.entries.iter().find(|e| &*e.key == key)
+    }
+}

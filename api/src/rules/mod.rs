@@ -1,0 +1,425 @@
+//! The rule language: a `ServiceLog` spec compiled into an immutable [`Router`] that the
+//! sidecar runs on every line.
+//!
+//! ```text
+//! spec ──Router::compile──▶ Router ──parse(source, line)──▶ Event ──route(event, now)──▶ Decision
+//! ```
+//!
+//! Compilation does all the work that does not depend on a line: names become indices,
+//! regexes are compiled once, and each source gets a plan of exactly the keys its lines are
+//! searched for. Per line, [`Router::parse`] walks the line once without building a tree
+//! or allocating, and [`Router::route`] runs the rules over the borrowed [`Event`]. A new
+//! config is compiled aside and swapped in whole (behind an `Arc`), so a router never
+//! changes while it routes.
+//!
+//! # Semantics
+//!
+//! - Rules are evaluated in order. The first rule that matches decides, unless it says
+//!   `continue: true`: then its sinks are added and evaluation goes on as if it had not
+//!   matched — later rules, and `defaultTo` when no later rule decides, still apply. A
+//!   continue rule is a tap; it never keeps an event from the default sinks.
+//! - `action: drop` stops evaluation, with or without `continue`. Sinks added by earlier
+//!   continue rules keep the event.
+//! - A routing rule may thin its events: `sample: p` keeps each with probability `p`, then
+//!   `rateLimit: {perSecond: r}` admits at most `r` per second (a token bucket with burst
+//!   `max(1, r)`). Only events the sample kept consume tokens. An event a deciding rule
+//!   matched but did not keep is *decided* by that rule — it is dropped with reason
+//!   `sampled` or `rate_limited` and does not fall through to later rules or `defaultTo`
+//!   (a rule that samples its matches must not push the other 90% to the default sink).
+//!   A continue rule that does not keep an event just does not add its sinks.
+//! - Sampling is deterministic: the n-th event a rule sees gets the same draw in every
+//!   router compiled from the same spec (see `limit.rs`). The rate limit depends only on
+//!   the `now` values passed to [`Router::route`].
+//! - Events no deciding rule took go to `defaultTo`; if that (with any continue sinks) is
+//!   empty they are dropped with reason `no_route`.
+//!
+//! Field and level semantics are in [`Router::parse`] and `matcher.rs`.
+
+mod compile;
+mod event;
+mod json;
+mod keys;
+mod limit;
+mod logfmt;
+mod matcher;
+
+use std::time::Instant;
+
+pub use compile::{MAX_ANY_DEPTH, MAX_SINKS};
+pub use event::{Event, MAX_FIELDS, parse_level};
+pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
+
+use self::{
+    compile::{CompiledRule, RuleAction, SourcePlan},
+    event::{Slot, level_of},
+    keys::Found,
+    matcher::all,
+};
+use crate::{
+    v1alpha1::{Format, Level, ServiceLogSpec},
+    validate::ValidationErrors,
+};
+
+/// A compiled spec. Immutable apart from the sample and rate-limit counters (atomics), so
+/// it is `Send + Sync` and meant to be shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Router {
+    /// Unique per compilation; events remember it (see [`Router::route`]).
+    id: u64,
+    sources: Vec<SourcePlan>,
+    source_names: Vec<String>,
+    sink_names: Vec<String>,
+    rule_names: Vec<String>,
+    rules: Vec<CompiledRule>,
+    default_to: SinkSet,
+    /// Field ids named `message`: the one field a text event has.
+    message_fields: u32,
+}
+
+impl Router {
+    /// Checks and compiles `spec`.
+    ///
+    /// Notable errors: every problem of the spec at once, each with its field path (this
+    /// is [`crate::validate::validate`]).
+    pub fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors> {
+        compile::compile(spec)
+    }
+
+    /// Sink names in declaration order; [`SinkSet`] indices refer to them.
+    pub fn sink_names(&self) -> &[String] {
+        &self.sink_names
+    }
+
+    /// Source names in declaration order; the `source` of [`Router::parse`] indexes them.
+    pub fn source_names(&self) -> &[String] {
+        &self.source_names
+    }
+
+    /// Rule names in order; [`Decision::rule`] indexes them.
+    pub fn rule_names(&self) -> &[String] {
+        &self.rule_names
+    }
+
+    pub fn source_index(&self, name: &str) -> Option<usize> {
+        self.source_names.iter().position(|n| n == name)
+    }
+
+    pub fn sink_index(&self, name: &str) -> Option<usize> {
+        self.sink_names.iter().position(|n| n == name)
+    }
+
+    /// The format a source's lines are parsed in (`text` for syslog sources).
+    pub fn source_format(&self, source: usize) -> Option<Format> {
+        self.sources.get(source).map(|s| s.format)
+    }
+
+    /// The sinks of `defaultTo`.
+    pub fn default_sinks(&self) -> SinkSet {
+        self.default_to
+    }
+
+    /// Reads one line of source `source` in that source's format.
+    ///
+    /// Notable behaviors:
+    /// - A line that does not parse in the format — invalid UTF-8, JSON that is not one
+    ///   complete object, text with no `key=value` pair for logfmt — is a text event:
+    ///   `{"message": <line>}`, no level. So is every line of a `text` source, and every
+    ///   line of a source index this router does not have. Never panics.
+    /// - The level is the first present of `level`, `severity`, `lvl` (or the source's
+    ///   `levelField`); if that value is not a recognised level (see [`parse_level`]) the
+    ///   event has no level — later candidates are not consulted.
+    /// - The message is the first present of `msg`, `message` (or `messageField`).
+    /// - Dotted names reach into nested JSON objects, and also match a literal dotted key
+    ///   of the top-level object (flattened loggers); in logfmt they are literal keys.
+    /// - Duplicate keys: the last occurrence wins.
+    pub fn parse<'a>(&self, source: usize, line: &'a [u8]) -> Event<'a> {
+        let text = Event::text(self.id, source, line, line, self.message_fields);
+        let Some(plan) = self.sources.get(source) else {
+            return text;
+        };
+        if plan.format == Format::Text
+            || u32::try_from(line.len()).is_err()
+            || std::str::from_utf8(line).is_err()
+        {
+            return text;
+        }
+        let mut found = Found::new();
+        let parsed = match plan.format {
+            Format::Json => json::scan(line, &plan.keys, &mut found).is_ok(),
+            Format::Logfmt => logfmt::scan(line, &plan.keys, &mut found).is_ok(),
+            Format::Text => false,
+        };
+        if !parsed {
+            return text;
+        }
+        let mut event = Event {
+            text: false,
+            message: first_present(&found.message),
+            fields: found.fields,
+            ..text
+        };
+        event.level = level_of(event.slot_value(first_present(&found.level)));
+        event
+    }
+
+    /// A text event with a level the caller read itself (syslog takes it from the
+    /// priority). Its message is the whole line.
+    pub fn event_with_level<'a>(
+        &self,
+        source: usize,
+        line: &'a [u8],
+        level: Option<Level>,
+    ) -> Event<'a> {
+        self.event_with_message(source, line, line, level)
+    }
+
+    /// A text event whose message is `message` (e.g. a syslog MSG part) rather than the
+    /// whole line; [`Event::line`] is still `line`.
+    pub fn event_with_message<'a>(
+        &self,
+        source: usize,
+        line: &'a [u8],
+        message: &'a [u8],
+        level: Option<Level>,
+    ) -> Event<'a> {
+        Event {
+            explicit: true,
+            level,
+            ..Event::text(self.id, source, line, message, self.message_fields)
+        }
+    }
+
+    /// Decides where `event` goes. `now` drives the rate limits (and only them), so tests
+    /// can simulate time.
+    ///
+    /// An event made by another router (one compiled from an older config) is re-read by
+    /// this one first, as its field slots are numbered differently; that costs a parse,
+    /// nothing else.
+    pub fn route(&self, event: &Event<'_>, now: Instant) -> Decision {
+        if event.program == self.id {
+            return self.decide(event, now);
+        }
+        let own = if event.explicit {
+            self.event_with_message(event.source, event.line, event.text_message, event.level)
+        } else {
+            self.parse(event.source, event.line)
+        };
+        self.decide(&own, now)
+    }
+
+    fn decide(&self, event: &Event<'_>, now: Instant) -> Decision {
+        let mut copies = SinkSet::EMPTY;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !all(&rule.when, event) {
+                continue;
+            }
+            // Rule counts are bounded by validation.
+            let index = Some(i as u16);
+            let sinks = match rule.action {
+                RuleAction::Drop => return Decision::dropped(copies, index, DropReason::Rule),
+                RuleAction::To(sinks) => sinks,
+            };
+            let refused = if rule.sample.as_ref().is_some_and(|s| !s.keep()) {
+                Some(DropReason::Sampled)
+            } else if rule.rate.as_ref().is_some_and(|r| !r.admit(now)) {
+                Some(DropReason::RateLimited)
+            } else {
+                None
+            };
+            match (refused, rule.continue_) {
+                (None, true) => copies = copies.union(sinks),
+                (Some(_), true) => {}
+                (None, false) => {
+                    return Decision {
+                        sinks: copies.union(sinks),
+                        rule: index,
+                        drop: None,
+                    };
+                }
+                (Some(reason), false) => return Decision::dropped(copies, index, reason),
+            }
+        }
+        let sinks = copies.union(self.default_to);
+        Decision {
+            sinks,
+            rule: None,
+            drop: sinks.is_empty().then_some(DropReason::NoRoute),
+        }
+    }
+}
+
+fn first_present(slots: &[Slot]) -> Slot {
+    slots
+        .iter()
+        .copied()
+        .find(Slot::is_present)
+        .unwrap_or(Slot::ABSENT)
+}
+
+/// Where one event goes, and for metrics, what decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The sinks that get the event; empty when it is dropped.
+    pub sinks: SinkSet,
+    /// Index (into [`Router::rule_names`]) of the rule that decided: the first matching
+    /// rule without `continue`. `None` when the event fell through to `defaultTo`.
+    pub rule: Option<u16>,
+    /// Why the event goes nowhere; `Some` exactly when `sinks` is empty.
+    pub drop: Option<DropReason>,
+}
+
+impl Decision {
+    /// A deciding rule took the event without routing it; sinks of earlier continue rules
+    /// still get it, in which case it is not dropped.
+    fn dropped(copies: SinkSet, rule: Option<u16>, reason: DropReason) -> Decision {
+        Decision {
+            sinks: copies,
+            rule,
+            drop: copies.is_empty().then_some(reason),
+        }
+    }
+
+    pub fn is_dropped(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+/// Why an event was dropped: the `reason` label of `servicelog_events_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A rule with `action: drop` matched.
+    Rule,
+    /// A rule matched but its `sample` did not keep the event.
+    Sampled,
+    /// A rule matched but its `rateLimit` had no token left.
+    RateLimited,
+    /// No rule took the event and `defaultTo` is empty.
+    NoRoute,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Rule => "rule",
+            DropReason::Sampled => "sampled",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::NoRoute => "no_route",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of sink indices (into [`Router::sink_names`]); at most [`MAX_SINKS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SinkSet(u64);
+
+impl SinkSet {
+    pub const EMPTY: SinkSet = SinkSet(0);
+
+    /// Indices of [`MAX_SINKS`] or more are ignored.
+    pub fn insert(&mut self, sink: usize) {
+        if sink < MAX_SINKS {
+            self.0 |= 1 << sink;
+        }
+    }
+
+    pub fn contains(&self, sink: usize) -> bool {
+        sink < MAX_SINKS && self.0 & (1 << sink) != 0
+    }
+
+    pub fn union(self, other: SinkSet) -> SinkSet {
+        SinkSet(self.0 | other.0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    pub fn bits(&self) -> u64 {
+        self.0
+    }
+
+    /// Indices in increasing order.
+    pub fn iter(&self) -> SinkIter {
+        SinkIter(self.0)
+    }
+}
+
+impl FromIterator<usize> for SinkSet {
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
+        let mut set = SinkSet::EMPTY;
+        for i in iter {
+            set.insert(i);
+        }
+        set
+    }
+}
+
+impl IntoIterator for SinkSet {
+    type Item = usize;
+    type IntoIter = SinkIter;
+
+    fn into_iter(self) -> SinkIter {
+        SinkIter(self.0)
+    }
+}
+
+/// Iterator over the indices of a [`SinkSet`].
+#[derive(Clone, Debug)]
+pub struct SinkIter(u64);
+
+impl Iterator for SinkIter {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(i)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.0.count_ones() as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for SinkIter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Router>();
+        check::<Event<'static>>();
+    }
+
+    #[test]
+    fn sink_set_iterates_in_order() {
+        let s: SinkSet = [5, 0, 63, 64, 5].into_iter().collect();
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 5, 63]);
+        assert_eq!(s.len(), 3);
+        assert!(s.contains(63) && !s.contains(64) && !s.contains(1));
+    }
+
+    #[test]
+    fn decision_is_small_and_copy() {
+        fn copy<T: Copy>() {}
+        copy::<Decision>();
+        assert!(std::mem::size_of::<Decision>() <= 16);
+    }
+}

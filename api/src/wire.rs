@@ -1,0 +1,422 @@
+//! The ZooKeeper contract between the operator and the sidecars, in one place.
+//!
+//! ```text
+//! <root>/namespaces/<ns>/<name>/config            persistent: an [`Envelope`]
+//! <root>/namespaces/<ns>/<name>/instances/<pod>   ephemeral: an [`Instance`]
+//! ```
+//!
+//! Anything that writes a valid config znode drives the sidecars, so the envelope is plain
+//! JSON and its hash is reproducible by any tool: SHA-256 over the spec serialised as
+//! canonical JSON (RFC 8785).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::v1alpha1::ServiceLogSpec;
+
+/// The envelope version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default znode root.
+pub const DEFAULT_ROOT: &str = "/servicelog";
+
+/// Largest config payload we publish: ZooKeeper refuses znodes over `jute.maxbuffer`
+/// (1 MiB by default), and the request framing needs some of that.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024 - 4 * 1024;
+
+/// Problems with znode data or paths.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("config payload is {size} bytes, over the {limit}-byte ZooKeeper limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("znode data is not a valid {what}: {message}")]
+    Malformed { what: &'static str, message: String },
+    #[error("config envelope has schema {found}; this build understands schema {SCHEMA_VERSION}")]
+    UnsupportedSchema { found: u32 },
+    #[error("config hash {declared} does not match its spec (computed {computed})")]
+    HashMismatch { declared: String, computed: String },
+    #[error("{what} {value:?} cannot be a znode path segment: {why}")]
+    BadSegment {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("znode root {0:?} must start with '/' and not end with '/'")]
+    BadRoot(String),
+}
+
+/// RFC 8785 canonical JSON of any serialisable value.
+pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    serde_json_canonicalizer::to_vec(value).map_err(|e| WireError::Malformed {
+        what: "JSON value",
+        message: e.to_string(),
+    })
+}
+
+/// `sha256:<hex>` of the spec's canonical JSON: the identity of a config, what status
+/// reports and what sidecars ack.
+pub fn spec_hash(spec: &ServiceLogSpec) -> Result<String, WireError> {
+    let canonical = canonical_json(spec)?;
+    Ok(hash_bytes(&canonical))
+}
+
+fn hash_bytes(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out
+}
+
+/// The data of a `config` znode.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub schema: u32,
+    /// UID of the ServiceLog resource (empty when written by another tool).
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub generation: i64,
+    pub hash: String,
+    pub spec: ServiceLogSpec,
+}
+
+impl Envelope {
+    /// Wraps a spec, computing its hash.
+    pub fn new(uid: impl Into<String>, generation: i64, spec: ServiceLogSpec) -> Result<Self, WireError> {
+        Ok(Self {
+            schema: SCHEMA_VERSION,
+            uid: uid.into(),
+            generation,
+            hash: spec_hash(&spec)?,
+            spec,
+        })
+    }
+
+    /// The znode payload: canonical JSON, so equal envelopes are equal bytes.
+    ///
+    /// Notable errors: [`WireError::TooLarge`] past [`MAX_PAYLOAD_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let bytes = canonical_json(self)?;
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Err(WireError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads znode data, checking the schema version and that the hash matches the spec
+    /// (a hand-edited spec with a stale hash is refused rather than acked under a lie).
+    pub fn from_slice(data: &[u8]) -> Result<Self, WireError> {
+        let envelope: Envelope = serde_json::from_slice(data).map_err(|e| WireError::Malformed {
+            what: "config envelope",
+            message: e.to_string(),
+        })?;
+        if envelope.schema != SCHEMA_VERSION {
+            return Err(WireError::UnsupportedSchema {
+                found: envelope.schema,
+            });
+        }
+        let computed = spec_hash(&envelope.spec)?;
+        if computed != envelope.hash {
+            return Err(WireError::HashMismatch {
+                declared: envelope.hash,
+                computed,
+            });
+        }
+        Ok(envelope)
+    }
+}
+
+/// Whether a sidecar runs the config it was given.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Ok,
+    Error,
+}
+
+/// The data of an `instances/<pod>` znode: what one sidecar runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub pod: String,
+    /// Hash of the config the sidecar routes with (the last good one when `state` is
+    /// `error`).
+    pub hash: String,
+    pub state: InstanceState,
+    /// Why the newest config was rejected, when `state` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339 time of this state.
+    pub since: String,
+}
+
+impl Instance {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        canonical_json(self)
+    }
+
+    pub fn from_slice(data: &[u8]) -> Result<Self, WireError> {
+        serde_json::from_slice(data).map_err(|e| WireError::Malformed {
+            what: "instance record",
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Znode paths under one root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    /// Notable errors: [`WireError::BadRoot`] unless the root is absolute without a
+    /// trailing slash.
+    pub fn new(root: &str) -> Result<Self, WireError> {
+        if !root.starts_with('/') || (root.len() > 1 && root.ends_with('/')) || root.contains("//") {
+            return Err(WireError::BadRoot(root.to_owned()));
+        }
+        Ok(Self {
+            root: root.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &str {
+        if self.root.is_empty() { "/" } else { &self.root }
+    }
+
+    /// `<root>/namespaces`, the parent of every resource's subtree.
+    pub fn namespaces(&self) -> String {
+        format!("{}/namespaces", self.root)
+    }
+
+    /// `<root>/namespaces/<ns>/<name>`, removed whole when the resource is deleted.
+    pub fn resource(&self, namespace: &str, name: &str) -> Result<String, WireError> {
+        segment("namespace", namespace)?;
+        segment("name", name)?;
+        Ok(format!("{}/namespaces/{namespace}/{name}", self.root))
+    }
+
+    pub fn config(&self, namespace: &str, name: &str) -> Result<String, WireError> {
+        Ok(format!("{}/config", self.resource(namespace, name)?))
+    }
+
+    pub fn instances(&self, namespace: &str, name: &str) -> Result<String, WireError> {
+        Ok(format!("{}/instances", self.resource(namespace, name)?))
+    }
+
+    pub fn instance(&self, namespace: &str, name: &str, pod: &str) -> Result<String, WireError> {
+        segment("pod", pod)?;
+        Ok(format!("{}/{pod}", self.instances(namespace, name)?))
+    }
+
+    /// Reads a path back into `(namespace, name, rest)`, for watch events under the root.
+    pub fn parse<'a>(&self, path: &'a str) -> Option<ParsedPath<'a>> {
+        let rest = path.strip_prefix(self.root.as_str())?;
+        let rest = rest.strip_prefix("/namespaces/")?;
+        let mut parts = rest.splitn(4, '/');
+        let namespace = parts.next().filter(|s| !s.is_empty())?;
+        let name = parts.next().filter(|s| !s.is_empty())?;
+        let kind = match (parts.next(), parts.next()) {
+            (None, None) => PathKind::Resource,
+            (Some("config"), None) => PathKind::Config,
+            (Some("instances"), None) => PathKind::Instances,
+            (Some("instances"), Some(pod)) if !pod.contains('/') && !pod.is_empty() => {
+                PathKind::Instance(pod)
+            }
+            _ => return None,
+        };
+        Some(ParsedPath {
+            namespace,
+            name,
+            kind,
+        })
+    }
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            root: DEFAULT_ROOT.to_owned(),
+        }
+    }
+}
+
+/// A znode path under the root, read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParsedPath<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub kind: PathKind<'a>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind<'a> {
+    Resource,
+    Config,
+    Instances,
+    Instance(&'a str),
+}
+
+fn segment(what: &'static str, value: &str) -> Result<(), WireError> {
+    let why = if value.is_empty() {
+        "it is empty"
+    } else if value.contains('/') {
+        "it contains '/'"
+    } else if value == "." || value == ".." {
+        "ZooKeeper does not allow relative segments"
+    } else if value == "zookeeper" {
+        "the name is reserved by ZooKeeper"
+    } else if value.chars().any(|c| c.is_control()) {
+        "it contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(WireError::BadSegment {
+        what,
+        value: value.to_owned(),
+        why,
+    })
+}
+
+/// A ServiceLog manifest read without Kubernetes client types: what `validate` and the
+/// sidecar's `--config-file` accept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ManifestMetadata,
+    pub spec: ServiceLogSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestMetadata {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub generation: Option<i64>,
+}
+
+/// The API group/version and kind a manifest must carry.
+pub const API_VERSION: &str = "servicelog.io/v1alpha1";
+pub const KIND: &str = "ServiceLog";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{FileSource, Format, Sink, Source, StdoutSink};
+
+    fn spec() -> ServiceLogSpec {
+        ServiceLogSpec {
+            sources: vec![Source {
+                name: "app".into(),
+                file: Some(FileSource {
+                    paths: vec!["/var/log/app/*.log".into()],
+                    format: Format::Json,
+                }),
+                ..Default::default()
+            }],
+            sinks: vec![Sink {
+                name: "console".into(),
+                stdout: Some(StdoutSink::default()),
+                ..Default::default()
+            }],
+            default_to: vec!["console".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_whitespace() {
+        let v = serde_json::json!({"b": 1, "a": [true, null, "x"], "c": {"z": 1.5, "y": 1e21}});
+        let out = String::from_utf8(canonical_json(&v).unwrap()).unwrap();
+        assert_eq!(out, r#"{"a":[true,null,"x"],"b":1,"c":{"y":1e+21,"z":1.5}}"#);
+    }
+
+    #[test]
+    fn hash_is_sha256_of_canonical_spec_and_stable() {
+        let h = spec_hash(&spec()).unwrap();
+        assert!(h.starts_with("sha256:") && h.len() == 71, "got {h}");
+        let canonical = canonical_json(&spec()).unwrap();
+        assert_eq!(h, hash_bytes(&canonical));
+        assert_eq!(h, spec_hash(&spec()).unwrap());
+        let mut other = spec();
+        other.default_to.clear();
+        assert_ne!(h, spec_hash(&other).unwrap());
+    }
+
+    #[test]
+    fn envelope_round_trips_and_checks_hash_and_schema() {
+        let env = Envelope::new("uid-1", 3, spec()).unwrap();
+        let bytes = env.to_bytes().unwrap();
+        assert_eq!(Envelope::from_slice(&bytes).unwrap(), env);
+
+        let mut tampered: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        tampered["spec"]["defaultTo"] = serde_json::json!([]);
+        let err = Envelope::from_slice(&serde_json::to_vec(&tampered).unwrap()).unwrap_err();
+        assert!(matches!(err, WireError::HashMismatch { .. }), "got {err:?}");
+
+        let mut future: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        future["schema"] = serde_json::json!(2);
+        let err = Envelope::from_slice(&serde_json::to_vec(&future).unwrap()).unwrap_err();
+        assert_eq!(err, WireError::UnsupportedSchema { found: 2 });
+
+        let err = Envelope::from_slice(b"{not json").unwrap_err();
+        assert!(matches!(err, WireError::Malformed { .. }));
+    }
+
+    #[test]
+    fn oversized_envelope_is_refused() {
+        let mut big = spec();
+        big.sources[0].file.as_mut().unwrap().paths = (0..20_000).map(|i| format!("/var/log/{i:060}")).collect();
+        let err = Envelope::new("u", 1, big).unwrap().to_bytes().unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "got {err:?}");
+    }
+
+    #[test]
+    fn layout_paths_and_parse() {
+        let l = Layout::default();
+        assert_eq!(l.config("shop", "checkout").unwrap(), "/servicelog/namespaces/shop/checkout/config");
+        assert_eq!(
+            l.instance("shop", "checkout", "pod-1").unwrap(),
+            "/servicelog/namespaces/shop/checkout/instances/pod-1"
+        );
+        let p = l.parse("/servicelog/namespaces/shop/checkout/instances/pod-1").unwrap();
+        assert_eq!((p.namespace, p.name, p.kind), ("shop", "checkout", PathKind::Instance("pod-1")));
+        assert_eq!(l.parse("/servicelog/namespaces/shop/checkout/config").unwrap().kind, PathKind::Config);
+        assert_eq!(l.parse("/other/namespaces/shop/checkout/config"), None);
+        assert_eq!(l.parse("/servicelog/namespaces/shop/checkout/config/x"), None);
+        assert!(l.config("a/b", "c").is_err());
+        assert!(l.config("ns", "").is_err());
+        assert!(Layout::new("relative").is_err());
+        assert!(Layout::new("/trailing/").is_err());
+        assert_eq!(Layout::new("/x/y").unwrap().config("n", "m").unwrap(), "/x/y/namespaces/n/m/config");
+    }
+
+    #[test]
+    fn instance_record_round_trips() {
+        let i = Instance {
+            pod: "p".into(),
+            hash: "sha256:00".into(),
+            state: InstanceState::Error,
+            error: Some("spec.rules[0].to[0]: unknown sink".into()),
+            since: "2026-11-25T00:00:00Z".into(),
+        };
+        let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();
+        assert!(s.contains(r#""state":"error""#), "{s}");
+        assert_eq!(Instance::from_slice(s.as_bytes()).unwrap(), i);
+    }
+}

@@ -1,0 +1,323 @@
+//! Validation from inline YAML fixtures: each problem reported at its field path, and all
+//! of them at once.
+
+use servicelog_api::{
+    FieldError, ValidationErrors, rules::Router, v1alpha1::ServiceLogSpec, validate,
+};
+
+fn spec(yaml: &str) -> ServiceLogSpec {
+    serde_yaml::from_str(yaml).expect("fixture is valid YAML")
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match validate(&spec(yaml)) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Given a spec, then validation reports exactly `want`, in order.
+fn assert_errors(yaml: &str, want: &[&str]) {
+    let got = errors(yaml);
+    assert!(
+        got == want,
+        "\nexpected errors:\n{}\ngot:\n{}\n",
+        want.join("\n"),
+        got.join("\n")
+    );
+}
+
+const BASE: &str = r#"
+sources:
+  - name: app
+    file: {paths: ["/var/log/app/*.log"], format: json}
+sinks:
+  - {name: console, stdout: {}}
+  - {name: alerts, file: {path: /var/log/alerts.log}}
+"#;
+
+fn with_rules(rules: &str) -> String {
+    format!("{BASE}rules:\n{rules}")
+}
+
+#[test]
+fn a_valid_spec_has_no_errors() {
+    assert_errors(
+        &with_rules(
+            r#"
+  - name: drop-debug
+    when: {level: {below: info}}
+    action: drop
+  - name: alerts
+    when:
+      level: {atLeast: warn}
+      source: app
+      message: {regex: "fail(ed|ure)"}
+      fields:
+        - {name: http.status, in: [500, 503, "x", true]}
+        - {name: user, exists: true}
+        - {name: latency_ms, greaterThan: 10}
+        - {name: free, lessThan: 1.5}
+        - {name: path, regex: "^/api"}
+        - {name: ok, equals: false}
+      any:
+        - {fields: [{name: a, equals: 1}]}
+        - {any: [{level: {in: [fatal]}}]}
+    to: [alerts]
+    sample: 0.5
+    rateLimit: {perSecond: 0.5}
+    continue: true
+"#,
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let yaml = r#"
+sources:
+  - name: app
+    file: {paths: ["var/log/app.log", "/a/[x.log"], format: json}
+    levelField: ""
+  - name: app
+    syslog: {port: 0}
+  - name: Bad_Name
+  - name: both
+    file: {paths: []}
+    syslog: {port: 514}
+  - name: sys2
+    syslog: {port: 514}
+    messageField: "a..b"
+sinks:
+  - {name: console, stdout: {}}
+  - {name: loki, http: {url: "loki:3100"}}
+  - {name: rel, file: {path: "relative.log"}}
+  - {name: loki, stdout: {}}
+  - {name: none}
+  - {name: two, stdout: {}, http: {url: "http://x"}}
+rules:
+  - name: r0
+    when:
+      level: {}
+      source: nope
+      message: {regex: "("}
+      fields:
+        - {name: "", equals: 1}
+        - {name: x}
+        - {name: y, equals: 1, regex: a}
+        - {name: z, equals: null}
+        - {name: w, in: []}
+        - {name: v, in: [1, [2], {a: 3}]}
+        - {name: u, regex: "[z-a]"}
+        - {name: "a.", exists: true}
+        - {name: t, greaterThan: .inf}
+        - {name: s, lessThan: .nan}
+      any:
+        - {level: {atLeast: error, below: warn}}
+        - {fields: [{name: q, regex: "a{1000000}"}]}
+    to: [lokii, console, alerts]
+  - name: r0
+    action: drop
+    to: [console]
+    sample: 2
+    rateLimit: {perSecond: 0}
+  - name: r2
+  - name: r3
+    to: []
+    sample: .nan
+defaultTo: [console, missing]
+"#;
+    assert_errors(
+        yaml,
+        &[
+            r#"spec.sources[0].file.paths[0]: "var/log/app.log" must be an absolute path"#,
+            r#"spec.sources[0].file.paths[1]: "/a/[x.log": character class opened at 3 is not closed"#,
+            "spec.sources[0].levelField: must not be empty",
+            r#"spec.sources[1].name: duplicate source name "app" (first at spec.sources[0])"#,
+            "spec.sources[1].syslog.port: must be between 1 and 65535",
+            r#"spec.sources[2].name: "Bad_Name" is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"#,
+            "spec.sources[2]: a source sets exactly one of file or syslog",
+            "spec.sources[3]: a source sets exactly one of file or syslog, not both",
+            "spec.sources[3].file.paths: must list at least one path",
+            "spec.sources[4].syslog.port: port 514/udp is already used by spec.sources[3]",
+            r#"spec.sources[4].messageField: "a..b" has an empty segment (dots separate nested field names)"#,
+            r#"spec.sinks[1].http.url: "loki:3100" must start with http:// or https://"#,
+            r#"spec.sinks[2].file.path: "relative.log" must be an absolute path"#,
+            r#"spec.sinks[3].name: duplicate sink name "loki" (first at spec.sinks[1])"#,
+            "spec.sinks[4]: a sink sets exactly one of stdout, file or http",
+            "spec.sinks[5]: a sink sets exactly one of stdout, file or http, not several",
+            "spec.rules[0].when.level: set at least one of atLeast, below or in",
+            r#"spec.rules[0].when.source: unknown source "nope" (declared: app, both, sys2)"#,
+            "spec.rules[0].when.message.regex: regex parse error: unclosed group at offset 0",
+            "spec.rules[0].when.fields[0].name: must not be empty",
+            "spec.rules[0].when.fields[1]: a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan (found none)",
+            "spec.rules[0].when.fields[2]: a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan (found equals, regex)",
+            "spec.rules[0].when.fields[3]: a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan (found none)",
+            "spec.rules[0].when.fields[4].in: must list at least one value",
+            "spec.rules[0].when.fields[5].in[1]: must be a string, number or boolean, got [2]",
+            r#"spec.rules[0].when.fields[5].in[2]: must be a string, number or boolean, got {"a":3}"#,
+            "spec.rules[0].when.fields[6].regex: regex parse error: invalid character class range, the start must be <= the end at offset 1",
+            r#"spec.rules[0].when.fields[7].name: "a." has an empty segment (dots separate nested field names)"#,
+            "spec.rules[0].when.fields[8].greaterThan: must be a finite number, got inf",
+            "spec.rules[0].when.fields[9].lessThan: must be a finite number, got NaN",
+            "spec.rules[0].when.any[0].level: matches no level (the conditions contradict each other)",
+            "spec.rules[0].when.any[1].fields[0].regex: regex is too large: it compiles to more than 1048576 bytes",
+            r#"spec.rules[0].to[0]: unknown sink "lokii" (declared: console, loki, rel, none, two)"#,
+            r#"spec.rules[0].to[2]: unknown sink "alerts" (declared: console, loki, rel, none, two)"#,
+            r#"spec.rules[1].name: duplicate rule name "r0" (first at spec.rules[0])"#,
+            "spec.rules[1]: a rule sets either to or action: drop, not both",
+            "spec.rules[1].sample: sample applies to routing rules, not to action: drop",
+            "spec.rules[1].sample: must be a number between 0 and 1, got 2",
+            "spec.rules[1].rateLimit: rateLimit applies to routing rules, not to action: drop",
+            "spec.rules[1].rateLimit.perSecond: must be a positive number, got 0",
+            "spec.rules[2]: a rule sets either to or action: drop",
+            "spec.rules[3].to: must name at least one sink",
+            "spec.rules[3].sample: must be a number between 0 and 1, got NaN",
+            r#"spec.defaultTo[1]: unknown sink "missing" (declared: console, loki, rel, none, two)"#,
+        ],
+    );
+}
+
+#[test]
+fn the_brief_examples_read_as_documented() {
+    let yaml = format!(
+        "{BASE}  - {{name: loki, stdout: {{}}}}
+  - {{name: loki, stdout: {{}}}}
+rules:
+  - name: a
+    to: [console]
+  - name: b
+    to: [lokii]
+  - name: c
+    when: {{message: {{regex: \"a)\"}}}}
+    to: [console]
+"
+    );
+    assert_errors(
+        &yaml,
+        &[
+            r#"spec.sinks[3].name: duplicate sink name "loki" (first at spec.sinks[2])"#,
+            r#"spec.rules[1].to[0]: unknown sink "lokii" (declared: console, alerts, loki)"#,
+            "spec.rules[2].when.message.regex: regex parse error: unopened group at offset 1",
+        ],
+    );
+}
+
+#[test]
+fn at_least_one_source() {
+    assert_errors(
+        "sources: []\nsinks: []\n",
+        &["spec.sources: at least one source is required"],
+    );
+}
+
+#[test]
+fn unknown_sink_with_no_sinks_declared() {
+    assert_errors(
+        r#"
+sources: [{name: app, file: {paths: ["/x.log"]}}]
+sinks: []
+defaultTo: [console]
+"#,
+        &[r#"spec.defaultTo[0]: unknown sink "console" (no sinks are declared)"#],
+    );
+}
+
+#[test]
+fn any_nesting_is_bounded() {
+    fn nested(depth: usize) -> String {
+        let mut when = "{fields: [{name: a, regex: \"(\"}]}".to_string();
+        for _ in 0..depth {
+            when = format!("{{any: [{when}]}}");
+        }
+        with_rules(&format!("  - name: deep\n    when: {when}\n    to: [console]\n"))
+    }
+    // Eight levels of any are fine (the innermost regex error is still found).
+    let path8 = format!("spec.rules[0].when{}", ".any[0]".repeat(8));
+    assert_errors(
+        &nested(8),
+        &[&format!(
+            "{path8}.fields[0].regex: regex parse error: unclosed group at offset 0"
+        )],
+    );
+    // A ninth is an error at the level that goes too deep, and nothing below is read.
+    assert_errors(
+        &nested(9),
+        &[&format!("{path8}.any: any is nested more than 8 levels deep")],
+    );
+    // Far deeper nesting (built in JSON to avoid YAML's own limits) is one error too.
+    let mut when = serde_json::json!({"level": {"atLeast": "info"}});
+    for _ in 0..100 {
+        when = serde_json::json!({"any": [when]});
+    }
+    let spec = serde_json::json!({
+        "sources": [{"name": "app", "file": {"paths": ["/x"]}}],
+        "sinks": [{"name": "console", "stdout": {}}],
+        "rules": [{"name": "deep", "when": when, "to": ["console"]}],
+    });
+    let spec: ServiceLogSpec = serde_json::from_value(spec).unwrap();
+    let err = validate(&spec).unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert!(err.0[0].message.contains("nested more than 8"));
+}
+
+#[test]
+fn too_many_fields_and_sinks() {
+    let fields: Vec<String> = (0..33)
+        .map(|i| format!("{{name: f{i}, exists: true}}"))
+        .collect();
+    let yaml = with_rules(&format!(
+        "  - name: wide\n    when: {{fields: [{}]}}\n    to: [console]\n",
+        fields.join(", ")
+    ));
+    assert_errors(
+        &yaml,
+        &[r#"spec.rules[0].when.fields[32].name: conditions may use at most 32 distinct field names; "f32" would be one more"#],
+    );
+    // The same name used many times counts once.
+    let same: Vec<String> = (0..40).map(|i| format!("{{name: f, equals: {i}}}")).collect();
+    let yaml = with_rules(&format!(
+        "  - name: same\n    when: {{any: [{{fields: [{}]}}]}}\n    to: [console]\n",
+        same.join(", ")
+    ));
+    assert_errors(&yaml, &[]);
+
+    let sinks: Vec<String> = (0..65).map(|i| format!("{{name: s{i}, stdout: {{}}}}")).collect();
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [\"/x\"]}}}}]\nsinks: [{}]\n",
+        sinks.join(", ")
+    );
+    assert_errors(&yaml, &["spec.sinks: at most 64 sinks are supported, got 65"]);
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    let yaml = format!(
+        "{BASE}rules:\n  - name: \"\"\n    to: [console]\n  - name: {}\n    to: [console]\n  - name: -x\n    to: [console]\n",
+        "a".repeat(64)
+    );
+    let got = errors(&yaml);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got[0], "spec.rules[0].name: must not be empty");
+    assert!(got[1].starts_with("spec.rules[1].name: "));
+    assert!(got[2].starts_with(r#"spec.rules[2].name: "-x" is not a valid name"#));
+}
+
+#[test]
+fn validate_and_compile_agree() {
+    let good = spec(&with_rules("  - name: a\n    to: [console]\n"));
+    assert!(validate(&good).is_ok());
+    assert!(Router::compile(&good).is_ok());
+    let bad = spec(&with_rules("  - name: a\n    to: [nope]\n"));
+    let e1 = validate(&bad).unwrap_err();
+    let e2 = Router::compile(&bad).unwrap_err();
+    assert_eq!(e1, e2);
+    assert_eq!(
+        e1,
+        ValidationErrors(vec![FieldError {
+            path: "spec.rules[0].to[0]".into(),
+            message: r#"unknown sink "nope" (declared: console, alerts)"#.into(),
+        }])
+    );
+}

@@ -1,0 +1,312 @@
+//! A real Kubernetes control plane without nodes: etcd and kube-apiserver on free
+//! loopback ports, with generated certificates and an admin kubeconfig — what envtest and
+//! the Kubernetes integration tests run. Pods are admitted (webhooks included) but never
+//! scheduled.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::{
+    EnvError,
+    procs::{EnvDir, Proc, free_port, wait_for},
+    tools::Tools,
+};
+
+const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
+const APISERVER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Running etcd + kube-apiserver.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order: the API server goes before its storage.
+    apiserver: Proc,
+    etcd: Proc,
+    server: String,
+    kubeconfig: PathBuf,
+    ca_pem: String,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits for `/readyz`. A port taken between
+    /// choosing and binding is retried with new ports, twice.
+    pub fn start(env: &EnvDir, tools: &Tools) -> Result<Self, EnvError> {
+        let pki = Pki::write(env)?;
+        let mut last = None;
+        for attempt in 0..3 {
+            match Self::try_start(env, tools, &pki, attempt) {
+                Ok(cp) => return Ok(cp),
+                Err(e) if e.is_port_clash() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(EnvError::Failed {
+            what: "control plane".into(),
+            detail: "could not start".into(),
+        }))
+    }
+
+    fn try_start(env: &EnvDir, tools: &Tools, pki: &Pki, attempt: usize) -> Result<Self, EnvError> {
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let etcd_data = env.join(format!("etcd-try{attempt}"));
+        let mut cmd = Command::new(tools.path("etcd"));
+        cmd.arg("--name=testenv")
+            .arg(format!("--data-dir={}", etcd_data.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-cluster=testenv=http://127.0.0.1:{peer_port}"))
+            // Test data need not survive a power cut; fsync dominates etcd's latency.
+            .arg("--unsafe-no-fsync")
+            .arg("--quota-backend-bytes=4294967296")
+            .arg("--log-level=warn");
+        let mut etcd = Proc::spawn("etcd", cmd, env)?;
+        let what = format!("etcd to report healthy on 127.0.0.1:{etcd_port}");
+        wait_for(&what, ETCD_TIMEOUT, Duration::from_millis(50), || {
+            if let Some(how) = etcd.exited() {
+                return Err(how);
+            }
+            Ok(http_get(etcd_port, "/health").is_ok_and(|body| body.contains("\"health\":\"true\"")))
+        })
+        .map_err(|e| e.with_log("etcd", &etcd.log_tail(30)))?;
+
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let mut cmd = Command::new(tools.path("kube-apiserver"));
+        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", env.join("pki").display()))
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            .arg(format!("--service-account-key-file={}", pki.sa_pub.display()))
+            .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--authorization-mode=RBAC")
+            .arg("--allow-privileged=true")
+            .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
+            // No controller-manager creates the `default` ServiceAccount in new namespaces,
+            // so the ServiceAccount admission plugin would refuse every pod.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--v=1");
+        let mut apiserver = Proc::spawn("kube-apiserver", cmd, env)?;
+
+        let kubeconfig = env.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, pki)?;
+        let kubectl = tools.path("kubectl");
+        let what = format!("kube-apiserver /readyz on {server}");
+        wait_for(&what, APISERVER_TIMEOUT, Duration::from_millis(250), || {
+            if let Some(how) = apiserver.exited() {
+                return Err(how);
+            }
+            let out = Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
+                .output();
+            Ok(out.is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ok")))
+        })
+        .map_err(|e| {
+            e.with_log("kube-apiserver", &apiserver.log_tail(30))
+                .with_log("etcd", &etcd.log_tail(10))
+        })?;
+        Ok(Self {
+            apiserver,
+            etcd,
+            server,
+            kubeconfig,
+            ca_pem: pki.ca_pem.clone(),
+        })
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// An admin (system:masters) kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The CA that signed the API server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+        self.apiserver.log_tail(lines)
+    }
+
+    pub fn etcd_log_tail(&self, lines: usize) -> String {
+        self.etcd.log_tail(lines)
+    }
+}
+
+/// Certificates and keys of the control plane, written under `<env>/pki`.
+struct Pki {
+    ca_cert: PathBuf,
+    ca_pem: String,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    client_cert_pem: String,
+    client_key_pem: String,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+}
+
+impl Pki {
+    fn write(env: &EnvDir) -> Result<Self, EnvError> {
+        let dir = env.join("pki");
+        fs::create_dir_all(&dir).map_err(|e| EnvError::io("creating the pki dir", e))?;
+        let cert_err = |e: rcgen::Error| EnvError::Cert(e.to_string());
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        ca_params.distinguished_name = name("servicelog-testenv-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(cert_err)?).map_err(cert_err)?;
+
+        let mut serving = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+        ])
+        .map_err(cert_err)?;
+        serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving.subject_alt_names.push(SanType::IpAddress([10, 96, 0, 1].into()));
+        serving.distinguished_name = name("kube-apiserver", None);
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_key = KeyPair::generate().map_err(cert_err)?;
+        let serving_cert = serving.signed_by(&serving_key, &ca).map_err(cert_err)?;
+
+        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        client.distinguished_name = name("servicelog-testenv-admin", Some("system:masters"));
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().map_err(cert_err)?;
+        let client_cert = client.signed_by(&client_key, &ca).map_err(cert_err)?;
+
+        let sa_key = KeyPair::generate().map_err(cert_err)?;
+
+        let pki = Self {
+            ca_cert: dir.join("ca.crt"),
+            ca_pem: ca.pem(),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+        };
+        for (path, text) in [
+            (&pki.ca_cert, pki.ca_pem.clone()),
+            (&pki.serving_cert, serving_cert.pem()),
+            (&pki.serving_key, serving_key.serialize_pem()),
+            (&pki.sa_key, sa_key.serialize_pem()),
+            (&pki.sa_pub, sa_key.public_key_pem()),
+        ] {
+            fs::write(path, text).map_err(|e| EnvError::io(format!("writing {}", path.display()), e))?;
+        }
+        Ok(pki)
+    }
+}
+
+fn name(common: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common);
+    if let Some(o) = organization {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn
+}
+
+fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<(), EnvError> {
+    let b64 = |s: &str| base64(s.as_bytes());
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": {
+            "server": server,
+            "certificate-authority-data": b64(&pki.ca_pem),
+        }}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate-data": b64(&pki.client_cert_pem),
+            "client-key-data": b64(&pki.client_key_pem),
+        }}],
+        "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "admin"}}],
+        "current-context": "testenv",
+    });
+    let text = serde_yaml::to_string(&config).map_err(|e| EnvError::Failed {
+        what: "kubeconfig".into(),
+        detail: e.to_string(),
+    })?;
+    fs::write(path, text).map_err(|e| EnvError::io(format!("writing {}", path.display()), e))
+}
+
+/// Standard base64 with padding (kubeconfig's `*-data` fields).
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(TABLE[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A plain-HTTP GET on loopback, enough for etcd's `/health`.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want, "base64({input:?})");
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The servicelog test environment: a real etcd + kube-apiserver and a real ZooKeeper on
+//! loopback, started from Rust tests (`TestEnv::start`, `TestEnv::shared`) or in the
+//! background by `make testenv`.
+//!
+//! No fake API server, no fake ZooKeeper: tests meet the same admission chain, watch
+//! semantics and session behaviour as production. Everything started is stopped by PID on
+//! drop, and by a watchdog when the owning process dies without dropping (see [`procs`]).
+#![forbid(unsafe_code)]
+
+pub mod control_plane;
+pub mod procs;
+pub mod tools;
+pub mod zookeeper;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use control_plane::ControlPlane;
+use procs::EnvDir;
+use tools::Tools;
+use zookeeper::ZooKeeper;
+
+/// Why the environment could not be had. Every variant says what it was about.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnvError {
+    #[error("{what} is missing: {hint}")]
+    Missing { what: String, hint: String },
+    #[error("could not start {what}: {reason}")]
+    Spawn { what: String, reason: String },
+    #[error("timed out after {waited:?} waiting for {what}{detail}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("gave up waiting for {what}: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{context}: {message}")]
+    Io { context: String, message: String },
+    #[error("generating certificates: {0}")]
+    Cert(String),
+    #[error("Kubernetes client: {0}")]
+    Kube(String),
+    #[error("a lock was poisoned by a panic in another test")]
+    Poisoned,
+}
+
+impl EnvError {
+    pub(crate) fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Appends a component's last log lines to the message.
+    pub fn with_log(self, component: &str, tail: &str) -> Self {
+        let block = format!("\n--- last lines of {component}'s log ---\n{tail}");
+        match self {
+            Self::Timeout { what, waited, detail } => Self::Timeout {
+                what,
+                waited,
+                detail: detail + &block,
+            },
+            Self::Failed { what, detail } => Self::Failed {
+                what,
+                detail: detail + &block,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this looks like a port taken between choosing and binding it.
+    pub(crate) fn is_port_clash(&self) -> bool {
+        let text = self.to_string();
+        text.contains("address already in use") || text.contains("Address already in use")
+    }
+}
+
+/// A running control plane and ZooKeeper.
+#[derive(Debug)]
+pub struct TestEnv {
+    // Drop order: the components, then the watchdog that would otherwise stop them.
+    control_plane: ControlPlane,
+    zookeeper: ZooKeeper,
+    watchdog: Child,
+    tools: Tools,
+    dir: EnvDir,
+    started_in: Duration,
+}
+
+static SHARED: OnceLock<Result<TestEnv, EnvError>> = OnceLock::new();
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestEnv {
+    /// Starts etcd, kube-apiserver and a standalone ZooKeeper in a new directory under
+    /// `target/testenv/`, stopping first whatever a killed earlier run left there.
+    /// Blocks until every component is ready (each wait bounded, named on timeout).
+    pub fn start() -> Result<Self, EnvError> {
+        let base = base_dir();
+        procs::reap_stale(&base);
+        let name = format!("env-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        Self::start_in(base.join(name))
+    }
+
+    /// Starts the environment in `dir` (created afresh).
+    pub fn start_in(dir: PathBuf) -> Result<Self, EnvError> {
+        let started = Instant::now();
+        let tools = Tools::locate()?;
+        let dir = EnvDir::create(dir)?;
+        let watchdog = dir.spawn_watchdog()?;
+        let zk_dir = dir.clone();
+        // ZooKeeper's JVM and the API server start in parallel: together they are the
+        // environment's start time.
+        let zk = thread::spawn(move || ZooKeeper::start(&zk_dir, "zookeeper", 1));
+        let control_plane = ControlPlane::start(&dir, &tools);
+        let zookeeper = zk.join().map_err(|_| EnvError::Failed {
+            what: "ZooKeeper".into(),
+            detail: "its start thread panicked".into(),
+        })?;
+        let (control_plane, zookeeper) = (control_plane?, zookeeper?);
+        Ok(Self {
+            control_plane,
+            zookeeper,
+            watchdog,
+            tools,
+            dir,
+            started_in: started.elapsed(),
+        })
+    }
+
+    /// One environment per test process, started on first use and shared by every test
+    /// in it (each test takes its own namespace and znode root). It is never dropped; the
+    /// watchdog stops it when the process exits.
+    pub fn shared() -> Result<&'static TestEnv, EnvError> {
+        SHARED.get_or_init(TestEnv::start).as_ref().map_err(Clone::clone)
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        self.control_plane.kubeconfig()
+    }
+
+    pub fn server(&self) -> &str {
+        self.control_plane.server()
+    }
+
+    /// `127.0.0.1:PORT` of the environment's ZooKeeper.
+    pub fn zk_connect(&self) -> String {
+        self.zookeeper.connect_string()
+    }
+
+    pub fn zookeeper(&self) -> &ZooKeeper {
+        &self.zookeeper
+    }
+
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// How long [`TestEnv::start`] took.
+    pub fn started_in(&self) -> Duration {
+        self.started_in
+    }
+
+    /// A ZooKeeper of the test's own (e.g. a three-node ensemble to kill members of),
+    /// stopped when dropped.
+    pub fn start_zookeeper(&self, label: &str, size: usize) -> Result<ZooKeeper, EnvError> {
+        ZooKeeper::start(&self.dir, label, size)
+    }
+
+    /// A Kubernetes client for the admin kubeconfig, bound to the calling test's runtime.
+    pub async fn client(&self) -> Result<kube::Client, EnvError> {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(self.kubeconfig()).map_err(|e| EnvError::Kube(e.to_string()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| EnvError::Kube(e.to_string()))?;
+        kube::Client::try_from(config).map_err(|e| EnvError::Kube(e.to_string()))
+    }
+
+    /// Creates a namespace `<prefix>-<unique>` so tests can run in parallel against one
+    /// control plane, and returns its name.
+    pub async fn create_namespace(&self, prefix: &str) -> Result<String, EnvError> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let name = unique_name(prefix);
+        let api: kube::Api<Namespace> = kube::Api::all(self.client().await?);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .map_err(|e| EnvError::Kube(e.to_string()))?;
+        api.create(&Default::default(), &ns)
+            .await
+            .map_err(|e| EnvError::Kube(format!("creating namespace {name}: {e}")))?;
+        Ok(name)
+    }
+
+    /// `kubectl` with this environment's kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.tools.path("kubectl"));
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
+    /// `helm` with this environment's kubeconfig.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.tools.path("helm"));
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
+        cmd
+    }
+
+    /// The last log lines of every component, for a failing test to print.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "--- kube-apiserver ---\n{}\n--- etcd ---\n{}\n--- zookeeper ---\n{}",
+            self.control_plane.apiserver_log_tail(20),
+            self.control_plane.etcd_log_tail(10),
+            self.zookeeper.log_tail(0, 20)
+        )
+    }
+
+    /// The `make testenv` env file: exports that point a shell at this environment.
+    pub fn env_file(&self) -> String {
+        format!(
+            "# Written by `make testenv`; `source` it. Stop with `make testenv-down`.\n\
+             export KUBECONFIG={}\nexport SERVICELOG_ZK_CONNECT={}\nexport PATH={}:$PATH\n",
+            shell_quote(&self.kubeconfig().to_string_lossy()),
+            shell_quote(&self.zk_connect()),
+            shell_quote(&self.tools.bin_dir().to_string_lossy()),
+        )
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // The components stop in their own drops (fields below run after this body);
+        // the watchdog is no longer needed once we shut down in order.
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// `<workspace>/target/testenv`, or `SERVICELOG_TESTENV_BASE`.
+pub fn base_dir() -> PathBuf {
+    std::env::var_os("SERVICELOG_TESTENV_BASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target").join("testenv"))
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// `<prefix>-<short unique suffix>`, a valid DNS label for prefixes up to 50 characters.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mix = (u64::from(std::process::id()) << 32 | u64::from(nanos)) ^ (u64::from(n) << 48);
+    format!("{prefix}-{:x}", mix % 0xff_ffff)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Polls an async condition until it holds or `timeout` passes; the error names `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<(), EnvError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(EnvError::Timeout {
+        what: what.to_owned(),
+        waited: timeout,
+        detail: String::new(),
+    })
+}

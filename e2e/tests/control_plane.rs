@@ -1,0 +1,123 @@
+//! Smoke tests of the test environment itself: the real API server serves the generated
+//! CRD (with its CEL rules), and the real ZooKeeper stores znodes.
+
+use std::{process::Output, time::Duration};
+
+use kube::{Api, api::PostParams};
+use servicelog_api::v1alpha1::ServiceLog;
+use servicelog_e2e::{TestEnv, workspace_dir};
+use zookeeper_client::{Acls, CreateMode};
+
+fn env() -> &'static TestEnv {
+    match TestEnv::shared() {
+        Ok(env) => env,
+        Err(e) => panic!("the test environment did not start: {e}"),
+    }
+}
+
+fn ok(what: &str, out: std::io::Result<Output>) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn install_crds(env: &TestEnv) {
+    let crds = workspace_dir().join("crds");
+    ok("kubectl apply -f crds/", env.kubectl().arg("apply").arg("-f").arg(&crds).output());
+    ok(
+        "waiting for the ServiceLog CRD to be established",
+        env.kubectl()
+            .args(["wait", "--for=condition=established", "--timeout=30s", "crd/servicelogs.servicelog.io"])
+            .output(),
+    );
+}
+
+fn example(namespace: &str) -> ServiceLog {
+    let text = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml")).expect("examples/checkout.yaml");
+    let mut slog: ServiceLog = serde_yaml::from_str(&text).expect("examples/checkout.yaml is a ServiceLog");
+    slog.metadata.namespace = Some(namespace.to_owned());
+    slog
+}
+
+#[tokio::test]
+async fn given_the_crd_when_a_servicelog_is_created_then_it_reads_back_and_kubectl_lists_it() {
+    let env = env();
+    install_crds(env);
+    let ns = env.create_namespace("smoke").await.expect("namespace");
+    let api: Api<ServiceLog> = Api::namespaced(env.client().await.expect("client"), &ns);
+
+    let created = api.create(&PostParams::default(), &example(&ns)).await.expect("create ServiceLog");
+    let read = api.get("checkout").await.expect("get ServiceLog");
+    assert_eq!(read.spec, example(&ns).spec, "the spec read back differs from the one created");
+    assert_eq!(read.metadata.uid, created.metadata.uid);
+
+    let listing = ok("kubectl get slog -A", env.kubectl().args(["get", "slog", "-A"]).output());
+    assert!(
+        listing.contains(&ns) && listing.contains("checkout"),
+        "kubectl get slog -A does not list {ns}/checkout:\n{listing}"
+    );
+    for column in ["VALID", "PUBLISHED", "APPLIED", "AGE"] {
+        assert!(listing.contains(column), "printer column {column} missing:\n{listing}");
+    }
+}
+
+#[tokio::test]
+async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refuses_it_with_the_path() {
+    let env = env();
+    install_crds(env);
+    let ns = env.create_namespace("cel").await.expect("namespace");
+    let api: Api<ServiceLog> = Api::namespaced(env.client().await.expect("client"), &ns);
+
+    let mut bad = example(&ns);
+    bad.spec.rules[0].to = Some(vec!["console".into()]);
+    bad.spec.rules[1].to = Some(vec!["nowhere".into()]);
+    bad.spec.rules[2].sample = Some(1.5);
+    let err = api
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("the API server accepted a rule with both to and action: drop");
+    let text = err.to_string();
+    for needle in [
+        "spec.rules[0]",
+        "a rule has either to or action: drop",
+        "every sink named in a rule's to must be declared in sinks",
+        "spec.rules[2].sample",
+    ] {
+        assert!(text.contains(needle), "refusal lacks {needle:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn given_zookeeper_when_a_znode_is_written_then_it_reads_back() {
+    let env = env();
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        zookeeper_client::Client::connect(&env.zk_connect()),
+    )
+    .await
+    .expect("timed out after 10s connecting to the test ZooKeeper")
+    .expect("connect to ZooKeeper");
+    let path = format!("/{}", servicelog_e2e::unique_name("smoke"));
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    client.create(&path, b"hello", &options).await.expect("create znode");
+    let (data, stat) = client.get_data(&path).await.expect("read znode");
+    assert_eq!(data, b"hello");
+    assert_eq!(stat.version, 0);
+    client.delete(&path, Some(0)).await.expect("delete znode");
+}
+
+#[test]
+fn given_a_running_environment_then_its_env_file_exports_what_a_shell_needs() {
+    let env = env();
+    let file = env.env_file();
+    for needle in ["export KUBECONFIG=", "export SERVICELOG_ZK_CONNECT=", "export PATH="] {
+        assert!(file.contains(needle), "env file lacks {needle}:\n{file}");
+    }
+    assert!(env.tools().path("kubectl").is_file());
+}

@@ -1,0 +1,221 @@
+//! `servicelog-operator`: `run` the controller and webhooks, print the `crd`, or
+//! `validate` manifests offline.
+#![forbid(unsafe_code)]
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use servicelog_api::wire::Layout;
+use servicelog_operator::{
+    controller, crd, lease, manifests,
+    metrics::{self, Metrics},
+    zk::{Zk, ZkConfig},
+};
+
+#[derive(Parser)]
+#[command(name = "servicelog-operator", version, about = "Routes each service's logs where its ServiceLog says, live")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller and the admission webhooks.
+    Run(RunArgs),
+    /// Print the ServiceLog CustomResourceDefinition as YAML.
+    Crd,
+    /// Check ServiceLog manifests offline: every problem with its field path; exit status 1
+    /// if there is any.
+    Validate {
+        /// YAML files, each possibly with several documents; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// ZooKeeper connect string, e.g. `zk-0:2181,zk-1:2181/chroot`.
+    #[arg(long, env = "SERVICELOG_ZK_CONNECT")]
+    zk_connect: String,
+    /// Znode root of the servicelog tree.
+    #[arg(long, env = "SERVICELOG_ZK_ROOT", default_value = "/servicelog")]
+    zk_root: String,
+    /// The operator's own namespace (Lease, webhook Secret).
+    #[arg(long, env = "SERVICELOG_NAMESPACE", default_value = "servicelog-system")]
+    namespace: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SERVICELOG_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+    /// Address of the HTTPS admission webhooks.
+    #[arg(long, env = "SERVICELOG_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    webhook_addr: String,
+    /// Register the webhooks at this URL (development and tests).
+    #[arg(long, env = "SERVICELOG_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Image of the injected sidecar.
+    #[arg(long, env = "SERVICELOG_SIDECAR_IMAGE", default_value = "ghcr.io/servicelog/servicelog-sidecar:0.1.0")]
+    sidecar_image: String,
+    /// Elect a leader among replicas with a Lease; only the leader reconciles.
+    #[arg(long, env = "SERVICELOG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// How long a leader's lease lasts without renewal before a standby takes over.
+    #[arg(long, env = "SERVICELOG_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long deletion waits for an unreachable ZooKeeper before giving up on the subtree.
+    #[arg(long, env = "SERVICELOG_CLEANUP_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    cleanup_timeout: Duration,
+    /// ZooKeeper session timeout.
+    #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    zk_session_timeout: Duration,
+    /// This replica's identity for the Lease (default: POD_NAME, else host and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd::yaml().context("serialising the CRD")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => validate(&files),
+        Command::Run(args) => {
+            init_tracing();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run_operator(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut problems = 0;
+    let mut checked = 0;
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        let report = manifests::check_yaml(&text);
+        checked += report.checked;
+        for problem in &report.problems {
+            println!("{}: {problem}", file.display());
+        }
+        problems += report.problems.len();
+    }
+    if problems > 0 {
+        eprintln!("{problems} problem(s) in {checked} ServiceLog(s)");
+        Ok(ExitCode::FAILURE)
+    } else {
+        eprintln!("{checked} ServiceLog(s) valid");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let layout = Layout::new(&args.zk_root).with_context(|| format!("--zk-root {:?}", args.zk_root))?;
+    let metrics_addr = args
+        .metrics_addr
+        .parse()
+        .with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or the in-cluster service account)")?;
+    let metrics = Arc::new(Metrics::new());
+    let server = tokio::spawn(metrics::serve(metrics_addr, metrics.clone()));
+
+    if args.webhook_url.is_some() {
+        tracing::warn!("--webhook-url is accepted but the admission webhooks are not served yet (issue #5)");
+    }
+
+    let (zk, triggers) = Zk::start(ZkConfig {
+        connect: args.zk_connect.clone(),
+        layout: layout.clone(),
+        session_timeout: args.zk_session_timeout,
+        connect_timeout: Duration::from_secs(5),
+    });
+    let gauge_zk = zk.clone();
+    let gauge_metrics = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            gauge_metrics.set_zookeeper_connected(gauge_zk.is_connected());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    metrics.set_ready(true);
+
+    let lease_config = lease::LeaseConfig {
+        namespace: args.namespace.clone(),
+        name: "servicelog-operator".into(),
+        identity: identity.clone(),
+        duration: args.lease_duration,
+    };
+    if args.leader_election {
+        tracing::info!(identity = %identity, namespace = %args.namespace, "waiting for the lease");
+        tokio::select! {
+            r = lease::acquire(&client, &lease_config) => r?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        metrics.set_leader(true);
+    }
+    let settings = controller::Settings {
+        layout,
+        identity,
+        cleanup_timeout: args.cleanup_timeout,
+    };
+    let run = controller::run(client.clone(), zk, triggers, metrics.clone(), settings);
+    if args.leader_election {
+        tokio::select! {
+            () = run => {}
+            lost = lease::hold(&client, &lease_config) => return Err(lost.into()),
+            r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+        }
+    } else {
+        tokio::select! {
+            () = run => {}
+            r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "servicelog-operator".into())
+}

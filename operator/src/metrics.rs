@@ -1,0 +1,193 @@
+//! Prometheus metrics of the operator and the small HTTP server for `/metrics`,
+//! `/healthz` and `/readyz`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The operator's metrics (names from DESIGN.md).
+pub struct Metrics {
+    registry: Registry,
+    reconcile_total: Family<ResultLabel, Counter>,
+    reconcile_duration: Histogram,
+    webhook_duration: Family<ResultLabel, Histogram>,
+    zookeeper_connected: Gauge,
+    leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconcile_total = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "servicelog_reconcile",
+            "ServiceLog reconciles by result (ok or an error category)",
+            reconcile_total.clone(),
+        );
+        let reconcile_duration = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        registry.register(
+            "servicelog_reconcile_duration_seconds",
+            "Time of one reconcile",
+            reconcile_duration.clone(),
+        );
+        let webhook_duration = Family::<ResultLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25])
+        });
+        registry.register(
+            "servicelog_webhook_duration_seconds",
+            "Time to answer one admission review",
+            webhook_duration.clone(),
+        );
+        let zookeeper_connected = Gauge::default();
+        registry.register(
+            "servicelog_zookeeper_connected",
+            "1 while the operator's ZooKeeper session is connected",
+            zookeeper_connected.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register("servicelog_leader", "1 while this replica leads", leader.clone());
+        Self {
+            registry,
+            reconcile_total,
+            reconcile_duration,
+            webhook_duration,
+            zookeeper_connected,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn reconciled(&self, result: &'static str, took: Duration) {
+        self.reconcile_total.get_or_create(&ResultLabel { result }).inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn webhook_answered(&self, result: &'static str, took: Duration) {
+        self.webhook_duration
+            .get_or_create(&ResultLabel { result })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_zookeeper_connected(&self, connected: bool) {
+        self.zookeeper_connected.set(i64::from(connected));
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned(), "text/plain"),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_use_the_documented_names() {
+        let m = Metrics::new();
+        m.reconciled("ok", Duration::from_millis(3));
+        m.webhook_answered("allowed", Duration::from_millis(1));
+        let text = m.encode();
+        for name in [
+            "servicelog_reconcile_total{result=\"ok\"} 1",
+            "servicelog_reconcile_duration_seconds_count 1",
+            "servicelog_webhook_duration_seconds_count{result=\"allowed\"} 1",
+            "servicelog_zookeeper_connected",
+        ] {
+            assert!(text.contains(name), "metrics lack {name}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn readyz_follows_readiness() {
+        let m = Metrics::new();
+        let req = Request::get("/readyz").body(()).unwrap();
+        assert_eq!(answer(&req, &m).status(), StatusCode::SERVICE_UNAVAILABLE);
+        m.set_ready(true);
+        assert_eq!(answer(&req, &m).status(), StatusCode::OK);
+    }
+}

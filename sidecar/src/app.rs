@@ -1,0 +1,178 @@
+//! Wires the parts together and runs them until SIGTERM/SIGINT (or, for benchmarks, the
+//! end of the input), then shuts down in order: stop reading, let the sinks write and ack
+//! what was read, write the checkpoints, exit — all within the shutdown timeout.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::{
+        self, ConfigError,
+        zk::{self, ZkConfig, ZkOptions, ZkPathError},
+    },
+    http::{self, HttpError},
+    metrics::Metrics,
+    pipeline::{ApplyError, Topology},
+    sources::file::{Tailer, TailerLinks, TailerOptions},
+};
+
+/// Where the config comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    File(PathBuf),
+    ZooKeeper { connect: String, znode: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub config: ConfigSource,
+    pub pod: String,
+    pub namespace: String,
+    pub state_dir: PathBuf,
+    pub metrics_addr: String,
+    pub zk_session_timeout: Duration,
+    pub zk_connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub exit_on_eof: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}: {source}")]
+    Apply { path: PathBuf, source: ApplyError },
+    #[error(transparent)]
+    ZkPath(#[from] ZkPathError),
+    #[error("creating the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+/// Runs the sidecar on the current (tokio) runtime until it is told to stop.
+pub async fn run(opts: AppOptions) -> Result<(), AppError> {
+    std::fs::create_dir_all(&opts.state_dir).map_err(|source| AppError::StateDir {
+        path: opts.state_dir.clone(),
+        source,
+    })?;
+    let metrics = Metrics::new();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+    let topology = Topology::new(metrics.clone(), &opts.state_dir, wake_tx.clone());
+
+    let (listener, addr) = http::bind(&opts.metrics_addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let http_task = tokio::spawn(http::serve(listener, metrics.clone()));
+
+    let config_task = match &opts.config {
+        ConfigSource::File(path) => {
+            let signature = config::file::signature(path);
+            let config = config::load_file(path)?;
+            topology.apply(&config, true).map_err(|source| AppError::Apply {
+                path: path.clone(),
+                source,
+            })?;
+            tokio::spawn(config::file::watch(path.clone(), topology.clone(), signature))
+        }
+        ConfigSource::ZooKeeper { connect, znode } => {
+            let zk_opts = ZkOptions {
+                connect: connect.clone(),
+                config_path: znode.clone(),
+                instance_path: zk::instance_path(znode, &opts.pod)?,
+                pod: opts.pod.clone(),
+                session_timeout: opts.zk_session_timeout,
+                connect_timeout: opts.zk_connect_timeout,
+                state_dir: opts.state_dir.clone(),
+            };
+            tokio::spawn(ZkConfig::new(zk_opts, topology.clone()).run())
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (eof_tx, mut eof_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tailer_opts = TailerOptions::new(opts.state_dir.clone(), opts.pod.clone(), opts.namespace.clone());
+    tailer_opts.exit_on_eof = opts.exit_on_eof;
+    tailer_opts.drain_timeout = opts.shutdown_timeout.mul_f32(0.8);
+    let tailer = Tailer::new(
+        tailer_opts,
+        TailerLinks {
+            current: topology.current(),
+            shared: topology.shared(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            wake: wake_rx,
+            eof: Some(eof_tx),
+        },
+    );
+    let reader = std::thread::Builder::new()
+        .name("file-reader".into())
+        .spawn(move || tailer.run())
+        .map_err(|source| AppError::Io {
+            what: "starting the file reader",
+            source,
+        })?;
+
+    let io = |source| AppError::Io {
+        what: "installing signal handlers",
+        source,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io)?;
+    let why = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        Some(()) = eof_rx.recv() => "end of input (--exit-on-eof)",
+    };
+    let deadline = Instant::now() + opts.shutdown_timeout;
+    tracing::info!(reason = why, timeout = ?opts.shutdown_timeout, "shutting down: stop reading, flush sinks, checkpoint");
+    metrics.set_ready(false);
+
+    // No config change during shutdown; dropping the ZooKeeper client closes the session,
+    // which removes the instance znode.
+    config_task.abort();
+    let _ = config_task.await;
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = wake_tx.send(());
+    if !join_until(reader, deadline).await {
+        tracing::warn!("the file reader did not stop in time");
+    }
+    topology.clear();
+    let shared = topology.shared();
+    loop {
+        let running = shared.running();
+        if running.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(sinks = ?running, "sinks did not finish in time; exiting anyway");
+            shared.abandon.store(true, Ordering::Relaxed);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    http_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn join_until(thread: JoinHandle<()>, deadline: Instant) -> bool {
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    thread.join().is_ok()
+}

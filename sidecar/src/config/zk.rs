@@ -1,0 +1,392 @@
+//! The config from ZooKeeper, and this sidecar's answer in `instances/<pod>`.
+//!
+//! A session is a state machine (STYLE.md habit 8):
+//! - connected: read the config znode with a watch, apply it, write the instance znode
+//!   (ephemeral) with the hash in force and `ok`/`error`, then wait for the watch, for a
+//!   session state change, or for the instance znode to change;
+//! - `Disconnected`: keep routing with the rules in force; on `SyncConnected` re-read and
+//!   re-watch everything, as watch events can be lost across a reconnect;
+//! - `Expired` (or closed): build a new client — a new session — and start over, which
+//!   re-creates the ephemeral instance znode.
+//!
+//! Connecting is bounded ([`ZkOptions::connect_timeout`]) and retried with backoff. When
+//! no config is in force and ZooKeeper cannot give one (unreachable, or no config znode),
+//! the sidecar routes with the last-known-good config from the state directory.
+//!
+//! An instance znode left by an earlier session of the same pod (after a restart, ZooKeeper
+//! keeps it until that session times out) is updated in place and watched; when ZooKeeper
+//! removes it, this session creates its own.
+
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
+
+use servicelog_api::wire::{Envelope, Instance, InstanceState};
+use zookeeper_client::{Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent};
+
+use crate::{metrics::Metrics, pipeline::Topology, state};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZkPathError {
+    #[error("config znode {0:?} must be an absolute path ending in /config")]
+    ConfigPath(String),
+    #[error("pod name {0:?} cannot be a znode name")]
+    Pod(String),
+}
+
+/// `…/<name>/instances/<pod>` for the config znode `…/<name>/config`.
+pub fn instance_path(config: &str, pod: &str) -> Result<String, ZkPathError> {
+    let parent = config
+        .strip_suffix("/config")
+        .filter(|p| p.starts_with('/') && p.len() > 1 && !p.contains("//"))
+        .ok_or_else(|| ZkPathError::ConfigPath(config.to_owned()))?;
+    if pod.is_empty() || pod.contains('/') || pod == "." || pod == ".." || pod.chars().any(char::is_control) {
+        return Err(ZkPathError::Pod(pod.to_owned()));
+    }
+    Ok(format!("{parent}/instances/{pod}"))
+}
+
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    pub connect: String,
+    pub config_path: String,
+    pub instance_path: String,
+    pub pod: String,
+    pub session_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub state_dir: PathBuf,
+}
+
+type Watch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
+
+fn watch_of(w: OneshotWatcher) -> Watch {
+    Box::pin(w.changed())
+}
+
+fn never() -> Watch {
+    Box::pin(std::future::pending())
+}
+
+/// How a session ended.
+enum End {
+    /// Expired, closed or auth failed: a new session is needed.
+    Terminated(SessionState),
+}
+
+pub struct ZkConfig {
+    opts: ZkOptions,
+    topology: Topology,
+    metrics: Metrics,
+    /// What the instance znode should say; `None` until a config was read.
+    desired: Option<Instance>,
+    /// What this session last wrote there.
+    written: Option<Vec<u8>>,
+    /// The config znode data last handled, so a re-read after a reconnect does not
+    /// re-apply (or re-reject) the same bytes.
+    seen: Option<Vec<u8>>,
+    fell_back: bool,
+}
+
+impl ZkConfig {
+    pub fn new(opts: ZkOptions, topology: Topology) -> Self {
+        let metrics = topology.metrics().clone();
+        Self {
+            opts,
+            topology,
+            metrics,
+            desired: None,
+            written: None,
+            seen: None,
+            fell_back: false,
+        }
+    }
+
+    /// Runs forever: connect, serve the session, reconnect with backoff.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let connector = Client::connector().with_session_timeout(self.opts.session_timeout);
+            match tokio::time::timeout(self.opts.connect_timeout, connector.connect(&self.opts.connect)).await {
+                Ok(Ok(client)) => {
+                    backoff = BACKOFF_MIN;
+                    tracing::info!(session = %client.session_id(), connect = %self.opts.connect, "ZooKeeper session established");
+                    self.metrics.zookeeper_connected.set(1);
+                    let End::Terminated(state) = self.session(&client).await;
+                    self.metrics.zookeeper_connected.set(0);
+                    tracing::warn!(%state, "ZooKeeper session ended; starting a new one (routing goes on with the rules in force)");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(connect = %self.opts.connect, error = %e, retry_in = ?backoff, "cannot reach ZooKeeper");
+                }
+                Err(_) => {
+                    tracing::warn!(connect = %self.opts.connect, timeout = ?self.opts.connect_timeout, retry_in = ?backoff, "cannot reach ZooKeeper in time");
+                }
+            }
+            self.fall_back();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// With no config in force, route with the last-known-good one (once).
+    fn fall_back(&mut self) {
+        if self.fell_back || self.topology.hash().is_some() {
+            return;
+        }
+        self.fell_back = true;
+        match state::load_last_good(&self.opts.state_dir) {
+            Ok(Some(config)) => {
+                tracing::warn!(hash = %config.hash, "routing with the last-known-good config until ZooKeeper has one");
+                let _ = self.topology.apply(&config, false);
+            }
+            Ok(None) => tracing::warn!(
+                "no config yet and no last-known-good config: nothing is read until a config arrives \
+                 (files are then read from their beginning, so nothing is lost)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the last-known-good config cannot be used"),
+        }
+    }
+
+    async fn session(&mut self, client: &Client) -> End {
+        self.written = None;
+        let mut states = client.state_watcher();
+        loop {
+            if let Some(end) = terminated(client) {
+                return end;
+            }
+            let config_watch = match self.read_config(client).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the config znode");
+                    if let Some(end) = self.wait_reconnect(client, &mut states).await {
+                        return end;
+                    }
+                    continue;
+                }
+            };
+            let instance_watch = match self.publish(client).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing the instance znode");
+                    never()
+                }
+            };
+            if let Some(end) = self.wait(client, &mut states, config_watch, instance_watch).await {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for something to re-read: the config changed, the instance znode changed, or
+    /// the session reconnected. `Some` when the session is over.
+    async fn wait(
+        &mut self,
+        client: &Client,
+        states: &mut zookeeper_client::StateWatcher,
+        mut config_watch: Watch,
+        mut instance_watch: Watch,
+    ) -> Option<End> {
+        loop {
+            tokio::select! {
+                event = &mut config_watch => {
+                    if event.event_type == EventType::Session {
+                        return terminated(client).or(Some(End::Terminated(event.session_state)));
+                    }
+                    tracing::debug!(event = ?event.event_type, "config znode changed");
+                    return None;
+                }
+                event = &mut instance_watch => {
+                    if event.event_type == EventType::Session {
+                        return terminated(client).or(Some(End::Terminated(event.session_state)));
+                    }
+                    tracing::debug!(event = ?event.event_type, "instance znode changed");
+                    return None;
+                }
+                state = states.changed() => match state {
+                    SessionState::Disconnected => {
+                        self.metrics.zookeeper_connected.set(0);
+                        tracing::warn!("ZooKeeper disconnected; routing goes on with the rules in force");
+                    }
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        self.metrics.zookeeper_connected.set(1);
+                        tracing::info!("ZooKeeper reconnected; re-reading the config");
+                        return None;
+                    }
+                    other => return Some(End::Terminated(other)),
+                },
+            }
+        }
+    }
+
+    /// After a failed request: wait until connected again (`None`) or the session ends.
+    async fn wait_reconnect(&mut self, client: &Client, states: &mut zookeeper_client::StateWatcher) -> Option<End> {
+        loop {
+            if let Some(end) = terminated(client) {
+                return Some(end);
+            }
+            if matches!(client.state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly) {
+                // Connected but the request failed: do not spin.
+                tokio::time::sleep(BACKOFF_MIN).await;
+                return None;
+            }
+            match states.changed().await {
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    self.metrics.zookeeper_connected.set(1);
+                    return None;
+                }
+                SessionState::Disconnected => {
+                    self.metrics.zookeeper_connected.set(0);
+                }
+                other => return Some(End::Terminated(other)),
+            }
+        }
+    }
+
+    /// Reads (and applies) the config znode, returning the watch on it.
+    async fn read_config(&mut self, client: &Client) -> Result<Watch, zookeeper_client::Error> {
+        let path = self.opts.config_path.clone();
+        loop {
+            match client.get_and_watch_data(&path).await {
+                Ok((data, _stat, watch)) => {
+                    self.on_config(data);
+                    return Ok(watch_of(watch));
+                }
+                Err(zookeeper_client::Error::NoNode) => match client.check_and_watch_stat(&path).await? {
+                    (Some(_), _) => continue,
+                    (None, watch) => {
+                        tracing::warn!(znode = %path, "the config znode does not exist; waiting for it");
+                        self.fall_back();
+                        return Ok(watch_of(watch));
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn on_config(&mut self, data: Vec<u8>) {
+        if self.seen.as_ref() == Some(&data) && self.desired.is_some() {
+            return;
+        }
+        let result = match Envelope::from_slice(&data) {
+            Ok(config) => match self.topology.apply(&config, true) {
+                Ok(()) => Ok(config.hash),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => {
+                self.metrics.config_result(false);
+                tracing::error!(error = %e, "config znode not applied; the rules in force stay");
+                Err(format!("config znode {}: {e}", self.opts.config_path))
+            }
+        };
+        self.seen = Some(data);
+        let (hash, state, error) = match result {
+            Ok(hash) => (hash, InstanceState::Ok, None),
+            Err(e) => (self.topology.hash().unwrap_or_default(), InstanceState::Error, Some(e)),
+        };
+        let unchanged = self
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.hash == hash && d.state == state && d.error == error);
+        if !unchanged {
+            self.desired = Some(Instance {
+                pod: self.opts.pod.clone(),
+                hash,
+                state,
+                error,
+                since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            });
+        }
+    }
+
+    /// Makes the instance znode say `desired`, and watches it.
+    async fn publish(&mut self, client: &Client) -> Result<Watch, zookeeper_client::Error> {
+        let Some(record) = &self.desired else {
+            return Ok(never());
+        };
+        let data = match record.to_bytes() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding the instance record");
+                return Ok(never());
+            }
+        };
+        let path = self.opts.instance_path.clone();
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        for _ in 0..4 {
+            let (stat, watch) = client.check_and_watch_stat(&path).await?;
+            let Some(stat) = stat else {
+                match client.create(&path, &data, &ephemeral).await {
+                    Ok(_) => {
+                        tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode created");
+                        self.written = Some(data.clone());
+                    }
+                    Err(zookeeper_client::Error::NoNode) => self.create_instances_dir(client, &path).await?,
+                    Err(zookeeper_client::Error::NodeExists) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let ours = stat.ephemeral_owner == client.session_id().0;
+            if ours && self.written.as_ref() == Some(&data) {
+                return Ok(watch_of(watch));
+            }
+            match client.set_data(&path, &data, None).await {
+                Ok(_) => {}
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(e),
+            }
+            if ours {
+                tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
+                self.written = Some(data.clone());
+                continue;
+            }
+            tracing::info!(znode = %path, "instance znode belongs to an earlier session; updated it and will re-create it when ZooKeeper removes it");
+            return Ok(watch_of(watch));
+        }
+        Ok(never())
+    }
+
+    /// `instances/` as a container znode, which ZooKeeper removes once it is empty, so a
+    /// sidecar never keeps a deleted resource's subtree alive.
+    async fn create_instances_dir(&self, client: &Client, instance: &str) -> Result<(), zookeeper_client::Error> {
+        let Some((dir, _)) = instance.rsplit_once('/') else {
+            return Ok(());
+        };
+        match client
+            .create(dir, &[], &CreateMode::Container.with_acls(Acls::anyone_all()))
+            .await
+        {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+            Err(zookeeper_client::Error::NoNode) => {
+                // The resource's subtree is gone (config deleted): nothing to ack into.
+                Err(zookeeper_client::Error::NoNode)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn terminated(client: &Client) -> Option<End> {
+    let state = client.state();
+    state.is_terminated().then_some(End::Terminated(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_path_is_the_sibling_of_config() {
+        assert_eq!(
+            instance_path("/servicelog/namespaces/shop/checkout/config", "pod-1").unwrap(),
+            "/servicelog/namespaces/shop/checkout/instances/pod-1"
+        );
+        assert!(instance_path("/servicelog/namespaces/shop/checkout", "p").is_err());
+        assert!(instance_path("relative/config", "p").is_err());
+        assert!(instance_path("/config", "p").is_err());
+        assert!(instance_path("/a/config", "a/b").is_err());
+        assert!(instance_path("/a/config", "").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! `servicelog-sidecar`: reads a service's logs, routes them by its ServiceLog's rules and
+//! swaps the rules live when the config znode changes.
+#![forbid(unsafe_code)]
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use servicelog_sidecar::app::{self, AppOptions, ConfigSource};
+
+#[derive(Parser)]
+#[command(name = "servicelog-sidecar", version, about = "Routes a service's logs by its ServiceLog rules, live")]
+struct Cli {
+    /// Run without ZooKeeper from a ServiceLog YAML or a config znode's JSON, re-read when
+    /// it changes.
+    #[arg(long, conflicts_with_all = ["zk_connect", "config_znode"])]
+    config_file: Option<PathBuf>,
+    /// ZooKeeper connect string.
+    #[arg(long, env = "SERVICELOG_ZK_CONNECT")]
+    zk_connect: Option<String>,
+    /// The config znode to watch, `<root>/namespaces/<ns>/<name>/config`.
+    #[arg(long, env = "SERVICELOG_CONFIG_ZNODE")]
+    config_znode: Option<String>,
+    /// This pod's name, used for the instance znode.
+    #[arg(long, env = "POD_NAME", default_value = "local")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
+    /// Checkpoints and the last-known-good config.
+    #[arg(long, env = "SERVICELOG_STATE_DIR", default_value = "/var/lib/servicelog")]
+    state_dir: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SERVICELOG_METRICS_ADDR", default_value = "0.0.0.0:9779")]
+    metrics_addr: String,
+    /// ZooKeeper session timeout.
+    #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    zk_session_timeout: Duration,
+    /// How long to wait for ZooKeeper at start (and per reconnect attempt) before routing
+    /// with the last-known-good config.
+    #[arg(long, env = "SERVICELOG_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    zk_connect_timeout: Duration,
+    /// Upper bound on a SIGTERM shutdown (flush sinks, checkpoint).
+    #[arg(long, env = "SERVICELOG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Exit once every file has been read to its end and written (benchmarks).
+    #[arg(long, hide = true)]
+    exit_on_eof: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match (cli.config_file, cli.zk_connect, cli.config_znode) {
+        (Some(path), _, _) => ConfigSource::File(path),
+        (None, Some(connect), Some(znode)) => ConfigSource::ZooKeeper { connect, znode },
+        _ => bail!(
+            "no config source: pass --config-file FILE, or set SERVICELOG_ZK_CONNECT and SERVICELOG_CONFIG_ZNODE"
+        ),
+    };
+    let opts = AppOptions {
+        config,
+        pod: cli.pod_name,
+        namespace: cli.pod_namespace,
+        state_dir: cli.state_dir,
+        metrics_addr: cli.metrics_addr,
+        zk_session_timeout: cli.zk_session_timeout,
+        zk_connect_timeout: cli.zk_connect_timeout,
+        shutdown_timeout: cli.shutdown_timeout,
+        exit_on_eof: cli.exit_on_eof,
+    };
+    // One thread for the control plane: the hot path has threads of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(app::run(opts))?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! `encoding: json` for file and stdout sinks: the event's fields plus
+//! `_servicelog: {source, pod, namespace}`, one object per line.
+//!
+//! A `json` line that parsed is already an object: the `_servicelog` member is spliced in
+//! before its closing brace, so the fields are written exactly as the application wrote
+//! them, without a parse-and-reserialise round trip. A `logfmt` line becomes an object of
+//! its pairs (values are strings, a bare key is `true`). Every other line — a `text`
+//! source's, or one that did not parse in its format — is `{"message": <line>}`.
+
+use servicelog_api::{rules::Event, v1alpha1::Format};
+
+/// The `"_servicelog":{...}` member for one source, rendered once per chunk.
+pub fn meta_member(source: &str, pod: &str, namespace: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + source.len() + pod.len() + namespace.len());
+    out.extend_from_slice(b"\"_servicelog\":{\"source\":");
+    json_string(&mut out, source.as_bytes());
+    out.extend_from_slice(b",\"pod\":");
+    json_string(&mut out, pod.as_bytes());
+    out.extend_from_slice(b",\"namespace\":");
+    json_string(&mut out, namespace.as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// Appends the JSON line for `event` (read in `format`), newline-terminated.
+pub fn encode_json(out: &mut Vec<u8>, event: &Event<'_>, format: Format, meta: &[u8]) {
+    let line = event.line();
+    if !event.is_text() {
+        match format {
+            Format::Json => {
+                if let Some(close) = memchr::memrchr(b'}', line) {
+                    let body = &line[..close];
+                    out.extend_from_slice(body);
+                    if body.trim_ascii_end() != b"{" && !body.trim_ascii().is_empty() {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(meta);
+                    out.extend_from_slice(b"}\n");
+                    return;
+                }
+            }
+            Format::Logfmt => {
+                out.push(b'{');
+                for (key, value) in logfmt_pairs(line) {
+                    json_string(out, key);
+                    out.push(b':');
+                    match value {
+                        Some(v) => json_string(out, &unescape_logfmt(v)),
+                        None => out.extend_from_slice(b"true"),
+                    }
+                    out.push(b',');
+                }
+                out.extend_from_slice(meta);
+                out.extend_from_slice(b"}\n");
+                return;
+            }
+            Format::Text => {}
+        }
+    }
+    out.extend_from_slice(b"{\"message\":");
+    json_string(out, line);
+    out.push(b',');
+    out.extend_from_slice(meta);
+    out.extend_from_slice(b"}\n");
+}
+
+/// A JSON string of `bytes`, invalid UTF-8 replaced by U+FFFD.
+pub fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    out.push(b'"');
+    let mut start = 0;
+    let s = text.as_bytes();
+    for (i, &b) in s.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&s[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// `key=value` pairs of a logfmt line; a value is `None` for a bare key, and a quoted
+/// value is returned without its quotes (still escaped).
+fn logfmt_pairs(line: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
+    let mut pairs = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    while i < n {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key_start = i;
+        while i < n && !line[i].is_ascii_whitespace() && line[i] != b'=' {
+            i += 1;
+        }
+        let key = &line[key_start..i];
+        if i < n && line[i] == b'=' {
+            i += 1;
+            if i < n && line[i] == b'"' {
+                i += 1;
+                let start = i;
+                while i < n && line[i] != b'"' {
+                    i += if line[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = i.min(n);
+                pairs.push((key, Some(&line[start..end])));
+                i = end + 1;
+            } else {
+                let start = i;
+                while i < n && !line[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                pairs.push((key, Some(&line[start..i])));
+            }
+        } else if !key.is_empty() {
+            pairs.push((key, None));
+        }
+    }
+    pairs
+}
+
+fn unescape_logfmt(v: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !v.contains(&b'\\') {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\\' && i + 1 < v.len() {
+            out.push(match v[i + 1] {
+                b'n' => b'\n',
+                b't' => b'\t',
+                b'r' => b'\r',
+                other => other,
+            });
+            i += 2;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use servicelog_api::{Router, ServiceLogSpec};
+
+    use super::*;
+
+    fn router(format: &str) -> Router {
+        let yaml = format!(
+            "sources: [{{name: app, file: {{paths: [/x/*.log], format: {format}}}}}]\n\
+             sinks: [{{name: out, stdout: {{}}}}]\ndefaultTo: [out]\n"
+        );
+        let spec: ServiceLogSpec = serde_yaml::from_str(&yaml).unwrap();
+        Router::compile(&spec).unwrap()
+    }
+
+    fn encode(format: Format, line: &str) -> serde_json::Value {
+        let fmt = match format {
+            Format::Json => "json",
+            Format::Logfmt => "logfmt",
+            Format::Text => "text",
+        };
+        let r = router(fmt);
+        let event = r.parse(0, line.as_bytes());
+        let mut out = Vec::new();
+        encode_json(&mut out, &event, format, &meta_member("app", "pod-1", "shop"));
+        assert_eq!(out.last(), Some(&b'\n'));
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn json_lines_keep_their_fields_and_gain_servicelog() {
+        let v = encode(Format::Json, r#"{"level":"warn","msg":"x","n":{"a":1}}"#);
+        assert_eq!(
+            v,
+            serde_json::json!({"level":"warn","msg":"x","n":{"a":1},
+                "_servicelog":{"source":"app","pod":"pod-1","namespace":"shop"}})
+        );
+        let v = encode(Format::Json, "{ }");
+        assert_eq!(v["_servicelog"]["pod"], "pod-1");
+    }
+
+    #[test]
+    fn unparsable_and_text_lines_become_messages() {
+        let v = encode(Format::Json, "not \"json\"\tat all");
+        assert_eq!(v["message"], "not \"json\"\tat all");
+        let v = encode(Format::Text, "plain \u{1} text");
+        assert_eq!(v["message"], "plain \u{1} text");
+    }
+
+    #[test]
+    fn logfmt_pairs_become_string_fields() {
+        let v = encode(Format::Logfmt, r#"level=info msg="hello \"you\"" n=3 flag"#);
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["msg"], "hello \"you\"");
+        assert_eq!(v["n"], "3");
+        assert_eq!(v["flag"], true);
+        assert_eq!(v["_servicelog"]["source"], "app");
+    }
+}

@@ -1,0 +1,305 @@
+//! Sinks: where routed events are written.
+//!
+//! Each sink is a thread fed by a bounded channel of [`Batch`]es: the file reader encodes a
+//! chunk's events per sink into one buffer and sends it whole, so a sink does one big write
+//! per batch and the channel bound is the backpressure (a slow sink stalls the reader
+//! instead of growing memory). After a batch is written and flushed the sink counts it and
+//! acks it, which is what lets the reader checkpoint the file offset behind it.
+//!
+//! A sink is config + build ([`build`]): a running sink keeps its definition, so a config
+//! swap reuses every sink whose definition did not change, with its open file. A sink that
+//! is no longer in any pipeline sees its channel close, drains what is queued, flushes and
+//! ends.
+
+pub mod encode;
+pub mod file;
+pub mod stdout;
+
+use std::{
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use prometheus_client::metrics::counter::Counter;
+use servicelog_api::v1alpha1::{LineEncoding, Sink};
+
+use crate::metrics::Metrics;
+
+/// Batches queued per sink before the reader waits: with ~256 KiB batches this bounds a
+/// sink's queued memory to about 1 MiB.
+pub const QUEUE_DEPTH: usize = 4;
+
+/// Problems building a sink from its definition.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {name}: opening {path}: {source}")]
+    Open {
+        name: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("sink {name}: {kind} sinks are not supported by this sidecar build yet")]
+    Unsupported { name: String, kind: &'static str },
+    #[error("sink {name}: the definition sets none of stdout, file or http")]
+    Empty { name: String },
+    #[error("sink {name}: starting its thread: {source}")]
+    Thread { name: String, source: io::Error },
+}
+
+/// Counts the sinks a batch went to; the batch's offset may be checkpointed once every one
+/// of them has written it.
+#[derive(Debug)]
+pub struct BatchAck {
+    remaining: AtomicUsize,
+}
+
+impl BatchAck {
+    pub fn new(sinks: usize) -> Self {
+        Self {
+            remaining: AtomicUsize::new(sinks),
+        }
+    }
+
+    pub fn done(&self) {
+        self.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One chunk's events for one sink, already encoded, newline-terminated.
+#[derive(Debug)]
+pub struct Batch {
+    pub data: Vec<u8>,
+    pub events: u64,
+    pub ack: Arc<BatchAck>,
+}
+
+/// Buffers handed back by sinks for the reader to fill again, so the hot path does not
+/// allocate (and fault in) a fresh quarter-megabyte per batch.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    const KEEP: usize = 16;
+
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        match reused {
+            Some(buf) => buf,
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < Self::KEEP {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// Shared by every sink thread: the process gives up on unwritable batches once its
+/// shutdown deadline has passed.
+#[derive(Debug, Default)]
+pub struct SinkShared {
+    pub abandon: AtomicBool,
+    pub pool: BufferPool,
+    threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+}
+
+impl SinkShared {
+    /// Sink threads still running, pruning the finished ones.
+    pub fn running(&self) -> Vec<String> {
+        let Ok(mut threads) = self.threads.lock() else {
+            return Vec::new();
+        };
+        threads.retain(|(_, t)| !t.is_finished());
+        threads.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// What writes one sink's bytes.
+pub trait Writer: Send {
+    /// Writes a prefix of `data` (at least one byte unless it fails) and returns its
+    /// length. A batch is only acked after all of it went through here and [`Writer::flush`].
+    fn write_some(&mut self, data: &[u8]) -> io::Result<usize>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// Called after a failed write, before retrying: e.g. reopen the file.
+    fn recover(&mut self) {}
+}
+
+/// A running sink, shared by every pipeline that routes to it.
+#[derive(Debug)]
+pub struct SinkHandle {
+    pub name: String,
+    pub def: Sink,
+    pub encoding: LineEncoding,
+    tx: SyncSender<Batch>,
+}
+
+impl SinkHandle {
+    /// Queues a batch, waiting while the queue is full. Fails only when the sink has ended
+    /// (it gave up at shutdown); the batch then stays unacked.
+    pub fn send(&self, batch: Batch) -> Result<(), Batch> {
+        match self.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(batch)) => self.tx.send(batch).map_err(|e| e.0),
+            Err(TrySendError::Disconnected(batch)) => Err(batch),
+        }
+    }
+}
+
+/// Starts the sink `def` describes.
+pub fn build(def: &Sink, metrics: &Metrics, shared: &Arc<SinkShared>) -> Result<Arc<SinkHandle>, SinkError> {
+    let name = def.name.clone();
+    let (writer, encoding): (Box<dyn Writer>, LineEncoding) = if let Some(s) = &def.stdout {
+        (Box::new(stdout::StdoutWriter::new()), s.encoding)
+    } else if let Some(f) = &def.file {
+        let w = file::FileWriter::open(&name, f)?;
+        (Box::new(w), f.encoding)
+    } else if def.http.is_some() {
+        return Err(SinkError::Unsupported { name, kind: "http" });
+    } else {
+        return Err(SinkError::Empty { name });
+    };
+    let (tx, rx) = sync_channel(QUEUE_DEPTH);
+    let counter = metrics.sink_counter(&name);
+    let thread_shared = shared.clone();
+    let thread_name = name.clone();
+    let handle = thread::Builder::new()
+        .name(format!("sink-{name}"))
+        .stack_size(256 * 1024)
+        .spawn(move || run(&thread_name, writer, rx, counter, &thread_shared))
+        .map_err(|source| SinkError::Thread {
+            name: name.clone(),
+            source,
+        })?;
+    if let Ok(mut threads) = shared.threads.lock() {
+        threads.retain(|(_, t)| !t.is_finished());
+        threads.push((name.clone(), handle));
+    }
+    Ok(Arc::new(SinkHandle {
+        name,
+        def: def.clone(),
+        encoding,
+        tx,
+    }))
+}
+
+fn run(name: &str, mut writer: Box<dyn Writer>, rx: Receiver<Batch>, counter: Counter, shared: &SinkShared) {
+    tracing::debug!(sink = name, "sink started");
+    while let Ok(batch) = rx.recv() {
+        if !write_batch(name, writer.as_mut(), &batch.data, shared) {
+            tracing::warn!(sink = name, "giving up at shutdown; the unwritten events will be read again at the next start");
+            return;
+        }
+        counter.inc_by(batch.events);
+        batch.ack.done();
+        shared.pool.give(batch.data);
+    }
+    if let Err(e) = writer.flush() {
+        tracing::warn!(sink = name, error = %e, "flushing at close");
+    }
+    tracing::debug!(sink = name, "sink drained and closed");
+}
+
+/// Writes all of `data` and flushes, retrying with backoff; false when abandoned.
+fn write_batch(name: &str, writer: &mut dyn Writer, data: &[u8], shared: &SinkShared) -> bool {
+    let mut done = 0;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let result = if done < data.len() {
+            writer.write_some(&data[done..]).map(|n| done += n)
+        } else {
+            match writer.flush() {
+                Ok(()) => return true,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = result {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if shared.abandon.load(Ordering::Relaxed) {
+                return false;
+            }
+            tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "write failed");
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            writer.recover();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flaky {
+        out: Arc<Mutex<Vec<u8>>>,
+        fail_next: usize,
+    }
+
+    impl Writer for Flaky {
+        fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
+            if self.fail_next > 0 {
+                self.fail_next -= 1;
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = data.len().min(3);
+            self.out.lock().unwrap().extend_from_slice(&data[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_from_where_it_stopped() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut w = Flaky {
+            out: out.clone(),
+            fail_next: 2,
+        };
+        let shared = SinkShared::default();
+        assert!(write_batch("t", &mut w, b"hello\nworld\n", &shared));
+        assert_eq!(&*out.lock().unwrap(), b"hello\nworld\n");
+    }
+
+    #[test]
+    fn abandon_stops_retrying() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut w = Flaky {
+            out,
+            fail_next: usize::MAX,
+        };
+        let shared = SinkShared::default();
+        shared.abandon.store(true, Ordering::Relaxed);
+        assert!(!write_batch("t", &mut w, b"x\n", &shared));
+    }
+
+    #[test]
+    fn ack_completes_when_every_sink_wrote() {
+        let ack = BatchAck::new(2);
+        assert!(!ack.is_complete());
+        ack.done();
+        assert!(!ack.is_complete());
+        ack.done();
+        assert!(ack.is_complete());
+        assert!(BatchAck::new(0).is_complete());
+    }
+}

@@ -1,0 +1,649 @@
+//! File sources: follow the files a config's globs match, route their lines, checkpoint.
+//!
+//! One thread reads every file, a chunk (256 KiB) at a time, round-robin. A chunk's
+//! complete lines are routed under one pipeline (taken fresh per chunk, so a config swap
+//! falls between chunks), encoded per sink into one buffer each, and sent as one batch per
+//! sink. The chunk's end offset becomes the file's checkpoint once every sink it went to has
+//! written it; batches complete in order per file because they are committed in the order
+//! they were sent.
+//!
+//! Files are known by `(device, inode)`:
+//! - a new file (first seen by a glob scan, every second) is read from its beginning, or
+//!   from its checkpoint when the checkpoint's fingerprint matches;
+//! - rotation by rename keeps the inode: the renamed file is read to its end, then dropped
+//!   once it has been idle for [`TailerOptions::rotate_grace`] and no glob matches it, while
+//!   the new file at the path is read from its beginning;
+//! - rotation by copytruncate shows as a file shorter than our offset: it is read again from
+//!   the start (lines written between the copy and the truncation are lost to any reader —
+//!   that is copytruncate's nature);
+//! - a file deleted while open is read to its end, then dropped.
+//!
+//! A line is only routed once its newline is there. A partial last line is held; it is
+//! routed as a line only when its file is dropped (deleted or rotated away and idle) or
+//! truncated, or when it reaches [`MAX_LINE`] bytes. At shutdown it is not routed: the
+//! checkpoint stays before it and the next start reads it whole.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    fs::{self, File},
+    io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::{FileExt, MetadataExt},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use servicelog_api::{
+    rules::DropReason,
+    v1alpha1::{Format, LineEncoding},
+};
+
+use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
+use crate::{
+    metrics::Metrics,
+    pipeline::Pipeline,
+    sinks::{Batch, BatchAck, SinkShared, encode},
+};
+
+/// Bytes read from a file at a time.
+pub const CHUNK: usize = 256 * 1024;
+
+/// A line still without a newline at this length is routed as it is.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct TailerOptions {
+    pub state_dir: PathBuf,
+    pub pod: String,
+    pub namespace: String,
+    /// Sleep when no file had new data.
+    pub poll: Duration,
+    /// Glob re-scan period.
+    pub rescan: Duration,
+    /// How long a deleted or rotated-away file must be idle before it is dropped.
+    pub rotate_grace: Duration,
+    /// At shutdown, how long to wait for the sinks to ack what was sent.
+    pub drain_timeout: Duration,
+    /// Tell `eof` once every file has been read to its end and acked (for benchmarks).
+    pub exit_on_eof: bool,
+}
+
+impl TailerOptions {
+    pub fn new(state_dir: PathBuf, pod: String, namespace: String) -> Self {
+        Self {
+            state_dir,
+            pod,
+            namespace,
+            poll: Duration::from_millis(100),
+            rescan: Duration::from_secs(1),
+            rotate_grace: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(8),
+            exit_on_eof: false,
+        }
+    }
+}
+
+/// How the rest of the process talks to the reader thread.
+pub struct TailerLinks {
+    pub current: Arc<ArcSwapOption<Pipeline>>,
+    pub shared: Arc<SinkShared>,
+    pub metrics: Metrics,
+    pub stop: Arc<AtomicBool>,
+    /// Config swaps and stop requests wake the reader early.
+    pub wake: Receiver<()>,
+    /// Told once everything is read and acked (with `exit_on_eof`).
+    pub eof: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+struct Tracked {
+    path: PathBuf,
+    path_text: String,
+    source: String,
+    file: File,
+    /// Bytes read from the file so far.
+    pos: u64,
+    /// Read but not yet routed: the start of an unfinished line.
+    partial: Vec<u8>,
+    fingerprint: Fingerprint,
+    /// Bumped on truncation so acks of batches from before it are not recorded.
+    epoch: u64,
+    reachable: bool,
+    deleted: bool,
+    /// At end of file since then.
+    idle_since: Option<Instant>,
+    events_in: Counter,
+    meta: Vec<u8>,
+}
+
+impl Tracked {
+    /// Offset of the first byte not yet routed.
+    fn routed_to(&self) -> u64 {
+        self.pos - self.partial.len() as u64
+    }
+}
+
+struct InFlight {
+    ack: Arc<BatchAck>,
+    file: FileId,
+    epoch: u64,
+    offset: u64,
+}
+
+/// Reusable per-chunk buffers.
+struct Scratch {
+    buf: Vec<u8>,
+    outs: Vec<Vec<u8>>,
+    counts: Vec<u64>,
+    drops: Vec<(Option<u16>, DropReason, u64)>,
+}
+
+pub struct Tailer {
+    opts: TailerOptions,
+    links: TailerLinks,
+    files: BTreeMap<FileId, Tracked>,
+    checkpoints: Checkpoints,
+    inflight: VecDeque<InFlight>,
+    scratch: Scratch,
+    scanned_pipeline: u64,
+    scanned_at: Option<Instant>,
+    eof_told: bool,
+}
+
+enum Progress {
+    Data,
+    Eof,
+}
+
+impl Tailer {
+    pub fn new(opts: TailerOptions, links: TailerLinks) -> Self {
+        let checkpoints = Checkpoints::load(&opts.state_dir);
+        Self {
+            opts,
+            links,
+            files: BTreeMap::new(),
+            checkpoints,
+            inflight: VecDeque::new(),
+            scratch: Scratch {
+                buf: Vec::new(),
+                outs: Vec::new(),
+                counts: Vec::new(),
+                drops: Vec::new(),
+            },
+            scanned_pipeline: 0,
+            scanned_at: None,
+            eof_told: false,
+        }
+    }
+
+    /// Runs until `stop`: then stops reading, waits (bounded) for the sinks to ack what was
+    /// sent, and writes the final checkpoint.
+    pub fn run(mut self) {
+        while !self.links.stop.load(Ordering::Relaxed) {
+            let progressed = self.round();
+            self.commit();
+            self.flush_checkpoints(false);
+            if !progressed {
+                self.maybe_tell_eof();
+                match self.links.wake.recv_timeout(self.opts.poll) {
+                    Ok(()) => while self.links.wake.try_recv().is_ok() {},
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(self.opts.poll),
+                }
+            }
+        }
+        let deadline = Instant::now() + self.opts.drain_timeout;
+        loop {
+            self.commit();
+            if self.inflight.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    batches = self.inflight.len(),
+                    "sinks did not ack every batch in time; those lines are read again at the next start"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.flush_checkpoints(true);
+        tracing::info!("file reader stopped");
+    }
+
+    /// One pass: re-scan when due, then one chunk from every file. True if any file had
+    /// new data.
+    fn round(&mut self) -> bool {
+        let Some(pipeline) = self.links.current.load_full() else {
+            return false;
+        };
+        let due = self.scanned_pipeline != pipeline.id
+            || self.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan);
+        if due {
+            self.scan(&pipeline);
+        }
+        drop(pipeline);
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        let mut progressed = false;
+        for id in ids {
+            if self.links.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            // Each chunk takes the pipeline in force when it starts.
+            let Some(pipeline) = self.links.current.load_full() else {
+                break;
+            };
+            match self.read_chunk(id, &pipeline) {
+                Ok(Progress::Data) => progressed = true,
+                Ok(Progress::Eof) => {}
+                Err(e) => {
+                    if let Some(t) = self.files.get(&id) {
+                        tracing::warn!(path = %t.path.display(), error = %e, "reading; will retry");
+                    }
+                }
+            }
+            self.commit();
+        }
+        self.drop_finished();
+        progressed
+    }
+
+    fn scan(&mut self, pipeline: &Pipeline) {
+        self.scanned_pipeline = pipeline.id;
+        self.scanned_at = Some(Instant::now());
+        let mut seen = HashSet::new();
+        for source in &pipeline.sources {
+            for pattern in &source.paths {
+                let paths = match glob::glob(pattern) {
+                    Ok(paths) => paths,
+                    Err(e) => {
+                        tracing::warn!(source = %source.name, pattern, error = %e, "bad glob");
+                        continue;
+                    }
+                };
+                for path in paths.flatten() {
+                    let Ok(meta) = fs::metadata(&path) else { continue };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let id = (meta.dev(), meta.ino());
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    match self.files.get_mut(&id) {
+                        Some(t) => {
+                            if t.path != path {
+                                tracing::info!(from = %t.path.display(), to = %path.display(), "file renamed; following it");
+                                t.path_text = path.display().to_string();
+                                t.path = path;
+                            }
+                            if t.source != source.name {
+                                t.source = source.name.clone();
+                                t.events_in = self.links.metrics.source_counter(&source.name);
+                                t.meta = encode::meta_member(&source.name, &self.opts.pod, &self.opts.namespace);
+                            }
+                        }
+                        None => self.open(id, path, &source.name),
+                    }
+                }
+            }
+        }
+        for (id, t) in &mut self.files {
+            let was = t.reachable;
+            t.reachable = seen.contains(id);
+            if was && !t.reachable {
+                tracing::info!(path = %t.path.display(), "file no longer matched (rotated or deleted); reading it to its end");
+            }
+        }
+        // Files whose source left the config are not read any more; their checkpoints
+        // stay, should the source come back.
+        let sources: HashSet<&str> = pipeline.sources.iter().map(|s| s.name.as_str()).collect();
+        self.files.retain(|_, t| sources.contains(t.source.as_str()));
+        // Checkpoints of files that are gone from their path.
+        let files = &self.files;
+        self.checkpoints.retain(|id, e| {
+            files.contains_key(&id)
+                || fs::metadata(&e.path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+        });
+    }
+
+    fn open(&mut self, id: FileId, path: PathBuf, source: &str) {
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "opening");
+                return;
+            }
+        };
+        let Ok(meta) = file.metadata() else { return };
+        if (meta.dev(), meta.ino()) != id {
+            return; // replaced between the scan and the open: the next scan sees the new one
+        }
+        let mut start = 0;
+        let mut fingerprint = Fingerprint::default();
+        if let Some(cp) = self.checkpoints.get(id) {
+            let head = read_head(&file, cp.fingerprint.len as usize);
+            if Fingerprint::of(&head) == cp.fingerprint && meta.len() >= cp.offset {
+                start = cp.offset;
+                fingerprint = cp.fingerprint;
+            } else {
+                tracing::info!(path = %path.display(), "checkpoint does not fit this file (new file or truncated); reading it from the beginning");
+            }
+        }
+        if start > 0 {
+            if let Err(e) = file.seek(SeekFrom::Start(start)) {
+                tracing::warn!(path = %path.display(), error = %e, "seeking to the checkpoint");
+                return;
+            }
+        }
+        tracing::info!(path = %path.display(), source, offset = start, "following file");
+        let path_text = path.display().to_string();
+        self.checkpoints.set(id, &path_text, start, fingerprint);
+        self.files.insert(
+            id,
+            Tracked {
+                path,
+                path_text,
+                source: source.to_owned(),
+                file,
+                pos: start,
+                partial: Vec::new(),
+                fingerprint,
+                epoch: 0,
+                reachable: true,
+                deleted: false,
+                idle_since: None,
+                events_in: self.links.metrics.source_counter(source),
+                meta: encode::meta_member(source, &self.opts.pod, &self.opts.namespace),
+            },
+        );
+    }
+
+    fn read_chunk(&mut self, id: FileId, pipeline: &Pipeline) -> io::Result<Progress> {
+        // Checked before every read, not only at the end of the file: a copytruncated file
+        // that the application refills past our offset before we look would otherwise be
+        // read from the middle.
+        if self.truncated(id, pipeline)? {
+            return Ok(Progress::Data);
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return Ok(Progress::Eof);
+        };
+        let buf = &mut self.scratch.buf;
+        let held = t.partial.len();
+        if buf.len() < held + CHUNK {
+            buf.resize(held + CHUNK, 0);
+        }
+        buf[..held].copy_from_slice(&t.partial);
+        let n = loop {
+            match t.file.read(&mut buf[held..held + CHUNK]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return self.at_eof(id);
+        }
+        t.idle_since = None;
+        t.pos += n as u64;
+        if t.fingerprint.len < FINGERPRINT_BYTES as u32 && t.pos > u64::from(t.fingerprint.len) {
+            t.fingerprint = Fingerprint::of(&read_head(&t.file, FINGERPRINT_BYTES));
+        }
+        let data_len = held + n;
+        let complete = match memchr::memrchr(b'\n', &buf[..data_len]) {
+            Some(i) => i + 1,
+            None if data_len >= MAX_LINE => {
+                // No newline in sight: route what there is as one line.
+                if buf.len() == data_len {
+                    buf.push(b'\n');
+                } else {
+                    buf[data_len] = b'\n';
+                }
+                data_len + 1
+            }
+            None => 0,
+        };
+        t.partial.clear();
+        if complete < data_len {
+            t.partial.extend_from_slice(&buf[complete..data_len]);
+        }
+        if complete == 0 {
+            return Ok(Progress::Data);
+        }
+        let offset = t.routed_to();
+        let epoch = t.epoch;
+        self.route(id, pipeline, complete, offset, epoch);
+        Ok(Progress::Data)
+    }
+
+    /// A file shorter than our offset was truncated (copytruncate): route what we held
+    /// and read it again from the start.
+    fn truncated(&mut self, id: FileId, pipeline: &Pipeline) -> io::Result<bool> {
+        let Some(t) = self.files.get_mut(&id) else {
+            return Ok(false);
+        };
+        let len = t.file.metadata()?.len();
+        if len >= t.pos {
+            return Ok(false);
+        }
+        tracing::info!(path = %t.path.display(), size = len, offset = t.pos, "file truncated (copytruncate?); reading it from the start");
+        self.emit_partial(id, pipeline);
+        let Some(t) = self.files.get_mut(&id) else {
+            return Ok(true);
+        };
+        t.file.seek(SeekFrom::Start(0))?;
+        t.pos = 0;
+        t.epoch += 1;
+        t.fingerprint = Fingerprint::default();
+        t.idle_since = None;
+        self.checkpoints.set(id, &t.path_text, 0, Fingerprint::default());
+        Ok(true)
+    }
+
+    /// End of file for now: notice deletion.
+    fn at_eof(&mut self, id: FileId) -> io::Result<Progress> {
+        let Some(t) = self.files.get_mut(&id) else {
+            return Ok(Progress::Eof);
+        };
+        if t.file.metadata()?.nlink() == 0 && !t.deleted {
+            tracing::info!(path = %t.path.display(), "file deleted; reading it to its end");
+            t.deleted = true;
+        }
+        t.idle_since.get_or_insert_with(Instant::now);
+        Ok(Progress::Eof)
+    }
+
+    /// Routes a held partial line as a whole line (its file will not complete it).
+    fn emit_partial(&mut self, id: FileId, pipeline: &Pipeline) {
+        let Some(t) = self.files.get_mut(&id) else { return };
+        if t.partial.is_empty() {
+            return;
+        }
+        let buf = &mut self.scratch.buf;
+        buf.clear();
+        buf.extend_from_slice(&t.partial);
+        buf.push(b'\n');
+        let len = buf.len();
+        t.partial.clear();
+        let offset = t.pos;
+        let epoch = t.epoch;
+        self.route(id, pipeline, len, offset, epoch);
+    }
+
+    /// Routes the complete lines in `scratch.buf[..len]` and sends one batch per sink;
+    /// `offset` is where the file is routed to once they are written.
+    fn route(&mut self, id: FileId, pipeline: &Pipeline, len: usize, offset: u64, epoch: u64) {
+        let Some(t) = self.files.get(&id) else { return };
+        let Some(source) = pipeline.router.source_index(&t.source) else {
+            // The source left the config between the scan and this chunk: nothing is
+            // routed and the checkpoint stays, so the lines are read again if it returns.
+            return;
+        };
+        let router = &pipeline.router;
+        let format = router.source_format(source).unwrap_or(Format::Text);
+        let sinks = pipeline.sinks.len();
+        let s = &mut self.scratch;
+        if s.outs.len() < sinks {
+            s.outs.resize_with(sinks, Vec::new);
+            s.counts.resize(sinks, 0);
+        }
+        let encodings: Vec<LineEncoding> = pipeline.sinks.iter().map(|h| h.encoding).collect();
+        let now = Instant::now();
+        let data = &s.buf[..len];
+        let mut lines = 0u64;
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            let with_nl = &data[start..=nl];
+            let line = &data[start..nl];
+            start = nl + 1;
+            lines += 1;
+            let event = router.parse(source, line);
+            let decision = router.route(&event, now);
+            if let Some(reason) = decision.drop {
+                count_drop(&mut s.drops, decision.rule, reason);
+                continue;
+            }
+            for sink in decision.sinks {
+                let Some(out) = s.outs.get_mut(sink) else { continue };
+                if out.capacity() == 0 {
+                    *out = self.links.shared.pool.take(CHUNK + CHUNK / 4);
+                }
+                match encodings[sink] {
+                    LineEncoding::Raw => out.extend_from_slice(with_nl),
+                    LineEncoding::Json => encode::encode_json(out, &event, format, &t.meta),
+                }
+                s.counts[sink] += 1;
+            }
+        }
+        t.events_in.inc_by(lines);
+        for (rule, reason, n) in s.drops.drain(..) {
+            let rule = rule
+                .and_then(|r| router.rule_names().get(usize::from(r)))
+                .map_or("default", String::as_str);
+            self.links.metrics.dropped(rule, reason.as_str(), n);
+        }
+        let targets = s.outs[..sinks].iter().filter(|o| !o.is_empty()).count();
+        let ack = Arc::new(BatchAck::new(targets));
+        for (sink, out) in s.outs[..sinks].iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let batch = Batch {
+                data: std::mem::take(out),
+                events: std::mem::take(&mut s.counts[sink]),
+                ack: ack.clone(),
+            };
+            // Blocks while the sink's queue is full: backpressure. Fails only when the
+            // sink gave up at shutdown, and then the batch stays unacked.
+            if let Err(batch) = pipeline.sinks[sink].send(batch) {
+                self.links.shared.pool.give(batch.data);
+            }
+        }
+        self.inflight.push_back(InFlight {
+            ack,
+            file: id,
+            epoch,
+            offset,
+        });
+    }
+
+    /// Records the offsets of the batches every sink has acked, in sending order.
+    fn commit(&mut self) {
+        while let Some(front) = self.inflight.front() {
+            if !front.ack.is_complete() {
+                break;
+            }
+            let InFlight {
+                file, epoch, offset, ..
+            } = *front;
+            self.inflight.pop_front();
+            match self.files.get(&file) {
+                Some(t) if t.epoch == epoch => {
+                    self.checkpoints.set(file, &t.path_text, offset, t.fingerprint);
+                }
+                Some(_) => {}
+                None => self.checkpoints.advance(file, offset),
+            }
+        }
+    }
+
+    fn flush_checkpoints(&mut self, force: bool) {
+        if let Err(e) = self.checkpoints.flush(force) {
+            tracing::warn!(error = %e, "writing checkpoints");
+        }
+    }
+
+    /// Drops files that are deleted or rotated away and have been idle for the grace
+    /// period, routing a partial last line they may hold.
+    fn drop_finished(&mut self) {
+        let grace = self.opts.rotate_grace;
+        let done: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, t)| {
+                (t.deleted || !t.reachable) && t.idle_since.is_some_and(|s| s.elapsed() >= grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let pipeline = self.links.current.load_full();
+        for id in done {
+            if let Some(p) = &pipeline {
+                self.emit_partial(id, p);
+            }
+            if let Some(t) = self.files.remove(&id) {
+                tracing::info!(path = %t.path.display(), "finished with file");
+            }
+        }
+    }
+
+    fn maybe_tell_eof(&mut self) {
+        if !self.opts.exit_on_eof || self.eof_told || self.scanned_at.is_none() {
+            return;
+        }
+        let all_idle = self.files.values().all(|t| t.idle_since.is_some());
+        if all_idle && self.inflight.is_empty() {
+            self.eof_told = true;
+            self.flush_checkpoints(true);
+            if let Some(eof) = &self.links.eof {
+                let _ = eof.send(());
+            }
+        }
+    }
+}
+
+fn count_drop(drops: &mut Vec<(Option<u16>, DropReason, u64)>, rule: Option<u16>, reason: DropReason) {
+    if let Some(last) = drops.last_mut() {
+        if last.0 == rule && last.1 == reason {
+            last.2 += 1;
+            return;
+        }
+    }
+    match drops.iter_mut().find(|d| d.0 == rule && d.1 == reason) {
+        Some(d) => d.2 += 1,
+        None => drops.push((rule, reason, 1)),
+    }
+}
+
+fn read_head(file: &File, len: usize) -> Vec<u8> {
+    let mut head = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    head.truncate(got);
+    head
+}
