@@ -5,8 +5,6 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -20,6 +18,7 @@ use rcgen::{
 use crate::{
     EnvError,
     procs::{EnvDir, Proc, free_port, wait_for},
+    run::http_get,
     tools::Tools,
 };
 
@@ -278,17 +277,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// A plain-HTTP GET on loopback, enough for etcd's `/health`.
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 #[cfg(test)]

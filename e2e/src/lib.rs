@@ -9,6 +9,7 @@
 
 pub mod control_plane;
 pub mod procs;
+pub mod run;
 pub mod tools;
 pub mod zookeeper;
 
@@ -79,7 +80,7 @@ impl EnvError {
     }
 
     /// Whether this looks like a port taken between choosing and binding it.
-    pub(crate) fn is_port_clash(&self) -> bool {
+    pub fn is_port_clash(&self) -> bool {
         let text = self.to_string();
         text.contains("address already in use") || text.contains("Address already in use")
     }
@@ -95,6 +96,7 @@ pub struct TestEnv {
     tools: Tools,
     dir: EnvDir,
     started_in: Duration,
+    crds: OnceLock<Result<(), EnvError>>,
 }
 
 static SHARED: OnceLock<Result<TestEnv, EnvError>> = OnceLock::new();
@@ -134,6 +136,7 @@ impl TestEnv {
             tools,
             dir,
             started_in: started.elapsed(),
+            crds: OnceLock::new(),
         })
     }
 
@@ -169,6 +172,11 @@ impl TestEnv {
         self.dir.path()
     }
 
+    /// The environment's directory handle, for starting more processes in it.
+    pub fn env_dir(&self) -> &EnvDir {
+        &self.dir
+    }
+
     /// How long [`TestEnv::start`] took.
     pub fn started_in(&self) -> Duration {
         self.started_in
@@ -202,6 +210,41 @@ impl TestEnv {
             .await
             .map_err(|e| EnvError::Kube(format!("creating namespace {name}: {e}")))?;
         Ok(name)
+    }
+
+    /// Applies `crds/` once per environment and waits until the API serves ServiceLogs;
+    /// parallel tests share the result.
+    pub fn install_crds(&self) -> Result<(), EnvError> {
+        self.crds
+            .get_or_init(|| {
+                let crds = workspace_dir().join("crds");
+                let out = self
+                    .kubectl()
+                    .args(["apply", "--server-side", "--force-conflicts", "-f"])
+                    .arg(&crds)
+                    .output()
+                    .map_err(|e| EnvError::io("running kubectl", e))?;
+                if !out.status.success() {
+                    return Err(EnvError::Failed {
+                        what: "kubectl apply -f crds/".into(),
+                        detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    });
+                }
+                let out = self
+                    .kubectl()
+                    .args(["wait", "--for=condition=established", "--timeout=30s", "crd/servicelogs.servicelog.io"])
+                    .output()
+                    .map_err(|e| EnvError::io("running kubectl", e))?;
+                if !out.status.success() {
+                    return Err(EnvError::Timeout {
+                        what: "the ServiceLog CRD to be established".into(),
+                        waited: Duration::from_secs(30),
+                        detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    });
+                }
+                Ok(())
+            })
+            .clone()
     }
 
     /// `kubectl` with this environment's kubeconfig.

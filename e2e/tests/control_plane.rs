@@ -28,14 +28,7 @@ fn ok(what: &str, out: std::io::Result<Output>) -> String {
 }
 
 fn install_crds(env: &TestEnv) {
-    let crds = workspace_dir().join("crds");
-    ok("kubectl apply -f crds/", env.kubectl().arg("apply").arg("-f").arg(&crds).output());
-    ok(
-        "waiting for the ServiceLog CRD to be established",
-        env.kubectl()
-            .args(["wait", "--for=condition=established", "--timeout=30s", "crd/servicelogs.servicelog.io"])
-            .output(),
-    );
+    env.install_crds().unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn example(namespace: &str) -> ServiceLog {
@@ -45,7 +38,7 @@ fn example(namespace: &str) -> ServiceLog {
     slog
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_crd_when_a_servicelog_is_created_then_it_reads_back_and_kubectl_lists_it() {
     let env = env();
     install_crds(env);
@@ -67,7 +60,7 @@ async fn given_the_crd_when_a_servicelog_is_created_then_it_reads_back_and_kubec
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refuses_it_with_the_path() {
     let env = env();
     install_crds(env);
@@ -93,7 +86,7 @@ async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refu
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_zookeeper_when_a_znode_is_written_then_it_reads_back() {
     let env = env();
     let client = tokio::time::timeout(

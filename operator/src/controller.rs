@@ -109,6 +109,8 @@ pub struct Context {
 /// Settings of [`run`].
 pub struct Settings {
     pub layout: Layout,
+    /// Only this namespace's ServiceLogs and pods, or all.
+    pub watch_namespace: Option<String>,
     pub identity: String,
     pub cleanup_timeout: Duration,
 }
@@ -121,12 +123,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     settings: Settings,
 ) {
-    let slogs: Api<ServiceLog> = Api::all(client.clone());
+    let slogs: Api<ServiceLog> = scoped(&client, settings.watch_namespace.as_deref());
     let controller = Controller::new(slogs, watcher::Config::default().any_semantic());
     let slog_store = controller.store();
 
     let (pods, pod_writer) = reflector::store();
-    let pod_api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
+    let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
     let pod_slogs = slog_store.clone();
     let pod_triggers = reflector(pod_writer, watcher(pod_api, watcher::Config::default().any_semantic()))
         .default_backoff()
@@ -175,6 +177,17 @@ pub async fn run(
             }
         })
         .await;
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {

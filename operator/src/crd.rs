@@ -17,7 +17,7 @@ const KNOWN_FORMATS: &[&str] = &["int32", "int64", "float", "double", "byte", "b
 
 /// The CRD as YAML, byte-for-byte what `make crds` writes.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
-    let mut crd = serde_json::to_value(ServiceLog::crd()).map_err(serde::ser::Error::custom)?;
+    let mut crd = serde_json::to_value(ServiceLog::crd()).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
     drop_unknown_formats(&mut crd);
     let body = serde_yaml::to_string(&crd)?;
     Ok(format!("{HEADER}{body}"))

@@ -70,6 +70,9 @@ struct RunArgs {
     /// ZooKeeper session timeout.
     #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     zk_session_timeout: Duration,
+    /// Watch ServiceLogs and pods in this namespace only (default: all namespaces).
+    #[arg(long, env = "SERVICELOG_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// This replica's identity for the Lease (default: POD_NAME, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -145,10 +148,13 @@ fn init_tracing() {
 
 async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&args.zk_root).with_context(|| format!("--zk-root {:?}", args.zk_root))?;
-    let metrics_addr = args
+    let metrics_addr: std::net::SocketAddr = args
         .metrics_addr
         .parse()
         .with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
+    let listener = metrics::bind(metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {metrics_addr}"))?;
     let identity = args
         .identity
         .clone()
@@ -157,7 +163,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (KUBECONFIG or the in-cluster service account)")?;
     let metrics = Arc::new(Metrics::new());
-    let server = tokio::spawn(metrics::serve(metrics_addr, metrics.clone()));
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     if args.webhook_url.is_some() {
         tracing::warn!("--webhook-url is accepted but the admission webhooks are not served yet (issue #5)");
@@ -195,6 +201,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     }
     let settings = controller::Settings {
         layout,
+        watch_namespace: args.watch_namespace.clone(),
         identity,
         cleanup_timeout: args.cleanup_timeout,
     };

@@ -62,11 +62,15 @@ impl Metrics {
         let zookeeper_connected = Gauge::default();
         registry.register(
             "servicelog_zookeeper_connected",
-            "1 while the operator's ZooKeeper session is connected",
+            "Whether the operator's ZooKeeper session is connected",
             zookeeper_connected.clone(),
         );
         let leader = Gauge::default();
-        registry.register("servicelog_leader", "1 while this replica leads", leader.clone());
+        registry.register(
+            "servicelog_leader",
+            "Whether this replica holds the lease and reconciles",
+            leader.clone(),
+        );
         Self {
             registry,
             reconcile_total,
@@ -116,10 +120,14 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+/// Binds the metrics address; done before anything else so a taken port fails the start.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,

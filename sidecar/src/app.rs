@@ -56,9 +56,15 @@ pub enum AppError {
     #[error(transparent)]
     ZkPath(#[from] ZkPathError),
     #[error("creating the state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the sidecar on the current (tokio) runtime until it is told to stop.
@@ -79,11 +85,17 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
         ConfigSource::File(path) => {
             let signature = config::file::signature(path);
             let config = config::load_file(path)?;
-            topology.apply(&config, true).map_err(|source| AppError::Apply {
-                path: path.clone(),
-                source,
-            })?;
-            tokio::spawn(config::file::watch(path.clone(), topology.clone(), signature))
+            topology
+                .apply(&config, true)
+                .map_err(|source| AppError::Apply {
+                    path: path.clone(),
+                    source,
+                })?;
+            tokio::spawn(config::file::watch(
+                path.clone(),
+                topology.clone(),
+                signature,
+            ))
         }
         ConfigSource::ZooKeeper { connect, znode } => {
             let zk_opts = ZkOptions {
@@ -101,7 +113,11 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (eof_tx, mut eof_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tailer_opts = TailerOptions::new(opts.state_dir.clone(), opts.pod.clone(), opts.namespace.clone());
+    let mut tailer_opts = TailerOptions::new(
+        opts.state_dir.clone(),
+        opts.pod.clone(),
+        opts.namespace.clone(),
+    );
     tailer_opts.exit_on_eof = opts.exit_on_eof;
     tailer_opts.drain_timeout = opts.shutdown_timeout.mul_f32(0.8);
     let tailer = Tailer::new(

@@ -3,7 +3,9 @@
 use std::{convert::Infallible, net::SocketAddr};
 
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper::{
+    Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -12,15 +14,20 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("binding the metrics address {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// Binds `addr` (port 0 picks a free one; the bound address is returned).
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), HttpError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| HttpError::Bind {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let local = listener.local_addr().map_err(|source| HttpError::Bind {
         addr: addr.to_owned(),
         source,

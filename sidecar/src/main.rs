@@ -9,7 +9,11 @@ use clap::Parser;
 use servicelog_sidecar::app::{self, AppOptions, ConfigSource};
 
 #[derive(Parser)]
-#[command(name = "servicelog-sidecar", version, about = "Routes a service's logs by its ServiceLog rules, live")]
+#[command(
+    name = "servicelog-sidecar",
+    version,
+    about = "Routes a service's logs by its ServiceLog rules, live"
+)]
 struct Cli {
     /// Run without ZooKeeper from a ServiceLog YAML or a config znode's JSON, re-read when
     /// it changes.
@@ -27,7 +31,11 @@ struct Cli {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
     /// Checkpoints and the last-known-good config.
-    #[arg(long, env = "SERVICELOG_STATE_DIR", default_value = "/var/lib/servicelog")]
+    #[arg(
+        long,
+        env = "SERVICELOG_STATE_DIR",
+        default_value = "/var/lib/servicelog"
+    )]
     state_dir: PathBuf,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SERVICELOG_METRICS_ADDR", default_value = "0.0.0.0:9779")]

@@ -21,11 +21,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::{
-    Router, ValidationErrors,
-    v1alpha1::Format,
-    wire::Envelope,
-};
+use servicelog_api::{Router, ValidationErrors, v1alpha1::Format, wire::Envelope};
 
 use crate::{
     metrics::Metrics,
@@ -135,10 +131,8 @@ impl Topology {
         self.current.store(Some(Arc::new(pipeline)));
         self.metrics.set_ready(true);
         let _ = self.wake.send(());
-        if persist {
-            if let Err(e) = state::save_last_good(&self.state_dir, config) {
-                tracing::warn!(error = %e, "writing the last-known-good config");
-            }
+        if persist && let Err(e) = state::save_last_good(&self.state_dir, config) {
+            tracing::warn!(error = %e, "writing the last-known-good config");
         }
         Ok(())
     }
@@ -224,9 +218,18 @@ mod tests {
         ));
         topo.apply(&second, true).unwrap();
         let p2 = topo.current().load_full().unwrap();
-        assert!(Arc::ptr_eq(&p1.sinks[0], &p2.sinks[0]), "sink a did not change and must keep running");
-        assert!(!Arc::ptr_eq(&p1.sinks[1], &p2.sinks[1]), "sink b changed and must be rebuilt");
-        assert_eq!(state::load_last_good(dir.path()).unwrap().unwrap().hash, second.hash);
+        assert!(
+            Arc::ptr_eq(&p1.sinks[0], &p2.sinks[0]),
+            "sink a did not change and must keep running"
+        );
+        assert!(
+            !Arc::ptr_eq(&p1.sinks[1], &p2.sinks[1]),
+            "sink b changed and must be rebuilt"
+        );
+        assert_eq!(
+            state::load_last_good(dir.path()).unwrap().unwrap().hash,
+            second.hash
+        );
     }
 
     #[test]
@@ -234,9 +237,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, _rx) = channel();
         let topo = Topology::new(Metrics::new(), dir.path(), tx);
-        let good = config("sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [out]\n");
+        let good = config(
+            "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [out]\n",
+        );
         topo.apply(&good, false).unwrap();
-        let bad = config("sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [nowhere]\n");
+        let bad = config(
+            "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [nowhere]\n",
+        );
         let err = topo.apply(&bad, false).unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
         assert_eq!(topo.hash(), Some(good.hash.clone()));

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use super::keys::Found;
 use crate::v1alpha1::Level;
 
 /// Most distinct field names the conditions of one spec may use. Bounds the per-event
@@ -115,7 +116,8 @@ pub struct Event<'a> {
     pub(crate) text_message: &'a [u8],
     /// The message of a structured event.
     pub(crate) message: Slot,
-    pub(crate) fields: [Slot; MAX_FIELDS],
+    /// The values read from a structured event; parsing writes them in place.
+    pub(crate) found: Found,
     /// Fields named `message`, which a text event has (its message) and nothing else.
     pub(crate) message_fields: u32,
 }
@@ -137,7 +139,7 @@ impl<'a> Event<'a> {
             level: None,
             text_message: message,
             message: Slot::ABSENT,
-            fields: [Slot::ABSENT; MAX_FIELDS],
+            found: Found::new(),
             message_fields,
         }
     }
@@ -196,7 +198,7 @@ impl<'a> Event<'a> {
             }
             return Value::Absent;
         }
-        match self.fields.get(id) {
+        match self.found.fields.get(id) {
             Some(slot) => self.slot_value(*slot),
             None => Value::Absent,
         }

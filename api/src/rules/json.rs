@@ -72,8 +72,7 @@ impl Cursor<'_> {
     fn string(&mut self) -> Result<(usize, bool)> {
         let mut escaped = false;
         loop {
-            let rest = self.b.get(self.i..).ok_or(Malformed)?;
-            let j = self.i + memchr2(b'"', b'\\', rest).ok_or(Malformed)?;
+            let j = self.i + find_quote_or_backslash(self.b.get(self.i..).ok_or(Malformed)?)?;
             if self.b.get(j) == Some(&b'"') {
                 self.i = j + 1;
                 return Ok((j, escaped));
@@ -139,6 +138,19 @@ impl Cursor<'_> {
             Err(Malformed)
         }
     }
+}
+
+/// Keys and most values in log lines are a few bytes long, where a plain loop beats the
+/// setup of a vectorised search; long strings (messages, stack traces) go to `memchr`.
+#[inline]
+fn find_quote_or_backslash(s: &[u8]) -> Result<usize> {
+    const SHORT: usize = 16;
+    let head = s.get(..SHORT).unwrap_or(s);
+    if let Some(k) = head.iter().position(|&c| c == b'"' || c == b'\\') {
+        return Ok(k);
+    }
+    let tail = s.get(SHORT..).ok_or(Malformed)?;
+    memchr2(b'"', b'\\', tail).map(|k| SHORT + k).ok_or(Malformed)
 }
 
 /// True when `text` is exactly one JSON number.

@@ -30,6 +30,7 @@ impl Target {
 }
 
 /// The values found in one line, before the level and message are resolved.
+#[derive(Clone, Debug)]
 pub(crate) struct Found {
     pub(crate) fields: [Slot; MAX_FIELDS],
     pub(crate) level: [Slot; LEVEL_CANDIDATES],
@@ -60,13 +61,18 @@ impl Found {
     }
 }
 
+/// Keys of this length or longer share the last length bucket.
+const LONG_KEY: usize = 30;
+
 /// The keys wanted at one level of an object.
 #[derive(Debug, Default)]
 pub(crate) struct KeyTable {
+    /// Sorted by key length.
     entries: Vec<Entry>,
-    /// Bit `n` set when some key has length `n` (keys of 63 bytes or more share bit 63):
-    /// most keys of a line are not wanted, and this rejects them without comparing.
-    len_mask: u64,
+    /// `entries[buckets[n]..buckets[n + 1]]` are the keys of length `n`: most keys of a
+    /// line are not wanted, and a line's key is compared only with wanted keys of its
+    /// length — usually none or one.
+    buckets: [u16; LONG_KEY + 2],
 }
 
 #[derive(Debug)]
@@ -75,10 +81,6 @@ pub(crate) struct Entry {
     pub(crate) target: Target,
     /// Set when a dotted name reaches through this key into a nested object.
     pub(crate) child: Option<Box<KeyTable>>,
-}
-
-fn len_bit(len: usize) -> u64 {
-    1u64 << len.min(63)
 }
 
 impl KeyTable {
@@ -102,13 +104,20 @@ impl KeyTable {
         let pos = match self.entries.iter().position(|e| &*e.key == key) {
             Some(pos) => pos,
             None => {
-                self.len_mask |= len_bit(key.len());
                 self.entries.push(Entry {
                     key: key.into(),
                     target: Target::default(),
                     child: None,
                 });
-                self.entries.len() - 1
+                self.entries.sort_by_key(|e| e.key.len().min(LONG_KEY));
+                for n in 0..=LONG_KEY + 1 {
+                    let below = self.entries.partition_point(|e| e.key.len().min(LONG_KEY) < n);
+                    self.buckets[n] = u16::try_from(below).unwrap_or(u16::MAX);
+                }
+                self.entries
+                    .iter()
+                    .position(|e| &*e.key == key)
+                    .unwrap_or_default()
             }
         };
         &mut self.entries[pos]
@@ -116,9 +125,9 @@ impl KeyTable {
 
     #[inline]
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<&Entry> {
-        if self.len_mask & len_bit(key.len()) == 0 {
-            return None;
-        }
-        self.entries.iter().find(|e| &*e.key == key)
+        let n = key.len().min(LONG_KEY);
+        let start = usize::from(*self.buckets.get(n)?);
+        let end = usize::from(*self.buckets.get(n + 1)?);
+        self.entries.get(start..end)?.iter().find(|e| &*e.key == key)
     }
 }

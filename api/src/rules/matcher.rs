@@ -77,8 +77,8 @@ impl FieldTest {
     fn test(&self, v: Value<'_>) -> bool {
         match self {
             FieldTest::Exists(want) => (v != Value::Absent) == *want,
-            FieldTest::Equals(s) => s.equals(v),
-            FieldTest::In(list) => list.iter().any(|s| s.equals(v)),
+            FieldTest::Equals(s) => equals_any(std::slice::from_ref(s), v),
+            FieldTest::In(list) => equals_any(list, v),
             FieldTest::Regex(re) => v.text().is_some_and(|t| re.is_match(&t)),
             FieldTest::GreaterThan(x) => {
                 number_of(v).is_some_and(|n| n.partial_cmp(x) == Some(Ordering::Greater))
@@ -108,7 +108,19 @@ pub(crate) enum Number {
 
 impl Number {
     /// Parses a JSON number's text.
+    #[inline]
     pub(crate) fn parse(text: &[u8]) -> Option<Number> {
+        // Most numbers in logs are small integers (statuses, latencies, ids).
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+            let v = digits
+                .iter()
+                .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+            return Some(Number::Int(i128::from(if negative { -v } else { v })));
+        }
         let s = std::str::from_utf8(text).ok()?;
         if !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
             if let Ok(i) = s.parse::<i128>() {
@@ -134,6 +146,11 @@ impl Number {
 }
 
 impl Scalar {
+    #[cfg(test)]
+    fn equals(&self, v: Value<'_>) -> bool {
+        equals_any(std::slice::from_ref(self), v)
+    }
+
     pub(crate) fn from_json(v: &serde_json::Value) -> Option<Scalar> {
         Some(match v {
             serde_json::Value::String(s) => Scalar::Str(s.as_bytes().into()),
@@ -149,23 +166,38 @@ impl Scalar {
         })
     }
 
-    fn equals(&self, v: Value<'_>) -> bool {
-        match (self, v) {
-            (_, Value::Absent | Value::Null | Value::Composite) => false,
-            (Scalar::Str(s), Value::Str(..) | Value::Untyped(..)) => {
-                v.text().is_some_and(|t| *t == **s)
-            }
-            (Scalar::Num(n), Value::Num(raw)) => Number::parse(raw).is_some_and(|m| m.same(*n)),
-            (Scalar::Num(n), Value::Untyped(..)) => v
-                .text()
-                .filter(|t| is_number(t))
-                .and_then(|t| Number::parse(&t))
-                .is_some_and(|m| m.same(*n)),
-            (Scalar::Bool(b), Value::Bool(x)) => *b == x,
-            (Scalar::Bool(b), Value::Untyped(..)) => {
-                v.text().is_some_and(|t| *t == *if *b { &b"true"[..] } else { b"false" })
-            }
-            _ => false,
+}
+
+/// Whether `v` equals one of `list`; the value is read (unescaped, parsed) once, not once
+/// per candidate.
+fn equals_any(list: &[Scalar], v: Value<'_>) -> bool {
+    match v {
+        Value::Absent | Value::Null | Value::Composite => false,
+        Value::Num(raw) => {
+            let Some(n) = Number::parse(raw) else {
+                return false;
+            };
+            list.iter()
+                .any(|s| matches!(s, Scalar::Num(m) if m.same(n)))
+        }
+        Value::Bool(b) => list.iter().any(|s| *s == Scalar::Bool(b)),
+        Value::Str(..) => {
+            let Some(text) = v.text() else {
+                return false;
+            };
+            list.iter()
+                .any(|s| matches!(s, Scalar::Str(x) if **x == *text))
+        }
+        Value::Untyped(..) => {
+            let Some(text) = v.text() else {
+                return false;
+            };
+            let number = is_number(&text).then(|| Number::parse(&text)).flatten();
+            list.iter().any(|s| match s {
+                Scalar::Str(x) => **x == *text,
+                Scalar::Num(m) => number.is_some_and(|n| m.same(n)),
+                Scalar::Bool(b) => *text == *if *b { &b"true"[..] } else { b"false" },
+            })
         }
     }
 }

@@ -52,7 +52,6 @@ pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
 use self::{
     compile::{CompiledRule, RuleAction, SourcePlan},
     event::{Slot, level_of},
-    keys::Found,
     matcher::all,
 };
 use crate::{
@@ -143,22 +142,17 @@ impl Router {
         {
             return text;
         }
-        let mut found = Found::new();
+        let mut event = text;
         let parsed = match plan.format {
-            Format::Json => json::scan(line, &plan.keys, &mut found).is_ok(),
-            Format::Logfmt => logfmt::scan(line, &plan.keys, &mut found).is_ok(),
+            Format::Json => json::scan(line, &plan.keys, &mut event.found).is_ok(),
+            Format::Logfmt => logfmt::scan(line, &plan.keys, &mut event.found).is_ok(),
             Format::Text => false,
         };
-        if !parsed {
-            return text;
+        if parsed {
+            event.text = false;
+            event.message = first_present(&event.found.message);
+            event.level = level_of(event.slot_value(first_present(&event.found.level)));
         }
-        let mut event = Event {
-            text: false,
-            message: first_present(&found.message),
-            fields: found.fields,
-            ..text
-        };
-        event.level = level_of(event.slot_value(first_present(&found.level)));
         event
     }
 

@@ -13,13 +13,20 @@ use servicelog_api::wire::{self, Envelope, Manifest, WireError};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a ServiceLog manifest nor a config znode's JSON: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Wire { path: PathBuf, source: WireError },
     #[error("{path}: expected apiVersion {want_api} and kind {want_kind}, found {api} {kind}", want_api = wire::API_VERSION, want_kind = wire::KIND)]
-    Kind { path: PathBuf, api: String, kind: String },
+    Kind {
+        path: PathBuf,
+        api: String,
+        kind: String,
+    },
 }
 
 /// Reads a ServiceLog YAML manifest, or the JSON of a config znode (whose hash is checked).
@@ -78,12 +85,18 @@ mod tests {
     #[test]
     fn refuses_other_kinds_and_stale_hashes() {
         let other = YAML.replace("kind: ServiceLog", "kind: Pod");
-        assert!(matches!(parse(Path::new("a"), other.as_bytes()), Err(ConfigError::Kind { .. })));
+        assert!(matches!(
+            parse(Path::new("a"), other.as_bytes()),
+            Err(ConfigError::Kind { .. })
+        ));
         let env = parse(Path::new("a"), YAML.as_bytes()).unwrap();
         let mut v: serde_json::Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
         v["spec"]["defaultTo"] = serde_json::json!([]);
         let err = parse(Path::new("a"), &serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, ConfigError::Wire { .. }), "{err}");
-        assert!(matches!(parse(Path::new("a"), b"- [unbalanced"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            parse(Path::new("a"), b"- [unbalanced"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -20,7 +20,9 @@
 use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use servicelog_api::wire::{Envelope, Instance, InstanceState};
-use zookeeper_client::{Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent};
+use zookeeper_client::{
+    Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent,
+};
 
 use crate::{metrics::Metrics, pipeline::Topology, state};
 
@@ -41,7 +43,12 @@ pub fn instance_path(config: &str, pod: &str) -> Result<String, ZkPathError> {
         .strip_suffix("/config")
         .filter(|p| p.starts_with('/') && p.len() > 1 && !p.contains("//"))
         .ok_or_else(|| ZkPathError::ConfigPath(config.to_owned()))?;
-    if pod.is_empty() || pod.contains('/') || pod == "." || pod == ".." || pod.chars().any(char::is_control) {
+    if pod.is_empty()
+        || pod.contains('/')
+        || pod == "."
+        || pod == ".."
+        || pod.chars().any(char::is_control)
+    {
         return Err(ZkPathError::Pod(pod.to_owned()));
     }
     Ok(format!("{parent}/instances/{pod}"))
@@ -107,7 +114,12 @@ impl ZkConfig {
         let mut backoff = BACKOFF_MIN;
         loop {
             let connector = Client::connector().with_session_timeout(self.opts.session_timeout);
-            match tokio::time::timeout(self.opts.connect_timeout, connector.connect(&self.opts.connect)).await {
+            match tokio::time::timeout(
+                self.opts.connect_timeout,
+                connector.connect(&self.opts.connect),
+            )
+            .await
+            {
                 Ok(Ok(client)) => {
                     backoff = BACKOFF_MIN;
                     tracing::info!(session = %client.session_id(), connect = %self.opts.connect, "ZooKeeper session established");
@@ -172,7 +184,10 @@ impl ZkConfig {
                     never()
                 }
             };
-            if let Some(end) = self.wait(client, &mut states, config_watch, instance_watch).await {
+            if let Some(end) = self
+                .wait(client, &mut states, config_watch, instance_watch)
+                .await
+            {
                 return end;
             }
         }
@@ -220,12 +235,19 @@ impl ZkConfig {
     }
 
     /// After a failed request: wait until connected again (`None`) or the session ends.
-    async fn wait_reconnect(&mut self, client: &Client, states: &mut zookeeper_client::StateWatcher) -> Option<End> {
+    async fn wait_reconnect(
+        &mut self,
+        client: &Client,
+        states: &mut zookeeper_client::StateWatcher,
+    ) -> Option<End> {
         loop {
             if let Some(end) = terminated(client) {
                 return Some(end);
             }
-            if matches!(client.state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly) {
+            if matches!(
+                client.state(),
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly
+            ) {
                 // Connected but the request failed: do not spin.
                 tokio::time::sleep(BACKOFF_MIN).await;
                 return None;
@@ -252,14 +274,16 @@ impl ZkConfig {
                     self.on_config(data);
                     return Ok(watch_of(watch));
                 }
-                Err(zookeeper_client::Error::NoNode) => match client.check_and_watch_stat(&path).await? {
-                    (Some(_), _) => continue,
-                    (None, watch) => {
-                        tracing::warn!(znode = %path, "the config znode does not exist; waiting for it");
-                        self.fall_back();
-                        return Ok(watch_of(watch));
+                Err(zookeeper_client::Error::NoNode) => {
+                    match client.check_and_watch_stat(&path).await? {
+                        (Some(_), _) => continue,
+                        (None, watch) => {
+                            tracing::warn!(znode = %path, "the config znode does not exist; waiting for it");
+                            self.fall_back();
+                            return Ok(watch_of(watch));
+                        }
                     }
-                },
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -283,7 +307,11 @@ impl ZkConfig {
         self.seen = Some(data);
         let (hash, state, error) = match result {
             Ok(hash) => (hash, InstanceState::Ok, None),
-            Err(e) => (self.topology.hash().unwrap_or_default(), InstanceState::Error, Some(e)),
+            Err(e) => (
+                self.topology.hash().unwrap_or_default(),
+                InstanceState::Error,
+                Some(e),
+            ),
         };
         let unchanged = self
             .desired
@@ -322,7 +350,9 @@ impl ZkConfig {
                         tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode created");
                         self.written = Some(data.clone());
                     }
-                    Err(zookeeper_client::Error::NoNode) => self.create_instances_dir(client, &path).await?,
+                    Err(zookeeper_client::Error::NoNode) => {
+                        self.create_instances_dir(client, &path).await?
+                    }
                     Err(zookeeper_client::Error::NodeExists) => {}
                     Err(e) => return Err(e),
                 }
@@ -350,12 +380,20 @@ impl ZkConfig {
 
     /// `instances/` as a container znode, which ZooKeeper removes once it is empty, so a
     /// sidecar never keeps a deleted resource's subtree alive.
-    async fn create_instances_dir(&self, client: &Client, instance: &str) -> Result<(), zookeeper_client::Error> {
+    async fn create_instances_dir(
+        &self,
+        client: &Client,
+        instance: &str,
+    ) -> Result<(), zookeeper_client::Error> {
         let Some((dir, _)) = instance.rsplit_once('/') else {
             return Ok(());
         };
         match client
-            .create(dir, &[], &CreateMode::Container.with_acls(Acls::anyone_all()))
+            .create(
+                dir,
+                &[],
+                &CreateMode::Container.with_acls(Acls::anyone_all()),
+            )
             .await
         {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),

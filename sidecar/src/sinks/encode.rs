@@ -180,9 +180,15 @@ mod tests {
         let r = router(fmt);
         let event = r.parse(0, line.as_bytes());
         let mut out = Vec::new();
-        encode_json(&mut out, &event, format, &meta_member("app", "pod-1", "shop"));
+        encode_json(
+            &mut out,
+            &event,
+            format,
+            &meta_member("app", "pod-1", "shop"),
+        );
         assert_eq!(out.last(), Some(&b'\n'));
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]

@@ -93,7 +93,11 @@ impl FileWriter {
 }
 
 fn ignore_missing(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 /// Opens for appending, creating the file and its directory. A file that a crash left
@@ -102,7 +106,11 @@ fn open_append(path: &Path) -> io::Result<(File, u64, u64)> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let mut file = OpenOptions::new().create(true).append(true).read(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
     let mut size = file.metadata()?.len();
     if size > 0 {
         let mut last = [0u8; 1];

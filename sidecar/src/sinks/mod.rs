@@ -103,10 +103,10 @@ impl BufferPool {
 
     pub fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
-        if let Ok(mut free) = self.free.lock() {
-            if free.len() < Self::KEEP {
-                free.push(buf);
-            }
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < Self::KEEP
+        {
+            free.push(buf);
         }
     }
 }
@@ -163,7 +163,11 @@ impl SinkHandle {
 }
 
 /// Starts the sink `def` describes.
-pub fn build(def: &Sink, metrics: &Metrics, shared: &Arc<SinkShared>) -> Result<Arc<SinkHandle>, SinkError> {
+pub fn build(
+    def: &Sink,
+    metrics: &Metrics,
+    shared: &Arc<SinkShared>,
+) -> Result<Arc<SinkHandle>, SinkError> {
     let name = def.name.clone();
     let (writer, encoding): (Box<dyn Writer>, LineEncoding) = if let Some(s) = &def.stdout {
         (Box::new(stdout::StdoutWriter::new()), s.encoding)
@@ -199,11 +203,20 @@ pub fn build(def: &Sink, metrics: &Metrics, shared: &Arc<SinkShared>) -> Result<
     }))
 }
 
-fn run(name: &str, mut writer: Box<dyn Writer>, rx: Receiver<Batch>, counter: Counter, shared: &SinkShared) {
+fn run(
+    name: &str,
+    mut writer: Box<dyn Writer>,
+    rx: Receiver<Batch>,
+    counter: Counter,
+    shared: &SinkShared,
+) {
     tracing::debug!(sink = name, "sink started");
     while let Ok(batch) = rx.recv() {
         if !write_batch(name, writer.as_mut(), &batch.data, shared) {
-            tracing::warn!(sink = name, "giving up at shutdown; the unwritten events will be read again at the next start");
+            tracing::warn!(
+                sink = name,
+                "giving up at shutdown; the unwritten events will be read again at the next start"
+            );
             return;
         }
         counter.inc_by(batch.events);

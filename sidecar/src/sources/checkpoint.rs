@@ -120,11 +120,11 @@ impl Checkpoints {
 
     /// Moves a file's offset forward (a late ack of a file no longer tracked).
     pub fn advance(&mut self, id: FileId, offset: u64) {
-        if let Some(e) = self.entries.get_mut(&id) {
-            if e.offset < offset {
-                e.offset = offset;
-                self.dirty = true;
-            }
+        if let Some(e) = self.entries.get_mut(&id)
+            && e.offset < offset
+        {
+            e.offset = offset;
+            self.dirty = true;
         }
     }
 
@@ -146,9 +146,11 @@ impl Checkpoints {
         }
         let mut files: Vec<Entry> = self.entries.values().cloned().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path).then(a.ino.cmp(&b.ino)));
-        let data = serde_json::to_vec_pretty(&OnDisk { version: 1, files }).map_err(|e| StateError::Write {
-            path: self.path.clone(),
-            source: io::Error::other(e),
+        let data = serde_json::to_vec_pretty(&OnDisk { version: 1, files }).map_err(|e| {
+            StateError::Write {
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            }
         })?;
         state::write_atomic(&self.path, &data)?;
         self.dirty = false;
@@ -184,7 +186,10 @@ mod tests {
     #[test]
     fn fingerprint_covers_only_the_head() {
         let long = vec![b'x'; 200];
-        assert_eq!(Fingerprint::of(&long), Fingerprint::of(&long[..FINGERPRINT_BYTES]));
+        assert_eq!(
+            Fingerprint::of(&long),
+            Fingerprint::of(&long[..FINGERPRINT_BYTES])
+        );
         assert_ne!(Fingerprint::of(b"ab"), Fingerprint::of(b"ba"));
     }
 }

@@ -223,7 +223,9 @@ impl Tailer {
             return false;
         };
         let due = self.scanned_pipeline != pipeline.id
-            || self.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan);
+            || self
+                .scanned_at
+                .is_none_or(|t| t.elapsed() >= self.opts.rescan);
         if due {
             self.scan(&pipeline);
         }
@@ -267,7 +269,9 @@ impl Tailer {
                     }
                 };
                 for path in paths.flatten() {
-                    let Ok(meta) = fs::metadata(&path) else { continue };
+                    let Ok(meta) = fs::metadata(&path) else {
+                        continue;
+                    };
                     if !meta.is_file() {
                         continue;
                     }
@@ -285,7 +289,11 @@ impl Tailer {
                             if t.source != source.name {
                                 t.source = source.name.clone();
                                 t.events_in = self.links.metrics.source_counter(&source.name);
-                                t.meta = encode::meta_member(&source.name, &self.opts.pod, &self.opts.namespace);
+                                t.meta = encode::meta_member(
+                                    &source.name,
+                                    &self.opts.pod,
+                                    &self.opts.namespace,
+                                );
                             }
                         }
                         None => self.open(id, path, &source.name),
@@ -303,12 +311,12 @@ impl Tailer {
         // Files whose source left the config are not read any more; their checkpoints
         // stay, should the source come back.
         let sources: HashSet<&str> = pipeline.sources.iter().map(|s| s.name.as_str()).collect();
-        self.files.retain(|_, t| sources.contains(t.source.as_str()));
+        self.files
+            .retain(|_, t| sources.contains(t.source.as_str()));
         // Checkpoints of files that are gone from their path.
         let files = &self.files;
         self.checkpoints.retain(|id, e| {
-            files.contains_key(&id)
-                || fs::metadata(&e.path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+            files.contains_key(&id) || fs::metadata(&e.path).is_ok_and(|m| (m.dev(), m.ino()) == id)
         });
     }
 
@@ -335,11 +343,11 @@ impl Tailer {
                 tracing::info!(path = %path.display(), "checkpoint does not fit this file (new file or truncated); reading it from the beginning");
             }
         }
-        if start > 0 {
-            if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                tracing::warn!(path = %path.display(), error = %e, "seeking to the checkpoint");
-                return;
-            }
+        if start > 0
+            && let Err(e) = file.seek(SeekFrom::Start(start))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "seeking to the checkpoint");
+            return;
         }
         tracing::info!(path = %path.display(), source, offset = start, "following file");
         let path_text = path.display().to_string();
@@ -442,7 +450,8 @@ impl Tailer {
         t.epoch += 1;
         t.fingerprint = Fingerprint::default();
         t.idle_since = None;
-        self.checkpoints.set(id, &t.path_text, 0, Fingerprint::default());
+        self.checkpoints
+            .set(id, &t.path_text, 0, Fingerprint::default());
         Ok(true)
     }
 
@@ -455,13 +464,23 @@ impl Tailer {
             tracing::info!(path = %t.path.display(), "file deleted; reading it to its end");
             t.deleted = true;
         }
+        if t.reachable {
+            // Caught up with the writer: if our path now names another file, it was just
+            // rotated; look for the new one now rather than at the next periodic scan.
+            let moved = fs::metadata(&t.path).map_or(true, |m| (m.dev(), m.ino()) != id);
+            if moved {
+                self.scanned_at = None;
+            }
+        }
         t.idle_since.get_or_insert_with(Instant::now);
         Ok(Progress::Eof)
     }
 
     /// Routes a held partial line as a whole line (its file will not complete it).
     fn emit_partial(&mut self, id: FileId, pipeline: &Pipeline) {
-        let Some(t) = self.files.get_mut(&id) else { return };
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
         if t.partial.is_empty() {
             return;
         }
@@ -510,7 +529,9 @@ impl Tailer {
                 continue;
             }
             for sink in decision.sinks {
-                let Some(out) = s.outs.get_mut(sink) else { continue };
+                let Some(out) = s.outs.get_mut(sink) else {
+                    continue;
+                };
                 if out.capacity() == 0 {
                     *out = self.links.shared.pool.take(CHUNK + CHUNK / 4);
                 }
@@ -560,12 +581,16 @@ impl Tailer {
                 break;
             }
             let InFlight {
-                file, epoch, offset, ..
+                file,
+                epoch,
+                offset,
+                ..
             } = *front;
             self.inflight.pop_front();
             match self.files.get(&file) {
                 Some(t) if t.epoch == epoch => {
-                    self.checkpoints.set(file, &t.path_text, offset, t.fingerprint);
+                    self.checkpoints
+                        .set(file, &t.path_text, offset, t.fingerprint);
                 }
                 Some(_) => {}
                 None => self.checkpoints.advance(file, offset),
@@ -620,12 +645,17 @@ impl Tailer {
     }
 }
 
-fn count_drop(drops: &mut Vec<(Option<u16>, DropReason, u64)>, rule: Option<u16>, reason: DropReason) {
-    if let Some(last) = drops.last_mut() {
-        if last.0 == rule && last.1 == reason {
-            last.2 += 1;
-            return;
-        }
+fn count_drop(
+    drops: &mut Vec<(Option<u16>, DropReason, u64)>,
+    rule: Option<u16>,
+    reason: DropReason,
+) {
+    if let Some(last) = drops.last_mut()
+        && last.0 == rule
+        && last.1 == reason
+    {
+        last.2 += 1;
+        return;
     }
     match drops.iter_mut().find(|d| d.0 == rule && d.1 == reason) {
         Some(d) => d.2 += 1,

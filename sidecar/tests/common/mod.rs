@@ -94,7 +94,10 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("the sidecar was stopped")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the sidecar was stopped")
     }
 
     pub fn log_tail(&self) -> String {
@@ -148,10 +151,10 @@ impl Sidecar {
 
     /// Panics (with the sidecar's log) if the process has exited.
     pub fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the sidecar exited with {status}\n{}", self.log_tail());
-            }
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("the sidecar exited with {status}\n{}", self.log_tail());
         }
     }
 
@@ -160,11 +163,18 @@ impl Sidecar {
         use std::io::Read;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let code = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((code, body))
     }
 
@@ -179,7 +189,9 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -188,11 +200,19 @@ impl Drop for Sidecar {
 
 /// Polls `check` every 50 ms until it holds; panics after `timeout` naming `what` and
 /// showing `context()` (e.g. the sidecar's log).
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -217,7 +237,8 @@ pub fn append(path: &Path, lines: &[String]) {
         buf.push_str(l);
         buf.push('\n');
     }
-    f.write_all(buf.as_bytes()).expect("writing the application log");
+    f.write_all(buf.as_bytes())
+        .expect("writing the application log");
 }
 
 /// The lines of a file (none if it does not exist).
@@ -240,8 +261,12 @@ pub fn seqs(path: &Path) -> Vec<u64> {
     read_lines(path)
         .iter()
         .map(|l| {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("{} holds a line that is not JSON ({e}): {l:?}", path.display()));
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "{} holds a line that is not JSON ({e}): {l:?}",
+                    path.display()
+                )
+            });
             v["seq"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{} holds a line without seq: {l:?}", path.display()))
@@ -264,7 +289,11 @@ pub fn seq_counts(paths: &[&Path]) -> BTreeMap<u64, usize> {
 pub fn assert_exactly_once(paths: &[&Path], n: u64) {
     let counts = seq_counts(paths);
     let missing: Vec<u64> = (0..n).filter(|s| !counts.contains_key(s)).collect();
-    let dups: Vec<(u64, usize)> = counts.iter().filter(|(_, c)| **c > 1).map(|(s, c)| (*s, *c)).collect();
+    let dups: Vec<(u64, usize)> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(s, c)| (*s, *c))
+        .collect();
     let extra: Vec<u64> = counts.keys().copied().filter(|s| *s >= n).collect();
     assert!(
         missing.is_empty() && dups.is_empty() && extra.is_empty(),
@@ -280,7 +309,9 @@ pub fn assert_exactly_once(paths: &[&Path], n: u64) {
 /// A ServiceLog manifest for `--config-file`.
 pub fn manifest(spec_yaml: &str) -> String {
     let indented: String = spec_yaml.lines().map(|l| format!("  {l}\n")).collect();
-    format!("apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: test, namespace: shop}}\nspec:\n{indented}")
+    format!(
+        "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: test, namespace: shop}}\nspec:\n{indented}"
+    )
 }
 
 /// Writes `content` to `path` atomically (like a ConfigMap update or `kubectl`'s editors).
@@ -311,10 +342,12 @@ impl TestZk {
     pub fn start(label: &str) -> Self {
         let base = servicelog_e2e::base_dir();
         procs::reap_stale(&base);
-        let dir = EnvDir::create(base.join(servicelog_e2e::unique_name(&format!("sidecar-{label}"))))
-            .expect("creating the ZooKeeper environment dir");
+        let dir =
+            EnvDir::create(base.join(servicelog_e2e::unique_name(&format!("sidecar-{label}"))))
+                .expect("creating the ZooKeeper environment dir");
         let watchdog = dir.spawn_watchdog().expect("starting the watchdog");
-        let zk = ZooKeeper::start(&dir, label, 1).unwrap_or_else(|e| panic!("starting ZooKeeper: {e}"));
+        let zk =
+            ZooKeeper::start(&dir, label, 1).unwrap_or_else(|e| panic!("starting ZooKeeper: {e}"));
         Self {
             zk,
             _watchdog: watchdog,
@@ -341,7 +374,9 @@ pub async fn zk_client(connect: &str) -> Client {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), Client::connect(connect)).await {
             Ok(Ok(c)) => return c,
-            other if Instant::now() > deadline => panic!("connecting to ZooKeeper at {connect}: {other:?}"),
+            other if Instant::now() > deadline => {
+                panic!("connecting to ZooKeeper at {connect}: {other:?}")
+            }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
@@ -352,34 +387,50 @@ pub async fn publish(client: &Client, path: &str, config: &Envelope) {
     let data = config.to_bytes().expect("encoding the envelope");
     let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
     if let Some((parent, _)) = path.rsplit_once('/') {
-        client.mkdir(parent, &persistent).await.expect("creating the config znode's parents");
+        client
+            .mkdir(parent, &persistent)
+            .await
+            .expect("creating the config znode's parents");
     }
     match client.create(path, &data, &persistent).await {
         Ok(_) => {}
         Err(zookeeper_client::Error::NodeExists) => {
-            client.set_data(path, &data, None).await.expect("setting the config znode");
+            client
+                .set_data(path, &data, None)
+                .await
+                .expect("setting the config znode");
         }
         Err(e) => panic!("creating the config znode: {e}"),
     }
 }
 
 /// The instance record at `path` and its ephemeral owner, if the znode exists.
-pub async fn instance(client: &Client, path: &str) -> Option<(servicelog_api::wire::Instance, i64)> {
+pub async fn instance(
+    client: &Client,
+    path: &str,
+) -> Option<(servicelog_api::wire::Instance, i64)> {
     let (data, stat) = client.get_data(path).await.ok()?;
     let record = servicelog_api::wire::Instance::from_slice(&data).ok()?;
     Some((record, stat.ephemeral_owner))
 }
 
 /// Polls an async condition; panics naming `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F, context: impl Fn() -> String)
-where
+pub async fn eventually<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    context: impl Fn() -> String,
+) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !check().await {
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

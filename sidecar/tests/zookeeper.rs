@@ -1,0 +1,420 @@
+//! The sidecar driven by a real ZooKeeper: config znode → applied → acked in
+//! `instances/<pod>`; bad configs rejected; ZooKeeper outages, session expiry and a
+//! start without ZooKeeper.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use servicelog_api::wire::InstanceState;
+
+const POD: &str = "checkout-7d9f-1";
+
+/// One json file source, sinks `a` and `b`, every event to `to`.
+fn spec_to(logs: &Path, a: &Path, b: &Path, to: &str) -> String {
+    format!(
+        "sources:\n  - name: app\n    file: {{paths: [\"{logs}/*.log\"], format: json}}\n\
+         sinks:\n  - name: a\n    file: {{path: \"{a}\"}}\n  - name: b\n    file: {{path: \"{b}\"}}\n\
+         rules:\n  - name: all\n    to: [{to}]\n",
+        logs = logs.display(),
+        a = a.display(),
+        b = b.display(),
+    )
+}
+
+struct Paths {
+    config: String,
+    instance: String,
+}
+
+fn paths() -> Paths {
+    let root = format!("/{}", servicelog_e2e::unique_name("t"));
+    Paths {
+        config: format!("{root}/namespaces/shop/checkout/config"),
+        instance: format!("{root}/namespaces/shop/checkout/instances/{POD}"),
+    }
+}
+
+fn zk_sidecar(s: &Scratch, connect: &str, config: &str, extra: &[&str]) -> Sidecar {
+    Sidecar::start(
+        s,
+        extra,
+        &[
+            ("SERVICELOG_ZK_CONNECT", connect),
+            ("SERVICELOG_CONFIG_ZNODE", config),
+            ("POD_NAME", POD),
+            ("POD_NAMESPACE", "shop"),
+        ],
+    )
+}
+
+async fn wait_lines(what: &str, path: &Path, n: usize, sidecar: &Sidecar) {
+    let p: PathBuf = path.to_owned();
+    eventually(
+        what,
+        Duration::from_secs(20),
+        || {
+            let p = p.clone();
+            async move { count_lines(&p) >= n }
+        },
+        || {
+            format!(
+                "{} has {} lines\n{}",
+                path.display(),
+                count_lines(path),
+                sidecar.log_tail()
+            )
+        },
+    )
+    .await;
+}
+
+async fn wait_instance(
+    client: &zookeeper_client::Client,
+    path: &str,
+    what: &str,
+    sidecar: &Sidecar,
+    want: impl Fn(&servicelog_api::wire::Instance, i64) -> bool,
+) -> (servicelog_api::wire::Instance, i64) {
+    let mut last = None;
+    let start = Instant::now();
+    loop {
+        if let Some((record, owner)) = instance(client, path).await {
+            if want(&record, owner) {
+                return (record, owner);
+            }
+            last = Some(record);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "timed out after 30s waiting for the instance znode {path} to show {what}; last seen: {last:?}\n{}",
+                sidecar.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_config_znode_then_the_sidecar_applies_and_acks_each_change_and_keeps_the_old_rules_for_a_bad_one()
+ {
+    let zk = TestZk::start("apply");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+    let (record, _) = wait_instance(
+        &client,
+        &p.instance,
+        "the first hash, ok",
+        &sidecar,
+        |i, _| i.hash == first.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    assert_eq!(record.pod, POD);
+    assert!(record.error.is_none());
+    assert!(
+        humantime::parse_rfc3339(&record.since).is_ok(),
+        "since is not RFC 3339: {}",
+        record.since
+    );
+
+    let app = logs.join("app.log");
+    append(&app, &(0..10).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("10 lines in a", &a, 10, &sidecar).await;
+
+    // A new config: acked, and lines follow the new rule.
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    publish(&client, &p.config, &second).await;
+    wait_instance(
+        &client,
+        &p.instance,
+        "the second hash, ok",
+        &sidecar,
+        |i, _| i.hash == second.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    append(&app, &(10..20).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("10 lines in b", &b, 10, &sidecar).await;
+
+    // A config that does not compile (a rule to an unknown sink): not applied.
+    let bad = envelope(3, &spec_to(&logs, &a, &b, "nowhere"));
+    publish(&client, &p.config, &bad).await;
+    let (record, _) = wait_instance(&client, &p.instance, "state error", &sidecar, |i, _| {
+        i.state == InstanceState::Error
+    })
+    .await;
+    assert_eq!(
+        record.hash, second.hash,
+        "the hash in force is still the second config's"
+    );
+    let error = record.error.unwrap_or_default();
+    assert!(
+        error.contains("nowhere"),
+        "the error must name the unknown sink: {error}"
+    );
+    append(&app, &(20..30).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines(
+        "the old rules to route 10 more lines to b",
+        &b,
+        20,
+        &sidecar,
+    )
+    .await;
+    thread::sleep(Duration::from_millis(300));
+    assert_exactly_once(&[&a, &b], 30);
+    assert_eq!(count_lines(&a), 10);
+
+    assert_eq!(sidecar.metric("servicelog_config_generation"), Some(2.0));
+    assert_eq!(sidecar.metric("servicelog_zookeeper_connected"), Some(1.0));
+    assert_eq!(
+        sidecar.metric(r#"servicelog_config_applied_total{result="error"}"#),
+        Some(1.0)
+    );
+    assert!(
+        s.state().join("last-good-config.json").exists(),
+        "the last good config must be kept in the state dir"
+    );
+    let lkg = servicelog_api::wire::Envelope::from_slice(
+        &std::fs::read(s.state().join("last-good-config.json"))
+            .expect("reading the last good config"),
+    )
+    .expect("the last good config is an envelope");
+    assert_eq!(lkg.hash, second.hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_zookeeper_stops_under_load_then_routing_goes_on_and_a_config_change_after_its_restart_is_applied()
+ {
+    const N: u64 = 40_000;
+    let mut zk = TestZk::start("outage");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    drop(client);
+    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+    {
+        let client = zk_client(&zk.connect_string()).await;
+        wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
+            i.hash == first.hash
+        })
+        .await;
+    }
+
+    let app = logs.join("app.log");
+    let writer = thread::spawn(move || {
+        // ~8 s of writing.
+        for burst in 0..(N / 200) {
+            append(
+                &app,
+                &(burst * 200..(burst + 1) * 200)
+                    .map(|i| line(i, "info"))
+                    .collect::<Vec<_>>(),
+            );
+            thread::sleep(Duration::from_millis(40));
+        }
+    });
+    wait_lines("some lines before the outage", &a, 2_000, &sidecar).await;
+
+    tokio::task::block_in_place(|| zk.zk.stop(0));
+    let at_stop = count_lines(&a);
+    eventually(
+        "servicelog_zookeeper_connected to drop to 0",
+        Duration::from_secs(20),
+        || async { sidecar.metric("servicelog_zookeeper_connected") == Some(0.0) },
+        || sidecar.log_tail(),
+    )
+    .await;
+    wait_lines(
+        "lines to keep flowing while ZooKeeper is down",
+        &a,
+        at_stop + 5_000,
+        &sidecar,
+    )
+    .await;
+
+    tokio::task::block_in_place(|| zk.zk.restart(0)).expect("restarting ZooKeeper");
+    eventually(
+        "servicelog_zookeeper_connected to be 1 again",
+        Duration::from_secs(30),
+        || async { sidecar.metric("servicelog_zookeeper_connected") == Some(1.0) },
+        || sidecar.log_tail(),
+    )
+    .await;
+    let client = zk_client(&zk.connect_string()).await;
+    wait_instance(
+        &client,
+        &p.instance,
+        "the instance znode after the restart",
+        &sidecar,
+        |i, _| i.hash == first.hash,
+    )
+    .await;
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    publish(&client, &p.config, &second).await;
+    wait_instance(
+        &client,
+        &p.instance,
+        "the second hash after the restart",
+        &sidecar,
+        |i, _| i.hash == second.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    tokio::task::block_in_place(|| writer.join()).expect("the writer thread");
+    eventually(
+        "every line across a and b",
+        Duration::from_secs(30),
+        || async { count_lines(&a) + count_lines(&b) >= N as usize },
+        || {
+            format!(
+                "a={} b={}\n{}",
+                count_lines(&a),
+                count_lines(&b),
+                sidecar.log_tail()
+            )
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&[&a, &b], N);
+    let (sa, sb) = (seqs(&a), seqs(&b));
+    let split = sa.len() as u64;
+    assert_eq!(sa, (0..split).collect::<Vec<_>>(), "a holds a prefix");
+    assert_eq!(sb, (split..N).collect::<Vec<_>>(), "b holds the rest");
+    assert!(
+        !sb.is_empty(),
+        "the config published after the restart never took effect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_session_expires_then_the_instance_znode_and_the_watch_are_restored() {
+    let zk = TestZk::start("expiry");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    let sidecar = zk_sidecar(
+        &s,
+        &zk.connect_string(),
+        &p.config,
+        &["--zk-session-timeout", "2s"],
+    );
+    let (_, owner) = wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
+        i.hash == first.hash
+    })
+    .await;
+
+    // Frozen past its session timeout, the sidecar's session is expired by the server.
+    sidecar.pause();
+    let gone_by = Instant::now() + Duration::from_secs(20);
+    while instance(&client, &p.instance).await.is_some() {
+        assert!(
+            Instant::now() < gone_by,
+            "ZooKeeper did not expire the frozen sidecar's session"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sidecar.resume();
+    let (_, new_owner) = wait_instance(
+        &client,
+        &p.instance,
+        "a re-created instance znode",
+        &sidecar,
+        |i, _| i.hash == first.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    assert_ne!(
+        new_owner, owner,
+        "the instance znode must belong to the new session"
+    );
+
+    // The watch works on the new session.
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    publish(&client, &p.config, &second).await;
+    wait_instance(&client, &p.instance, "the second hash", &sidecar, |i, _| {
+        i.hash == second.hash
+    })
+    .await;
+    append(&logs.join("app.log"), &[line(0, "info")]);
+    wait_lines("the line in b", &b, 1, &sidecar).await;
+    assert_eq!(count_lines(&a), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_zookeeper_unreachable_at_start_then_the_last_known_good_config_routes() {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let lkg = envelope(5, &spec_to(&logs, &a, &b, "b"));
+    std::fs::create_dir_all(s.state()).expect("creating the state dir");
+    std::fs::write(
+        s.state().join("last-good-config.json"),
+        lkg.to_bytes().expect("encoding"),
+    )
+    .expect("writing the last good config");
+    // Nothing listens on this port.
+    let port = servicelog_e2e::procs::free_port().expect("a free port");
+    let started = Instant::now();
+    let sidecar = zk_sidecar(
+        &s,
+        &format!("127.0.0.1:{port}"),
+        "/servicelog/namespaces/shop/checkout/config",
+        &["--zk-connect-timeout", "1s"],
+    );
+    append(
+        &logs.join("app.log"),
+        &(0..5).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    wait_lines("the last-known-good rules to route to b", &b, 5, &sidecar).await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(sidecar.http_get("/readyz").map(|r| r.0), Some(200));
+    assert_eq!(sidecar.metric("servicelog_zookeeper_connected"), Some(0.0));
+    assert_eq!(sidecar.metric("servicelog_config_generation"), Some(5.0));
+    assert_exactly_once(&[&b], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_sigterm_then_the_instance_znode_goes_away_with_the_session() {
+    let zk = TestZk::start("term");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    let mut sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+    wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
+        i.hash == first.hash
+    })
+    .await;
+    let (took, status) = tokio::task::block_in_place(|| sidecar.terminate(Duration::from_secs(12)));
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    let gone_by = Instant::now() + Duration::from_secs(5);
+    while instance(&client, &p.instance).await.is_some() {
+        assert!(
+            Instant::now() < gone_by,
+            "the instance znode outlived the sidecar by 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
