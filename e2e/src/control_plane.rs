@@ -11,8 +11,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::{
@@ -63,10 +63,16 @@ impl ControlPlane {
         cmd.arg("--name=testenv")
             .arg(format!("--data-dir={}", etcd_data.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=testenv=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=testenv=http://127.0.0.1:{peer_port}"
+            ))
             // Test data need not survive a power cut; fsync dominates etcd's latency.
             .arg("--unsafe-no-fsync")
             .arg("--quota-backend-bytes=4294967296")
@@ -77,7 +83,8 @@ impl ControlPlane {
             if let Some(how) = etcd.exited() {
                 return Err(how);
             }
-            Ok(http_get(etcd_port, "/health").is_ok_and(|body| body.contains("\"health\":\"true\"")))
+            Ok(http_get(etcd_port, "/health")
+                .is_ok_and(|body| body.contains("\"health\":\"true\"")))
         })
         .map_err(|e| e.with_log("etcd", &etcd.log_tail(30)))?;
 
@@ -90,10 +97,19 @@ impl ControlPlane {
             .arg(format!("--secure-port={port}"))
             .arg(format!("--cert-dir={}", env.join("pki").display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.serving_key.display()
+            ))
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
-            .arg(format!("--service-account-key-file={}", pki.sa_pub.display()))
-            .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.sa_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg("--service-cluster-ip-range=10.96.0.0/16")
             .arg("--authorization-mode=RBAC")
@@ -180,8 +196,13 @@ impl Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
         ca_params.distinguished_name = name("servicelog-testenv-ca", None);
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(cert_err)?).map_err(cert_err)?;
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(cert_err)?)
+            .map_err(cert_err)?;
 
         let mut serving = CertificateParams::new(vec![
             "localhost".to_string(),
@@ -191,8 +212,12 @@ impl Pki {
             "kubernetes.default.svc.cluster.local".to_string(),
         ])
         .map_err(cert_err)?;
-        serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        serving.subject_alt_names.push(SanType::IpAddress([10, 96, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([10, 96, 0, 1].into()));
         serving.distinguished_name = name("kube-apiserver", None);
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_key = KeyPair::generate().map_err(cert_err)?;
@@ -223,7 +248,8 @@ impl Pki {
             (&pki.sa_key, sa_key.serialize_pem()),
             (&pki.sa_pub, sa_key.public_key_pem()),
         ] {
-            fs::write(path, text).map_err(|e| EnvError::io(format!("writing {}", path.display()), e))?;
+            fs::write(path, text)
+                .map_err(|e| EnvError::io(format!("writing {}", path.display()), e))?;
         }
         Ok(pki)
     }
@@ -266,7 +292,11 @@ fn base64(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {

@@ -66,7 +66,11 @@ impl EnvError {
     pub fn with_log(self, component: &str, tail: &str) -> Self {
         let block = format!("\n--- last lines of {component}'s log ---\n{tail}");
         match self {
-            Self::Timeout { what, waited, detail } => Self::Timeout {
+            Self::Timeout {
+                what,
+                waited,
+                detail,
+            } => Self::Timeout {
                 what,
                 waited,
                 detail: detail + &block,
@@ -109,7 +113,11 @@ impl TestEnv {
     pub fn start() -> Result<Self, EnvError> {
         let base = base_dir();
         procs::reap_stale(&base);
-        let name = format!("env-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "env-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         Self::start_in(base.join(name))
     }
 
@@ -144,7 +152,10 @@ impl TestEnv {
     /// in it (each test takes its own namespace and znode root). It is never dropped; the
     /// watchdog stops it when the process exits.
     pub fn shared() -> Result<&'static TestEnv, EnvError> {
-        SHARED.get_or_init(TestEnv::start).as_ref().map_err(Clone::clone)
+        SHARED
+            .get_or_init(TestEnv::start)
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -190,8 +201,8 @@ impl TestEnv {
 
     /// A Kubernetes client for the admin kubeconfig, bound to the calling test's runtime.
     pub async fn client(&self) -> Result<kube::Client, EnvError> {
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(self.kubeconfig()).map_err(|e| EnvError::Kube(e.to_string()))?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())
+            .map_err(|e| EnvError::Kube(e.to_string()))?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(|e| EnvError::Kube(e.to_string()))?;
@@ -232,7 +243,12 @@ impl TestEnv {
                 }
                 let out = self
                     .kubectl()
-                    .args(["wait", "--for=condition=established", "--timeout=30s", "crd/servicelogs.servicelog.io"])
+                    .args([
+                        "wait",
+                        "--for=condition=established",
+                        "--timeout=30s",
+                        "crd/servicelogs.servicelog.io",
+                    ])
                     .output()
                     .map_err(|e| EnvError::io("running kubectl", e))?;
                 if !out.status.success() {

@@ -27,9 +27,11 @@ impl EnvDir {
     /// Creates `path` afresh and records this process as its owner.
     pub fn create(path: PathBuf) -> Result<Self, EnvError> {
         if path.exists() {
-            fs::remove_dir_all(&path).map_err(|e| EnvError::io(format!("removing {}", path.display()), e))?;
+            fs::remove_dir_all(&path)
+                .map_err(|e| EnvError::io(format!("removing {}", path.display()), e))?;
         }
-        fs::create_dir_all(path.join("logs")).map_err(|e| EnvError::io(format!("creating {}", path.display()), e))?;
+        fs::create_dir_all(path.join("logs"))
+            .map_err(|e| EnvError::io(format!("creating {}", path.display()), e))?;
         fs::write(path.join("owner"), std::process::id().to_string())
             .map_err(|e| EnvError::io("writing the owner file", e))?;
         let dir = Self {
@@ -53,7 +55,8 @@ impl EnvDir {
         let text: String = pids.keys().map(|pid| format!("{pid}\n")).collect();
         let tmp = self.path.join("pids.tmp");
         fs::write(&tmp, text).map_err(|e| EnvError::io("writing the PID list", e))?;
-        fs::rename(&tmp, self.path.join("pids")).map_err(|e| EnvError::io("writing the PID list", e))
+        fs::rename(&tmp, self.path.join("pids"))
+            .map_err(|e| EnvError::io("writing the PID list", e))
     }
 
     fn add_pid(&self, pid: u32, name: &str) -> Result<(), EnvError> {
@@ -117,7 +120,9 @@ impl Proc {
             .append(true)
             .open(&log)
             .map_err(|e| EnvError::io(format!("opening {}", log.display()), e))?;
-        let err = out.try_clone().map_err(|e| EnvError::io("duplicating a log handle", e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| EnvError::io("duplicating a log handle", e))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
@@ -251,7 +256,8 @@ pub fn wait_for(
 /// A free TCP port on 127.0.0.1 (free when asked; a start that then finds it taken
 /// retries with another).
 pub fn free_port() -> Result<u16, EnvError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| EnvError::io("finding a free port", e))?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| EnvError::io("finding a free port", e))?;
     listener
         .local_addr()
         .map(|a| a.port())
@@ -281,8 +287,13 @@ pub fn reap_stale(base: &Path) {
         for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                eprintln!("testenv: stopping pid {pid} left by a killed run in {}", dir.display());
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                eprintln!(
+                    "testenv: stopping pid {pid} left by a killed run in {}",
+                    dir.display()
+                );
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
         }
         let _ = fs::remove_dir_all(&dir);

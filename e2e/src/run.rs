@@ -21,7 +21,8 @@ pub fn bin_dir() -> Result<PathBuf, EnvError> {
     static BUILT: OnceLock<Result<PathBuf, EnvError>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(|e| EnvError::io("locating the test binary", e))?;
+            let exe =
+                std::env::current_exe().map_err(|e| EnvError::io("locating the test binary", e))?;
             // target/<profile>/deps/<test> → target/<profile>
             let dir = exe
                 .parent()
@@ -34,8 +35,15 @@ pub fn bin_dir() -> Result<PathBuf, EnvError> {
             let release = dir.file_name().is_some_and(|n| n == "release");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(crate::workspace_dir())
-                .args(["build", "-q", "-p", "servicelog-operator", "-p", "servicelog-sidecar", "--bins"]);
+            cmd.current_dir(crate::workspace_dir()).args([
+                "build",
+                "-q",
+                "-p",
+                "servicelog-operator",
+                "-p",
+                "servicelog-sidecar",
+                "--bins",
+            ]);
             if release {
                 cmd.arg("--release");
             }
@@ -59,6 +67,7 @@ pub fn bin_dir() -> Result<PathBuf, EnvError> {
 pub struct Operator {
     proc: Proc,
     metrics_port: u16,
+    webhook_port: u16,
 }
 
 /// How to run an operator in a test.
@@ -70,6 +79,9 @@ pub struct OperatorOptions {
     pub zk_root: String,
     pub identity: String,
     pub leader_election: bool,
+    /// Serve the webhooks and register them (for this namespace only) at their loopback
+    /// URL.
+    pub webhook: bool,
     pub extra_args: Vec<String>,
 }
 
@@ -94,9 +106,13 @@ impl Operator {
     fn try_start(env: &TestEnv, options: &OperatorOptions) -> Result<Self, EnvError> {
         let bin = bin_dir()?.join("servicelog-operator");
         let metrics_port = free_port()?;
+        let webhook_port = free_port()?;
         let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", env.kubeconfig())
-            .env("RUST_LOG", "info,servicelog_operator=debug,kube_runtime=warn")
+            .env(
+                "RUST_LOG",
+                "info,servicelog_operator=debug,kube_runtime=warn",
+            )
             .arg("run")
             .arg(format!("--zk-connect={}", options.zk_connect))
             .arg(format!("--zk-root={}", options.zk_root))
@@ -105,18 +121,37 @@ impl Operator {
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg(format!("--identity={}", options.identity))
             .arg(format!("--leader-election={}", options.leader_election))
-            .args(&options.extra_args);
+            .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+            .arg(format!(
+                "--webhook-configuration=servicelog-{}",
+                options.namespace
+            ));
+        if options.webhook {
+            cmd.arg(format!("--webhook-url=https://127.0.0.1:{webhook_port}"));
+        }
+        cmd.args(&options.extra_args);
         let dir = env_dir(env);
-        let name = format!("operator-{}-{}-{metrics_port}", options.namespace, options.identity);
+        let name = format!(
+            "operator-{}-{}-{metrics_port}",
+            options.namespace, options.identity
+        );
         let mut proc = Proc::spawn(&name, cmd, &dir)?;
-        let what = format!("operator {} /healthz on 127.0.0.1:{metrics_port}", options.identity);
+        let what = format!(
+            "operator {} /healthz on 127.0.0.1:{metrics_port}",
+            options.identity
+        );
         let start = Instant::now();
         loop {
             if let Some(how) = proc.exited() {
-                return Err(EnvError::Failed { what, detail: how }.with_log(proc.name(), &proc.log_tail(30)));
+                return Err(EnvError::Failed { what, detail: how }
+                    .with_log(proc.name(), &proc.log_tail(30)));
             }
             if http_get(metrics_port, "/healthz").is_ok_and(|b| b.contains("ok")) {
-                return Ok(Self { proc, metrics_port });
+                return Ok(Self {
+                    proc,
+                    metrics_port,
+                    webhook_port,
+                });
             }
             if start.elapsed() > Duration::from_secs(30) {
                 return Err(EnvError::Timeout {
@@ -133,6 +168,11 @@ impl Operator {
     /// The Prometheus text of `/metrics`.
     pub fn metrics(&self) -> String {
         http_get(self.metrics_port, "/metrics").unwrap_or_default()
+    }
+
+    /// The webhook's HTTPS port on 127.0.0.1.
+    pub fn webhook_port(&self) -> u16 {
+        self.webhook_port
     }
 
     /// Whether the process is alive.

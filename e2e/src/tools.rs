@@ -58,15 +58,26 @@ fn default_bin_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/servicelog")))
         .unwrap_or_else(|| PathBuf::from("/tmp/servicelog-cache"));
-    cache.join("tools").join(version("TOOLS_ID").unwrap_or("unknown")).join("bin")
+    cache
+        .join("tools")
+        .join(version("TOOLS_ID").unwrap_or("unknown"))
+        .join("bin")
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn versions_file_names_every_tool() {
-        for key in ["KUBERNETES_VERSION", "ETCD_VERSION", "HELM_VERSION", "TOOLS_ID"] {
-            assert!(super::version(key).is_some(), "e2e/tools/VERSIONS lacks {key}");
+        for key in [
+            "KUBERNETES_VERSION",
+            "ETCD_VERSION",
+            "HELM_VERSION",
+            "TOOLS_ID",
+        ] {
+            assert!(
+                super::version(key).is_some(),
+                "e2e/tools/VERSIONS lacks {key}"
+            );
         }
     }
 }

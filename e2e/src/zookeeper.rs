@@ -66,14 +66,18 @@ impl ZooKeeper {
         let servers: String = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer, election))| format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1))
+            .map(|(i, (_, peer, election))| {
+                format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1)
+            })
             .collect();
         let mut nodes = Vec::new();
         for (i, (client, _, _)) in ports.iter().enumerate() {
             let id = i + 1;
             let dir = env.join(format!("{label}-{id}-try{attempt}"));
-            fs::create_dir_all(dir.join("data")).map_err(|e| EnvError::io("creating the ZooKeeper data dir", e))?;
-            fs::write(dir.join("data/myid"), format!("{id}\n")).map_err(|e| EnvError::io("writing myid", e))?;
+            fs::create_dir_all(dir.join("data"))
+                .map_err(|e| EnvError::io("creating the ZooKeeper data dir", e))?;
+            fs::write(dir.join("data/myid"), format!("{id}\n"))
+                .map_err(|e| EnvError::io("writing myid", e))?;
             // Short ticks keep session-expiry tests fast; maxClientCnxns=0 because the
             // default 60 per address breaks tests with many sessions from 127.0.0.1.
             let mut cfg = format!(
@@ -135,7 +139,12 @@ impl ZooKeeper {
         let what = format!("ZooKeeper server {} to serve on 127.0.0.1:{port}", node.id);
         let proc = node.proc.as_mut();
         let result = match proc {
-            None => return Err(EnvError::Failed { what, detail: "it is stopped".into() }),
+            None => {
+                return Err(EnvError::Failed {
+                    what,
+                    detail: "it is stopped".into(),
+                });
+            }
             Some(proc) => wait_for(&what, START_TIMEOUT, Duration::from_millis(100), || {
                 if let Some(how) = proc.exited() {
                     return Err(how);
@@ -144,7 +153,11 @@ impl ZooKeeper {
             }),
         };
         result.map_err(|e| {
-            let tail = self.nodes[index].proc.as_ref().map(|p| p.log_tail(30)).unwrap_or_default();
+            let tail = self.nodes[index]
+                .proc
+                .as_ref()
+                .map(|p| p.log_tail(30))
+                .unwrap_or_default();
             e.with_log(&self.nodes[index].label, &tail)
         })
     }
@@ -199,7 +212,13 @@ impl ZooKeeper {
 
     /// The server's log, for failure messages.
     pub fn log_tail(&self, index: usize, lines: usize) -> String {
-        crate::procs::log_tail(&self.env.join("logs").join(format!("{}.log", self.nodes[index].label)), lines)
+        crate::procs::log_tail(
+            &self
+                .env
+                .join("logs")
+                .join(format!("{}.log", self.nodes[index].label)),
+            lines,
+        )
     }
 
     pub fn data_dir(&self, index: usize) -> &Path {

@@ -32,8 +32,10 @@ fn install_crds(env: &TestEnv) {
 }
 
 fn example(namespace: &str) -> ServiceLog {
-    let text = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml")).expect("examples/checkout.yaml");
-    let mut slog: ServiceLog = serde_yaml::from_str(&text).expect("examples/checkout.yaml is a ServiceLog");
+    let text = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml"))
+        .expect("examples/checkout.yaml");
+    let mut slog: ServiceLog =
+        serde_yaml::from_str(&text).expect("examples/checkout.yaml is a ServiceLog");
     slog.metadata.namespace = Some(namespace.to_owned());
     slog
 }
@@ -45,23 +47,37 @@ async fn given_the_crd_when_a_servicelog_is_created_then_it_reads_back_and_kubec
     let ns = env.create_namespace("smoke").await.expect("namespace");
     let api: Api<ServiceLog> = Api::namespaced(env.client().await.expect("client"), &ns);
 
-    let created = api.create(&PostParams::default(), &example(&ns)).await.expect("create ServiceLog");
+    let created = api
+        .create(&PostParams::default(), &example(&ns))
+        .await
+        .expect("create ServiceLog");
     let read = api.get("checkout").await.expect("get ServiceLog");
-    assert_eq!(read.spec, example(&ns).spec, "the spec read back differs from the one created");
+    assert_eq!(
+        read.spec,
+        example(&ns).spec,
+        "the spec read back differs from the one created"
+    );
     assert_eq!(read.metadata.uid, created.metadata.uid);
 
-    let listing = ok("kubectl get slog -A", env.kubectl().args(["get", "slog", "-A"]).output());
+    let listing = ok(
+        "kubectl get slog -A",
+        env.kubectl().args(["get", "slog", "-A"]).output(),
+    );
     assert!(
         listing.contains(&ns) && listing.contains("checkout"),
         "kubectl get slog -A does not list {ns}/checkout:\n{listing}"
     );
     for column in ["VALID", "PUBLISHED", "APPLIED", "AGE"] {
-        assert!(listing.contains(column), "printer column {column} missing:\n{listing}");
+        assert!(
+            listing.contains(column),
+            "printer column {column} missing:\n{listing}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refuses_it_with_the_path() {
+async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refuses_it_with_the_path()
+ {
     let env = env();
     install_crds(env);
     let ns = env.create_namespace("cel").await.expect("namespace");
@@ -98,7 +114,10 @@ async fn given_zookeeper_when_a_znode_is_written_then_it_reads_back() {
     .expect("connect to ZooKeeper");
     let path = format!("/{}", servicelog_e2e::unique_name("smoke"));
     let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    client.create(&path, b"hello", &options).await.expect("create znode");
+    client
+        .create(&path, b"hello", &options)
+        .await
+        .expect("create znode");
     let (data, stat) = client.get_data(&path).await.expect("read znode");
     assert_eq!(data, b"hello");
     assert_eq!(stat.version, 0);
@@ -109,7 +128,11 @@ async fn given_zookeeper_when_a_znode_is_written_then_it_reads_back() {
 fn given_a_running_environment_then_its_env_file_exports_what_a_shell_needs() {
     let env = env();
     let file = env.env_file();
-    for needle in ["export KUBECONFIG=", "export SERVICELOG_ZK_CONNECT=", "export PATH="] {
+    for needle in [
+        "export KUBECONFIG=",
+        "export SERVICELOG_ZK_CONNECT=",
+        "export PATH=",
+    ] {
         assert!(file.contains(needle), "env file lacks {needle}:\n{file}");
     }
     assert!(env.tools().path("kubectl").is_file());

@@ -60,7 +60,11 @@ impl Fixture {
             zk_root: self.root.clone(),
             identity: identity.to_owned(),
             leader_election: true,
-            extra_args: vec!["--lease-duration=3s".into(), "--zk-session-timeout=4s".into()],
+            webhook: false,
+            extra_args: vec![
+                "--lease-duration=3s".into(),
+                "--zk-session-timeout=4s".into(),
+            ],
         }
     }
 
@@ -76,7 +80,10 @@ impl Fixture {
     async fn create(&self, slog: &ServiceLog) -> ServiceLog {
         let mut slog = slog.clone();
         slog.metadata.namespace = Some(self.ns.clone());
-        self.api.create(&PostParams::default(), &slog).await.expect("create ServiceLog")
+        self.api
+            .create(&PostParams::default(), &slog)
+            .await
+            .expect("create ServiceLog")
     }
 
     /// Waits until the status satisfies `ok`; on timeout fails with the status seen and
@@ -122,11 +129,15 @@ fn install_crds(env: &TestEnv) {
 }
 
 fn example() -> ServiceLog {
-    let text = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml")).expect("example");
+    let text =
+        std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml")).expect("example");
     serde_yaml::from_str(&text).expect("example is a ServiceLog")
 }
 
-fn condition<'a>(status: &'a ServiceLogStatus, type_: &str) -> Option<&'a servicelog_api::v1alpha1::Condition> {
+fn condition<'a>(
+    status: &'a ServiceLogStatus,
+    type_: &str,
+) -> Option<&'a servicelog_api::v1alpha1::Condition> {
     status.conditions.iter().find(|c| c.r#type == type_)
 }
 
@@ -163,11 +174,16 @@ async fn given_a_servicelog_then_it_is_published_updated_idempotently_and_remove
 
     // Published: the znode holds the envelope whose hash the status reports.
     let obj = f
-        .wait_status("checkout", "Published=True", &operator, |s| is_true(s, "Published") && is_true(s, "Ready"))
+        .wait_status("checkout", "Published=True", &operator, |s| {
+            is_true(s, "Published") && is_true(s, "Ready")
+        })
         .await;
     let status = obj.status.clone().expect("status");
     assert!(is_true(&status, "Valid"));
-    let (data, stat) = zk.get_data(&f.config_path("checkout")).await.expect("config znode exists");
+    let (data, stat) = zk
+        .get_data(&f.config_path("checkout"))
+        .await
+        .expect("config znode exists");
     let envelope = Envelope::from_slice(&data).expect("a valid envelope");
     assert_eq!(Some(envelope.hash.clone()), status.config_hash);
     assert_eq!(envelope.uid, obj.metadata.uid.clone().unwrap_or_default());
@@ -183,29 +199,59 @@ async fn given_a_servicelog_then_it_is_published_updated_idempotently_and_remove
         .expect("patch");
     let updated = f
         .wait_status("checkout", "the new generation published", &operator, |s| {
-            s.observed_generation == Some(2) && is_true(s, "Published") && s.config_hash != status.config_hash
+            s.observed_generation == Some(2)
+                && is_true(s, "Published")
+                && s.config_hash != status.config_hash
         })
         .await;
-    let (data, stat) = zk.get_data(&f.config_path("checkout")).await.expect("config znode");
+    let (data, stat) = zk
+        .get_data(&f.config_path("checkout"))
+        .await
+        .expect("config znode");
     assert_eq!(stat.version, 1, "an update must be one setData");
-    assert_eq!(Some(Envelope::from_slice(&data).expect("envelope").hash), updated.status.clone().and_then(|s| s.config_hash));
+    assert_eq!(
+        Some(Envelope::from_slice(&data).expect("envelope").hash),
+        updated.status.clone().and_then(|s| s.config_hash)
+    );
 
     // Idempotent: a restarted operator writes nothing, to ZooKeeper or to the status.
     operator.kill();
     let operator = f.operator("a2");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, after) = zk.get_data(&f.config_path("checkout")).await.expect("config znode");
-    assert_eq!(after.version, 1, "the restarted operator rewrote an unchanged config");
-    assert_eq!(after.mzxid, stat.mzxid, "the restarted operator touched the config znode");
+    let (_, after) = zk
+        .get_data(&f.config_path("checkout"))
+        .await
+        .expect("config znode");
+    assert_eq!(
+        after.version, 1,
+        "the restarted operator rewrote an unchanged config"
+    );
+    assert_eq!(
+        after.mzxid, stat.mzxid,
+        "the restarted operator touched the config znode"
+    );
     let again = f.api.get("checkout").await.expect("get");
-    assert_eq!(again.status, updated.status, "the restarted operator changed the status");
+    assert_eq!(
+        again.status, updated.status,
+        "the restarted operator changed the status"
+    );
 
     // Delete: the finalizer removes the subtree, then the resource goes.
-    f.api.delete("checkout", &DeleteParams::default()).await.expect("delete");
+    f.api
+        .delete("checkout", &DeleteParams::default())
+        .await
+        .expect("delete");
     let resource = f.layout.resource(&f.ns, "checkout").expect("path");
-    eventually("the subtree removed and the ServiceLog gone", WAIT, || async {
-        matches!(zk.get_data(&resource).await, Err(zookeeper_client::Error::NoNode)) && f.api.get_opt("checkout").await.ok().flatten().is_none()
-    })
+    eventually(
+        "the subtree removed and the ServiceLog gone",
+        WAIT,
+        || async {
+            matches!(
+                zk.get_data(&resource).await,
+                Err(zookeeper_client::Error::NoNode)
+            ) && f.api.get_opt("checkout").await.ok().flatten().is_none()
+        },
+    )
     .await;
     drop(operator);
 }
@@ -216,11 +262,17 @@ async fn given_an_invalid_spec_then_nothing_is_published_and_status_names_the_fi
     let zk = zk(&f.env.zk_connect()).await;
     let operator = f.operator("a");
     let mut bad = example();
-    bad.spec.rules[1].when.get_or_insert_with(Default::default).message =
-        Some(servicelog_api::v1alpha1::MessageCondition { regex: "(unclosed".into() });
+    bad.spec.rules[1]
+        .when
+        .get_or_insert_with(Default::default)
+        .message = Some(servicelog_api::v1alpha1::MessageCondition {
+        regex: "(unclosed".into(),
+    });
     f.create(&bad).await;
     let obj = f
-        .wait_status("checkout", "Valid=False", &operator, |s| condition(s, "Valid").is_some_and(|c| c.status == "False"))
+        .wait_status("checkout", "Valid=False", &operator, |s| {
+            condition(s, "Valid").is_some_and(|c| c.status == "False")
+        })
         .await;
     let status = obj.status.expect("status");
     let valid = condition(&status, "Valid").expect("Valid");
@@ -232,15 +284,23 @@ async fn given_an_invalid_spec_then_nothing_is_published_and_status_names_the_fi
     );
     assert!(!is_true(&status, "Published"));
     assert!(
-        matches!(zk.get_data(&f.config_path("checkout")).await, Err(zookeeper_client::Error::NoNode)),
+        matches!(
+            zk.get_data(&f.config_path("checkout")).await,
+            Err(zookeeper_client::Error::NoNode)
+        ),
         "an invalid spec reached ZooKeeper"
     );
 
     // Fixed: published.
     let fix = serde_json::json!({"spec": {"rules": [{"name": "all", "to": ["console"]}]}});
-    f.api.patch("checkout", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("patch");
-    f.wait_status("checkout", "Published=True after the fix", &operator, |s| is_true(s, "Valid") && is_true(s, "Published"))
-        .await;
+    f.api
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .expect("patch");
+    f.wait_status("checkout", "Published=True after the fix", &operator, |s| {
+        is_true(s, "Valid") && is_true(s, "Published")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,24 +309,38 @@ async fn given_a_published_config_when_someone_deletes_or_edits_the_znode_then_i
     let zk = zk(&f.env.zk_connect()).await;
     let operator = f.operator("a");
     f.create(&example()).await;
-    f.wait_status("checkout", "Published=True", &operator, |s| is_true(s, "Published")).await;
+    f.wait_status("checkout", "Published=True", &operator, |s| {
+        is_true(s, "Published")
+    })
+    .await;
     let path = f.config_path("checkout");
     let (good, _) = zk.get_data(&path).await.expect("config");
 
     zk.delete(&path, None).await.expect("delete config znode");
-    eventually("the deleted config znode restored", Duration::from_secs(10), || async {
-        zk.get_data(&path).await.is_ok_and(|(d, _)| d == good)
-    })
+    eventually(
+        "the deleted config znode restored",
+        Duration::from_secs(10),
+        || async { zk.get_data(&path).await.is_ok_and(|(d, _)| d == good) },
+    )
     .await;
 
-    zk.set_data(&path, b"{\"schema\":1,\"hash\":\"sha256:forged\",\"spec\":{}}", None)
-        .await
-        .expect("edit config znode");
-    eventually("the edited config znode restored", Duration::from_secs(10), || async {
-        zk.get_data(&path).await.is_ok_and(|(d, _)| d == good)
+    zk.set_data(
+        &path,
+        b"{\"schema\":1,\"hash\":\"sha256:forged\",\"spec\":{}}",
+        None,
+    )
+    .await
+    .expect("edit config znode");
+    eventually(
+        "the edited config znode restored",
+        Duration::from_secs(10),
+        || async { zk.get_data(&path).await.is_ok_and(|(d, _)| d == good) },
+    )
+    .await;
+    eventually("a DriftRepaired event", Duration::from_secs(10), || async {
+        !f.events("DriftRepaired").await.is_empty()
     })
     .await;
-    eventually("a DriftRepaired event", Duration::from_secs(10), || async { !f.events("DriftRepaired").await.is_empty() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +349,11 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
     let zk = zk(&f.env.zk_connect()).await;
     let operator = f.operator("a");
     f.create(&example()).await;
-    let obj = f.wait_status("checkout", "Published=True", &operator, |s| is_true(s, "Published")).await;
+    let obj = f
+        .wait_status("checkout", "Published=True", &operator, |s| {
+            is_true(s, "Published")
+        })
+        .await;
     let hash = obj.status.and_then(|s| s.config_hash).expect("hash");
 
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), &f.ns);
@@ -289,12 +367,21 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
             "spec": {"containers": [{"name": "app", "image": "busybox"}]},
         }))
         .expect("pod");
-        pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
     }
-    f.wait_status("checkout", "pods matched 2, injected 1, applied 0", &operator, |s| {
-        s.pods.as_ref().is_some_and(|p| (p.matched, p.injected, p.applied) == (2, 1, 0))
-            && condition(s, "Ready").is_some_and(|c| c.reason == "RollingOut")
-    })
+    f.wait_status(
+        "checkout",
+        "pods matched 2, injected 1, applied 0",
+        &operator,
+        |s| {
+            s.pods
+                .as_ref()
+                .is_some_and(|p| (p.matched, p.injected, p.applied) == (2, 1, 0))
+                && condition(s, "Ready").is_some_and(|c| c.reason == "RollingOut")
+        },
+    )
     .await;
 
     let instance = |state, error: Option<&str>| Instance {
@@ -306,52 +393,98 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
     };
     let path = f.layout.instance(&f.ns, "checkout", "web-0").expect("path");
     let ack = instance(InstanceState::Ok, None).to_bytes().expect("bytes");
-    zk.create(&path, &ack, &CreateMode::Ephemeral.with_acls(Acls::anyone_all()))
-        .await
-        .expect("create instance znode");
+    zk.create(
+        &path,
+        &ack,
+        &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("create instance znode");
     let obj = f
         .wait_status("checkout", "applied 1/1", &operator, |s| {
             s.pods.as_ref().is_some_and(|p| p.applied == 1) && is_true(s, "Ready")
         })
         .await;
-    assert_eq!(obj.status.and_then(|s| s.pods).map(|p| p.summary), Some("1/1".into()));
+    assert_eq!(
+        obj.status.and_then(|s| s.pods).map(|p| p.summary),
+        Some("1/1".into())
+    );
 
-    let nack = instance(InstanceState::Error, Some("spec.rules[0]: boom")).to_bytes().expect("bytes");
+    let nack = instance(InstanceState::Error, Some("spec.rules[0]: boom"))
+        .to_bytes()
+        .expect("bytes");
     zk.set_data(&path, &nack, None).await.expect("set instance");
     let obj = f
         .wait_status("checkout", "Ready=False Rejected", &operator, |s| {
             condition(s, "Ready").is_some_and(|c| c.reason == "Rejected")
         })
         .await;
-    let ready = obj.status.map(|s| condition(&s, "Ready").cloned()).flatten().expect("Ready");
-    assert!(ready.message.contains("web-0: spec.rules[0]: boom"), "{}", ready.message);
+    let ready = obj
+        .status
+        .map(|s| condition(&s, "Ready").cloned())
+        .flatten()
+        .expect("Ready");
+    assert!(
+        ready.message.contains("web-0: spec.rules[0]: boom"),
+        "{}",
+        ready.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_zookeeper_restarts_then_status_says_so_and_everything_is_republished() {
     let f = Fixture::new("op-zkdown").await;
-    let mut own = f.env.start_zookeeper(&unique_name("zk-op"), 1).expect("own ZooKeeper");
-    let operator = Operator::start(f.env, &f.options("a", &own.connect_string())).expect("operator");
+    let mut own = f
+        .env
+        .start_zookeeper(&unique_name("zk-op"), 1)
+        .expect("own ZooKeeper");
+    let operator =
+        Operator::start(f.env, &f.options("a", &own.connect_string())).expect("operator");
     f.create(&example()).await;
-    let first = f.wait_status("checkout", "Published=True", &operator, |s| is_true(s, "Published")).await;
+    let first = f
+        .wait_status("checkout", "Published=True", &operator, |s| {
+            is_true(s, "Published")
+        })
+        .await;
 
     own.stop(0);
     let patch = serde_json::json!({"spec": {"defaultTo": []}});
-    f.api.patch("checkout", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
-    f.wait_status("checkout", "Published=False ZooKeeperUnavailable", &operator, |s| {
-        condition(s, "Published").is_some_and(|c| c.status == "False" && c.reason == "ZooKeeperUnavailable")
-    })
+    f.api
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    f.wait_status(
+        "checkout",
+        "Published=False ZooKeeperUnavailable",
+        &operator,
+        |s| {
+            condition(s, "Published")
+                .is_some_and(|c| c.status == "False" && c.reason == "ZooKeeperUnavailable")
+        },
+    )
     .await;
 
     own.restart(0).expect("ZooKeeper restarts");
     let after = f
-        .wait_status("checkout", "Published=True with the new hash", &operator, |s| {
-            is_true(s, "Published") && s.config_hash != first.status.as_ref().and_then(|s| s.config_hash.clone())
-        })
+        .wait_status(
+            "checkout",
+            "Published=True with the new hash",
+            &operator,
+            |s| {
+                is_true(s, "Published")
+                    && s.config_hash != first.status.as_ref().and_then(|s| s.config_hash.clone())
+            },
+        )
         .await;
     let zk = zk(&own.connect_string()).await;
-    let (data, _) = zk.get_data(&f.config_path("checkout")).await.expect("config");
-    assert_eq!(Some(Envelope::from_slice(&data).expect("envelope").hash), after.status.and_then(|s| s.config_hash));
+    let (data, _) = zk
+        .get_data(&f.config_path("checkout"))
+        .await
+        .expect("config");
+    assert_eq!(
+        Some(Envelope::from_slice(&data).expect("envelope").hash),
+        after.status.and_then(|s| s.config_hash)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +492,11 @@ async fn given_two_operators_then_one_leads_and_the_standby_takes_over_when_it_d
     let f = Fixture::new("op-ha").await;
     let mut a = f.operator("a");
     let mut b = f.operator("b");
-    let leads = |o: &Operator| o.metrics().lines().any(|l| l.trim() == "servicelog_leader 1");
+    let leads = |o: &Operator| {
+        o.metrics()
+            .lines()
+            .any(|l| l.trim() == "servicelog_leader 1")
+    };
     eventually("one of two operators leading", WAIT, || {
         let l = leads(&a) || leads(&b);
         async move { l }
@@ -368,20 +505,37 @@ async fn given_two_operators_then_one_leads_and_the_standby_takes_over_when_it_d
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!(leads(&a) && leads(&b)), "both operators lead");
     f.create(&example()).await;
-    let (leader, standby) = if leads(&a) { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    f.wait_status("checkout", "Published=True", leader, |s| is_true(s, "Published")).await;
-
-    leader.kill();
-    eventually("the standby leading after the leader died", Duration::from_secs(15), || {
-        let l = leads(standby);
-        async move { l }
+    let (leader, standby) = if leads(&a) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    f.wait_status("checkout", "Published=True", leader, |s| {
+        is_true(s, "Published")
     })
     .await;
+
+    leader.kill();
+    eventually(
+        "the standby leading after the leader died",
+        Duration::from_secs(15),
+        || {
+            let l = leads(standby);
+            async move { l }
+        },
+    )
+    .await;
     let patch = serde_json::json!({"spec": {"defaultTo": []}});
-    f.api.patch("checkout", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
-    f.wait_status("checkout", "the new leader publishing generation 2", standby, |s| {
-        s.observed_generation == Some(2) && is_true(s, "Published")
-    })
+    f.api
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    f.wait_status(
+        "checkout",
+        "the new leader publishing generation 2",
+        standby,
+        |s| s.observed_generation == Some(2) && is_true(s, "Published"),
+    )
     .await;
 }
 
@@ -400,29 +554,50 @@ async fn given_200_servicelogs_created_at_once_then_all_are_published() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while tokio::time::Instant::now() < deadline {
         let list = f.api.list(&ListParams::default()).await.expect("list");
-        published = list.items.iter().filter(|s| s.status.as_ref().is_some_and(|st| is_true(st, "Published"))).count();
+        published = list
+            .items
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(|st| is_true(st, "Published")))
+            .count();
         if published == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(published, 200, "not all ServiceLogs were published; operator log:\n{}", operator.log_tail(30));
+    assert_eq!(
+        published,
+        200,
+        "not all ServiceLogs were published; operator log:\n{}",
+        operator.log_tail(30)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn given_zookeeper_gone_when_a_servicelog_is_deleted_then_deletion_completes_with_a_warning() {
+async fn given_zookeeper_gone_when_a_servicelog_is_deleted_then_deletion_completes_with_a_warning()
+{
     let f = Fixture::new("op-del").await;
-    let mut own = f.env.start_zookeeper(&unique_name("zk-del"), 1).expect("own ZooKeeper");
+    let mut own = f
+        .env
+        .start_zookeeper(&unique_name("zk-del"), 1)
+        .expect("own ZooKeeper");
     let mut options = f.options("a", &own.connect_string());
     options.extra_args.push("--cleanup-timeout=3s".into());
     let operator = Operator::start(f.env, &options).expect("operator");
     f.create(&example()).await;
-    f.wait_status("checkout", "Published=True", &operator, |s| is_true(s, "Published")).await;
-    own.stop(0);
-    f.api.delete("checkout", &DeleteParams::default()).await.expect("delete");
-    eventually("the ServiceLog gone despite ZooKeeper being down", Duration::from_secs(30), || async {
-        f.api.get_opt("checkout").await.ok().flatten().is_none()
+    f.wait_status("checkout", "Published=True", &operator, |s| {
+        is_true(s, "Published")
     })
+    .await;
+    own.stop(0);
+    f.api
+        .delete("checkout", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the ServiceLog gone despite ZooKeeper being down",
+        Duration::from_secs(30),
+        || async { f.api.get_opt("checkout").await.ok().flatten().is_none() },
+    )
     .await;
     let warnings = f.events("CleanupAbandoned").await;
     assert!(

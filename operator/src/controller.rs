@@ -77,9 +77,8 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Zk(_) => "zookeeper",
             Self::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.category()
-                }
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
                 _ => "finalizer",
             },
             Self::NoNamespace => "invalid",
@@ -130,17 +129,24 @@ pub async fn run(
     let (pods, pod_writer) = reflector::store();
     let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
     let pod_slogs = slog_store.clone();
-    let pod_triggers = reflector(pod_writer, watcher(pod_api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|pod| async move { pod.ok() })
-        .flat_map(move |pod| stream::iter(servicelogs_for_pod(&pod, &pod_slogs)));
+    let pod_triggers = reflector(
+        pod_writer,
+        watcher(pod_api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|pod| async move { pod.ok() })
+    .flat_map(move |pod| stream::iter(servicelogs_for_pod(&pod, &pod_slogs)));
 
     let layout = settings.layout.clone();
     let zk_slogs = slog_store.clone();
     let zk_triggers = tokio_stream_from(zk_triggers).flat_map(move |trigger| {
         let refs: Vec<ObjectRef<ServiceLog>> = match trigger {
-            Trigger::ResyncAll => zk_slogs.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect(),
+            Trigger::ResyncAll => zk_slogs
+                .state()
+                .iter()
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect(),
             Trigger::Path(path) => layout
                 .parse(&path)
                 .map(|p| ObjectRef::new(p.name).within(p.namespace))
@@ -190,13 +196,18 @@ where
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The ServiceLogs a pod change concerns: the one it names for injection, and those in its
 /// namespace whose selector matches it.
-fn servicelogs_for_pod(pod: &PartialObjectMeta<Pod>, slogs: &Store<ServiceLog>) -> Vec<ObjectRef<ServiceLog>> {
+fn servicelogs_for_pod(
+    pod: &PartialObjectMeta<Pod>,
+    slogs: &Store<ServiceLog>,
+) -> Vec<ObjectRef<ServiceLog>> {
     let Some(namespace) = pod.namespace() else {
         return Vec::new();
     };
@@ -273,22 +284,46 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 PUBLISHED,
                 false,
                 "InvalidSpec",
-                format!("generation {} not published; {kept}", generation.unwrap_or(0)),
+                format!(
+                    "generation {} not published; {kept}",
+                    generation.unwrap_or(0)
+                ),
             ));
             if old.observed_generation != generation {
-                publish_event(ctx, obj, EventType::Warning, "Rejected", "Validate", &message).await;
+                publish_event(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "Rejected",
+                    "Validate",
+                    &message,
+                )
+                .await;
             }
             write_status(ctx, obj, &namespace, status, &conds, &old).await?;
             return Ok(Action::await_change());
         }
     };
-    conds.push(Cond::new(VALID, true, "Validated", "the spec compiles; every sidecar can run it"));
+    conds.push(Cond::new(
+        VALID,
+        true,
+        "Validated",
+        "the spec compiles; every sidecar can run it",
+    ));
 
     // 2. publish
     let client = ctx.zk.client();
     let published = match &client {
         Ok(client) => {
-            zk::publish(client, &ctx.layout, &namespace, &name, &envelope, old.config_hash.as_deref()).await
+            zk::publish(
+                client,
+                &ctx.layout,
+                &namespace,
+                &name,
+                &envelope,
+                old.config_hash.as_deref(),
+            )
+            .await
         }
         Err(e) => Err(e.clone()),
     };
@@ -301,22 +336,52 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 PUBLISHED,
                 true,
                 "Published",
-                format!("{} at {path} (version {})", envelope.hash, outcome.version()),
+                format!(
+                    "{} at {path} (version {})",
+                    envelope.hash,
+                    outcome.version()
+                ),
             ));
             match outcome {
                 Published::Unchanged { .. } => {}
                 Published::Created { .. } | Published::Updated { drift: false, .. } => {
-                    let note = format!("{} published to {path} (version {})", envelope.hash, outcome.version());
+                    let note = format!(
+                        "{} published to {path} (version {})",
+                        envelope.hash,
+                        outcome.version()
+                    );
                     publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note).await;
                 }
                 Published::Updated { drift: true, .. } => {
-                    let note = format!("{path} had been changed outside the operator; restored {}", envelope.hash);
-                    publish_event(ctx, obj, EventType::Warning, "DriftRepaired", "Publish", &note).await;
+                    let note = format!(
+                        "{path} had been changed outside the operator; restored {}",
+                        envelope.hash
+                    );
+                    publish_event(
+                        ctx,
+                        obj,
+                        EventType::Warning,
+                        "DriftRepaired",
+                        "Publish",
+                        &note,
+                    )
+                    .await;
                 }
             }
             if matches!(outcome, Published::Created { .. }) && old.published_version.is_some() {
-                let note = format!("{path} had been deleted outside the operator; restored {}", envelope.hash);
-                publish_event(ctx, obj, EventType::Warning, "DriftRepaired", "Publish", &note).await;
+                let note = format!(
+                    "{path} had been deleted outside the operator; restored {}",
+                    envelope.hash
+                );
+                publish_event(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "DriftRepaired",
+                    "Publish",
+                    &note,
+                )
+                .await;
             }
         }
         Err(e) => {
@@ -324,7 +389,12 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 ZkError::Unavailable(_) => "ZooKeeperUnavailable",
                 _ => "PublishFailed",
             };
-            conds.push(Cond::new(PUBLISHED, false, reason, format!("{e}; retrying")));
+            conds.push(Cond::new(
+                PUBLISHED,
+                false,
+                reason,
+                format!("{e}; retrying"),
+            ));
             requeue = Action::requeue(Duration::from_secs(3));
         }
     }
@@ -333,7 +403,9 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     let pods = pods_of(ctx, obj, &namespace, &name);
     let hash = status.config_hash.clone().unwrap_or_default();
     let instances = match &client {
-        Ok(client) => zk::instances(client, &ctx.layout, &namespace, &name).await.ok(),
+        Ok(client) => zk::instances(client, &ctx.layout, &namespace, &name)
+            .await
+            .ok(),
         Err(_) => None,
     };
     match instances {
@@ -344,7 +416,12 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
             if published_ok {
                 conds.push(status::ready(&rollout, &hash));
             } else {
-                conds.push(Cond::new(READY, false, "NotPublished", "waiting for the config to be published"));
+                conds.push(Cond::new(
+                    READY,
+                    false,
+                    "NotPublished",
+                    "waiting for the config to be published",
+                ));
             }
         }
         None => {
@@ -353,7 +430,12 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
             counts.injected = u32::try_from(pods.injected.len()).unwrap_or(u32::MAX);
             counts.summary = format!("{}/{}", counts.applied, counts.injected);
             status.pods = Some(counts);
-            conds.push(Cond::new(READY, false, "ZooKeeperUnavailable", "cannot read the sidecars' acks"));
+            conds.push(Cond::new(
+                READY,
+                false,
+                "ZooKeeperUnavailable",
+                "cannot read the sidecars' acks",
+            ));
         }
     }
 
@@ -389,7 +471,9 @@ fn pods_of(ctx: &Context, obj: &ServiceLog, namespace: &str, name: &str) -> PodV
     let mut matched = 0u32;
     let mut injected = Vec::new();
     for pod in ctx.pods.state() {
-        if pod.namespace().as_deref() != Some(namespace) || pod.metadata.deletion_timestamp.is_some() {
+        if pod.namespace().as_deref() != Some(namespace)
+            || pod.metadata.deletion_timestamp.is_some()
+        {
             continue;
         }
         if obj
@@ -400,7 +484,12 @@ fn pods_of(ctx: &Context, obj: &ServiceLog, namespace: &str, name: &str) -> PodV
         {
             matched += 1;
         }
-        if pod.annotations().get(INJECTED_ANNOTATION).map(String::as_str) == Some(name) {
+        if pod
+            .annotations()
+            .get(INJECTED_ANNOTATION)
+            .map(String::as_str)
+            == Some(name)
+        {
             injected.push(pod.name_any());
         }
     }
@@ -417,7 +506,8 @@ async fn write_status(
     old: &ServiceLogStatus,
 ) -> Result<(), Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
-    status.conditions = status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
+    status.conditions =
+        status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
     if &status == old {
         return Ok(());
     }
@@ -450,7 +540,15 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     };
     match result {
         Ok(()) => {
-            publish_event(ctx, obj, EventType::Normal, "Unpublished", "Delete", &format!("removed {path}")).await;
+            publish_event(
+                ctx,
+                obj,
+                EventType::Normal,
+                "Unpublished",
+                "Delete",
+                &format!("removed {path}"),
+            )
+            .await;
             Ok(Action::await_change())
         }
         Err(e) => {
@@ -466,7 +564,15 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     "could not remove {path} for {}s ({e}); letting the resource go — delete the subtree by hand when ZooKeeper is back",
                     waited.as_secs()
                 );
-                publish_event(ctx, obj, EventType::Warning, "CleanupAbandoned", "Delete", &note).await;
+                publish_event(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "CleanupAbandoned",
+                    "Delete",
+                    &note,
+                )
+                .await;
                 Ok(Action::await_change())
             } else {
                 Err(Error::Zk(e))
@@ -475,7 +581,14 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-async fn publish_event(ctx: &Context, obj: &ServiceLog, type_: EventType, reason: &str, action: &str, note: &str) {
+async fn publish_event(
+    ctx: &Context,
+    obj: &ServiceLog,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),

@@ -36,7 +36,11 @@ pub enum LeaseError {
         source: Box<kube::Error>,
     },
     #[error("lost the lease {namespace}/{name}: {why}")]
-    Lost { namespace: String, name: String, why: String },
+    Lost {
+        namespace: String,
+        name: String,
+        why: String,
+    },
 }
 
 /// Blocks until this identity holds the lease.
@@ -95,7 +99,9 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Lea
         source: Box::new(e),
     };
     let now = Timestamp::now();
-    let seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX).max(1);
+    let seconds = i32::try_from(config.duration.as_secs())
+        .unwrap_or(i32::MAX)
+        .max(1);
     match api.entry(&config.name).await.map_err(err)? {
         Entry::Vacant(vacant) => {
             let lease = Lease {
@@ -114,7 +120,9 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Lea
             };
             match vacant.insert(lease).commit(&PostParams::default()).await {
                 Ok(()) => Ok(true),
-                Err(kube::api::entry::CommitError::Save(kube::Error::Api(s))) if s.code == 409 => Ok(false),
+                Err(kube::api::entry::CommitError::Save(kube::Error::Api(s))) if s.code == 409 => {
+                    Ok(false)
+                }
                 Err(e) => Err(LeaseError::Lost {
                     namespace: config.namespace.clone(),
                     name: config.name.clone(),
@@ -135,14 +143,20 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, Lea
             occupied.get_mut().spec = Some(LeaseSpec {
                 holder_identity: Some(config.identity.clone()),
                 lease_duration_seconds: Some(seconds),
-                acquire_time: if ours { spec.acquire_time.clone() } else { Some(MicroTime(now)) },
+                acquire_time: if ours {
+                    spec.acquire_time.clone()
+                } else {
+                    Some(MicroTime(now))
+                },
                 renew_time: Some(MicroTime(now)),
                 lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!ours)),
                 ..spec
             });
             match occupied.commit(&PostParams::default()).await {
                 Ok(()) => Ok(true),
-                Err(kube::api::entry::CommitError::Save(kube::Error::Api(s))) if s.code == 409 => Ok(false),
+                Err(kube::api::entry::CommitError::Save(kube::Error::Api(s))) if s.code == 409 => {
+                    Ok(false)
+                }
                 Err(e) => Err(LeaseError::Lost {
                     namespace: config.namespace.clone(),
                     name: config.name.clone(),

@@ -3,9 +3,12 @@
 //! pieces live here so tests can drive them.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod controller;
 pub mod crd;
+pub mod inject;
 pub mod lease;
 pub mod manifests;
 pub mod metrics;
+pub mod webhook;
 pub mod zk;

@@ -14,7 +14,11 @@ use servicelog_operator::{
 };
 
 #[derive(Parser)]
-#[command(name = "servicelog-operator", version, about = "Routes each service's logs where its ServiceLog says, live")]
+#[command(
+    name = "servicelog-operator",
+    version,
+    about = "Routes each service's logs where its ServiceLog says, live"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,11 @@ struct RunArgs {
     #[arg(long, env = "SERVICELOG_ZK_ROOT", default_value = "/servicelog")]
     zk_root: String,
     /// The operator's own namespace (Lease, webhook Secret).
-    #[arg(long, env = "SERVICELOG_NAMESPACE", default_value = "servicelog-system")]
+    #[arg(
+        long,
+        env = "SERVICELOG_NAMESPACE",
+        default_value = "servicelog-system"
+    )]
     namespace: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SERVICELOG_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -55,8 +63,47 @@ struct RunArgs {
     /// Register the webhooks at this URL (development and tests).
     #[arg(long, env = "SERVICELOG_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// Serve a mounted certificate (`tls.crt`, `tls.key`, e.g. from cert-manager) instead
+    /// of managing one in a Secret.
+    #[arg(long, env = "SERVICELOG_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Name of the Mutating- and ValidatingWebhookConfiguration the operator registers
+    /// (`--webhook-url`) or keeps the caBundle of.
+    #[arg(
+        long,
+        env = "SERVICELOG_WEBHOOK_CONFIGURATION",
+        default_value = "servicelog"
+    )]
+    webhook_configuration: String,
+    /// Service in front of the webhook, for the certificate's names.
+    #[arg(
+        long,
+        env = "SERVICELOG_WEBHOOK_SERVICE",
+        default_value = "servicelog-webhook"
+    )]
+    webhook_service: String,
+    /// Lifetime of the self-managed serving certificate; it is renewed after two thirds.
+    #[arg(long, env = "SERVICELOG_WEBHOOK_CERT_VALIDITY", default_value = "90days", value_parser = humantime::parse_duration)]
+    webhook_cert_validity: Duration,
+    /// ZooKeeper connect string given to injected sidecars (default: --zk-connect).
+    #[arg(long, env = "SERVICELOG_SIDECAR_ZK_CONNECT")]
+    sidecar_zk_connect: Option<String>,
+    /// Resource requests of the injected sidecar, `name=quantity,…`.
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_REQUESTS",
+        default_value = "cpu=10m,memory=16Mi"
+    )]
+    sidecar_requests: String,
+    /// Resource limits of the injected sidecar, `name=quantity,…`.
+    #[arg(long, env = "SERVICELOG_SIDECAR_LIMITS", default_value = "memory=64Mi")]
+    sidecar_limits: String,
     /// Image of the injected sidecar.
-    #[arg(long, env = "SERVICELOG_SIDECAR_IMAGE", default_value = "ghcr.io/servicelog/servicelog-sidecar:0.1.0")]
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_IMAGE",
+        default_value = "ghcr.io/servicelog/servicelog-sidecar:0.1.0"
+    )]
     sidecar_image: String,
     /// Elect a leader among replicas with a Lease; only the leader reconciles.
     #[arg(long, env = "SERVICELOG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -138,7 +185,9 @@ fn init_tracing() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -147,7 +196,8 @@ fn init_tracing() {
 }
 
 async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
-    let layout = Layout::new(&args.zk_root).with_context(|| format!("--zk-root {:?}", args.zk_root))?;
+    let layout =
+        Layout::new(&args.zk_root).with_context(|| format!("--zk-root {:?}", args.zk_root))?;
     let metrics_addr: std::net::SocketAddr = args
         .metrics_addr
         .parse()
@@ -165,9 +215,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    if args.webhook_url.is_some() {
-        tracing::warn!("--webhook-url is accepted but the admission webhooks are not served yet (issue #5)");
-    }
+    start_webhooks(&args, &client, &layout, &metrics).await?;
 
     let (zk, triggers) = Zk::start(ZkConfig {
         connect: args.zk_connect.clone(),
@@ -219,6 +267,167 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Binds the webhook port, loads (or issues) its certificate, registers the webhook
+/// configurations (`--webhook-url`) or keeps their caBundle current, and keeps the
+/// certificate fresh in the background.
+async fn start_webhooks(
+    args: &RunArgs,
+    client: &kube::Client,
+    layout: &Layout,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use servicelog_api::v1alpha1::ServiceLog;
+    use servicelog_operator::{certs, inject::InjectConfig, webhook};
+
+    let addr: std::net::SocketAddr = args
+        .webhook_addr
+        .parse()
+        .with_context(|| format!("--webhook-addr {:?} is not host:port", args.webhook_addr))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --webhook-addr {addr}"))?;
+    let source = match &args.webhook_cert_dir {
+        Some(dir) => certs::Source::Dir(dir.clone()),
+        None => {
+            let svc = &args.webhook_service;
+            let ns = &args.namespace;
+            let mut hosts = vec![
+                format!("{svc}.{ns}.svc"),
+                format!("{svc}.{ns}.svc.cluster.local"),
+                format!("{svc}.{ns}"),
+            ];
+            if let Some(host) = args.webhook_url.as_deref().and_then(url_host) {
+                hosts.insert(0, host);
+            }
+            certs::Source::Managed {
+                namespace: ns.clone(),
+                hosts,
+                validity: args.webhook_cert_validity,
+            }
+        }
+    };
+    let resolver = Arc::new(certs::Resolver::default());
+    let ca = certs::refresh(client, &source, &resolver)
+        .await
+        .context("loading the webhook certificate")?;
+    let registration = webhook::Registration {
+        name: args.webhook_configuration.clone(),
+        url: args.webhook_url.clone(),
+        namespace: args.watch_namespace.clone(),
+    };
+    publish_ca(client, &registration, ca.as_deref()).await?;
+
+    let api: kube::Api<ServiceLog> = match &args.watch_namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    let watch = reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        watch.for_each(|_| async {}).await;
+    });
+    let webhook = Arc::new(webhook::Webhook {
+        client: client.clone(),
+        servicelogs: store,
+        inject: InjectConfig {
+            image: args.sidecar_image.clone(),
+            zk_connect: args
+                .sidecar_zk_connect
+                .clone()
+                .unwrap_or_else(|| args.zk_connect.clone()),
+            layout: layout.clone(),
+            requests: quantities(&args.sidecar_requests).context("--sidecar-requests")?,
+            limits: quantities(&args.sidecar_limits).context("--sidecar-limits")?,
+        },
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "servicelog-webhook".into(),
+                instance: None,
+            },
+        ),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(webhook::serve(listener, resolver.clone(), webhook));
+
+    // Renewal is a refresh that finds the certificate old; checking often enough that a
+    // short-lived certificate (tests) is renewed well before it expires.
+    let every =
+        (args.webhook_cert_validity / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut last_ca = ca;
+        loop {
+            tokio::time::sleep(every).await;
+            match certs::refresh(&client, &source, &resolver).await {
+                Ok(ca) if ca != last_ca => {
+                    if let Err(e) = publish_ca(&client, &registration, ca.as_deref()).await {
+                        tracing::warn!(error = %e, "cannot publish the renewed CA bundle");
+                        continue;
+                    }
+                    last_ca = ca;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot refresh the webhook certificate"),
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn publish_ca(
+    client: &kube::Client,
+    registration: &servicelog_operator::webhook::Registration,
+    ca: Option<&str>,
+) -> anyhow::Result<()> {
+    use servicelog_operator::webhook;
+    match (&registration.url, ca) {
+        (Some(_), Some(ca)) => webhook::register(client, registration, ca)
+            .await
+            .context("registering the webhook configurations for --webhook-url"),
+        (None, Some(ca)) => {
+            if let Err(e) = webhook::patch_ca_bundle(client, &registration.name, ca).await {
+                tracing::warn!(error = %e, "cannot update the webhook configurations' caBundle");
+            }
+            Ok(())
+        }
+        (_, None) => Ok(()),
+    }
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+fn quantities(spec: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("{pair:?} is not name=quantity"))
+        })
+        .collect()
 }
 
 fn hostname() -> String {

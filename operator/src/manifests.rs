@@ -90,7 +90,10 @@ pub fn check_yaml(text: &str) -> Report {
 
 fn check_document(json: &Value, label: String, report: &mut Report) {
     let kind = json.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = json.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let api_version = json
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind != KIND || !api_version.starts_with("servicelog.io/") {
         report.skipped += 1;
         return;
@@ -140,7 +143,10 @@ fn check_document(json: &Value, label: String, report: &mut Report) {
 fn object_label(json: &Value) -> Option<String> {
     let metadata = json.get("metadata")?;
     let name = metadata.get("name")?.as_str()?;
-    let namespace = metadata.get("namespace").and_then(Value::as_str).unwrap_or("default");
+    let namespace = metadata
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     Some(format!("{namespace}/{name}"))
 }
 
@@ -213,7 +219,8 @@ spec:
 
     #[test]
     fn a_good_manifest_has_no_problems_and_other_kinds_are_skipped() {
-        let text = format!("{GOOD}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n");
+        let text =
+            format!("{GOOD}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n");
         let report = check_yaml(&text);
         assert_eq!(report.problems, vec![], "expected no problems");
         assert_eq!((report.checked, report.skipped), (1, 1));
@@ -222,12 +229,18 @@ spec:
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let text = GOOD
-            .replace("defaultTo: [console]", "defaultTo: [nowhere]\n  defautTo: [console]")
+            .replace(
+                "defaultTo: [console]",
+                "defaultTo: [nowhere]\n  defautTo: [console]",
+            )
             .replace("action: drop", "action: drop\n      to: [console]");
         let report = check_yaml(&text);
         let rendered: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
         let all = rendered.join("\n");
-        assert!(all.contains("shop/checkout: spec.defautTo: unknown field"), "{all}");
+        assert!(
+            all.contains("shop/checkout: spec.defautTo: unknown field"),
+            "{all}"
+        );
         assert!(all.contains("spec.defaultTo[0]"), "{all}");
         assert!(all.contains("spec.rules[0]"), "{all}");
         assert!(report.problems.len() >= 3, "{all}");
@@ -245,7 +258,11 @@ spec:
     fn yaml_syntax_errors_carry_the_line() {
         let report = check_yaml("apiVersion: servicelog.io/v1alpha1\nkind: [unclosed\n");
         assert_eq!(report.problems.len(), 1);
-        assert!(report.problems[0].line.is_some(), "{:?}", report.problems[0]);
+        assert!(
+            report.problems[0].line.is_some(),
+            "{:?}",
+            report.problems[0]
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ impl Metrics {
             "ServiceLog reconciles by result (ok or an error category)",
             reconcile_total.clone(),
         );
-        let reconcile_duration = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        let reconcile_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         registry.register(
             "servicelog_reconcile_duration_seconds",
             "Time of one reconcile",
@@ -83,7 +85,9 @@ impl Metrics {
     }
 
     pub fn reconciled(&self, result: &'static str, took: Duration) {
-        self.reconcile_total.get_or_create(&ResultLabel { result }).inc();
+        self.reconcile_total
+            .get_or_create(&ResultLabel { result })
+            .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
@@ -126,7 +130,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
     loop {
         let (stream, _) = match listener.accept().await {
@@ -158,14 +165,26 @@ fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned(), "text/plain"),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain"),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "ok\n".to_owned(), "text/plain")
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting\n".to_owned(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }

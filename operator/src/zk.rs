@@ -104,7 +104,10 @@ impl Zk {
     }
 
     fn last_error(&self) -> String {
-        self.last_error.read().map(|s| s.clone()).unwrap_or_default()
+        self.last_error
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     fn set(&self, client: Option<Client>, why: &str) {
@@ -140,7 +143,11 @@ async fn supervise(
                 continue;
             }
             Err(_) => {
-                let why = format!("timed out after {:?} connecting to {}", config.connect_timeout * 2, config.connect);
+                let why = format!(
+                    "timed out after {:?} connecting to {}",
+                    config.connect_timeout * 2,
+                    config.connect
+                );
                 tracing::warn!(error = %why, retry_in = ?backoff, "ZooKeeper unavailable");
                 zk.set(None, &why);
                 tokio::time::sleep(backoff).await;
@@ -152,7 +159,10 @@ async fn supervise(
         if let Err(e) = client.mkdir(&root, &persistent()).await {
             tracing::warn!(path = %root, error = %e, "cannot create the znode root");
         }
-        let mut watcher = match client.watch(config.layout.root(), AddWatchMode::PersistentRecursive).await {
+        let mut watcher = match client
+            .watch(config.layout.root(), AddWatchMode::PersistentRecursive)
+            .await
+        {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the znode root; reconnecting");
@@ -207,16 +217,25 @@ fn persistent() -> zookeeper_client::CreateOptions<'static> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
     /// The znode already held these bytes: nothing written.
-    Unchanged { version: i32 },
-    Created { version: i32 },
+    Unchanged {
+        version: i32,
+    },
+    Created {
+        version: i32,
+    },
     /// Overwritten at `version`; `previous_hash` is what it held (drift when it was ours).
-    Updated { version: i32, drift: bool },
+    Updated {
+        version: i32,
+        drift: bool,
+    },
 }
 
 impl Published {
     pub fn version(self) -> i32 {
         match self {
-            Self::Unchanged { version } | Self::Created { version } | Self::Updated { version, .. } => version,
+            Self::Unchanged { version }
+            | Self::Created { version }
+            | Self::Updated { version, .. } => version,
         }
     }
 }
@@ -233,30 +252,49 @@ pub async fn publish(
     envelope: &Envelope,
     ours: Option<&str>,
 ) -> Result<Published, ZkError> {
-    let path = layout.config(namespace, name).map_err(|e| ZkError::Unavailable(e.to_string()))?;
-    let bytes = envelope.to_bytes().map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    let path = layout
+        .config(namespace, name)
+        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    let bytes = envelope
+        .to_bytes()
+        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
     const ATTEMPTS: u32 = 5;
     for _ in 0..ATTEMPTS {
         match client.get_data(&path).await {
             Ok((data, stat)) => {
                 if data == bytes {
-                    return Ok(Published::Unchanged { version: stat.version });
+                    return Ok(Published::Unchanged {
+                        version: stat.version,
+                    });
                 }
                 let drift = ours.is_some_and(|h| h == envelope.hash);
                 match client.set_data(&path, &bytes, Some(stat.version)).await {
-                    Ok(stat) => return Ok(Published::Updated { version: stat.version, drift }),
-                    Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => continue,
+                    Ok(stat) => {
+                        return Ok(Published::Updated {
+                            version: stat.version,
+                            drift,
+                        });
+                    }
+                    Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
+                        continue;
+                    }
                     Err(e) => return Err(ZkError::op("setData", &path, e)),
                 }
             }
             Err(zookeeper_client::Error::NoNode) => {
-                let parent = layout.instances(namespace, name).map_err(|e| ZkError::Unavailable(e.to_string()))?;
+                let parent = layout
+                    .instances(namespace, name)
+                    .map_err(|e| ZkError::Unavailable(e.to_string()))?;
                 client
                     .mkdir(&parent, &persistent())
                     .await
                     .map_err(|e| ZkError::op("mkdir", &parent, e))?;
                 match client.create(&path, &bytes, &persistent()).await {
-                    Ok((stat, _)) => return Ok(Published::Created { version: stat.version }),
+                    Ok((stat, _)) => {
+                        return Ok(Published::Created {
+                            version: stat.version,
+                        });
+                    }
                     Err(zookeeper_client::Error::NodeExists) => continue,
                     Err(e) => return Err(ZkError::op("create", &path, e)),
                 }
@@ -320,7 +358,9 @@ pub async fn instances(
     namespace: &str,
     name: &str,
 ) -> Result<Vec<(String, Result<servicelog_api::wire::Instance, String>)>, ZkError> {
-    let path = layout.instances(namespace, name).map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    let path = layout
+        .instances(namespace, name)
+        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
     let children = match client.get_children(&path).await {
         Ok((children, _)) => children,
         Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),

@@ -18,8 +18,10 @@ async fn main() -> anyhow::Result<()> {
     let env = tokio::task::spawn_blocking(|| TestEnv::start_in(base_dir().join("current")))
         .await
         .context("the start thread panicked")??;
-    fs::write(base.join("testenv.pid"), std::process::id().to_string()).context("writing testenv.pid")?;
-    fs::write(&env_file, env.env_file()).with_context(|| format!("writing {}", env_file.display()))?;
+    fs::write(base.join("testenv.pid"), std::process::id().to_string())
+        .context("writing testenv.pid")?;
+    fs::write(&env_file, env.env_file())
+        .with_context(|| format!("writing {}", env_file.display()))?;
     println!(
         "testenv ready in {:.1}s: API server {}, ZooKeeper {}\n  source {}",
         env.started_in().as_secs_f64(),

@@ -23,7 +23,12 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub fn new(type_: &'static str, ok: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             ok,
@@ -35,7 +40,12 @@ impl Cond {
 
 /// The new conditions, keeping `lastTransitionTime` of those whose status did not change
 /// (metav1.Condition semantics), so an unchanged world writes an unchanged status.
-pub fn merge_conditions(old: &[Condition], new: &[Cond], generation: Option<i64>, now: &str) -> Vec<Condition> {
+pub fn merge_conditions(
+    old: &[Condition],
+    new: &[Cond],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
     new.iter()
         .map(|c| {
             let status = if c.ok { "True" } else { "False" };
@@ -85,14 +95,26 @@ pub struct Rollout {
 
 /// Counts pods: `matched` by the selector, `injected` carrying our sidecar, `applied` those
 /// injected pods whose instance znode acks `hash` with state ok.
-pub fn rollout(matched: u32, injected: &[String], instances: &[(String, Result<Instance, String>)], hash: &str) -> Rollout {
+pub fn rollout(
+    matched: u32,
+    injected: &[String],
+    instances: &[(String, Result<Instance, String>)],
+    hash: &str,
+) -> Rollout {
     let mut applied = 0;
     let mut rejected = Vec::new();
     for pod in injected {
-        match instances.iter().find(|(name, _)| name == pod).map(|(_, i)| i) {
+        match instances
+            .iter()
+            .find(|(name, _)| name == pod)
+            .map(|(_, i)| i)
+        {
             Some(Ok(i)) if i.hash == hash && i.state == InstanceState::Ok => applied += 1,
             Some(Ok(i)) if i.state == InstanceState::Error => {
-                rejected.push(format!("{pod}: {}", i.error.as_deref().unwrap_or("rejected the config")));
+                rejected.push(format!(
+                    "{pod}: {}",
+                    i.error.as_deref().unwrap_or("rejected the config")
+                ));
             }
             Some(Err(e)) => rejected.push(format!("{pod}: unreadable instance record: {e}")),
             _ => {}
@@ -114,10 +136,20 @@ pub fn rollout(matched: u32, injected: &[String], instances: &[(String, Result<I
 pub fn ready(rollout: &Rollout, hash: &str) -> Cond {
     let c = &rollout.counts;
     if c.injected == 0 {
-        return Cond::new(READY, true, "NoPods", "published; no pod carries the sidecar yet");
+        return Cond::new(
+            READY,
+            true,
+            "NoPods",
+            "published; no pod carries the sidecar yet",
+        );
     }
     if c.applied == c.injected {
-        return Cond::new(READY, true, "Applied", format!("all {} sidecars run {hash}", c.injected));
+        return Cond::new(
+            READY,
+            true,
+            "Applied",
+            format!("all {} sidecars run {hash}", c.injected),
+        );
     }
     let mut message = format!("{}/{} sidecars run {hash}", c.applied, c.injected);
     if !rollout.rejected.is_empty() {
@@ -145,10 +177,25 @@ mod tests {
 
     #[test]
     fn transition_time_is_kept_while_status_holds_and_moves_when_it_flips() {
-        let first = merge_conditions(&[], &[Cond::new(VALID, true, "Validated", "ok")], Some(1), "t1");
-        let again = merge_conditions(&first, &[Cond::new(VALID, true, "Validated", "ok")], Some(2), "t2");
+        let first = merge_conditions(
+            &[],
+            &[Cond::new(VALID, true, "Validated", "ok")],
+            Some(1),
+            "t1",
+        );
+        let again = merge_conditions(
+            &first,
+            &[Cond::new(VALID, true, "Validated", "ok")],
+            Some(2),
+            "t2",
+        );
         assert_eq!(again[0].last_transition_time, "t1");
-        let flipped = merge_conditions(&again, &[Cond::new(VALID, false, "InvalidSpec", "bad")], Some(3), "t3");
+        let flipped = merge_conditions(
+            &again,
+            &[Cond::new(VALID, false, "InvalidSpec", "bad")],
+            Some(3),
+            "t3",
+        );
         assert_eq!(flipped[0].last_transition_time, "t3");
         assert_eq!(flipped[0].status, "False");
     }
@@ -157,7 +204,10 @@ mod tests {
     fn selector_semantics() {
         let labels: BTreeMap<String, String> = [("app".to_string(), "checkout".to_string())].into();
         let mut s = LabelSelector::default();
-        assert!(selector_matches(&s, &labels), "an empty selector matches everything");
+        assert!(
+            selector_matches(&s, &labels),
+            "an empty selector matches everything"
+        );
         s.match_labels.insert("app".into(), "checkout".into());
         assert!(selector_matches(&s, &labels));
         s.match_expressions.push(LabelSelectorRequirement {
@@ -179,23 +229,48 @@ mod tests {
         let injected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let instances = vec![
             ("a".to_string(), Ok(instance("h2", InstanceState::Ok, None))),
-            ("b".to_string(), Ok(instance("h1", InstanceState::Error, Some("spec.rules[0]: bad")))),
+            (
+                "b".to_string(),
+                Ok(instance(
+                    "h1",
+                    InstanceState::Error,
+                    Some("spec.rules[0]: bad"),
+                )),
+            ),
             ("c".to_string(), Ok(instance("h1", InstanceState::Ok, None))),
-            ("stray".to_string(), Ok(instance("h2", InstanceState::Ok, None))),
+            (
+                "stray".to_string(),
+                Ok(instance("h2", InstanceState::Ok, None)),
+            ),
         ];
         let r = rollout(4, &injected, &instances, "h2");
-        assert_eq!((r.counts.matched, r.counts.injected, r.counts.applied), (4, 3, 1));
+        assert_eq!(
+            (r.counts.matched, r.counts.injected, r.counts.applied),
+            (4, 3, 1)
+        );
         assert_eq!(r.counts.summary, "1/3");
         let cond = ready(&r, "h2");
         assert_eq!((cond.ok, cond.reason), (false, "Rejected"));
-        assert!(cond.message.contains("b: spec.rules[0]: bad"), "{}", cond.message);
+        assert!(
+            cond.message.contains("b: spec.rules[0]: bad"),
+            "{}",
+            cond.message
+        );
     }
 
     #[test]
     fn ready_when_all_applied_or_no_pods() {
         let r = rollout(0, &[], &[], "h");
         assert_eq!(ready(&r, "h").reason, "NoPods");
-        let r = rollout(1, &["a".into()], &[("a".into(), Ok(instance("h", InstanceState::Ok, None)))], "h");
-        assert_eq!((ready(&r, "h").ok, ready(&r, "h").reason), (true, "Applied"));
+        let r = rollout(
+            1,
+            &["a".into()],
+            &[("a".into(), Ok(instance("h", InstanceState::Ok, None)))],
+            "h",
+        );
+        assert_eq!(
+            (ready(&r, "h").ok, ready(&r, "h").reason),
+            (true, "Applied")
+        );
     }
 }

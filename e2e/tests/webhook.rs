@@ -1,0 +1,361 @@
+//! The admission webhooks through the real API server: the operator registers them at
+//! its loopback URL (`--webhook-url`), and pods and ServiceLogs are created with kubectl
+//! and the Kubernetes API exactly as users do.
+
+use std::{process::Output, time::Duration};
+
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use servicelog_e2e::{
+    TestEnv,
+    run::{Operator, OperatorOptions},
+    unique_name, workspace_dir,
+};
+
+fn env() -> &'static TestEnv {
+    TestEnv::shared().unwrap_or_else(|e| panic!("the test environment did not start: {e}"))
+}
+
+struct Fixture {
+    env: &'static TestEnv,
+    ns: String,
+    client: kube::Client,
+    operator: Operator,
+}
+
+async fn fixture(prefix: &str, extra_args: &[&str]) -> Fixture {
+    let env = env();
+    env.install_crds().unwrap_or_else(|e| panic!("{e}"));
+    let ns = env.create_namespace(prefix).await.expect("namespace");
+    let options = OperatorOptions {
+        namespace: ns.clone(),
+        zk_connect: env.zk_connect(),
+        zk_root: format!("/{}", unique_name("wh")),
+        identity: "a".into(),
+        leader_election: false,
+        webhook: true,
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+    };
+    let operator =
+        Operator::start(env, &options).unwrap_or_else(|e| panic!("operator did not start: {e}"));
+    let client = env.client().await.expect("client");
+    let f = Fixture {
+        env,
+        ns,
+        client,
+        operator,
+    };
+    f.wait_registered().await;
+    f
+}
+
+impl Fixture {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = self.env.kubectl();
+        cmd.arg("-n").arg(&self.ns).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        if let Some(input) = stdin
+            && let Some(mut s) = child.stdin.take()
+        {
+            s.write_all(input.as_bytes()).expect("stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("kubectl")
+    }
+
+    /// The API server calls the webhook only once its configuration is in place and the
+    /// operator serves; wait until a ServiceLog dry-run reaches it.
+    async fn wait_registered(&self) {
+        let probe = example(&self.ns).replace("regex: ERROR", "regex: '('");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&probe));
+            if !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("validate.servicelog.io")
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after 30s waiting for the validating webhook to answer; last kubectl output: {}\n--- operator log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.operator.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn create_pod(&self, yaml: &str) -> Pod {
+        let mut pod: Pod = serde_yaml::from_str(yaml).expect("pod yaml");
+        pod.metadata.namespace = Some(self.ns.clone());
+        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
+    }
+}
+
+fn example(ns: &str) -> String {
+    let text =
+        std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml")).expect("example");
+    let text = text.replace("namespace: shop", &format!("namespace: {ns}"));
+    // A rule with a message regex, so tests can break it.
+    text.replace(
+        "  defaultTo: [console]",
+        "    - name: errors\n      when: {message: {regex: ERROR}}\n      to: [alerts]\n  defaultTo: [console]",
+    )
+}
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: checkout}, annotations: {servicelog.io/inject: checkout}}
+spec:
+  containers: [{name: app, image: busybox, volumeMounts: [{name: data, mountPath: /data}]}]
+  volumes: [{name: data, emptyDir: {}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_invalid_servicelog_when_applied_then_kubectl_fails_with_every_field_path() {
+    let f = fixture("wh-validate", &[]).await;
+    // Two problems only the full validation sees (the schema cannot compile regexes).
+    let bad = example(&f.ns)
+        .replace("regex: ERROR", "regex: '(unclosed'")
+        .replace(
+            "fields: [{name: latency_ms, greaterThan: 1000}]",
+            "fields: [{name: latency_ms, greaterThan: 1000}, {name: path, regex: '[a-'}]",
+        );
+    assert!(
+        bad.contains("'[a-'"),
+        "the example changed shape; update this test"
+    );
+    let out = f.kubectl(&["apply", "-f", "-"], Some(&bad));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "kubectl apply of an invalid ServiceLog succeeded"
+    );
+    for needle in [
+        "spec.rules[3].when.message.regex",
+        "spec.rules[2].when.fields[1].regex",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "refusal lacks {needle:?}:\n{stderr}"
+        );
+    }
+    let good = f.kubectl(&["apply", "-f", "-"], Some(&example(&f.ns)));
+    assert!(
+        good.status.success(),
+        "a valid ServiceLog was refused: {}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_annotated_pod_when_created_then_it_comes_back_injected_and_a_second_admission_changes_nothing()
+ {
+    let f = fixture("wh-inject", &[]).await;
+    let out = f.kubectl(&["apply", "-f", "-"], Some(&example(&f.ns)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pod = f.create_pod(POD).await;
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("servicelog.io/injected")
+            .map(String::as_str),
+        Some("checkout"),
+        "pod not injected: {pod:#?}"
+    );
+    let spec = pod.spec.clone().expect("spec");
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "servicelog-sidecar")
+        .unwrap_or_else(|| panic!("no native sidecar in {spec:#?}"));
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    let env: Vec<(String, Option<String>)> = sidecar
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let znode = env
+        .iter()
+        .find(|(n, _)| n == "SERVICELOG_CONFIG_ZNODE")
+        .and_then(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        znode.ends_with(&format!("/namespaces/{}/checkout/config", f.ns)),
+        "znode env {znode:?}"
+    );
+    for name in [
+        "SERVICELOG_ZK_CONNECT",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "SERVICELOG_STATE_DIR",
+    ] {
+        assert!(
+            env.iter().any(|(n, _)| n == name),
+            "sidecar env lacks {name}: {env:?}"
+        );
+    }
+    let app = &spec.containers[0];
+    let mounts: Vec<&str> = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        ["/data", "/var/log/app"],
+        "the app container's mounts"
+    );
+
+    // Reinvocation-safe and idempotent: the injected pod admitted again is unchanged.
+    let mut again = pod.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("web-again".into()),
+        namespace: Some(f.ns.clone()),
+        labels: pod.metadata.labels.clone(),
+        annotations: pod.metadata.annotations.clone(),
+        ..Default::default()
+    };
+    let readmitted = Api::<Pod>::namespaced(f.client.clone(), &f.ns)
+        .create(&PostParams::default(), &again)
+        .await
+        .expect("create the injected pod again");
+    assert_eq!(
+        readmitted.spec, pod.spec,
+        "a second admission changed an injected pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_pods_without_the_annotation_or_naming_a_missing_servicelog_then_they_are_admitted_unchanged()
+ {
+    let f = fixture("wh-skip", &[]).await;
+    let plain = f
+        .create_pod(&POD.replace(
+            "annotations: {servicelog.io/inject: checkout}",
+            "annotations: {}",
+        ))
+        .await;
+    assert!(
+        plain
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none(),
+        "an unannotated pod was changed"
+    );
+
+    let yaml = POD
+        .replace("name: web,", "name: orphan,")
+        .replace("inject: checkout", "inject: nosuch");
+    let out = f.kubectl(&["create", "-f", "-"], Some(&yaml));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a pod naming a missing ServiceLog was refused: {stderr}"
+    );
+    assert!(
+        stderr.contains("Warning: servicelog:") && stderr.contains("nosuch"),
+        "no admission warning: {stderr}"
+    );
+    let pod = Api::<Pod>::namespaced(f.client.clone(), &f.ns)
+        .get("orphan")
+        .await
+        .expect("pod");
+    assert!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none(),
+        "the orphan pod was changed"
+    );
+
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        if list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ServiceLogNotInjected"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 15s waiting for a ServiceLogNotInjected event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = f.operator.metrics();
+    assert!(
+        metrics.contains("servicelog_webhook_duration_seconds_count{result=\"warned\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_short_lived_certificate_then_it_is_rotated_without_a_restart() {
+    let f = fixture("wh-rotate", &["--webhook-cert-validity=12s"]).await;
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    let first = secrets
+        .get("servicelog-webhook-tls")
+        .await
+        .expect("webhook Secret");
+    let cert = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("tls.crt"))
+            .map(|b| b.0.clone())
+    };
+    let pid = f.operator.pid();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = secrets.get("servicelog-webhook-tls").await.expect("Secret");
+        if cert(&now) != cert(&first) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 30s waiting for the certificate to be renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Past the first certificate's expiry: admissions still succeed on the renewed one.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let out = f.kubectl(&["apply", "-f", "-"], Some(&example(&f.ns)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod = f.create_pod(POD).await;
+    assert!(
+        pod.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("servicelog.io/injected"),
+        "no injection after rotation; operator log:\n{}",
+        f.operator.log_tail(20)
+    );
+    assert_eq!(f.operator.pid(), pid, "the operator restarted");
+}

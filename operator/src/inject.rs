@@ -1,0 +1,588 @@
+//! Building the injected pod: the sidecar container, its volumes, env and the marker
+//! annotation. A pure function over values — the webhook turns the difference into a JSON
+//! patch — so every pod shape is unit-tested from fixtures.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+        HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+        SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+};
+use servicelog_api::{
+    v1alpha1::{ServiceLogSpec, SidecarOverride},
+    wire::Layout,
+};
+
+/// Annotation a pod uses to ask for the sidecar: the ServiceLog's name.
+pub const INJECT: &str = "servicelog.io/inject";
+/// Annotation set on injection; a pod carrying it is left alone.
+pub const INJECTED: &str = "servicelog.io/injected";
+/// `container` asks for a plain container instead of a native sidecar.
+pub const SIDECAR_MODE: &str = "servicelog.io/sidecar-mode";
+/// Name of the injected container.
+pub const CONTAINER: &str = "servicelog-sidecar";
+/// Where the sidecar keeps checkpoints and the last-known-good config.
+pub const STATE_DIR: &str = "/var/lib/servicelog";
+const STATE_VOLUME: &str = "servicelog-state";
+const METRICS_PORT: i32 = 9779;
+/// The non-root user the sidecar runs as (distroless `nonroot`).
+const RUN_AS_USER: i64 = 65532;
+
+/// Operator-wide injection settings (chart values / flags).
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    pub image: String,
+    pub zk_connect: String,
+    pub layout: Layout,
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+/// Why a pod was admitted unchanged, for the review's warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("annotation {INJECT} is {0:?}, not the name of a ServiceLog")]
+    MalformedAnnotation(String),
+    #[error(
+        "{INJECT} names ServiceLog {namespace}/{name}, which does not exist; the pod runs without the servicelog sidecar"
+    )]
+    MissingServiceLog { namespace: String, name: String },
+    #[error("the pod already has a container named {CONTAINER}")]
+    NameTaken,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the pod asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// No annotation, or already injected: nothing to do.
+    None,
+    /// Inject the named ServiceLog.
+    Inject(String),
+}
+
+/// Reads the pod's annotations.
+pub fn request(pod: &Pod) -> Result<Request, Skip> {
+    let annotations = pod.metadata.annotations.as_ref();
+    let Some(name) = annotations.and_then(|a| a.get(INJECT)) else {
+        return Ok(Request::None);
+    };
+    if annotations.is_some_and(|a| a.contains_key(INJECTED)) {
+        return Ok(Request::None);
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(Skip::MalformedAnnotation(name.clone()));
+    }
+    Ok(Request::Inject(name.clone()))
+}
+
+/// The pod with the sidecar for ServiceLog `name` in `namespace` injected.
+pub fn inject(
+    pod: &Pod,
+    namespace: &str,
+    name: &str,
+    spec: &ServiceLogSpec,
+    config: &InjectConfig,
+) -> Result<Pod, Skip> {
+    let mut pod = pod.clone();
+    let pod_spec = pod
+        .spec
+        .as_mut()
+        .ok_or_else(|| Skip::Internal("the pod has no spec".into()))?;
+    let taken = pod_spec.containers.iter().any(|c| c.name == CONTAINER)
+        || pod_spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == CONTAINER);
+    if taken {
+        return Err(Skip::NameTaken);
+    }
+    let znode = config
+        .layout
+        .config(namespace, name)
+        .map_err(|e| Skip::Internal(e.to_string()))?;
+
+    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
+    let mut sidecar_mounts = Vec::new();
+    let mut app_mounts = Vec::new();
+
+    let source_dirs = outermost(unique(
+        spec.sources
+            .iter()
+            .filter_map(|s| s.file.as_ref())
+            .flat_map(|f| f.paths.iter().map(|p| glob_dir(p))),
+    ));
+    for (i, dir) in source_dirs.iter().enumerate() {
+        let volume = unique_volume_name(volumes, &format!("servicelog-src-{i}"));
+        volumes.push(empty_dir(&volume));
+        sidecar_mounts.push(mount(&volume, dir, true));
+        app_mounts.push((volume, dir.clone()));
+    }
+    let sink_dirs = unique(
+        spec.sinks
+            .iter()
+            .filter_map(|s| s.file.as_ref())
+            .map(|f| parent_dir(&f.path))
+            .filter(|d| !source_dirs.contains(d)),
+    );
+    for (i, dir) in sink_dirs.iter().enumerate() {
+        let volume = unique_volume_name(volumes, &format!("servicelog-out-{i}"));
+        volumes.push(empty_dir(&volume));
+        sidecar_mounts.push(mount(&volume, dir, false));
+    }
+    let state = unique_volume_name(volumes, STATE_VOLUME);
+    volumes.push(empty_dir(&state));
+    sidecar_mounts.push(mount(&state, STATE_DIR, false));
+
+    // Every app container gets the source directories it does not already mount.
+    for container in pod_spec.containers.iter_mut() {
+        for (volume, dir) in &app_mounts {
+            let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+            if !mounts
+                .iter()
+                .any(|m| m.mount_path.trim_end_matches('/') == dir)
+            {
+                mounts.push(mount(volume, dir, false));
+            }
+        }
+    }
+
+    let overrides = spec.sidecar.clone().unwrap_or(SidecarOverride::default());
+    let native = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SIDECAR_MODE))
+        .is_none_or(|m| m != "container");
+    let sidecar = container(config, &overrides, &znode, sidecar_mounts, native);
+    let pod_spec = pod
+        .spec
+        .as_mut()
+        .ok_or_else(|| Skip::Internal("the pod has no spec".into()))?;
+    if native {
+        // First among init containers, so it starts before the others and can read their
+        // logs too; restartPolicy Always makes it a native sidecar.
+        pod_spec
+            .init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, sidecar);
+    } else {
+        pod_spec.containers.push(sidecar);
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED.into(), name.into());
+    Ok(pod)
+}
+
+fn container(
+    config: &InjectConfig,
+    overrides: &SidecarOverride,
+    znode: &str,
+    mounts: Vec<VolumeMount>,
+    native: bool,
+) -> Container {
+    let quantities = |m: &BTreeMap<String, String>| -> Option<BTreeMap<String, Quantity>> {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect()
+        })
+    };
+    let (requests, limits) = match &overrides.resources {
+        Some(r) => (quantities(&r.requests), quantities(&r.limits)),
+        None => (quantities(&config.requests), quantities(&config.limits)),
+    };
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("slog-metrics".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    Container {
+        name: CONTAINER.into(),
+        image: Some(
+            overrides
+                .image
+                .clone()
+                .unwrap_or_else(|| config.image.clone()),
+        ),
+        restart_policy: native.then(|| "Always".to_string()),
+        env: Some(vec![
+            env("SERVICELOG_ZK_CONNECT", &config.zk_connect),
+            env("SERVICELOG_CONFIG_ZNODE", znode),
+            field("POD_NAME", "metadata.name"),
+            field("POD_NAMESPACE", "metadata.namespace"),
+            env("SERVICELOG_STATE_DIR", STATE_DIR),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("slog-metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        resources: Some(ResourceRequirements {
+            requests,
+            limits,
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// `name`, or `name-2`, `name-3`… if the pod already has a volume of that name.
+fn unique_volume_name(volumes: &[Volume], name: &str) -> String {
+    let taken = |n: &str| volumes.iter().any(|v| v.name == n);
+    if !taken(name) {
+        return name.to_owned();
+    }
+    (2..)
+        .map(|i| format!("{name}-{i}"))
+        .find(|n| !taken(n))
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// The directory a glob's files live under: the longest prefix without glob characters.
+/// `/var/log/app/*.log` → `/var/log/app`; `/var/log/*/x.log` → `/var/log`.
+pub fn glob_dir(pattern: &str) -> String {
+    let mut dir = String::new();
+    let parts: Vec<&str> = pattern.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        if part.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        if !part.is_empty() {
+            dir.push('/');
+            dir.push_str(part);
+        }
+    }
+    if dir.is_empty() { "/".into() } else { dir }
+}
+
+fn parent_dir(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".into(),
+        Some((dir, _)) => dir.to_owned(),
+    }
+}
+
+/// Drops directories nested in another of the list: one volume serves both.
+fn outermost(dirs: Vec<String>) -> Vec<String> {
+    let within = |d: &str, parent: &str| parent == "/" || d.starts_with(&format!("{parent}/"));
+    dirs.iter()
+        .filter(|d| !dirs.iter().any(|p| p != *d && within(d, p)))
+        .cloned()
+        .collect()
+}
+
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> InjectConfig {
+        InjectConfig {
+            image: "servicelog-sidecar:test".into(),
+            zk_connect: "zk:2181".into(),
+            layout: Layout::default(),
+            requests: [
+                ("cpu".to_string(), "10m".to_string()),
+                ("memory".to_string(), "16Mi".to_string()),
+            ]
+            .into(),
+            limits: [("memory".to_string(), "64Mi".to_string())].into(),
+        }
+    }
+
+    fn spec() -> ServiceLogSpec {
+        serde_yaml::from_str(
+            r#"
+sources:
+  - {name: app, file: {paths: ["/var/log/app/*.log", "/var/log/app/extra/*.log"], format: json}}
+  - {name: legacy, syslog: {port: 5514}}
+sinks:
+  - {name: console, stdout: {}}
+  - {name: alerts, file: {path: /var/log/servicelog/alerts.log}}
+defaultTo: [console]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const PLAIN: &str = r#"
+metadata: {name: web, annotations: {servicelog.io/inject: checkout}}
+spec:
+  containers: [{name: app, image: busybox}]
+"#;
+
+    fn golden(name: &str, value: &Pod) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        let got = serde_json::to_string_pretty(value).unwrap() + "\n";
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            got == want,
+            "{} differs from the injected pod; rerun with UPDATE_GOLDEN=1 after checking:\n{got}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn a_plain_pod_gets_a_native_sidecar_volumes_env_and_the_marker() {
+        let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config()).unwrap();
+        golden("plain-pod.json", &out);
+        let ps = out.spec.as_ref().unwrap();
+        let sidecar = &ps.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, CONTAINER);
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        let sc = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let envs: Vec<&str> = sidecar
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            envs,
+            [
+                "SERVICELOG_ZK_CONNECT",
+                "SERVICELOG_CONFIG_ZNODE",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "SERVICELOG_STATE_DIR"
+            ]
+        );
+        let znode = sidecar
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SERVICELOG_CONFIG_ZNODE")
+            .unwrap();
+        assert_eq!(
+            znode.value.as_deref(),
+            Some("/servicelog/namespaces/shop/checkout/config")
+        );
+        let app_mounts: Vec<&str> = ps.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            app_mounts,
+            ["/var/log/app"],
+            "a nested source directory shares its parent's volume"
+        );
+        let sidecar_mounts: Vec<&str> = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            sidecar_mounts,
+            ["/var/log/app", "/var/log/servicelog", STATE_DIR]
+        );
+        assert_eq!(
+            out.metadata
+                .annotations
+                .unwrap()
+                .get(INJECTED)
+                .map(String::as_str),
+            Some("checkout")
+        );
+    }
+
+    #[test]
+    fn container_mode_existing_volumes_mounts_init_containers_and_overrides() {
+        let p = pod(r#"
+metadata: {name: web, annotations: {servicelog.io/inject: checkout, servicelog.io/sidecar-mode: container}}
+spec:
+  securityContext: {runAsUser: 1000}
+  initContainers: [{name: migrate, image: busybox}]
+  volumes: [{name: servicelog-src-0, emptyDir: {}}, {name: logs, emptyDir: {}}]
+  containers:
+    - name: app
+      image: busybox
+      env: [{name: A, value: b}]
+      volumeMounts: [{name: logs, mountPath: /var/log/app/}]
+    - {name: other, image: busybox}
+"#);
+        let mut s = spec();
+        s.sidecar = Some(SidecarOverride {
+            image: Some("custom:1".into()),
+            resources: Some(servicelog_api::v1alpha1::Resources {
+                limits: [("memory".to_string(), "128Mi".to_string())].into(),
+                requests: BTreeMap::new(),
+            }),
+        });
+        let out = inject(&p, "shop", "checkout", &s, &config()).unwrap();
+        golden("container-mode-pod.json", &out);
+        let ps = out.spec.unwrap();
+        assert_eq!(
+            ps.init_containers.as_ref().unwrap().len(),
+            1,
+            "init containers untouched in container mode"
+        );
+        let sidecar = ps.containers.iter().find(|c| c.name == CONTAINER).unwrap();
+        assert_eq!(sidecar.restart_policy, None);
+        assert_eq!(sidecar.image.as_deref(), Some("custom:1"));
+        let app = &ps.containers[0];
+        let mounts: Vec<&str> = app
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            mounts,
+            ["/var/log/app/"],
+            "an existing mount of the path is kept, not doubled"
+        );
+        let names: Vec<&str> = ps
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(
+            names.contains(&"servicelog-src-0-2"),
+            "a clashing volume name is suffixed: {names:?}"
+        );
+        assert_eq!(app.env.as_ref().unwrap().len(), 1, "app env untouched");
+    }
+
+    #[test]
+    fn requests_are_read_from_annotations() {
+        assert_eq!(request(&pod(PLAIN)), Ok(Request::Inject("checkout".into())));
+        assert_eq!(
+            request(&pod("metadata: {name: x}\nspec: {containers: []}")),
+            Ok(Request::None)
+        );
+        let injected = PLAIN.replace(
+            "servicelog.io/inject: checkout",
+            "servicelog.io/inject: checkout, servicelog.io/injected: checkout",
+        );
+        assert_eq!(
+            request(&pod(&injected)),
+            Ok(Request::None),
+            "an injected pod is left alone"
+        );
+        let bad = PLAIN.replace(
+            "servicelog.io/inject: checkout",
+            "servicelog.io/inject: 'Not A Name'",
+        );
+        assert!(matches!(
+            request(&pod(&bad)),
+            Err(Skip::MalformedAnnotation(_))
+        ));
+    }
+
+    #[test]
+    fn a_pod_with_our_container_name_is_not_touched() {
+        let p = pod(&PLAIN.replace("name: app", "name: servicelog-sidecar"));
+        assert_eq!(
+            inject(&p, "shop", "checkout", &spec(), &config()),
+            Err(Skip::NameTaken)
+        );
+    }
+
+    #[test]
+    fn glob_dirs() {
+        assert_eq!(glob_dir("/var/log/app/*.log"), "/var/log/app");
+        assert_eq!(glob_dir("/var/log/*/x.log"), "/var/log");
+        assert_eq!(glob_dir("/x.log"), "/");
+        assert_eq!(glob_dir("/var/log/app/app.log"), "/var/log/app");
+    }
+}

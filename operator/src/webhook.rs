@@ -1,0 +1,511 @@
+//! The admission webhooks, on their own HTTPS port:
+//!
+//! - `POST /mutate-pods` injects the sidecar into pods annotated `servicelog.io/inject`.
+//!   It never blocks a deploy: a missing ServiceLog, a malformed annotation or any internal
+//!   error admits the pod unchanged, with a warning in the review, an Event and a metric.
+//! - `POST /validate-servicelogs` runs the same `api` validation the sidecars compile
+//!   with, so `kubectl apply` of a bad spec fails at once with every problem and its path.
+//!
+//! A malformed review is answered with a well-formed `AdmissionResponse::invalid`, never a
+//! bare 500.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{
+        DynamicObject,
+        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+    },
+    runtime::{
+        events::{Event, EventType, Recorder},
+        reflector::Store,
+    },
+};
+use servicelog_api::{v1alpha1::ServiceLog, validate, wire::Envelope};
+
+use crate::{
+    certs::Resolver,
+    inject::{self, InjectConfig, Request as InjectRequest, Skip},
+    metrics::Metrics,
+};
+
+/// Largest review body accepted (a pod spec is far smaller).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// What the handlers share.
+pub struct Webhook {
+    pub client: Client,
+    pub servicelogs: Store<ServiceLog>,
+    pub inject: InjectConfig,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves HTTPS on `listener` with the certificate `resolver` holds at each handshake.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    resolver: Arc<Resolver>,
+    webhook: Arc<Webhook>,
+) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = match rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_no_client_auth().with_cert_resolver(resolver),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot configure TLS; the webhooks are not served");
+            return;
+        }
+    };
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving the admission webhooks");
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = service_fn(move |req| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, Infallible>(route(req, &webhook).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+async fn route(req: Request<hyper::body::Incoming>, webhook: &Webhook) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if req.method() == hyper::Method::GET && path == "/healthz" {
+        return respond(StatusCode::OK, Bytes::from_static(b"ok\n"));
+    }
+    if req.method() != hyper::Method::POST
+        || !matches!(path.as_str(), "/mutate-pods" | "/validate-servicelogs")
+    {
+        return respond(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n"));
+    }
+    let started = Instant::now();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            let review = AdmissionResponse::invalid(format!("cannot read the request body: {e}"))
+                .into_review();
+            webhook
+                .metrics
+                .webhook_answered("invalid", started.elapsed());
+            return json(&review);
+        }
+    };
+    let (response, result) = if path == "/mutate-pods" {
+        mutate(&body, webhook).await
+    } else {
+        validate_servicelog(&body)
+    };
+    webhook.metrics.webhook_answered(result, started.elapsed());
+    json(&response.into_review())
+}
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(review: &AdmissionReview<DynamicObject>) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(review) {
+        Ok(bytes) => {
+            let mut r = respond(StatusCode::OK, Bytes::from(bytes));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from(format!("cannot encode the review: {e}\n")),
+        ),
+    }
+}
+
+/// Parses a review, answering a malformed one with `invalid`.
+fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, AdmissionResponse>
+where
+    T: kube::Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<T> = serde_json::from_slice(body).map_err(|e| {
+        AdmissionResponse::invalid(format!("not an admission.k8s.io/v1 AdmissionReview: {e}"))
+    })?;
+    review
+        .try_into()
+        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| {
+            AdmissionResponse::invalid(e.to_string())
+        })
+}
+
+async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static str) {
+    let req: AdmissionRequest<Pod> = match parse(body) {
+        Ok(req) => req,
+        Err(response) => return (response, "invalid"),
+    };
+    let allowed = AdmissionResponse::from(&req);
+    let Some(pod) = req.object.as_ref() else {
+        return (allowed, "skipped");
+    };
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| pod.namespace())
+        .unwrap_or_else(|| "default".into());
+    let name = match inject::request(pod) {
+        Ok(InjectRequest::None) => return (allowed, "skipped"),
+        Ok(InjectRequest::Inject(name)) => name,
+        Err(skip) => {
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "warned",
+            );
+        }
+    };
+    let slog = match lookup(webhook, &namespace, &name).await {
+        Ok(Some(slog)) => slog,
+        Ok(None) => {
+            let skip = Skip::MissingServiceLog {
+                namespace: namespace.clone(),
+                name,
+            };
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "warned",
+            );
+        }
+        Err(e) => {
+            let skip = Skip::Internal(format!("looking up ServiceLog {namespace}/{name}: {e}"));
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "error",
+            );
+        }
+    };
+    let injected = match inject::inject(pod, &namespace, &name, &slog.spec, &webhook.inject) {
+        Ok(injected) => injected,
+        Err(skip) => {
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "warned",
+            );
+        }
+    };
+    let patch = match (serde_json::to_value(pod), serde_json::to_value(&injected)) {
+        (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+        (Err(e), _) | (_, Err(e)) => {
+            let skip = Skip::Internal(format!("encoding the pod: {e}"));
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "error",
+            );
+        }
+    };
+    match allowed.clone().with_patch(patch) {
+        Ok(response) => (response, "injected"),
+        Err(e) => {
+            let skip = Skip::Internal(format!("encoding the patch: {e}"));
+            (
+                warn(webhook, allowed, pod, &namespace, &skip).await,
+                "error",
+            )
+        }
+    }
+}
+
+/// The ServiceLog from the watch cache, or from the API when the cache has not seen it yet
+/// (a ServiceLog and its pods applied together).
+async fn lookup(
+    webhook: &Webhook,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<ServiceLog>, kube::Error> {
+    let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+    if let Some(slog) = webhook.servicelogs.get(&key) {
+        return Ok(Some((*slog).clone()));
+    }
+    Api::<ServiceLog>::namespaced(webhook.client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
+async fn warn(
+    webhook: &Webhook,
+    allowed: AdmissionResponse,
+    pod: &Pod,
+    namespace: &str,
+    skip: &Skip,
+) -> AdmissionResponse {
+    let message = format!("servicelog: {skip}");
+    tracing::warn!(namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()), %skip, "admitted without injection");
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(namespace.to_owned()),
+        name: pod
+            .metadata
+            .name
+            .clone()
+            .or_else(|| pod.metadata.generate_name.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ServiceLogNotInjected".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Inject".into(),
+        secondary: None,
+    };
+    // The Event is best effort and must not slow the admission down.
+    let recorder = webhook.recorder.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "cannot publish the webhook event");
+        }
+    });
+    let mut response = allowed;
+    response.warnings.get_or_insert_with(Vec::new).push(message);
+    response
+}
+
+fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
+    let req: AdmissionRequest<ServiceLog> = match parse(body) {
+        Ok(req) => req,
+        Err(response) => return (response, "invalid"),
+    };
+    let allowed = AdmissionResponse::from(&req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return (allowed, "allowed");
+    }
+    let Some(slog) = req.object.as_ref() else {
+        return (allowed, "allowed");
+    };
+    let mut problems: Vec<String> = match validate(&slog.spec) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    if let Err(e) = Envelope::new("", 0, slog.spec.clone()).and_then(|e| e.to_bytes()) {
+        problems.push(format!("spec: {e}"));
+    }
+    if problems.is_empty() {
+        (allowed, "allowed")
+    } else {
+        (allowed.deny(problems.join("; ")), "denied")
+    }
+}
+
+/// Which webhook configurations the operator owns or keeps current.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Name of both configurations (`servicelog` by default).
+    pub name: String,
+    /// `--webhook-url`: register the configurations pointing here.
+    pub url: Option<String>,
+    /// Only pods and ServiceLogs of this namespace are sent (`--watch-namespace`).
+    pub namespace: Option<String>,
+}
+
+/// Creates or updates the Mutating- and ValidatingWebhookConfiguration pointing at the
+/// registration's URL with `ca_bundle`, by server-side apply (idempotent).
+pub async fn register(
+    client: &Client,
+    registration: &Registration,
+    ca_bundle: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let name = registration.name.as_str();
+    let base = registration
+        .url
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let ca = base64(ca_bundle.as_bytes());
+    let namespace_selector = match &registration.namespace {
+        Some(ns) => serde_json::json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}),
+        None => serde_json::json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}),
+    };
+    let mutating = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "servicelog"}},
+        "webhooks": [{
+            "name": "inject.servicelog.io",
+            "clientConfig": {"url": format!("{base}/mutate-pods"), "caBundle": ca},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "matchConditions": [{"name": "annotated", "expression": "has(object.metadata.annotations) && 'servicelog.io/inject' in object.metadata.annotations"}],
+            "namespaceSelector": namespace_selector,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 5,
+        }],
+    });
+    let validating = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "servicelog"}},
+        "webhooks": [{
+            "name": "validate.servicelog.io",
+            "namespaceSelector": namespace_selector,
+            "clientConfig": {"url": format!("{base}/validate-servicelogs"), "caBundle": ca},
+            "rules": [{"apiGroups": ["servicelog.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["servicelogs"], "scope": "Namespaced"}],
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": 5,
+        }],
+    });
+    let params = PatchParams::apply("servicelog-operator").force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&mutating))
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&validating))
+        .await?;
+    Ok(())
+}
+
+/// In a cluster the chart creates the configurations; the operator only keeps their
+/// `caBundle` current. Missing configurations are not an error (cert-manager mode, or
+/// not installed yet).
+pub async fn patch_ca_bundle(
+    client: &Client,
+    name: &str,
+    ca_bundle: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let ca = base64(ca_bundle.as_bytes());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(config) = mutating.get_opt(name).await? {
+        let ops: Vec<serde_json::Value> = (0..config.webhooks.map(|w| w.len()).unwrap_or(0))
+            .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
+            .collect();
+        if !ops.is_empty() {
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+                .map_err(kube::Error::SerdeError)?;
+            mutating
+                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await?;
+        }
+    }
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(config) = validating.get_opt(name).await? {
+        let ops: Vec<serde_json::Value> = (0..config.webhooks.map(|w| w.len()).unwrap_or(0))
+            .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
+            .collect();
+        if !ops.is_empty() {
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+                .map_err(kube::Error::SerdeError)?;
+            validating
+                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(object: serde_json::Value, kind: (&str, &str, &str), operation: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "00000000-0000-0000-0000-000000000001",
+                "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
+                "resource": {"group": kind.0, "version": kind.1, "resource": "x"},
+                "operation": operation,
+                "namespace": "shop",
+                "userInfo": {},
+                "object": object,
+                "dryRun": false,
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bad_servicelog_is_denied_with_every_problem() {
+        let slog = serde_json::json!({
+            "apiVersion": "servicelog.io/v1alpha1", "kind": "ServiceLog",
+            "metadata": {"name": "x", "namespace": "shop"},
+            "spec": {
+                "sources": [{"name": "app", "file": {"paths": ["/var/log/*.log"]}}],
+                "sinks": [{"name": "out", "stdout": {}}],
+                "rules": [{"name": "r", "when": {"message": {"regex": "("}}, "to": ["nowhere"]}],
+            }
+        });
+        let (response, result) = validate_servicelog(&review(
+            slog,
+            ("servicelog.io", "v1alpha1", "ServiceLog"),
+            "CREATE",
+        ));
+        assert_eq!(result, "denied");
+        assert!(!response.allowed);
+        let message = response.result.message;
+        assert!(
+            message.contains("spec.rules[0].when.message.regex"),
+            "{message}"
+        );
+        assert!(message.contains("spec.rules[0].to[0]"), "{message}");
+    }
+
+    #[test]
+    fn a_malformed_review_gets_an_invalid_response_not_a_500() {
+        let (response, result) = validate_servicelog(b"{\"not\": \"a review\"");
+        assert_eq!(result, "invalid");
+        assert!(!response.allowed);
+        let review = serde_json::to_value(response.into_review()).unwrap();
+        assert_eq!(review["kind"], "AdmissionReview");
+    }
+}
