@@ -21,7 +21,7 @@ use std::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_servicelog-sidecar");
-const SEED: u64 = 0x5e41_1ce1_06;
+const SEED: u64 = 0x005e_411c_e106;
 
 const MESSAGES: [&str; 20] = [
     "request served",
@@ -81,7 +81,10 @@ type Counts = [u64; 4];
 fn generate(path: &Path, lines: u64) -> (Counts, u64) {
     let mut rng = Rng(SEED);
     let mut counts = [0u64; 4];
-    let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path).expect("creating the workload file"));
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(path).expect("creating the workload file"),
+    );
     let mut bytes = 0u64;
     let mut line = String::with_capacity(256);
     for i in 0..lines {
@@ -121,7 +124,8 @@ fn generate(path: &Path, lines: u64) -> (Counts, u64) {
         );
         line.push('\n');
         bytes += line.len() as u64;
-        out.write_all(line.as_bytes()).expect("writing the workload");
+        out.write_all(line.as_bytes())
+            .expect("writing the workload");
     }
     out.flush().expect("writing the workload");
     (counts, bytes)
@@ -179,7 +183,8 @@ fn run_once(dir: &Path, config: &Path) -> Run {
         wall_s,
         user_s: time_field(&report, "User time (seconds):").unwrap_or(f64::NAN),
         sys_s: time_field(&report, "System time (seconds):").unwrap_or(f64::NAN),
-        max_rss_kib: time_field(&report, "Maximum resident set size (kbytes):").unwrap_or(0.0) as u64,
+        max_rss_kib: time_field(&report, "Maximum resident set size (kbytes):").unwrap_or(0.0)
+            as u64,
         alerts: count_lines(&out.join("alerts.log")),
         info: count_lines(&out.join("info.log")),
     }
@@ -191,7 +196,11 @@ fn idle_rss_kib(dir: &Path) -> Option<u64> {
     let _ = fs::remove_dir_all(&idle);
     fs::create_dir_all(idle.join("logs")).ok()?;
     let config = idle.join("servicelog.yaml");
-    fs::write(&config, config_yaml(&idle.join("logs/*.log"), &idle.join("out"))).ok()?;
+    fs::write(
+        &config,
+        config_yaml(&idle.join("logs/*.log"), &idle.join("out")),
+    )
+    .ok()?;
     let mut child = Command::new(BIN)
         .arg("--config-file")
         .arg(&config)
@@ -207,9 +216,14 @@ fn idle_rss_kib(dir: &Path) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{}/status", child.id())).ok();
     let _ = child.kill();
     let _ = child.wait();
-    status?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    status?.lines().find_map(|l| {
+        l.strip_prefix("VmRSS:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn config_yaml(glob: &Path, out: &Path) -> String {
@@ -233,19 +247,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env_num = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let lines = env_num("BENCH_LINES", if full { 2_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
-    let dir = std::env::var_os("BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/sidecar")
-    });
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/sidecar")
+        });
     let dir = dir.join(if full { "full" } else { "smoke" });
     fs::create_dir_all(dir.join("input")).expect("creating the bench dir");
     let input = dir.join("input/app.log");
     eprintln!("bench: generating {lines} lines into {}", input.display());
     let (counts, bytes) = generate(&input, lines);
     let config = dir.join("servicelog.yaml");
-    fs::write(&config, config_yaml(&dir.join("input/*.log"), &dir.join("out"))).expect("writing the config");
+    fs::write(
+        &config,
+        config_yaml(&dir.join("input/*.log"), &dir.join("out")),
+    )
+    .expect("writing the config");
 
     let mut results = Vec::new();
     for i in 0..runs {

@@ -557,3 +557,36 @@ fn given_a_file_deleted_while_open_then_its_remaining_lines_and_partial_last_lin
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_exactly_once(&[&out], 3);
 }
+
+#[test]
+fn given_a_stdout_sink_then_routed_lines_appear_on_the_sidecar_stdout_unchanged() {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let config = s.path("servicelog.yaml");
+    let spec = format!(
+        "sources:\n  - name: app\n    file: {{paths: [\"{logs}/*.log\"], format: logfmt}}\n\
+         sinks:\n  - name: console\n    stdout: {{}}\n\
+         rules:\n  - name: drop-debug\n    when: {{level: {{below: info}}}}\n    action: drop\n\
+         defaultTo: [console]\n",
+        logs = logs.display(),
+    );
+    write_config(&config, &manifest(&spec));
+    let sidecar = Sidecar::start(&s, &["--config-file", config.to_str().unwrap()], &[]);
+    let input = [
+        "level=debug msg=hidden",
+        "level=info msg=\"shown one\"",
+        "no pairs here at all",
+    ]
+    .map(str::to_owned);
+    append(&logs.join("app.log"), &input);
+    wait_until(
+        "two lines on stdout",
+        Duration::from_secs(15),
+        || count_lines(&sidecar.stdout) == 2,
+        || sidecar.log_tail(),
+    );
+    assert_eq!(
+        read_lines(&sidecar.stdout),
+        vec![input[1].clone(), input[2].clone()]
+    );
+}

@@ -1,0 +1,317 @@
+//! `servicelog-bench`: the benchmarks behind `make bench`, on the real components.
+//!
+//! - `operator-scale`: N ServiceLogs exist before the operator starts (a cold start);
+//!   time until every config znode is published and every status says so; the operator's
+//!   peak RSS.
+//! - `webhook`: AdmissionReviews for an annotated pod at a fixed rate over loopback TLS;
+//!   latency percentiles and the operator's RSS while serving.
+//!
+//! Results are appended to `target/bench/results.json` (one object per section) and
+//! printed as a table. Run through `make bench` (release build).
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use servicelog_api::v1alpha1::ServiceLog;
+use servicelog_e2e::{
+    TestEnv,
+    run::{Operator, OperatorOptions},
+    unique_name, workspace_dir,
+};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let scale_n: usize = std::env::var("BENCH_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let env = tokio::task::spawn_blocking(TestEnv::start).await??;
+    env.install_crds()?;
+    let mut results = BTreeMap::new();
+    if only("operator-scale") {
+        results.insert("operator_scale", operator_scale(&env, scale_n).await?);
+    }
+    if only("webhook") {
+        results.insert("webhook", webhook(&env, 200, Duration::from_secs(10)).await?);
+    }
+    let out = workspace_dir().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("results.json");
+    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for (k, v) in results {
+        all.insert(k.into(), v);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&all)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn example() -> anyhow::Result<ServiceLog> {
+    let text = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml"))?;
+    Ok(serde_yaml::from_str(&text)?)
+}
+
+/// Peak and current RSS of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::Value> {
+    let ns = env.create_namespace("bench-scale").await?;
+    let client = env.client().await?;
+    let api: Api<ServiceLog> = Api::namespaced(client.clone(), &ns);
+    let template = example()?;
+    eprintln!("operator-scale: creating {n} ServiceLogs in {ns}");
+    let created = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let mut s = template.clone();
+            s.metadata.name = Some(format!("svc-{i}"));
+            s.metadata.namespace = Some(ns.clone());
+            async move {
+                api.create(&PostParams::default(), &s).await.map(|_| ()).context("create")
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    eprintln!("operator-scale: created in {:.1}s; starting the operator", created.elapsed().as_secs_f64());
+
+    let root = format!("/{}", unique_name("bench"));
+    let options = OperatorOptions {
+        namespace: ns.clone(),
+        zk_connect: env.zk_connect(),
+        zk_root: root.clone(),
+        identity: "bench".into(),
+        leader_election: false,
+        webhook: false,
+        extra_args: vec![],
+    };
+    let started = Instant::now();
+    let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
+    let pid = operator.pid().context("operator pid")?;
+    let zk = zookeeper_client::Client::connect(&env.zk_connect()).await?;
+    let parent = format!("{root}/namespaces/{ns}");
+    let mut published_at = None;
+    let mut peak = 0.0f64;
+    let deadline = Duration::from_secs(1800);
+    loop {
+        peak = peak.max(rss_mib(pid).0);
+        if published_at.is_none() {
+            let children = zk.get_children(&parent).await.map(|(c, _)| c.len()).unwrap_or(0);
+            if children >= n {
+                // Every resource has its subtree; check the config znodes themselves.
+                published_at = Some(started.elapsed());
+                eprintln!("operator-scale: {n} subtrees after {:.1}s", started.elapsed().as_secs_f64());
+            }
+        }
+        if published_at.is_some() {
+            let list = api.list(&ListParams::default()).await?;
+            let done = list
+                .items
+                .iter()
+                .filter(|s| {
+                    s.status.as_ref().is_some_and(|st| {
+                        st.conditions.iter().any(|c| c.r#type == "Published" && c.status == "True")
+                    })
+                })
+                .count();
+            if done >= n {
+                break;
+            }
+        }
+        if started.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {n} ServiceLogs to be published");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = started.elapsed();
+    let znodes = published_at.unwrap_or(total);
+    let (hwm, rss) = rss_mib(pid);
+    let result = serde_json::json!({
+        "servicelogs": n,
+        "znodes_published_s": znodes.as_secs_f64(),
+        "statuses_published_s": total.as_secs_f64(),
+        "servicelogs_per_s_to_zookeeper": n as f64 / znodes.as_secs_f64(),
+        "servicelogs_per_s_end_to_end": n as f64 / total.as_secs_f64(),
+        "operator_peak_rss_mib": hwm.max(peak),
+        "operator_rss_mib_after": rss,
+    });
+    println!(
+        "operator-scale  {n} ServiceLogs: znodes in {:.1}s ({:.0}/s), statuses in {:.1}s ({:.0}/s), operator peak RSS {:.1} MiB",
+        znodes.as_secs_f64(),
+        n as f64 / znodes.as_secs_f64(),
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        hwm.max(peak)
+    );
+    drop(operator);
+    Ok(result)
+}
+
+async fn webhook(env: &TestEnv, rate: u32, duration: Duration) -> anyhow::Result<serde_json::Value> {
+    let ns = env.create_namespace("bench-webhook").await?;
+    let client = env.client().await?;
+    let mut slog = example()?;
+    slog.metadata.namespace = Some(ns.clone());
+    Api::<ServiceLog>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &slog)
+        .await?;
+    let options = OperatorOptions {
+        namespace: ns.clone(),
+        zk_connect: env.zk_connect(),
+        zk_root: format!("/{}", unique_name("bench")),
+        identity: "bench".into(),
+        leader_election: false,
+        webhook: false,
+        extra_args: vec![],
+    };
+    let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
+    let pid = operator.pid().context("operator pid")?;
+    let port = operator.webhook_port();
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns).get("servicelog-webhook-tls").await?;
+    let ca = secret
+        .data
+        .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+        .context("the webhook Secret has no ca.crt")?;
+    let connector = tls_connector(&ca)?;
+    let body = Arc::new(review(&ns)?);
+
+    // Four keep-alive connections, requests paced to `rate` per second in total.
+    let connections = 4u32;
+    let per_connection = Duration::from_secs_f64(f64::from(connections) / f64::from(rate));
+    let total = (f64::from(rate) * duration.as_secs_f64()) as usize / connections as usize;
+    let (hwm_before, _) = rss_mib(pid);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let connector = connector.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move { drive(connector, port, body, total, per_connection).await }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+    };
+    let (hwm, rss) = rss_mib(pid);
+    println!(
+        "webhook         {} reviews at {rate}/s over TLS: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; operator RSS {:.1} MiB (peak {:.1})",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        rss,
+        hwm
+    );
+    drop(operator);
+    Ok(serde_json::json!({
+        "requests": latencies.len(),
+        "rate_per_s": rate,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "operator_rss_mib": rss,
+        "operator_peak_rss_mib": hwm,
+        "operator_peak_rss_before_mib": hwm_before,
+    }))
+}
+
+fn review(ns: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": ns,
+            "userInfo": {},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web", "namespace": ns, "labels": {"app": "checkout"}, "annotations": {"servicelog.io/inject": "checkout"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            },
+        }
+    }))?)
+}
+
+fn tls_connector(ca_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn drive(
+    connector: tokio_rustls::TlsConnector,
+    port: u16,
+    body: Arc<Vec<u8>>,
+    count: usize,
+    every: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    let tls = connector.connect(name, tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut latencies = Vec::with_capacity(count);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..count {
+        ticker.tick().await;
+        let req = hyper::Request::post("/mutate-pods")
+            .header("content-type", "application/json")
+            .header("host", "127.0.0.1")
+            .body(Full::new(Bytes::from(body.as_ref().clone())))?;
+        let start = Instant::now();
+        let response = sender.send_request(req).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        latencies.push(start.elapsed());
+        if !status.is_success() || !bytes.windows(5).any(|w| w == b"patch") {
+            bail!("webhook answered {status} without a patch: {}", String::from_utf8_lossy(&bytes));
+        }
+    }
+    Ok(latencies)
+}
