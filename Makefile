@@ -6,7 +6,7 @@ CARGO ?= cargo
 TESTENV_DIR := target/testenv
 CRD_FILE := servicelog.io_servicelogs.yaml
 
-.PHONY: all build release deps tools test lint fmt crds testenv testenv-down bench demo clean
+.PHONY: all build release static deps tools test lint fmt crds testenv testenv-down bench demo clean
 
 all: build
 
@@ -15,6 +15,12 @@ build:
 
 release:
 	$(CARGO) build --release -p servicelog-operator -p servicelog-sidecar
+
+## static: statically linked release binaries of the operator and the sidecar in
+## target/static/ (what docker/Dockerfile copies into its distroless image): musl when the
+## Rust target can be had, else glibc with crt-static (STATIC_LIBC=musl|gnu to choose).
+static:
+	@CARGO=$(CARGO) bash docker/static.sh
 
 ## deps: Debian packages the tests need (ZooKeeper, a JRE); a no-op when present.
 deps:
@@ -53,10 +59,12 @@ bench:
 	@bash scripts/bench.sh
 
 ## demo: the whole story on a machine with no cluster.
-demo:
-	@echo "make demo: not built yet — it lands with the end-to-end suite (issue #9)." >&2
-	@echo "Today: 'make testenv', then 'source target/testenv/env' and 'kubectl apply -f crds/ -f examples/'." >&2
-	@exit 2
+demo: deps
+	@echo "== Building the test tools (first time only: etcd, kube-apiserver, kubectl, helm from Go; ~15-20 min on 2 cores)"
+	@bash e2e/tools/build.sh >/dev/null
+	@echo "== Building servicelog"
+	$(CARGO) build -q -p servicelog-operator -p servicelog-sidecar -p servicelog-e2e --bins
+	@"$${CARGO_TARGET_DIR:-target}/debug/servicelog-demo"
 
 clean:
 	$(CARGO) clean

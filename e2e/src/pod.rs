@@ -119,7 +119,7 @@ pub fn run(env: &EnvDir, pod: &Pod, container: &Container, binary: &Path) -> Res
         .entry("RUST_LOG".into())
         .or_insert_with(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     cmd.envs(&env_vars);
-    let proc = Proc::spawn(&format!("{pod_ns}-{pod_name}-{}", container.name), cmd, env)?;
+    let proc = Proc::spawn_split(&format!("{pod_ns}-{pod_name}-{}", container.name), cmd, env)?;
     Ok(Running { proc, metrics_port, dirs })
 }
 

@@ -113,16 +113,32 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdout and stderr appended to `<env>/logs/<name>.log`.
-    pub fn spawn(name: &str, mut cmd: Command, dir: &EnvDir) -> Result<Self, EnvError> {
+    pub fn spawn(name: &str, cmd: Command, dir: &EnvDir) -> Result<Self, EnvError> {
+        Self::spawn_inner(name, cmd, dir, false)
+    }
+
+    /// Like [`Proc::spawn`], but stdout (the data a program emits, e.g. a stdout sink)
+    /// goes to `<env>/logs/<name>.stdout` and only stderr to the log.
+    pub fn spawn_split(name: &str, cmd: Command, dir: &EnvDir) -> Result<Self, EnvError> {
+        Self::spawn_inner(name, cmd, dir, true)
+    }
+
+    fn spawn_inner(name: &str, mut cmd: Command, dir: &EnvDir, split: bool) -> Result<Self, EnvError> {
         let log = dir.join("logs").join(format!("{name}.log"));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| EnvError::io(format!("opening {}", log.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| EnvError::io("duplicating a log handle", e))?;
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| EnvError::io(format!("opening {}", path.display()), e))
+        };
+        let err = open(&log)?;
+        let out = if split {
+            open(&dir.join("logs").join(format!("{name}.stdout")))?
+        } else {
+            err.try_clone()
+                .map_err(|e| EnvError::io("duplicating a log handle", e))?
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
@@ -151,6 +167,12 @@ impl Proc {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Where stdout goes: the log, or `<name>.stdout` for [`Proc::spawn_split`].
+    pub fn stdout_path(&self) -> PathBuf {
+        let split = self.log.with_extension("stdout");
+        if split.exists() { split } else { self.log.clone() }
     }
 
     /// `Some(description)` once the process has exited.

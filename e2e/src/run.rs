@@ -23,10 +23,10 @@ pub fn bin_dir() -> Result<PathBuf, EnvError> {
         .get_or_init(|| {
             let exe =
                 std::env::current_exe().map_err(|e| EnvError::io("locating the test binary", e))?;
-            // target/<profile>/deps/<test> → target/<profile>
+            // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
             let dir = exe
                 .parent()
-                .and_then(|deps| deps.parent())
+                .and_then(|dir| if dir.ends_with("deps") { dir.parent() } else { Some(dir) })
                 .map(PathBuf::from)
                 .ok_or_else(|| EnvError::Failed {
                     what: "the target directory".into(),
