@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod fleet;
 pub mod pod;
 pub mod procs;
 pub mod run;

@@ -31,10 +31,15 @@ pub struct PodDirs {
 impl PodDirs {
     /// `<env>/pods/<namespace>/<name>`.
     pub fn new(env: &EnvDir, pod: &Pod) -> Result<Self, EnvError> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_else(|| "pod".into());
         let root = env.join("pods").join(ns).join(name);
-        std::fs::create_dir_all(root.join("volumes")).map_err(|e| EnvError::io("creating pod dirs", e))?;
+        std::fs::create_dir_all(root.join("volumes"))
+            .map_err(|e| EnvError::io("creating pod dirs", e))?;
         Ok(Self { root })
     }
 
@@ -72,14 +77,22 @@ pub struct Running {
 }
 
 /// Starts `container` of `pod` from `binary` with the spec's env and mounts.
-pub fn run(env: &EnvDir, pod: &Pod, container: &Container, binary: &Path) -> Result<Running, EnvError> {
+pub fn run(
+    env: &EnvDir,
+    pod: &Pod,
+    container: &Container,
+    binary: &Path,
+) -> Result<Running, EnvError> {
     let dirs = PodDirs::new(env, pod)?;
     let mut script = String::from("set -e\n");
     for m in container.volume_mounts.iter().flatten() {
         let host = dirs.volume(&m.name);
         std::fs::create_dir_all(&host).map_err(|e| EnvError::io("creating a volume dir", e))?;
         let target = shell_quote(&m.mount_path);
-        script.push_str(&format!("mkdir -p {target}\nmount --bind {} {target}\n", shell_quote(&host.to_string_lossy())));
+        script.push_str(&format!(
+            "mkdir -p {target}\nmount --bind {} {target}\n",
+            shell_quote(&host.to_string_lossy())
+        ));
         if m.read_only == Some(true) {
             script.push_str(&format!("mount -o remount,bind,ro {target}\n"));
         }
@@ -114,13 +127,20 @@ pub fn run(env: &EnvDir, pod: &Pod, container: &Container, binary: &Path) -> Res
         env_vars.insert(e.name.clone(), value);
     }
     let metrics_port = free_port()?;
-    env_vars.insert("SERVICELOG_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
+    env_vars.insert(
+        "SERVICELOG_METRICS_ADDR".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    );
     env_vars
         .entry("RUST_LOG".into())
         .or_insert_with(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     cmd.envs(&env_vars);
     let proc = Proc::spawn_split(&format!("{pod_ns}-{pod_name}-{}", container.name), cmd, env)?;
-    Ok(Running { proc, metrics_port, dirs })
+    Ok(Running {
+        proc,
+        metrics_port,
+        dirs,
+    })
 }
 
 fn shell_quote(s: &str) -> String {

@@ -123,7 +123,12 @@ impl Proc {
         Self::spawn_inner(name, cmd, dir, true)
     }
 
-    fn spawn_inner(name: &str, mut cmd: Command, dir: &EnvDir, split: bool) -> Result<Self, EnvError> {
+    fn spawn_inner(
+        name: &str,
+        mut cmd: Command,
+        dir: &EnvDir,
+        split: bool,
+    ) -> Result<Self, EnvError> {
         let log = dir.join("logs").join(format!("{name}.log"));
         let open = |path: &Path| {
             OpenOptions::new()
@@ -172,7 +177,11 @@ impl Proc {
     /// Where stdout goes: the log, or `<name>.stdout` for [`Proc::spawn_split`].
     pub fn stdout_path(&self) -> PathBuf {
         let split = self.log.with_extension("stdout");
-        if split.exists() { split } else { self.log.clone() }
+        if split.exists() {
+            split
+        } else {
+            self.log.clone()
+        }
     }
 
     /// `Some(description)` once the process has exited.

@@ -26,7 +26,13 @@ pub fn bin_dir() -> Result<PathBuf, EnvError> {
             // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
             let dir = exe
                 .parent()
-                .and_then(|dir| if dir.ends_with("deps") { dir.parent() } else { Some(dir) })
+                .and_then(|dir| {
+                    if dir.ends_with("deps") {
+                        dir.parent()
+                    } else {
+                        Some(dir)
+                    }
+                })
                 .map(PathBuf::from)
                 .ok_or_else(|| EnvError::Failed {
                     what: "the target directory".into(),

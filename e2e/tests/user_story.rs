@@ -104,10 +104,16 @@ impl Story {
             out_dir: PathBuf::new(),
         };
         story.apply(SERVICELOG);
-        story.wait_status("Published=True", |s| is_true(s, "Published")).await;
+        story
+            .wait_status("Published=True", |s| is_true(s, "Published"))
+            .await;
         story.create_pod().await;
         story.start_sidecar();
-        let hash = story.status().await.and_then(|s| s.config_hash).expect("hash");
+        let hash = story
+            .status()
+            .await
+            .and_then(|s| s.config_hash)
+            .expect("hash");
         story.wait_applied(&hash).await;
         story
     }
@@ -120,14 +126,19 @@ impl Story {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl");
         if let Some(mut s) = child.stdin.take() {
-            s.write_all(stdin.unwrap_or_default().as_bytes()).expect("stdin");
+            s.write_all(stdin.unwrap_or_default().as_bytes())
+                .expect("stdin");
         }
         child.wait_with_output().expect("kubectl")
     }
 
     fn apply(&self, yaml: &str) {
         let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     async fn status(&self) -> Option<ServiceLogStatus> {
@@ -138,7 +149,11 @@ impl Story {
             .and_then(|s| s.status)
     }
 
-    async fn wait_status(&self, what: &str, ok: impl Fn(&ServiceLogStatus) -> bool) -> ServiceLogStatus {
+    async fn wait_status(
+        &self,
+        what: &str,
+        ok: impl Fn(&ServiceLogStatus) -> bool,
+    ) -> ServiceLogStatus {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut last = None;
         while tokio::time::Instant::now() < deadline {
@@ -150,12 +165,18 @@ impl Story {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("timed out after {WAIT:?} waiting for {what}; last status {last:#?}\n{}", self.diagnostics());
+        panic!(
+            "timed out after {WAIT:?} waiting for {what}; last status {last:#?}\n{}",
+            self.diagnostics()
+        );
     }
 
     async fn wait_applied(&self, hash: &str) -> ServiceLogStatus {
         self.wait_status(&format!("applied 1/1 of {hash}"), |s| {
-            s.config_hash.as_deref() == Some(hash) && s.pods.as_ref().is_some_and(|p| p.applied == 1 && p.injected == 1)
+            s.config_hash.as_deref() == Some(hash)
+                && s.pods
+                    .as_ref()
+                    .is_some_and(|p| p.applied == 1 && p.injected == 1)
         })
         .await
     }
@@ -176,11 +197,19 @@ impl Story {
     }
 
     fn start_sidecar(&mut self) {
-        let container = pod::container(&self.pod, "servicelog-sidecar").expect("sidecar").clone();
+        let container = pod::container(&self.pod, "servicelog-sidecar")
+            .expect("sidecar")
+            .clone();
         let binary = bin_dir().expect("binaries").join("servicelog-sidecar");
-        let running = pod::run(self.env.env_dir(), &self.pod, &container, &binary).expect("start the sidecar");
-        let app = pod::container(&self.pod, "app").expect("app container").clone();
-        self.app_dir = running.dirs.path_in(&app, "/var/log/app").expect("the app mounts /var/log/app");
+        let running = pod::run(self.env.env_dir(), &self.pod, &container, &binary)
+            .expect("start the sidecar");
+        let app = pod::container(&self.pod, "app")
+            .expect("app container")
+            .clone();
+        self.app_dir = running
+            .dirs
+            .path_in(&app, "/var/log/app")
+            .expect("the app mounts /var/log/app");
         self.out_dir = running
             .dirs
             .path_in(&container, "/var/log/servicelog")
@@ -192,7 +221,10 @@ impl Story {
         format!(
             "--- operator ---\n{}\n--- sidecar ---\n{}",
             self.operator.log_tail(25),
-            self.sidecar.as_ref().map(|s| s.proc.log_tail(25)).unwrap_or_default()
+            self.sidecar
+                .as_ref()
+                .map(|s| s.proc.log_tail(25))
+                .unwrap_or_default()
         )
     }
 
@@ -207,7 +239,9 @@ impl Story {
         let mut buf = String::new();
         for seq in from..to {
             let level = ["debug", "info", "warn", "error"][seq % 4];
-            buf.push_str(&format!("{{\"level\":\"{level}\",\"msg\":\"request\",\"seq\":{seq}}}\n"));
+            buf.push_str(&format!(
+                "{{\"level\":\"{level}\",\"msg\":\"request\",\"seq\":{seq}}}\n"
+            ));
         }
         f.write_all(buf.as_bytes()).expect("write");
     }
@@ -234,7 +268,13 @@ impl Story {
     }
 }
 
-fn start_operator(env: &TestEnv, ns: &str, zk_connect: &str, root: &str, identity: &str) -> Operator {
+fn start_operator(
+    env: &TestEnv,
+    ns: &str,
+    zk_connect: &str,
+    root: &str,
+    identity: &str,
+) -> Operator {
     let options = OperatorOptions {
         namespace: ns.to_owned(),
         zk_connect: zk_connect.to_owned(),
@@ -244,7 +284,8 @@ fn start_operator(env: &TestEnv, ns: &str, zk_connect: &str, root: &str, identit
         webhook: true,
         extra_args: vec!["--lease-duration=3s".into()],
     };
-    let operator = Operator::start(env, &options).unwrap_or_else(|e| panic!("operator did not start: {e}"));
+    let operator =
+        Operator::start(env, &options).unwrap_or_else(|e| panic!("operator did not start: {e}"));
     wait_webhook(env, ns);
     operator
 }
@@ -253,7 +294,10 @@ fn start_operator(env: &TestEnv, ns: &str, zk_connect: &str, root: &str, identit
 /// (failurePolicy Ignore); a server-side dry run of an invalid ServiceLog tells when it
 /// answers.
 fn wait_webhook(env: &TestEnv, ns: &str) {
-    let probe = SERVICELOG.replace("below: info}}", "below: info}, source: app, message: {regex: '('}}");
+    let probe = SERVICELOG.replace(
+        "below: info}}",
+        "below: info}, source: app, message: {regex: '('}}",
+    );
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let mut cmd = env.kubectl();
@@ -269,7 +313,10 @@ fn wait_webhook(env: &TestEnv, ns: &str) {
         if String::from_utf8_lossy(&out.stderr).contains("validate.servicelog.io") {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out after {WAIT:?} waiting for the webhooks to answer");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for the webhooks to answer"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -285,7 +332,9 @@ fn read_seqs(path: &Path) -> Vec<usize> {
 }
 
 fn is_true(s: &ServiceLogStatus, type_: &str) -> bool {
-    s.conditions.iter().any(|c| c.r#type == type_ && c.status == "True")
+    s.conditions
+        .iter()
+        .any(|c| c.r#type == type_ && c.status == "True")
 }
 
 /// Every non-debug line exactly once, each in the sink `expect` says.
@@ -299,25 +348,44 @@ fn assert_routed(story: &Story, total: usize, expect: impl Fn(usize) -> &'static
     for seq in 0..total {
         let want: &[&str] = if seq % 4 == 0 { &[] } else { &[expect(seq)] };
         let got = seen.get(&seq).map(Vec::as_slice).unwrap_or(&[]);
-        assert_eq!(got, want, "line {seq} ({}) went to {got:?}, expected {want:?}", ["debug", "info", "warn", "error"][seq % 4]);
+        assert_eq!(
+            got,
+            want,
+            "line {seq} ({}) went to {got:?}, expected {want:?}",
+            ["debug", "info", "warn", "error"][seq % 4]
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_an_injected_pod_when_a_rule_is_patched_then_it_applies_live_without_losing_a_line() {
     let story = Story::start("story", None).await;
-    let first = story.status().await.and_then(|s| s.config_hash).expect("hash");
+    let first = story
+        .status()
+        .await
+        .and_then(|s| s.config_hash)
+        .expect("hash");
 
     // Before: warn and error to alerts, info to info, debug dropped.
     story.write_lines(0, 2000);
     story.wait_delivered(1500).await;
 
     // Live change: only errors alert now; warnings go to info.
-    let patch = r#"[{"op": "replace", "path": "/spec/rules/1/when/level/atLeast", "value": "error"}]"#;
-    let out = story.kubectl(&["patch", "slog", "checkout", "--type=json", "-p", patch], None);
-    assert!(out.status.success(), "kubectl patch: {}", String::from_utf8_lossy(&out.stderr));
+    let patch =
+        r#"[{"op": "replace", "path": "/spec/rules/1/when/level/atLeast", "value": "error"}]"#;
+    let out = story.kubectl(
+        &["patch", "slog", "checkout", "--type=json", "-p", patch],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kubectl patch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let changed = story
-        .wait_status("a new config hash", |s| s.config_hash.as_deref().is_some_and(|h| h != first))
+        .wait_status("a new config hash", |s| {
+            s.config_hash.as_deref().is_some_and(|h| h != first)
+        })
         .await;
     let second = changed.config_hash.expect("hash");
     let status = story.wait_applied(&second).await;
@@ -337,7 +405,9 @@ async fn given_an_injected_pod_when_a_rule_is_patched_then_it_applies_live_witho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_faults_then_routing_goes_on_and_nothing_is_republished_needlessly() {
-    let mut own = env().start_zookeeper(&unique_name("zk-story"), 1).expect("own ZooKeeper");
+    let mut own = env()
+        .start_zookeeper(&unique_name("zk-story"), 1)
+        .expect("own ZooKeeper");
     let mut story = Story::start("story-faults", Some(own.connect_string())).await;
     let zk = zookeeper_client::Client::connector()
         .with_session_timeout(Duration::from_secs(30))
@@ -357,10 +427,16 @@ async fn given_faults_then_routing_goes_on_and_nothing_is_republished_needlessly
     story.wait_delivered(1500).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, after) = zk.get_data(&config).await.expect("config");
-    assert_eq!(after.mzxid, before.mzxid, "the restarted operator rewrote an unchanged config");
+    assert_eq!(
+        after.mzxid, before.mzxid,
+        "the restarted operator rewrote an unchanged config"
+    );
     let status_after = story.status().await.expect("status");
     assert_eq!(status_after.config_hash, status_before.config_hash);
-    assert_eq!(status_after.pods, status_before.pods, "pod counts regressed across the restart");
+    assert_eq!(
+        status_after.pods, status_before.pods,
+        "pod counts regressed across the restart"
+    );
     drop(zk);
 
     // ZooKeeper restarts: the sidecar keeps routing meanwhile and resyncs after.
@@ -368,9 +444,17 @@ async fn given_faults_then_routing_goes_on_and_nothing_is_republished_needlessly
     story.write_lines(2000, 3000);
     story.wait_delivered(2250).await;
     own.restart(0).expect("ZooKeeper restarts");
-    let patch = r#"[{"op": "replace", "path": "/spec/rules/1/when/level/atLeast", "value": "error"}]"#;
-    let out = story.kubectl(&["patch", "slog", "checkout", "--type=json", "-p", patch], None);
-    assert!(out.status.success(), "kubectl patch: {}", String::from_utf8_lossy(&out.stderr));
+    let patch =
+        r#"[{"op": "replace", "path": "/spec/rules/1/when/level/atLeast", "value": "error"}]"#;
+    let out = story.kubectl(
+        &["patch", "slog", "checkout", "--type=json", "-p", patch],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kubectl patch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hash = story
         .wait_status("the patch published after the restart", |s| {
             s.config_hash != status_before.config_hash && is_true(s, "Published")
@@ -382,19 +466,33 @@ async fn given_faults_then_routing_goes_on_and_nothing_is_republished_needlessly
 
     // An invalid edit is refused at apply; the sidecar is untouched.
     let bad = r#"[{"op": "replace", "path": "/spec/rules/1/to", "value": ["nowhere"]}]"#;
-    let out = story.kubectl(&["patch", "slog", "checkout", "--type=json", "-p", bad], None);
-    assert!(!out.status.success(), "an edit naming an unknown sink was accepted");
-    assert_eq!(story.status().await.and_then(|s| s.config_hash), Some(hash.clone()));
+    let out = story.kubectl(
+        &["patch", "slog", "checkout", "--type=json", "-p", bad],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "an edit naming an unknown sink was accepted"
+    );
+    assert_eq!(
+        story.status().await.and_then(|s| s.config_hash),
+        Some(hash.clone())
+    );
 
     // Deleted: the znodes go, the sidecar keeps its last rules and says so.
     Api::<ServiceLog>::namespaced(story.client.clone(), &story.ns)
         .delete("checkout", &DeleteParams::default())
         .await
         .expect("delete");
-    let zk = zookeeper_client::Client::connect(&own.connect_string()).await.expect("zk");
+    let zk = zookeeper_client::Client::connect(&own.connect_string())
+        .await
+        .expect("zk");
     let resource = layout.resource(&story.ns, "checkout").expect("path");
     servicelog_e2e::eventually("the subtree removed", WAIT, || async {
-        matches!(zk.get_data(&resource).await, Err(zookeeper_client::Error::NoNode))
+        matches!(
+            zk.get_data(&resource).await,
+            Err(zookeeper_client::Error::NoNode)
+        )
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", story.diagnostics()));
@@ -407,6 +505,13 @@ async fn given_faults_then_routing_goes_on_and_nothing_is_republished_needlessly
         (true, _) => "alerts",
         (false, _) => "info",
     });
-    let log = story.sidecar.as_mut().map(|s| s.proc.log_tail(200)).unwrap_or_default();
-    assert!(log.contains("does not exist"), "the sidecar did not say its config is gone:\n{log}");
+    let log = story
+        .sidecar
+        .as_mut()
+        .map(|s| s.proc.log_tail(200))
+        .unwrap_or_default();
+    assert!(
+        log.contains("does not exist"),
+        "the sidecar did not say its config is gone:\n{log}"
+    );
 }

@@ -33,15 +33,23 @@ use servicelog_e2e::{
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let only = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
-    let scale_n: usize = std::env::var("BENCH_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let env = tokio::task::spawn_blocking(TestEnv::start).await??;
+    let scale_n: usize = std::env::var("BENCH_SCALE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let env: &'static TestEnv = Box::leak(Box::new(
+        tokio::task::spawn_blocking(TestEnv::start).await??,
+    ));
     env.install_crds()?;
     let mut results = BTreeMap::new();
     if only("operator-scale") {
-        results.insert("operator_scale", operator_scale(&env, scale_n).await?);
+        results.insert("operator_scale", operator_scale(env, scale_n).await?);
     }
     if only("webhook") {
-        results.insert("webhook", webhook(&env, 200, Duration::from_secs(10)).await?);
+        results.insert("webhook", webhook(env, 200, Duration::from_secs(10)).await?);
+    }
+    if only("fleet") {
+        results.insert("fleet", fleet(env, 100, 20).await?);
     }
     let out = workspace_dir().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -56,6 +64,50 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(&all)?)?;
     println!("results: {}", path.display());
     Ok(())
+}
+
+/// `kubectl patch` → `applied N/N` across `size` sidecar processes, over `patches` changes.
+async fn fleet(
+    env: &'static TestEnv,
+    size: usize,
+    patches: usize,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("fleet: starting {size} pods and sidecars");
+    let mut fleet = servicelog_e2e::fleet::Fleet::start(env, size).await?;
+    let mut times = Vec::new();
+    for _ in 0..patches {
+        times.push(fleet.patch_and_wait().await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    times.sort();
+    let pct = |p: f64| {
+        let i = ((times.len() as f64 - 1.0) * p).round() as usize;
+        times
+            .get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    let rss: Vec<f64> = fleet
+        .sidecars
+        .iter()
+        .filter_map(|s| s.proc.pid())
+        .map(|p| rss_mib(p).1)
+        .collect();
+    let mean_rss = rss.iter().sum::<f64>() / rss.len().max(1) as f64;
+    println!(
+        "fleet           kubectl patch → applied {size}/{size}: p50 {:.0} ms, p99 {:.0} ms over {patches} changes; sidecar RSS mean {:.1} MiB",
+        pct(0.5),
+        pct(0.99),
+        mean_rss
+    );
+    Ok(serde_json::json!({
+        "sidecars": size,
+        "changes": patches,
+        "patch_to_applied_p50_ms": pct(0.5),
+        "patch_to_applied_p99_ms": pct(0.99),
+        "patch_to_applied_max_ms": pct(1.0),
+        "sidecar_mean_rss_mib": mean_rss,
+    }))
 }
 
 fn example() -> anyhow::Result<ServiceLog> {
@@ -92,7 +144,10 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
             s.metadata.name = Some(format!("svc-{i}"));
             s.metadata.namespace = Some(ns.clone());
             async move {
-                api.create(&PostParams::default(), &s).await.map(|_| ()).context("create")
+                api.create(&PostParams::default(), &s)
+                    .await
+                    .map(|_| ())
+                    .context("create")
             }
         })
         .buffer_unordered(32)
@@ -101,7 +156,10 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
     for r in results {
         r?;
     }
-    eprintln!("operator-scale: created in {:.1}s; starting the operator", created.elapsed().as_secs_f64());
+    eprintln!(
+        "operator-scale: created in {:.1}s; starting the operator",
+        created.elapsed().as_secs_f64()
+    );
 
     let root = format!("/{}", unique_name("bench"));
     let options = OperatorOptions {
@@ -124,11 +182,18 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
     loop {
         peak = peak.max(rss_mib(pid).0);
         if published_at.is_none() {
-            let children = zk.get_children(&parent).await.map(|(c, _)| c.len()).unwrap_or(0);
+            let children = zk
+                .get_children(&parent)
+                .await
+                .map(|(c, _)| c.len())
+                .unwrap_or(0);
             if children >= n {
                 // Every resource has its subtree; check the config znodes themselves.
                 published_at = Some(started.elapsed());
-                eprintln!("operator-scale: {n} subtrees after {:.1}s", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "operator-scale: {n} subtrees after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
         if published_at.is_some() {
@@ -138,7 +203,9 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
                 .iter()
                 .filter(|s| {
                     s.status.as_ref().is_some_and(|st| {
-                        st.conditions.iter().any(|c| c.r#type == "Published" && c.status == "True")
+                        st.conditions
+                            .iter()
+                            .any(|c| c.r#type == "Published" && c.status == "True")
                     })
                 })
                 .count();
@@ -175,7 +242,11 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
     Ok(result)
 }
 
-async fn webhook(env: &TestEnv, rate: u32, duration: Duration) -> anyhow::Result<serde_json::Value> {
+async fn webhook(
+    env: &TestEnv,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let ns = env.create_namespace("bench-webhook").await?;
     let client = env.client().await?;
     let mut slog = example()?;
@@ -195,7 +266,9 @@ async fn webhook(env: &TestEnv, rate: u32, duration: Duration) -> anyhow::Result
     let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
     let pid = operator.pid().context("operator pid")?;
     let port = operator.webhook_port();
-    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns).get("servicelog-webhook-tls").await?;
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns)
+        .get("servicelog-webhook-tls")
+        .await?;
     let ca = secret
         .data
         .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
@@ -212,7 +285,9 @@ async fn webhook(env: &TestEnv, rate: u32, duration: Duration) -> anyhow::Result
     for _ in 0..connections {
         let connector = connector.clone();
         let body = body.clone();
-        tasks.push(tokio::spawn(async move { drive(connector, port, body, total, per_connection).await }));
+        tasks.push(tokio::spawn(async move {
+            drive(connector, port, body, total, per_connection).await
+        }));
     }
     let mut latencies = Vec::new();
     for t in tasks {
@@ -221,7 +296,10 @@ async fn webhook(env: &TestEnv, rate: u32, duration: Duration) -> anyhow::Result
     latencies.sort();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+        latencies
+            .get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
     };
     let (hwm, rss) = rss_mib(pid);
     println!(
@@ -293,7 +371,8 @@ async fn drive(
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
     let tls = connector.connect(name, tcp).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let mut latencies = Vec::with_capacity(count);
     let mut ticker = tokio::time::interval(every);
@@ -310,7 +389,10 @@ async fn drive(
         let bytes = response.into_body().collect().await?.to_bytes();
         latencies.push(start.elapsed());
         if !status.is_success() || !bytes.windows(5).any(|w| w == b"patch") {
-            bail!("webhook answered {status} without a patch: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "webhook answered {status} without a patch: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
     }
     Ok(latencies)

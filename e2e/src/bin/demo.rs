@@ -42,7 +42,9 @@ fn shell(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> anyhow::Result<St
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("running {}", args[0]))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", args[0]))?;
     if let Some(mut s) = child.stdin.take() {
         s.write_all(stdin.unwrap_or_default().as_bytes())?;
     }
@@ -72,10 +74,16 @@ where
 }
 
 fn write_app_lines(dir: &Path, lines: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(dir.join("app.log"))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("app.log"))?;
     for (level, msg) in lines {
         let latency = if *msg == "slow request" { 2500 } else { 12 };
-        writeln!(f, "{{\"level\":\"{level}\",\"msg\":\"{msg}\",\"latency_ms\":{latency}}}")?;
+        writeln!(
+            f,
+            "{{\"level\":\"{level}\",\"msg\":\"{msg}\",\"latency_ms\":{latency}}}"
+        )?;
         println!("   app> {{\"level\":\"{level}\",\"msg\":\"{msg}\",\"latency_ms\":{latency}}}");
     }
     Ok(())
@@ -102,12 +110,35 @@ async fn hash(client: &kube::Client) -> Option<String> {
 async fn main() -> anyhow::Result<()> {
     say("Starting a local control plane: etcd + kube-apiserver (no nodes) and ZooKeeper");
     let env = tokio::task::spawn_blocking(TestEnv::start).await??;
-    note(&format!("ready in {:.1}s — API server {}, ZooKeeper {}", env.started_in().as_secs_f64(), env.server(), env.zk_connect()));
+    note(&format!(
+        "ready in {:.1}s — API server {}, ZooKeeper {}",
+        env.started_in().as_secs_f64(),
+        env.server(),
+        env.zk_connect()
+    ));
 
     say("Installing the CRD, as on a real cluster");
-    shell(&env, &["kubectl", "apply", "--server-side", "-f", "crds/"], None)?;
-    shell(&env, &["kubectl", "wait", "--for=condition=established", "crd/servicelogs.servicelog.io", "--timeout=30s"], None)?;
-    shell(&env, &["kubectl", "apply", "-f", "examples/namespace.yaml"], None)?;
+    shell(
+        &env,
+        &["kubectl", "apply", "--server-side", "-f", "crds/"],
+        None,
+    )?;
+    shell(
+        &env,
+        &[
+            "kubectl",
+            "wait",
+            "--for=condition=established",
+            "crd/servicelogs.servicelog.io",
+            "--timeout=30s",
+        ],
+        None,
+    )?;
+    shell(
+        &env,
+        &["kubectl", "apply", "-f", "examples/namespace.yaml"],
+        None,
+    )?;
 
     say("Running the operator (a local process here; `helm install` runs it in a cluster)");
     let operator = tokio::task::block_in_place(|| {
@@ -124,21 +155,41 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     })?;
-    note(&format!("operator pid {}, webhooks registered at https://127.0.0.1:{}", operator.pid().unwrap_or(0), operator.webhook_port()));
+    note(&format!(
+        "operator pid {}, webhooks registered at https://127.0.0.1:{}",
+        operator.pid().unwrap_or(0),
+        operator.webhook_port()
+    ));
     let client = env.client().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     say("A bad ServiceLog is refused at apply, every problem with its field");
     let example = std::fs::read_to_string(workspace_dir().join("examples/checkout.yaml"))?;
-    let bad = example.replace("greaterThan: 1000}]", "greaterThan: 1000}, {name: path, regex: '[a-'}]");
+    let bad = example.replace(
+        "greaterThan: 1000}]",
+        "greaterThan: 1000}, {name: path, regex: '[a-'}]",
+    );
     let _ = shell(&env, &["kubectl", "apply", "-f", "-"], Some(&bad));
 
-    say("Applying examples/checkout.yaml: debug dropped, warn+ to alerts, slow requests sampled, rest to stdout");
-    shell(&env, &["kubectl", "apply", "-f", "examples/checkout.yaml"], None)?;
-    wait("the ServiceLog to be published", Duration::from_secs(30), || async { hash(&client).await.is_some() }).await?;
+    say(
+        "Applying examples/checkout.yaml: debug dropped, warn+ to alerts, slow requests sampled, rest to stdout",
+    );
+    shell(
+        &env,
+        &["kubectl", "apply", "-f", "examples/checkout.yaml"],
+        None,
+    )?;
+    wait(
+        "the ServiceLog to be published",
+        Duration::from_secs(30),
+        || async { hash(&client).await.is_some() },
+    )
+    .await?;
     shell(&env, &["kubectl", "get", "slog", "-n", "shop"], None)?;
     let zk = zookeeper_client::Client::connect(&env.zk_connect()).await?;
-    let (data, stat) = zk.get_data("/servicelog/namespaces/shop/checkout/config").await?;
+    let (data, stat) = zk
+        .get_data("/servicelog/namespaces/shop/checkout/config")
+        .await?;
     let envelope: serde_json::Value = serde_json::from_slice(&data)?;
     note(&format!(
         "znode /servicelog/namespaces/shop/checkout/config (version {}): generation {}, {}",
@@ -147,59 +198,152 @@ async fn main() -> anyhow::Result<()> {
 
     say("Creating the annotated pod examples/pod.yaml; the webhook injects the sidecar");
     shell(&env, &["kubectl", "apply", "-f", "examples/pod.yaml"], None)?;
-    let p: Pod = Api::namespaced(client.clone(), "shop").get("checkout-0").await?;
+    let p: Pod = Api::namespaced(client.clone(), "shop")
+        .get("checkout-0")
+        .await?;
     shell(
         &env,
-        &["kubectl", "get", "pod", "checkout-0", "-n", "shop", "-o", "jsonpath={range .spec.initContainers[*]}{.name}{\"  restartPolicy=\"}{.restartPolicy}{\"\\n\"}{end}"],
+        &[
+            "kubectl",
+            "get",
+            "pod",
+            "checkout-0",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={range .spec.initContainers[*]}{.name}{\"  restartPolicy=\"}{.restartPolicy}{\"\\n\"}{end}",
+        ],
         None,
     )?;
-    let sidecar = pod::container(&p, "servicelog-sidecar").context("the pod was not injected")?.clone();
-    let app = pod::container(&p, "app").context("no app container")?.clone();
+    let sidecar = pod::container(&p, "servicelog-sidecar")
+        .context("the pod was not injected")?
+        .clone();
+    let app = pod::container(&p, "app")
+        .context("no app container")?
+        .clone();
 
-    say("Starting the injected sidecar with exactly the pod's env and mounts (we play the kubelet)");
+    say(
+        "Starting the injected sidecar with exactly the pod's env and mounts (we play the kubelet)",
+    );
     let binary = bin_dir()?.join("servicelog-sidecar");
     let running = pod::run(env.env_dir(), &p, &sidecar, &binary)?;
-    let app_dir = running.dirs.path_in(&app, "/var/log/app").context("app log dir")?;
-    let out_dir = running.dirs.path_in(&sidecar, "/var/log/servicelog").context("sink dir")?;
+    let app_dir = running
+        .dirs
+        .path_in(&app, "/var/log/app")
+        .context("app log dir")?;
+    let out_dir = running
+        .dirs
+        .path_in(&sidecar, "/var/log/servicelog")
+        .context("sink dir")?;
     let first = hash(&client).await.unwrap_or_default();
-    wait("the sidecar to apply the config (status applied 1/1)", Duration::from_secs(30), || async {
-        let s = Api::<ServiceLog>::namespaced(client.clone(), "shop").get("checkout").await.ok().and_then(|s| s.status);
-        s.and_then(|s| s.pods).is_some_and(|p| p.applied == 1)
-    })
+    wait(
+        "the sidecar to apply the config (status applied 1/1)",
+        Duration::from_secs(30),
+        || async {
+            let s = Api::<ServiceLog>::namespaced(client.clone(), "shop")
+                .get("checkout")
+                .await
+                .ok()
+                .and_then(|s| s.status);
+            s.and_then(|s| s.pods).is_some_and(|p| p.applied == 1)
+        },
+    )
     .await?;
     shell(&env, &["kubectl", "get", "slog", "-n", "shop"], None)?;
 
     say("The app logs; the sidecar routes each line by the rules");
-    write_app_lines(&app_dir, &[("debug", "cache lookup"), ("info", "request served"), ("warn", "upstream slow"), ("error", "payment declined"), ("info", "request served")])?;
+    write_app_lines(
+        &app_dir,
+        &[
+            ("debug", "cache lookup"),
+            ("info", "request served"),
+            ("warn", "upstream slow"),
+            ("error", "payment declined"),
+            ("info", "request served"),
+        ],
+    )?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    show_file("alerts sink /var/log/servicelog/alerts.log", &out_dir.join("alerts.log"));
-    show_file("console sink (the sidecar's stdout)", &running.proc.stdout_path());
+    show_file(
+        "alerts sink /var/log/servicelog/alerts.log",
+        &out_dir.join("alerts.log"),
+    );
+    show_file(
+        "console sink (the sidecar's stdout)",
+        &running.proc.stdout_path(),
+    );
 
     say("Changing a rule live: only errors alert from now on");
     shell(
         &env,
-        &["kubectl", "patch", "slog", "checkout", "-n", "shop", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/rules/1/when/level/atLeast","value":"error"}]"#],
+        &[
+            "kubectl",
+            "patch",
+            "slog",
+            "checkout",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/rules/1/when/level/atLeast","value":"error"}]"#,
+        ],
         None,
     )?;
     let started = Instant::now();
-    wait("the sidecar to ack the new config", Duration::from_secs(30), || async {
-        let s = Api::<ServiceLog>::namespaced(client.clone(), "shop").get("checkout").await.ok().and_then(|s| s.status);
-        s.is_some_and(|s| s.config_hash.as_deref() != Some(first.as_str()) && s.pods.is_some_and(|p| p.applied == 1))
-    })
+    wait(
+        "the sidecar to ack the new config",
+        Duration::from_secs(30),
+        || async {
+            let s = Api::<ServiceLog>::namespaced(client.clone(), "shop")
+                .get("checkout")
+                .await
+                .ok()
+                .and_then(|s| s.status);
+            s.is_some_and(|s| {
+                s.config_hash.as_deref() != Some(first.as_str())
+                    && s.pods.is_some_and(|p| p.applied == 1)
+            })
+        },
+    )
     .await?;
-    note(&format!("kubectl patch → applied 1/1 in {} ms, no restart", started.elapsed().as_millis()));
+    note(&format!(
+        "kubectl patch → applied 1/1 in {} ms, no restart",
+        started.elapsed().as_millis()
+    ));
     shell(&env, &["kubectl", "get", "slog", "-n", "shop"], None)?;
-    write_app_lines(&app_dir, &[("warn", "upstream slow again"), ("error", "payment declined again")])?;
+    write_app_lines(
+        &app_dir,
+        &[
+            ("warn", "upstream slow again"),
+            ("error", "payment declined again"),
+        ],
+    )?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     show_file("alerts sink now", &out_dir.join("alerts.log"));
-    shell(&env, &["kubectl", "get", "slog", "checkout", "-n", "shop", "-o", "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{\"\\n\"}{end}"], None)?;
+    shell(
+        &env,
+        &[
+            "kubectl",
+            "get",
+            "slog",
+            "checkout",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{\"\\n\"}{end}",
+        ],
+        None,
+    )?;
 
     say("What to try next");
     note("make testenv && source target/testenv/env   # the same control plane, in the background");
     note("servicelog-operator validate examples/*.yaml   # check manifests offline, for CI");
-    note("servicelog-sidecar --config-file examples/checkout.yaml   # the sidecar without ZooKeeper");
+    note(
+        "servicelog-sidecar --config-file examples/checkout.yaml   # the sidecar without ZooKeeper",
+    );
     note("make bench   # throughput against rsyslog and syslog-ng, propagation, operator scale");
-    note("On a cluster: kubectl apply -f crds/ && helm install servicelog charts/servicelog -n servicelog-system --create-namespace");
+    note(
+        "On a cluster: kubectl apply -f crds/ && helm install servicelog charts/servicelog -n servicelog-system --create-namespace",
+    );
     drop(running);
     drop(operator);
     Ok(())

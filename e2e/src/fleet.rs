@@ -1,0 +1,234 @@
+//! A fleet: one ServiceLog, N pods created through the API server (each injected by the
+//! webhook) and N sidecar processes run from those pods. Used by the fleet test and by
+//! `make bench` to measure `kubectl patch` → `applied N/N`.
+
+use std::{
+    io::Write,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::PostParams};
+use servicelog_api::v1alpha1::{ServiceLog, ServiceLogStatus};
+
+use crate::{
+    EnvError, TestEnv, pod,
+    run::{Operator, OperatorOptions, bin_dir},
+    unique_name,
+};
+
+const SERVICELOG: &str = r#"
+apiVersion: servicelog.io/v1alpha1
+kind: ServiceLog
+metadata: {name: fleet}
+spec:
+  selector: {matchLabels: {app: fleet}}
+  sources:
+    - name: app
+      file: {paths: ["/var/log/app/*.log"], format: json}
+  sinks:
+    - name: out
+      file: {path: /var/log/servicelog/out.log}
+  rules:
+    - name: drop-debug
+      when: {level: {below: info}}
+      action: drop
+  defaultTo: [out]
+"#;
+
+/// A running fleet.
+pub struct Fleet {
+    pub namespace: String,
+    pub client: kube::Client,
+    pub operator: Operator,
+    pub sidecars: Vec<pod::Running>,
+    env: &'static TestEnv,
+    patches: u32,
+}
+
+impl Fleet {
+    /// Starts the operator, the ServiceLog, `size` pods and their sidecars, and waits until
+    /// every sidecar applied the first config.
+    pub async fn start(env: &'static TestEnv, size: usize) -> Result<Self, EnvError> {
+        env.install_crds()?;
+        let namespace = env.create_namespace("fleet").await?;
+        let options = OperatorOptions {
+            namespace: namespace.clone(),
+            zk_connect: env.zk_connect(),
+            zk_root: format!("/{}", unique_name("fleet")),
+            identity: "a".into(),
+            leader_election: false,
+            webhook: true,
+            extra_args: vec![],
+        };
+        let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
+        let client = env.client().await?;
+        let mut fleet = Self {
+            namespace,
+            client,
+            operator,
+            sidecars: Vec::new(),
+            env,
+            patches: 0,
+        };
+        fleet.kubectl_apply(SERVICELOG)?;
+        let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.namespace);
+        let binary = bin_dir()?.join("servicelog-sidecar");
+        for i in 0..size {
+            let mut p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("fleet-{i}"), "labels": {"app": "fleet"},
+                             "annotations": {"servicelog.io/inject": "fleet"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            }))
+            .map_err(|e| EnvError::Kube(e.to_string()))?;
+            p.metadata.namespace = Some(fleet.namespace.clone());
+            let created = pods
+                .create(&PostParams::default(), &p)
+                .await
+                .map_err(|e| EnvError::Kube(format!("creating pod fleet-{i}: {e}")))?;
+            let container = pod::container(&created, "servicelog-sidecar")
+                .ok_or_else(|| EnvError::Failed {
+                    what: format!("injection of pod fleet-{i}"),
+                    detail: format!("no sidecar; operator log:\n{}", fleet.operator.log_tail(20)),
+                })?
+                .clone();
+            fleet
+                .sidecars
+                .push(pod::run(env.env_dir(), &created, &container, &binary)?);
+        }
+        let hash = fleet
+            .wait(Duration::from_secs(60), "the first config", |s| {
+                s.config_hash.is_some()
+            })
+            .await?
+            .config_hash
+            .unwrap_or_default();
+        fleet
+            .wait_applied(&hash, size, Duration::from_secs(120))
+            .await?;
+        Ok(fleet)
+    }
+
+    fn kubectl_apply(&self, yaml: &str) -> Result<(), EnvError> {
+        let mut cmd = self.env.kubectl();
+        cmd.args(["-n", &self.namespace, "apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| EnvError::io("running kubectl", e))?;
+        if let Some(mut s) = child.stdin.take() {
+            s.write_all(yaml.as_bytes())
+                .map_err(|e| EnvError::io("writing to kubectl", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| EnvError::io("running kubectl", e))?;
+        if !out.status.success() {
+            return Err(EnvError::Failed {
+                what: "kubectl apply".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn status(&self) -> Option<ServiceLogStatus> {
+        Api::<ServiceLog>::namespaced(self.client.clone(), &self.namespace)
+            .get("fleet")
+            .await
+            .ok()
+            .and_then(|s| s.status)
+    }
+
+    async fn wait(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&ServiceLogStatus) -> bool,
+    ) -> Result<ServiceLogStatus, EnvError> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < timeout {
+            if let Some(s) = self.status().await {
+                if ok(&s) {
+                    return Ok(s);
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(EnvError::Timeout {
+            what: what.to_owned(),
+            waited: timeout,
+            detail: format!(
+                "; last status {last:?}\n--- operator ---\n{}",
+                self.operator.log_tail(20)
+            ),
+        })
+    }
+
+    async fn wait_applied(
+        &self,
+        hash: &str,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<ServiceLogStatus, EnvError> {
+        let n = u32::try_from(size).unwrap_or(u32::MAX);
+        self.wait(timeout, &format!("applied {size}/{size} of {hash}"), |s| {
+            s.config_hash.as_deref() == Some(hash)
+                && s.pods
+                    .as_ref()
+                    .is_some_and(|p| p.applied == n && p.injected == n)
+        })
+        .await
+    }
+
+    /// Changes a rule with `kubectl patch` and returns the time until the status says
+    /// every sidecar applied it.
+    pub async fn patch_and_wait(&mut self) -> Result<Duration, EnvError> {
+        self.patches += 1;
+        let before = self.status().await.and_then(|s| s.config_hash);
+        let patch = format!(
+            r#"[{{"op":"replace","path":"/spec/rules/0/name","value":"drop-debug-{}"}}]"#,
+            self.patches
+        );
+        let started = Instant::now();
+        let out = self
+            .env
+            .kubectl()
+            .args([
+                "-n",
+                &self.namespace,
+                "patch",
+                "slog",
+                "fleet",
+                "--type=json",
+                "-p",
+                &patch,
+            ])
+            .output()
+            .map_err(|e| EnvError::io("running kubectl", e))?;
+        if !out.status.success() {
+            return Err(EnvError::Failed {
+                what: "kubectl patch".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let size = self.sidecars.len();
+        let n = u32::try_from(size).unwrap_or(u32::MAX);
+        self.wait(
+            Duration::from_secs(60),
+            &format!("applied {size}/{size} after patch {}", self.patches),
+            |s| {
+                s.config_hash.is_some()
+                    && s.config_hash != before
+                    && s.pods.as_ref().is_some_and(|p| p.applied == n)
+            },
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+}
