@@ -421,8 +421,7 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
         .await;
     let ready = obj
         .status
-        .map(|s| condition(&s, "Ready").cloned())
-        .flatten()
+        .and_then(|s| condition(&s, "Ready").cloned())
         .expect("Ready");
     assert!(
         ready.message.contains("web-0: spec.rules[0]: boom"),

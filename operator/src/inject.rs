@@ -160,7 +160,7 @@ pub fn inject(
         }
     }
 
-    let overrides = spec.sidecar.clone().unwrap_or(SidecarOverride::default());
+    let overrides = spec.sidecar.clone().unwrap_or_default();
     let native = pod
         .metadata
         .annotations

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller and the admission webhooks.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the ServiceLog CustomResourceDefinition as YAML.
     Crd,
     /// Check ServiceLog manifests offline: every problem with its field path; exit status 1
@@ -150,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(run_operator(args))?;
+            runtime.block_on(run_operator(*args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -159,24 +159,22 @@ fn json(review: &AdmissionReview<DynamicObject>) -> Response<Full<Bytes>> {
 }
 
 /// Parses a review, answering a malformed one with `invalid`.
-fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, AdmissionResponse>
+fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, Box<AdmissionResponse>>
 where
     T: kube::Resource + serde::de::DeserializeOwned,
 {
-    let review: AdmissionReview<T> = serde_json::from_slice(body).map_err(|e| {
-        AdmissionResponse::invalid(format!("not an admission.k8s.io/v1 AdmissionReview: {e}"))
-    })?;
+    let invalid = |message: String| Box::new(AdmissionResponse::invalid(message));
+    let review: AdmissionReview<T> = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not an admission.k8s.io/v1 AdmissionReview: {e}")))?;
     review
         .try_into()
-        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| {
-            AdmissionResponse::invalid(e.to_string())
-        })
+        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| invalid(e.to_string()))
 }
 
 async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static str) {
     let req: AdmissionRequest<Pod> = match parse(body) {
         Ok(req) => req,
-        Err(response) => return (response, "invalid"),
+        Err(response) => return (*response, "invalid"),
     };
     let allowed = AdmissionResponse::from(&req);
     let Some(pod) = req.object.as_ref() else {
@@ -306,7 +304,7 @@ async fn warn(
 fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
     let req: AdmissionRequest<ServiceLog> = match parse(body) {
         Ok(req) => req,
-        Err(response) => return (response, "invalid"),
+        Err(response) => return (*response, "invalid"),
     };
     let allowed = AdmissionResponse::from(&req);
     if !matches!(req.operation, Operation::Create | Operation::Update) {
