@@ -27,7 +27,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-/// Name of the Secret holding the CA and the serving certificate.
+/// Default name of the Secret holding the CA and the serving certificate.
 pub const SECRET: &str = "servicelog-webhook-tls";
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +36,10 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("certificate material in {0} is unreadable: {1}")]
     Parse(String, String),
-    #[error("Secret {namespace}/{SECRET}: {source}")]
+    #[error("Secret {namespace}/{secret}: {source}")]
     Kube {
         namespace: String,
+        secret: String,
         #[source]
         source: Box<kube::Error>,
     },
@@ -237,6 +238,7 @@ pub enum Source {
     /// Self-managed in a Secret of `namespace`.
     Managed {
         namespace: String,
+        secret: String,
         hosts: Vec<String>,
         validity: Duration,
     },
@@ -270,14 +272,15 @@ pub async fn refresh(
         }
         Source::Managed {
             namespace,
+            secret,
             hosts,
             validity,
         } => {
-            let material = ensure_secret(client, namespace, hosts, *validity).await?;
+            let material = ensure_secret(client, namespace, secret, hosts, *validity).await?;
             resolver.load(
                 &material.cert_pem,
                 &material.key_pem,
-                &format!("Secret {namespace}/{SECRET}"),
+                &format!("Secret {namespace}/{secret}"),
             )?;
             Ok(Some(material.ca_pem))
         }
@@ -289,16 +292,18 @@ pub async fn refresh(
 async fn ensure_secret(
     client: &Client,
     namespace: &str,
+    name: &str,
     hosts: &[String],
     validity: Duration,
 ) -> Result<Material, CertError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let kube_err = |e: kube::Error| CertError::Kube {
         namespace: namespace.to_owned(),
+        secret: name.to_owned(),
         source: Box::new(e),
     };
     for _ in 0..3 {
-        let existing = api.get_opt(SECRET).await.map_err(kube_err)?;
+        let existing = api.get_opt(name).await.map_err(kube_err)?;
         let current = existing.as_ref().and_then(Material::from_secret);
         let now = Timestamp::now().as_second();
         if let Some(m) = &current
@@ -313,14 +318,14 @@ async fn ensure_secret(
         let result = match existing {
             Some(mut secret) => {
                 secret.data = Some(material.to_secret_data());
-                api.replace(SECRET, &PostParams::default(), &secret)
+                api.replace(name, &PostParams::default(), &secret)
                     .await
                     .map(|_| ())
             }
             None => {
                 let secret = Secret {
                     metadata: ObjectMeta {
-                        name: Some(SECRET.into()),
+                        name: Some(name.into()),
                         labels: Some(
                             [(
                                 "app.kubernetes.io/name".to_string(),
@@ -343,7 +348,7 @@ async fn ensure_secret(
             Ok(()) => {
                 tracing::info!(
                     namespace,
-                    secret = SECRET,
+                    secret = name,
                     not_after = material.not_after,
                     "issued the webhook serving certificate"
                 );
@@ -353,8 +358,7 @@ async fn ensure_secret(
             Err(e) => return Err(kube_err(e)),
         }
     }
-    let secret = api.get(SECRET).await.map_err(kube_err)?;
-    Material::from_secret(&secret).ok_or_else(|| {
-        CertError::Parse(format!("Secret {namespace}/{SECRET}"), "incomplete".into())
-    })
+    let secret = api.get(name).await.map_err(kube_err)?;
+    Material::from_secret(&secret)
+        .ok_or_else(|| CertError::Parse(format!("Secret {namespace}/{name}"), "incomplete".into()))
 }

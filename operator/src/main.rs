@@ -75,6 +75,20 @@ struct RunArgs {
         default_value = "servicelog"
     )]
     webhook_configuration: String,
+    /// Secret (in --namespace) holding the self-managed webhook CA and certificate.
+    #[arg(
+        long,
+        env = "SERVICELOG_WEBHOOK_SECRET",
+        default_value = "servicelog-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// Lease (in --namespace) for leader election.
+    #[arg(
+        long,
+        env = "SERVICELOG_LEASE_NAME",
+        default_value = "servicelog-operator"
+    )]
+    lease_name: String,
     /// Service in front of the webhook, for the certificate's names.
     #[arg(
         long,
@@ -235,7 +249,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
 
     let lease_config = lease::LeaseConfig {
         namespace: args.namespace.clone(),
-        name: "servicelog-operator".into(),
+        name: args.lease_name.clone(),
         identity: identity.clone(),
         duration: args.lease_duration,
     };
@@ -304,6 +318,7 @@ async fn start_webhooks(
             }
             certs::Source::Managed {
                 namespace: ns.clone(),
+                secret: args.webhook_secret.clone(),
                 hosts,
                 validity: args.webhook_cert_validity,
             }
@@ -362,22 +377,20 @@ async fn start_webhooks(
     // Renewal is a refresh that finds the certificate old; checking often enough that a
     // short-lived certificate (tests) is renewed well before it expires.
     let every =
-        (args.webhook_cert_validity / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        (args.webhook_cert_validity / 20).clamp(Duration::from_secs(1), Duration::from_secs(300));
     let client = client.clone();
+    // Publishing the CA every round (idempotent writes) also repairs configurations that
+    // were created or replaced after the operator started, e.g. by a later `helm upgrade`.
     tokio::spawn(async move {
-        let mut last_ca = ca;
+        let mut ca = ca;
         loop {
             tokio::time::sleep(every).await;
             match certs::refresh(&client, &source, &resolver).await {
-                Ok(ca) if ca != last_ca => {
-                    if let Err(e) = publish_ca(&client, &registration, ca.as_deref()).await {
-                        tracing::warn!(error = %e, "cannot publish the renewed CA bundle");
-                        continue;
-                    }
-                    last_ca = ca;
-                }
-                Ok(_) => {}
+                Ok(fresh) => ca = fresh,
                 Err(e) => tracing::warn!(error = %e, "cannot refresh the webhook certificate"),
+            }
+            if let Err(e) = publish_ca(&client, &registration, ca.as_deref()).await {
+                tracing::warn!(error = %e, "cannot publish the CA bundle");
             }
         }
     });
