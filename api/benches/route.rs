@@ -76,7 +76,12 @@ fn lines() -> Vec<Vec<u8>> {
         "request served",
         "db query",
     ];
-    let paths = ["/api/v1/cart", "/api/v1/admin/users", "/api/v1/search", "/healthz"];
+    let paths = [
+        "/api/v1/cart",
+        "/api/v1/admin/users",
+        "/api/v1/search",
+        "/healthz",
+    ];
     let statuses = [200, 200, 200, 404, 500, 200, 429, 201];
     (0..64)
         .map(|i| {
@@ -162,7 +167,9 @@ fn bench(c: &mut Criterion) {
                     .as_ref()
                     .and_then(|v| v.get("level"))
                     .and_then(serde_json::Value::as_str)
-                    .is_some_and(|l| l.eq_ignore_ascii_case("warn") || l.eq_ignore_ascii_case("error"));
+                    .is_some_and(|l| {
+                        l.eq_ignore_ascii_case("warn") || l.eq_ignore_ascii_case("error")
+                    });
                 black_box(warn);
             }
         })

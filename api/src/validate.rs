@@ -125,7 +125,8 @@ pub(crate) fn check_name(errors: &mut Errors, path: &str, name: &str) -> bool {
     let charset_ok = bytes
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    let ends_ok = bytes[0].is_ascii_alphanumeric() && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    let ends_ok =
+        bytes[0].is_ascii_alphanumeric() && bytes[bytes.len() - 1].is_ascii_alphanumeric();
     if !charset_ok || !ends_ok || bytes.len() > 63 {
         errors.push(
             path,
@@ -174,9 +175,7 @@ pub(crate) fn check_glob(path: &str) -> Result<(), String> {
             let mut members = Vec::new();
             while i < chars.len() && chars[i] != ']' {
                 if chars[i] == '/' {
-                    return Err(format!(
-                        "{path:?}: character class at {start} contains '/'"
-                    ));
+                    return Err(format!("{path:?}: character class at {start} contains '/'"));
                 }
                 members.push(chars[i]);
                 i += 1;

@@ -76,7 +76,10 @@ fn json_line() -> impl Strategy<Value = Value> {
     ];
     (
         prop::option::of(level),
-        prop::option::of(prop_oneof!["[a-z ]{0,12}", Just("read timeout".to_string())]),
+        prop::option::of(prop_oneof![
+            "[a-z ]{0,12}",
+            Just("read timeout".to_string())
+        ]),
         prop::option::of(scalar.clone()),
         prop::option::of(prop::sample::select(vec![200, 404, 500, 502, 503])),
         prop::option::of(scalar.clone()),
@@ -110,7 +113,7 @@ fn json_line() -> impl Strategy<Value = Value> {
 /// (source index, line, milliseconds since the previous event)
 fn workload() -> impl Strategy<Value = Vec<(usize, Vec<u8>, u64)>> {
     let event = prop_oneof![
-        4 => json_line().prop_map(|v| (0usize, serde_json::to_vec(&v).unwrap())),
+        4 => json_line().prop_map(|v| (0usize, serde_json::to_vec(&v).expect("a Value serialises"))),
         1 => "(level=(info|error|debug) )?(latency_ms=[0-9]{1,4} )?msg=\"[a-z ]{0,10}\"".prop_map(|s| (1usize, s.into_bytes())),
         1 => "[ -~]{0,40}".prop_map(|s| (2usize, s.into_bytes())),
         1 => prop::collection::vec(any::<u8>(), 0..60).prop_map(|b| (0usize, b)),
@@ -163,8 +166,7 @@ fn reference_rule(v: &Value) -> Option<&'static str> {
     if status.is_some_and(|s| [500, 502, 503].contains(&s)) {
         return Some("server-errors");
     }
-    if v
-        .get("msg")
+    if v.get("msg")
         .and_then(Value::as_str)
         .is_some_and(|m| m.contains("timeout"))
     {
@@ -181,7 +183,11 @@ fn serde_json_verdict(line: &[u8]) -> Option<bool> {
         Ok(v) => Some(v.is_object()),
         Err(e) => {
             let e = e.to_string();
-            let tolerated = ["control character", "number out of range", "recursion limit"];
+            let tolerated = [
+                "control character",
+                "number out of range",
+                "recursion limit",
+            ];
             (!tolerated.iter().any(|t| e.contains(t))).then_some(false)
         }
     }
@@ -205,7 +211,7 @@ proptest! {
     #[test]
     fn json_lines_route_as_serde_json_reads_them(v in json_line()) {
         let r = compile(SPEC);
-        let line = serde_json::to_vec(&v).unwrap();
+        let line = serde_json::to_vec(&v).expect("a Value serialises");
         let ev = r.parse(0, &line);
         prop_assert!(!ev.is_text(), "a serde_json object must not be a text event");
         prop_assert_eq!(ev.message().map(|m| m.into_owned()), v.get("msg").and_then(Value::as_str).map(str::to_string));
@@ -234,7 +240,7 @@ proptest! {
     #[test]
     fn damaged_json_lines_agree_with_serde_json(v in json_line(), cut in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let r = compile(SPEC);
-        let mut line = serde_json::to_vec(&v).unwrap();
+        let mut line = serde_json::to_vec(&v).expect("a Value serialises");
         let at = cut.index(line.len());
         let variants = [line[..at].to_vec(), { line[at] = byte; line.clone() }];
         for line in variants {
@@ -273,7 +279,7 @@ proptest! {
         if let Ok(r) = compiled {
             let now = Instant::now();
             for source in 0..spec.sources.len() + 1 {
-                for line in lines.iter().cloned().chain(json_lines.iter().map(|v| serde_json::to_vec(v).unwrap())) {
+                for line in lines.iter().cloned().chain(json_lines.iter().map(|v| serde_json::to_vec(v).expect("a Value serialises"))) {
                     let d = r.route(&r.parse(source, &line), now);
                     prop_assert_eq!(d.drop.is_some(), d.sinks.is_empty());
                     prop_assert!(d.sinks.iter().all(|s| s < r.sink_names().len()));
@@ -535,7 +541,10 @@ fn gen_source() -> impl Strategy<Value = Source> {
             Just("log.level".to_string()),
             Just(String::new())
         ]),
-        prop::option::of(prop_oneof![Just("text".to_string()), Just("a..b".to_string())]),
+        prop::option::of(prop_oneof![
+            Just("text".to_string()),
+            Just("a..b".to_string())
+        ]),
     )
         .prop_map(|(name, file, port, level_field, message_field)| Source {
             name,
@@ -582,15 +591,28 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
     );
     let sinks = ["a", "b", "c"];
     let field = (
-        prop::sample::select(vec!["a", "b", "a.b", "message", "level", "http.status", "latency_ms"]),
+        prop::sample::select(vec![
+            "a",
+            "b",
+            "a.b",
+            "message",
+            "level",
+            "http.status",
+            "latency_ms",
+        ]),
         0usize..6,
-        gen_scalar().prop_filter("scalar", |v| !v.is_null() && !v.is_array() && !v.is_object()),
+        gen_scalar().prop_filter("scalar", |v| {
+            !v.is_null() && !v.is_array() && !v.is_object()
+        }),
         prop::sample::select(vec!["^x", "timeout", "(?i)ERR", "\\d+"]),
         any::<bool>(),
         -2000.0f64..2000.0,
     )
         .prop_map(|(name, which, scalar, regex, exists, x)| {
-            let mut fc = FieldCondition { name: name.to_string(), ..FieldCondition::default() };
+            let mut fc = FieldCondition {
+                name: name.to_string(),
+                ..FieldCondition::default()
+            };
             match which {
                 0 => fc.equals = Some(scalar),
                 1 => fc.r#in = Some(vec![scalar, json!(500)]),
@@ -602,19 +624,34 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
             fc
         });
     let leaf = (
-        prop::option::of((prop::option::of(gen_level()), prop::collection::vec(gen_level(), 1..3))),
+        prop::option::of((
+            prop::option::of(gen_level()),
+            prop::collection::vec(gen_level(), 1..3),
+        )),
         prop::option::of(0usize..3),
-        prop::option::of(prop::sample::select(vec!["timeout", "^GET", "(?i)fail(ed|ure)"])),
+        prop::option::of(prop::sample::select(vec![
+            "timeout",
+            "^GET",
+            "(?i)fail(ed|ure)",
+        ])),
         prop::collection::vec(field, 0..3),
     )
         .prop_map(|(level, source, regex, fields)| When {
             level: level.map(|(at_least, r#in)| match at_least {
-                Some(l) => LevelCondition { at_least: Some(l), ..LevelCondition::default() },
-                None => LevelCondition { r#in, ..LevelCondition::default() },
+                Some(l) => LevelCondition {
+                    at_least: Some(l),
+                    ..LevelCondition::default()
+                },
+                None => LevelCondition {
+                    r#in,
+                    ..LevelCondition::default()
+                },
             }),
             // Sources s0 and s1 always exist.
             source: source.filter(|s| *s < 2).map(|s| format!("s{s}")),
-            message: regex.map(|r| MessageCondition { regex: r.to_string() }),
+            message: regex.map(|r| MessageCondition {
+                regex: r.to_string(),
+            }),
             fields,
             any: Vec::new(),
         });
@@ -646,14 +683,21 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                         paths: vec![format!("/var/log/s{i}/*.log")],
                         format,
                     }),
-                    syslog: syslog.then(|| SyslogSource { port: 5000 + i as u16, ..SyslogSource::default() }),
+                    syslog: syslog.then(|| SyslogSource {
+                        port: 5000 + i as u16,
+                        ..SyslogSource::default()
+                    }),
                     level_field: level_field.map(str::to_string),
                     message_field: message_field.map(str::to_string),
                 })
                 .collect(),
             sinks: sinks
                 .iter()
-                .map(|n| Sink { name: n.to_string(), stdout: Some(StdoutSink::default()), ..Sink::default() })
+                .map(|n| Sink {
+                    name: n.to_string(),
+                    stdout: Some(StdoutSink::default()),
+                    ..Sink::default()
+                })
                 .collect(),
             rules: rules
                 .into_iter()
@@ -666,7 +710,9 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                         to: to.map(|t| t.into_iter().map(str::to_string).collect()),
                         action: (!routes).then_some(Action::Drop),
                         sample: sample.filter(|_| routes),
-                        rate_limit: rate.filter(|_| routes).map(|per_second| RateLimit { per_second }),
+                        rate_limit: rate
+                            .filter(|_| routes)
+                            .map(|per_second| RateLimit { per_second }),
                         continue_,
                     }
                 })
@@ -678,11 +724,41 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
 
 fn spec_like_json() -> impl Strategy<Value = Value> {
     let key = prop::sample::select(vec![
-        "name", "sources", "sinks", "rules", "file", "paths", "format", "syslog", "port",
-        "stdout", "http", "url", "to", "action", "when", "level", "atLeast", "below", "in",
-        "fields", "equals", "regex", "exists", "greaterThan", "lessThan", "any", "sample",
-        "rateLimit", "perSecond", "continue", "defaultTo", "levelField", "messageField",
-        "source", "message",
+        "name",
+        "sources",
+        "sinks",
+        "rules",
+        "file",
+        "paths",
+        "format",
+        "syslog",
+        "port",
+        "stdout",
+        "http",
+        "url",
+        "to",
+        "action",
+        "when",
+        "level",
+        "atLeast",
+        "below",
+        "in",
+        "fields",
+        "equals",
+        "regex",
+        "exists",
+        "greaterThan",
+        "lessThan",
+        "any",
+        "sample",
+        "rateLimit",
+        "perSecond",
+        "continue",
+        "defaultTo",
+        "levelField",
+        "messageField",
+        "source",
+        "message",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),

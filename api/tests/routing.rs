@@ -58,7 +58,7 @@ fn route(r: &Router, source: &str, line: &[u8]) -> Decision {
 /// Rows of (source, line, should match).
 fn check(when: &str, rows: &[(&str, &str, bool)]) {
     let r = when_router(when);
-    let hit = r.sink_index("hit").unwrap();
+    let hit = r.sink_index("hit").expect("sink hit is declared");
     for (source, line, want) in rows {
         let d = route(&r, source, line.as_bytes());
         assert_eq!(
@@ -214,7 +214,10 @@ fn message_regex() {
     // A regex sees the unescaped text: a tab escape matches \t.
     check(
         r#"{message: {regex: "a\tb"}}"#,
-        &[("app", r#"{"msg":"a\tb"}"#, true), ("app", r#"{"msg":"a b"}"#, false)],
+        &[
+            ("app", r#"{"msg":"a\tb"}"#, true),
+            ("app", r#"{"msg":"a b"}"#, false),
+        ],
     );
 }
 
@@ -413,12 +416,36 @@ fn any_is_or_and_fields_are_and() {
     check(
         and,
         &[
-            ("app", r#"{"level":"warn","msg":"db down","service":"checkout"}"#, true),
-            ("app", r#"{"level":"info","msg":"db down","service":"checkout"}"#, false),
-            ("app", r#"{"level":"warn","msg":"cache","service":"checkout"}"#, false),
-            ("app", r#"{"level":"warn","msg":"db down","service":"cart"}"#, false),
-            ("app", r#"{"level":"warn","msg":"db down","service":"checkout","retry":1}"#, false),
-            ("custom", r#"{"sev":"warn","text":"db down","service":"checkout"}"#, false),
+            (
+                "app",
+                r#"{"level":"warn","msg":"db down","service":"checkout"}"#,
+                true,
+            ),
+            (
+                "app",
+                r#"{"level":"info","msg":"db down","service":"checkout"}"#,
+                false,
+            ),
+            (
+                "app",
+                r#"{"level":"warn","msg":"cache","service":"checkout"}"#,
+                false,
+            ),
+            (
+                "app",
+                r#"{"level":"warn","msg":"db down","service":"cart"}"#,
+                false,
+            ),
+            (
+                "app",
+                r#"{"level":"warn","msg":"db down","service":"checkout","retry":1}"#,
+                false,
+            ),
+            (
+                "custom",
+                r#"{"sev":"warn","text":"db down","service":"checkout"}"#,
+                false,
+            ),
         ],
     );
     let nested = "{source: app, any: [{any: [{fields: [{name: a, equals: 1}]}, {fields: [{name: b, equals: 1}]}]}, {level: {in: [fatal]}}]}";
@@ -432,10 +459,7 @@ fn any_is_or_and_fields_are_and() {
             ("lf", "a=1", false),
         ],
     );
-    check(
-        "{}",
-        &[("app", "{}", true), ("txt", "anything", true)],
-    );
+    check("{}", &[("app", "{}", true), ("txt", "anything", true)]);
 }
 
 const ACTIONS: &str = r#"
@@ -453,7 +477,10 @@ fn decide(r: &Router, line: &str, now: Instant) -> Decision {
 }
 
 fn sinks(r: &Router, names: &[&str]) -> SinkSet {
-    names.iter().map(|n| r.sink_index(n).unwrap()).collect()
+    names
+        .iter()
+        .map(|n| r.sink_index(n).expect("sink is declared"))
+        .collect()
 }
 
 #[test]
@@ -473,15 +500,27 @@ defaultTo: [console]
     let now = Instant::now();
     assert_eq!(
         decide(&r, r#"{"level":"debug"}"#, now),
-        Decision { sinks: SinkSet::EMPTY, rule: Some(0), drop: Some(DropReason::Rule) }
+        Decision {
+            sinks: SinkSet::EMPTY,
+            rule: Some(0),
+            drop: Some(DropReason::Rule)
+        }
     );
     assert_eq!(
         decide(&r, r#"{"level":"error"}"#, now),
-        Decision { sinks: sinks(&r, &["loki", "audit"]), rule: Some(1), drop: None }
+        Decision {
+            sinks: sinks(&r, &["loki", "audit"]),
+            rule: Some(1),
+            drop: None
+        }
     );
     assert_eq!(
         decide(&r, r#"{"level":"info"}"#, now),
-        Decision { sinks: sinks(&r, &["console"]), rule: None, drop: None }
+        Decision {
+            sinks: sinks(&r, &["console"]),
+            rule: None,
+            drop: None
+        }
     );
     assert_eq!(r.rule_names(), ["drop-debug", "errors"]);
 }
@@ -499,7 +538,11 @@ rules:
     let d = decide(&r, r#"{"level":"info"}"#, Instant::now());
     assert_eq!(
         d,
-        Decision { sinks: SinkSet::EMPTY, rule: None, drop: Some(DropReason::NoRoute) }
+        Decision {
+            sinks: SinkSet::EMPTY,
+            rule: None,
+            drop: Some(DropReason::NoRoute)
+        }
     );
     assert!(d.is_dropped());
     assert_eq!(d.drop.map(DropReason::as_str), Some("no_route"));
@@ -527,21 +570,37 @@ defaultTo: [console]
     // Tap + deciding rule.
     assert_eq!(
         decide(&r, r#"{"audit":true,"level":"error"}"#, now),
-        Decision { sinks: sinks(&r, &["audit", "loki"]), rule: Some(2), drop: None }
+        Decision {
+            sinks: sinks(&r, &["audit", "loki"]),
+            rule: Some(2),
+            drop: None
+        }
     );
     // Tap + default: a continue rule does not keep an event from defaultTo.
     assert_eq!(
         decide(&r, r#"{"audit":true,"level":"info"}"#, now),
-        Decision { sinks: sinks(&r, &["audit", "console"]), rule: None, drop: None }
+        Decision {
+            sinks: sinks(&r, &["audit", "console"]),
+            rule: None,
+            drop: None
+        }
     );
     // Tap + drop: the tap's copy still goes out, so nothing is dropped.
     assert_eq!(
         decide(&r, r#"{"audit":true,"level":"debug"}"#, now),
-        Decision { sinks: sinks(&r, &["audit"]), rule: Some(1), drop: None }
+        Decision {
+            sinks: sinks(&r, &["audit"]),
+            rule: Some(1),
+            drop: None
+        }
     );
     assert_eq!(
         decide(&r, r#"{"level":"debug"}"#, now),
-        Decision { sinks: SinkSet::EMPTY, rule: Some(1), drop: Some(DropReason::Rule) }
+        Decision {
+            sinks: SinkSet::EMPTY,
+            rule: Some(1),
+            drop: Some(DropReason::Rule)
+        }
     );
 }
 
@@ -560,7 +619,11 @@ defaultTo: [console]
     ));
     assert_eq!(
         decide(&r, r#"{"level":"error"}"#, Instant::now()),
-        Decision { sinks: SinkSet::EMPTY, rule: Some(0), drop: Some(DropReason::Rule) }
+        Decision {
+            sinks: SinkSet::EMPTY,
+            rule: Some(0),
+            drop: Some(DropReason::Rule)
+        }
     );
 }
 
@@ -590,16 +653,28 @@ defaultTo: [console]
         // Losing the draw: decided by the rule, dropped, no fall-through to defaultTo.
         assert_eq!(
             decide(&r, r#"{"k":"never"}"#, now),
-            Decision { sinks: SinkSet::EMPTY, rule: Some(0), drop: Some(DropReason::Sampled) }
+            Decision {
+                sinks: SinkSet::EMPTY,
+                rule: Some(0),
+                drop: Some(DropReason::Sampled)
+            }
         );
         assert_eq!(
             decide(&r, r#"{"k":"always"}"#, now),
-            Decision { sinks: sinks(&r, &["loki"]), rule: Some(1), drop: None }
+            Decision {
+                sinks: sinks(&r, &["loki"]),
+                rule: Some(1),
+                drop: None
+            }
         );
         // A continue rule that loses the draw just does not copy.
         assert_eq!(
             decide(&r, r#"{"k":"tap"}"#, now),
-            Decision { sinks: sinks(&r, &["console"]), rule: None, drop: None }
+            Decision {
+                sinks: sinks(&r, &["console"]),
+                rule: None,
+                drop: None
+            }
         );
     }
     assert_eq!(DropReason::Sampled.as_str(), "sampled");
@@ -623,7 +698,11 @@ defaultTo: [console]
         rule: Some(0),
         drop: Some(DropReason::RateLimited),
     };
-    let routed = Decision { sinks: sinks(&r, &["loki"]), rule: Some(0), drop: None };
+    let routed = Decision {
+        sinks: sinks(&r, &["loki"]),
+        rule: Some(0),
+        drop: None,
+    };
     // Burst of 2, then limited.
     assert_eq!(decide(&r, line, t0), routed);
     assert_eq!(decide(&r, line, t0), routed);
@@ -695,7 +774,11 @@ fn formats_and_malformed_lines() {
     ];
     for (source, line) in malformed {
         let ev = r.parse(*source, line);
-        assert!(ev.is_text(), "{:?} should be a text event", String::from_utf8_lossy(line));
+        assert!(
+            ev.is_text(),
+            "{:?} should be a text event",
+            String::from_utf8_lossy(line)
+        );
         assert_eq!(ev.level(), None, "a text event has no level");
         assert_eq!(ev.line(), *line);
         assert_eq!(
@@ -815,7 +898,10 @@ defaultTo: [console]
             Some(reason) => assert_eq!(reason, DropReason::Sampled),
         }
     }
-    assert!((800..1200).contains(&to_loki), "{to_loki} of 10000 slow lines sampled");
+    assert!(
+        (800..1200).contains(&to_loki),
+        "{to_loki} of 10000 slow lines sampled"
+    );
 
     // A line that is not JSON is a text event: no level, so it goes to console.
     let text = d("panic: runtime error: index out of range");

@@ -205,6 +205,29 @@ rules:
 }
 
 #[test]
+fn selector_expressions_are_checked() {
+    let yaml = format!(
+        "{BASE}selector:
+  matchLabels: {{app: checkout}}
+  matchExpressions:
+    - {{key: tier, operator: In, values: [web]}}
+    - {{key: tier, operator: In}}
+    - {{key: tier, operator: Exists, values: [x]}}
+    - {{key: \"\", operator: Equals}}
+"
+    );
+    assert_errors(
+        &yaml,
+        &[
+            "spec.selector.matchExpressions[1].values: must not be empty for operator In",
+            "spec.selector.matchExpressions[2].values: must be empty for operator Exists",
+            "spec.selector.matchExpressions[3].key: must not be empty",
+            r#"spec.selector.matchExpressions[3].operator: "Equals" is not one of In, NotIn, Exists, DoesNotExist"#,
+        ],
+    );
+}
+
+#[test]
 fn at_least_one_source() {
     assert_errors(
         "sources: []\nsinks: []\n",
@@ -231,7 +254,9 @@ fn any_nesting_is_bounded() {
         for _ in 0..depth {
             when = format!("{{any: [{when}]}}");
         }
-        with_rules(&format!("  - name: deep\n    when: {when}\n    to: [console]\n"))
+        with_rules(&format!(
+            "  - name: deep\n    when: {when}\n    to: [console]\n"
+        ))
     }
     // Eight levels of any are fine (the innermost regex error is still found).
     let path8 = format!("spec.rules[0].when{}", ".any[0]".repeat(8));
@@ -244,7 +269,9 @@ fn any_nesting_is_bounded() {
     // A ninth is an error at the level that goes too deep, and nothing below is read.
     assert_errors(
         &nested(9),
-        &[&format!("{path8}.any: any is nested more than 8 levels deep")],
+        &[&format!(
+            "{path8}.any: any is nested more than 8 levels deep"
+        )],
     );
     // Far deeper nesting (built in JSON to avoid YAML's own limits) is one error too.
     let mut when = serde_json::json!({"level": {"atLeast": "info"}});
@@ -273,22 +300,31 @@ fn too_many_fields_and_sinks() {
     ));
     assert_errors(
         &yaml,
-        &[r#"spec.rules[0].when.fields[32].name: conditions may use at most 32 distinct field names; "f32" would be one more"#],
+        &[
+            r#"spec.rules[0].when.fields[32].name: conditions may use at most 32 distinct field names; "f32" would be one more"#,
+        ],
     );
     // The same name used many times counts once.
-    let same: Vec<String> = (0..40).map(|i| format!("{{name: f, equals: {i}}}")).collect();
+    let same: Vec<String> = (0..40)
+        .map(|i| format!("{{name: f, equals: {i}}}"))
+        .collect();
     let yaml = with_rules(&format!(
         "  - name: same\n    when: {{any: [{{fields: [{}]}}]}}\n    to: [console]\n",
         same.join(", ")
     ));
     assert_errors(&yaml, &[]);
 
-    let sinks: Vec<String> = (0..65).map(|i| format!("{{name: s{i}, stdout: {{}}}}")).collect();
+    let sinks: Vec<String> = (0..65)
+        .map(|i| format!("{{name: s{i}, stdout: {{}}}}"))
+        .collect();
     let yaml = format!(
         "sources: [{{name: app, file: {{paths: [\"/x\"]}}}}]\nsinks: [{}]\n",
         sinks.join(", ")
     );
-    assert_errors(&yaml, &["spec.sinks: at most 64 sinks are supported, got 65"]);
+    assert_errors(
+        &yaml,
+        &["spec.sinks: at most 64 sinks are supported, got 65"],
+    );
 }
 
 #[test]

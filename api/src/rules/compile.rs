@@ -23,7 +23,8 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, FieldCondition, Format, Level, ServiceLogSpec, Sink, Source, SyslogProtocol, When,
+        Action, FieldCondition, Format, LabelSelector, Level, ServiceLogSpec, Sink, Source,
+        SyslogProtocol, When,
     },
     validate::{Errors, ValidationErrors, check_glob, check_name, check_url},
 };
@@ -86,6 +87,9 @@ static NEXT_PROGRAM: AtomicU64 = AtomicU64::new(1);
 pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors> {
     let mut errors = Errors::default();
 
+    if let Some(selector) = &spec.selector {
+        check_selector(&mut errors, selector);
+    }
     if spec.sources.is_empty() {
         errors.push("spec.sources", "at least one source is required");
     }
@@ -145,10 +149,8 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
             }
             (None, Some(Action::Drop)) => RuleAction::Drop,
             (Some(_), Some(_)) => {
-                cx.errors.push(
-                    &path,
-                    "a rule sets either to or action: drop, not both",
-                );
+                cx.errors
+                    .push(&path, "a rule sets either to or action: drop, not both");
                 RuleAction::Drop
             }
             (None, None) => {
@@ -276,6 +278,32 @@ impl<'s> Names<'s> {
     }
 }
 
+/// The selector is this crate's own type, not `metav1.LabelSelector`, so the API server
+/// does not check it; do what it would.
+fn check_selector(errors: &mut Errors, selector: &LabelSelector) {
+    for (k, req) in selector.match_expressions.iter().enumerate() {
+        let path = format!("spec.selector.matchExpressions[{k}]");
+        if req.key.is_empty() {
+            errors.push(format!("{path}.key"), "must not be empty");
+        }
+        match req.operator.as_str() {
+            "In" | "NotIn" if req.values.is_empty() => errors.push(
+                format!("{path}.values"),
+                format!("must not be empty for operator {}", req.operator),
+            ),
+            "Exists" | "DoesNotExist" if !req.values.is_empty() => errors.push(
+                format!("{path}.values"),
+                format!("must be empty for operator {}", req.operator),
+            ),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errors.push(
+                format!("{path}.operator"),
+                format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+            ),
+        }
+    }
+}
+
 /// `earlier` are the sources declared before this one, `i` its index.
 fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usize) {
     let path = format!("spec.sources[{i}]");
@@ -300,9 +328,9 @@ fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usi
     if let Some(syslog) = &source.syslog {
         // Two listeners cannot bind the same port and protocol.
         let first = earlier.iter().position(|s| {
-            s.syslog.as_ref().is_some_and(|o| {
-                o.port == syslog.port && o.protocol == syslog.protocol
-            })
+            s.syslog
+                .as_ref()
+                .is_some_and(|o| o.port == syslog.port && o.protocol == syslog.protocol)
         });
         if syslog.port == 0 {
             errors.push(format!("{path}.syslog.port"), "must be between 1 and 65535");
@@ -324,16 +352,20 @@ fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usi
         ("levelField", &source.level_field),
         ("messageField", &source.message_field),
     ] {
-        if let Some(name) = value {
-            if let Err(e) = check_field_name(name) {
-                errors.push(format!("{path}.{field}"), e);
-            }
+        if let Some(name) = value
+            && let Err(e) = check_field_name(name)
+        {
+            errors.push(format!("{path}.{field}"), e);
         }
     }
 }
 
 fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
-    let kinds = [sink.stdout.is_some(), sink.file.is_some(), sink.http.is_some()];
+    let kinds = [
+        sink.stdout.is_some(),
+        sink.file.is_some(),
+        sink.http.is_some(),
+    ];
     match kinds.iter().filter(|k| **k).count() {
         1 => {}
         0 => errors.push(path, "a sink sets exactly one of stdout, file or http"),
@@ -352,10 +384,10 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
             );
         }
     }
-    if let Some(http) = &sink.http {
-        if let Err(e) = check_url(&http.url) {
-            errors.push(format!("{path}.http.url"), e);
-        }
+    if let Some(http) = &sink.http
+        && let Err(e) = check_url(&http.url)
+    {
+        errors.push(format!("{path}.http.url"), e);
     }
 }
 
@@ -370,9 +402,7 @@ fn check_field_name(name: &str) -> Result<(), String> {
         ));
     }
     if name.split('.').count() > MAX_PATH {
-        return Err(format!(
-            "{name:?} has more than {MAX_PATH} dotted segments"
-        ));
+        return Err(format!("{name:?} has more than {MAX_PATH} dotted segments"));
     }
     Ok(())
 }
@@ -385,7 +415,9 @@ fn compile_regex(pattern: &str) -> Result<Regex, String> {
             regex::Error::CompiledTooBig(limit) => {
                 format!("regex is too large: it compiles to more than {limit} bytes")
             }
-            regex::Error::Syntax(text) => format!("regex parse error: {}", syntax_error(pattern, &text)),
+            regex::Error::Syntax(text) => {
+                format!("regex parse error: {}", syntax_error(pattern, &text))
+            }
             other => format!("regex error: {other}"),
         })
 }
@@ -446,8 +478,10 @@ impl<'s> Ctx<'s> {
                     }
                 }
                 if mask == 0 {
-                    self.errors
-                        .push(lpath, "matches no level (the conditions contradict each other)");
+                    self.errors.push(
+                        lpath,
+                        "matches no level (the conditions contradict each other)",
+                    );
                 } else {
                     conds.push(Cond::Level(mask));
                 }

@@ -224,20 +224,23 @@ impl<'a> Event<'a> {
 /// pads `INFO `), with the syslog and common-logger aliases of DESIGN.md. Never allocates.
 pub fn parse_level(text: &[u8]) -> Option<Level> {
     let text = text.trim_ascii();
-    let mut buf = [0u8; 13];
-    let lower = buf.get_mut(..text.len())?;
-    for (d, s) in lower.iter_mut().zip(text) {
-        *d = s.to_ascii_lowercase();
-    }
-    Some(match &*lower {
-        b"trace" => Level::Trace,
-        b"debug" => Level::Debug,
-        b"info" | b"notice" | b"informational" => Level::Info,
-        b"warn" | b"warning" => Level::Warn,
-        b"error" | b"err" => Level::Error,
-        b"fatal" | b"crit" | b"critical" | b"alert" | b"emerg" | b"panic" => Level::Fatal,
+    let is = |word: &[u8]| text.eq_ignore_ascii_case(word);
+    let level = match text.len() {
+        3 if is(b"err") => Level::Error,
+        4 if is(b"info") => Level::Info,
+        4 if is(b"warn") => Level::Warn,
+        4 if is(b"crit") => Level::Fatal,
+        5 if is(b"trace") => Level::Trace,
+        5 if is(b"debug") => Level::Debug,
+        5 if is(b"error") => Level::Error,
+        5 if is(b"fatal") || is(b"alert") || is(b"emerg") || is(b"panic") => Level::Fatal,
+        6 if is(b"notice") => Level::Info,
+        7 if is(b"warning") => Level::Warn,
+        8 if is(b"critical") => Level::Fatal,
+        13 if is(b"informational") => Level::Info,
         _ => return None,
-    })
+    };
+    Some(level)
 }
 
 pub(crate) fn level_of(value: Value<'_>) -> Option<Level> {
@@ -287,29 +290,30 @@ fn unescape_backslashes(raw: &[u8]) -> Vec<u8> {
             out.push(c);
             continue;
         }
-        if e == b'u' {
-            if let Some(hi) = hex4(raw.get(i..i + 4)) {
-                i += 4;
-                let mut code = u32::from(hi);
-                if (0xD800..0xDC00).contains(&hi) {
-                    let lo = if raw.get(i..i + 2) == Some(b"\\u") {
-                        hex4(raw.get(i + 2..i + 6))
-                    } else {
-                        None
-                    };
-                    match lo {
-                        Some(lo) if (0xDC00..0xE000).contains(&lo) => {
-                            i += 6;
-                            code = 0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
-                        }
-                        _ => code = 0xFFFD,
+        if e == b'u'
+            && let Some(hi) = hex4(raw.get(i..i + 4))
+        {
+            i += 4;
+            let mut code = u32::from(hi);
+            if (0xD800..0xDC00).contains(&hi) {
+                let lo = if raw.get(i..i + 2) == Some(b"\\u") {
+                    hex4(raw.get(i + 2..i + 6))
+                } else {
+                    None
+                };
+                match lo {
+                    Some(lo) if (0xDC00..0xE000).contains(&lo) => {
+                        i += 6;
+                        code =
+                            0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
                     }
+                    _ => code = 0xFFFD,
                 }
-                let c = char::from_u32(code).unwrap_or('\u{FFFD}');
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                continue;
             }
+            let c = char::from_u32(code).unwrap_or('\u{FFFD}');
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
         }
         out.push(b'\\');
         out.push(e);

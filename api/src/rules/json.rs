@@ -3,15 +3,16 @@
 //! A `json` line must be a JSON object, otherwise it is a text event; so the whole line is
 //! walked and checked for structure even when every wanted key has been seen — a truncated
 //! line must not be routed as if it were complete. Values nobody asked for are skipped
-//! (string ends found with `memchr`), and the scanner descends into a nested object only
-//! when a dotted name needs it.
+//! (string ends found eight bytes at a time, then with `memchr`), and the scanner descends
+//! into a nested object only when a dotted name needs it.
 //!
-//! The walk is iterative with an explicit bit stack, so hostile nesting cannot overflow
-//! the thread's stack; nesting deeper than [`MAX_DEPTH`] (serde_json's own limit) is
-//! malformed. The checks are structural: strings must end and their escapes be valid,
-//! numbers and literals well formed, brackets balanced, nothing after the object. Raw
-//! control characters inside strings are tolerated, as many loggers emit them and the
-//! line is still unambiguous.
+//! Objects a plan descends into are read by recursion, bounded by [`MAX_PATH`] (the plan's
+//! depth, not the line's). Everything else is skipped by an iterative walk with a bit
+//! stack, so hostile nesting cannot overflow the thread's stack; nesting deeper than
+//! [`MAX_DEPTH`] (serde_json's own limit) is malformed. The checks are structural: strings
+//! must end and their escapes be valid, numbers and literals well formed, brackets
+//! balanced, nothing after the object. Raw control characters inside strings are
+//! tolerated, as many loggers emit them and the line is still unambiguous.
 
 use std::borrow::Cow;
 
@@ -19,7 +20,7 @@ use memchr::memchr2;
 
 use super::{
     event::{Esc, Kind, Slot, unescape},
-    keys::{Found, KeyTable},
+    keys::{Entry, Found, KeyTable, key_word, key_word_at},
 };
 
 /// Deepest nesting of objects and arrays a JSON line may have.
@@ -34,41 +35,34 @@ pub(crate) struct Malformed;
 
 type Result<T> = std::result::Result<T, Malformed>;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Just after `{`: a key or `}`.
-    ObjectStart,
-    /// After `,` in an object: a key.
-    ObjectKey,
-    /// Just after `[`: a value or `]`.
-    ArrayStart,
-    /// After `,` in an array: a value.
-    ArrayValue,
-    /// After a value: `,` or the container's closing bracket.
-    AfterValue,
-}
-
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
 }
 
 impl Cursor<'_> {
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> Result<u8> {
         self.b.get(self.i).copied().ok_or(Malformed)
     }
 
+    #[inline(always)]
+    fn next(&mut self) -> Result<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Ok(c)
+    }
+
     /// With the cursor just after an opening quote: moves past the closing quote and
     /// returns where the content ends and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Result<(usize, bool)> {
         let mut escaped = false;
         loop {
@@ -78,20 +72,28 @@ impl Cursor<'_> {
                 return Ok((j, escaped));
             }
             escaped = true;
-            match self.b.get(j + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i = j + 2,
-                Some(b'u') => {
-                    let hex = self.b.get(j + 2..j + 6).ok_or(Malformed)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(Malformed);
-                    }
-                    self.i = j + 6;
-                }
-                _ => return Err(Malformed),
-            }
+            self.escape(j)?;
         }
     }
 
+    /// Checks the escape at `j` (a backslash) and moves past it.
+    #[cold]
+    fn escape(&mut self, j: usize) -> Result<()> {
+        match self.b.get(j + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i = j + 2,
+            Some(b'u') => {
+                let hex = self.b.get(j + 2..j + 6).ok_or(Malformed)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(Malformed);
+                }
+                self.i = j + 6;
+            }
+            _ => return Err(Malformed),
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
     fn digits(&mut self) -> usize {
         let start = self.i;
         while let Some(b'0'..=b'9') = self.b.get(self.i) {
@@ -101,6 +103,7 @@ impl Cursor<'_> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline]
     fn number(&mut self) -> Result<()> {
         if self.b.get(self.i) == Some(&b'-') {
             self.i += 1;
@@ -138,19 +141,237 @@ impl Cursor<'_> {
             Err(Malformed)
         }
     }
+
+    /// With the cursor just after the `{` of an object at `depth` that `table` describes:
+    /// reads its members, storing the wanted values, and moves past its `}`.
+    fn object(&mut self, table: &KeyTable, found: &mut Found, depth: usize) -> Result<()> {
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.next()? != b'"' {
+                return Err(Malformed);
+            }
+            let start = self.i;
+            let (end, escaped) = self.string()?;
+            self.ws();
+            if self.next()? != b':' {
+                return Err(Malformed);
+            }
+            self.ws();
+            let key = self.b.get(start..end).ok_or(Malformed)?;
+            let wanted = if escaped {
+                let key: Cow<'_, [u8]> = unescape(key, Esc::Json);
+                table.lookup(&key, key_word(&key))
+            } else {
+                table.lookup(key, key_word_at(self.b, start, key.len()))
+            };
+            self.value(wanted, found, depth)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Ok(()),
+                _ => return Err(Malformed),
+            }
+        }
+    }
+
+    /// Reads one member's value; `wanted` says where it goes, if anywhere.
+    #[inline(always)]
+    fn value(&mut self, wanted: Option<&Entry>, found: &mut Found, depth: usize) -> Result<()> {
+        let start = self.i;
+        let kind = match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                let (end, escaped) = self.string()?;
+                if let Some(e) = wanted {
+                    let esc = if escaped { Esc::Json } else { Esc::None };
+                    found.store(e.target, Slot::new(Kind::Str(esc), start + 1, end));
+                }
+                return Ok(());
+            }
+            open @ (b'{' | b'[') => {
+                self.i += 1;
+                if let Some(e) = wanted {
+                    found.store(e.target, Slot::new(Kind::Composite, start, start));
+                }
+                return match wanted.and_then(|e| e.child.as_deref()) {
+                    Some(child) if open == b'{' => self.object(child, found, depth + 1),
+                    _ => self.skip_container(open == b'{', depth + 1),
+                };
+            }
+            b't' => {
+                self.literal(b"true")?;
+                Kind::Bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Kind::Bool(false)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                Kind::Null
+            }
+            b'-' | b'0'..=b'9' => {
+                self.number()?;
+                Kind::Num
+            }
+            _ => return Err(Malformed),
+        };
+        if let Some(e) = wanted {
+            found.store(e.target, Slot::new(kind, start, self.i));
+        }
+        Ok(())
+    }
+
+    /// With the cursor just after the opening bracket of a container at `depth`: checks
+    /// and skips everything up to and including its closing bracket, without recursion.
+    fn skip_container(&mut self, object: bool, depth: usize) -> Result<()> {
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum State {
+            /// Just after `{`: a key or `}`.
+            ObjectStart,
+            /// After `,` in an object: a key.
+            ObjectKey,
+            /// Just after `[`: a value or `]`.
+            ArrayStart,
+            /// After `,` in an array: a value.
+            ArrayValue,
+            /// After a value: `,` or the container's closing bracket.
+            AfterValue,
+        }
+        if depth > MAX_DEPTH {
+            return Err(Malformed);
+        }
+        // Bit n is set when the container n levels inside the skipped one is an object.
+        let mut objects = u128::from(object);
+        let mut level = 0usize;
+        let mut in_object = object;
+        let mut state = if object {
+            State::ObjectStart
+        } else {
+            State::ArrayStart
+        };
+        loop {
+            self.ws();
+            let ch = self.peek()?;
+            let mut value = false;
+            let mut close = false;
+            match state {
+                State::ObjectStart | State::ObjectKey => {
+                    self.i += 1;
+                    if ch == b'}' && state == State::ObjectStart {
+                        close = true;
+                    } else if ch == b'"' {
+                        self.string()?;
+                        self.ws();
+                        if self.next()? != b':' {
+                            return Err(Malformed);
+                        }
+                        self.ws();
+                        value = true;
+                    } else {
+                        return Err(Malformed);
+                    }
+                }
+                State::ArrayStart | State::ArrayValue => {
+                    if ch == b']' && state == State::ArrayStart {
+                        self.i += 1;
+                        close = true;
+                    } else {
+                        value = true;
+                    }
+                }
+                State::AfterValue => {
+                    self.i += 1;
+                    match (ch, in_object) {
+                        (b',', true) => state = State::ObjectKey,
+                        (b',', false) => state = State::ArrayValue,
+                        (b'}', true) | (b']', false) => close = true,
+                        _ => return Err(Malformed),
+                    }
+                }
+            }
+            if value {
+                match self.skip_scalar_or_open()? {
+                    Some(open) => {
+                        level += 1;
+                        if depth + level > MAX_DEPTH {
+                            return Err(Malformed);
+                        }
+                        objects = (objects & !(1 << level)) | (u128::from(open) << level);
+                        in_object = open;
+                        state = if open {
+                            State::ObjectStart
+                        } else {
+                            State::ArrayStart
+                        };
+                    }
+                    None => state = State::AfterValue,
+                }
+            } else if close {
+                if level == 0 {
+                    return Ok(());
+                }
+                level -= 1;
+                in_object = objects & (1 << level) != 0;
+                state = State::AfterValue;
+            }
+        }
+    }
+
+    /// Skips a scalar, or moves past an opening bracket and says which (true: object).
+    #[inline(always)]
+    fn skip_scalar_or_open(&mut self) -> Result<Option<bool>> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.string()?;
+            }
+            b'{' => {
+                self.i += 1;
+                return Ok(Some(true));
+            }
+            b'[' => {
+                self.i += 1;
+                return Ok(Some(false));
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return Err(Malformed),
+        }
+        Ok(None)
+    }
 }
 
-/// Keys and most values in log lines are a few bytes long, where a plain loop beats the
-/// setup of a vectorised search; long strings (messages, stack traces) go to `memchr`.
-#[inline]
+/// Where the next `"` or `\\` is. Eight bytes at a time (SWAR) for the first few words —
+/// keys and most values in log lines are short, where `memchr`'s setup costs more than
+/// it saves — then `memchr` for long strings (messages, stack traces).
+#[inline(always)]
 fn find_quote_or_backslash(s: &[u8]) -> Result<usize> {
-    const SHORT: usize = 16;
-    let head = s.get(..SHORT).unwrap_or(s);
-    if let Some(k) = head.iter().position(|&c| c == b'"' || c == b'\\') {
-        return Ok(k);
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Exact for the lowest zero byte of x, which is all that is used.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut i = 0;
+    while i < 64 {
+        let Some(bytes) = s.get(i..i + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            break;
+        };
+        let w = u64::from_le_bytes(bytes);
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return Ok(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
     }
-    let tail = s.get(SHORT..).ok_or(Malformed)?;
-    memchr2(b'"', b'\\', tail).map(|k| SHORT + k).ok_or(Malformed)
+    let rest = s.get(i..).ok_or(Malformed)?;
+    memchr2(b'"', b'\\', rest).map(|k| i + k).ok_or(Malformed)
 }
 
 /// True when `text` is exactly one JSON number.
@@ -163,162 +384,16 @@ pub(crate) fn is_number(text: &[u8]) -> bool {
 pub(crate) fn scan(line: &[u8], root: &KeyTable, found: &mut Found) -> Result<()> {
     let mut c = Cursor { b: line, i: 0 };
     c.ws();
-    if c.peek()? != b'{' {
+    if c.next()? != b'{' {
         return Err(Malformed);
     }
-    c.i += 1;
-
-    // tables[d - 1] is the plan for the object at depth d (the line itself is depth 1);
-    // only depths 1..=table_depth have one, and keys are looked up only at table_depth.
-    let mut tables: [&KeyTable; MAX_PATH] = [root; MAX_PATH];
-    let mut table_depth = 1usize;
-    let mut depth = 1usize;
-    // Bit d - 1 is set when the container at depth d is an object.
-    let mut objects: u128 = 1;
-    let mut state = State::ObjectStart;
-
-    loop {
-        c.ws();
-        let ch = c.peek()?;
-        let mut wanted = None;
-        match state {
-            State::ObjectStart | State::ObjectKey => {
-                c.i += 1;
-                if ch == b'}' && state == State::ObjectStart {
-                    if close(&mut c, &mut depth, &mut table_depth)? {
-                        return Ok(());
-                    }
-                    state = State::AfterValue;
-                    continue;
-                }
-                if ch != b'"' {
-                    return Err(Malformed);
-                }
-                let start = c.i;
-                let (end, escaped) = c.string()?;
-                c.ws();
-                if c.peek()? != b':' {
-                    return Err(Malformed);
-                }
-                c.i += 1;
-                c.ws();
-                if depth == table_depth {
-                    let key = &line[start..end];
-                    let table = tables.get(depth - 1).copied().unwrap_or(root);
-                    wanted = if escaped {
-                        let key: Cow<'_, [u8]> = unescape(key, Esc::Json);
-                        table.lookup(&key)
-                    } else {
-                        table.lookup(key)
-                    };
-                }
-            }
-            State::ArrayStart | State::ArrayValue => {
-                if ch == b']' && state == State::ArrayStart {
-                    c.i += 1;
-                    if close(&mut c, &mut depth, &mut table_depth)? {
-                        return Ok(());
-                    }
-                    state = State::AfterValue;
-                    continue;
-                }
-            }
-            State::AfterValue => {
-                c.i += 1;
-                let in_object = objects & (1 << (depth - 1)) != 0;
-                match (ch, in_object) {
-                    (b',', true) => state = State::ObjectKey,
-                    (b',', false) => state = State::ArrayValue,
-                    (b'}', true) | (b']', false) => {
-                        if close(&mut c, &mut depth, &mut table_depth)? {
-                            return Ok(());
-                        }
-                    }
-                    _ => return Err(Malformed),
-                }
-                continue;
-            }
-        }
-
-        // A value, at c.i.
-        let ch = c.peek()?;
-        let start = c.i;
-        let kind = match ch {
-            b'{' | b'[' => {
-                c.i += 1;
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(Malformed);
-                }
-                let bit = 1u128 << (depth - 1);
-                if ch == b'{' {
-                    objects |= bit;
-                    state = State::ObjectStart;
-                    if let Some(child) = wanted.and_then(|e| e.child.as_deref()) {
-                        if let Some(t) = tables.get_mut(depth - 1) {
-                            *t = child;
-                            table_depth = depth;
-                        }
-                    }
-                } else {
-                    objects &= !bit;
-                    state = State::ArrayStart;
-                }
-                if let Some(e) = wanted {
-                    found.store(e.target, Slot::new(Kind::Composite, start, start));
-                }
-                continue;
-            }
-            b'"' => {
-                c.i += 1;
-                let (end, escaped) = c.string()?;
-                if let Some(e) = wanted {
-                    let esc = if escaped { Esc::Json } else { Esc::None };
-                    found.store(e.target, Slot::new(Kind::Str(esc), start + 1, end));
-                }
-                state = State::AfterValue;
-                continue;
-            }
-            b't' => {
-                c.literal(b"true")?;
-                Kind::Bool(true)
-            }
-            b'f' => {
-                c.literal(b"false")?;
-                Kind::Bool(false)
-            }
-            b'n' => {
-                c.literal(b"null")?;
-                Kind::Null
-            }
-            b'-' | b'0'..=b'9' => {
-                c.number()?;
-                Kind::Num
-            }
-            _ => return Err(Malformed),
-        };
-        if let Some(e) = wanted {
-            found.store(e.target, Slot::new(kind, start, c.i));
-        }
-        state = State::AfterValue;
+    c.object(root, found, 1)?;
+    c.ws();
+    if c.i == line.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
     }
-}
-
-/// Leaves the current container; true when it was the line's object and the line ends
-/// there.
-#[inline]
-fn close(c: &mut Cursor<'_>, depth: &mut usize, table_depth: &mut usize) -> Result<bool> {
-    *depth -= 1;
-    if *depth == 0 {
-        c.ws();
-        return if c.i == c.b.len() {
-            Ok(true)
-        } else {
-            Err(Malformed)
-        };
-    }
-    *table_depth = (*table_depth).min(*depth);
-    Ok(false)
 }
 
 #[cfg(test)]
@@ -379,7 +454,8 @@ mod tests {
 
     #[test]
     fn dotted_paths_descend_only_where_asked() {
-        let line = r#"{"http":{"status":500,"req":{"path":"/x"}},"status":200,"other":{"status":1}}"#;
+        let line =
+            r#"{"http":{"status":500,"req":{"path":"/x"}},"status":200,"other":{"status":1}}"#;
         let got = values(line, &["http.status", "status", "http.req.path", "http"]).unwrap();
         assert_eq!(
             got,
@@ -467,7 +543,11 @@ mod tests {
         ] {
             let t = table(&["a"]);
             let mut f = Found::new();
-            assert_eq!(scan(ok.as_bytes(), &t, &mut f), Ok(()), "{ok:?} should parse");
+            assert_eq!(
+                scan(ok.as_bytes(), &t, &mut f),
+                Ok(()),
+                "{ok:?} should parse"
+            );
         }
     }
 
@@ -477,7 +557,10 @@ mod tests {
         let t = table(&["a"]);
         assert_eq!(scan(deep_ok.as_bytes(), &t, &mut Found::new()), Ok(()));
         let too_deep = format!("{{\"a\":{}{}}}", "[".repeat(128), "]".repeat(128));
-        assert_eq!(scan(too_deep.as_bytes(), &t, &mut Found::new()), Err(Malformed));
+        assert_eq!(
+            scan(too_deep.as_bytes(), &t, &mut Found::new()),
+            Err(Malformed)
+        );
         let huge = format!("{{\"a\":{}", "[".repeat(100_000));
         assert_eq!(scan(huge.as_bytes(), &t, &mut Found::new()), Err(Malformed));
     }
@@ -490,7 +573,10 @@ mod tests {
             r#"{"a":1,"b":{"c":{"d":[true,false]}}}"#,
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(line).is_ok());
-            assert_eq!(scan(line.as_bytes(), &table(&["a"]), &mut Found::new()), Ok(()));
+            assert_eq!(
+                scan(line.as_bytes(), &table(&["a"]), &mut Found::new()),
+                Ok(())
+            );
         }
     }
 
@@ -499,7 +585,9 @@ mod tests {
         for ok in ["0", "-0", "12", "1.5", "1e9", "-1.25E-3"] {
             assert!(is_number(ok.as_bytes()), "{ok}");
         }
-        for bad in ["", "-", "01", "1.", ".5", "1e", "inf", "NaN", "0x10", "1 ", "+1"] {
+        for bad in [
+            "", "-", "01", "1.", ".5", "1e", "inf", "NaN", "0x10", "1 ", "+1",
+        ] {
             assert!(!is_number(bad.as_bytes()), "{bad}");
         }
     }

@@ -55,7 +55,10 @@ impl Found {
         if let Some(s) = target.level.and_then(|i| self.level.get_mut(i as usize)) {
             *s = slot;
         }
-        if let Some(s) = target.message.and_then(|i| self.message.get_mut(i as usize)) {
+        if let Some(s) = target
+            .message
+            .and_then(|i| self.message.get_mut(i as usize))
+        {
             *s = slot;
         }
     }
@@ -78,6 +81,9 @@ pub(crate) struct KeyTable {
 #[derive(Debug)]
 pub(crate) struct Entry {
     key: Box<[u8]>,
+    /// The first eight bytes of `key` as [`key_word`] reads them: most keys are that
+    /// short, and one integer comparison replaces a call to `memcmp`.
+    word: u64,
     pub(crate) target: Target,
     /// Set when a dotted name reaches through this key into a nested object.
     pub(crate) child: Option<Box<KeyTable>>,
@@ -106,12 +112,15 @@ impl KeyTable {
             None => {
                 self.entries.push(Entry {
                     key: key.into(),
+                    word: key_word(key),
                     target: Target::default(),
                     child: None,
                 });
                 self.entries.sort_by_key(|e| e.key.len().min(LONG_KEY));
                 for n in 0..=LONG_KEY + 1 {
-                    let below = self.entries.partition_point(|e| e.key.len().min(LONG_KEY) < n);
+                    let below = self
+                        .entries
+                        .partition_point(|e| e.key.len().min(LONG_KEY) < n);
                     self.buckets[n] = u16::try_from(below).unwrap_or(u16::MAX);
                 }
                 self.entries
@@ -123,11 +132,45 @@ impl KeyTable {
         &mut self.entries[pos]
     }
 
+    /// The entry for `key`, whose [`key_word`] is `word`.
     #[inline]
-    pub(crate) fn lookup(&self, key: &[u8]) -> Option<&Entry> {
+    pub(crate) fn lookup(&self, key: &[u8], word: u64) -> Option<&Entry> {
         let n = key.len().min(LONG_KEY);
         let start = usize::from(*self.buckets.get(n)?);
         let end = usize::from(*self.buckets.get(n + 1)?);
-        self.entries.get(start..end)?.iter().find(|e| &*e.key == key)
+        self.entries
+            .get(start..end)?
+            .iter()
+            .find(|e| e.word == word && (key.len() <= 8 || *e.key == *key))
+    }
+}
+
+/// The first (up to) eight bytes of a key as a little-endian integer, zero-padded.
+#[inline]
+pub(crate) fn key_word(key: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    for (d, s) in buf.iter_mut().zip(key) {
+        *d = *s;
+    }
+    u64::from_le_bytes(buf)
+}
+
+/// [`key_word`] of `line[start..start + len]`, with one unaligned load when the line has
+/// eight bytes from `start` (a key is followed by at least `":` and a value).
+#[inline]
+pub(crate) fn key_word_at(line: &[u8], start: usize, len: usize) -> u64 {
+    match line
+        .get(start..start + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+    {
+        Some(bytes) => {
+            let w = u64::from_le_bytes(bytes);
+            if len >= 8 {
+                w
+            } else {
+                w & ((1u64 << (len * 8)) - 1)
+            }
+        }
+        None => key_word(line.get(start..start + len).unwrap_or_default()),
     }
 }

@@ -144,7 +144,10 @@ mod tests {
     fn sample_keeps_about_p() {
         let s = Sampler::new(0.25, 1);
         let kept = (0..100_000).filter(|_| s.keep()).count();
-        assert!((24_000..26_000).contains(&kept), "kept {kept} of 100000 at p=0.25");
+        assert!(
+            (24_000..26_000).contains(&kept),
+            "kept {kept} of 100000 at p=0.25"
+        );
     }
 
     #[test]

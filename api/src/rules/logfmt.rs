@@ -13,7 +13,7 @@ use memchr::memchr2;
 
 use super::{
     event::{Esc, Kind, Slot},
-    keys::{Found, KeyTable},
+    keys::{Found, KeyTable, key_word},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub(crate) fn scan(line: &[u8], table: &KeyTable, found: &mut Found) -> Result<(
         } else {
             Slot::new(Kind::Bool(true), key_start, i)
         };
-        if let Some(entry) = table.lookup(key) {
+        if let Some(entry) = table.lookup(key, key_word(key)) {
             found.store(entry.target, slot);
         }
     }

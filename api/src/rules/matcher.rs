@@ -122,12 +122,15 @@ impl Number {
             return Some(Number::Int(i128::from(if negative { -v } else { v })));
         }
         let s = std::str::from_utf8(text).ok()?;
-        if !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-            if let Ok(i) = s.parse::<i128>() {
-                return Some(Number::Int(i));
-            }
+        if !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E'))
+            && let Ok(i) = s.parse::<i128>()
+        {
+            return Some(Number::Int(i));
         }
-        s.parse::<f64>().ok().filter(|f| f.is_finite()).map(Number::Float)
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Number::Float)
     }
 
     fn as_f64(self) -> f64 {
@@ -165,7 +168,6 @@ impl Scalar {
             _ => return None,
         })
     }
-
 }
 
 /// Whether `v` equals one of `list`; the value is read (unescaped, parsed) once, not once
@@ -180,7 +182,7 @@ fn equals_any(list: &[Scalar], v: Value<'_>) -> bool {
             list.iter()
                 .any(|s| matches!(s, Scalar::Num(m) if m.same(n)))
         }
-        Value::Bool(b) => list.iter().any(|s| *s == Scalar::Bool(b)),
+        Value::Bool(b) => list.contains(&Scalar::Bool(b)),
         Value::Str(..) => {
             let Some(text) = v.text() else {
                 return false;
@@ -244,11 +246,23 @@ mod tests {
             (&Scalar::Bool(true), Value::Bool(true), true),
             (&Scalar::Bool(true), Value::Bool(false), false),
             (&Scalar::Bool(true), Value::Str(b"true", Esc::None), false),
-            (&Scalar::Bool(true), Value::Untyped(b"true", Esc::None), true),
-            (&Scalar::Bool(false), Value::Untyped(b"false", Esc::None), true),
+            (
+                &Scalar::Bool(true),
+                Value::Untyped(b"true", Esc::None),
+                true,
+            ),
+            (
+                &Scalar::Bool(false),
+                Value::Untyped(b"false", Esc::None),
+                true,
+            ),
             (&num(1), Value::Null, false),
             (&num(1), Value::Absent, false),
-            (&Scalar::Str((*b"a\"b").into()), Value::Str(br#"a\"b"#, Esc::Json), true),
+            (
+                &Scalar::Str((*b"a\"b").into()),
+                Value::Str(br#"a\"b"#, Esc::Json),
+                true,
+            ),
         ];
         for (i, (s, v, want)) in cases.iter().enumerate() {
             assert_eq!(s.equals(*v), *want, "case {i}: {s:?} equals {v:?}");
