@@ -78,13 +78,14 @@ impl ZooKeeper {
                 .map_err(|e| EnvError::io("creating the ZooKeeper data dir", e))?;
             fs::write(dir.join("data/myid"), format!("{id}\n"))
                 .map_err(|e| EnvError::io("writing myid", e))?;
-            // Short ticks keep session-expiry tests fast; maxClientCnxns=0 because the
+            // Short ticks keep session-expiry tests fast; forceSync=no because test data
+            // need not survive a power cut (fsync dominated latency); maxClientCnxns=0 because the
             // default 60 per address breaks tests with many sessions from 127.0.0.1.
             let mut cfg = format!(
                 "tickTime=500\ninitLimit=20\nsyncLimit=10\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n\
                  dataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\n\
                  admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,stat,mntr,cons,wchs\n\
-                 autopurge.purgeInterval=0\n",
+                 autopurge.purgeInterval=0\nforceSync=no\n",
                 dir.join("data").display()
             );
             if size > 1 {

@@ -260,7 +260,8 @@ async fn webhook(
         zk_root: format!("/{}", unique_name("bench")),
         identity: "bench".into(),
         leader_election: false,
-        webhook: false,
+        // Registered at its loopback URL, so its certificate names 127.0.0.1.
+        webhook: true,
         extra_args: vec![],
     };
     let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
