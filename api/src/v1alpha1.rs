@@ -276,7 +276,11 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// Go on evaluating the next rules after this one matched.
-    #[serde(default, rename = "continue", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        rename = "continue",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub continue_: bool,
 }
 
@@ -339,9 +343,7 @@ pub struct LevelCondition {
 }
 
 /// Event severity, ordered trace < debug < info < warn < error < fatal.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Level {

@@ -86,7 +86,11 @@ pub struct Envelope {
 
 impl Envelope {
     /// Wraps a spec, computing its hash.
-    pub fn new(uid: impl Into<String>, generation: i64, spec: ServiceLogSpec) -> Result<Self, WireError> {
+    pub fn new(
+        uid: impl Into<String>,
+        generation: i64,
+        spec: ServiceLogSpec,
+    ) -> Result<Self, WireError> {
         Ok(Self {
             schema: SCHEMA_VERSION,
             uid: uid.into(),
@@ -113,10 +117,11 @@ impl Envelope {
     /// Reads znode data, checking the schema version and that the hash matches the spec
     /// (a hand-edited spec with a stale hash is refused rather than acked under a lie).
     pub fn from_slice(data: &[u8]) -> Result<Self, WireError> {
-        let envelope: Envelope = serde_json::from_slice(data).map_err(|e| WireError::Malformed {
-            what: "config envelope",
-            message: e.to_string(),
-        })?;
+        let envelope: Envelope =
+            serde_json::from_slice(data).map_err(|e| WireError::Malformed {
+                what: "config envelope",
+                message: e.to_string(),
+            })?;
         if envelope.schema != SCHEMA_VERSION {
             return Err(WireError::UnsupportedSchema {
                 found: envelope.schema,
@@ -179,7 +184,8 @@ impl Layout {
     /// Notable errors: [`WireError::BadRoot`] unless the root is absolute without a
     /// trailing slash.
     pub fn new(root: &str) -> Result<Self, WireError> {
-        if !root.starts_with('/') || (root.len() > 1 && root.ends_with('/')) || root.contains("//") {
+        if !root.starts_with('/') || (root.len() > 1 && root.ends_with('/')) || root.contains("//")
+        {
             return Err(WireError::BadRoot(root.to_owned()));
         }
         Ok(Self {
@@ -188,7 +194,11 @@ impl Layout {
     }
 
     pub fn root(&self) -> &str {
-        if self.root.is_empty() { "/" } else { &self.root }
+        if self.root.is_empty() {
+            "/"
+        } else {
+            &self.root
+        }
     }
 
     /// `<root>/namespaces`, the parent of every resource's subtree.
@@ -343,7 +353,10 @@ mod tests {
     fn canonical_json_sorts_keys_and_drops_whitespace() {
         let v = serde_json::json!({"b": 1, "a": [true, null, "x"], "c": {"z": 1.5, "y": 1e21}});
         let out = String::from_utf8(canonical_json(&v).unwrap()).unwrap();
-        assert_eq!(out, r#"{"a":[true,null,"x"],"b":1,"c":{"y":1e+21,"z":1.5}}"#);
+        assert_eq!(
+            out,
+            r#"{"a":[true,null,"x"],"b":1,"c":{"y":1e+21,"z":1.5}}"#
+        );
     }
 
     #[test]
@@ -381,7 +394,8 @@ mod tests {
     #[test]
     fn oversized_envelope_is_refused() {
         let mut big = spec();
-        big.sources[0].file.as_mut().unwrap().paths = (0..20_000).map(|i| format!("/var/log/{i:060}")).collect();
+        big.sources[0].file.as_mut().unwrap().paths =
+            (0..20_000).map(|i| format!("/var/log/{i:060}")).collect();
         let err = Envelope::new("u", 1, big).unwrap().to_bytes().unwrap_err();
         assert!(matches!(err, WireError::TooLarge { .. }), "got {err:?}");
     }
@@ -389,21 +403,40 @@ mod tests {
     #[test]
     fn layout_paths_and_parse() {
         let l = Layout::default();
-        assert_eq!(l.config("shop", "checkout").unwrap(), "/servicelog/namespaces/shop/checkout/config");
+        assert_eq!(
+            l.config("shop", "checkout").unwrap(),
+            "/servicelog/namespaces/shop/checkout/config"
+        );
         assert_eq!(
             l.instance("shop", "checkout", "pod-1").unwrap(),
             "/servicelog/namespaces/shop/checkout/instances/pod-1"
         );
-        let p = l.parse("/servicelog/namespaces/shop/checkout/instances/pod-1").unwrap();
-        assert_eq!((p.namespace, p.name, p.kind), ("shop", "checkout", PathKind::Instance("pod-1")));
-        assert_eq!(l.parse("/servicelog/namespaces/shop/checkout/config").unwrap().kind, PathKind::Config);
+        let p = l
+            .parse("/servicelog/namespaces/shop/checkout/instances/pod-1")
+            .unwrap();
+        assert_eq!(
+            (p.namespace, p.name, p.kind),
+            ("shop", "checkout", PathKind::Instance("pod-1"))
+        );
+        assert_eq!(
+            l.parse("/servicelog/namespaces/shop/checkout/config")
+                .unwrap()
+                .kind,
+            PathKind::Config
+        );
         assert_eq!(l.parse("/other/namespaces/shop/checkout/config"), None);
-        assert_eq!(l.parse("/servicelog/namespaces/shop/checkout/config/x"), None);
+        assert_eq!(
+            l.parse("/servicelog/namespaces/shop/checkout/config/x"),
+            None
+        );
         assert!(l.config("a/b", "c").is_err());
         assert!(l.config("ns", "").is_err());
         assert!(Layout::new("relative").is_err());
         assert!(Layout::new("/trailing/").is_err());
-        assert_eq!(Layout::new("/x/y").unwrap().config("n", "m").unwrap(), "/x/y/namespaces/n/m/config");
+        assert_eq!(
+            Layout::new("/x/y").unwrap().config("n", "m").unwrap(),
+            "/x/y/namespaces/n/m/config"
+        );
     }
 
     #[test]

@@ -1,27 +1,63 @@
-//! The routing benchmark of `shared/bench/WORKLOAD.md`, for the sidecar.
+//! The routing benchmark of `shared/bench/WORKLOAD.md`: the sidecar against rsyslog and
+//! syslog-ng, side by side in one run.
 //!
 //! Generates the workload (seeded, deterministic: 2,000,000 JSON lines of about 200 bytes,
-//! level debug 50 % / info 35 % / warn 10 % / error 5 %), then runs the real
-//! `servicelog-sidecar` binary with `--config-file` and `--exit-on-eof` under
-//! `/usr/bin/time -v`: debug dropped, warn and error to the `alerts` file, info to the
-//! `info` file, raw encoding. Each run must write exactly the input's lines of each level,
-//! or the benchmark fails. Prints one JSON document on stdout (progress on stderr).
+//! level debug 50 % / info 35 % / warn 10 % / error 5 %), then runs each contender on it,
+//! interleaved (sidecar, syslog-ng, rsyslog, sidecar, …) so the machine's drift hits all
+//! alike, each pinned to one core (`taskset -c`): debug dropped, warn and error to an
+//! `alerts` file, info to an `info` file, each output line the input line unchanged.
 //!
-//! `cargo bench -p servicelog-sidecar --bench routing` runs it in full (`BENCH_LINES`,
-//! `BENCH_RUNS` and `BENCH_DIR` override the size, the run count (3) and the work
-//! directory, `target/bench`). Under `cargo test` it is a smoke test: 20,000 lines, one
-//! run, the same checks.
+//! - the sidecar: the real `servicelog-sidecar` with `--config-file` and `--exit-on-eof`
+//!   under `/usr/bin/time -v` (CPU and peak RSS from its report);
+//! - syslog-ng (`file()` + `json-parser()` + filters → `file()`) and rsyslog (`imfile` +
+//!   `mmjsonparse` + a ruleset → `omfile`), from the configs in `bench/*.conf.in`, run in
+//!   the foreground; done when both outputs hold exactly the expected bytes, then CPU
+//!   (utime + stime) and peak RSS (VmHWM) are read from `/proc/<pid>` before they are
+//!   stopped.
+//!
+//! Every run's outputs are counted line by line and must equal the input's counts per
+//! level. A sidecar run that does not fails the benchmark; a contender's is reported as a
+//! failed run (its median is over its good runs). Prints one JSON document on stdout
+//! (progress on stderr): per contender its runs and medians, and the sidecar's ratios to
+//! each contender.
+//!
+//! `cargo bench -p servicelog-sidecar --bench routing` runs it in full. Environment:
+//! `BENCH_LINES`, `BENCH_RUNS` (3), `BENCH_DIR` (`target/bench/sidecar`), `BENCH_CPU` (the
+//! core to pin to; default the last one; `none` to not pin), `BENCH_CONTENDERS`
+//! (comma-separated subset of `servicelog-sidecar,syslog-ng,rsyslog`), `BENCH_SYSLOG_NG`
+//! (the binary; default `syslog-ng` on PATH), `BENCH_RSYSLOG_DIR` (a root holding
+//! `usr/sbin/rsyslogd` and `usr/lib/*/rsyslog/`: `scripts/bench.sh` unpacks Debian's
+//! package into `~/.cache/servicelog/contenders/rsyslog`, as it conflicts with syslog-ng;
+//! default that, else `/`). A contender that is not installed is reported unavailable.
+//! Under `cargo test` it is a smoke test: 20,000 lines, one run of each, the same checks.
 
 use std::{
     fs,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use serde_json::{Value, json};
+
 const BIN: &str = env!("CARGO_BIN_EXE_servicelog-sidecar");
 const SEED: u64 = 0x005e_411c_e106;
+
+/// A contender that stops making progress for this long has failed its run.
+const STALL: Duration = Duration::from_secs(30);
+/// Upper bound on one contender run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+const POLL: Duration = Duration::from_millis(20);
+
+const SIDECAR: &str = "servicelog-sidecar";
+const SYSLOG_NG: &str = "syslog-ng";
+const RSYSLOG: &str = "rsyslog";
+
+/// Issue #6's targets.
+const TARGET_RATIO_SYSLOG_NG: f64 = 5.0;
+const TARGET_IDLE_RSS_MIB: f64 = 8.0;
+const TARGET_LOAD_RSS_MIB: f64 = 32.0;
 
 const MESSAGES: [&str; 20] = [
     "request served",
@@ -75,12 +111,36 @@ impl Rng {
     }
 }
 
-/// Lines per level, in `LEVELS` order.
-type Counts = [u64; 4];
+/// The generated input and what each output must hold.
+struct Workload {
+    input: PathBuf,
+    lines: u64,
+    bytes: u64,
+    /// Lines per level, in `LEVELS` order.
+    counts: [u64; 4],
+    /// Bytes per level, newlines included.
+    level_bytes: [u64; 4],
+}
 
-fn generate(path: &Path, lines: u64) -> (Counts, u64) {
+impl Workload {
+    /// Lines of (alerts, info).
+    fn expected_lines(&self) -> (u64, u64) {
+        (self.counts[2] + self.counts[3], self.counts[1])
+    }
+
+    /// Bytes of (alerts, info).
+    fn expected_bytes(&self) -> (u64, u64) {
+        (
+            self.level_bytes[2] + self.level_bytes[3],
+            self.level_bytes[1],
+        )
+    }
+}
+
+fn generate(path: &Path, lines: u64) -> Workload {
     let mut rng = Rng(SEED);
     let mut counts = [0u64; 4];
+    let mut level_bytes = [0u64; 4];
     let mut out = BufWriter::with_capacity(
         1 << 20,
         fs::File::create(path).expect("creating the workload file"),
@@ -95,7 +155,6 @@ fn generate(path: &Path, lines: u64) -> (Counts, u64) {
             85..95 => 2,
             _ => 3,
         };
-        counts[level] += 1;
         let status = match rng.below(100) {
             0..90 => 200,
             90..93 => 201,
@@ -123,12 +182,20 @@ fn generate(path: &Path, lines: u64) -> (Counts, u64) {
             rng.next(),
         );
         line.push('\n');
+        counts[level] += 1;
+        level_bytes[level] += line.len() as u64;
         bytes += line.len() as u64;
         out.write_all(line.as_bytes())
             .expect("writing the workload");
     }
     out.flush().expect("writing the workload");
-    (counts, bytes)
+    Workload {
+        input: path.to_owned(),
+        lines,
+        bytes,
+        counts,
+        level_bytes,
+    }
 }
 
 fn count_lines(path: &Path) -> u64 {
@@ -137,7 +204,146 @@ fn count_lines(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+fn file_size(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The last `n` lines of a log file, for error messages.
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The core every contender is pinned to, if any.
+#[derive(Clone, Copy)]
+struct Pin(Option<usize>);
+
+impl Pin {
+    fn from_env() -> Self {
+        let has_taskset = Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        match std::env::var("BENCH_CPU").ok().as_deref() {
+            Some("none") => Self(None),
+            _ if !has_taskset => {
+                eprintln!("bench: taskset not found (util-linux); contenders are not pinned");
+                Self(None)
+            }
+            Some(v) => Self(Some(v.parse().unwrap_or_else(|_| {
+                panic!("BENCH_CPU must be a core number or `none`, not {v:?}")
+            }))),
+            None => Self(Some(
+                std::thread::available_parallelism().map_or(0, |n| n.get() - 1),
+            )),
+        }
+    }
+
+    fn command(self, program: &Path) -> Command {
+        match self.0 {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Sidecar,
+    SyslogNg { bin: PathBuf },
+    Rsyslog { bin: PathBuf, moddir: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+struct Contender {
+    name: &'static str,
+    kind: Kind,
+    version: String,
+}
+
+fn first_line(mut cmd: Command) -> Option<String> {
+    let out = cmd.stdin(Stdio::null()).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn find_syslog_ng() -> Result<Contender, String> {
+    let bin = match std::env::var_os("BENCH_SYSLOG_NG") {
+        Some(b) => PathBuf::from(b),
+        None => on_path("syslog-ng")
+            .ok_or("syslog-ng is not installed (apt-get install syslog-ng-core)")?,
+    };
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--version");
+    let version = first_line(cmd).ok_or_else(|| format!("{} does not run", bin.display()))?;
+    Ok(Contender {
+        name: SYSLOG_NG,
+        kind: Kind::SyslogNg { bin },
+        version,
+    })
+}
+
+fn find_rsyslog() -> Result<Contender, String> {
+    let cache = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/servicelog/contenders/rsyslog"));
+    let root = std::env::var_os("BENCH_RSYSLOG_DIR")
+        .map(PathBuf::from)
+        .or_else(|| cache.filter(|c| c.join("usr/sbin/rsyslogd").is_file()))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let bin = root.join("usr/sbin/rsyslogd");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found (scripts/bench.sh unpacks Debian's rsyslog into ~/.cache/servicelog/contenders/rsyslog)",
+            bin.display()
+        ));
+    }
+    let moddir = fs::read_dir(root.join("usr/lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("rsyslog"))
+        .find(|d| d.join("imfile.so").is_file() && d.join("mmjsonparse.so").is_file())
+        .ok_or_else(|| {
+            format!(
+                "no rsyslog module dir with imfile.so and mmjsonparse.so under {}/usr/lib",
+                root.display()
+            )
+        })?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-v");
+    let version = first_line(cmd)
+        .ok_or_else(|| format!("{} does not run", bin.display()))?
+        .trim_end_matches("compiled with:")
+        .trim()
+        .to_owned();
+    Ok(Contender {
+        name: RSYSLOG,
+        kind: Kind::Rsyslog { bin, moddir },
+        version,
+    })
+}
+
+/// One run of one contender.
+#[derive(Debug, Clone, Default)]
 struct Run {
     wall_s: f64,
     user_s: f64,
@@ -145,6 +351,26 @@ struct Run {
     max_rss_kib: u64,
     alerts: u64,
     info: u64,
+    /// Why the run does not count, if it does not.
+    error: Option<String>,
+}
+
+impl Run {
+    fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    fn to_json(&self, w: &Workload) -> Value {
+        json!({
+            "ok": self.error.is_none(),
+            "error": self.error,
+            "wall_s": self.wall_s, "user_s": self.user_s, "sys_s": self.sys_s,
+            "cpu_s": self.cpu_s(), "max_rss_kib": self.max_rss_kib,
+            "lines_per_s": w.lines as f64 / self.wall_s,
+            "lines_per_cpu_s": w.lines as f64 / self.cpu_s(),
+            "outputs": {"alerts": self.alerts, "info": self.info},
+        })
+    }
 }
 
 fn time_field(report: &str, name: &str) -> Option<f64> {
@@ -153,23 +379,57 @@ fn time_field(report: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
 }
 
-fn run_once(dir: &Path, config: &Path) -> Run {
-    let out = dir.join("out");
-    let state = dir.join("state");
-    let _ = fs::remove_dir_all(&out);
-    let _ = fs::remove_dir_all(&state);
-    fs::create_dir_all(&out).expect("creating the output dir");
-    let report = dir.join("time.txt");
+/// Empties `<dir>/<name>` and returns it with its `out` and `work` subdirectories made.
+fn fresh_dir(dir: &Path, name: &str) -> PathBuf {
+    let run = dir.join("runs").join(name);
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(run.join("out")).expect("creating the output dir");
+    fs::create_dir_all(run.join("work")).expect("creating the work dir");
+    run
+}
+
+/// Lines and bytes of each output must be the input's, level by level.
+fn check_outputs(run: &mut Run, w: &Workload, out: &Path) {
+    let want = w.expected_lines();
+    let bytes = (
+        file_size(&out.join("alerts.log")),
+        file_size(&out.join("info.log")),
+    );
+    if run.error.is_some() {
+        return;
+    }
+    run.error = if (run.alerts, run.info) != want {
+        Some(format!(
+            "output line counts (alerts, info) = ({}, {}), expected (warn+error, info) = {want:?}",
+            run.alerts, run.info
+        ))
+    } else if bytes != w.expected_bytes() {
+        Some(format!(
+            "output sizes (alerts, info) = {bytes:?} bytes, expected {:?}: lines were changed",
+            w.expected_bytes()
+        ))
+    } else {
+        None
+    };
+}
+
+fn run_sidecar(dir: &Path, w: &Workload, pin: Pin) -> Run {
+    let run_dir = fresh_dir(dir, SIDECAR);
+    let out = run_dir.join("out");
+    let config = run_dir.join("servicelog.yaml");
+    fs::write(&config, config_yaml(&w.input, &out)).expect("writing the sidecar's config");
+    let report = run_dir.join("time.txt");
     let start = Instant::now();
-    let status = Command::new("/usr/bin/time")
+    let status = pin
+        .command(Path::new("/usr/bin/time"))
         .arg("-v")
         .arg("-o")
         .arg(&report)
         .arg(BIN)
         .arg("--config-file")
-        .arg(config)
+        .arg(&config)
         .arg("--state-dir")
-        .arg(&state)
+        .arg(run_dir.join("work"))
         .args(["--metrics-addr", "127.0.0.1:0", "--exit-on-eof"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -177,9 +437,8 @@ fn run_once(dir: &Path, config: &Path) -> Run {
         .status()
         .expect("running the sidecar under /usr/bin/time (apt-get install time)");
     let wall_s = start.elapsed().as_secs_f64();
-    assert!(status.success(), "the sidecar failed: {status}");
     let report = fs::read_to_string(&report).expect("reading /usr/bin/time's report");
-    Run {
+    let mut run = Run {
         wall_s,
         user_s: time_field(&report, "User time (seconds):").unwrap_or(f64::NAN),
         sys_s: time_field(&report, "System time (seconds):").unwrap_or(f64::NAN),
@@ -187,7 +446,183 @@ fn run_once(dir: &Path, config: &Path) -> Run {
             as u64,
         alerts: count_lines(&out.join("alerts.log")),
         info: count_lines(&out.join("info.log")),
+        error: (!status.success()).then(|| format!("the sidecar failed: {status}")),
+    };
+    check_outputs(&mut run, w, &out);
+    run
+}
+
+/// A contender daemon, stopped (TERM, then KILL) on drop.
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// utime + stime of a live process (all its threads), in seconds.
+fn proc_cpu(pid: u32, ticks_per_s: f64) -> Option<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime / ticks_per_s, stime / ticks_per_s))
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn render(template: &str, vars: &[(&str, &Path)]) -> String {
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../bench")
+            .join(template),
+    )
+    .unwrap_or_else(|e| panic!("reading bench/{template}: {e}"));
+    vars.iter().fold(text, |t, (k, v)| {
+        t.replace(&format!("@{k}@"), &v.display().to_string())
+    })
+}
+
+/// Runs a daemon contender until both outputs hold exactly the expected bytes.
+fn run_daemon(c: &Contender, dir: &Path, w: &Workload, pin: Pin, ticks: f64) -> Run {
+    let run_dir = fresh_dir(dir, c.name);
+    let (out, work) = (run_dir.join("out"), run_dir.join("work"));
+    let vars = [
+        ("INPUT", w.input.as_path()),
+        ("OUT", out.as_path()),
+        ("WORK", work.as_path()),
+    ];
+    let log = run_dir.join("daemon.log");
+    let conf = run_dir.join("daemon.conf");
+    let mut cmd = match &c.kind {
+        Kind::SyslogNg { bin } => {
+            fs::write(&conf, render("syslog-ng.conf.in", &vars)).expect("writing the config");
+            let mut cmd = pin.command(bin);
+            cmd.args(["-F", "--no-caps", "-f"])
+                .arg(&conf)
+                .arg("-R")
+                .arg(work.join("syslog-ng.persist"))
+                .arg("-p")
+                .arg(work.join("syslog-ng.pid"))
+                .arg("-c")
+                .arg(work.join("syslog-ng.ctl"));
+            cmd
+        }
+        Kind::Rsyslog { bin, moddir } => {
+            fs::write(&conf, render("rsyslog.conf.in", &vars)).expect("writing the config");
+            let mut cmd = pin.command(bin);
+            cmd.arg("-n")
+                .arg("-M")
+                .arg(moddir)
+                .arg("-f")
+                .arg(&conf)
+                .arg("-i")
+                .arg(work.join("rsyslogd.pid"));
+            cmd
+        }
+        Kind::Sidecar => unreachable!("the sidecar is not run as a daemon"),
+    };
+    let log_file = fs::File::create(&log).expect("creating the daemon's log");
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("cloning the log's handle"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", c.name));
+    let mut daemon = Daemon { child };
+    let pid = daemon.child.id();
+    let (alerts, info) = (out.join("alerts.log"), out.join("info.log"));
+    let want = w.expected_bytes();
+    let mut last = (u64::MAX, u64::MAX);
+    let mut last_change = Instant::now();
+    let error = loop {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            break Some(format!(
+                "{} exited early ({status}); its log:\n{}",
+                c.name,
+                tail(&log, 20)
+            ));
+        }
+        let sizes = (file_size(&alerts), file_size(&info));
+        if sizes == want {
+            break None;
+        }
+        if sizes.0 > want.0 || sizes.1 > want.1 {
+            break Some(format!(
+                "{} wrote more than expected: (alerts, info) bytes = {sizes:?}, expected {want:?}",
+                c.name
+            ));
+        }
+        if sizes != last {
+            last = sizes;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > STALL {
+            break Some(format!(
+                "timed out waiting for {} to write {want:?} bytes to (alerts, info): stuck at {sizes:?} for {STALL:?}; its log:\n{}",
+                c.name,
+                tail(&log, 20)
+            ));
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            break Some(format!(
+                "timed out after {RUN_TIMEOUT:?} waiting for {} to write {want:?} bytes to (alerts, info): at {sizes:?}",
+                c.name
+            ));
+        }
+        std::thread::sleep(POLL);
+    };
+    let wall_s = start.elapsed().as_secs_f64();
+    let (user_s, sys_s) = proc_cpu(pid, ticks).unwrap_or((f64::NAN, f64::NAN));
+    let max_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    drop(daemon);
+    let mut run = Run {
+        wall_s,
+        user_s,
+        sys_s,
+        max_rss_kib,
+        alerts: count_lines(&alerts),
+        info: count_lines(&info),
+        error,
+    };
+    check_outputs(&mut run, w, &out);
+    run
 }
 
 /// RSS of a sidecar that has applied its config and has nothing to read.
@@ -213,36 +648,58 @@ fn idle_rss_kib(dir: &Path) -> Option<u64> {
         .spawn()
         .ok()?;
     std::thread::sleep(Duration::from_secs(2));
-    let status = fs::read_to_string(format!("/proc/{}/status", child.id())).ok();
+    let rss = proc_status_kib(child.id(), "VmRSS:");
     let _ = child.kill();
     let _ = child.wait();
-    status?.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    rss
 }
 
-fn config_yaml(glob: &Path, out: &Path) -> String {
+fn config_yaml(input: &Path, out: &Path) -> String {
     format!(
         "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: bench}}\nspec:\n\
-         \x20 sources:\n    - name: app\n      file: {{paths: [\"{glob}\"], format: json}}\n\
+         \x20 sources:\n    - name: app\n      file: {{paths: [\"{input}\"], format: json}}\n\
          \x20 sinks:\n    - name: alerts\n      file: {{path: \"{out}/alerts.log\"}}\n\
          \x20   - name: info\n      file: {{path: \"{out}/info.log\"}}\n\
          \x20 rules:\n    - name: drop-debug\n      when: {{level: {{below: info}}}}\n      action: drop\n\
          \x20   - name: alerts\n      when: {{level: {{atLeast: warn}}}}\n      to: [alerts]\n\
          \x20   - name: info\n      when: {{level: {{in: [info]}}}}\n      to: [info]\n",
-        glob = glob.display(),
+        input = input.display(),
         out = out.display(),
     )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Medians over the good runs, or `None` if there is none.
+fn medians(runs: &[Run], w: &Workload) -> Option<Value> {
+    let good: Vec<&Run> = runs.iter().filter(|r| r.error.is_none()).collect();
+    if good.is_empty() {
+        return None;
+    }
+    let m = |f: &dyn Fn(&Run) -> f64| median(good.iter().map(|r| f(r)).collect());
+    let (wall, cpu) = (m(&|r| r.wall_s), m(&Run::cpu_s));
+    let rss = m(&|r| r.max_rss_kib as f64);
+    Some(json!({
+        "runs": good.len(),
+        "wall_s": wall, "cpu_s": cpu, "user_s": m(&|r| r.user_s), "sys_s": m(&|r| r.sys_s),
+        "max_rss_kib": rss, "max_rss_mib": rss / 1024.0,
+        "lines_per_s": m(&|r| w.lines as f64 / r.wall_s),
+        "mib_per_s": m(&|r| w.bytes as f64 / r.wall_s / (1024.0 * 1024.0)),
+        "lines_per_cpu_s": m(&|r| w.lines as f64 / r.cpu_s()),
+    }))
+}
+
+fn ratio(a: &Value, b: &Value, key: &str) -> Value {
+    match (a[key].as_f64(), b[key].as_f64()) {
+        (Some(x), Some(y)) if y > 0.0 => json!(x / y),
+        _ => Value::Null,
+    }
 }
 
 fn main() {
@@ -255,6 +712,12 @@ fn main() {
     };
     let lines = env_num("BENCH_LINES", if full { 2_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
+    let wanted: Vec<String> = std::env::var("BENCH_CONTENDERS")
+        .unwrap_or_else(|_| format!("{SIDECAR},{SYSLOG_NG},{RSYSLOG}"))
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     let dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -262,66 +725,139 @@ fn main() {
         });
     let dir = dir.join(if full { "full" } else { "smoke" });
     fs::create_dir_all(dir.join("input")).expect("creating the bench dir");
+    let dir = dir.canonicalize().expect("resolving the bench dir");
+    let pin = Pin::from_env();
+    let ticks = clock_ticks();
+
+    let mut contenders = Vec::new();
+    let mut unavailable = serde_json::Map::new();
+    let sidecar_version = {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--version");
+        first_line(cmd).unwrap_or_default()
+    };
+    for name in &wanted {
+        let found = match name.as_str() {
+            SIDECAR => Ok(Contender {
+                name: SIDECAR,
+                kind: Kind::Sidecar,
+                version: sidecar_version.clone(),
+            }),
+            SYSLOG_NG => find_syslog_ng(),
+            RSYSLOG => find_rsyslog(),
+            other => panic!(
+                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SYSLOG_NG}, {RSYSLOG})"
+            ),
+        };
+        match found {
+            Ok(c) => contenders.push(c),
+            Err(why) => {
+                eprintln!("bench: {name} is unavailable: {why}");
+                unavailable.insert(
+                    name.clone(),
+                    json!({"status": "unavailable", "reason": why}),
+                );
+            }
+        }
+    }
+
     let input = dir.join("input/app.log");
     eprintln!("bench: generating {lines} lines into {}", input.display());
-    let (counts, bytes) = generate(&input, lines);
-    let config = dir.join("servicelog.yaml");
-    fs::write(
-        &config,
-        config_yaml(&dir.join("input/*.log"), &dir.join("out")),
-    )
-    .expect("writing the config");
+    let w = generate(&input, lines);
+    eprintln!(
+        "bench: {} bytes; expecting (alerts, info) = {:?} lines; pinned to core {:?}",
+        w.bytes,
+        w.expected_lines(),
+        pin.0
+    );
 
-    let mut results = Vec::new();
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
     for i in 0..runs {
-        let r = run_once(&dir, &config);
-        eprintln!(
-            "bench: run {}: {:.2}s wall, {:.2}s cpu, {} KiB peak RSS",
-            i + 1,
-            r.wall_s,
-            r.user_s + r.sys_s,
-            r.max_rss_kib
-        );
-        assert_eq!(
-            (r.alerts, r.info),
-            (counts[2] + counts[3], counts[1]),
-            "output line counts (alerts, info) must equal the input's (warn+error, info)"
-        );
-        results.push(r);
+        for (c, results) in contenders.iter().zip(results.iter_mut()) {
+            let r = match c.kind {
+                Kind::Sidecar => run_sidecar(&dir, &w, pin),
+                _ => run_daemon(c, &dir, &w, pin, ticks),
+            };
+            eprintln!(
+                "bench: run {} {:<18} {:>7.2}s wall {:>7.2}s cpu {:>9.0} lines/cpu-s {:>7} KiB peak RSS  {}",
+                i + 1,
+                c.name,
+                r.wall_s,
+                r.cpu_s(),
+                w.lines as f64 / r.cpu_s(),
+                r.max_rss_kib,
+                r.error.as_deref().unwrap_or("ok"),
+            );
+            if c.name == SIDECAR {
+                assert!(r.error.is_none(), "the sidecar's run failed: {:?}", r.error);
+            }
+            results.push(r);
+        }
     }
-    let idle = if full { idle_rss_kib(&dir) } else { None };
+    let idle = if full && wanted.iter().any(|n| n == SIDECAR) {
+        idle_rss_kib(&dir)
+    } else {
+        None
+    };
 
-    let wall = median(results.iter().map(|r| r.wall_s).collect());
-    let cpu = median(results.iter().map(|r| r.user_s + r.sys_s).collect());
-    let rss = median(results.iter().map(|r| r.max_rss_kib as f64).collect());
-    let runs_json: Vec<serde_json::Value> = results
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "wall_s": r.wall_s, "user_s": r.user_s, "sys_s": r.sys_s,
-                "cpu_s": r.user_s + r.sys_s, "max_rss_kib": r.max_rss_kib,
-                "lines_per_s": lines as f64 / r.wall_s,
-                "lines_per_cpu_s": lines as f64 / (r.user_s + r.sys_s),
-                "outputs": {"alerts": r.alerts, "info": r.info},
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({
-        "contender": "servicelog-sidecar",
+    let mut by_name = serde_json::Map::new();
+    let mut med = std::collections::BTreeMap::new();
+    for (c, runs) in contenders.iter().zip(&results) {
+        let m = medians(runs, &w);
+        let failed = runs.iter().filter(|r| r.error.is_some()).count();
+        if let Some(m) = &m {
+            med.insert(c.name, m.clone());
+        }
+        by_name.insert(
+            c.name.to_owned(),
+            json!({
+                "status": if failed == 0 { "ok" } else { "failed" },
+                "failed_runs": failed,
+                "version": c.version,
+                "runs": runs.iter().map(|r| r.to_json(&w)).collect::<Vec<_>>(),
+                "median": m,
+            }),
+        );
+    }
+    by_name.extend(unavailable);
+
+    let mut ratios = serde_json::Map::new();
+    if let Some(ours) = med.get(SIDECAR) {
+        for (name, theirs) in med.iter().filter(|(n, _)| **n != SIDECAR) {
+            ratios.insert(
+                (*name).to_owned(),
+                json!({
+                    "lines_per_cpu_s": ratio(ours, theirs, "lines_per_cpu_s"),
+                    "lines_per_s": ratio(ours, theirs, "lines_per_s"),
+                    "max_rss": ratio(ours, theirs, "max_rss_kib"),
+                }),
+            );
+        }
+    }
+    let load_rss_mib = med.get(SIDECAR).and_then(|m| m["max_rss_mib"].as_f64());
+    let ratio_ng = ratios
+        .get(SYSLOG_NG)
+        .and_then(|r| r["lines_per_cpu_s"].as_f64());
+    let idle_mib = idle.map(|k| k as f64 / 1024.0);
+    let doc = json!({
         "workload": {
-            "lines": lines, "bytes": bytes, "seed": SEED,
-            "levels": {"debug": counts[0], "info": counts[1], "warn": counts[2], "error": counts[3]},
+            "lines": w.lines, "bytes": w.bytes, "seed": SEED,
+            "levels": {"debug": w.counts[0], "info": w.counts[1], "warn": w.counts[2], "error": w.counts[3]},
         },
-        "expected": {"alerts": counts[2] + counts[3], "info": counts[1]},
-        "runs": runs_json,
-        "median": {
-            "wall_s": wall, "cpu_s": cpu, "max_rss_kib": rss,
-            "lines_per_s": lines as f64 / wall,
-            "mib_per_s": bytes as f64 / wall / (1024.0 * 1024.0),
-            "lines_per_cpu_s": lines as f64 / cpu,
-        },
+        "expected": {"alerts": w.expected_lines().0, "info": w.expected_lines().1},
+        "pinned_cpu": pin.0,
+        "runs_per_contender": runs,
+        "contenders": by_name,
+        "ratios": ratios,
         "idle_rss_kib": idle,
-        "outputs_ok": true,
+        "targets": {
+            "lines_per_cpu_s_vs_syslog_ng": {"target": TARGET_RATIO_SYSLOG_NG, "measured": ratio_ng,
+                "met": ratio_ng.map(|r| r >= TARGET_RATIO_SYSLOG_NG)},
+            "idle_rss_mib": {"target": TARGET_IDLE_RSS_MIB, "measured": idle_mib,
+                "met": idle_mib.map(|m| m < TARGET_IDLE_RSS_MIB)},
+            "load_rss_mib": {"target": TARGET_LOAD_RSS_MIB, "measured": load_rss_mib,
+                "met": load_rss_mib.map(|m| m < TARGET_LOAD_RSS_MIB)},
+        },
     });
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
 }
