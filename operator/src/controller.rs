@@ -103,6 +103,9 @@ pub struct Context {
     /// How long deletion waits for an unreachable ZooKeeper before it gives up on the
     /// subtree (with a Warning event) and lets the resource go.
     pub cleanup_timeout: Duration,
+    /// The hash this process last published per resource: the status in the watch cache
+    /// can lag behind a publish, and drift must still be recognised as drift.
+    pub published: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 /// Settings of [`run`].
@@ -171,6 +174,7 @@ pub async fn run(
         metrics,
         pods,
         cleanup_timeout: settings.cleanup_timeout,
+        published: Default::default(),
     });
     controller
         .reconcile_on(pod_triggers)
@@ -312,6 +316,13 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     ));
 
     // 2. publish
+    let key = (namespace.clone(), name.clone());
+    let known = ctx
+        .published
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned())
+        .or_else(|| old.config_hash.clone());
     let client = ctx.zk.client();
     let published = match &client {
         Ok(client) => {
@@ -321,7 +332,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 &namespace,
                 &name,
                 &envelope,
-                old.config_hash.as_deref(),
+                known.as_deref(),
             )
             .await
         }
@@ -329,6 +340,9 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     };
     match published {
         Ok(outcome) => {
+            if let Ok(mut m) = ctx.published.lock() {
+                m.insert(key.clone(), envelope.hash.clone());
+            }
             status.config_hash = Some(envelope.hash.clone());
             status.published_version = Some(outcome.version());
             let path = ctx.layout.config(&namespace, &name).unwrap_or_default();
@@ -368,7 +382,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     .await;
                 }
             }
-            if matches!(outcome, Published::Created { .. }) && old.published_version.is_some() {
+            if matches!(outcome, Published::Created { .. }) && known.is_some() {
                 let note = format!(
                     "{path} had been deleted outside the operator; restored {}",
                     envelope.hash
@@ -538,6 +552,9 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Ok(client) => zk::delete_subtree(&client, &path).await,
         Err(e) => Err(e),
     };
+    if let Ok(mut m) = ctx.published.lock() {
+        m.remove(&(namespace.clone(), name.clone()));
+    }
     match result {
         Ok(()) => {
             publish_event(
