@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{Read, Seek, SeekFrom, Write},
+    io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -329,14 +329,4 @@ pub fn reap_stale(base: &Path) {
         }
         let _ = fs::remove_dir_all(&dir);
     }
-}
-
-/// Appends a line to a file, creating it (used for small state files).
-pub fn append_line(path: &Path, line: &str) -> Result<(), EnvError> {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| EnvError::io(format!("opening {}", path.display()), e))?;
-    writeln!(f, "{line}").map_err(|e| EnvError::io(format!("writing {}", path.display()), e))
 }

@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     EnvError, TestEnv,
-    procs::{EnvDir, Proc, free_port},
+    procs::{Proc, free_port},
 };
 
 /// Builds the workspace binaries once per test process (a no-op when fresh) and returns
@@ -136,12 +136,11 @@ impl Operator {
             cmd.arg(format!("--webhook-url=https://127.0.0.1:{webhook_port}"));
         }
         cmd.args(&options.extra_args);
-        let dir = env_dir(env);
         let name = format!(
             "operator-{}-{}-{metrics_port}",
             options.namespace, options.identity
         );
-        let mut proc = Proc::spawn(&name, cmd, &dir)?;
+        let mut proc = Proc::spawn(&name, cmd, env.env_dir())?;
         let what = format!(
             "operator {} /healthz on 127.0.0.1:{metrics_port}",
             options.identity
@@ -198,10 +197,6 @@ impl Operator {
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
     }
-}
-
-fn env_dir(env: &TestEnv) -> EnvDir {
-    env.env_dir().clone()
 }
 
 /// A plain-HTTP GET on loopback returning the body.

@@ -416,30 +416,37 @@ pub async fn patch_ca_bundle(
     let ca = base64(ca_bundle.as_bytes());
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(config) = mutating.get_opt(name).await? {
-        let ops: Vec<serde_json::Value> = (0..config.webhooks.map(|w| w.len()).unwrap_or(0))
-            .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
-            .collect();
-        if !ops.is_empty() {
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-                .map_err(kube::Error::SerdeError)?;
-            mutating
-                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await?;
-        }
+        let count = config.webhooks.map_or(0, |w| w.len());
+        patch_each_ca_bundle(&mutating, name, count, &ca).await?;
     }
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(config) = validating.get_opt(name).await? {
-        let ops: Vec<serde_json::Value> = (0..config.webhooks.map(|w| w.len()).unwrap_or(0))
-            .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
-            .collect();
-        if !ops.is_empty() {
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-                .map_err(kube::Error::SerdeError)?;
-            validating
-                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await?;
-        }
+        let count = config.webhooks.map_or(0, |w| w.len());
+        patch_each_ca_bundle(&validating, name, count, &ca).await?;
     }
+    Ok(())
+}
+
+/// Sets `clientConfig.caBundle` of each of a configuration's `count` webhooks.
+async fn patch_each_ca_bundle<K>(
+    api: &Api<K>,
+    name: &str,
+    count: usize,
+    ca: &str,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if count == 0 {
+        return Ok(());
+    }
+    let ops: Vec<serde_json::Value> = (0..count)
+        .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
+        .collect();
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
     Ok(())
 }
 
