@@ -125,6 +125,29 @@ pub struct FileSource {
     pub paths: Vec<String>,
     #[serde(default)]
     pub format: Format,
+    /// Joins the lines of one event (a stack trace) into one event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline: Option<Multiline>,
+}
+
+/// Multi-line events: a line matching `startPattern` starts an event; the lines after it
+/// that do not match belong to it, joined with `\n`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Multiline {
+    /// Regular expression matching the first line of an event, e.g. `^\d{4}-\d{2}-\d{2}` or
+    /// `^\S` (continuation lines of stack traces start with whitespace).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 1024)))]
+    pub start_pattern: String,
+    /// Most lines in one event (default 500); the next line starts a new event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 1, max = 100000)))]
+    pub max_lines: Option<u32>,
+    /// An event is complete when no line followed it for this long (default `1s`), e.g.
+    /// `500ms`, `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// How a line becomes an event.
@@ -166,7 +189,10 @@ pub enum SyslogProtocol {
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
-    x_kube(validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http)].filter(x, x).size() == 1").message("a sink sets exactly one of stdout, file or http"))
+    x_kube(
+        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http)].filter(x, x).size() == 1").message("a sink sets exactly one of stdout, file or http"),
+        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http)").message("credentialsSecretRef applies to http sinks only"),
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Sink {
@@ -179,6 +205,62 @@ pub struct Sink {
     pub file: Option<FileSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSink>,
+    /// The queue in front of the sink; default in memory, 8 MiB, `whenFull: block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<Buffer>,
+    /// A Secret in the pod's namespace holding credentials for an `http` sink: keys
+    /// `username` and `password` (basic auth), `token` (bearer), `header.<Name>` (any
+    /// header). The webhook mounts it into the sidecar; only its name is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// The queue in front of a sink.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Buffer {
+    #[serde(default, rename = "type")]
+    pub kind: BufferType,
+    /// Most bytes queued (default 8 MiB in memory, 256 MiB on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 65536)))]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum BufferType {
+    /// Lost when the sidecar stops; the file sources' checkpoints stay behind it, so its
+    /// events are read again after a restart.
+    #[default]
+    Memory,
+    /// In the state directory; survives restarts. Events count as taken once on disk.
+    Disk,
+}
+
+/// What a full buffer does with more events.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum WhenFull {
+    /// Wait: the sources stop reading until the sink catches up.
+    #[default]
+    Block,
+    /// Drop the new events (counted in `servicelog_events_dropped_total`).
+    DropNewest,
+}
+
+/// A Secret in the pod's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 253)))]
+    pub name: String,
 }
 
 /// The sidecar's standard output.
@@ -230,6 +312,61 @@ pub struct HttpSink {
     pub url: String,
     #[serde(default)]
     pub encoding: HttpEncoding,
+    /// Loki: event fields whose values become stream labels (dots become `_`), besides
+    /// `namespace`, `pod` and `source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 16)))]
+    pub labels: Vec<String>,
+    /// Elasticsearch: the index or data stream written to (default `servicelog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// A request is sent when it holds this many bytes (default 1 MiB) or its first event
+    /// is `timeout` old (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<HttpBatch>,
+    /// Non-secret headers sent with every request (secrets go in `credentialsSecretRef`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// How long one request may take (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HttpTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpBatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 1024, max = 67108864)))]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// TLS for `https://` URLs: the system roots unless `caFile` names a mounted CA bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTls {
+    /// PEM file of the CAs to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Skip certificate verification (testing only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

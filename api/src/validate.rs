@@ -199,6 +199,29 @@ pub(crate) fn check_glob(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A duration as users write them in specs (`500ms`, `2s`, `1m`): positive and at most
+/// an hour.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 2s or 1m: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    if d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{text:?} is longer than an hour"));
+    }
+    Ok(d)
+}
+
+/// An HTTP header name (an RFC 9110 token).
+pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("{name:?} is not a valid HTTP header name"));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")

@@ -336,6 +336,7 @@ mod tests {
                 file: Some(FileSource {
                     paths: vec!["/var/log/app/*.log".into()],
                     format: Format::Json,
+                    multiline: None,
                 }),
                 ..Default::default()
             }],

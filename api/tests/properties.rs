@@ -548,7 +548,11 @@ fn gen_source() -> impl Strategy<Value = Source> {
     )
         .prop_map(|(name, file, port, level_field, message_field)| Source {
             name,
-            file: file.map(|(paths, format)| FileSource { paths, format }),
+            file: file.map(|(paths, format)| FileSource {
+                paths,
+                format,
+                multiline: None,
+            }),
             syslog: port.map(|port| SyslogSource {
                 port,
                 ..SyslogSource::default()
@@ -682,6 +686,7 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                     file: (!syslog).then(|| FileSource {
                         paths: vec![format!("/var/log/s{i}/*.log")],
                         format,
+                        multiline: None,
                     }),
                     syslog: syslog.then(|| SyslogSource {
                         port: 5000 + i as u16,

@@ -357,3 +357,73 @@ fn validate_and_compile_agree() {
         }])
     );
 }
+
+#[test]
+fn delivery_fields_are_checked() {
+    assert_errors(
+        r#"
+sources:
+  - name: app
+    file:
+      paths: ["/var/log/app/*.log"]
+      multiline: {startPattern: "^\\d{4}-", maxLines: 200, timeout: 500ms}
+  - {name: legacy, syslog: {port: 5514, protocol: tcp}}
+sinks:
+  - name: loki
+    http:
+      url: https://loki:3100/loki/api/v1/push
+      encoding: loki
+      labels: [level, kubernetes.app]
+      compression: gzip
+      batch: {maxBytes: 1048576, timeout: 2s}
+      headers: {X-Scope-OrgID: shop}
+      requestTimeout: 10s
+      tls: {caFile: /etc/ssl/loki/ca.pem}
+    buffer: {type: disk, maxBytes: 104857600, whenFull: dropNewest}
+    credentialsSecretRef: {name: loki-credentials}
+  - name: es
+    http: {url: "http://es:9200/_bulk", encoding: elasticsearch, index: logs-app}
+defaultTo: [loki, es]
+"#,
+        &[],
+    );
+    assert_errors(
+        r#"
+sources:
+  - name: app
+    file:
+      paths: ["/var/log/app/*.log"]
+      multiline: {startPattern: "([", maxLines: 0, timeout: soon}
+sinks:
+  - name: out
+    stdout: {}
+    credentialsSecretRef: {name: Bad_Name}
+    buffer: {maxBytes: 10}
+  - name: es
+    http:
+      url: http://es:9200
+      encoding: elasticsearch
+      index: Logs
+      labels: [level]
+      batch: {maxBytes: 10, timeout: 0s}
+      headers: {"bad header": x}
+      requestTimeout: 2h
+      tls: {caFile: ca.pem}
+"#,
+        &[
+            "spec.sources[0].file.multiline.startPattern: regex parse error: unclosed character class at offset 1",
+            "spec.sources[0].file.multiline.maxLines: must be at least 1",
+            "spec.sources[0].file.multiline.timeout: \"soon\" is not a duration like 500ms, 2s or 1m: expected number at 0",
+            "spec.sinks[0].buffer.maxBytes: must be at least 65536 (64 KiB)",
+            "spec.sinks[0].credentialsSecretRef: applies to http sinks only",
+            "spec.sinks[0].credentialsSecretRef.name: \"Bad_Name\" is not a valid Secret name (lowercase letters, digits, '-' and '.')",
+            "spec.sinks[1].http.labels: applies to encoding: loki only",
+            "spec.sinks[1].http.index: \"Logs\" is not a valid Elasticsearch index name (lowercase, no spaces or \\/*?\"<>|,#:, not starting with -, _ or +)",
+            "spec.sinks[1].http.batch.maxBytes: must be between 1024 and 67108864 (64 MiB)",
+            "spec.sinks[1].http.batch.timeout: \"0s\" must be longer than zero",
+            "spec.sinks[1].http.requestTimeout: \"2h\" is longer than an hour",
+            "spec.sinks[1].http.headers[bad header]: \"bad header\" is not a valid HTTP header name",
+            "spec.sinks[1].http.tls.caFile: \"ca.pem\" must be an absolute path",
+        ],
+    );
+}

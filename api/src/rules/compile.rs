@@ -23,10 +23,13 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, FieldCondition, Format, LabelSelector, Level, ServiceLogSpec, Sink, Source,
-        SyslogProtocol, When,
+        Action, FieldCondition, Format, HttpEncoding, HttpSink, LabelSelector, Level,
+        ServiceLogSpec, Sink, Source, SyslogProtocol, When,
     },
-    validate::{Errors, ValidationErrors, check_glob, check_name, check_url},
+    validate::{
+        Errors, ValidationErrors, check_glob, check_header_name, check_name, check_url,
+        parse_duration,
+    },
 };
 
 /// Most sinks a spec may declare: a decision carries its sinks as a 64-bit set.
@@ -324,6 +327,20 @@ fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usi
                 errors.push(format!("{path}.file.paths[{j}]"), e);
             }
         }
+        if let Some(m) = &file.multiline {
+            let mpath = format!("{path}.file.multiline");
+            if let Err(e) = compile_regex(&m.start_pattern) {
+                errors.push(format!("{mpath}.startPattern"), e);
+            }
+            if m.max_lines == Some(0) {
+                errors.push(format!("{mpath}.maxLines"), "must be at least 1");
+            }
+            if let Some(t) = &m.timeout
+                && let Err(e) = parse_duration(t)
+            {
+                errors.push(format!("{mpath}.timeout"), e);
+            }
+        }
     }
     if let Some(syslog) = &source.syslog {
         // Two listeners cannot bind the same port and protocol.
@@ -384,10 +401,126 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
             );
         }
     }
-    if let Some(http) = &sink.http
-        && let Err(e) = check_url(&http.url)
+    if let Some(http) = &sink.http {
+        check_http(errors, http, &format!("{path}.http"));
+    }
+    if let Some(buffer) = &sink.buffer
+        && buffer.max_bytes.is_some_and(|b| b < 64 * 1024)
     {
-        errors.push(format!("{path}.http.url"), e);
+        errors.push(
+            format!("{path}.buffer.maxBytes"),
+            "must be at least 65536 (64 KiB)",
+        );
+    }
+    if let Some(secret) = &sink.credentials_secret_ref {
+        if sink.http.is_none() {
+            errors.push(
+                format!("{path}.credentialsSecretRef"),
+                "applies to http sinks only",
+            );
+        }
+        check_subdomain(
+            errors,
+            &format!("{path}.credentialsSecretRef.name"),
+            &secret.name,
+        );
+    }
+}
+
+fn check_http(errors: &mut Errors, http: &HttpSink, path: &str) {
+    if let Err(e) = check_url(&http.url) {
+        errors.push(format!("{path}.url"), e);
+    }
+    if !http.labels.is_empty() && http.encoding != HttpEncoding::Loki {
+        errors.push(format!("{path}.labels"), "applies to encoding: loki only");
+    }
+    for (i, label) in http.labels.iter().enumerate() {
+        if let Err(e) = check_field_name(label) {
+            errors.push(format!("{path}.labels[{i}]"), e);
+        }
+    }
+    if let Some(index) = &http.index {
+        if http.encoding != HttpEncoding::Elasticsearch {
+            errors.push(
+                format!("{path}.index"),
+                "applies to encoding: elasticsearch only",
+            );
+        }
+        // Elasticsearch's own rules for index names.
+        let bad = index.is_empty()
+            || index.len() > 255
+            || index.starts_with(['-', '_', '+'])
+            || index == "."
+            || index == ".."
+            || index
+                .chars()
+                .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c));
+        if bad {
+            errors.push(
+                format!("{path}.index"),
+                format!("{index:?} is not a valid Elasticsearch index name (lowercase, no spaces or \\/*?\"<>|,#:, not starting with -, _ or +)"),
+            );
+        }
+    }
+    if let Some(batch) = &http.batch {
+        if batch
+            .max_bytes
+            .is_some_and(|b| !(1024..=64 << 20).contains(&b))
+        {
+            errors.push(
+                format!("{path}.batch.maxBytes"),
+                "must be between 1024 and 67108864 (64 MiB)",
+            );
+        }
+        if let Some(t) = &batch.timeout
+            && let Err(e) = parse_duration(t)
+        {
+            errors.push(format!("{path}.batch.timeout"), e);
+        }
+    }
+    if let Some(t) = &http.request_timeout
+        && let Err(e) = parse_duration(t)
+    {
+        errors.push(format!("{path}.requestTimeout"), e);
+    }
+    for (name, value) in &http.headers {
+        if let Err(e) = check_header_name(name) {
+            errors.push(format!("{path}.headers[{name}]"), e);
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            errors.push(
+                format!("{path}.headers[{name}]"),
+                "contains control characters",
+            );
+        }
+    }
+    if let Some(ca) = http.tls.as_ref().and_then(|t| t.ca_file.as_ref())
+        && !ca.starts_with('/')
+    {
+        errors.push(
+            format!("{path}.tls.caFile"),
+            format!("{ca:?} must be an absolute path"),
+        );
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn check_subdomain(errors: &mut Errors, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !ok {
+        errors.push(
+            path,
+            format!("{name:?} is not a valid Secret name (lowercase letters, digits, '-' and '.')"),
+        );
     }
 }
 
@@ -648,7 +781,13 @@ impl<'s> Ctx<'s> {
 /// The keys a source's lines are searched for: the fields of all conditions (any rule may
 /// see any source's events), and the source's level and message candidates.
 fn plan(source: &Source, fields: &[String]) -> SourcePlan {
-    let format = source.file.as_ref().map_or(Format::Text, |f| f.format);
+    // A syslog source hands the router each message as a JSON object (see the sidecar's
+    // syslog source), so its events have fields like any JSON line.
+    let format = match (&source.file, &source.syslog) {
+        (Some(f), _) => f.format,
+        (None, Some(_)) => Format::Json,
+        (None, None) => Format::Text,
+    };
     let mut keys = KeyTable::default();
     if format == Format::Text {
         return SourcePlan { format, keys };
