@@ -32,6 +32,14 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkDropLabels {
+    pub sink: String,
+    /// `buffer_full` (a `dropNewest` buffer was full) or `rejected` (the receiver refused
+    /// the events for good, e.g. HTTP 400).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -44,6 +52,12 @@ pub struct Metrics {
     pub events_out: Family<SinkLabels, Counter>,
     pub events_dropped: Family<DropLabels, Counter>,
     pub config_applied: Family<ResultLabels, Counter>,
+    /// Events a sink took but did not deliver, by reason.
+    pub sink_dropped: Family<SinkDropLabels, Counter>,
+    /// Failed delivery attempts that will be retried.
+    pub sink_retries: Family<SinkLabels, Counter>,
+    /// Bytes queued in a sink's buffer.
+    pub buffer_bytes: Family<SinkLabels, Gauge>,
     pub config_generation: Gauge,
     pub zookeeper_connected: Gauge,
     ready: Arc<AtomicBool>,
@@ -62,6 +76,9 @@ impl Metrics {
         let events_out = Family::<SinkLabels, Counter>::default();
         let events_dropped = Family::<DropLabels, Counter>::default();
         let config_applied = Family::<ResultLabels, Counter>::default();
+        let sink_dropped = Family::<SinkDropLabels, Counter>::default();
+        let sink_retries = Family::<SinkLabels, Counter>::default();
+        let buffer_bytes = Family::<SinkLabels, Gauge>::default();
         let config_generation = Gauge::default();
         let zookeeper_connected = Gauge::default();
         registry.register(
@@ -85,6 +102,21 @@ impl Metrics {
             config_applied.clone(),
         );
         registry.register(
+            "servicelog_sink_dropped",
+            "Events a sink took but did not deliver: its buffer was full (dropNewest) or the receiver rejected them for good",
+            sink_dropped.clone(),
+        );
+        registry.register(
+            "servicelog_sink_retries",
+            "Failed deliveries that are retried, by sink",
+            sink_retries.clone(),
+        );
+        registry.register(
+            "servicelog_buffer_bytes",
+            "Bytes queued in a sink's buffer",
+            buffer_bytes.clone(),
+        );
+        registry.register(
             "servicelog_config_generation",
             "Generation of the config in force",
             config_generation.clone(),
@@ -100,6 +132,9 @@ impl Metrics {
             events_out,
             events_dropped,
             config_applied,
+            sink_dropped,
+            sink_retries,
+            buffer_bytes,
             config_generation,
             zookeeper_connected,
             ready: Arc::default(),
@@ -137,6 +172,32 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts `n` events sink `sink` took and gave up on, for `reason`.
+    pub fn sink_dropped(&self, sink: &str, reason: &str, n: u64) {
+        self.sink_dropped
+            .get_or_create(&SinkDropLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn sink_retry(&self, sink: &str) {
+        self.sink_retries
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn buffer_gauge(&self, sink: &str) -> Gauge {
+        self.buffer_bytes
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .clone()
     }
 
     pub fn config_result(&self, ok: bool) {
