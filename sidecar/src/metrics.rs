@@ -49,6 +49,8 @@ pub struct ResultLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub events_in: Family<SourceLabels, Counter>,
+    /// Syslog frames skipped as not syslog, by source.
+    pub syslog_malformed: Family<SourceLabels, Counter>,
     pub events_out: Family<SinkLabels, Counter>,
     pub events_dropped: Family<DropLabels, Counter>,
     pub config_applied: Family<ResultLabels, Counter>,
@@ -73,6 +75,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let events_in = Family::<SourceLabels, Counter>::default();
+        let syslog_malformed = Family::<SourceLabels, Counter>::default();
         let events_out = Family::<SinkLabels, Counter>::default();
         let events_dropped = Family::<DropLabels, Counter>::default();
         let config_applied = Family::<ResultLabels, Counter>::default();
@@ -85,6 +88,11 @@ impl Metrics {
             "servicelog_events_in",
             "Lines read, by source",
             events_in.clone(),
+        );
+        registry.register(
+            "servicelog_syslog_malformed",
+            "Syslog frames skipped because they were not syslog messages (bad framing, no <PRI>), by source",
+            syslog_malformed.clone(),
         );
         registry.register(
             "servicelog_events_out",
@@ -129,6 +137,7 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             events_in,
+            syslog_malformed,
             events_out,
             events_dropped,
             config_applied,
@@ -155,6 +164,14 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .clone()
+    }
+
+    pub fn syslog_malformed(&self, source: &str, n: u64) {
+        self.syslog_malformed
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .inc_by(n);
     }
 
     pub fn sink_counter(&self, sink: &str) -> Counter {
