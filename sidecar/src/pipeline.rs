@@ -74,7 +74,7 @@ impl Topology {
     pub fn new(metrics: Metrics, state_dir: &Path, wake: Sender<()>) -> Self {
         Self {
             current: Arc::default(),
-            shared: Arc::default(),
+            shared: Arc::new(SinkShared::new(state_dir.to_owned())),
             metrics,
             state_dir: state_dir.to_owned(),
             wake,

@@ -1,26 +1,28 @@
 //! Sinks: where routed events are written.
 //!
-//! Each sink is a thread fed by a bounded channel of [`Batch`]es: the file reader encodes a
+//! Each sink is a thread fed by its [`buffer`] of [`Batch`]es: the file reader encodes a
 //! chunk's events per sink into one buffer and sends it whole, so a sink does one big write
-//! per batch and the channel bound is the backpressure (a slow sink stalls the reader
-//! instead of growing memory). After a batch is written and flushed the sink counts it and
-//! acks it, which is what lets the reader checkpoint the file offset behind it.
+//! per batch, and the buffer's byte bound is the backpressure (a slow sink stalls the
+//! reader instead of growing memory; `whenFull: dropNewest` drops instead). After a batch
+//! is written and flushed the sink counts it and acks it, which is what lets the reader
+//! checkpoint the file offset behind it (a disk buffer acks once the batch is on disk).
 //!
 //! A sink is config + build ([`build`]): a running sink keeps its definition, so a config
 //! swap reuses every sink whose definition did not change, with its open file. A sink that
 //! is no longer in any pipeline sees its channel close, drains what is queued, flushes and
 //! ends.
 
+pub mod buffer;
 pub mod encode;
 pub mod file;
 pub mod stdout;
 
 use std::{
     io,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -29,11 +31,8 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 use servicelog_api::v1alpha1::{LineEncoding, Sink};
 
+use self::buffer::{BufferError, BufferRx, BufferTx};
 use crate::metrics::Metrics;
-
-/// Batches queued per sink before the reader waits: with ~256 KiB batches this bounds a
-/// sink's queued memory to about 1 MiB.
-pub const QUEUE_DEPTH: usize = 4;
 
 /// Problems building a sink from its definition.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +49,8 @@ pub enum SinkError {
     Empty { name: String },
     #[error("sink {name}: starting its thread: {source}")]
     Thread { name: String, source: io::Error },
+    #[error("sink {name}: {source}")]
+    Buffer { name: String, source: BufferError },
 }
 
 /// Counts the sinks a batch went to; the batch's offset may be checkpointed once every one
@@ -117,10 +118,20 @@ impl BufferPool {
 pub struct SinkShared {
     pub abandon: AtomicBool,
     pub pool: BufferPool,
+    /// Where disk buffers live (`<state dir>/buffers/<sink>`).
+    pub state_dir: PathBuf,
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    disk_buffers: buffer::DiskRegistry,
 }
 
 impl SinkShared {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            ..Self::default()
+        }
+    }
+
     /// Sink threads still running, pruning the finished ones.
     pub fn running(&self) -> Vec<String> {
         let Ok(mut threads) = self.threads.lock() else {
@@ -147,18 +158,15 @@ pub struct SinkHandle {
     pub name: String,
     pub def: Sink,
     pub encoding: LineEncoding,
-    tx: SyncSender<Batch>,
+    tx: BufferTx,
 }
 
 impl SinkHandle {
-    /// Queues a batch, waiting while the queue is full. Fails only when the sink has ended
-    /// (it gave up at shutdown); the batch then stays unacked.
+    /// Queues a batch as the sink's buffer says (waiting while it is full, by default).
+    /// Fails only when the sink has ended (it gave up at shutdown); the batch then stays
+    /// unacked.
     pub fn send(&self, batch: Batch) -> Result<(), Batch> {
-        match self.tx.try_send(batch) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(batch)) => self.tx.send(batch).map_err(|e| e.0),
-            Err(TrySendError::Disconnected(batch)) => Err(batch),
-        }
+        self.tx.send(batch)
     }
 }
 
@@ -179,14 +187,23 @@ pub fn build(
     } else {
         return Err(SinkError::Empty { name });
     };
-    let (tx, rx) = sync_channel(QUEUE_DEPTH);
+    let (tx, rx) = buffer::new(
+        &name,
+        def.buffer.as_ref(),
+        &shared.state_dir,
+        metrics,
+        shared,
+    )
+    .map_err(|source| SinkError::Buffer {
+        name: name.clone(),
+        source,
+    })?;
     let counter = metrics.sink_counter(&name);
-    let thread_shared = shared.clone();
     let thread_name = name.clone();
     let handle = thread::Builder::new()
         .name(format!("sink-{name}"))
         .stack_size(256 * 1024)
-        .spawn(move || run(&thread_name, writer, rx, counter, &thread_shared))
+        .spawn(move || run(&thread_name, writer, rx, counter))
         .map_err(|source| SinkError::Thread {
             name: name.clone(),
             source,
@@ -203,25 +220,18 @@ pub fn build(
     }))
 }
 
-fn run(
-    name: &str,
-    mut writer: Box<dyn Writer>,
-    rx: Receiver<Batch>,
-    counter: Counter,
-    shared: &SinkShared,
-) {
+fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter) {
     tracing::debug!(sink = name, "sink started");
-    while let Ok(batch) = rx.recv() {
-        if !write_batch(name, writer.as_mut(), &batch.data, shared) {
+    while let Some(entry) = rx.recv() {
+        if !write_batch(name, writer.as_mut(), &entry.data, &|| rx.stopped()) {
             tracing::warn!(
                 sink = name,
-                "giving up at shutdown; the unwritten events will be read again at the next start"
+                "giving up; the unwritten events will be read again at the next start"
             );
             return;
         }
-        counter.inc_by(batch.events);
-        batch.ack.done();
-        shared.pool.give(batch.data);
+        counter.inc_by(entry.events);
+        rx.done(entry);
     }
     if let Err(e) = writer.flush() {
         tracing::warn!(sink = name, error = %e, "flushing at close");
@@ -229,8 +239,14 @@ fn run(
     tracing::debug!(sink = name, "sink drained and closed");
 }
 
-/// Writes all of `data` and flushes, retrying with backoff; false when abandoned.
-fn write_batch(name: &str, writer: &mut dyn Writer, data: &[u8], shared: &SinkShared) -> bool {
+/// Writes all of `data` and flushes, retrying with backoff; false when `stopped` says to
+/// give up.
+fn write_batch(
+    name: &str,
+    writer: &mut dyn Writer,
+    data: &[u8],
+    stopped: &dyn Fn() -> bool,
+) -> bool {
     let mut done = 0;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -246,7 +262,7 @@ fn write_batch(name: &str, writer: &mut dyn Writer, data: &[u8], shared: &SinkSh
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            if shared.abandon.load(Ordering::Relaxed) {
+            if stopped() {
                 return false;
             }
             tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "write failed");
@@ -288,8 +304,7 @@ mod tests {
             out: out.clone(),
             fail_next: 2,
         };
-        let shared = SinkShared::default();
-        assert!(write_batch("t", &mut w, b"hello\nworld\n", &shared));
+        assert!(write_batch("t", &mut w, b"hello\nworld\n", &|| false));
         assert_eq!(&*out.lock().unwrap(), b"hello\nworld\n");
     }
 
@@ -300,9 +315,7 @@ mod tests {
             out,
             fail_next: usize::MAX,
         };
-        let shared = SinkShared::default();
-        shared.abandon.store(true, Ordering::Relaxed);
-        assert!(!write_batch("t", &mut w, b"x\n", &shared));
+        assert!(!write_batch("t", &mut w, b"x\n", &|| true));
     }
 
     #[test]
