@@ -8,7 +8,7 @@ use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
         HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
-        SecurityContext, Volume, VolumeMount,
+        SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -28,6 +28,9 @@ pub const CONTAINER: &str = "servicelog-sidecar";
 /// Where the sidecar keeps checkpoints and the last-known-good config.
 pub const STATE_DIR: &str = "/var/lib/servicelog";
 const STATE_VOLUME: &str = "servicelog-state";
+/// Where a sink's `credentialsSecretRef` is mounted, one directory per sink
+/// (`<dir>/<sink>/username`, …); the sidecar's default `SERVICELOG_CREDENTIALS_DIR`.
+pub const CREDENTIALS_DIR: &str = "/var/run/servicelog/credentials";
 const METRICS_PORT: i32 = 9779;
 /// The non-root user the sidecar runs as (distroless `nonroot`).
 const RUN_AS_USER: i64 = 65532;
@@ -142,6 +145,30 @@ pub fn inject(
         let volume = unique_volume_name(volumes, &format!("servicelog-out-{i}"));
         volumes.push(empty_dir(&volume));
         sidecar_mounts.push(mount(&volume, dir, false));
+    }
+    // Secrets by reference only: the Secret is mounted read-only into the sidecar and never
+    // read by the operator. `optional` so a missing Secret does not hold the pod in
+    // ContainerCreating (servicelog never blocks a deploy); the sidecar reports it instead.
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        let Some(secret) = &sink.credentials_secret_ref else {
+            continue;
+        };
+        let volume = unique_volume_name(volumes, &format!("servicelog-cred-{i}"));
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                optional: Some(true),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        sidecar_mounts.push(mount(
+            &volume,
+            &format!("{CREDENTIALS_DIR}/{}", sink.name),
+            true,
+        ));
     }
     let state = unique_volume_name(volumes, STATE_VOLUME);
     volumes.push(empty_dir(&state));
@@ -567,6 +594,49 @@ spec:
             request(&pod(&bad)),
             Err(Skip::MalformedAnnotation(_))
         ));
+    }
+
+    #[test]
+    fn credentials_secrets_are_mounted_read_only_into_the_sidecar_only() {
+        let spec: ServiceLogSpec = serde_yaml::from_str(
+            r#"
+sources: [{name: app, file: {paths: ["/var/log/app/*.log"]}}]
+sinks:
+  - {name: loki, http: {url: "http://loki:3100/loki/api/v1/push", encoding: loki}, credentialsSecretRef: {name: loki-creds}}
+  - {name: console, stdout: {}}
+defaultTo: [loki]
+"#,
+        )
+        .unwrap();
+        let out = inject(&pod(PLAIN), "shop", "checkout", &spec, &config()).unwrap();
+        golden("credentials-pod.json", &out);
+        let ps = out.spec.as_ref().unwrap();
+        let volume = ps
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.secret.is_some())
+            .expect("a secret volume");
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("loki-creds"));
+        assert_eq!(secret.optional, Some(true), "a missing Secret must not block the pod");
+        let sidecar = &ps.init_containers.as_ref().unwrap()[0];
+        let m = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .unwrap();
+        assert_eq!(m.mount_path, "/var/run/servicelog/credentials/loki");
+        assert_eq!(m.read_only, Some(true));
+        let app = &ps.containers[0];
+        assert!(
+            app.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != volume.name),
+            "the app container must not see the sink's credentials"
+        );
     }
 
     #[test]
