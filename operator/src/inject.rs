@@ -619,7 +619,11 @@ defaultTo: [loki]
             .expect("a secret volume");
         let secret = volume.secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("loki-creds"));
-        assert_eq!(secret.optional, Some(true), "a missing Secret must not block the pod");
+        assert_eq!(
+            secret.optional,
+            Some(true),
+            "a missing Secret must not block the pod"
+        );
         let sidecar = &ps.init_containers.as_ref().unwrap()[0];
         let m = sidecar
             .volume_mounts
