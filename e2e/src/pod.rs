@@ -2,7 +2,9 @@
 //! the test control plane has no nodes, so the e2e suite plays the kubelet for the
 //! injected sidecar.
 //!
-//! Each `emptyDir` becomes a local directory; each volume mount is a bind mount in a
+//! Each `emptyDir` becomes a local directory, and so does each `secret` volume, filled by
+//! [`materialize_secrets`] from the Secret in the API server as a kubelet would; each
+//! volume mount is a bind mount in a
 //! private mount namespace (`unshare -m`), so the process sees exactly the paths of the
 //! pod spec (`/var/log/app`, `/var/lib/servicelog`, …) while many "pods" share the machine.
 //! Env comes from the container spec, with the downward API's `metadata.name` and
@@ -56,6 +58,47 @@ impl PodDirs {
             .find(|m| m.mount_path.trim_end_matches('/') == mount_path.trim_end_matches('/'))?;
         Some(self.volume(&m.name))
     }
+}
+
+/// Writes the keys of the Secrets the pod's `secret` volumes name into those volumes'
+/// local directories, one file per key, as a kubelet mounts them. A Secret that does not
+/// exist leaves an empty directory when the volume is `optional`, and is an error
+/// otherwise.
+pub async fn materialize_secrets(
+    client: &kube::Client,
+    env: &EnvDir,
+    pod: &Pod,
+) -> Result<(), EnvError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let dirs = PodDirs::new(env, pod)?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(source) = &volume.secret else {
+            continue;
+        };
+        let name = source.secret_name.clone().unwrap_or_default();
+        let dir = dirs.volume(&volume.name);
+        std::fs::create_dir_all(&dir).map_err(|e| EnvError::io("creating a secret volume", e))?;
+        let secret = secrets.get_opt(&name).await.map_err(|e| EnvError::Failed {
+            what: format!("reading Secret {ns}/{name} for volume {}", volume.name),
+            detail: e.to_string(),
+        })?;
+        let Some(secret) = secret else {
+            if source.optional == Some(true) {
+                continue;
+            }
+            return Err(EnvError::Failed {
+                what: format!("volume {}", volume.name),
+                detail: format!("Secret {ns}/{name} does not exist"),
+            });
+        };
+        for (key, value) in secret.data.iter().flatten() {
+            std::fs::write(dir.join(key), &value.0)
+                .map_err(|e| EnvError::io("writing a secret key", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The container named `name` among the pod's containers and init containers.
