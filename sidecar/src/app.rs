@@ -1,6 +1,7 @@
 //! Wires the parts together and runs them until SIGTERM/SIGINT (or, for benchmarks, the
-//! end of the input), then shuts down in order: stop reading, let the sinks write and ack
-//! what was read, write the checkpoints, exit — all within the shutdown timeout.
+//! end of the input), then shuts down in order: stop reading (files, and syslog sockets
+//! close), let the sinks write and ack what was read, write the checkpoints, exit — all
+//! within the shutdown timeout.
 
 use std::{
     path::PathBuf,
@@ -22,7 +23,10 @@ use crate::{
     http::{self, HttpError},
     metrics::Metrics,
     pipeline::{ApplyError, Topology},
-    sources::file::{Tailer, TailerLinks, TailerOptions},
+    sources::{
+        file::{Tailer, TailerLinks, TailerOptions},
+        syslog::{Syslog, SyslogLinks},
+    },
 };
 
 /// Where the config comes from.
@@ -138,6 +142,18 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             what: "starting the file reader",
             source,
         })?;
+    let syslog = Syslog::start(SyslogLinks {
+        current: topology.current(),
+        changes: topology.changes(),
+        shared: topology.shared(),
+        metrics: metrics.clone(),
+        pod: opts.pod.clone(),
+        namespace: opts.namespace.clone(),
+    })
+    .map_err(|source| AppError::Io {
+        what: "starting the syslog listeners",
+        source,
+    })?;
 
     let io = |source| AppError::Io {
         what: "installing signal handlers",
@@ -161,8 +177,16 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
 
     stop.store(true, Ordering::Relaxed);
     let _ = wake_tx.send(());
+    // Closing the syslog sockets first tells senders at once; what was received is still
+    // routed before the router thread ends.
+    let syslog_threads = syslog.stop();
     if !join_until(reader, deadline).await {
         tracing::warn!("the file reader did not stop in time");
+    }
+    for thread in syslog_threads {
+        if !join_until(thread, deadline).await {
+            tracing::warn!("the syslog listeners did not stop in time");
+        }
     }
     topology.clear();
     let shared = topology.shared();

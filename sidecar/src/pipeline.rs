@@ -1,14 +1,16 @@
 //! The pipeline in force and how a new config replaces it.
 //!
 //! A [`Pipeline`] is one config made runnable: its compiled [`Router`], the running sinks
-//! its sink indices refer to, and the file sources to read. It is immutable; the reader
-//! takes the current one for each chunk it routes, so a chunk is routed entirely by the
-//! rules it started with, and lines are never routed twice or skipped across a swap.
+//! its sink indices refer to, the file sources to read and the syslog sockets to listen
+//! on. It is immutable; the file reader takes the current one for each chunk it routes
+//! (syslog for each batch of messages), so a chunk is routed entirely by the rules it
+//! started with, and lines are never routed twice or skipped across a swap.
 //!
-//! [`Topology::apply`] compiles a new config aside and, only if it compiles and its sinks
-//! start, swaps it in. Sinks whose definition did not change are carried over running (same
-//! file handle, same queue); the others are started new, and the sinks left behind end
-//! once the last chunk routed with the old pipeline has reached them.
+//! [`Topology::apply`] compiles a new config aside and, only if it compiles, its sinks
+//! start and its syslog ports bind, swaps it in. Sinks whose definition did not change are
+//! carried over running (same file handle, same queue), and so are syslog sockets whose
+//! port and protocol did not change; the others are started new, and the sinks left behind
+//! end once the last chunk routed with the old pipeline has reached them.
 
 use std::{
     collections::HashMap,
@@ -18,23 +20,69 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc::Sender,
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::{Router, ValidationErrors, v1alpha1::Format, wire::Envelope};
+use servicelog_api::{
+    Router, ValidationErrors,
+    v1alpha1::{Format, Multiline},
+    validate::parse_duration,
+    wire::Envelope,
+};
 
 use crate::{
     metrics::Metrics,
     sinks::{self, SinkError, SinkHandle, SinkShared},
+    sources::syslog::{BindError, Listener},
     state,
 };
 
 /// A file source of the config in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct FileSourceSpec {
     pub name: String,
     pub paths: Vec<String>,
     pub format: Format,
+    pub multiline: Option<Arc<MultilineSpec>>,
+}
+
+/// `multiline` of a file source, compiled.
+#[derive(Debug)]
+pub struct MultilineSpec {
+    pub start: regex::bytes::Regex,
+    pub max_lines: u32,
+    pub timeout: Duration,
+}
+
+impl MultilineSpec {
+    pub const DEFAULT_MAX_LINES: u32 = 500;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn compile(source: &str, m: &Multiline) -> Result<Self, ApplyError> {
+        let invalid = |message: String| ApplyError::Multiline {
+            name: source.to_owned(),
+            message,
+        };
+        let start = regex::bytes::Regex::new(&m.start_pattern)
+            .map_err(|e| invalid(format!("startPattern: {e}")))?;
+        let timeout = match &m.timeout {
+            Some(t) => parse_duration(t).map_err(|e| invalid(format!("timeout: {e}")))?,
+            None => Self::DEFAULT_TIMEOUT,
+        };
+        Ok(Self {
+            start,
+            max_lines: m.max_lines.unwrap_or(Self::DEFAULT_MAX_LINES).max(1),
+            timeout,
+        })
+    }
+}
+
+/// A syslog source of the config in force and its bound socket.
+#[derive(Clone, Debug)]
+pub struct SyslogSourceSpec {
+    pub name: String,
+    pub listener: Arc<Listener>,
 }
 
 /// One config, runnable.
@@ -46,6 +94,7 @@ pub struct Pipeline {
     /// Indexed like `router.sink_names()`.
     pub sinks: Vec<Arc<SinkHandle>>,
     pub sources: Vec<FileSourceSpec>,
+    pub syslog: Vec<SyslogSourceSpec>,
     pub hash: String,
     pub generation: i64,
 }
@@ -57,6 +106,10 @@ pub enum ApplyError {
     Invalid(#[from] ValidationErrors),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("source {name}: multiline: {message}")]
+    Multiline { name: String, message: String },
 }
 
 /// The current pipeline and what is needed to build the next one.
@@ -67,6 +120,8 @@ pub struct Topology {
     metrics: Metrics,
     state_dir: PathBuf,
     wake: Sender<()>,
+    /// The id of the pipeline in force (0: none), for the syslog listeners to follow.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -78,6 +133,7 @@ impl Topology {
             metrics,
             state_dir: state_dir.to_owned(),
             wake,
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -85,6 +141,11 @@ impl Topology {
     /// Where the reader takes the pipeline for each chunk.
     pub fn current(&self) -> Arc<ArcSwapOption<Pipeline>> {
         self.current.clone()
+    }
+
+    /// Changes whenever another pipeline is put in force (or none is).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -116,19 +177,11 @@ impl Topology {
                 return Err(e);
             }
         };
-        let unsupported: Vec<&str> = config
-            .spec
-            .sources
-            .iter()
-            .filter(|s| s.file.is_none())
-            .map(|s| s.name.as_str())
-            .collect();
-        if !unsupported.is_empty() {
-            tracing::warn!(sources = ?unsupported, "syslog sources are not read by this sidecar build yet");
-        }
         tracing::info!(hash = %pipeline.hash, generation = pipeline.generation, sinks = ?pipeline.router.sink_names(), "config applied");
         self.metrics.config_generation.set(pipeline.generation);
+        let id = pipeline.id;
         self.current.store(Some(Arc::new(pipeline)));
+        self.changes.send_replace(id);
         self.metrics.set_ready(true);
         let _ = self.wake.send(());
         if persist && let Err(e) = state::save_last_good(&self.state_dir, config) {
@@ -154,23 +207,46 @@ impl Topology {
                 _ => sinks.push(sinks::build(def, &self.metrics, &self.shared)?),
             }
         }
-        let sources = config
-            .spec
-            .sources
-            .iter()
-            .filter_map(|s| {
-                s.file.as_ref().map(|f| FileSourceSpec {
+        let mut sources = Vec::new();
+        let mut syslog = Vec::new();
+        for s in &config.spec.sources {
+            if let Some(f) = &s.file {
+                let multiline = match &f.multiline {
+                    Some(m) => Some(Arc::new(MultilineSpec::compile(&s.name, m)?)),
+                    None => None,
+                };
+                sources.push(FileSourceSpec {
                     name: s.name.clone(),
                     paths: f.paths.clone(),
                     format: f.format,
-                })
-            })
-            .collect();
+                    multiline,
+                });
+            }
+            if let Some(def) = &s.syslog {
+                // A socket whose port and protocol did not change stays open, whichever
+                // source it now belongs to; a new one binds now, so a port that cannot be
+                // bound rejects the config (see `sources::syslog`).
+                let carried = old.and_then(|p| {
+                    p.syslog.iter().find(|o| {
+                        o.listener.port == def.port && o.listener.protocol == def.protocol
+                    })
+                });
+                let listener = match carried {
+                    Some(o) => o.listener.clone(),
+                    None => Arc::new(Listener::bind(&s.name, def.port, def.protocol)?),
+                };
+                syslog.push(SyslogSourceSpec {
+                    name: s.name.clone(),
+                    listener,
+                });
+            }
+        }
         Ok(Pipeline {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             router,
             sinks,
             sources,
+            syslog,
             hash: config.hash.clone(),
             generation: config.generation,
         })
@@ -181,6 +257,7 @@ impl Topology {
     pub fn clear(&self) {
         self.metrics.set_ready(false);
         self.current.store(None);
+        self.changes.send_replace(0);
     }
 }
 

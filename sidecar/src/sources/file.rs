@@ -22,6 +22,26 @@
 //! routed as a line only when its file is dropped (deleted or rotated away and idle) or
 //! truncated, or when it reaches [`MAX_LINE`] bytes. At shutdown it is not routed: the
 //! checkpoint stays before it and the next start reads it whole.
+//!
+//! # Multi-line events
+//!
+//! A source with `multiline` joins lines into events before routing: a line matching
+//! `startPattern` starts an event, the lines after it that do not match are appended
+//! (joined with `\n`), and the event is complete when the next start line comes, when it
+//! has `maxLines` lines (or [`MAX_EVENT`] bytes), when its file gave no new line for
+//! `timeout`, or when its file is dropped or truncated. A line that does not match with
+//! no event open starts one (a trace whose head was cut by `maxLines` stays together).
+//! The event in progress is held like a partial line: a chunk's checkpoint offset is the
+//! start of that event, never past it, so a restart reads it again whole — at least once,
+//! no gap — and shutdown does not route it.
+//!
+//! What sinks get: `encoding: raw` writes the joined lines (embedded newlines) and a
+//! newline; `encoding: json` writes one JSON line. A `text` source's event is
+//! `{"message": "line1\nline2"}`. For `json` and `logfmt` sources the event is read as a
+//! whole first — a pretty-printed JSON object spanning lines is that object (written on one
+//! line) — and otherwise its first line decides the routing (its level and fields: a JSON
+//! log line followed by a plain-text stack trace routes by that line's level), while the
+//! sinks get the whole text as `{"message": ...}`, so no line is lost or rewritten.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
@@ -39,16 +59,16 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
-use servicelog_api::{
-    rules::DropReason,
-    v1alpha1::{Format, LineEncoding},
-};
+use servicelog_api::v1alpha1::Format;
 
-use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
+use super::{
+    Batcher, Run,
+    checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint},
+};
 use crate::{
     metrics::Metrics,
-    pipeline::Pipeline,
-    sinks::{Batch, BatchAck, SinkShared, encode},
+    pipeline::{MultilineSpec, Pipeline},
+    sinks::{BatchAck, SinkShared, encode},
 };
 
 /// Bytes read from a file at a time.
@@ -56,6 +76,9 @@ pub const CHUNK: usize = 256 * 1024;
 
 /// A line still without a newline at this length is routed as it is.
 pub const MAX_LINE: usize = 1024 * 1024;
+
+/// A multi-line event is complete at this size, whatever its line count.
+pub const MAX_EVENT: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct TailerOptions {
@@ -119,6 +142,20 @@ struct Tracked {
     idle_since: Option<Instant>,
     events_in: Counter,
     meta: Vec<u8>,
+    /// The multi-line event in progress.
+    pending: Option<Pending>,
+}
+
+/// A multi-line event not complete yet.
+#[derive(Debug)]
+struct Pending {
+    /// Its lines, joined with `\n`.
+    text: Vec<u8>,
+    lines: u32,
+    /// File offset of its first line.
+    start: u64,
+    /// When its last line was read.
+    last: Instant,
 }
 
 impl Tracked {
@@ -138,9 +175,7 @@ struct InFlight {
 /// Reusable per-chunk buffers.
 struct Scratch {
     buf: Vec<u8>,
-    outs: Vec<Vec<u8>>,
-    counts: Vec<u64>,
-    drops: Vec<(Option<u16>, DropReason, u64)>,
+    batcher: Batcher,
 }
 
 pub struct Tailer {
@@ -171,9 +206,7 @@ impl Tailer {
             inflight: VecDeque::new(),
             scratch: Scratch {
                 buf: Vec::new(),
-                outs: Vec::new(),
-                counts: Vec::new(),
-                drops: Vec::new(),
+                batcher: Batcher::default(),
             },
             scanned_pipeline: 0,
             scanned_at: None,
@@ -250,6 +283,9 @@ impl Tailer {
                 }
             }
             self.commit();
+        }
+        if let Some(pipeline) = self.links.current.load_full() {
+            self.flush_timed_out(&pipeline);
         }
         self.drop_finished();
         progressed
@@ -368,6 +404,7 @@ impl Tailer {
                 idle_since: None,
                 events_in: self.links.metrics.source_counter(source),
                 meta: encode::meta_member(source, &self.opts.pod, &self.opts.namespace),
+                pending: None,
             },
         );
     }
@@ -383,6 +420,7 @@ impl Tailer {
             return Ok(Progress::Eof);
         };
         let buf = &mut self.scratch.buf;
+        let base = t.routed_to();
         let held = t.partial.len();
         if buf.len() < held + CHUNK {
             buf.resize(held + CHUNK, 0);
@@ -426,7 +464,7 @@ impl Tailer {
         }
         let offset = t.routed_to();
         let epoch = t.epoch;
-        self.route(id, pipeline, complete, offset, epoch);
+        self.route(id, pipeline, complete, base, offset, epoch);
         Ok(Progress::Data)
     }
 
@@ -442,6 +480,7 @@ impl Tailer {
         }
         tracing::info!(path = %t.path.display(), size = len, offset = t.pos, "file truncated (copytruncate?); reading it from the start");
         self.emit_partial(id, pipeline);
+        self.flush_pending(id, pipeline);
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(true);
         };
@@ -489,83 +528,113 @@ impl Tailer {
         buf.extend_from_slice(&t.partial);
         buf.push(b'\n');
         let len = buf.len();
+        let base = t.routed_to();
         t.partial.clear();
         let offset = t.pos;
         let epoch = t.epoch;
-        self.route(id, pipeline, len, offset, epoch);
+        self.route(id, pipeline, len, base, offset, epoch);
     }
 
-    /// Routes the complete lines in `scratch.buf[..len]` and sends one batch per sink;
-    /// `offset` is where the file is routed to once they are written.
-    fn route(&mut self, id: FileId, pipeline: &Pipeline, len: usize, offset: u64, epoch: u64) {
-        let Some(t) = self.files.get(&id) else { return };
+    /// Routes the multi-line event `id` holds as complete (timeout, or its file is done).
+    fn flush_pending(&mut self, id: FileId, pipeline: &Pipeline) {
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let Some(mut pending) = t.pending.take() else {
+            return;
+        };
+        let Some(source) = pipeline.router.source_index(&t.source) else {
+            return;
+        };
+        let mut run = self.scratch.batcher.run(
+            pipeline,
+            source,
+            &t.meta,
+            &self.links.shared.pool,
+            pending.text.len() + 1,
+        );
+        emit_event(&mut run, &mut pending);
+        let ack = run.finish(&self.links.metrics, &t.events_in);
+        // Every complete line is routed now: the file is routed to its held partial line.
+        self.inflight.push_back(InFlight {
+            ack,
+            file: id,
+            epoch: t.epoch,
+            offset: t.routed_to(),
+        });
+    }
+
+    /// Completes the multi-line events whose file gave no new line for their timeout.
+    fn flush_timed_out(&mut self, pipeline: &Pipeline) {
+        let due: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, t)| {
+                t.pending.as_ref().is_some_and(|p| {
+                    let timeout =
+                        multiline_of(pipeline, &t.source).map_or(Duration::ZERO, |m| m.timeout);
+                    p.last.elapsed() >= timeout
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.flush_pending(id, pipeline);
+        }
+    }
+
+    /// Routes the complete lines in `scratch.buf[..len]` (read from file offset `base`)
+    /// and sends one batch per sink; `offset` is where the file is routed to once they are
+    /// written — or, with multi-line events, the start of the event still open.
+    fn route(
+        &mut self,
+        id: FileId,
+        pipeline: &Pipeline,
+        len: usize,
+        base: u64,
+        offset: u64,
+        epoch: u64,
+    ) {
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
         let Some(source) = pipeline.router.source_index(&t.source) else {
             // The source left the config between the scan and this chunk: nothing is
             // routed and the checkpoint stays, so the lines are read again if it returns.
             return;
         };
-        let router = &pipeline.router;
-        let format = router.source_format(source).unwrap_or(Format::Text);
-        let sinks = pipeline.sinks.len();
-        let s = &mut self.scratch;
-        if s.outs.len() < sinks {
-            s.outs.resize_with(sinks, Vec::new);
-            s.counts.resize(sinks, 0);
-        }
-        let encodings: Vec<LineEncoding> = pipeline.sinks.iter().map(|h| h.encoding).collect();
-        let now = Instant::now();
-        let data = &s.buf[..len];
-        let mut lines = 0u64;
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', data) {
-            let with_nl = &data[start..=nl];
-            let line = &data[start..nl];
-            start = nl + 1;
-            lines += 1;
-            let event = router.parse(source, line);
-            let decision = router.route(&event, now);
-            if let Some(reason) = decision.drop {
-                count_drop(&mut s.drops, decision.rule, reason);
-                continue;
-            }
-            for sink in decision.sinks {
-                let Some(out) = s.outs.get_mut(sink) else {
-                    continue;
-                };
-                if out.capacity() == 0 {
-                    *out = self.links.shared.pool.take(CHUNK + CHUNK / 4);
+        let data = &self.scratch.buf[..len];
+        let mut run = self.scratch.batcher.run(
+            pipeline,
+            source,
+            &t.meta,
+            &self.links.shared.pool,
+            CHUNK + CHUNK / 4,
+        );
+        match multiline_of(pipeline, &t.source) {
+            None => {
+                // The source's multiline went away with a config swap.
+                if let Some(mut pending) = t.pending.take() {
+                    emit_event(&mut run, &mut pending);
                 }
-                match encodings[sink] {
-                    LineEncoding::Raw => out.extend_from_slice(with_nl),
-                    LineEncoding::Json => encode::encode_json(out, &event, format, &t.meta),
+                let mut start = 0;
+                for nl in memchr::memchr_iter(b'\n', data) {
+                    run.push_line(&data[start..nl], &data[start..=nl]);
+                    start = nl + 1;
                 }
-                s.counts[sink] += 1;
+            }
+            Some(ml) => {
+                let now = Instant::now();
+                let mut start = 0;
+                for nl in memchr::memchr_iter(b'\n', data) {
+                    let at = base + start as u64;
+                    assemble(&mut run, &mut t.pending, ml, &data[start..nl], at, now);
+                    start = nl + 1;
+                }
             }
         }
-        t.events_in.inc_by(lines);
-        for (rule, reason, n) in s.drops.drain(..) {
-            let rule = rule
-                .and_then(|r| router.rule_names().get(usize::from(r)))
-                .map_or("default", String::as_str);
-            self.links.metrics.dropped(rule, reason.as_str(), n);
-        }
-        let targets = s.outs[..sinks].iter().filter(|o| !o.is_empty()).count();
-        let ack = Arc::new(BatchAck::new(targets));
-        for (sink, out) in s.outs[..sinks].iter_mut().enumerate() {
-            if out.is_empty() {
-                continue;
-            }
-            let batch = Batch {
-                data: std::mem::take(out),
-                events: std::mem::take(&mut s.counts[sink]),
-                ack: ack.clone(),
-            };
-            // Blocks while the sink's queue is full: backpressure. Fails only when the
-            // sink gave up at shutdown, and then the batch stays unacked.
-            if let Err(batch) = pipeline.sinks[sink].send(batch) {
-                self.links.shared.pool.give(batch.data);
-            }
-        }
+        let ack = run.finish(&self.links.metrics, &t.events_in);
+        let offset = t.pending.as_ref().map_or(offset, |p| p.start);
         self.inflight.push_back(InFlight {
             ack,
             file: id,
@@ -623,6 +692,7 @@ impl Tailer {
         for id in done {
             if let Some(p) = &pipeline {
                 self.emit_partial(id, p);
+                self.flush_pending(id, p);
             }
             if let Some(t) = self.files.remove(&id) {
                 tracing::info!(path = %t.path.display(), "finished with file");
@@ -634,7 +704,10 @@ impl Tailer {
         if !self.opts.exit_on_eof || self.eof_told || self.scanned_at.is_none() {
             return;
         }
-        let all_idle = self.files.values().all(|t| t.idle_since.is_some());
+        let all_idle = self
+            .files
+            .values()
+            .all(|t| t.idle_since.is_some() && t.pending.is_none());
         if all_idle && self.inflight.is_empty() {
             self.eof_told = true;
             self.flush_checkpoints(true);
@@ -645,22 +718,79 @@ impl Tailer {
     }
 }
 
-fn count_drop(
-    drops: &mut Vec<(Option<u16>, DropReason, u64)>,
-    rule: Option<u16>,
-    reason: DropReason,
+fn multiline_of<'p>(pipeline: &'p Pipeline, source: &str) -> Option<&'p MultilineSpec> {
+    pipeline
+        .sources
+        .iter()
+        .find(|s| s.name == source)
+        .and_then(|s| s.multiline.as_deref())
+}
+
+/// Adds one line (at file offset `at`) to the multi-line event in progress, routing the
+/// events it completes.
+fn assemble(
+    run: &mut Run<'_>,
+    pending: &mut Option<Pending>,
+    ml: &MultilineSpec,
+    line: &[u8],
+    at: u64,
+    now: Instant,
 ) {
-    if let Some(last) = drops.last_mut()
-        && last.0 == rule
-        && last.1 == reason
-    {
-        last.2 += 1;
+    let starts = ml.start.is_match(line);
+    if let Some(p) = pending {
+        if !starts && p.lines < ml.max_lines && p.text.len() + 1 + line.len() <= MAX_EVENT {
+            p.text.push(b'\n');
+            p.text.extend_from_slice(line);
+            p.lines += 1;
+            p.last = now;
+            if p.lines >= ml.max_lines
+                && let Some(mut done) = pending.take()
+            {
+                emit_event(run, &mut done);
+            }
+            return;
+        }
+        if let Some(mut done) = pending.take() {
+            emit_event(run, &mut done);
+        }
+    }
+    let p = Pending {
+        text: line.to_vec(),
+        lines: 1,
+        start: at,
+        last: now,
+    };
+    if ml.max_lines <= 1 || line.len() >= MAX_EVENT {
+        let mut p = p;
+        emit_event(run, &mut p);
+    } else {
+        *pending = Some(p);
+    }
+}
+
+/// Routes a complete multi-line event (see the module docs for how it is read).
+fn emit_event(run: &mut Run<'_>, event: &mut Pending) {
+    let router = run.router();
+    let source = run.source();
+    event.text.push(b'\n');
+    let raw = &event.text[..];
+    let body = &raw[..raw.len() - 1];
+    let first_nl = memchr::memchr(b'\n', body);
+    let format = router.source_format(source).unwrap_or(Format::Text);
+    let Some(first_nl) = first_nl.filter(|_| format != Format::Text) else {
+        run.push_line(body, raw);
         return;
+    };
+    if format == Format::Json {
+        let whole = router.parse(source, body);
+        if !whole.is_text() {
+            run.push(&whole, &whole, raw, true);
+            return;
+        }
     }
-    match drops.iter_mut().find(|d| d.0 == rule && d.1 == reason) {
-        Some(d) => d.2 += 1,
-        None => drops.push((rule, reason, 1)),
-    }
+    let routed = router.parse(source, &body[..first_nl]);
+    let written = router.event_with_message(source, body, body, None);
+    run.push(&routed, &written, raw, false);
 }
 
 fn read_head(file: &File, len: usize) -> Vec<u8> {
