@@ -1,0 +1,246 @@
+//! RFC 6587 framing of a TCP syslog stream: octet counting or a newline, decided per
+//! frame, with the limits of the module above.
+
+use std::ops::Range;
+
+use super::MAX_FRAME;
+
+/// Splits a TCP byte stream into frames (RFC 6587): octet-counted or newline-terminated,
+/// decided per frame.
+#[derive(Debug, Default)]
+pub(super) struct Framer {
+    pub(super) buf: Vec<u8>,
+    /// Start of the unread part of `buf`.
+    pos: usize,
+    /// Bytes of an oversized octet-counted frame still to be skipped.
+    skip: usize,
+    /// Skipping up to the next newline.
+    discard: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    Frame(Range<usize>),
+    Malformed(&'static str),
+    /// Nothing more until more bytes arrive.
+    More,
+}
+
+impl Framer {
+    /// The next frame of what was received. `eof`: nothing more will come, so an
+    /// unterminated newline-framed message is complete.
+    pub(super) fn next(&mut self, eof: bool) -> Next {
+        loop {
+            let data = &self.buf[self.pos..];
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.pos += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Next::More;
+                }
+                continue;
+            }
+            if self.discard {
+                match memchr::memchr(b'\n', data) {
+                    Some(i) => {
+                        self.pos += i + 1;
+                        self.discard = false;
+                        continue;
+                    }
+                    None => {
+                        self.pos = self.buf.len();
+                        return Next::More;
+                    }
+                }
+            }
+            let Some(&first) = data.first() else {
+                return Next::More;
+            };
+            // Separators some senders put between frames.
+            if matches!(first, b'\n' | b'\r' | b'\0' | b' ') {
+                self.pos += 1;
+                continue;
+            }
+            if first.is_ascii_digit() {
+                return self.octet_counted(eof);
+            }
+            let start = self.pos;
+            return match memchr::memchr(b'\n', data) {
+                Some(i) if i > MAX_FRAME => {
+                    self.pos += i + 1;
+                    Next::Malformed("message longer than the maximum")
+                }
+                Some(i) => {
+                    self.pos += i + 1;
+                    Next::Frame(start..start + trim_frame(&data[..i]).len())
+                }
+                None if data.len() > MAX_FRAME => {
+                    self.discard = true;
+                    self.pos = self.buf.len();
+                    Next::Malformed("message longer than the maximum")
+                }
+                None if eof => {
+                    self.pos = self.buf.len();
+                    Next::Frame(start..start + trim_frame(data).len())
+                }
+                None => Next::More,
+            };
+        }
+    }
+
+    fn octet_counted(&mut self, eof: bool) -> Next {
+        let data = &self.buf[self.pos..];
+        let digits = data.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 9 {
+            self.discard = true;
+            return Next::Malformed("bad octet count");
+        }
+        let Some(&after) = data.get(digits) else {
+            if eof {
+                self.pos = self.buf.len();
+                return Next::Malformed("bad octet count");
+            }
+            return Next::More;
+        };
+        if after != b' ' {
+            self.discard = true;
+            return Next::Malformed("bad octet count");
+        }
+        let len: usize = std::str::from_utf8(&data[..digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        let body = self.pos + digits + 1;
+        if len == 0 {
+            self.pos = body;
+            return Next::Malformed("octet count of zero");
+        }
+        if len > MAX_FRAME {
+            self.pos = body;
+            self.skip = len;
+            return Next::Malformed("message longer than the maximum");
+        }
+        if self.buf.len() - body < len {
+            if eof {
+                self.pos = self.buf.len();
+                return Next::Malformed("connection closed inside an octet-counted frame");
+            }
+            return Next::More;
+        }
+        self.pos = body + len;
+        let frame = &self.buf[body..body + len];
+        Next::Frame(body..body + trim_frame(frame).len())
+    }
+
+    /// Drops what was read, keeping an incomplete frame; an empty buffer gives back its
+    /// memory beyond a few KiB, so idle connections stay cheap.
+    pub(super) fn compact(&mut self) {
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.buf.shrink_to(16 * 1024);
+        } else if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+/// A message without the line ending or NULs that senders append.
+pub(super) fn trim_frame(frame: &[u8]) -> &[u8] {
+    let mut end = frame.len();
+    while end > 0 && matches!(frame[end - 1], b'\n' | b'\r' | b'\0') {
+        end -= 1;
+    }
+    &frame[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn frames(input: &[&[u8]], eof: bool) -> Vec<Result<String, &'static str>> {
+        let mut f = Framer::default();
+        let mut out = Vec::new();
+        for (i, chunk) in input.iter().enumerate() {
+            f.buf.extend_from_slice(chunk);
+            let last = eof && i + 1 == input.len();
+            loop {
+                match f.next(last) {
+                    Next::More => break,
+                    Next::Frame(r) => out.push(Ok(String::from_utf8_lossy(&f.buf[r]).into_owned())),
+                    Next::Malformed(why) => out.push(Err(why)),
+                }
+            }
+            f.compact();
+        }
+        out
+    }
+
+    #[test]
+    fn tcp_framing_octet_counted_and_newline_terminated_mixed() {
+        let got = frames(
+            &[
+                b"12 <13>1 - a b",
+                b"c\n<14>two\r\n",
+                b"5 <15>x",
+                b"<16>y\n\n<17>last",
+            ],
+            true,
+        );
+        assert_eq!(
+            got,
+            vec![
+                Ok("<13>1 - a bc".into()),
+                Ok("<14>two".into()),
+                Ok("<15>x".into()),
+                Ok("<16>y".into()),
+                Ok("<17>last".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_octet_counts_and_oversized_frames_are_skipped_and_the_stream_resyncs() {
+        let big = format!("{} <13>{}", MAX_FRAME + 10, "x".repeat(MAX_FRAME + 6));
+        let got = frames(
+            &[
+                b"12x <13>broken\n<14>after bad count\n",
+                big.as_bytes(),
+                b"6 <15>ok",
+            ],
+            true,
+        );
+        assert_eq!(
+            got,
+            vec![
+                Err("bad octet count"),
+                Ok("<14>after bad count".into()),
+                Err("message longer than the maximum"),
+                Ok("<15>ok".into()),
+            ]
+        );
+        let long_line = "y".repeat(MAX_FRAME + 1);
+        let got = frames(&[long_line.as_bytes(), b"\n<13>next\n"], false);
+        assert_eq!(
+            got,
+            vec![
+                Err("message longer than the maximum"),
+                Ok("<13>next".into())
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn framing_never_panics_nor_loops(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let input: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let got = frames(&input, true);
+            prop_assert!(got.len() <= total + 1);
+        }
+    }
+}
