@@ -15,6 +15,7 @@
 pub mod buffer;
 pub mod encode;
 pub mod file;
+pub mod http;
 pub mod stdout;
 
 use std::{
@@ -51,6 +52,11 @@ pub enum SinkError {
     Thread { name: String, source: io::Error },
     #[error("sink {name}: {source}")]
     Buffer { name: String, source: BufferError },
+    #[error("sink {name}: {source}")]
+    Http {
+        name: String,
+        source: http::HttpError,
+    },
 }
 
 /// Counts the sinks a batch went to; the batch's offset may be checkpointed once every one
@@ -120,14 +126,24 @@ pub struct SinkShared {
     pub pool: BufferPool,
     /// Where disk buffers live (`<state dir>/buffers/<sink>`).
     pub state_dir: PathBuf,
+    /// Where the webhook mounts http sinks' credentials Secrets (`<dir>/<sink>/`):
+    /// `$SERVICELOG_CREDENTIALS_DIR`, else [`http::credentials::DEFAULT_DIR`].
+    pub credentials_dir: PathBuf,
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
     disk_buffers: buffer::DiskRegistry,
 }
 
 impl SinkShared {
     pub fn new(state_dir: PathBuf) -> Self {
+        let credentials_dir = std::env::var_os("SERVICELOG_CREDENTIALS_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(
+                || PathBuf::from(http::credentials::DEFAULT_DIR),
+                PathBuf::from,
+            );
         Self {
             state_dir,
+            credentials_dir,
             ..Self::default()
         }
     }
@@ -177,13 +193,24 @@ pub fn build(
     shared: &Arc<SinkShared>,
 ) -> Result<Arc<SinkHandle>, SinkError> {
     let name = def.name.clone();
-    let (writer, encoding): (Box<dyn Writer>, LineEncoding) = if let Some(s) = &def.stdout {
-        (Box::new(stdout::StdoutWriter::new()), s.encoding)
+    let (task, encoding): (Task, LineEncoding) = if let Some(s) = &def.stdout {
+        (
+            Task::Write(Box::new(stdout::StdoutWriter::new())),
+            s.encoding,
+        )
     } else if let Some(f) = &def.file {
         let w = file::FileWriter::open(&name, f)?;
-        (Box::new(w), f.encoding)
-    } else if def.http.is_some() {
-        return Err(SinkError::Unsupported { name, kind: "http" });
+        (Task::Write(Box::new(w)), f.encoding)
+    } else if let Some(h) = &def.http {
+        let task =
+            http::HttpTask::build(def, h, &shared.credentials_dir, metrics).map_err(|source| {
+                SinkError::Http {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
+        // Every http encoding is built from the events' JSON form.
+        (Task::Http(Box::new(task)), LineEncoding::Json)
     } else {
         return Err(SinkError::Empty { name });
     };
@@ -202,8 +229,11 @@ pub fn build(
     let thread_name = name.clone();
     let handle = thread::Builder::new()
         .name(format!("sink-{name}"))
-        .stack_size(256 * 1024)
-        .spawn(move || run(&thread_name, writer, rx, counter))
+        .stack_size(STACK)
+        .spawn(move || match task {
+            Task::Write(writer) => run(&thread_name, writer, rx, counter),
+            Task::Http(task) => task.run(rx),
+        })
         .map_err(|source| SinkError::Thread {
             name: name.clone(),
             source,
@@ -218,6 +248,16 @@ pub fn build(
         encoding,
         tx,
     }))
+}
+
+/// Sink threads' stack: JSON parsing (Loki labels, `_bulk` responses) and TLS handshakes
+/// need more than plain writes; untouched pages cost no memory.
+const STACK: usize = 512 * 1024;
+
+/// What a sink thread runs.
+enum Task {
+    Write(Box<dyn Writer>),
+    Http(Box<http::HttpTask>),
 }
 
 fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter) {
