@@ -89,6 +89,12 @@ pub struct ZkConfig {
     desired: Option<Instance>,
     /// What this session last wrote there.
     written: Option<Vec<u8>>,
+    /// The data version of the instance znode this session owns, once known: a new answer
+    /// is then one conditional `setData`, pipelined with the re-watch.
+    instance_version: Option<i32>,
+    /// Applied but not yet saved as last-known-good: saved after the instance znode says
+    /// so, to keep the file write off the ack's path.
+    to_persist: Option<Envelope>,
     /// The config znode data last handled, so a re-read after a reconnect does not
     /// re-apply (or re-reject) the same bytes.
     seen: Option<Vec<u8>>,
@@ -104,6 +110,8 @@ impl ZkConfig {
             metrics,
             desired: None,
             written: None,
+            instance_version: None,
+            to_persist: None,
             seen: None,
             fell_back: false,
         }
@@ -162,6 +170,7 @@ impl ZkConfig {
 
     async fn session(&mut self, client: &Client) -> End {
         self.written = None;
+        self.instance_version = None;
         let mut states = client.state_watcher();
         loop {
             if let Some(end) = terminated(client) {
@@ -184,6 +193,11 @@ impl ZkConfig {
                     never()
                 }
             };
+            if let Some(config) = self.to_persist.take()
+                && let Err(e) = state::save_last_good(&self.opts.state_dir, &config)
+            {
+                tracing::warn!(error = %e, "writing the last-known-good config");
+            }
             if let Some(end) = self
                 .wait(client, &mut states, config_watch, instance_watch)
                 .await
@@ -294,8 +308,12 @@ impl ZkConfig {
             return;
         }
         let result = match Envelope::from_slice(&data) {
-            Ok(config) => match self.topology.apply(&config, true) {
-                Ok(()) => Ok(config.hash),
+            Ok(config) => match self.topology.apply(&config, false) {
+                Ok(()) => {
+                    let hash = config.hash.clone();
+                    self.to_persist = Some(config);
+                    Ok(hash)
+                }
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => {
@@ -341,12 +359,38 @@ impl ZkConfig {
             }
         };
         let path = self.opts.instance_path.clone();
+        if self.written.as_ref() != Some(&data)
+            && let Some(version) = self.instance_version
+        {
+            // Our own znode: write and re-watch in one round trip. Requests are sent in the
+            // order their futures are created, so the watch is set after the write and
+            // does not fire for it.
+            let write = client.set_data(&path, &data, Some(version));
+            let rewatch = client.check_and_watch_stat(&path);
+            let (written, watched) = tokio::join!(write, rewatch);
+            match written {
+                Ok(stat) => {
+                    self.instance_version = Some(stat.version);
+                    self.written = Some(data.clone());
+                    tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
+                    if let Ok((Some(_), watch)) = watched {
+                        return Ok(watch_of(watch));
+                    }
+                }
+                // Changed or removed behind our back: find out below.
+                Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
+                    self.instance_version = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
         for _ in 0..4 {
             let (stat, watch) = client.check_and_watch_stat(&path).await?;
             let Some(stat) = stat else {
                 match client.create(&path, &data, &ephemeral).await {
-                    Ok(_) => {
+                    Ok((stat, _)) => {
+                        self.instance_version = Some(stat.version);
                         tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode created");
                         self.written = Some(data.clone());
                     }
@@ -363,6 +407,7 @@ impl ZkConfig {
                 return Ok(watch_of(watch));
             }
             match client.set_data(&path, &data, None).await {
+                Ok(stat) if ours => self.instance_version = Some(stat.version),
                 Ok(_) => {}
                 Err(zookeeper_client::Error::NoNode) => continue,
                 Err(e) => return Err(e),
