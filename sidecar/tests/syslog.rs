@@ -382,3 +382,53 @@ fn given_a_running_syslog_source_when_its_port_changes_or_cannot_be_bound_then_s
     let (_, status) = sidecar.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn given_a_first_config_whose_port_is_taken_then_the_sidecar_names_the_port_and_exits() {
+    let s = Scratch::new();
+    let squatter = UdpSocket::bind("127.0.0.1:0").expect("binding a port");
+    let taken = squatter.local_addr().expect("its address").port();
+    let config = s.path("servicelog.yaml");
+    write_config(
+        &config,
+        &manifest(&spec(
+            taken,
+            free_tcp_port(),
+            &s.path("alerts.log"),
+            &s.path("rest.log"),
+        )),
+    );
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config-file")
+        .arg(&config)
+        .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
+        .arg(s.state())
+        .env_remove("SERVICELOG_ZK_CONNECT")
+        .env_remove("SERVICELOG_CONFIG_ZNODE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the sidecar");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the sidecar") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("the sidecar kept running with a config whose UDP port {taken} is taken");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(
+        child.stderr.as_mut().expect("the sidecar's stderr"),
+        &mut log,
+    )
+    .expect("reading the sidecar's stderr");
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        log.contains(&format!("binding udp port {taken}")) && log.contains("legacy-udp"),
+        "the error names the source and the port:\n{log}"
+    );
+}
