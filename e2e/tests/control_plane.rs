@@ -103,6 +103,44 @@ async fn given_the_crd_when_a_rule_has_both_to_and_drop_then_the_api_server_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_crd_when_the_delivery_example_is_applied_then_its_fields_survive_and_cel_guards_credentials()
+ {
+    let env = env();
+    install_crds(env);
+    let ns = env.create_namespace("delivery").await.expect("namespace");
+    let api: Api<ServiceLog> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let text = std::fs::read_to_string(workspace_dir().join("examples/delivery.yaml"))
+        .expect("examples/delivery.yaml");
+    let mut slog: ServiceLog =
+        serde_yaml::from_str(&text).expect("examples/delivery.yaml is a ServiceLog");
+    slog.metadata.namespace = Some(ns.clone());
+    api.create(&PostParams::default(), &slog)
+        .await
+        .expect("the API server refused examples/delivery.yaml");
+    let read = api.get("payments").await.expect("get ServiceLog");
+    assert_eq!(
+        read.spec, slog.spec,
+        "the API server pruned or changed delivery fields"
+    );
+
+    let mut bad = slog.clone();
+    bad.metadata.name = Some("bad".into());
+    bad.spec.sinks.push(
+        serde_yaml::from_str("{name: console, stdout: {}, credentialsSecretRef: {name: x}}")
+            .expect("sink"),
+    );
+    let err = api
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("the API server accepted credentials on a stdout sink");
+    assert!(
+        err.to_string()
+            .contains("credentialsSecretRef applies to http sinks only"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_zookeeper_when_a_znode_is_written_then_it_reads_back() {
     let env = env();
     let client = tokio::time::timeout(
