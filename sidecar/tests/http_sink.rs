@@ -610,3 +610,53 @@ fn given_a_disk_buffer_and_the_receiver_down_when_the_sidecar_is_killed_then_the
         &dups[..dups.len().min(10)]
     );
 }
+
+#[test]
+fn given_an_https_receiver_then_a_mounted_ca_is_trusted_the_system_roots_are_not_and_skip_verify_works()
+ {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let ca = TestCa::new();
+    let ca_file = s.path("ca.pem");
+    fs::write(&ca_file, &ca.ca_pem).expect("writing the CA");
+    let trusted = Receiver::start_tls(&ca);
+    let untrusted = Receiver::start_tls(&ca);
+    let skipping = Receiver::start_tls(&ca);
+    let sinks = format!(
+        "  - name: trusted\n    http: {{url: \"{}\", batch: {{timeout: 100ms}}, \
+         tls: {{caFile: \"{}\"}}}}\n\
+         \x20 - name: untrusted\n    http: {{url: \"{}\", batch: {{timeout: 100ms}}}}\n\
+         \x20 - name: skipping\n    http: {{url: \"{}\", batch: {{timeout: 100ms}}, \
+         tls: {{insecureSkipVerify: true}}}}\n",
+        trusted.url("/in"),
+        ca_file.display(),
+        untrusted.url("/in"),
+        skipping.url("/in"),
+    );
+    let sidecar = start(
+        &s,
+        &spec(&logs, &sinks, "trusted, untrusted, skipping"),
+        &[],
+    );
+    append(&logs.join("app.log"), &lines(0..10, "info"));
+    wait_until(
+        "10 lines over TLS with the mounted CA and with verification skipped",
+        Duration::from_secs(20),
+        || trusted.taken_seqs().len() == 10 && skipping.taken_seqs().len() == 10,
+        || sidecar.log_tail(),
+    );
+    wait_until(
+        "the untrusted sink's handshakes failing and being retried",
+        Duration::from_secs(20),
+        || {
+            untrusted.with(|st| st.handshakes_failed) >= 2
+                && sidecar.metric(r#"servicelog_sink_retries_total{sink="untrusted"}"#) >= Some(2.0)
+        },
+        || sidecar.log_tail(),
+    );
+    assert!(untrusted.requests().is_empty());
+    assert_eq!(
+        sidecar.metric(r#"servicelog_events_out_total{sink="untrusted"}"#),
+        Some(0.0)
+    );
+}

@@ -445,6 +445,7 @@ pub struct Receiver {
     pub port: u16,
     pub state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
     rt: Option<tokio::runtime::Runtime>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 #[derive(Debug, Default)]
@@ -462,6 +463,8 @@ pub struct ReceiverState {
     pub es_busy_once: std::collections::HashSet<u64>,
     /// `_bulk`: every document taken, in order.
     pub es_taken: Vec<serde_json::Value>,
+    /// TLS handshakes that failed (e.g. the client did not trust the certificate).
+    pub handshakes_failed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -484,13 +487,36 @@ impl Receiver {
             port,
             state: Default::default(),
             rt: None,
+            tls: None,
+        };
+        r.up();
+        r
+    }
+
+    /// The same over TLS, with a certificate for 127.0.0.1 signed by `ca`.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![ca.cert_der.clone()], ca.key_der.clone_key())
+        .expect("a TLS server config");
+        let port = procs::free_port().expect("a free port");
+        let mut r = Self {
+            port,
+            state: Default::default(),
+            rt: None,
+            tls: Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))),
         };
         r.up();
         r
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     /// Listens again on the same port.
@@ -520,7 +546,7 @@ impl Receiver {
                 }
             }
         };
-        rt.spawn(serve(listener, self.state.clone()));
+        rt.spawn(serve(listener, self.state.clone(), self.tls.clone()));
         self.rt = Some(rt);
     }
 
@@ -567,18 +593,66 @@ impl Drop for Receiver {
 async fn serve(
     listener: tokio::net::TcpListener,
     state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| receive(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let s = state.clone();
+            let service = hyper::service::service_fn(move |req| receive(req, s.clone()));
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Err(_) => {
+                        state.lock().expect("the receiver state").handshakes_failed += 1;
+                    }
+                },
+            }
         });
+    }
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and localhost.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+    pub key_der: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "servicelog test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a CA key"))
+            .expect("a CA certificate");
+        let key = KeyPair::generate().expect("a server key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("a server certificate");
+        Self {
+            ca_pem: ca.pem(),
+            cert_der: cert.der().clone(),
+            key_der: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
     }
 }
 
