@@ -86,13 +86,14 @@ impl Encoder {
         }
     }
 
-    /// Adds `lines` (whole, newline-terminated lines) to `body`.
-    pub fn push(&mut self, body: &mut Body, lines: &[u8]) {
+    /// Adds `lines` (whole, newline-terminated lines; `events` of them if known) to `body`.
+    pub fn push(&mut self, body: &mut Body, lines: &[u8], events: Option<u64>) {
         body.raw_bytes += lines.len();
         match self.encoding {
             HttpEncoding::JsonLines => {
                 body.data.extend_from_slice(lines);
-                body.events += memchr::memchr_iter(b'\n', lines).count() as u64;
+                body.events +=
+                    events.unwrap_or_else(|| memchr::memchr_iter(b'\n', lines).count() as u64);
             }
             HttpEncoding::Elasticsearch => {
                 let stamp = rfc3339_now();
@@ -377,7 +378,7 @@ mod tests {
     fn build(enc: &mut Encoder, lines: &[String]) -> Body {
         let mut body = Body::default();
         for l in lines {
-            enc.push(&mut body, l.as_bytes());
+            enc.push(&mut body, l.as_bytes(), None);
         }
         enc.finish(&mut body);
         body

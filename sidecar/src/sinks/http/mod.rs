@@ -322,13 +322,21 @@ impl HttpTask {
         let mut at = (0usize, 0usize);
         loop {
             self.body.clear();
+            // A body holds at most `max_bytes` (but a single longer line): no doubling past it.
+            self.body.data.reserve(
+                self.max_bytes
+                    .min(entries.iter().map(|e| e.data.len()).sum()),
+            );
             while let Some(run) = next_run(
                 &data,
                 &mut at,
                 self.max_bytes.saturating_sub(self.body.raw_bytes),
                 self.body.raw_bytes == 0,
             ) {
-                self.encoder.push(&mut self.body, run);
+                // A whole entry's event count is known; a part's is counted.
+                let whole = at.1 == run.len() && run.len() == data[at.0].len();
+                let events = whole.then(|| entries[at.0].events);
+                self.encoder.push(&mut self.body, run, events);
                 if self.body.raw_bytes >= self.max_bytes {
                     break;
                 }
