@@ -63,7 +63,7 @@ use arc_swap::ArcSwapOption;
 use servicelog_api::v1alpha1::SyslogProtocol;
 use tokio::{
     io::AsyncReadExt,
-    sync::{Semaphore, mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
 };
 
@@ -82,8 +82,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// Most messages routed in one batch.
 pub const BATCH_MAX: usize = 512;
-/// Frames queued between the sockets and the router thread.
-const QUEUE: usize = 128;
+/// Frames queued between the sockets and the router thread: many, so a burst of small
+/// UDP datagrams is taken off the kernel's buffer before it overflows …
+const QUEUE: usize = 4096;
+/// … but at most this many bytes of them, so big frames cannot pile up.
+const QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Malformed frames are logged at most this often per source.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -164,6 +167,37 @@ struct Received {
     peer: IpAddr,
     /// The frame, or why it is not one.
     frame: Result<Vec<u8>, &'static str>,
+    /// Its share of [`QUEUE_BYTES`], given back once it is routed.
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The sockets' end of the queue to the router thread.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Received>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Queue {
+    /// Waits for room (backpressure); false once the router thread is gone.
+    async fn send(
+        &self,
+        from: (u16, SyslogProtocol),
+        peer: IpAddr,
+        frame: Result<Vec<u8>, &'static str>,
+    ) -> bool {
+        let len = frame.as_ref().map_or(1, Vec::len).clamp(1, QUEUE_BYTES);
+        let Ok(bytes) = self.bytes.clone().acquire_many_owned(len as u32).await else {
+            return false;
+        };
+        let received = Received {
+            from,
+            peer,
+            frame,
+            _bytes: bytes,
+        };
+        self.tx.send(received).await.is_ok()
+    }
 }
 
 /// How the syslog threads reach the rest of the process.
@@ -188,6 +222,10 @@ impl Syslog {
     pub fn start(links: SyslogLinks) -> io::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(QUEUE);
+        let tx = Queue {
+            tx,
+            bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -218,7 +256,7 @@ async fn supervise(
     current: Arc<ArcSwapOption<Pipeline>>,
     mut changes: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
-    tx: mpsc::Sender<Received>,
+    tx: Queue,
 ) {
     // Keyed by the listener's address: a carried-over listener is the same allocation.
     let mut serving: HashMap<usize, (Arc<Listener>, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -271,10 +309,7 @@ async fn supervise(
 
 /// Starts the task that serves `listener` (on its own duplicate of the socket, so the
 /// pipelines keep theirs).
-fn serve(
-    listener: &Listener,
-    tx: mpsc::Sender<Received>,
-) -> io::Result<tokio::task::JoinHandle<()>> {
+fn serve(listener: &Listener, tx: Queue) -> io::Result<tokio::task::JoinHandle<()>> {
     let from = listener.key();
     Ok(match &listener.socket {
         Socket::Udp(s) => {
@@ -292,11 +327,7 @@ fn serve(
     })
 }
 
-async fn serve_udp(
-    socket: tokio::net::UdpSocket,
-    from: (u16, SyslogProtocol),
-    tx: mpsc::Sender<Received>,
-) {
+async fn serve_udp(socket: tokio::net::UdpSocket, from: (u16, SyslogProtocol), tx: Queue) {
     let mut buf = vec![0u8; MAX_FRAME];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -311,22 +342,13 @@ async fn serve_udp(
         if frame.is_empty() {
             continue;
         }
-        let received = Received {
-            from,
-            peer: peer.ip(),
-            frame: Ok(frame.to_vec()),
-        };
-        if tx.send(received).await.is_err() {
+        if !tx.send(from, peer.ip(), Ok(frame.to_vec())).await {
             return;
         }
     }
 }
 
-async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    from: (u16, SyslogProtocol),
-    tx: mpsc::Sender<Received>,
-) {
+async fn serve_tcp(listener: tokio::net::TcpListener, from: (u16, SyslogProtocol), tx: Queue) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Dropped with this task when the source goes: that ends every connection.
     let mut connections = JoinSet::new();
@@ -356,7 +378,7 @@ async fn serve_connection(
     mut stream: tokio::net::TcpStream,
     peer: IpAddr,
     from: (u16, SyslogProtocol),
-    tx: mpsc::Sender<Received>,
+    tx: Queue,
 ) {
     let mut framer = Framer::default();
     loop {
@@ -379,7 +401,7 @@ async fn serve_connection(
                 Next::Frame(range) => Ok(framer.buf[range].to_vec()),
                 Next::Malformed(why) => Err(why),
             };
-            if tx.send(Received { from, peer, frame }).await.is_err() {
+            if !tx.send(from, peer, frame).await {
                 return;
             }
         }
