@@ -10,6 +10,7 @@
 pub mod control_plane;
 pub mod fleet;
 pub mod pod;
+pub mod receiver;
 pub mod procs;
 pub mod run;
 pub mod tools;
