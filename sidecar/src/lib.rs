@@ -1,16 +1,20 @@
-//! servicelog-sidecar: reads a service's log files, routes each line by its ServiceLog's
-//! rules and writes it to sinks, swapping the rules live when the config changes.
+//! servicelog-sidecar: reads a service's logs (files, syslog), routes each event by its
+//! ServiceLog's rules and writes it to sinks, swapping the rules live when the config
+//! changes.
 //!
 //! ```text
-//! config ──(zk | file | last-known-good)──▶ Topology::apply ──▶ Pipeline (Router + sinks)
-//!                                                                  ▲ taken per chunk
-//! files ──sources::file::Tailer──(chunk: parse, route, encode)────┘──▶ sink threads
-//!    ▲                                                                      │ ack
-//!    └──────────── checkpoints (state dir) ◀── offsets every sink acked ◀───┘
+//! config ──(zk | file | last-known-good)──▶ Topology::apply ──▶ Pipeline (Router + sinks
+//!                                                      │            + bound syslog sockets)
+//!                                                      ▼ taken per chunk / per batch
+//! files ──sources::file::Tailer──(chunk: [multiline,] Batcher: route, encode)──▶ sink threads
+//!    ▲                                                                              │ ack
+//!    └──────────── checkpoints (state dir) ◀── offsets every sink acked ◀───────────┘
+//! syslog (udp/tcp) ──sources::syslog: syslog-io ─▶ syslog-router (parse, Batcher)──▶ sinks
 //! ```
 //!
-//! The hot path is one reader thread and one thread per sink; the control plane (ZooKeeper,
-//! the config file, HTTP, signals) runs on a single-threaded tokio runtime.
+//! The hot path is one reader thread and one thread per sink, plus, for syslog, one I/O
+//! thread (a current-thread tokio runtime) and one routing thread; the control plane
+//! (ZooKeeper, the config file, HTTP, signals) runs on a single-threaded tokio runtime.
 #![forbid(unsafe_code)]
 
 pub mod app;
