@@ -1,4 +1,4 @@
-//! Where events come from: files on a volume shared with the application ([`file`]) and
+//! Where events come from: files on a volume shared with the application ([`file`](mod@file)) and
 //! syslog senders ([`syslog`]).
 //!
 //! Both hand their events to a [`Batcher`] in runs: a run is routed under one pipeline

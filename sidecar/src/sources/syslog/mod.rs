@@ -5,7 +5,7 @@
 //! Topology::apply ──binds──▶ Listener (in the Pipeline) ◀──follows── syslog-io thread
 //!                                                                   (tokio, one task per
 //!   senders ──UDP datagram / TCP frame──▶ listener & connection tasks  socket and connection)
-//!                                            │ bounded channel of frames
+//!                                            │ bounded queue of frames
 //!                                            ▼
 //!                          syslog-router thread: parse, Batcher (a run per source) ──▶ sinks
 //! ```
@@ -31,12 +31,15 @@
 //!   the kernel's backlog); a connection idle for [`IDLE_TIMEOUT`] is closed (senders
 //!   reconnect); an idle connection holds no read buffer beyond a few KiB. Each connection
 //!   is its own task, so a slow sender holding half a frame delays nobody else.
-//! - **Batching and backpressure.** The router thread takes what arrived (waiting up to
-//!   [`BATCH_WAIT`] after the first message for more, at most [`BATCH_MAX`]) and routes it
-//!   in one run per source. Syslog has no acknowledgement to give, so batches' acks are
-//!   not waited for; but a full sink queue blocks the router thread, the frame channel
-//!   fills and TCP connections stop being read — the senders feel the backpressure. UDP
-//!   datagrams then queue in the kernel and are dropped by it when that is full.
+//! - **Batching and backpressure.** Frames wait for the router thread in a queue of at
+//!   most [`QUEUE`] frames and [`QUEUE_BYTES`] bytes. The router thread takes what arrived
+//!   (waiting up to [`BATCH_WAIT`] after the first message for more, at most
+//!   [`BATCH_MAX`]) and routes it in one run per source. Syslog has no acknowledgement to
+//!   give, so batches' acks are not waited for; but a full sink queue blocks the router
+//!   thread, the frame queue fills and TCP connections stop being read — the senders feel
+//!   the backpressure. UDP datagrams then queue in the kernel's socket buffer (its default
+//!   size; not raised here) and are dropped by the kernel when that is full, as with any
+//!   UDP syslog receiver: senders that must not lose messages use TCP.
 //!
 //! The event handed to the router (and written by `encoding: json` sinks, with
 //! `_servicelog`) uses the field names of Vector's syslog source: `level` (from the
@@ -84,9 +87,9 @@ pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 pub const BATCH_MAX: usize = 512;
 /// Frames queued between the sockets and the router thread: many, so a burst of small
 /// UDP datagrams is taken off the kernel's buffer before it overflows …
-const QUEUE: usize = 4096;
+pub const QUEUE: usize = 4096;
 /// … but at most this many bytes of them, so big frames cannot pile up.
-const QUEUE_BYTES: usize = 2 * 1024 * 1024;
+pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Malformed frames are logged at most this often per source.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
