@@ -5,7 +5,8 @@
 #
 #   1. api_route        the parse+route hot path (criterion), against a plain serde_json parse
 #   2. sidecar_routing  shared/bench/WORKLOAD.md through the sidecar, syslog-ng and rsyslog,
-#                       3 interleaved runs each, pinned to one core
+#                       3 interleaved runs each, pinned to one core; and the sidecar with
+#                       http json_lines sinks to a local receiver (file → http vs file → file)
 #   3. propagation      setData on the config znode → the sidecar's ack, against ZooKeeper's
 #                       own floor (a watcher re-reading the config)
 #   4. operator_scale, webhook   servicelog-bench (release build) on the test control plane
@@ -240,7 +241,8 @@ jq -r '
           (.value.speedup_vs_baseline | x)))),
   (.sidecar_routing // {} | . as $r | status($r)[],
     ($r.contenders // {} | .["servicelog-sidecar"].median) as $m
-    | ($r.contenders // {} | to_entries[] | select(.key != "servicelog-sidecar")) as $c
+    | ($r.contenders // {} | to_entries[]
+        | select(.key != "servicelog-sidecar" and .key != "servicelog-sidecar-http")) as $c
     | if $c.value.median then
         row("sidecar routing"; "lines per CPU-second"; ($m.lines_per_cpu_s | num(0));
             "\($c.key): \($c.value.median.lines_per_cpu_s | num(0))"; ($r.ratios[$c.key].lines_per_cpu_s | x)),
@@ -256,6 +258,15 @@ jq -r '
           row(""; "\($c.key): \($c.value.failed_runs) failed run(s)"; ""; ""; "") else empty end)
       else row("sidecar routing"; "\($c.key): \($c.value.status)"; ""; ($c.value.reason // "" | .[0:60]); "")
       end),
+  (.sidecar_routing // {} | . as $r | ($r.contenders // {})["servicelog-sidecar-http"] // null
+    | if . and .median then
+        row("sidecar routing"; "file → http (json_lines), lines per CPU-s"; (.median.lines_per_cpu_s | num(0));
+            "file → file: \($r.contenders["servicelog-sidecar"].median.lines_per_cpu_s | num(0))";
+            ($r.file_to_http.lines_per_cpu_s | x)),
+        row(""; "target: file → http ≥ 0.7× file → file";
+            ($r.targets.http_vs_file_lines_per_cpu_s.met | tostring); ""; "")
+      elif . then row("sidecar routing"; "file → http: \(.status)"; ""; (.reason // "" | .[0:60]); "")
+      else empty end),
   (.sidecar_routing.idle_rss_kib // null | if . then
     row(""; "idle RSS, MiB (target < 8)"; (. / 1024 | num(1)); ""; "") else empty end),
   (.sidecar_routing.targets // null | if . then

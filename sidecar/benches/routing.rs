@@ -15,6 +15,15 @@
 //!   (utime + stime) and peak RSS (VmHWM) are read from `/proc/<pid>` before they are
 //!   stopped.
 //!
+//! - `servicelog-sidecar-http`: the same sidecar and rules, but the two sinks are `http`
+//!   sinks (`encoding: json_lines`, default batching but a 200 ms `batch.timeout` so the
+//!   last batch does not idle a second before the exit) POSTing to a receiver in this
+//!   process on 127.0.0.1 (hyper, not pinned, on the other core), which counts the lines
+//!   and bytes per path. Every line must arrive once, as the input line with
+//!   `_servicelog` spliced in (bytes = input bytes + that member per line). Reported as
+//!   `file_to_http`: its lines per CPU-second ÷ the file → file sidecar's, same run
+//!   (issue #7's target: ≥ 0.7).
+//!
 //! Every run's outputs are counted line by line and must equal the input's counts per
 //! level. A sidecar run that does not fails the benchmark; a contender's is reported as a
 //! failed run (its median is over its good runs). Prints one JSON document on stdout
@@ -24,7 +33,7 @@
 //! `cargo bench -p servicelog-sidecar --bench routing` runs it in full. Environment:
 //! `BENCH_LINES`, `BENCH_RUNS` (3), `BENCH_DIR` (`target/bench/sidecar`), `BENCH_CPU` (the
 //! core to pin to; default the last one; `none` to not pin), `BENCH_CONTENDERS`
-//! (comma-separated subset of `servicelog-sidecar,syslog-ng,rsyslog`), `BENCH_SYSLOG_NG`
+//! (comma-separated subset of `servicelog-sidecar,servicelog-sidecar-http,syslog-ng,rsyslog`), `BENCH_SYSLOG_NG`
 //! (the binary; default `syslog-ng` on PATH), `BENCH_RSYSLOG_DIR` (a root holding
 //! `usr/sbin/rsyslogd` and `usr/lib/*/rsyslog/`: `scripts/bench.sh` unpacks Debian's
 //! package into `~/.cache/servicelog/contenders/rsyslog`, as it conflicts with syslog-ng;
@@ -51,6 +60,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 const POLL: Duration = Duration::from_millis(20);
 
 const SIDECAR: &str = "servicelog-sidecar";
+const SIDECAR_HTTP: &str = "servicelog-sidecar-http";
 const SYSLOG_NG: &str = "syslog-ng";
 const RSYSLOG: &str = "rsyslog";
 
@@ -58,6 +68,8 @@ const RSYSLOG: &str = "rsyslog";
 const TARGET_RATIO_SYSLOG_NG: f64 = 5.0;
 const TARGET_IDLE_RSS_MIB: f64 = 8.0;
 const TARGET_LOAD_RSS_MIB: f64 = 32.0;
+/// Issue #7's target: file → http within 70 % of file → file, per CPU-second.
+const TARGET_HTTP_VS_FILE: f64 = 0.7;
 
 const MESSAGES: [&str; 20] = [
     "request served",
@@ -257,6 +269,7 @@ impl Pin {
 #[derive(Clone, Debug)]
 enum Kind {
     Sidecar,
+    SidecarHttp,
     SyslogNg { bin: PathBuf },
     Rsyslog { bin: PathBuf, moddir: PathBuf },
 }
@@ -452,6 +465,209 @@ fn run_sidecar(dir: &Path, w: &Workload, pin: Pin) -> Run {
     run
 }
 
+/// The pod and namespace the http runs claim, in each line's `_servicelog`.
+const POD: &str = "bench-0";
+const NAMESPACE: &str = "bench";
+
+/// The sidecar with its two sinks as http json_lines sinks to `rx`.
+fn run_sidecar_http(dir: &Path, w: &Workload, pin: Pin, rx: &receiver::Receiver) -> Run {
+    let run_dir = fresh_dir(dir, SIDECAR_HTTP);
+    let config = run_dir.join("servicelog.yaml");
+    let base = format!("http://127.0.0.1:{}", rx.port);
+    let yaml = config_yaml(&w.input, Path::new("/unused"))
+        .replace(
+            "file: {path: \"/unused/alerts.log\"}",
+            &format!("http: {{url: \"{base}/alerts\", batch: {{timeout: 200ms}}}}"),
+        )
+        .replace(
+            "file: {path: \"/unused/info.log\"}",
+            &format!("http: {{url: \"{base}/info\", batch: {{timeout: 200ms}}}}"),
+        );
+    assert!(
+        yaml.contains("/alerts\"") && yaml.contains("/info\""),
+        "{yaml}"
+    );
+    fs::write(&config, yaml).expect("writing the sidecar's config");
+    rx.reset();
+    let report = run_dir.join("time.txt");
+    let start = Instant::now();
+    let status = pin
+        .command(Path::new("/usr/bin/time"))
+        .arg("-v")
+        .arg("-o")
+        .arg(&report)
+        .arg(BIN)
+        .arg("--config-file")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(run_dir.join("work"))
+        .args(["--pod-name", POD, "--pod-namespace", NAMESPACE])
+        .args(["--metrics-addr", "127.0.0.1:0", "--exit-on-eof"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("running the sidecar under /usr/bin/time (apt-get install time)");
+    let wall_s = start.elapsed().as_secs_f64();
+    let report = fs::read_to_string(&report).expect("reading /usr/bin/time's report");
+    let got = rx.counts();
+    let mut run = Run {
+        wall_s,
+        user_s: time_field(&report, "User time (seconds):").unwrap_or(f64::NAN),
+        sys_s: time_field(&report, "System time (seconds):").unwrap_or(f64::NAN),
+        max_rss_kib: time_field(&report, "Maximum resident set size (kbytes):").unwrap_or(0.0)
+            as u64,
+        alerts: got.alerts.0,
+        info: got.info.0,
+        error: (!status.success()).then(|| format!("the sidecar failed: {status}")),
+    };
+    // Each line arrives as itself with `,"_servicelog":{…}` spliced before its last `}`.
+    let meta = format!(
+        ",\"_servicelog\":{{\"source\":\"app\",\"pod\":\"{POD}\",\"namespace\":\"{NAMESPACE}\"}}"
+    )
+    .len() as u64;
+    let (want_lines, want_bytes) = (w.expected_lines(), w.expected_bytes());
+    let want_bytes = (
+        want_bytes.0 + want_lines.0 * meta,
+        want_bytes.1 + want_lines.1 * meta,
+    );
+    if run.error.is_none() {
+        run.error = if (got.alerts.0, got.info.0) != want_lines {
+            Some(format!(
+                "lines received (alerts, info) = ({}, {}), expected {want_lines:?}",
+                got.alerts.0, got.info.0
+            ))
+        } else if (got.alerts.1, got.info.1) != want_bytes {
+            Some(format!(
+                "bytes received (alerts, info) = ({}, {}), expected {want_bytes:?}",
+                got.alerts.1, got.info.1
+            ))
+        } else if got.bad > 0 {
+            Some(format!(
+                "{} requests were not what a json_lines sink sends",
+                got.bad
+            ))
+        } else {
+            None
+        };
+    }
+    run
+}
+
+/// The receiver of the http runs: HTTP/1.1 on 127.0.0.1, counting lines and bytes per
+/// path (`/alerts`, `/info`), answering 204.
+mod receiver {
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct Counts {
+        /// (lines, bytes)
+        pub alerts: (u64, u64),
+        pub info: (u64, u64),
+        /// Requests with the wrong content type or a body not ending in a newline.
+        pub bad: u64,
+    }
+
+    pub struct Receiver {
+        pub port: u16,
+        counts: Arc<Mutex<Counts>>,
+        _thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Receiver {
+        pub fn start() -> Self {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").expect("binding the receiver");
+            listener
+                .set_nonblocking(true)
+                .expect("a nonblocking listener");
+            let port = listener
+                .local_addr()
+                .expect("the receiver's address")
+                .port();
+            let counts = Arc::new(Mutex::new(Counts::default()));
+            let c = counts.clone();
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the receiver");
+                rt.block_on(serve(listener, c));
+            });
+            Self {
+                port,
+                counts,
+                _thread: thread,
+            }
+        }
+
+        pub fn reset(&self) {
+            *self.counts.lock().expect("the receiver's counts") = Counts::default();
+        }
+
+        pub fn counts(&self) -> Counts {
+            *self.counts.lock().expect("the receiver's counts")
+        }
+    }
+
+    async fn serve(listener: std::net::TcpListener, counts: Arc<Mutex<Counts>>) {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| receive(req, counts.clone()));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn receive(
+        req: Request<hyper::body::Incoming>,
+        counts: Arc<Mutex<Counts>>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let json_lines = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/x-ndjson");
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let lines = memchr::memchr_iter(b'\n', &body).count() as u64;
+        let mut c = counts.lock().expect("the receiver's counts");
+        if !json_lines || body.last() != Some(&b'\n') {
+            c.bad += 1;
+        }
+        let slot = if path == "/alerts" {
+            &mut c.alerts
+        } else {
+            &mut c.info
+        };
+        slot.0 += lines;
+        slot.1 += body.len() as u64;
+        drop(c);
+        Ok(Response::builder()
+            .status(204)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default())
+    }
+}
+
 /// A contender daemon, stopped (TERM, then KILL) on drop.
 struct Daemon {
     child: Child,
@@ -556,7 +772,9 @@ fn run_daemon(c: &Contender, dir: &Path, w: &Workload, pin: Pin, ticks: f64) -> 
                 .arg(work.join("rsyslogd.pid"));
             cmd
         }
-        Kind::Sidecar => unreachable!("the sidecar is not run as a daemon"),
+        Kind::Sidecar | Kind::SidecarHttp => {
+            unreachable!("the sidecar is not run as a daemon")
+        }
     };
     let log_file = fs::File::create(&log).expect("creating the daemon's log");
     let start = Instant::now();
@@ -713,7 +931,7 @@ fn main() {
     let lines = env_num("BENCH_LINES", if full { 2_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
     let wanted: Vec<String> = std::env::var("BENCH_CONTENDERS")
-        .unwrap_or_else(|_| format!("{SIDECAR},{SYSLOG_NG},{RSYSLOG}"))
+        .unwrap_or_else(|_| format!("{SIDECAR},{SIDECAR_HTTP},{SYSLOG_NG},{RSYSLOG}"))
         .split(',')
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
@@ -743,10 +961,15 @@ fn main() {
                 kind: Kind::Sidecar,
                 version: sidecar_version.clone(),
             }),
+            SIDECAR_HTTP => Ok(Contender {
+                name: SIDECAR_HTTP,
+                kind: Kind::SidecarHttp,
+                version: sidecar_version.clone(),
+            }),
             SYSLOG_NG => find_syslog_ng(),
             RSYSLOG => find_rsyslog(),
             other => panic!(
-                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SYSLOG_NG}, {RSYSLOG})"
+                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SIDECAR_HTTP}, {SYSLOG_NG}, {RSYSLOG})"
             ),
         };
         match found {
@@ -771,11 +994,19 @@ fn main() {
         pin.0
     );
 
+    let receiver = contenders
+        .iter()
+        .any(|c| matches!(c.kind, Kind::SidecarHttp))
+        .then(receiver::Receiver::start);
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
     for i in 0..runs {
         for (c, results) in contenders.iter().zip(results.iter_mut()) {
             let r = match c.kind {
                 Kind::Sidecar => run_sidecar(&dir, &w, pin),
+                Kind::SidecarHttp => match &receiver {
+                    Some(rx) => run_sidecar_http(&dir, &w, pin, rx),
+                    None => unreachable!("the receiver starts when the http contender is wanted"),
+                },
                 _ => run_daemon(c, &dir, &w, pin, ticks),
             };
             eprintln!(
@@ -788,7 +1019,7 @@ fn main() {
                 r.max_rss_kib,
                 r.error.as_deref().unwrap_or("ok"),
             );
-            if c.name == SIDECAR {
+            if c.name == SIDECAR || c.name == SIDECAR_HTTP {
                 assert!(r.error.is_none(), "the sidecar's run failed: {:?}", r.error);
             }
             results.push(r);
@@ -823,7 +1054,10 @@ fn main() {
 
     let mut ratios = serde_json::Map::new();
     if let Some(ours) = med.get(SIDECAR) {
-        for (name, theirs) in med.iter().filter(|(n, _)| **n != SIDECAR) {
+        for (name, theirs) in med
+            .iter()
+            .filter(|(n, _)| **n != SIDECAR && **n != SIDECAR_HTTP)
+        {
             ratios.insert(
                 (*name).to_owned(),
                 json!({
@@ -834,6 +1068,15 @@ fn main() {
             );
         }
     }
+    let file_to_http = match (med.get(SIDECAR_HTTP), med.get(SIDECAR)) {
+        (Some(http), Some(file)) => json!({
+            "lines_per_cpu_s": ratio(http, file, "lines_per_cpu_s"),
+            "lines_per_s": ratio(http, file, "lines_per_s"),
+            "max_rss": ratio(http, file, "max_rss_kib"),
+        }),
+        _ => Value::Null,
+    };
+    let http_ratio = file_to_http["lines_per_cpu_s"].as_f64();
     let load_rss_mib = med.get(SIDECAR).and_then(|m| m["max_rss_mib"].as_f64());
     let ratio_ng = ratios
         .get(SYSLOG_NG)
@@ -849,6 +1092,7 @@ fn main() {
         "runs_per_contender": runs,
         "contenders": by_name,
         "ratios": ratios,
+        "file_to_http": file_to_http,
         "idle_rss_kib": idle,
         "targets": {
             "lines_per_cpu_s_vs_syslog_ng": {"target": TARGET_RATIO_SYSLOG_NG, "measured": ratio_ng,
@@ -857,6 +1101,8 @@ fn main() {
                 "met": idle_mib.map(|m| m < TARGET_IDLE_RSS_MIB)},
             "load_rss_mib": {"target": TARGET_LOAD_RSS_MIB, "measured": load_rss_mib,
                 "met": load_rss_mib.map(|m| m < TARGET_LOAD_RSS_MIB)},
+            "http_vs_file_lines_per_cpu_s": {"target": TARGET_HTTP_VS_FILE, "measured": http_ratio,
+                "met": http_ratio.map(|r| r >= TARGET_HTTP_VS_FILE)},
         },
     });
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

@@ -251,3 +251,44 @@ fn given_sigkill_in_the_middle_of_an_event_then_a_restart_loses_nothing_and_repe
         "every event exactly once and whole, including the one the kill cut in two"
     );
 }
+
+#[test]
+fn given_an_open_event_when_its_file_is_deleted_or_truncated_then_the_event_is_completed_without_waiting_for_the_timeout()
+ {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (raw, json) = (s.path("out/raw.log"), s.path("out/json.log"));
+    let config = s.path("servicelog.yaml");
+    write_config(
+        &config,
+        &manifest(&spec(&logs, "text", "^event ", "1h", &raw, &json)),
+    );
+    let sidecar = Sidecar::start(
+        &s,
+        &["--config-file", config.to_str().expect("a UTF-8 path")],
+        &[],
+    );
+    let (deleted, truncated) = (logs.join("deleted.log"), logs.join("truncated.log"));
+    append(&deleted, &["event d1".into(), "  more d1".into()]);
+    append(&truncated, &["event t1".into(), "  more t1".into()]);
+    thread::sleep(Duration::from_millis(800));
+    assert!(
+        json_lines(&json).is_empty(),
+        "both events are still open (timeout 1h)"
+    );
+    fs::remove_file(&deleted).expect("deleting a log");
+    // copytruncate: the file is emptied and written again from the start.
+    fs::write(&truncated, "event t2\n").expect("truncating a log");
+    wait_until(
+        "the open events of the deleted and the truncated file",
+        Duration::from_secs(10),
+        || json_lines(&json).len() >= 2,
+        || sidecar.log_tail(),
+    );
+    let mut got: Vec<String> = json_lines(&json)
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["event d1\n  more d1", "event t1\n  more t1"]);
+}
