@@ -11,14 +11,28 @@
 //! 4. **status** — conditions Valid / Published / Ready, patched by server-side apply only
 //!    when something changed.
 //!
-//! It runs on ServiceLog changes, on pod changes (mapped to the ServiceLogs that select or
-//! inject them) and on every znode change under the root (drift, acks), and re-checks
-//! everything after a ZooKeeper reconnect. A finalizer removes the subtree on delete.
+//! It runs on ServiceLog changes that matter (generation, finalizers — not its own status
+//! writes), on pod changes (mapped to the ServiceLogs that select or inject them), on config
+//! znode changes (drift) and instance record changes (acks, read into [`Zk`]'s copy), and
+//! re-checks everything after a ZooKeeper reconnect. A finalizer removes the subtree on
+//! delete; it is added in the same reconcile that first publishes.
+//!
+//! Cost per ServiceLog on a cold start: one finalizer patch, one status patch, one Event
+//! (queued, posted in the background), one ZooKeeper round trip to publish. At most
+//! [`CONCURRENCY`] reconciles run at once: the API server refuses mutating requests beyond
+//! its in-flight limit (HTTP 429), and the client opens a connection per request in flight.
 
+pub mod events;
 pub mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
+use events::Events;
 use futures::{StreamExt, stream};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
@@ -27,10 +41,9 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
-        controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-        finalizer::{Event as Finalizer, finalizer},
-        reflector,
+        controller::{self as runtime_controller, Action},
+        events::{Event, EventType},
+        predicates, reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -56,6 +69,17 @@ pub const FIELD_MANAGER: &str = "servicelog-operator";
 pub const INJECTED_ANNOTATION: &str = "servicelog.io/injected";
 /// Annotation a pod uses to ask for the sidecar.
 pub const INJECT_ANNOTATION: &str = "servicelog.io/inject";
+/// Reconciles running at once.
+pub const CONCURRENCY: u16 = 32;
+/// While a rollout is partway, status is written at most this often: acks from a hundred
+/// sidecars arrive within tens of milliseconds, and a patch per ack would queue the final
+/// `applied N/N` behind the intermediate ones. A complete (or failed) rollout is written
+/// at once.
+pub const ROLLOUT_STATUS_INTERVAL: Duration = Duration::from_millis(50);
+/// While a rollout is partway, the instance records are re-read from ZooKeeper at most
+/// this often (and the resource re-checked at least this often): watch events can be lost
+/// across a reconnect, and the copy in [`Zk`] would not see those acks.
+pub const ROLLOUT_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of one reconcile, each with a static category for metrics and retry policy.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +89,7 @@ pub enum Error {
     #[error(transparent)]
     Zk(#[from] ZkError),
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] Box<kube::Error>),
     #[error("resource has no namespace")]
     NoNamespace,
 }
@@ -76,11 +100,7 @@ impl Error {
         match self {
             Self::Kube(_) => "kube",
             Self::Zk(_) => "zookeeper",
-            Self::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "finalizer",
-            },
+            Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid",
         }
     }
@@ -97,7 +117,7 @@ pub struct Context {
     pub client: Client,
     pub zk: Zk,
     pub layout: Layout,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Arc<Metrics>,
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// How long deletion waits for an unreachable ZooKeeper before it gives up on the
@@ -105,7 +125,11 @@ pub struct Context {
     pub cleanup_timeout: Duration,
     /// The hash this process last published per resource: the status in the watch cache
     /// can lag behind a publish, and drift must still be recognised as drift.
-    pub published: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    pub published: Mutex<HashMap<(String, String), String>>,
+    /// When status was last written for resources whose rollout is partway.
+    pub rollout_written: Mutex<HashMap<(String, String), Instant>>,
+    /// When the instance records of resources whose rollout is partway were last re-read.
+    pub rollout_refreshed: Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// Settings of [`run`].
@@ -126,20 +150,28 @@ pub async fn run(
     settings: Settings,
 ) {
     let slogs: Api<ServiceLog> = scoped(&client, settings.watch_namespace.as_deref());
-    let controller = Controller::new(slogs, watcher::Config::default().any_semantic());
-    let slog_store = controller.store();
+    let (slog_store, slog_writer) = reflector::store();
+    // managedFields are most of a ServiceLog's bytes and no reconcile reads them; the
+    // operator's own status writes change nothing a reconcile would decide differently.
+    let slog_changes = watcher(slogs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s: &mut ServiceLog| s.managed_fields_mut().clear())
+        .reflect(slog_writer)
+        .applied_objects()
+        .predicate_filter(worth_reconciling, Default::default());
+    let controller = Controller::for_stream(slog_changes, slog_store.clone())
+        .with_config(runtime_controller::Config::default().concurrency(CONCURRENCY));
 
     let (pods, pod_writer) = reflector::store();
     let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
     let pod_slogs = slog_store.clone();
-    let pod_triggers = reflector(
-        pod_writer,
-        watcher(pod_api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(|pod| async move { pod.ok() })
-    .flat_map(move |pod| stream::iter(servicelogs_for_pod(&pod, &pod_slogs)));
+    let pod_triggers = watcher(pod_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|p: &mut PartialObjectMeta<Pod>| p.managed_fields_mut().clear())
+        .reflect(pod_writer)
+        .touched_objects()
+        .filter_map(|pod| async move { pod.ok() })
+        .flat_map(move |pod| stream::iter(servicelogs_for_pod(&pod, &pod_slogs)));
 
     let layout = settings.layout.clone();
     let zk_slogs = slog_store.clone();
@@ -159,22 +191,23 @@ pub async fn run(
         stream::iter(refs)
     });
 
-    let recorder = Recorder::new(
+    let events = Events::start(
         client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(settings.identity.clone()),
-        },
+        FIELD_MANAGER,
+        &settings.identity,
+        metrics.clone(),
     );
     let ctx = Arc::new(Context {
         client,
         zk,
         layout: settings.layout,
-        recorder,
+        events,
         metrics,
         pods,
         cleanup_timeout: settings.cleanup_timeout,
         published: Default::default(),
+        rollout_written: Default::default(),
+        rollout_refreshed: Default::default(),
     });
     controller
         .reconcile_on(pod_triggers)
@@ -187,6 +220,16 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// What a change to a ServiceLog must change for a reconcile: the spec (generation, which
+/// deletion also bumps), the finalizers, or the deletion itself.
+fn worth_reconciling(s: &ServiceLog) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    predicates::generation(s).hash(&mut h);
+    predicates::finalizers(s).hash(&mut h);
+    s.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -237,23 +280,86 @@ fn servicelogs_for_pod(
 }
 
 async fn reconcile(obj: Arc<ServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
-            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.category(),
     };
     ctx.metrics.reconciled(label, started.elapsed());
     result
+}
+
+/// The finalizer protocol, with the finalizer added in the same pass that first publishes:
+/// it is in place before anything is written to ZooKeeper, and a new ServiceLog costs one
+/// reconcile instead of two.
+async fn reconcile_inner(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
+    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ours = obj.finalizers().iter().position(|f| f == FINALIZER);
+    if obj.metadata.deletion_timestamp.is_some() {
+        let Some(index) = ours else {
+            return Ok(Action::await_change());
+        };
+        let action = cleanup(obj, ctx).await?;
+        // Removes exactly our entry, and only if the list is still what we read.
+        let patch = json_patch::Patch(vec![
+            json_patch::PatchOperation::Test(json_patch::TestOperation {
+                path: finalizer_pointer(&format!("/metadata/finalizers/{index}")),
+                value: FINALIZER.into(),
+            }),
+            json_patch::PatchOperation::Remove(json_patch::RemoveOperation {
+                path: finalizer_pointer(&format!("/metadata/finalizers/{index}")),
+            }),
+        ]);
+        api.patch::<ServiceLog>(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Json(patch),
+        )
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        return Ok(action);
+    }
+    if ours.is_none() {
+        // A test on the whole list: Kubernetes does not deduplicate finalizers, so a
+        // concurrent writer makes this fail and the reconcile retry.
+        let patch = if obj.finalizers().is_empty() {
+            vec![
+                json_patch::PatchOperation::Test(json_patch::TestOperation {
+                    path: finalizer_pointer("/metadata/finalizers"),
+                    value: serde_json::Value::Null,
+                }),
+                json_patch::PatchOperation::Add(json_patch::AddOperation {
+                    path: finalizer_pointer("/metadata/finalizers"),
+                    value: vec![FINALIZER].into(),
+                }),
+            ]
+        } else {
+            vec![
+                json_patch::PatchOperation::Test(json_patch::TestOperation {
+                    path: finalizer_pointer("/metadata/finalizers"),
+                    value: obj.finalizers().into(),
+                }),
+                json_patch::PatchOperation::Add(json_patch::AddOperation {
+                    path: finalizer_pointer("/metadata/finalizers/-"),
+                    value: FINALIZER.into(),
+                }),
+            ]
+        };
+        api.patch::<ServiceLog>(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Json(json_patch::Patch(patch)),
+        )
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    }
+    apply(obj, ctx).await
+}
+
+fn finalizer_pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
+    json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
 }
 
 fn error_policy(obj: Arc<ServiceLog>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -272,6 +378,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     };
     let mut conds = Vec::new();
     let mut requeue = Action::requeue(Duration::from_secs(300));
+    let mut partway = false;
 
     // 1. validate
     let envelope = match check(obj) {
@@ -301,8 +408,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     "Rejected",
                     "Validate",
                     &message,
-                )
-                .await;
+                );
             }
             write_status(ctx, obj, &namespace, status, &conds, &old).await?;
             return Ok(Action::await_change());
@@ -364,7 +470,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                         envelope.hash,
                         outcome.version()
                     );
-                    publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note).await;
+                    publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note);
                 }
                 Published::Updated { drift: true, .. } => {
                     let note = format!(
@@ -378,8 +484,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                         "DriftRepaired",
                         "Publish",
                         &note,
-                    )
-                    .await;
+                    );
                 }
             }
             if matches!(outcome, Published::Created { .. }) && known.is_some() {
@@ -394,8 +499,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     "DriftRepaired",
                     "Publish",
                     &note,
-                )
-                .await;
+                );
             }
         }
         Err(e) => {
@@ -416,15 +520,40 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     // 3. observe
     let pods = pods_of(ctx, obj, &namespace, &name);
     let hash = status.config_hash.clone().unwrap_or_default();
-    let instances = match &client {
-        Ok(client) => zk::instances(client, &ctx.layout, &namespace, &name)
-            .await
-            .ok(),
-        Err(_) => None,
-    };
+    let mut instances = ctx.zk.instances(&namespace, &name).ok();
+    let key = (namespace.clone(), name.clone());
+    let behind = instances.as_ref().is_some_and(|instances| {
+        let r = status::rollout(pods.matched, &pods.injected, instances, &hash);
+        r.counts.applied < r.counts.injected
+    });
+    if behind {
+        let due = ctx
+            .rollout_refreshed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+            .is_none_or(|t| t.elapsed() >= ROLLOUT_REFRESH_INTERVAL);
+        if due
+            && ctx
+                .zk
+                .refresh_instances(&ctx.layout, &namespace, &name)
+                .await
+                .is_ok()
+        {
+            if let Ok(mut m) = ctx.rollout_refreshed.lock() {
+                m.insert(key.clone(), Instant::now());
+            }
+            instances = ctx.zk.instances(&namespace, &name).ok();
+        }
+        requeue = Action::requeue(ROLLOUT_REFRESH_INTERVAL);
+    } else if let Ok(mut m) = ctx.rollout_refreshed.lock() {
+        m.remove(&key);
+    }
     match instances {
         Some(instances) => {
             let rollout = status::rollout(pods.matched, &pods.injected, &instances, &hash);
+            partway =
+                rollout.counts.applied < rollout.counts.injected && rollout.rejected.is_empty();
             status.pods = Some(rollout.counts.clone());
             let published_ok = conds.iter().any(|c| c.type_ == PUBLISHED && c.ok);
             if published_ok {
@@ -454,7 +583,25 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     }
 
     // 4. status
-    write_status(ctx, obj, &namespace, status, &conds, &old).await?;
+    let same_config = status.config_hash == old.config_hash;
+    if partway && same_config {
+        let last = ctx
+            .rollout_written
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied());
+        if let Some(wait) = last.and_then(|t| ROLLOUT_STATUS_INTERVAL.checked_sub(t.elapsed())) {
+            return Ok(Action::requeue(wait));
+        }
+    }
+    let written = write_status(ctx, obj, &namespace, status, &conds, &old).await?;
+    if let Ok(mut m) = ctx.rollout_written.lock() {
+        if !partway {
+            m.remove(&key);
+        } else if written {
+            m.insert(key, Instant::now());
+        }
+    }
     Ok(requeue)
 }
 
@@ -518,12 +665,12 @@ async fn write_status(
     mut status: ServiceLogStatus,
     conds: &[Cond],
     old: &ServiceLogStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
     status.conditions =
         status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
     if &status == old {
-        return Ok(());
+        return Ok(false);
     }
     let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
@@ -537,7 +684,7 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
@@ -552,8 +699,14 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Ok(client) => zk::delete_subtree(&client, &path).await,
         Err(e) => Err(e),
     };
+    let key = (namespace.clone(), name.clone());
+    for map in [&ctx.rollout_written, &ctx.rollout_refreshed] {
+        if let Ok(mut m) = map.lock() {
+            m.remove(&key);
+        }
+    }
     if let Ok(mut m) = ctx.published.lock() {
-        m.remove(&(namespace.clone(), name.clone()));
+        m.remove(&key);
     }
     match result {
         Ok(()) => {
@@ -564,8 +717,7 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 "Unpublished",
                 "Delete",
                 &format!("removed {path}"),
-            )
-            .await;
+            );
             Ok(Action::await_change())
         }
         Err(e) => {
@@ -588,8 +740,7 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     "CleanupAbandoned",
                     "Delete",
                     &note,
-                )
-                .await;
+                );
                 Ok(Action::await_change())
             } else {
                 Err(Error::Zk(e))
@@ -598,7 +749,7 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-async fn publish_event(
+fn publish_event(
     ctx: &Context,
     obj: &ServiceLog,
     type_: EventType,
@@ -613,7 +764,5 @@ async fn publish_event(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
-    }
+    ctx.events.publish(&event, &obj.object_ref(&()));
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     webhook_duration: Family<ResultLabel, Histogram>,
     zookeeper_connected: Gauge,
     leader: Gauge,
+    events_dropped: Counter,
     ready: AtomicBool,
 }
 
@@ -73,6 +74,12 @@ impl Metrics {
             "Whether this replica holds the lease and reconciles",
             leader.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "servicelog_kube_events_dropped",
+            "Kubernetes Events not published because the API server fell behind",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             reconcile_total,
@@ -80,6 +87,7 @@ impl Metrics {
             webhook_duration,
             zookeeper_connected,
             leader,
+            events_dropped,
             ready: AtomicBool::new(false),
         }
     }
@@ -95,6 +103,10 @@ impl Metrics {
         self.webhook_duration
             .get_or_create(&ResultLabel { result })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     pub fn set_zookeeper_connected(&self, connected: bool) {

@@ -6,13 +6,21 @@
 //! session. Every change under the root becomes a [`Trigger`] for the controller (drift
 //! repair, instance acks); every (re)connect becomes [`Trigger::ResyncAll`], because watch
 //! events can be lost across a reconnect.
+//!
+//! The same watch keeps an in-memory copy of every sidecar's instance record: each change
+//! is read once (pipelined on the session, applied in the order ZooKeeper answers) and the
+//! controller computes rollouts from the copy. A rule change acked by 100 sidecars is then
+//! 100 reads, not 100 reconciles each re-reading all 100 records. After every (re)connect
+//! the copy is rebuilt from a scan before the controller is told to resync.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use servicelog_api::wire::{Envelope, Layout};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesOrdered};
+use servicelog_api::wire::{Envelope, Instance, Layout, PathKind};
 use tokio::sync::{mpsc, watch};
 use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType, SessionState};
 
@@ -54,12 +62,19 @@ pub enum Trigger {
     ResyncAll,
 }
 
+/// One sidecar's record as read: the parsed instance, or why it could not be parsed.
+pub type InstanceRecord = Result<Instance, String>;
+
+/// Instance records per resource `(namespace, name)`, then per pod.
+type InstanceCache = HashMap<(String, String), BTreeMap<String, InstanceRecord>>;
+
 /// Handle on the supervised session; cheap to clone.
 #[derive(Clone)]
 pub struct Zk {
     client: Arc<RwLock<Option<Client>>>,
     connected: watch::Receiver<bool>,
     last_error: Arc<RwLock<String>>,
+    instances: Arc<RwLock<InstanceCache>>,
 }
 
 /// Session settings.
@@ -80,6 +95,7 @@ impl Zk {
             client: Arc::default(),
             connected,
             last_error: Arc::new(RwLock::new("not connected yet".into())),
+            instances: Arc::default(),
         };
         tokio::spawn(supervise(config, zk.clone(), connected_tx, tx));
         (zk, rx)
@@ -97,6 +113,106 @@ impl Zk {
             .ok()
             .and_then(|c| c.clone())
             .ok_or_else(|| ZkError::Unavailable(self.last_error()))
+    }
+
+    /// The instance records under a resource (pod name → record), as the watch last saw
+    /// them; unreadable ones are errors so status can say which pod is odd.
+    ///
+    /// Notable errors: [`ZkError::Unavailable`] while disconnected: the copy may be stale.
+    pub fn instances(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<(String, InstanceRecord)>, ZkError> {
+        if !*self.connected.borrow() {
+            return Err(ZkError::Unavailable(self.last_error()));
+        }
+        let cache = self
+            .instances
+            .read()
+            .map_err(|_| ZkError::Unavailable("instance cache poisoned".into()))?;
+        Ok(cache
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|pods| {
+                pods.iter()
+                    .map(|(pod, record)| (pod.clone(), record.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Reads a resource's instance records straight from ZooKeeper into the copy: the
+    /// safety net for a watch event lost across a reconnect (ZOOKEEPER-4698). A read that
+    /// races a newer event may briefly put back an older record; the next refresh or event
+    /// corrects it.
+    pub async fn refresh_instances(
+        &self,
+        layout: &Layout,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ZkError> {
+        let client = self.client()?;
+        let path = layout
+            .instances(namespace, name)
+            .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+        let children = match client.get_children(&path).await {
+            Ok((children, _)) => children,
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => return Err(ZkError::op("getChildren", &path, e)),
+        };
+        let reads = children.into_iter().map(|pod| {
+            let child = format!("{path}/{pod}");
+            let read = client.get_data(&child);
+            async move {
+                match read.await {
+                    Ok((data, _)) => Ok(Some((pod, parse_instance(&data)))),
+                    Err(zookeeper_client::Error::NoNode) => Ok(None),
+                    Err(e) => Err(ZkError::op("getData", &child, e)),
+                }
+            }
+        });
+        let pods: BTreeMap<String, InstanceRecord> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Ok(mut cache) = self.instances.write() {
+            let key = (namespace.to_owned(), name.to_owned());
+            if pods.is_empty() {
+                cache.remove(&key);
+            } else {
+                cache.insert(key, pods);
+            }
+        }
+        Ok(())
+    }
+
+    fn replace_instances(&self, fresh: InstanceCache) {
+        if let Ok(mut cache) = self.instances.write() {
+            *cache = fresh;
+        }
+    }
+
+    fn update_instance(&self, update: InstanceUpdate) {
+        let Ok(mut cache) = self.instances.write() else {
+            return;
+        };
+        match update {
+            InstanceUpdate::Set { key, pod, record } => {
+                cache.entry(key).or_default().insert(pod, record);
+            }
+            InstanceUpdate::Remove { key, pod } => {
+                if let Some(pods) = cache.get_mut(&key) {
+                    pods.remove(&pod);
+                    if pods.is_empty() {
+                        cache.remove(&key);
+                    }
+                }
+            }
+            InstanceUpdate::RemoveAll { key } => {
+                cache.remove(&key);
+            }
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -173,11 +289,29 @@ async fn supervise(
         };
         backoff = Duration::from_millis(100);
         tracing::info!(connect = %config.connect, session = ?client.session_id(), "ZooKeeper session established");
-        zk.set(Some(client), "");
+        if let Err(e) = rescan(&client, &config.layout, &zk).await {
+            tracing::warn!(error = %e, "cannot read the instance records; reconnecting");
+            zk.set(None, &format!("reading the instance records: {e}"));
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        zk.set(Some(client.clone()), "");
         let _ = connected.send(true);
         let _ = triggers.send(Trigger::ResyncAll);
+        // Reads of changed instance records, answered (and applied) in the order sent.
+        let mut reads: FuturesOrdered<BoxFuture<'static, (Option<InstanceUpdate>, String)>> =
+            FuturesOrdered::new();
         loop {
-            let event = watcher.changed().await;
+            let event = tokio::select! {
+                event = watcher.changed() => event,
+                Some((update, path)) = reads.next(), if !reads.is_empty() => {
+                    if let Some(update) = update {
+                        zk.update_instance(update);
+                        let _ = triggers.send(Trigger::Path(path));
+                    }
+                    continue;
+                }
+            };
             match event.event_type {
                 EventType::Session => match event.session_state {
                     SessionState::Disconnected => {
@@ -189,6 +323,12 @@ async fn supervise(
                     }
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         tracing::info!("ZooKeeper reconnected; resyncing");
+                        // Events may have been lost while disconnected: read everything.
+                        reads = FuturesOrdered::new();
+                        if let Err(e) = rescan(&client, &config.layout, &zk).await {
+                            tracing::warn!(error = %e, "cannot re-read the instance records; starting a new session");
+                            break;
+                        }
                         let _ = connected.send(true);
                         let _ = triggers.send(Trigger::ResyncAll);
                     }
@@ -199,7 +339,58 @@ async fn supervise(
                     _ => {}
                 },
                 EventType::NodeCreated | EventType::NodeDeleted | EventType::NodeDataChanged => {
-                    let _ = triggers.send(Trigger::Path(event.path));
+                    let Some(parsed) = config.layout.parse(&event.path) else {
+                        continue;
+                    };
+                    let key = (parsed.namespace.to_owned(), parsed.name.to_owned());
+                    let deleted = event.event_type == EventType::NodeDeleted;
+                    match parsed.kind {
+                        PathKind::Instance(pod) if deleted => {
+                            let update = InstanceUpdate::Remove {
+                                key,
+                                pod: pod.to_owned(),
+                            };
+                            reads.push_back(
+                                futures::future::ready((Some(update), event.path)).boxed(),
+                            );
+                        }
+                        PathKind::Instance(pod) => {
+                            let pod = pod.to_owned();
+                            // Sent now, so it is answered after every earlier request.
+                            let read = client.get_data(&event.path);
+                            reads.push_back(
+                                async move {
+                                    let update = match read.await {
+                                        Ok((data, _)) => Some(InstanceUpdate::Set {
+                                            key,
+                                            pod,
+                                            record: parse_instance(&data),
+                                        }),
+                                        Err(zookeeper_client::Error::NoNode) => {
+                                            Some(InstanceUpdate::Remove { key, pod })
+                                        }
+                                        // Connection trouble: the rescan after the
+                                        // reconnect reads it again.
+                                        Err(_) => None,
+                                    };
+                                    (update, event.path)
+                                }
+                                .boxed(),
+                            );
+                        }
+                        PathKind::Resource | PathKind::Instances if deleted => {
+                            let update = InstanceUpdate::RemoveAll { key };
+                            reads.push_back(
+                                futures::future::ready((Some(update), event.path)).boxed(),
+                            );
+                        }
+                        // The operator creates these directories with the config; that
+                        // znode's own event is the one that matters.
+                        PathKind::Resource | PathKind::Instances => {}
+                        PathKind::Config => {
+                            let _ = triggers.send(Trigger::Path(event.path));
+                        }
+                    }
                 }
                 EventType::NodeChildrenChanged => {}
             }
@@ -259,7 +450,7 @@ pub async fn publish(
         .to_bytes()
         .map_err(|e| ZkError::Unavailable(e.to_string()))?;
     const ATTEMPTS: u32 = 5;
-    for _ in 0..ATTEMPTS {
+    'attempts: for _ in 0..ATTEMPTS {
         match client.get_data(&path).await {
             Ok((data, stat)) => {
                 if data == bytes {
@@ -282,14 +473,39 @@ pub async fn publish(
                 }
             }
             Err(zookeeper_client::Error::NoNode) => {
-                let parent = layout
-                    .instances(namespace, name)
+                let resource = layout
+                    .resource(namespace, name)
                     .map_err(|e| ZkError::Unavailable(e.to_string()))?;
-                client
-                    .mkdir(&parent, &persistent())
-                    .await
-                    .map_err(|e| ZkError::op("mkdir", &parent, e))?;
-                match client.create(&path, &bytes, &persistent()).await {
+                let parent = layout.namespaces();
+                let dirs = [
+                    format!("{parent}/{namespace}"),
+                    format!("{resource}/instances"),
+                ];
+                // Parents before children, all sent at once: ZooKeeper applies a session's
+                // requests in order, so this is one round trip, not four.
+                let namespace_dir = client.create(&dirs[0], &[], &persistent());
+                let resource_dir = client.create(&resource, &[], &persistent());
+                let instances_dir = client.create(&dirs[1], &[], &persistent());
+                let config = client.create(&path, &bytes, &persistent());
+                for (dir, created) in [
+                    (&dirs[0], namespace_dir.await),
+                    (&resource, resource_dir.await),
+                    (&dirs[1], instances_dir.await),
+                ] {
+                    match created {
+                        Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+                        // The root itself is gone (deleted by hand): make the whole path.
+                        Err(zookeeper_client::Error::NoNode) => {
+                            client
+                                .mkdir(&dirs[1], &persistent())
+                                .await
+                                .map_err(|e| ZkError::op("mkdir", &dirs[1], e))?;
+                            continue 'attempts;
+                        }
+                        Err(e) => return Err(ZkError::op("create", dir, e)),
+                    }
+                }
+                match config.await {
                     Ok((stat, _)) => {
                         return Ok(Published::Created {
                             version: stat.version,
@@ -350,41 +566,86 @@ pub async fn delete_subtree(client: &Client, path: &str) -> Result<(), ZkError> 
     })
 }
 
-/// The instance records under a resource (pod name → record); unreadable ones are
-/// returned as errors so status can say which pod is odd.
-pub async fn instances(
-    client: &Client,
-    layout: &Layout,
-    namespace: &str,
-    name: &str,
-) -> Result<Vec<(String, Result<servicelog_api::wire::Instance, String>)>, ZkError> {
-    let path = layout
-        .instances(namespace, name)
-        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
-    let children = match client.get_children(&path).await {
-        Ok((children, _)) => children,
-        Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
-        Err(e) => return Err(ZkError::op("getChildren", &path, e)),
-    };
-    let reads = children.into_iter().map(|pod| {
-        let child = format!("{path}/{pod}");
+/// A change to the copy of the instance records.
+enum InstanceUpdate {
+    Set {
+        key: (String, String),
+        pod: String,
+        record: InstanceRecord,
+    },
+    Remove {
+        key: (String, String),
+        pod: String,
+    },
+    RemoveAll {
+        key: (String, String),
+    },
+}
+
+fn parse_instance(data: &[u8]) -> InstanceRecord {
+    Instance::from_slice(data).map_err(|e| e.to_string())
+}
+
+/// Rebuilds the copy of every instance record under the root. The watch is already in
+/// place, so a change during the scan also arrives as an event and is read again after.
+/// Every level's reads are sent at once (ZooKeeper answers them in order on the session).
+async fn rescan(client: &Client, layout: &Layout, zk: &Zk) -> Result<(), ZkError> {
+    let children = |path: String| {
+        let listing = client.get_children(&path);
         async move {
-            match client.get_data(&child).await {
-                Ok((data, _)) => Ok(Some((
-                    pod,
-                    servicelog_api::wire::Instance::from_slice(&data).map_err(|e| e.to_string()),
-                ))),
-                Err(zookeeper_client::Error::NoNode) => Ok(None),
-                Err(e) => Err(ZkError::op("getData", &child, e)),
+            match listing.await {
+                Ok((children, _)) => Ok((path, children)),
+                Err(zookeeper_client::Error::NoNode) => Ok((path, Vec::new())),
+                Err(e) => Err(ZkError::op("getChildren", &path, e)),
             }
         }
-    });
-    let results = futures::future::join_all(reads).await;
-    let mut out = Vec::new();
-    for r in results {
-        if let Some(entry) = r? {
-            out.push(entry);
+    };
+    let (_, namespaces) = children(layout.namespaces()).await?;
+    let listings = futures::future::try_join_all(
+        namespaces
+            .iter()
+            .map(|ns| children(format!("{}/{ns}", layout.namespaces()))),
+    )
+    .await?;
+    let mut resources = Vec::new();
+    for (ns, (_, names)) in namespaces.iter().zip(listings) {
+        for name in names {
+            resources.push((ns.clone(), name));
         }
     }
-    Ok(out)
+    let listings = futures::future::try_join_all(
+        resources
+            .iter()
+            .filter_map(|(ns, name)| layout.instances(ns, name).ok().map(children)),
+    )
+    .await?;
+    let mut reads = Vec::new();
+    for (path, pods) in listings {
+        let Some(parsed) = layout.parse(&path) else {
+            continue;
+        };
+        let key = (parsed.namespace.to_owned(), parsed.name.to_owned());
+        for pod in pods {
+            let child = format!("{path}/{pod}");
+            let read = client.get_data(&child);
+            let key = key.clone();
+            reads.push(async move {
+                match read.await {
+                    Ok((data, _)) => Ok(Some((key, pod, parse_instance(&data)))),
+                    Err(zookeeper_client::Error::NoNode) => Ok(None),
+                    Err(e) => Err(ZkError::op("getData", &child, e)),
+                }
+            });
+        }
+    }
+    let mut fresh = InstanceCache::new();
+    for (key, pod, record) in futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .flatten()
+    {
+        fresh.entry(key).or_default().insert(pod, record);
+    }
+    zk.replace_instances(fresh);
+    Ok(())
 }

@@ -1,0 +1,115 @@
+//! Kubernetes Events about ServiceLogs, published off the reconcile path.
+//!
+//! An Event is a note for a person, not state: a reconcile must not wait for one, and a
+//! cold start over 10,000 ServiceLogs must not hold 10,000 Events in memory. Reconciles
+//! hand events to a bounded queue and go on; one task posts them with a few requests in
+//! flight. When the queue is full (the API server is slower than the events come), the
+//! newest are dropped and counted (`servicelog_kube_events_dropped_total`), never blocking.
+//!
+//! Unlike kube's `Recorder`, nothing is cached to aggregate repeats into a series: the
+//! operator emits an event per change it made (publish, drift repair, rejection,
+//! cleanup), not per reconcile, so repeats are rare and each is worth its own line.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as K8sEvent},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::events::{Event, EventType},
+};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Events waiting to be posted before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Event creations in flight at once.
+const IN_FLIGHT: usize = 8;
+
+/// Where reconciles send events; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<K8sEvent>,
+    controller: String,
+    instance: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Events {
+    /// Starts the posting task; events are reported by `controller` (and this replica's
+    /// `instance`).
+    pub fn start(client: Client, controller: &str, instance: &str, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(post_all(client, rx));
+        Self {
+            tx,
+            controller: controller.to_owned(),
+            instance: instance.to_owned(),
+            metrics,
+        }
+    }
+
+    /// Queues an event about `regarding`; never waits.
+    pub fn publish(&self, event: &Event, regarding: &ObjectReference) {
+        let event = self.build(event, regarding);
+        if self.tx.try_send(event).is_err() {
+            self.metrics.event_dropped();
+        }
+    }
+
+    fn build(&self, ev: &Event, regarding: &ObjectReference) -> K8sEvent {
+        let now = Timestamp::now();
+        K8sEvent {
+            action: Some(ev.action.clone()),
+            reason: Some(ev.reason.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            note: ev.note.clone(),
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now.as_nanosecond()
+                )),
+                ..Default::default()
+            },
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(
+                match ev.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            related: ev.secondary.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+async fn post_all(client: Client, rx: mpsc::Receiver<K8sEvent>) {
+    let mut rx = rx;
+    let queued = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    queued
+        .map(|event| {
+            let client = client.clone();
+            async move {
+                let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
+                let api: Api<K8sEvent> = Api::namespaced(client, namespace);
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    tracing::warn!(error = %e, reason = ?event.reason, "cannot publish event");
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .for_each(|()| async {})
+        .await;
+}
