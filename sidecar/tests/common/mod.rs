@@ -13,6 +13,7 @@ use std::{
 };
 
 use servicelog_api::{ServiceLogSpec, wire::Envelope};
+#[allow(unused_imports)] // not every test target uses the receiver
 pub use servicelog_e2e::receiver::{Receiver, TestCa};
 use servicelog_e2e::{
     procs::{self, EnvDir},
