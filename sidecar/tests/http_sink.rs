@@ -660,3 +660,54 @@ fn given_an_https_receiver_then_a_mounted_ca_is_trusted_the_system_roots_are_not
         Some(0.0)
     );
 }
+
+#[test]
+fn given_the_receiver_down_when_the_sidecar_is_stopped_then_it_exits_by_its_deadline_and_the_next_start_delivers_everything()
+ {
+    const N: u64 = 5_000;
+    let s = Scratch::new();
+    let logs = s.logs();
+    let mut rx = Receiver::start();
+    rx.down();
+    let sinks = format!(
+        "  - name: out\n    http: {{url: \"{}\", batch: {{timeout: 100ms}}}}\n",
+        rx.url("/ingest")
+    );
+    let spec_yaml = spec(&logs, &sinks, "out");
+    let config = s.path("servicelog.yaml");
+    write_config(&config, &manifest(&spec_yaml));
+    let args = [
+        "--config-file",
+        config.to_str().expect("UTF-8"),
+        "--shutdown-timeout",
+        "2s",
+    ];
+    let mut sidecar = Sidecar::start(&s, &args, &[]);
+    append(&logs.join("app.log"), &lines(0..N, "info"));
+    wait_until(
+        "the sink retrying",
+        Duration::from_secs(20),
+        || sidecar.metric(r#"servicelog_sink_retries_total{sink="out"}"#) >= Some(2.0),
+        || sidecar.log_tail(),
+    );
+    let (took, status) = sidecar.terminate(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "a 2 s shutdown timeout, exited after {took:?}"
+    );
+
+    rx.up();
+    let sidecar = Sidecar::start(&s, &args, &[]);
+    wait_until(
+        &format!("all {N} lines after the restart"),
+        Duration::from_secs(30),
+        || rx.taken_seqs().len() as u64 >= N,
+        || format!("{} of {N}\n{}", rx.taken_seqs().len(), sidecar.log_tail()),
+    );
+    let dups = assert_all_taken(&rx.taken_seqs(), N);
+    assert!(
+        dups.is_empty(),
+        "nothing was taken before the stop: {dups:?}"
+    );
+}
