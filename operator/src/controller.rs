@@ -155,7 +155,7 @@ pub async fn run(
     // operator's own status writes change nothing a reconcile would decide differently.
     let slog_changes = watcher(slogs, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|s: &mut ServiceLog| s.managed_fields_mut().clear())
+        .modify(slim)
         .reflect(slog_writer)
         .applied_objects()
         .predicate_filter(worth_reconciling, Default::default());
@@ -220,6 +220,15 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// What the caches keep of a ServiceLog: managedFields and kubectl's last-applied copy are
+/// most of its bytes and nothing here reads them.
+pub fn slim(s: &mut ServiceLog) {
+    s.managed_fields_mut().clear();
+    if let Some(a) = s.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// What a change to a ServiceLog must change for a reconcile: the spec (generation, which

@@ -340,12 +340,16 @@ async fn start_webhooks(
         None => kube::Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    let watch = reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // The webhook reads specs only: the cache keeps no managedFields, status or
+    // kubectl's last-applied copy of the object.
+    let watch = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s: &mut ServiceLog| {
+            servicelog_operator::controller::slim(s);
+            s.status = None;
+        })
+        .reflect(writer)
+        .touched_objects();
     tokio::spawn(async move {
         use futures::StreamExt;
         watch.for_each(|_| async {}).await;
