@@ -44,8 +44,6 @@ pub enum SinkError {
         path: String,
         source: io::Error,
     },
-    #[error("sink {name}: {kind} sinks are not supported by this sidecar build yet")]
-    Unsupported { name: String, kind: &'static str },
     #[error("sink {name}: the definition sets none of stdout, file or http")]
     Empty { name: String },
     #[error("sink {name}: starting its thread: {source}")]
