@@ -10,8 +10,8 @@
 pub mod control_plane;
 pub mod fleet;
 pub mod pod;
-pub mod receiver;
 pub mod procs;
+pub mod receiver;
 pub mod run;
 pub mod tools;
 pub mod zookeeper;

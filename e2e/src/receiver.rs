@@ -13,7 +13,6 @@ use std::{
 
 use crate::procs;
 
-
 /// The receiver; dropping it stops it.
 pub struct Receiver {
     pub port: u16,
