@@ -126,6 +126,10 @@ pub struct Context {
     /// The hash this process last published per resource: the status in the watch cache
     /// can lag behind a publish, and drift must still be recognised as drift.
     pub published: Mutex<HashMap<(String, String), String>>,
+    /// The status this process last wrote (or found current) per resource: the watch cache
+    /// can lag behind our own status write, and a reconcile that merged conditions into
+    /// that stale copy would rewrite every `lastTransitionTime`.
+    pub statuses: Mutex<HashMap<(String, String), ServiceLogStatus>>,
     /// When status was last written for resources whose rollout is partway.
     pub rollout_written: Mutex<HashMap<(String, String), Instant>>,
     /// When the instance records of resources whose rollout is partway were last re-read.
@@ -206,6 +210,7 @@ pub async fn run(
         pods,
         cleanup_timeout: settings.cleanup_timeout,
         published: Default::default(),
+        statuses: Default::default(),
         rollout_written: Default::default(),
         rollout_refreshed: Default::default(),
     });
@@ -380,7 +385,14 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
     let generation = obj.metadata.generation;
-    let old = obj.status.clone().unwrap_or_default();
+    let cached = obj.status.clone().unwrap_or_default();
+    let old = ctx
+        .statuses
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(namespace.clone(), name.clone())).cloned())
+        .filter(|ours| ours.observed_generation >= cached.observed_generation)
+        .unwrap_or(cached);
     let mut status = ServiceLogStatus {
         observed_generation: generation,
         ..old.clone()
@@ -678,7 +690,11 @@ async fn write_status(
     let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
     status.conditions =
         status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
+    let key = (namespace.to_owned(), obj.name_any());
     if &status == old {
+        if let Ok(mut m) = ctx.statuses.lock() {
+            m.insert(key, status);
+        }
         return Ok(false);
     }
     let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
@@ -693,6 +709,9 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    if let Ok(mut m) = ctx.statuses.lock() {
+        m.insert(key, status);
+    }
     Ok(true)
 }
 
@@ -715,6 +734,9 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         }
     }
     if let Ok(mut m) = ctx.published.lock() {
+        m.remove(&key);
+    }
+    if let Ok(mut m) = ctx.statuses.lock() {
         m.remove(&key);
     }
     match result {
