@@ -65,8 +65,26 @@ pub enum Trigger {
 /// One sidecar's record as read: the parsed instance, or why it could not be parsed.
 pub type InstanceRecord = Result<Instance, String>;
 
+/// An instance record and the zxid of the write that made it (`mzxid`): reads that race
+/// each other (a refresh against a watch event) keep the newer record.
+#[derive(Clone, Debug)]
+struct Cached {
+    zxid: i64,
+    record: InstanceRecord,
+}
+
 /// Instance records per resource `(namespace, name)`, then per pod.
-type InstanceCache = HashMap<(String, String), BTreeMap<String, InstanceRecord>>;
+type InstanceCache = HashMap<(String, String), BTreeMap<String, Cached>>;
+
+/// Puts `record` in unless the copy already holds a newer one.
+fn keep_newer(pods: &mut BTreeMap<String, Cached>, pod: String, zxid: i64, record: InstanceRecord) {
+    match pods.get(&pod) {
+        Some(have) if have.zxid > zxid => {}
+        _ => {
+            pods.insert(pod, Cached { zxid, record });
+        }
+    }
+}
 
 /// Handle on the supervised session; cheap to clone.
 #[derive(Clone)]
@@ -135,7 +153,7 @@ impl Zk {
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|pods| {
                 pods.iter()
-                    .map(|(pod, record)| (pod.clone(), record.clone()))
+                    .map(|(pod, cached)| (pod.clone(), cached.record.clone()))
                     .collect()
             })
             .unwrap_or_default())
@@ -143,8 +161,8 @@ impl Zk {
 
     /// Reads a resource's instance records straight from ZooKeeper into the copy: the
     /// safety net for a watch event lost across a reconnect (ZOOKEEPER-4698). A read that
-    /// races a newer event may briefly put back an older record; the next refresh or event
-    /// corrects it.
+    /// races a newer watch event never puts back an older record (zxids decide), and a pod
+    /// that appeared after the listing stays.
     pub async fn refresh_instances(
         &self,
         layout: &Layout,
@@ -155,9 +173,9 @@ impl Zk {
         let path = layout
             .instances(namespace, name)
             .map_err(|e| ZkError::Unavailable(e.to_string()))?;
-        let children = match client.get_children(&path).await {
-            Ok((children, _)) => children,
-            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        let (children, listed_at) = match client.get_children(&path).await {
+            Ok((children, stat)) => (children, stat.pzxid),
+            Err(zookeeper_client::Error::NoNode) => (Vec::new(), i64::MAX),
             Err(e) => return Err(ZkError::op("getChildren", &path, e)),
         };
         let reads = children.into_iter().map(|pod| {
@@ -165,22 +183,27 @@ impl Zk {
             let read = client.get_data(&child);
             async move {
                 match read.await {
-                    Ok((data, _)) => Ok(Some((pod, parse_instance(&data)))),
+                    Ok((data, stat)) => Ok(Some((pod, stat.mzxid, parse_instance(&data)))),
                     Err(zookeeper_client::Error::NoNode) => Ok(None),
                     Err(e) => Err(ZkError::op("getData", &child, e)),
                 }
             }
         });
-        let pods: BTreeMap<String, InstanceRecord> = futures::future::try_join_all(reads)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+        let read = futures::future::try_join_all(reads).await?;
         if let Ok(mut cache) = self.instances.write() {
             let key = (namespace.to_owned(), name.to_owned());
-            if pods.is_empty() {
-                cache.remove(&key);
-            } else {
+            let mut pods = cache.remove(&key).unwrap_or_default();
+            let listed: std::collections::HashSet<&str> = read
+                .iter()
+                .flatten()
+                .map(|(pod, _, _)| pod.as_str())
+                .collect();
+            // Gone at the listing, unless written after it.
+            pods.retain(|pod, c| listed.contains(pod.as_str()) || c.zxid > listed_at);
+            for (pod, zxid, record) in read.into_iter().flatten() {
+                keep_newer(&mut pods, pod, zxid, record);
+            }
+            if !pods.is_empty() {
                 cache.insert(key, pods);
             }
         }
@@ -198,9 +221,12 @@ impl Zk {
             return;
         };
         match update {
-            InstanceUpdate::Set { key, pod, record } => {
-                cache.entry(key).or_default().insert(pod, record);
-            }
+            InstanceUpdate::Set {
+                key,
+                pod,
+                zxid,
+                record,
+            } => keep_newer(cache.entry(key).or_default(), pod, zxid, record),
             InstanceUpdate::Remove { key, pod } => {
                 if let Some(pods) = cache.get_mut(&key) {
                     pods.remove(&pod);
@@ -361,9 +387,10 @@ async fn supervise(
                             reads.push_back(
                                 async move {
                                     let update = match read.await {
-                                        Ok((data, _)) => Some(InstanceUpdate::Set {
+                                        Ok((data, stat)) => Some(InstanceUpdate::Set {
                                             key,
                                             pod,
+                                            zxid: stat.mzxid,
                                             record: parse_instance(&data),
                                         }),
                                         Err(zookeeper_client::Error::NoNode) => {
@@ -571,6 +598,7 @@ enum InstanceUpdate {
     Set {
         key: (String, String),
         pod: String,
+        zxid: i64,
         record: InstanceRecord,
     },
     Remove {
@@ -631,7 +659,7 @@ async fn rescan(client: &Client, layout: &Layout, zk: &Zk) -> Result<(), ZkError
             let key = key.clone();
             reads.push(async move {
                 match read.await {
-                    Ok((data, _)) => Ok(Some((key, pod, parse_instance(&data)))),
+                    Ok((data, stat)) => Ok(Some((key, pod, stat.mzxid, parse_instance(&data)))),
                     Err(zookeeper_client::Error::NoNode) => Ok(None),
                     Err(e) => Err(ZkError::op("getData", &child, e)),
                 }
@@ -639,12 +667,15 @@ async fn rescan(client: &Client, layout: &Layout, zk: &Zk) -> Result<(), ZkError
         }
     }
     let mut fresh = InstanceCache::new();
-    for (key, pod, record) in futures::future::try_join_all(reads)
+    for (key, pod, zxid, record) in futures::future::try_join_all(reads)
         .await?
         .into_iter()
         .flatten()
     {
-        fresh.entry(key).or_default().insert(pod, record);
+        fresh
+            .entry(key)
+            .or_default()
+            .insert(pod, Cached { zxid, record });
     }
     zk.replace_instances(fresh);
     Ok(())
