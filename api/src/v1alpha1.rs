@@ -205,7 +205,7 @@ pub struct Sink {
     pub file: Option<FileSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSink>,
-    /// The queue in front of the sink; default in memory, 8 MiB, `whenFull: block`.
+    /// The queue in front of the sink; default in memory, 2 MiB, `whenFull: block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<Buffer>,
     /// A Secret in the pod's namespace holding credentials for an `http` sink: keys
@@ -222,7 +222,7 @@ pub struct Sink {
 pub struct Buffer {
     #[serde(default, rename = "type")]
     pub kind: BufferType,
-    /// Most bytes queued (default 8 MiB in memory, 256 MiB on disk).
+    /// Most bytes queued (default 2 MiB in memory, 256 MiB on disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "kube", schemars(range(min = 65536)))]
     pub max_bytes: Option<u64>,
