@@ -253,3 +253,26 @@ pub fn four_letter(port: u16, command: &str) -> std::io::Result<String> {
     stream.read_to_string(&mut reply)?;
     Ok(reply)
 }
+
+/// A client session to `connect`, retried (5 s an attempt) for up to 30 s while the
+/// server comes up.
+pub async fn connect(connect: &str) -> Result<zookeeper_client::Client, EnvError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            zookeeper_client::Client::connect(connect),
+        )
+        .await
+        {
+            Ok(Ok(c)) => return Ok(c),
+            other if std::time::Instant::now() > deadline => {
+                return Err(EnvError::Failed {
+                    what: format!("connecting to ZooKeeper at {connect} for 30s"),
+                    detail: format!("{other:?}"),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -226,10 +226,9 @@ async fn given_an_http_sink_with_a_secret_then_the_sidecar_authenticates_from_th
     }
 
     // Only the Secret's name was published.
-    let zk = tokio::time::timeout(WAIT, zookeeper_client::Client::connect(&env.zk_connect()))
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
         .await
-        .expect("connecting to ZooKeeper in time")
-        .expect("a ZooKeeper client");
+        .unwrap_or_else(|e| panic!("{e}"));
     let layout = Layout::new(&root).expect("layout");
     let config_path = layout.config(&ns, "payments").expect("config path");
     let (data, _) = zk.get_data(&config_path).await.expect("the config znode");

@@ -28,7 +28,7 @@ use servicelog_api::{
 };
 use servicelog_e2e::{
     procs::{self, EnvDir, Proc},
-    zookeeper::ZooKeeper,
+    zookeeper::{self, ZooKeeper},
 };
 use zookeeper_client::{Acls, Client, CreateMode, EventType};
 
@@ -60,16 +60,9 @@ fn envelope(base: &ServiceLogSpec, n: i64) -> Envelope {
 }
 
 async fn connect(connect: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), Client::connect(connect)).await {
-            Ok(Ok(c)) => return c,
-            other if Instant::now() > deadline => {
-                panic!("connecting to ZooKeeper at {connect}: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    zookeeper::connect(connect)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Nearest-rank percentile of sorted samples.

@@ -372,16 +372,9 @@ impl Drop for TestZk {
 
 /// A ZooKeeper client for the test itself.
 pub async fn zk_client(connect: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), Client::connect(connect)).await {
-            Ok(Ok(c)) => return c,
-            other if Instant::now() > deadline => {
-                panic!("connecting to ZooKeeper at {connect}: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    servicelog_e2e::zookeeper::connect(connect)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Creates or overwrites the config znode (and its parents).
