@@ -604,3 +604,39 @@ async fn given_zookeeper_gone_when_a_servicelog_is_deleted_then_deletion_complet
         "no CleanupAbandoned event naming the subtree: {warnings:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_subtree_whose_servicelog_is_gone_when_the_operator_starts_then_it_is_removed() {
+    let f = Fixture::new("op-sweep").await;
+    let zk = zk(&f.env.zk_connect()).await;
+    // A resource deleted while no operator ran (or before its first reconcile): its
+    // subtree, with a sidecar's record, is all that is left.
+    let ghost = f.layout.instance(&f.ns, "ghost", "pod-0").expect("path");
+    zk.mkdir(
+        &ghost,
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("creating the ghost subtree");
+    let operator = f.operator("a");
+    f.create(&example()).await;
+    f.wait_status("checkout", "Published=True", &operator, |s| {
+        is_true(s, "Published")
+    })
+    .await;
+    let resource = f.layout.resource(&f.ns, "ghost").expect("path");
+    eventually(
+        "the subtree of a ServiceLog that does not exist removed",
+        WAIT,
+        || async { zk.check_stat(&resource).await.is_ok_and(|s| s.is_none()) },
+    )
+    .await;
+    assert!(
+        zk.check_stat(&f.config_path("checkout"))
+            .await
+            .expect("stat")
+            .is_some(),
+        "the sweep removed a live ServiceLog's config\n{}",
+        operator.log_tail(20)
+    );
+}

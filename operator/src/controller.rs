@@ -17,12 +17,17 @@
 //! re-checks everything after a ZooKeeper reconnect. A finalizer removes the subtree on
 //! delete; it is added in the same reconcile that first publishes.
 //!
-//! Cost per ServiceLog on a cold start: one finalizer patch, one status patch, one Event
-//! (queued, posted in the background), one ZooKeeper round trip to publish. At most
-//! [`CONCURRENCY`] reconciles run at once: the API server refuses mutating requests beyond
-//! its in-flight limit (HTTP 429), and the client opens a connection per request in flight.
+//! Every change the watch delivers is first published straight to ZooKeeper ([`fast`]),
+//! many at once, so sidecars get their rules at ZooKeeper's pace, not the API server's;
+//! the reconcile that follows finds the znode current. Cost per ServiceLog on a cold start:
+//! one ZooKeeper transaction, then (once the whole first listing is in ZooKeeper) one
+//! finalizer patch, one status patch and one Event (queued, posted in the background). At
+//! most [`CONCURRENCY`] reconciles run at once: the API server refuses mutating requests
+//! beyond its in-flight limit (HTTP 429), and the client opens a connection per request in
+//! flight.
 
 pub mod events;
+pub mod fast;
 pub mod status;
 
 use std::{
@@ -119,6 +124,11 @@ pub struct Context {
     pub layout: Layout,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    pub slogs: Store<ServiceLog>,
+    /// Reconciles wait for the fast path to publish the first listing.
+    pub warmup: Arc<fast::Warmup>,
+    /// When the controller started.
+    pub started: tokio::time::Instant,
     pub pods: Store<PartialObjectMeta<Pod>>,
     /// How long deletion waits for an unreachable ZooKeeper before it gives up on the
     /// subtree (with a Warning event) and lets the resource go.
@@ -126,14 +136,48 @@ pub struct Context {
     /// The hash this process last published per resource: the status in the watch cache
     /// can lag behind a publish, and drift must still be recognised as drift.
     pub published: Mutex<HashMap<(String, String), String>>,
-    /// The status this process last wrote (or found current) per resource: the watch cache
-    /// can lag behind our own status write, and a reconcile that merged conditions into
-    /// that stale copy would rewrite every `lastTransitionTime`.
-    pub statuses: Mutex<HashMap<(String, String), ServiceLogStatus>>,
+    /// The status this process wrote lately per resource: the watch cache can lag behind
+    /// our own status write, and a reconcile that merged conditions into that stale copy
+    /// would rewrite every `lastTransitionTime`.
+    pub statuses: Mutex<RecentStatuses>,
     /// When status was last written for resources whose rollout is partway.
     pub rollout_written: Mutex<HashMap<(String, String), Instant>>,
     /// When the instance records of resources whose rollout is partway were last re-read.
     pub rollout_refreshed: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// How long a written status is remembered: far longer than the watch cache takes to
+/// catch up with our own write, short enough that 10,000 resources do not keep a second
+/// copy of every status.
+pub const STATUS_MEMORY: Duration = Duration::from_secs(60);
+
+/// Statuses written in the last [`STATUS_MEMORY`], per resource.
+#[derive(Default)]
+pub struct RecentStatuses {
+    written: HashMap<(String, String), (Instant, ServiceLogStatus)>,
+    pruned: Option<Instant>,
+}
+
+impl RecentStatuses {
+    fn get(&self, key: &(String, String)) -> Option<&ServiceLogStatus> {
+        self.written
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < STATUS_MEMORY)
+            .map(|(_, status)| status)
+    }
+
+    fn insert(&mut self, key: (String, String), status: ServiceLogStatus) {
+        if self.pruned.is_none_or(|t| t.elapsed() >= STATUS_MEMORY) {
+            self.written
+                .retain(|_, (at, _)| at.elapsed() < STATUS_MEMORY);
+            self.pruned = Some(Instant::now());
+        }
+        self.written.insert(key, (Instant::now(), status));
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        self.written.remove(key);
+    }
 }
 
 /// Settings of [`run`].
@@ -155,18 +199,65 @@ pub async fn run(
 ) {
     let slogs: Api<ServiceLog> = scoped(&client, settings.watch_namespace.as_deref());
     let (slog_store, slog_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let warmup = Arc::new(fast::Warmup::default());
+    let events = Events::start(
+        client.clone(),
+        FIELD_MANAGER,
+        &settings.identity,
+        metrics.clone(),
+        warmup.subscribe(),
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        zk,
+        layout: settings.layout.clone(),
+        events,
+        metrics,
+        slogs: slog_store.clone(),
+        warmup,
+        started: tokio::time::Instant::now(),
+        pods,
+        cleanup_timeout: settings.cleanup_timeout,
+        published: Default::default(),
+        statuses: Default::default(),
+        rollout_written: Default::default(),
+        rollout_refreshed: Default::default(),
+    });
+
     // managedFields are most of a ServiceLog's bytes and no reconcile reads them; the
     // operator's own status writes change nothing a reconcile would decide differently.
+    // Each change is published to ZooKeeper on the way to the controller (`fast`).
+    let on_delete = ctx.clone();
+    let prepublish = ctx.clone();
     let slog_changes = watcher(slogs, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(slim)
         .reflect(slog_writer)
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Delete(obj)) => {
+                tokio::spawn(fast::deleted(Arc::new(obj.clone()), on_delete.clone()));
+            }
+            Ok(watcher::Event::InitDone) => on_delete.warmup.listed(),
+            _ => {}
+        })
         .applied_objects()
-        .predicate_filter(worth_reconciling, Default::default());
+        .predicate_filter(worth_reconciling, Default::default())
+        .map(move |obj| {
+            let ctx = prepublish.clone();
+            ctx.warmup.started();
+            async move {
+                if let Ok(obj) = &obj {
+                    fast::prepublish(obj, &ctx).await;
+                }
+                ctx.warmup.finished();
+                obj
+            }
+        })
+        .buffered(fast::IN_FLIGHT);
     let controller = Controller::for_stream(slog_changes, slog_store.clone())
         .with_config(runtime_controller::Config::default().concurrency(CONCURRENCY));
 
-    let (pods, pod_writer) = reflector::store();
     let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
     let pod_slogs = slog_store.clone();
     let pod_triggers = watcher(pod_api, watcher::Config::default().any_semantic())
@@ -179,13 +270,18 @@ pub async fn run(
 
     let layout = settings.layout.clone();
     let zk_slogs = slog_store.clone();
+    let sweeper = ctx.clone();
+    let watch_namespace = settings.watch_namespace.clone();
     let zk_triggers = tokio_stream_from(zk_triggers).flat_map(move |trigger| {
         let refs: Vec<ObjectRef<ServiceLog>> = match trigger {
-            Trigger::ResyncAll => zk_slogs
-                .state()
-                .iter()
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect(),
+            Trigger::ResyncAll => {
+                tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
+                zk_slogs
+                    .state()
+                    .iter()
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect()
+            }
             Trigger::Path(path) => layout
                 .parse(&path)
                 .map(|p| ObjectRef::new(p.name).within(p.namespace))
@@ -195,25 +291,6 @@ pub async fn run(
         stream::iter(refs)
     });
 
-    let events = Events::start(
-        client.clone(),
-        FIELD_MANAGER,
-        &settings.identity,
-        metrics.clone(),
-    );
-    let ctx = Arc::new(Context {
-        client,
-        zk,
-        layout: settings.layout,
-        events,
-        metrics,
-        pods,
-        cleanup_timeout: settings.cleanup_timeout,
-        published: Default::default(),
-        statuses: Default::default(),
-        rollout_written: Default::default(),
-        rollout_refreshed: Default::default(),
-    });
     controller
         .reconcile_on(pod_triggers)
         .reconcile_on(zk_triggers)
@@ -294,6 +371,7 @@ fn servicelogs_for_pod(
 }
 
 async fn reconcile(obj: Arc<ServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.warmup.wait().await;
     let started = Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
     let label = match &result {
@@ -391,7 +469,7 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         .lock()
         .ok()
         .and_then(|m| m.get(&(namespace.clone(), name.clone())).cloned())
-        .filter(|ours| ours.observed_generation >= cached.observed_generation)
+        .filter(|ours: &ServiceLogStatus| ours.observed_generation >= cached.observed_generation)
         .unwrap_or(cached);
     let mut status = ServiceLogStatus {
         observed_generation: generation,
@@ -443,33 +521,13 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     ));
 
     // 2. publish
-    let key = (namespace.clone(), name.clone());
-    let known = ctx
-        .published
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&key).cloned())
-        .or_else(|| old.config_hash.clone());
-    let client = ctx.zk.client();
-    let published = match &client {
-        Ok(client) => {
-            zk::publish(
-                client,
-                &ctx.layout,
-                &namespace,
-                &name,
-                &envelope,
-                known.as_deref(),
-            )
-            .await
+    match publish_config(ctx, obj, &namespace, &name, &envelope).await {
+        Ok(Published::Superseded { .. }) => {
+            // A newer generation is in the cache and already in ZooKeeper; its own
+            // reconcile writes the status.
+            return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        Err(e) => Err(e.clone()),
-    };
-    match published {
         Ok(outcome) => {
-            if let Ok(mut m) = ctx.published.lock() {
-                m.insert(key.clone(), envelope.hash.clone());
-            }
             status.config_hash = Some(envelope.hash.clone());
             status.published_version = Some(outcome.version());
             let path = ctx.layout.config(&namespace, &name).unwrap_or_default();
@@ -483,45 +541,6 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     outcome.version()
                 ),
             ));
-            match outcome {
-                Published::Unchanged { .. } => {}
-                Published::Created { .. } | Published::Updated { drift: false, .. } => {
-                    let note = format!(
-                        "{} published to {path} (version {})",
-                        envelope.hash,
-                        outcome.version()
-                    );
-                    publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note);
-                }
-                Published::Updated { drift: true, .. } => {
-                    let note = format!(
-                        "{path} had been changed outside the operator; restored {}",
-                        envelope.hash
-                    );
-                    publish_event(
-                        ctx,
-                        obj,
-                        EventType::Warning,
-                        "DriftRepaired",
-                        "Publish",
-                        &note,
-                    );
-                }
-            }
-            if matches!(outcome, Published::Created { .. }) && known.is_some() {
-                let note = format!(
-                    "{path} had been deleted outside the operator; restored {}",
-                    envelope.hash
-                );
-                publish_event(
-                    ctx,
-                    obj,
-                    EventType::Warning,
-                    "DriftRepaired",
-                    "Publish",
-                    &note,
-                );
-            }
         }
         Err(e) => {
             let reason = match e {
@@ -626,6 +645,90 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
     Ok(requeue)
 }
 
+/// Publishes a valid resource's config znode (see [`zk::publish`]), remembers the hash, and
+/// posts the Event for what changed. Used by reconciles and by the watch's fast path.
+async fn publish_config(
+    ctx: &Context,
+    obj: &ServiceLog,
+    namespace: &str,
+    name: &str,
+    envelope: &Envelope,
+) -> Result<Published, ZkError> {
+    let key = (namespace.to_owned(), name.to_owned());
+    let known = ctx
+        .published
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned())
+        .or_else(|| obj.status.as_ref().and_then(|s| s.config_hash.clone()));
+    let client = ctx.zk.client()?;
+    let uid = obj.metadata.uid.clone();
+    let reference = ObjectRef::<ServiceLog>::new(name).within(namespace);
+    let newest = || {
+        ctx.slogs
+            .get(&reference)
+            .filter(|s| s.metadata.uid == uid)
+            .and_then(|s| s.metadata.generation)
+    };
+    let outcome = zk::publish(
+        &client,
+        &ctx.layout,
+        namespace,
+        name,
+        envelope,
+        known.as_deref(),
+        &newest,
+    )
+    .await?;
+    if matches!(outcome, Published::Superseded { .. }) {
+        return Ok(outcome);
+    }
+    if let Ok(mut m) = ctx.published.lock() {
+        m.insert(key, envelope.hash.clone());
+    }
+    let path = ctx.layout.config(namespace, name).unwrap_or_default();
+    match outcome {
+        Published::Unchanged { .. } | Published::Superseded { .. } => {}
+        Published::Created { .. } if known.is_some() => {
+            let note = format!(
+                "{path} had been deleted outside the operator; restored {}",
+                envelope.hash
+            );
+            publish_event(
+                ctx,
+                obj,
+                EventType::Warning,
+                "DriftRepaired",
+                "Publish",
+                &note,
+            );
+        }
+        Published::Created { .. } | Published::Updated { drift: false, .. } => {
+            let note = format!(
+                "{} published to {path} (version {})",
+                envelope.hash,
+                outcome.version()
+            );
+            publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note);
+        }
+        Published::Updated { drift: true, .. } => {
+            let note = format!(
+                "{path} had been changed outside the operator; restored {}",
+                envelope.hash
+            );
+            publish_event(
+                ctx,
+                obj,
+                EventType::Warning,
+                "DriftRepaired",
+                "Publish",
+                &note,
+            );
+        }
+    }
+    Ok(outcome)
+}
+
 /// Validation as the webhook and sidecars do it, plus the envelope size: every problem.
 fn check(obj: &ServiceLog) -> Result<Envelope, Vec<String>> {
     let mut problems: Vec<String> = match validate(&obj.spec) {
@@ -692,9 +795,6 @@ async fn write_status(
         status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
     let key = (namespace.to_owned(), obj.name_any());
     if &status == old {
-        if let Ok(mut m) = ctx.statuses.lock() {
-            m.insert(key, status);
-        }
         return Ok(false);
     }
     let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
@@ -727,18 +827,7 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Ok(client) => zk::delete_subtree(&client, &path).await,
         Err(e) => Err(e),
     };
-    let key = (namespace.clone(), name.clone());
-    for map in [&ctx.rollout_written, &ctx.rollout_refreshed] {
-        if let Ok(mut m) = map.lock() {
-            m.remove(&key);
-        }
-    }
-    if let Ok(mut m) = ctx.published.lock() {
-        m.remove(&key);
-    }
-    if let Ok(mut m) = ctx.statuses.lock() {
-        m.remove(&key);
-    }
+    forget_resource(ctx, &namespace, &name);
     match result {
         Ok(()) => {
             publish_event(
@@ -777,6 +866,22 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                 Err(Error::Zk(e))
             }
         }
+    }
+}
+
+/// Drops what this process remembers about a resource that is gone.
+fn forget_resource(ctx: &Context, namespace: &str, name: &str) {
+    let key = (namespace.to_owned(), name.to_owned());
+    for map in [&ctx.rollout_written, &ctx.rollout_refreshed] {
+        if let Ok(mut m) = map.lock() {
+            m.remove(&key);
+        }
+    }
+    if let Ok(mut m) = ctx.published.lock() {
+        m.remove(&key);
+    }
+    if let Ok(mut m) = ctx.statuses.lock() {
+        m.remove(&key);
     }
 }
 

@@ -241,6 +241,14 @@ impl Zk {
         }
     }
 
+    /// Waits until a session is up, at most until `deadline`; whether it is.
+    pub async fn wait_connected(&self, deadline: tokio::time::Instant) -> bool {
+        let mut connected = self.connected.clone();
+        tokio::time::timeout_at(deadline, connected.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
     }
@@ -441,10 +449,15 @@ pub enum Published {
     Created {
         version: i32,
     },
-    /// Overwritten at `version`; `previous_hash` is what it held (drift when it was ours).
+    /// Overwritten at `version`; `drift` when what it held was not ours.
     Updated {
         version: i32,
         drift: bool,
+    },
+    /// The znode holds a newer generation of the same resource, which the caller knows
+    /// exists: this (stale) copy was not written.
+    Superseded {
+        version: i32,
     },
 }
 
@@ -453,6 +466,7 @@ impl Published {
         match self {
             Self::Unchanged { version }
             | Self::Created { version }
+            | Self::Superseded { version }
             | Self::Updated { version, .. } => version,
         }
     }
@@ -462,6 +476,12 @@ impl Published {
 /// never a blind overwrite. On a conflict, re-read and decide again. `ours` is the hash
 /// the operator last published for this resource: a znode holding anything else while we
 /// believe `ours` is there is drift.
+///
+/// Two writers of one resource (the watch's fast path and a reconcile holding an older copy)
+/// must not put an older generation back: a znode holding a higher generation of the same
+/// resource is left alone when `newest` — the generation of the newest copy of this resource
+/// (same uid) the caller knows, read at decision time — vouches for it. Anything else
+/// there (a hand edit, another resource's envelope) is overwritten.
 pub async fn publish(
     client: &Client,
     layout: &Layout,
@@ -469,6 +489,7 @@ pub async fn publish(
     name: &str,
     envelope: &Envelope,
     ours: Option<&str>,
+    newest: &(dyn Fn() -> Option<i64> + Sync),
 ) -> Result<Published, ZkError> {
     let path = layout
         .config(namespace, name)
@@ -476,12 +497,49 @@ pub async fn publish(
     let bytes = envelope
         .to_bytes()
         .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    // Never published as far as the caller knows (a new resource, or a cold start over
+    // resources without status): try the whole subtree as one transaction first — one
+    // round trip and one log entry instead of a read and four writes.
+    if ours.is_none() {
+        let resource = layout
+            .resource(namespace, name)
+            .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+        let instances = format!("{resource}/instances");
+        let mut multi = client.new_multi_writer();
+        for (dir, data) in [
+            (&resource, &[][..]),
+            (&instances, &[][..]),
+            (&path, &bytes[..]),
+        ] {
+            multi
+                .add_create(dir, data, &persistent())
+                .map_err(|e| ZkError::op("create", dir, e))?;
+        }
+        match multi.commit().await {
+            Ok(_) => return Ok(Published::Created { version: 0 }),
+            // Something is there already (or the namespace's directory is not): decide
+            // below, znode by znode.
+            Err(zookeeper_client::MultiWriteError::OperationFailed { .. }) => {}
+            Err(zookeeper_client::MultiWriteError::RequestFailed { source }) => {
+                return Err(ZkError::op("multi create", &resource, source));
+            }
+        }
+    }
     const ATTEMPTS: u32 = 5;
     'attempts: for _ in 0..ATTEMPTS {
         match client.get_data(&path).await {
             Ok((data, stat)) => {
                 if data == bytes {
                     return Ok(Published::Unchanged {
+                        version: stat.version,
+                    });
+                }
+                if let Ok(there) = Envelope::from_slice(&data)
+                    && there.uid == envelope.uid
+                    && there.generation > envelope.generation
+                    && newest().is_some_and(|g| g >= there.generation)
+                {
+                    return Ok(Published::Superseded {
                         version: stat.version,
                     });
                 }
@@ -553,6 +611,43 @@ pub async fn publish(
 }
 
 /// Deletes a resource's subtree (config and instances). Missing nodes are success.
+/// The resources that have a subtree under `namespaces/` — in `namespace` only, or in
+/// every namespace — as `(namespace, name)`.
+pub async fn published_resources(
+    client: &Client,
+    layout: &Layout,
+    namespace: Option<&str>,
+) -> Result<Vec<(String, String)>, ZkError> {
+    let parent = layout.namespaces();
+    let namespaces = match namespace {
+        Some(ns) => vec![ns.to_owned()],
+        None => match client.get_children(&parent).await {
+            Ok((children, _)) => children,
+            Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(ZkError::op("getChildren", &parent, e)),
+        },
+    };
+    let mut found = Vec::new();
+    for ns in namespaces {
+        let dir = format!("{parent}/{ns}");
+        match client.get_children(&dir).await {
+            Ok((names, _)) => found.extend(names.into_iter().map(|n| (ns.clone(), n))),
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => return Err(ZkError::op("getChildren", &dir, e)),
+        }
+    }
+    Ok(found)
+}
+
+/// The envelope in a resource's config znode, if there is one and it parses.
+pub async fn read_config(client: &Client, path: &str) -> Result<Option<Envelope>, ZkError> {
+    match client.get_data(path).await {
+        Ok((data, _)) => Ok(Envelope::from_slice(&data).ok()),
+        Err(zookeeper_client::Error::NoNode) => Ok(None),
+        Err(e) => Err(ZkError::op("getData", path, e)),
+    }
+}
+
 pub async fn delete_subtree(client: &Client, path: &str) -> Result<(), ZkError> {
     // Iterative post-order: children first. New children (a sidecar re-creating its
     // instance) make the delete fail with NotEmpty; retry a few times.

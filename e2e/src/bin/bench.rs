@@ -190,11 +190,32 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
         webhook: false,
         extra_args: vec![],
     };
+    // Every config znode created under the root, counted from a persistent recursive
+    // watch set before the operator starts: exact, and no listing of 10,000 children.
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect()).await?;
+    let mut znodes = zk
+        .watch(&root, zookeeper_client::AddWatchMode::PersistentRecursive)
+        .await
+        .context("watching the bench root")?;
+    let (configs_tx, mut configs_rx) = tokio::sync::watch::channel(0usize);
+    let counter = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let event = znodes.changed().await;
+            if event.event_type == zookeeper_client::EventType::NodeCreated
+                && event.path.ends_with("/config")
+            {
+                seen.insert(event.path);
+                configs_tx.send_replace(seen.len());
+            }
+            if event.event_type == zookeeper_client::EventType::Session {
+                break;
+            }
+        }
+    });
     let started = Instant::now();
     let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
     let pid = operator.pid().context("operator pid")?;
-    let zk = zookeeper_client::Client::connect(&env.zk_connect()).await?;
-    let parent = format!("{root}/namespaces/{ns}");
     // Statuses are followed with a watch, not by listing all N objects every tick: a list
     // of 10,000 ServiceLogs every 500 ms is tens of MB for the API server to serialise,
     // on the same two cores as the operator being measured.
@@ -203,22 +224,31 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
     let mut published_at = None;
     let mut peak = 0.0f64;
     let deadline = Duration::from_secs(1800);
+    let mut progress = Instant::now();
+    let mut timeline = Vec::new();
     loop {
+        let rss = rss_mib(pid).1;
         peak = peak.max(rss_mib(pid).0);
-        if published_at.is_none() {
-            let children = zk
-                .get_children(&parent)
-                .await
-                .map(|(c, _)| c.len())
-                .unwrap_or(0);
-            if children >= n {
-                // Every resource has its subtree; check the config znodes themselves.
-                published_at = Some(started.elapsed());
-                eprintln!(
-                    "operator-scale: {n} subtrees after {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
-            }
+        if progress.elapsed() >= Duration::from_secs(2) {
+            progress = Instant::now();
+            let point = (
+                started.elapsed().as_secs_f64(),
+                *configs_rx.borrow(),
+                *published_rx.borrow(),
+                rss,
+            );
+            eprintln!(
+                "operator-scale: {:>6.1}s  {} config znodes, {} statuses, RSS {:.1} MiB",
+                point.0, point.1, point.2, point.3
+            );
+            timeline.push(point);
+        }
+        if published_at.is_none() && *configs_rx.borrow_and_update() >= n {
+            published_at = Some(started.elapsed());
+            eprintln!(
+                "operator-scale: {n} config znodes after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
         }
         if published_at.is_some() && *published_rx.borrow_and_update() >= n {
             break;
@@ -228,10 +258,12 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
         }
         tokio::select! {
             _ = published_rx.changed() => {}
+            _ = configs_rx.changed(), if published_at.is_none() => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
     follower.abort();
+    counter.abort();
     let total = started.elapsed();
     let znodes = published_at.unwrap_or(total);
     let (hwm, rss) = rss_mib(pid);
@@ -243,6 +275,12 @@ async fn operator_scale(env: &TestEnv, n: usize) -> anyhow::Result<serde_json::V
         "servicelogs_per_s_end_to_end": n as f64 / total.as_secs_f64(),
         "operator_peak_rss_mib": hwm.max(peak),
         "operator_rss_mib_after": rss,
+        "timeline": timeline
+            .iter()
+            .map(|(t, configs, statuses, rss)| serde_json::json!({
+                "s": t, "config_znodes": configs, "statuses": statuses, "rss_mib": rss,
+            }))
+            .collect::<Vec<_>>(),
     });
     println!(
         "operator-scale  {n} ServiceLogs: znodes in {:.1}s ({:.0}/s), statuses in {:.1}s ({:.0}/s), operator peak RSS {:.1} MiB",

@@ -23,7 +23,7 @@ use kube::{
     api::PostParams,
     runtime::events::{Event, EventType},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
@@ -44,9 +44,20 @@ pub struct Events {
 impl Events {
     /// Starts the posting task; events are reported by `controller` (and this replica's
     /// `instance`).
-    pub fn start(client: Client, controller: &str, instance: &str, metrics: Arc<Metrics>) -> Self {
+    /// Nothing is posted before `warm` turns true (or [`super::fast::WARMUP_LIMIT`]): on a
+    /// cold start the API server's CPU goes to nothing ahead of the fast path.
+    pub fn start(
+        client: Client,
+        controller: &str,
+        instance: &str,
+        metrics: Arc<Metrics>,
+        warm: watch::Receiver<bool>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(post_all(client, rx));
+        tokio::spawn(async move {
+            super::fast::wait_warm(warm).await;
+            post_all(client, rx).await;
+        });
         Self {
             tx,
             controller: controller.to_owned(),
