@@ -19,6 +19,7 @@ use crate::{
     config::{
         self, ConfigError,
         zk::{self, ZkConfig, ZkOptions, ZkPathError},
+        zk_thread::ZkThread,
     },
     http::{self, HttpError},
     metrics::Metrics,
@@ -28,6 +29,12 @@ use crate::{
         syslog::{Syslog, SyslogLinks},
     },
 };
+
+/// What follows the config source.
+enum ConfigTask {
+    File(tokio::task::JoinHandle<()>),
+    ZooKeeper(ZkThread),
+}
 
 /// Where the config comes from.
 #[derive(Clone, Debug)]
@@ -95,11 +102,11 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
                     path: path.clone(),
                     source,
                 })?;
-            tokio::spawn(config::file::watch(
+            ConfigTask::File(tokio::spawn(config::file::watch(
                 path.clone(),
                 topology.clone(),
                 signature,
-            ))
+            )))
         }
         ConfigSource::ZooKeeper { connect, znode } => {
             let zk_opts = ZkOptions {
@@ -111,7 +118,15 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
                 connect_timeout: opts.zk_connect_timeout,
                 state_dir: opts.state_dir.clone(),
             };
-            tokio::spawn(ZkConfig::new(zk_opts, topology.clone()).run())
+            let config = ZkConfig::new(zk_opts, topology.clone());
+            let thread =
+                ZkThread::start(config, tokio::runtime::Handle::current()).map_err(|source| {
+                    AppError::Io {
+                        what: "starting the ZooKeeper thread",
+                        source,
+                    }
+                })?;
+            ConfigTask::ZooKeeper(thread)
         }
     };
 
@@ -171,9 +186,15 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
     metrics.set_ready(false);
 
     // No config change during shutdown; dropping the ZooKeeper client closes the session,
-    // which removes the instance znode.
-    config_task.abort();
-    let _ = config_task.await;
+    // which removes the instance znode (while the rest shuts down).
+    let zookeeper = match config_task {
+        ConfigTask::File(task) => {
+            task.abort();
+            let _ = task.await;
+            None
+        }
+        ConfigTask::ZooKeeper(thread) => Some(thread.stop().await),
+    };
 
     stop.store(true, Ordering::Relaxed);
     let _ = wake_tx.send(());
@@ -201,6 +222,11 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(thread) = zookeeper
+        && !join_until(thread, deadline).await
+    {
+        tracing::warn!("the ZooKeeper session did not close in time");
     }
     http_task.abort();
     tracing::info!("stopped");

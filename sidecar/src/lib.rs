@@ -13,8 +13,10 @@
 //! ```
 //!
 //! The hot path is one reader thread and one thread per sink, plus, for syslog, one I/O
-//! thread (a current-thread tokio runtime) and one routing thread; the control plane
-//! (ZooKeeper, the config file, HTTP, signals) runs on a single-threaded tokio runtime.
+//! thread (a current-thread tokio runtime) and one routing thread; the control plane (the
+//! config file, HTTP, signals) runs on a single-threaded tokio runtime, and the ZooKeeper
+//! config on a thread of its own that waits on the client's socket itself
+//! (`config::zk_thread`).
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -11,6 +11,12 @@
 //! carried over running (same file handle, same queue), and so are syslog sockets whose
 //! port and protocol did not change; the others are started new, and the sinks left behind
 //! end once the last chunk routed with the old pipeline has reached them.
+//!
+//! A swap is in two steps: [`Topology::swap`] puts the pipeline in force (every chunk read
+//! from then on is routed by it), and the [`Swapped`] it returns tells the reader threads
+//! to look at it (new file paths, new syslog sockets) when announced or dropped. The
+//! ZooKeeper config acks in between, so that waking those threads does not compete with
+//! the ack for the CPU.
 
 use std::{
     collections::HashMap,
@@ -112,6 +118,31 @@ pub enum ApplyError {
     Multiline { name: String, message: String },
 }
 
+/// A pipeline put in force by [`Topology::swap`] that the file reader and the syslog
+/// listeners have not been told about yet. They are told by [`Swapped::announce`] or, so
+/// that they are never left out, when this is dropped.
+#[must_use = "the readers look at the new pipeline once this is announced or dropped"]
+pub struct Swapped {
+    pipeline: Arc<Pipeline>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    wake: Sender<()>,
+}
+
+impl Swapped {
+    pub fn announce(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Swapped {
+    fn drop(&mut self) {
+        let p = &self.pipeline;
+        tracing::info!(hash = %p.hash, generation = p.generation, sinks = ?p.router.sink_names(), "config applied");
+        self.changes.send_replace(p.id);
+        let _ = self.wake.send(());
+    }
+}
+
 /// The current pipeline and what is needed to build the next one.
 #[derive(Clone)]
 pub struct Topology {
@@ -161,33 +192,45 @@ impl Topology {
         self.current.load().as_ref().map(|p| p.hash.clone())
     }
 
-    /// Validates, builds and swaps in `config`; on error the pipeline in force stays.
-    /// `persist` writes it as the last-known-good config (not when it was read from there).
+    /// Validates, builds and swaps in `config`, and tells the readers at once; on error
+    /// the pipeline in force stays. `persist` writes it as the last-known-good config (not
+    /// when it was read from there).
     pub fn apply(&self, config: &Envelope, persist: bool) -> Result<(), ApplyError> {
+        let Some(swapped) = self.swap(config)? else {
+            return Ok(());
+        };
+        swapped.announce();
+        if persist && let Err(e) = state::save_last_good(&self.state_dir, config) {
+            tracing::warn!(error = %e, "writing the last-known-good config");
+        }
+        Ok(())
+    }
+
+    /// Validates, builds and swaps in `config`, leaving the readers to be told by the
+    /// returned [`Swapped`]; `None` when that config is already in force. On error the
+    /// pipeline in force stays.
+    pub fn swap(&self, config: &Envelope) -> Result<Option<Swapped>, ApplyError> {
         let old = self.current.load_full();
         if old.as_ref().is_some_and(|p| p.hash == config.hash) {
-            return Ok(());
+            return Ok(None);
         }
         let result = self.build(config, old.as_deref());
         self.metrics.config_result(result.is_ok());
         let pipeline = match result {
-            Ok(p) => p,
+            Ok(p) => Arc::new(p),
             Err(e) => {
                 tracing::error!(hash = %config.hash, generation = config.generation, error = %e, "config rejected; the rules in force stay");
                 return Err(e);
             }
         };
-        tracing::info!(hash = %pipeline.hash, generation = pipeline.generation, sinks = ?pipeline.router.sink_names(), "config applied");
         self.metrics.config_generation.set(pipeline.generation);
-        let id = pipeline.id;
-        self.current.store(Some(Arc::new(pipeline)));
-        self.changes.send_replace(id);
+        self.current.store(Some(pipeline.clone()));
         self.metrics.set_ready(true);
-        let _ = self.wake.send(());
-        if persist && let Err(e) = state::save_last_good(&self.state_dir, config) {
-            tracing::warn!(error = %e, "writing the last-known-good config");
-        }
-        Ok(())
+        Ok(Some(Swapped {
+            pipeline,
+            changes: self.changes.clone(),
+            wake: self.wake.clone(),
+        }))
     }
 
     fn build(&self, config: &Envelope, old: Option<&Pipeline>) -> Result<Pipeline, ApplyError> {
@@ -306,6 +349,45 @@ mod tests {
         assert_eq!(
             state::load_last_good(dir.path()).unwrap().unwrap().hash,
             second.hash
+        );
+    }
+
+    #[test]
+    fn a_swap_is_in_force_at_once_and_the_readers_are_told_when_it_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, wake) = channel();
+        let topo = Topology::new(Metrics::new(), dir.path(), tx);
+        let mut changes = topo.changes();
+        let good = config(
+            "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [out]\n",
+        );
+        let swapped = topo
+            .swap(&good)
+            .unwrap()
+            .expect("a new config is swapped in");
+        assert_eq!(
+            topo.hash(),
+            Some(good.hash.clone()),
+            "in force before the announcement"
+        );
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the syslog listeners are not told yet"
+        );
+        assert!(wake.try_recv().is_err(), "the file reader is not woken yet");
+        swapped.announce();
+        assert!(
+            changes.has_changed().unwrap(),
+            "the syslog listeners are told"
+        );
+        assert_eq!(
+            *changes.borrow_and_update(),
+            topo.current().load_full().unwrap().id
+        );
+        assert!(wake.try_recv().is_ok(), "the file reader is woken");
+        assert!(
+            topo.swap(&good).unwrap().is_none(),
+            "the config in force is not swapped again"
         );
     }
 

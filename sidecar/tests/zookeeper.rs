@@ -1,6 +1,6 @@
 //! The sidecar driven by a real ZooKeeper: config znode → applied → acked in
-//! `instances/<pod>`; bad configs rejected; ZooKeeper outages, session expiry and a
-//! start without ZooKeeper.
+//! `instances/<pod>`; bad configs rejected; ZooKeeper outages, session expiry, an instance
+//! znode deleted behind the sidecar's back and a start without ZooKeeper.
 
 mod common;
 
@@ -356,6 +356,54 @@ async fn given_the_session_expires_then_the_instance_znode_and_the_watch_are_res
     append(&logs.join("app.log"), &[line(0, "info")]);
     wait_lines("the line in b", &b, 1, &sidecar).await;
     assert_eq!(count_lines(&a), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_instance_znode_is_deleted_behind_its_back_then_the_sidecar_re_creates_it_and_acks_later_changes()
+ {
+    let zk = TestZk::start("deleted");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+    wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
+        i.hash == first.hash
+    })
+    .await;
+    // Given a config change acked, so the watch on the instance znode has outlived one.
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    publish(&client, &p.config, &second).await;
+    let (_, owner) = wait_instance(&client, &p.instance, "the second hash", &sidecar, |i, _| {
+        i.hash == second.hash
+    })
+    .await;
+
+    // When the instance znode is deleted.
+    client
+        .delete(&p.instance, None)
+        .await
+        .expect("deleting the instance znode");
+
+    // Then the same session creates it again with the hash in force.
+    wait_instance(
+        &client,
+        &p.instance,
+        "the instance znode re-created by the same session",
+        &sidecar,
+        |i, o| i.hash == second.hash && i.state == InstanceState::Ok && o == owner,
+    )
+    .await;
+    // And a later change is acked there.
+    let third = envelope(3, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &third).await;
+    wait_instance(&client, &p.instance, "the third hash", &sidecar, |i, _| {
+        i.hash == third.hash && i.state == InstanceState::Ok
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

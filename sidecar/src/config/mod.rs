@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod zk;
+pub mod zk_thread;
 
 use std::path::{Path, PathBuf};
 

@@ -16,6 +16,13 @@
 //! An instance znode left by an earlier session of the same pod (after a restart, ZooKeeper
 //! keeps it until that session times out) is updated in place and watched; when ZooKeeper
 //! removes it, this session creates its own.
+//!
+//! The ack's path, from the config watch firing to the instance znode saying so, is one
+//! read, the swap, and one write: a watch that has not fired is kept rather than dropped
+//! (dropping it sends a RemoveWatches request, which would go out ahead of the read and,
+//! as the client does not set `TCP_NODELAY`, hold the read back until its answer), and
+//! what can wait for the ack — telling the reader threads, the log line, the
+//! last-known-good file — does.
 
 use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
@@ -24,7 +31,11 @@ use zookeeper_client::{
     Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent,
 };
 
-use crate::{metrics::Metrics, pipeline::Topology, state};
+use crate::{
+    metrics::Metrics,
+    pipeline::{Swapped, Topology},
+    state,
+};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -71,14 +82,31 @@ fn watch_of(w: OneshotWatcher) -> Watch {
     Box::pin(w.changed())
 }
 
-fn never() -> Watch {
-    Box::pin(std::future::pending())
+/// The event of `watch`, which is then spent (`None`); pending forever while there is no
+/// watch.
+async fn fired(watch: &mut Option<Watch>) -> WatchedEvent {
+    let Some(w) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    let event = w.await;
+    *watch = None;
+    event
 }
 
 /// How a session ended.
 enum End {
     /// Expired, closed or auth failed: a new session is needed.
     Terminated(SessionState),
+}
+
+/// What ended a wait in a session.
+enum Wait {
+    /// A watch fired: re-read what it watched.
+    Fired,
+    /// Connected again after a disconnection: re-read and re-watch everything, as watch
+    /// events can be lost across it.
+    Reconnected,
+    Ended(End),
 }
 
 pub struct ZkConfig {
@@ -95,6 +123,8 @@ pub struct ZkConfig {
     /// Applied but not yet saved as last-known-good: saved after the instance znode says
     /// so, to keep the file write off the ack's path.
     to_persist: Option<Envelope>,
+    /// Swapped in but the readers not yet told: told after the ack, likewise.
+    to_announce: Option<Swapped>,
     /// The config znode data last handled, so a re-read after a reconnect does not
     /// re-apply (or re-reject) the same bytes.
     seen: Option<Vec<u8>>,
@@ -112,6 +142,7 @@ impl ZkConfig {
             written: None,
             instance_version: None,
             to_persist: None,
+            to_announce: None,
             seen: None,
             fell_back: false,
         }
@@ -172,65 +203,75 @@ impl ZkConfig {
         self.written = None;
         self.instance_version = None;
         let mut states = client.state_watcher();
+        // Armed until they fire (`None`: to be read and watched again).
+        let mut config_watch = None;
+        let mut instance_watch = None;
         loop {
             if let Some(end) = terminated(client) {
                 return end;
             }
-            let config_watch = match self.read_config(client).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the config znode");
-                    if let Some(end) = self.wait_reconnect(client, &mut states).await {
-                        return end;
+            if config_watch.is_none() {
+                match self.read_config(client).await {
+                    Ok(w) => config_watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the config znode");
+                        if let Some(end) = self.wait_reconnect(client, &mut states).await {
+                            return end;
+                        }
+                        instance_watch = None;
+                        continue;
                     }
-                    continue;
                 }
-            };
-            let instance_watch = match self.publish(client).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "writing the instance znode");
-                    never()
-                }
-            };
+            }
+            if let Err(e) = self.publish(client, &mut instance_watch).await {
+                tracing::warn!(error = %e, "writing the instance znode");
+            }
+            if let Some(swapped) = self.to_announce.take() {
+                swapped.announce();
+            }
             if let Some(config) = self.to_persist.take()
                 && let Err(e) = state::save_last_good(&self.opts.state_dir, &config)
             {
                 tracing::warn!(error = %e, "writing the last-known-good config");
             }
-            if let Some(end) = self
-                .wait(client, &mut states, config_watch, instance_watch)
-                .await
-            {
-                return end;
+            let waited = self
+                .wait(client, &mut states, &mut config_watch, &mut instance_watch)
+                .await;
+            match waited {
+                Wait::Fired => {}
+                Wait::Reconnected => {
+                    config_watch = None;
+                    instance_watch = None;
+                }
+                Wait::Ended(end) => return end,
             }
         }
     }
 
-    /// Waits for something to re-read: the config changed, the instance znode changed, or
-    /// the session reconnected. `Some` when the session is over.
+    /// Waits for something to re-read: the config changed or the instance znode changed
+    /// (that watch is then spent), or the session reconnected.
     async fn wait(
         &mut self,
         client: &Client,
         states: &mut zookeeper_client::StateWatcher,
-        mut config_watch: Watch,
-        mut instance_watch: Watch,
-    ) -> Option<End> {
+        config_watch: &mut Option<Watch>,
+        instance_watch: &mut Option<Watch>,
+    ) -> Wait {
         loop {
             tokio::select! {
-                event = &mut config_watch => {
+                event = fired(config_watch) => {
                     if event.event_type == EventType::Session {
-                        return terminated(client).or(Some(End::Terminated(event.session_state)));
+                        return Wait::Ended(terminated(client).unwrap_or(End::Terminated(event.session_state)));
                     }
                     tracing::debug!(event = ?event.event_type, "config znode changed");
-                    return None;
+                    return Wait::Fired;
                 }
-                event = &mut instance_watch => {
+                event = fired(instance_watch) => {
                     if event.event_type == EventType::Session {
-                        return terminated(client).or(Some(End::Terminated(event.session_state)));
+                        return Wait::Ended(terminated(client).unwrap_or(End::Terminated(event.session_state)));
                     }
                     tracing::debug!(event = ?event.event_type, "instance znode changed");
-                    return None;
+                    return Wait::Fired;
                 }
                 state = states.changed() => match state {
                     SessionState::Disconnected => {
@@ -240,9 +281,9 @@ impl ZkConfig {
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         self.metrics.zookeeper_connected.set(1);
                         tracing::info!("ZooKeeper reconnected; re-reading the config");
-                        return None;
+                        return Wait::Reconnected;
                     }
-                    other => return Some(End::Terminated(other)),
+                    other => return Wait::Ended(End::Terminated(other)),
                 },
             }
         }
@@ -308,9 +349,10 @@ impl ZkConfig {
             return;
         }
         let result = match Envelope::from_slice(&data) {
-            Ok(config) => match self.topology.apply(&config, false) {
-                Ok(()) => {
+            Ok(config) => match self.topology.swap(&config) {
+                Ok(swapped) => {
                     let hash = config.hash.clone();
+                    self.to_announce = swapped;
                     self.to_persist = Some(config);
                     Ok(hash)
                 }
@@ -346,25 +388,34 @@ impl ZkConfig {
         }
     }
 
-    /// Makes the instance znode say `desired`, and watches it.
-    async fn publish(&mut self, client: &Client) -> Result<Watch, zookeeper_client::Error> {
+    /// Makes the instance znode say `desired`, and keeps `watch` armed on it (when the
+    /// write fires the one armed before, it is replaced).
+    async fn publish(
+        &mut self,
+        client: &Client,
+        watch: &mut Option<Watch>,
+    ) -> Result<(), zookeeper_client::Error> {
         let Some(record) = &self.desired else {
-            return Ok(never());
+            return Ok(());
         };
         let data = match record.to_bytes() {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "encoding the instance record");
-                return Ok(never());
+                return Ok(());
             }
         };
+        if self.written.as_ref() == Some(&data) && watch.is_some() {
+            return Ok(());
+        }
         let path = self.opts.instance_path.clone();
         if self.written.as_ref() != Some(&data)
             && let Some(version) = self.instance_version
         {
             // Our own znode: write and re-watch in one round trip. Requests are sent in the
-            // order their futures are created, so the watch is set after the write and
-            // does not fire for it.
+            // order their futures are created, so the new watch is set after the write and
+            // does not fire for it; the one armed before does, before the write's answer
+            // arrives, so replacing it sends no RemoveWatches.
             let write = client.set_data(&path, &data, Some(version));
             let rewatch = client.check_and_watch_stat(&path);
             let (written, watched) = tokio::join!(write, rewatch);
@@ -373,8 +424,9 @@ impl ZkConfig {
                     self.instance_version = Some(stat.version);
                     self.written = Some(data.clone());
                     tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
-                    if let Ok((Some(_), watch)) = watched {
-                        return Ok(watch_of(watch));
+                    if let Ok((Some(_), w)) = watched {
+                        *watch = Some(watch_of(w));
+                        return Ok(());
                     }
                 }
                 // Changed or removed behind our back: find out below.
@@ -386,7 +438,8 @@ impl ZkConfig {
         }
         let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
         for _ in 0..4 {
-            let (stat, watch) = client.check_and_watch_stat(&path).await?;
+            let (stat, w) = client.check_and_watch_stat(&path).await?;
+            *watch = Some(watch_of(w));
             let Some(stat) = stat else {
                 match client.create(&path, &data, &ephemeral).await {
                     Ok((stat, _)) => {
@@ -404,7 +457,7 @@ impl ZkConfig {
             };
             let ours = stat.ephemeral_owner == client.session_id().0;
             if ours && self.written.as_ref() == Some(&data) {
-                return Ok(watch_of(watch));
+                return Ok(());
             }
             match client.set_data(&path, &data, None).await {
                 Ok(stat) if ours => self.instance_version = Some(stat.version),
@@ -418,9 +471,10 @@ impl ZkConfig {
                 continue;
             }
             tracing::info!(znode = %path, "instance znode belongs to an earlier session; updated it and will re-create it when ZooKeeper removes it");
-            return Ok(watch_of(watch));
+            return Ok(());
         }
-        Ok(never())
+        *watch = None;
+        Ok(())
     }
 
     /// `instances/` as a container znode, which ZooKeeper removes once it is empty, so a
