@@ -347,7 +347,7 @@ async fn start_webhooks(
     let (store, writer) = reflector::store();
     // The webhook reads the sources, sinks and sidecar settings only: the cache keeps no
     // managedFields, status, rules, selector, labels or annotations.
-    let watch = watcher(api, watcher::Config::default().any_semantic())
+    let watch = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|s: &mut ServiceLog| {
             s.metadata.managed_fields = None;
