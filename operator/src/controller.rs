@@ -690,11 +690,16 @@ async fn publish_config(
         m.insert(key, envelope.hash.clone());
     }
     let path = ctx.layout.config(namespace, name).unwrap_or_default();
-    match outcome {
-        Published::Unchanged { .. } | Published::Superseded { .. } => {}
-        Published::Created { .. } if known.is_some() => {
+    let drift = match outcome {
+        Published::Unchanged { .. } | Published::Superseded { .. } => return Ok(outcome),
+        Published::Created { .. } if known.is_some() => Some("deleted"),
+        Published::Updated { drift: true, .. } => Some("changed"),
+        Published::Created { .. } | Published::Updated { .. } => None,
+    };
+    match drift {
+        Some(how) => {
             let note = format!(
-                "{path} had been deleted outside the operator; restored {}",
+                "{path} had been {how} outside the operator; restored {}",
                 envelope.hash
             );
             publish_event(
@@ -706,27 +711,13 @@ async fn publish_config(
                 &note,
             );
         }
-        Published::Created { .. } | Published::Updated { drift: false, .. } => {
+        None => {
             let note = format!(
                 "{} published to {path} (version {})",
                 envelope.hash,
                 outcome.version()
             );
             publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note);
-        }
-        Published::Updated { drift: true, .. } => {
-            let note = format!(
-                "{path} had been changed outside the operator; restored {}",
-                envelope.hash
-            );
-            publish_event(
-                ctx,
-                obj,
-                EventType::Warning,
-                "DriftRepaired",
-                "Publish",
-                &note,
-            );
         }
     }
     Ok(outcome)
