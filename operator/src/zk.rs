@@ -497,14 +497,14 @@ pub async fn publish(
     let bytes = envelope
         .to_bytes()
         .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    let (resource, instances) = layout
+        .resource(namespace, name)
+        .and_then(|r| Ok((r, layout.instances(namespace, name)?)))
+        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
     // Never published as far as the caller knows (a new resource, or a cold start over
     // resources without status): try the whole subtree as one transaction first — one
     // round trip and one log entry instead of a read and four writes.
     if ours.is_none() {
-        let resource = layout
-            .resource(namespace, name)
-            .map_err(|e| ZkError::Unavailable(e.to_string()))?;
-        let instances = format!("{resource}/instances");
         let mut multi = client.new_multi_writer();
         for (dir, data) in [
             (&resource, &[][..]),
@@ -558,13 +558,9 @@ pub async fn publish(
                 }
             }
             Err(zookeeper_client::Error::NoNode) => {
-                let resource = layout
-                    .resource(namespace, name)
-                    .map_err(|e| ZkError::Unavailable(e.to_string()))?;
-                let parent = layout.namespaces();
                 let dirs = [
-                    format!("{parent}/{namespace}"),
-                    format!("{resource}/instances"),
+                    format!("{}/{namespace}", layout.namespaces()),
+                    instances.clone(),
                 ];
                 // Parents before children, all sent at once: ZooKeeper applies a session's
                 // requests in order, so this is one round trip, not four.
