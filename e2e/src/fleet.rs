@@ -9,10 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
+    runtime::watcher,
 };
 use servicelog_api::v1alpha1::{ServiceLog, ServiceLogStatus};
 
@@ -139,12 +141,10 @@ impl Fleet {
         Ok(())
     }
 
-    async fn status(&self) -> Option<ServiceLogStatus> {
-        Api::<ServiceLog>::namespaced(self.client.clone(), &self.namespace)
-            .get("fleet")
-            .await
-            .ok()
-            .and_then(|s| s.status)
+    /// The ServiceLog, followed by a watch: the first item is the object as it is now.
+    fn follow(&self) -> BoxStream<'static, Result<Option<ServiceLog>, watcher::Error>> {
+        let api = Api::<ServiceLog>::namespaced(self.client.clone(), &self.namespace);
+        watcher::watch_object(api, "fleet").boxed()
     }
 
     async fn wait(
@@ -153,22 +153,41 @@ impl Fleet {
         what: &str,
         ok: impl Fn(&ServiceLogStatus) -> bool,
     ) -> Result<ServiceLogStatus, EnvError> {
-        let start = Instant::now();
+        let mut stream = self.follow();
+        self.wait_on(&mut stream, timeout, what, ok).await
+    }
+
+    /// Waits on `stream` until the status satisfies `ok`.
+    async fn wait_on(
+        &self,
+        stream: &mut BoxStream<'static, Result<Option<ServiceLog>, watcher::Error>>,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&ServiceLogStatus) -> bool,
+    ) -> Result<ServiceLogStatus, EnvError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
-        while start.elapsed() < timeout {
-            if let Some(s) = self.status().await {
-                if ok(&s) {
-                    return Ok(s);
+        let mut error = None;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Ok(slog))) => {
+                    if let Some(s) = slog.and_then(|s| s.status) {
+                        if ok(&s) {
+                            return Ok(s);
+                        }
+                        last = Some(s);
+                    }
                 }
-                last = Some(s);
+                // The watcher retries by itself; keep the error for the timeout message.
+                Ok(Some(Err(e))) => error = Some(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(EnvError::Timeout {
             what: what.to_owned(),
             waited: timeout,
             detail: format!(
-                "; last status {last:?}\n--- operator ---\n{}",
+                "; last status {last:?}, last watch error {error:?}\n--- operator ---\n{}",
                 self.operator.log_tail(20)
             ),
         })
@@ -202,10 +221,30 @@ impl Fleet {
     pub async fn patch_and_wait_via(&mut self, via: Via) -> Result<Duration, EnvError> {
         self.patches += 1;
         let api = Api::<ServiceLog>::namespaced(self.client.clone(), &self.namespace);
-        let current = api
-            .get("fleet")
-            .await
-            .map_err(|e| EnvError::Kube(format!("reading ServiceLog fleet: {e}")))?;
+        // Follow the ServiceLog from before the change, so the clock stops at the status
+        // write itself rather than at the next poll.
+        let mut stream = self.follow();
+        let current = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                Ok(Some(Ok(Some(slog)))) => break slog,
+                Ok(Some(Ok(None))) => {
+                    return Err(EnvError::Failed {
+                        what: "reading ServiceLog fleet".into(),
+                        detail: "it does not exist".into(),
+                    });
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(EnvError::Kube(format!("watching ServiceLog fleet: {e}")));
+                }
+                Ok(None) | Err(_) => {
+                    return Err(EnvError::Timeout {
+                        what: "the first watch event of ServiceLog fleet".into(),
+                        waited: Duration::from_secs(10),
+                        detail: String::new(),
+                    });
+                }
+            }
+        };
         let before = current.status.as_ref().and_then(|s| s.config_hash.clone());
         let rule_name = format!("drop-debug-{}", self.patches);
         let started = match via {
@@ -252,7 +291,8 @@ impl Fleet {
         };
         let size = self.sidecars.len();
         let n = u32::try_from(size).unwrap_or(u32::MAX);
-        self.wait(
+        self.wait_on(
+            &mut stream,
             Duration::from_secs(60),
             &format!("applied {size}/{size} after patch {}", self.patches),
             |s| {
