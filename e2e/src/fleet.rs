@@ -224,25 +224,23 @@ impl Fleet {
         // Follow the ServiceLog from before the change, so the clock stops at the status
         // write itself rather than at the next poll.
         let mut stream = self.follow();
-        let current = loop {
-            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-                Ok(Some(Ok(Some(slog)))) => break slog,
-                Ok(Some(Ok(None))) => {
-                    return Err(EnvError::Failed {
-                        what: "reading ServiceLog fleet".into(),
-                        detail: "it does not exist".into(),
-                    });
-                }
-                Ok(Some(Err(e))) => {
-                    return Err(EnvError::Kube(format!("watching ServiceLog fleet: {e}")));
-                }
-                Ok(None) | Err(_) => {
-                    return Err(EnvError::Timeout {
-                        what: "the first watch event of ServiceLog fleet".into(),
-                        waited: Duration::from_secs(10),
-                        detail: String::new(),
-                    });
-                }
+        let current = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(Some(slog)))) => slog,
+            Ok(Some(Ok(None))) => {
+                return Err(EnvError::Failed {
+                    what: "reading ServiceLog fleet".into(),
+                    detail: "it does not exist".into(),
+                });
+            }
+            Ok(Some(Err(e))) => {
+                return Err(EnvError::Kube(format!("watching ServiceLog fleet: {e}")));
+            }
+            Ok(None) | Err(_) => {
+                return Err(EnvError::Timeout {
+                    what: "the first watch event of ServiceLog fleet".into(),
+                    waited: Duration::from_secs(10),
+                    detail: String::new(),
+                });
             }
         };
         let before = current.status.as_ref().and_then(|s| s.config_hash.clone());
