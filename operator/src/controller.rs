@@ -32,7 +32,6 @@ pub mod status;
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -48,13 +47,13 @@ use kube::{
         Controller, WatchStreamExt,
         controller::{self as runtime_controller, Action},
         events::{Event, EventType},
-        predicates, reflector,
+        reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use servicelog_api::{
-    v1alpha1::{ServiceLog, ServiceLogStatus},
+    v1alpha1::{ServiceLog, ServiceLogSpec, ServiceLogStatus},
     validate,
     wire::{Envelope, Layout},
 };
@@ -62,6 +61,7 @@ use status::{Cond, PUBLISHED, READY, VALID};
 use tokio::sync::mpsc;
 
 use crate::{
+    cache::{self, CachedServiceLog, Change},
     metrics::Metrics,
     zk::{self, Published, Trigger, Zk, ZkError},
 };
@@ -85,6 +85,13 @@ pub const ROLLOUT_STATUS_INTERVAL: Duration = Duration::from_millis(50);
 /// this often (and the resource re-checked at least this often): watch events can be lost
 /// across a reconnect, and the copy in [`Zk`] would not see those acks.
 pub const ROLLOUT_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Every resource is reconciled again this often, the safety net for a trigger that was
+/// lost; paced at [`RESYNC_BATCH`] a second so that 10,000 resources do not arrive at once.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// Resources per second of the periodic resync.
+pub const RESYNC_BATCH: usize = 100;
+/// Changes the cache may hold for the controller before it holds the watch back.
+pub const FOLLOW_CAPACITY: usize = 1024;
 
 /// Errors of one reconcile, each with a static category for metrics and retry policy.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +131,7 @@ pub struct Context {
     pub layout: Layout,
     pub events: Events,
     pub metrics: Arc<Metrics>,
-    pub slogs: Store<ServiceLog>,
+    pub slogs: Store<CachedServiceLog>,
     /// Reconciles wait for the fast path to publish the first listing.
     pub warmup: Arc<fast::Warmup>,
     /// When the controller started.
@@ -146,33 +153,65 @@ pub struct Context {
     pub rollout_refreshed: Mutex<HashMap<(String, String), Instant>>,
 }
 
-/// How long a written status is remembered: far longer than the watch cache takes to
-/// catch up with our own write, short enough that 10,000 resources do not keep a second
-/// copy of every status.
+/// How long a written status is remembered at most: the entry goes as soon as the cache
+/// holds the resourceVersion the write returned, and after this however it stands.
 pub const STATUS_MEMORY: Duration = Duration::from_secs(60);
 
-/// Statuses written in the last [`STATUS_MEMORY`], per resource.
+/// Statuses this process wrote that the cache may not hold yet, per resource.
 #[derive(Default)]
 pub struct RecentStatuses {
-    written: HashMap<(String, String), (Instant, ServiceLogStatus)>,
+    written: HashMap<(String, String), Written>,
     pruned: Option<Instant>,
 }
 
+struct Written {
+    at: Instant,
+    /// The resourceVersion the status write returned.
+    revision: Option<u64>,
+    status: ServiceLogStatus,
+}
+
+/// Whether the cache's copy (at `cached`) already includes a write that returned `written`.
+fn caught_up(cached: Option<u64>, written: Option<u64>) -> bool {
+    matches!((cached, written), (Some(c), Some(w)) if c >= w)
+}
+
 impl RecentStatuses {
-    fn get(&self, key: &(String, String)) -> Option<&ServiceLogStatus> {
+    fn get(&self, key: &(String, String), cached: Option<u64>) -> Option<&ServiceLogStatus> {
         self.written
             .get(key)
-            .filter(|(at, _)| at.elapsed() < STATUS_MEMORY)
-            .map(|(_, status)| status)
+            .filter(|w| w.at.elapsed() < STATUS_MEMORY && !caught_up(cached, w.revision))
+            .map(|w| &w.status)
     }
 
-    fn insert(&mut self, key: (String, String), status: ServiceLogStatus) {
-        if self.pruned.is_none_or(|t| t.elapsed() >= STATUS_MEMORY) {
-            self.written
-                .retain(|_, (at, _)| at.elapsed() < STATUS_MEMORY);
+    /// Remembers a write; at most once a second, forgets those the cache caught up with.
+    fn insert(
+        &mut self,
+        key: (String, String),
+        revision: Option<u64>,
+        status: ServiceLogStatus,
+        cache: &Store<CachedServiceLog>,
+    ) {
+        if self
+            .pruned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.written.retain(|(ns, name), w| {
+                let cached = cache
+                    .get(&ObjectRef::new(name).within(ns))
+                    .and_then(|s| s.revision());
+                w.at.elapsed() < STATUS_MEMORY && !caught_up(cached, w.revision)
+            });
             self.pruned = Some(Instant::now());
         }
-        self.written.insert(key, (Instant::now(), status));
+        self.written.insert(
+            key,
+            Written {
+                at: Instant::now(),
+                revision,
+                status,
+            },
+        );
     }
 
     fn remove(&mut self, key: &(String, String)) {
@@ -189,16 +228,16 @@ pub struct Settings {
     pub cleanup_timeout: Duration,
 }
 
-/// Runs the controller until the process is asked to stop.
+/// Runs the controller until the process is asked to stop, following `cache`.
 pub async fn run(
     client: Client,
+    cache: &cache::Cache,
     zk: Zk,
     zk_triggers: mpsc::UnboundedReceiver<Trigger>,
     metrics: Arc<Metrics>,
     settings: Settings,
 ) {
-    let slogs: Api<ServiceLog> = scoped(&client, settings.watch_namespace.as_deref());
-    let (slog_store, slog_writer) = reflector::store();
+    let slog_store = cache.store();
     let (pods, pod_writer) = reflector::store();
     let warmup = Arc::new(fast::Warmup::default());
     let events = Events::start(
@@ -225,40 +264,38 @@ pub async fn run(
         rollout_refreshed: Default::default(),
     });
 
-    // managedFields are most of a ServiceLog's bytes and no reconcile reads them; the
-    // operator's own status writes change nothing a reconcile would decide differently.
-    // Each change is published to ZooKeeper on the way to the controller (`fast`).
-    let on_delete = ctx.clone();
+    // The cache passes on only the changes a reconcile must see (not the operator's own
+    // status writes). Each is published to ZooKeeper on the way to the controller (`fast`).
+    let follower = ctx.clone();
     let prepublish = ctx.clone();
-    // Listed in pages (500) at the current version rather than in one piece from the
-    // watch cache (`any_semantic`): the response size stays bounded however many
-    // ServiceLogs there are (at 10,000 the peak RSS moved within noise either way).
-    let slog_changes = watcher(slogs, watcher::Config::default())
-        .default_backoff()
-        .modify(slim)
-        .reflect(slog_writer)
-        .inspect(move |event| match event {
-            Ok(watcher::Event::Delete(obj)) => {
-                tokio::spawn(fast::deleted(Arc::new(obj.clone()), on_delete.clone()));
+    let slog_changes = tokio_stream_from_bounded(cache.follow(FOLLOW_CAPACITY))
+        .filter_map(move |change| {
+            let ctx = follower.clone();
+            async move {
+                match change {
+                    Change::Applied(obj) => Some(obj),
+                    Change::Deleted(obj) => {
+                        tokio::spawn(fast::deleted(obj, ctx));
+                        None
+                    }
+                    Change::Listed => {
+                        ctx.warmup.listed();
+                        None
+                    }
+                }
             }
-            Ok(watcher::Event::InitDone) => on_delete.warmup.listed(),
-            _ => {}
         })
-        .applied_objects()
-        .predicate_filter(worth_reconciling, Default::default())
         .map(move |obj| {
             let ctx = prepublish.clone();
             ctx.warmup.started();
             async move {
-                if let Ok(obj) = &obj {
-                    fast::prepublish(obj, &ctx).await;
-                }
+                fast::prepublish(&obj, &ctx).await;
                 ctx.warmup.finished();
                 obj
             }
         })
         .buffered(fast::IN_FLIGHT);
-    let controller = Controller::for_stream(slog_changes, slog_store.clone())
+    let controller = Controller::for_shared_stream(slog_changes, slog_store.clone())
         .with_config(runtime_controller::Config::default().concurrency(CONCURRENCY));
 
     let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
@@ -276,7 +313,7 @@ pub async fn run(
     let sweeper = ctx.clone();
     let watch_namespace = settings.watch_namespace.clone();
     let zk_triggers = tokio_stream_from(zk_triggers).flat_map(move |trigger| {
-        let refs: Vec<ObjectRef<ServiceLog>> = match trigger {
+        let refs: Vec<ObjectRef<CachedServiceLog>> = match trigger {
             Trigger::ResyncAll => {
                 tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
                 zk_slogs
@@ -297,6 +334,7 @@ pub async fn run(
     controller
         .reconcile_on(pod_triggers)
         .reconcile_on(zk_triggers)
+        .reconcile_on(resync(slog_store.clone()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -307,23 +345,32 @@ pub async fn run(
         .await;
 }
 
-/// What the caches keep of a ServiceLog: managedFields and kubectl's last-applied copy are
-/// most of its bytes and nothing here reads them.
-pub fn slim(s: &mut ServiceLog) {
-    s.managed_fields_mut().clear();
-    if let Some(a) = s.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// What a change to a ServiceLog must change for a reconcile: the spec (generation, which
-/// deletion also bumps), the finalizers, or the deletion itself.
-fn worth_reconciling(s: &ServiceLog) -> Option<u64> {
-    let mut h = DefaultHasher::new();
-    predicates::generation(s).hash(&mut h);
-    predicates::finalizers(s).hash(&mut h);
-    s.metadata.deletion_timestamp.is_some().hash(&mut h);
-    Some(h.finish())
+/// Every cached resource every [`RESYNC_INTERVAL`], [`RESYNC_BATCH`] a second. A
+/// reconcile that changes nothing writes nothing.
+fn resync(
+    store: Store<CachedServiceLog>,
+) -> impl futures::Stream<Item = ObjectRef<CachedServiceLog>> + Send {
+    stream::unfold(store, |store| async move {
+        tokio::time::sleep(RESYNC_INTERVAL).await;
+        let refs: Vec<_> = store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect();
+        Some((refs, store))
+    })
+    .flat_map(|refs| {
+        let batches: Vec<Vec<_>> = refs.chunks(RESYNC_BATCH).map(<[_]>::to_vec).collect();
+        stream::iter(batches)
+            .enumerate()
+            .then(|(i, batch)| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                stream::iter(batch)
+            })
+            .flatten()
+    })
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -343,12 +390,18 @@ fn tokio_stream_from<T: Send + 'static>(
     stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+fn tokio_stream_from_bounded<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// The ServiceLogs a pod change concerns: the one it names for injection, and those in its
 /// namespace whose selector matches it.
 fn servicelogs_for_pod(
     pod: &PartialObjectMeta<Pod>,
-    slogs: &Store<ServiceLog>,
-) -> Vec<ObjectRef<ServiceLog>> {
+    slogs: &Store<CachedServiceLog>,
+) -> Vec<ObjectRef<CachedServiceLog>> {
     let Some(namespace) = pod.namespace() else {
         return Vec::new();
     };
@@ -362,21 +415,16 @@ fn servicelogs_for_pod(
         .state()
         .iter()
         .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|s| {
-            named.contains(&&s.name_any())
-                || s.spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|sel| status::selector_matches(sel, labels))
-        })
+        .filter(|s| named.contains(&&s.name_any()) || s.selects(labels))
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
 
-async fn reconcile(obj: Arc<ServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.warmup.wait().await;
     let started = Instant::now();
-    let result = reconcile_inner(&obj, &ctx).await;
+    let (full, unparsed) = expand(&obj);
+    let result = reconcile_inner(&full, unparsed.as_deref(), &ctx).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.category(),
@@ -385,12 +433,31 @@ async fn reconcile(obj: Arc<ServiceLog>, ctx: Arc<Context>) -> Result<Action, Er
     result
 }
 
+/// The cached resource with its spec and status parsed, and why the spec did not parse
+/// (then the spec is empty, and [`check`] reports the reason).
+pub(crate) fn expand(obj: &CachedServiceLog) -> (ServiceLog, Option<String>) {
+    let (spec, unparsed) = match obj.spec() {
+        Ok(spec) => (spec, None),
+        Err(e) => (ServiceLogSpec::default(), Some(format!("spec: {e}"))),
+    };
+    let full = ServiceLog {
+        metadata: obj.metadata.clone(),
+        spec,
+        status: obj.status(),
+    };
+    (full, unparsed)
+}
+
 /// The finalizer protocol, with the finalizer added in the same pass that first publishes:
 /// it is in place before anything is written to ZooKeeper, and a new ServiceLog costs one
 /// reconcile instead of two.
-async fn reconcile_inner(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(
+    obj: &ServiceLog,
+    unparsed: Option<&str>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<CachedServiceLog> = Api::namespaced(ctx.client.clone(), &namespace);
     let ours = obj.finalizers().iter().position(|f| f == FINALIZER);
     if obj.metadata.deletion_timestamp.is_some() {
         let Some(index) = ours else {
@@ -450,28 +517,29 @@ async fn reconcile_inner(obj: &ServiceLog, ctx: &Context) -> Result<Action, Erro
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))?;
     }
-    apply(obj, ctx).await
+    apply(obj, unparsed, ctx).await
 }
 
 fn finalizer_pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
     json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
 }
 
-fn error_policy(obj: Arc<ServiceLog>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(obj: Arc<CachedServiceLog>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(servicelog = %ObjectRef::from_obj(obj.as_ref()), category = error.category(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
 
-async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
+async fn apply(obj: &ServiceLog, unparsed: Option<&str>, ctx: &Context) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
     let generation = obj.metadata.generation;
     let cached = obj.status.clone().unwrap_or_default();
+    let revision = cache::revision(obj.metadata.resource_version.as_deref());
     let old = ctx
         .statuses
         .lock()
         .ok()
-        .and_then(|m| m.get(&(namespace.clone(), name.clone())).cloned())
+        .and_then(|m| m.get(&(namespace.clone(), name.clone()), revision).cloned())
         .filter(|ours: &ServiceLogStatus| ours.observed_generation >= cached.observed_generation)
         .unwrap_or(cached);
     let mut status = ServiceLogStatus {
@@ -479,11 +547,11 @@ async fn apply(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         ..old.clone()
     };
     let mut conds = Vec::new();
-    let mut requeue = Action::requeue(Duration::from_secs(300));
+    let mut requeue = Action::await_change();
     let mut partway = false;
 
     // 1. validate
-    let envelope = match check(obj) {
+    let envelope = match check(obj, unparsed) {
         Ok(envelope) => envelope,
         Err(problems) => {
             let message = problems.join("; ");
@@ -666,7 +734,7 @@ async fn publish_config(
         .or_else(|| obj.status.as_ref().and_then(|s| s.config_hash.clone()));
     let client = ctx.zk.client()?;
     let uid = obj.metadata.uid.clone();
-    let reference = ObjectRef::<ServiceLog>::new(name).within(namespace);
+    let reference = ObjectRef::<CachedServiceLog>::new(name).within(namespace);
     let newest = || {
         ctx.slogs
             .get(&reference)
@@ -724,7 +792,10 @@ async fn publish_config(
 }
 
 /// Validation as the webhook and sidecars do it, plus the envelope size: every problem.
-fn check(obj: &ServiceLog) -> Result<Envelope, Vec<String>> {
+fn check(obj: &ServiceLog, unparsed: Option<&str>) -> Result<Envelope, Vec<String>> {
+    if let Some(problem) = unparsed {
+        return Err(vec![problem.to_owned()]);
+    }
     let mut problems: Vec<String> = match validate(&obj.spec) {
         Ok(()) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
@@ -791,20 +862,21 @@ async fn write_status(
     if &status == old {
         return Ok(false);
     }
-    let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<CachedServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": "servicelog.io/v1alpha1",
         "kind": "ServiceLog",
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let updated = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     if let Ok(mut m) = ctx.statuses.lock() {
-        m.insert(key, status);
+        m.insert(key, updated.revision(), status, &ctx.slogs);
     }
     Ok(true)
 }

@@ -3,6 +3,7 @@
 //! pieces live here so tests can drive them.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod certs;
 pub mod controller;
 pub mod crd;

@@ -234,7 +234,12 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    start_webhooks(&args, &client, &layout, &metrics).await?;
+    // One compact cache of ServiceLogs serves the webhook and the controller.
+    let cache = servicelog_operator::cache::Cache::start(match &args.watch_namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    });
+    start_webhooks(&args, &client, &layout, &metrics, cache.store()).await?;
 
     let (zk, triggers) = Zk::start(ZkConfig {
         connect: args.zk_connect.clone(),
@@ -272,7 +277,14 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         identity,
         cleanup_timeout: args.cleanup_timeout,
     };
-    let run = controller::run(client.clone(), zk, triggers, metrics.clone(), settings);
+    let run = controller::run(
+        client.clone(),
+        &cache,
+        zk,
+        triggers,
+        metrics.clone(),
+        settings,
+    );
     if args.leader_election {
         tokio::select! {
             () = run => {}
@@ -296,9 +308,8 @@ async fn start_webhooks(
     client: &kube::Client,
     layout: &Layout,
     metrics: &Arc<Metrics>,
+    servicelogs: kube::runtime::reflector::Store<servicelog_operator::cache::CachedServiceLog>,
 ) -> anyhow::Result<()> {
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
-    use servicelog_api::v1alpha1::ServiceLog;
     use servicelog_operator::{certs, inject::InjectConfig, webhook};
 
     let addr: std::net::SocketAddr = args
@@ -340,32 +351,9 @@ async fn start_webhooks(
     };
     publish_ca(client, &registration, ca.as_deref()).await?;
 
-    let api: kube::Api<ServiceLog> = match &args.watch_namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
-    };
-    let (store, writer) = reflector::store();
-    // The webhook reads the sources, sinks and sidecar settings only: the cache keeps no
-    // managedFields, status, rules, selector, labels or annotations.
-    let watch = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|s: &mut ServiceLog| {
-            s.metadata.managed_fields = None;
-            s.metadata.annotations = None;
-            s.metadata.labels = None;
-            s.spec.rules = Vec::new();
-            s.spec.selector = None;
-            s.status = None;
-        })
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        watch.for_each(|_| async {}).await;
-    });
     let webhook = Arc::new(webhook::Webhook {
         client: client.clone(),
-        servicelogs: store,
+        servicelogs,
         inject: InjectConfig {
             image: args.sidecar_image.clone(),
             zk_connect: args

@@ -34,6 +34,7 @@ use kube::{
 use servicelog_api::{v1alpha1::ServiceLog, validate, wire::Envelope};
 
 use crate::{
+    cache::CachedServiceLog,
     certs::Resolver,
     inject::{self, InjectConfig, Request as InjectRequest, Skip},
     metrics::Metrics,
@@ -45,7 +46,7 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 /// What the handlers share.
 pub struct Webhook {
     pub client: Client,
-    pub servicelogs: Store<ServiceLog>,
+    pub servicelogs: Store<CachedServiceLog>,
     pub inject: InjectConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -246,20 +247,24 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
     }
 }
 
-/// The ServiceLog from the watch cache, or from the API when the cache has not seen it yet
-/// (a ServiceLog and its pods applied together).
+/// The ServiceLog from the shared cache (its spec parsed), or from the API when the cache
+/// has not seen it yet (a ServiceLog and its pods applied together).
 async fn lookup(
     webhook: &Webhook,
     namespace: &str,
     name: &str,
-) -> Result<Option<ServiceLog>, kube::Error> {
+) -> Result<Option<ServiceLog>, String> {
     let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
     if let Some(slog) = webhook.servicelogs.get(&key) {
-        return Ok(Some((*slog).clone()));
+        return slog
+            .to_servicelog()
+            .map(Some)
+            .map_err(|e| format!("its spec does not parse: {e}"));
     }
     Api::<ServiceLog>::namespaced(webhook.client.clone(), namespace)
         .get_opt(name)
         .await
+        .map_err(|e| e.to_string())
 }
 
 async fn warn(

@@ -35,10 +35,9 @@ use std::{
     time::Duration,
 };
 
+use super::{Context, FINALIZER, check, expand, forget_resource, publish_config};
+use crate::cache::CachedServiceLog;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
-use servicelog_api::v1alpha1::ServiceLog;
-
-use super::{Context, FINALIZER, check, forget_resource, publish_config};
 use tokio::sync::watch;
 
 use crate::zk::{self, ZkError};
@@ -128,7 +127,7 @@ pub const IN_FLIGHT: usize = 256;
 /// Publishes `obj`'s config znode unless it is invalid, being deleted, or already what this
 /// process last published. Errors are left to the reconcile that follows, which reports
 /// them in status and retries.
-pub async fn prepublish(obj: &ServiceLog, ctx: &Context) {
+pub async fn prepublish(obj: &CachedServiceLog, ctx: &Context) {
     if obj.metadata.deletion_timestamp.is_some() {
         return;
     }
@@ -136,7 +135,8 @@ pub async fn prepublish(obj: &ServiceLog, ctx: &Context) {
         return;
     };
     let name = obj.name_any();
-    let Ok(envelope) = check(obj) else {
+    let (obj, unparsed) = expand(obj);
+    let Ok(envelope) = check(&obj, unparsed.as_deref()) else {
         return;
     };
     let key = (namespace, name);
@@ -151,7 +151,7 @@ pub async fn prepublish(obj: &ServiceLog, ctx: &Context) {
     if current {
         return;
     }
-    if let Err(e) = publish_config(ctx, obj, &key.0, &key.1, &envelope).await {
+    if let Err(e) = publish_config(ctx, &obj, &key.0, &key.1, &envelope).await {
         tracing::debug!(servicelog = %format!("{}/{}", key.0, key.1), error = %e, "fast publish failed; the reconcile retries");
     }
 }
@@ -159,7 +159,7 @@ pub async fn prepublish(obj: &ServiceLog, ctx: &Context) {
 /// A ServiceLog left the cluster. With our finalizer its reconcile already removed the
 /// subtree; without it (deleted before its first reconcile), remove it here — if the config
 /// there is still this resource's.
-pub async fn deleted(obj: Arc<ServiceLog>, ctx: Arc<Context>) {
+pub async fn deleted(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) {
     let (Some(namespace), name) = (obj.namespace(), obj.name_any()) else {
         return;
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use servicelog_api::{
-    v1alpha1::{Condition, LabelSelector, PodCounts},
+    v1alpha1::{Condition, LabelSelector, LabelSelectorRequirement, PodCounts},
     wire::{Instance, InstanceState},
 };
 
@@ -73,16 +73,24 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
         .match_labels
         .iter()
         .all(|(k, v)| labels.get(k) == Some(v))
-        && selector.match_expressions.iter().all(|e| {
-            let value = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| e.values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+        && expressions_match(&selector.match_expressions, labels)
+}
+
+/// Whether every `matchExpressions` requirement holds for a pod's labels.
+pub fn expressions_match(
+    expressions: &[LabelSelectorRequirement],
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    expressions.iter().all(|e| {
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| e.values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    })
 }
 
 /// Rollout of one config across the injected pods.
