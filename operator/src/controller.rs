@@ -26,6 +26,7 @@
 //! beyond its in-flight limit (HTTP 429), and the client opens a connection per request in
 //! flight.
 
+pub mod backlog;
 pub mod events;
 pub mod fast;
 pub mod status;
@@ -92,6 +93,8 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 pub const RESYNC_BATCH: usize = 100;
 /// Changes the cache may hold for the controller before it holds the watch back.
 pub const FOLLOW_CAPACITY: usize = 1024;
+/// Reconciles handed to kube's scheduler at once (see [`backlog`]).
+pub const WINDOW: usize = 4 * CONCURRENCY as usize;
 
 /// Errors of one reconcile, each with a static category for metrics and retry policy.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +268,9 @@ pub async fn run(
     });
 
     // The cache passes on only the changes a reconcile must see (not the operator's own
-    // status writes). Each is published to ZooKeeper on the way to the controller (`fast`).
+    // status writes). Each is published to ZooKeeper on the way (`fast`), at the pace of
+    // the watch, and then owed a reconcile, at the pace of the API server (`backlog`).
+    let backlog = backlog::Backlog::new(WINDOW);
     let follower = ctx.clone();
     let prepublish = ctx.clone();
     let slog_changes = tokio_stream_from_bounded(cache.follow(FOLLOW_CAPACITY))
@@ -295,7 +300,14 @@ pub async fn run(
             }
         })
         .buffered(fast::IN_FLIGHT);
-    let controller = Controller::for_shared_stream(slog_changes, slog_store.clone())
+    let owed = backlog.clone();
+    tokio::spawn(slog_changes.for_each(move |obj| {
+        if let Some(namespace) = obj.metadata.namespace.as_deref() {
+            owed.push(namespace, &obj.name_any());
+        }
+        std::future::ready(())
+    }));
+    let controller = Controller::for_shared_stream(stream::pending(), slog_store.clone())
         .with_config(runtime_controller::Config::default().concurrency(CONCURRENCY));
 
     let pod_api: Api<PartialObjectMeta<Pod>> = scoped(&client, settings.watch_namespace.as_deref());
@@ -312,15 +324,18 @@ pub async fn run(
     let zk_slogs = slog_store.clone();
     let sweeper = ctx.clone();
     let watch_namespace = settings.watch_namespace.clone();
+    let resync_all = backlog.clone();
     let zk_triggers = tokio_stream_from(zk_triggers).flat_map(move |trigger| {
         let refs: Vec<ObjectRef<CachedServiceLog>> = match trigger {
             Trigger::ResyncAll => {
+                // Every resource, after a reconnect: owed, like a cold start.
                 tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
-                zk_slogs
-                    .state()
-                    .iter()
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect()
+                for s in zk_slogs.state() {
+                    if let Some(namespace) = s.metadata.namespace.as_deref() {
+                        resync_all.push(namespace, &s.name_any());
+                    }
+                }
+                Vec::new()
             }
             Trigger::Path(path) => layout
                 .parse(&path)
@@ -331,16 +346,27 @@ pub async fn run(
         stream::iter(refs)
     });
 
+    let finished = backlog.clone();
     controller
+        .reconcile_on(backlog.stream())
         .reconcile_on(pod_triggers)
         .reconcile_on(zk_triggers)
         .reconcile_on(resync(slog_store.clone()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+        .for_each(move |result| {
+            match &result {
+                Ok((obj, _)) => finished.done(obj.namespace.as_deref().unwrap_or(""), &obj.name),
+                Err(
+                    runtime_controller::Error::ObjectNotFound(obj)
+                    | runtime_controller::Error::ReconcilerFailed(_, obj),
+                ) => finished.done(obj.namespace.as_deref().unwrap_or(""), &obj.name),
+                Err(_) => {}
+            }
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile failed");
             }
+            std::future::ready(())
         })
         .await;
 }
@@ -424,7 +450,7 @@ async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Acti
     ctx.warmup.wait().await;
     let started = Instant::now();
     let (full, unparsed) = expand(&obj);
-    let result = reconcile_inner(&full, unparsed.as_deref(), &ctx).await;
+    let result = reconcile_inner(&full, unparsed.as_deref(), obj.status_hash(), &ctx).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.category(),
@@ -434,7 +460,8 @@ async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// The cached resource with its spec and status parsed, and why the spec did not parse
-/// (then the spec is empty, and [`check`] reports the reason).
+/// (then the spec is empty, and [`check`] reports the reason). The status has no reasons
+/// or messages (see [`CachedServiceLog::status`]).
 pub(crate) fn expand(obj: &CachedServiceLog) -> (ServiceLog, Option<String>) {
     let (spec, unparsed) = match obj.spec() {
         Ok(spec) => (spec, None),
@@ -454,6 +481,7 @@ pub(crate) fn expand(obj: &CachedServiceLog) -> (ServiceLog, Option<String>) {
 async fn reconcile_inner(
     obj: &ServiceLog,
     unparsed: Option<&str>,
+    status_hash: Option<u64>,
     ctx: &Context,
 ) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
@@ -517,7 +545,7 @@ async fn reconcile_inner(
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))?;
     }
-    apply(obj, unparsed, ctx).await
+    apply(obj, unparsed, status_hash, ctx).await
 }
 
 fn finalizer_pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
@@ -529,19 +557,35 @@ fn error_policy(obj: Arc<CachedServiceLog>, error: &Error, _ctx: Arc<Context>) -
     Action::requeue(Duration::from_secs(2))
 }
 
-async fn apply(obj: &ServiceLog, unparsed: Option<&str>, ctx: &Context) -> Result<Action, Error> {
+/// `status_hash` is [`cache::status_hash`] of the status the cache holds (whose reasons
+/// and messages `obj.status` lacks).
+async fn apply(
+    obj: &ServiceLog,
+    unparsed: Option<&str>,
+    status_hash: Option<u64>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
     let generation = obj.metadata.generation;
     let cached = obj.status.clone().unwrap_or_default();
     let revision = cache::revision(obj.metadata.resource_version.as_deref());
-    let old = ctx
+    let ours = ctx
         .statuses
         .lock()
         .ok()
         .and_then(|m| m.get(&(namespace.clone(), name.clone()), revision).cloned())
-        .filter(|ours: &ServiceLogStatus| ours.observed_generation >= cached.observed_generation)
-        .unwrap_or(cached);
+        .filter(|ours: &ServiceLogStatus| ours.observed_generation >= cached.observed_generation);
+    let old = match ours {
+        Some(ours) => OldStatus {
+            hash: Some(cache::status_hash(&ours)),
+            status: ours,
+        },
+        None => OldStatus {
+            hash: status_hash,
+            status: cached,
+        },
+    };
     let mut status = ServiceLogStatus {
         observed_generation: generation,
         ..old.clone()
@@ -847,19 +891,34 @@ fn pods_of(ctx: &Context, obj: &ServiceLog, namespace: &str, name: &str) -> PodV
     PodView { matched, injected }
 }
 
+/// The status a reconcile starts from: the one this process last wrote, or the cache's
+/// (without reasons and messages), with the hash of the whole.
+struct OldStatus {
+    status: ServiceLogStatus,
+    hash: Option<u64>,
+}
+
+impl std::ops::Deref for OldStatus {
+    type Target = ServiceLogStatus;
+
+    fn deref(&self) -> &ServiceLogStatus {
+        &self.status
+    }
+}
+
 async fn write_status(
     ctx: &Context,
     obj: &ServiceLog,
     namespace: &str,
     mut status: ServiceLogStatus,
     conds: &[Cond],
-    old: &ServiceLogStatus,
+    old: &OldStatus,
 ) -> Result<bool, Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
     status.conditions =
         status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
     let key = (namespace.to_owned(), obj.name_any());
-    if &status == old {
+    if old.hash == Some(cache::status_hash(&status)) {
         return Ok(false);
     }
     let api: Api<CachedServiceLog> = Api::namespaced(ctx.client.clone(), namespace);

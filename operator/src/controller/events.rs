@@ -27,18 +27,35 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
-/// Events waiting to be posted before new ones are dropped.
-const QUEUE: usize = 4096;
+/// Events waiting to be posted before new ones are dropped: about a second of posting.
+/// A cold start that publishes 10,000 new ServiceLogs drops most of their Events either way;
+/// each waiting one costs about 500 bytes.
+const QUEUE: usize = 1024;
 /// Event creations in flight at once.
 const IN_FLIGHT: usize = 8;
 
 /// Where reconciles send events; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    tx: mpsc::Sender<K8sEvent>,
+    tx: mpsc::Sender<Queued>,
+    metrics: Arc<Metrics>,
+}
+
+/// An event as it waits: what varies, made into an `Event` object when it is posted.
+struct Queued {
+    at: Timestamp,
+    type_: EventType,
+    reason: Box<str>,
+    action: Box<str>,
+    note: Option<Box<str>>,
+    regarding: ObjectReference,
+    related: Option<Box<ObjectReference>>,
+}
+
+/// Who reports the events.
+struct Reporter {
     controller: String,
     instance: String,
-    metrics: Arc<Metrics>,
 }
 
 impl Events {
@@ -54,43 +71,51 @@ impl Events {
         warm: watch::Receiver<bool>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(async move {
-            super::fast::wait_warm(warm).await;
-            post_all(client, rx).await;
-        });
-        Self {
-            tx,
+        let reporter = Reporter {
             controller: controller.to_owned(),
             instance: instance.to_owned(),
-            metrics,
-        }
+        };
+        tokio::spawn(async move {
+            super::fast::wait_warm(warm).await;
+            post_all(client, reporter, rx).await;
+        });
+        Self { tx, metrics }
     }
 
     /// Queues an event about `regarding`; never waits.
     pub fn publish(&self, event: &Event, regarding: &ObjectReference) {
-        let event = self.build(event, regarding);
-        if self.tx.try_send(event).is_err() {
+        let queued = Queued {
+            at: Timestamp::now(),
+            type_: event.type_,
+            reason: event.reason.as_str().into(),
+            action: event.action.as_str().into(),
+            note: event.note.as_deref().map(Into::into),
+            regarding: regarding.clone(),
+            related: event.secondary.clone().map(Box::new),
+        };
+        if self.tx.try_send(queued).is_err() {
             self.metrics.event_dropped();
         }
     }
+}
 
-    fn build(&self, ev: &Event, regarding: &ObjectReference) -> K8sEvent {
-        let now = Timestamp::now();
+impl Reporter {
+    fn build(&self, ev: Queued) -> K8sEvent {
         K8sEvent {
-            action: Some(ev.action.clone()),
-            reason: Some(ev.reason.clone()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(regarding.clone()),
-            note: ev.note.clone(),
+            action: Some(ev.action.into()),
+            reason: Some(ev.reason.into()),
+            event_time: Some(MicroTime(ev.at)),
+            note: ev.note.map(Into::into),
             metadata: ObjectMeta {
-                namespace: regarding.namespace.clone(),
+                namespace: ev.regarding.namespace.clone(),
                 name: Some(format!(
                     "{}.{:x}",
-                    regarding.name.as_deref().unwrap_or(&self.controller),
-                    now.as_nanosecond()
+                    ev.regarding.name.as_deref().unwrap_or(&self.controller),
+                    ev.at.as_nanosecond()
                 )),
                 ..Default::default()
             },
+            regarding: Some(ev.regarding),
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
             type_: Some(
@@ -100,18 +125,19 @@ impl Events {
                 }
                 .into(),
             ),
-            related: ev.secondary.clone(),
+            related: ev.related.map(|r| *r),
             ..Default::default()
         }
     }
 }
 
-async fn post_all(client: Client, rx: mpsc::Receiver<K8sEvent>) {
+async fn post_all(client: Client, reporter: Reporter, rx: mpsc::Receiver<Queued>) {
     let mut rx = rx;
     let queued = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     queued
-        .map(|event| {
+        .map(|queued| {
             let client = client.clone();
+            let event = reporter.build(queued);
             async move {
                 let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
                 let api: Api<K8sEvent> = Api::namespaced(client, namespace);
