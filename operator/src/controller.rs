@@ -324,33 +324,33 @@ pub async fn run(
     let zk_slogs = slog_store.clone();
     let sweeper = ctx.clone();
     let watch_namespace = settings.watch_namespace.clone();
-    let resync_all = backlog.clone();
-    let zk_triggers = tokio_stream_from(zk_triggers).flat_map(move |trigger| {
-        let refs: Vec<ObjectRef<CachedServiceLog>> = match trigger {
+    // ZooKeeper's changes are owed reconciles too: every resource after a (re)connect, and
+    // one per config znode event — the fast path's own creates at a cold start among them,
+    // which the backlog folds into the reconcile it already owes.
+    let owed = backlog.clone();
+    tokio::spawn(tokio_stream_from(zk_triggers).for_each(move |trigger| {
+        match trigger {
             Trigger::ResyncAll => {
-                // Every resource, after a reconnect: owed, like a cold start.
                 tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
                 for s in zk_slogs.state() {
                     if let Some(namespace) = s.metadata.namespace.as_deref() {
-                        resync_all.push(namespace, &s.name_any());
+                        owed.push(namespace, &s.name_any());
                     }
                 }
-                Vec::new()
             }
-            Trigger::Path(path) => layout
-                .parse(&path)
-                .map(|p| ObjectRef::new(p.name).within(p.namespace))
-                .into_iter()
-                .collect(),
-        };
-        stream::iter(refs)
-    });
+            Trigger::Path(path) => {
+                if let Some(p) = layout.parse(&path) {
+                    owed.push(p.namespace, p.name);
+                }
+            }
+        }
+        std::future::ready(())
+    }));
 
     let finished = backlog.clone();
     controller
         .reconcile_on(backlog.stream())
         .reconcile_on(pod_triggers)
-        .reconcile_on(zk_triggers)
         .reconcile_on(resync(slog_store.clone()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
