@@ -4,9 +4,9 @@
 //! A deserialized `ServiceLog` is a tree of small allocations: about 10 KB a resource once
 //! the caches, the predicate and the scheduler each held their own. Here a resource is its
 //! identity (name, namespace, uid, resourceVersion, generation, finalizers, deletion), the
-//! spec and status as their compact JSON text, and the selector pre-parsed for matching pod
-//! changes against every ServiceLog; the spec is parsed when a reconcile or an admission
-//! needs it. A spec that does not parse (a CRD schema older than this operator, say) does
+//! spec as the JSON text the API server sent, a digest of the status, and the selector
+//! pre-parsed for matching pod changes against every ServiceLog; the spec is parsed when a
+//! reconcile or an admission needs it. A spec that does not parse (a CRD schema older than this operator, say) does
 //! not break the watch: it is cached as text and the reconcile reports it as `Valid=False`.
 //!
 //! The controller runs only on the leader, the webhook everywhere, so the controller
@@ -26,7 +26,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     NamespaceResourceScope,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 pub struct CachedServiceLog {
     /// Name, namespace, uid, resourceVersion, generation, finalizers and deletion only.
     pub metadata: ObjectMeta,
-    /// The spec as compact JSON.
+    /// The spec as the JSON text the API server sent.
     spec: Box<str>,
     /// What a reconcile reads of the status.
     status: Option<Box<StatusDigest>>,
@@ -362,11 +362,11 @@ impl Cache {
     /// Every cached resource, then every change a reconcile must see (see the module
     /// docs), with up to `capacity` waiting: a slow follower holds the watch back rather
     /// than lose a change. One follower at a time; a new one replaces the old.
-    pub fn follow(&self, capacity: usize) -> mpsc::Receiver<Change> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        // The task lives as long as the process; if it ended, the receiver ends at once.
+    pub fn follow(&self, capacity: usize) -> impl Stream<Item = Change> + Send + use<> {
+        let (tx, mut rx) = mpsc::channel(capacity.max(1));
+        // The task lives as long as the process; if it ended, the stream ends at once.
         let _ = self.attach.send(tx);
-        rx
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }
 

@@ -236,7 +236,7 @@ pub async fn run(
     client: Client,
     cache: &cache::Cache,
     zk: Zk,
-    zk_triggers: mpsc::UnboundedReceiver<Trigger>,
+    mut zk_triggers: mpsc::UnboundedReceiver<Trigger>,
     metrics: Arc<Metrics>,
     settings: Settings,
 ) {
@@ -273,7 +273,8 @@ pub async fn run(
     let backlog = backlog::Backlog::new(WINDOW);
     let follower = ctx.clone();
     let prepublish = ctx.clone();
-    let slog_changes = tokio_stream_from_bounded(cache.follow(FOLLOW_CAPACITY))
+    let slog_changes = cache
+        .follow(FOLLOW_CAPACITY)
         .filter_map(move |change| {
             let ctx = follower.clone();
             async move {
@@ -328,24 +329,25 @@ pub async fn run(
     // one per config znode event — the fast path's own creates at a cold start among them,
     // which the backlog folds into the reconcile it already owes.
     let owed = backlog.clone();
-    tokio::spawn(tokio_stream_from(zk_triggers).for_each(move |trigger| {
-        match trigger {
-            Trigger::ResyncAll => {
-                tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
-                for s in zk_slogs.state() {
-                    if let Some(namespace) = s.metadata.namespace.as_deref() {
-                        owed.push(namespace, &s.name_any());
+    tokio::spawn(async move {
+        while let Some(trigger) = zk_triggers.recv().await {
+            match trigger {
+                Trigger::ResyncAll => {
+                    tokio::spawn(fast::sweep(sweeper.clone(), watch_namespace.clone()));
+                    for s in zk_slogs.state() {
+                        if let Some(namespace) = s.metadata.namespace.as_deref() {
+                            owed.push(namespace, &s.name_any());
+                        }
+                    }
+                }
+                Trigger::Path(path) => {
+                    if let Some(p) = layout.parse(&path) {
+                        owed.push(p.namespace, p.name);
                     }
                 }
             }
-            Trigger::Path(path) => {
-                if let Some(p) = layout.parse(&path) {
-                    owed.push(p.namespace, p.name);
-                }
-            }
         }
-        std::future::ready(())
-    }));
+    });
 
     let finished = backlog.clone();
     controller
@@ -408,18 +410,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-fn tokio_stream_from_bounded<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The ServiceLogs a pod change concerns: the one it names for injection, and those in its

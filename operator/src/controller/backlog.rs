@@ -85,7 +85,8 @@ impl Backlog {
     }
 
     /// How many are queued and how many open.
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
         let state = self.state();
         (state.queue.len(), state.open.len())
     }
