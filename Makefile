@@ -6,7 +6,7 @@ CARGO ?= cargo
 TESTENV_DIR := target/testenv
 CRD_FILE := servicelog.io_servicelogs.yaml
 
-.PHONY: all build release static deps tools test lint fmt crds testenv testenv-down bench demo clean
+.PHONY: all build release static deps tools cluster-tools test lint fmt crds testenv testenv-down cluster cluster-down bench demo clean
 
 all: build
 
@@ -30,8 +30,16 @@ deps:
 tools:
 	@bash e2e/tools/build.sh >/dev/null
 
-## test: lints, then every test — unit, integration and end-to-end — on real components.
-test: deps tools lint
+## cluster-tools: what a real node needs — containerd, runc, the CNI plugins, iptables,
+## socat, busybox from apt, and kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
+## CoreDNS and a static pause built from their Go modules (cached; ~15 min cold).
+cluster-tools: deps tools
+	@bash scripts/deps.sh node
+	@bash e2e/tools/build.sh node >/dev/null
+
+## test: lints, then every test — unit, integration and end-to-end — on real components
+## (e2e/tests/node.rs runs pods on a real node, hence cluster-tools).
+test: deps tools cluster-tools lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
@@ -53,6 +61,15 @@ testenv: deps tools
 
 testenv-down:
 	@bash scripts/testenv.sh down
+
+## cluster: the control plane, ZooKeeper and a real node in a network namespace of their
+## own, in the background; writes target/cluster/env. `scripts/cluster.sh load ARCHIVE`
+## imports an image archive into the node.
+cluster: cluster-tools
+	@bash scripts/cluster.sh up
+
+cluster-down:
+	@bash scripts/cluster.sh down
 
 ## bench: the benchmarks; prints a table and writes target/bench/results.json.
 bench:

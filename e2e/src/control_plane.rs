@@ -2,6 +2,11 @@
 //! loopback ports, with generated certificates and an admin kubeconfig — what envtest and
 //! the Kubernetes integration tests run. Pods are admitted (webhooks included) but never
 //! scheduled.
+//!
+//! For a cluster with a node ([`crate::node`]) the same two processes run inside the node's
+//! network namespace instead, so the API server reaches pods (webhooks, `kubectl logs` and
+//! `exec` through the kubelet) and pods reach it through the `kubernetes` Service; host
+//! clients use a loopback forward, and the admin kubeconfig names that.
 
 use std::{
     fs,
@@ -17,6 +22,7 @@ use rcgen::{
 
 use crate::{
     EnvError,
+    node::{Forward, Netns},
     procs::{EnvDir, Proc, free_port, wait_for},
     run::http_get,
     tools::Tools,
@@ -28,22 +34,42 @@ const APISERVER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Running etcd + kube-apiserver.
 #[derive(Debug)]
 pub struct ControlPlane {
-    // Field order is drop order: the API server goes before its storage.
+    // Field order is drop order: the API server goes before its storage, the forward to it
+    // last.
     apiserver: Proc,
     etcd: Proc,
+    _forward: Option<Forward>,
     server: String,
     kubeconfig: PathBuf,
     ca_pem: String,
+    pki_dir: PathBuf,
 }
+
+/// The API server's port inside a node's network namespace, where nothing else binds.
+pub const NETNS_APISERVER_PORT: u16 = 6443;
+const NETNS_ETCD_PORT: u16 = 2379;
+const NETNS_ETCD_PEER_PORT: u16 = 2380;
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits for `/readyz`. A port taken between
     /// choosing and binding is retried with new ports, twice.
     pub fn start(env: &EnvDir, tools: &Tools) -> Result<Self, EnvError> {
-        let pki = Pki::write(env)?;
+        Self::start_placed(env, tools, None)
+    }
+
+    /// Starts etcd and kube-apiserver inside `netns` (see the module comment) and waits for
+    /// `/readyz` through the host's forward. The API server's certificate also names the
+    /// node's IP and the `kubernetes` Service IP; ServiceAccount admission and the endpoint
+    /// reconciler are on, as in a real cluster.
+    pub fn start_in_netns(env: &EnvDir, tools: &Tools, netns: &Netns) -> Result<Self, EnvError> {
+        Self::start_placed(env, tools, Some(netns))
+    }
+
+    fn start_placed(env: &EnvDir, tools: &Tools, netns: Option<&Netns>) -> Result<Self, EnvError> {
+        let pki = Pki::write(env, netns.map(Netns::node_ip))?;
         let mut last = None;
         for attempt in 0..3 {
-            match Self::try_start(env, tools, &pki, attempt) {
+            match Self::try_start(env, tools, &pki, attempt, netns) {
                 Ok(cp) => return Ok(cp),
                 Err(e) if e.is_port_clash() => last = Some(e),
                 Err(e) => return Err(e),
@@ -55,11 +81,23 @@ impl ControlPlane {
         }))
     }
 
-    fn try_start(env: &EnvDir, tools: &Tools, pki: &Pki, attempt: usize) -> Result<Self, EnvError> {
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
+    fn try_start(
+        env: &EnvDir,
+        tools: &Tools,
+        pki: &Pki,
+        attempt: usize,
+        netns: Option<&Netns>,
+    ) -> Result<Self, EnvError> {
+        let (etcd_port, peer_port) = match netns {
+            Some(_) => (NETNS_ETCD_PORT, NETNS_ETCD_PEER_PORT),
+            None => (free_port()?, free_port()?),
+        };
+        let command = |program: PathBuf| match netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        };
         let etcd_data = env.join(format!("etcd-try{attempt}"));
-        let mut cmd = Command::new(tools.path("etcd"));
+        let mut cmd = command(tools.path("etcd"));
         cmd.arg("--name=testenv")
             .arg(format!("--data-dir={}", etcd_data.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
@@ -78,24 +116,56 @@ impl ControlPlane {
             .arg("--quota-backend-bytes=4294967296")
             .arg("--log-level=warn");
         let mut etcd = Proc::spawn("etcd", cmd, env)?;
-        let what = format!("etcd to report healthy on 127.0.0.1:{etcd_port}");
-        wait_for(&what, ETCD_TIMEOUT, Duration::from_millis(50), || {
-            if let Some(how) = etcd.exited() {
-                return Err(how);
-            }
-            Ok(http_get(etcd_port, "/health")
-                .is_ok_and(|body| body.contains("\"health\":\"true\"")))
-        })
-        .map_err(|e| e.with_log("etcd", &etcd.log_tail(30)))?;
+        // Inside a namespace the host cannot reach etcd; the API server's /readyz covers it.
+        if netns.is_none() {
+            let what = format!("etcd to report healthy on 127.0.0.1:{etcd_port}");
+            wait_for(&what, ETCD_TIMEOUT, Duration::from_millis(50), || {
+                if let Some(how) = etcd.exited() {
+                    return Err(how);
+                }
+                Ok(http_get(etcd_port, "/health")
+                    .is_ok_and(|body| body.contains("\"health\":\"true\"")))
+            })
+            .map_err(|e| e.with_log("etcd", &etcd.log_tail(30)))?;
+        }
 
         let port = free_port()?;
         let server = format!("https://127.0.0.1:{port}");
-        let mut cmd = Command::new(tools.path("kube-apiserver"));
-        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", env.join("pki").display()))
+        let mut cmd = command(tools.path("kube-apiserver"));
+        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"));
+        let forward = match netns {
+            Some(ns) => {
+                let ip = ns.node_ip().to_string();
+                cmd.arg("--bind-address=0.0.0.0")
+                    .arg(format!("--advertise-address={ip}"))
+                    .arg(format!("--secure-port={NETNS_APISERVER_PORT}"))
+                    // The kubelet's address is the node's InternalIP; its serving
+                    // certificate is self-signed, which the API server does not check
+                    // unless told to.
+                    .arg("--kubelet-preferred-address-types=InternalIP,Hostname")
+                    .arg(format!(
+                        "--kubelet-client-certificate={}",
+                        pki.client_cert.display()
+                    ))
+                    .arg(format!("--kubelet-client-key={}", pki.client_key.display()))
+                    // Webhooks are called on endpoint IPs, so they work before and without
+                    // kube-proxy's rules.
+                    .arg("--enable-aggregator-routing=true");
+                Some(ns.forward(env, "apiserver", port, (ip.as_str(), NETNS_APISERVER_PORT))?)
+            }
+            None => {
+                cmd.arg("--bind-address=127.0.0.1")
+                    .arg("--advertise-address=127.0.0.1")
+                    .arg(format!("--secure-port={port}"))
+                    // No controller-manager creates the `default` ServiceAccount in new
+                    // namespaces, so the ServiceAccount admission plugin would refuse every
+                    // pod.
+                    .arg("--disable-admission-plugins=ServiceAccount")
+                    .arg("--endpoint-reconciler-type=none");
+                None
+            }
+        };
+        cmd.arg(format!("--cert-dir={}", env.join("pki").display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
             .arg(format!(
                 "--tls-private-key-file={}",
@@ -115,12 +185,8 @@ impl ControlPlane {
             .arg("--authorization-mode=RBAC")
             .arg("--allow-privileged=true")
             .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
-            // No controller-manager creates the `default` ServiceAccount in new namespaces,
-            // so the ServiceAccount admission plugin would refuse every pod.
-            .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
-            .arg("--endpoint-reconciler-type=none")
             .arg("--v=1");
         let mut apiserver = Proc::spawn("kube-apiserver", cmd, env)?;
 
@@ -145,9 +211,11 @@ impl ControlPlane {
         Ok(Self {
             apiserver,
             etcd,
+            _forward: forward,
             server,
             kubeconfig,
             ca_pem: pki.ca_pem.clone(),
+            pki_dir: env.join("pki"),
         })
     }
 
@@ -166,6 +234,29 @@ impl ControlPlane {
         &self.ca_pem
     }
 
+    /// The directory of `ca.crt`, `sa.key` (the ServiceAccount signing key, which the
+    /// controller-manager needs too) and the admin client's `admin.crt`/`admin.key`.
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+
+    /// An admin kubeconfig for `server` (e.g. the API server as the node's processes
+    /// reach it inside its namespace).
+    pub fn write_kubeconfig_for(&self, path: &Path, server: &str) -> Result<(), EnvError> {
+        let read = |name: &str| {
+            let file = self.pki_dir.join(name);
+            fs::read_to_string(&file)
+                .map_err(|e| EnvError::io(format!("reading {}", file.display()), e))
+        };
+        write_kubeconfig_pems(
+            path,
+            server,
+            &self.ca_pem,
+            &read("admin.crt")?,
+            &read("admin.key")?,
+        )
+    }
+
     pub fn apiserver_log_tail(&self, lines: usize) -> String {
         self.apiserver.log_tail(lines)
     }
@@ -181,6 +272,8 @@ struct Pki {
     ca_pem: String,
     serving_cert: PathBuf,
     serving_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
     client_cert_pem: String,
     client_key_pem: String,
     sa_key: PathBuf,
@@ -188,7 +281,9 @@ struct Pki {
 }
 
 impl Pki {
-    fn write(env: &EnvDir) -> Result<Self, EnvError> {
+    /// `node_ip`: the API server's address inside a node's namespace, named in its
+    /// certificate.
+    fn write(env: &EnvDir, node_ip: Option<std::net::Ipv4Addr>) -> Result<Self, EnvError> {
         let dir = env.join("pki");
         fs::create_dir_all(&dir).map_err(|e| EnvError::io("creating the pki dir", e))?;
         let cert_err = |e: rcgen::Error| EnvError::Cert(e.to_string());
@@ -218,6 +313,11 @@ impl Pki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress([10, 96, 0, 1].into()));
+        if let Some(ip) = node_ip {
+            serving
+                .subject_alt_names
+                .push(SanType::IpAddress(ip.into()));
+        }
         serving.distinguished_name = name("kube-apiserver", None);
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_key = KeyPair::generate().map_err(cert_err)?;
@@ -236,6 +336,8 @@ impl Pki {
             ca_pem: ca.pem(),
             serving_cert: dir.join("apiserver.crt"),
             serving_key: dir.join("apiserver.key"),
+            client_cert: dir.join("admin.crt"),
+            client_key: dir.join("admin.key"),
             client_cert_pem: client_cert.pem(),
             client_key_pem: client_key.serialize_pem(),
             sa_key: dir.join("sa.key"),
@@ -245,6 +347,8 @@ impl Pki {
             (&pki.ca_cert, pki.ca_pem.clone()),
             (&pki.serving_cert, serving_cert.pem()),
             (&pki.serving_key, serving_key.serialize_pem()),
+            (&pki.client_cert, pki.client_cert_pem.clone()),
+            (&pki.client_key, pki.client_key_pem.clone()),
             (&pki.sa_key, sa_key.serialize_pem()),
             (&pki.sa_pub, sa_key.public_key_pem()),
         ] {
@@ -265,17 +369,33 @@ fn name(common: &str, organization: Option<&str>) -> DistinguishedName {
 }
 
 fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<(), EnvError> {
+    write_kubeconfig_pems(
+        path,
+        server,
+        &pki.ca_pem,
+        &pki.client_cert_pem,
+        &pki.client_key_pem,
+    )
+}
+
+fn write_kubeconfig_pems(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    client_cert_pem: &str,
+    client_key_pem: &str,
+) -> Result<(), EnvError> {
     let b64 = |s: &str| base64(s.as_bytes());
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "testenv", "cluster": {
             "server": server,
-            "certificate-authority-data": b64(&pki.ca_pem),
+            "certificate-authority-data": b64(ca_pem),
         }}],
         "users": [{"name": "admin", "user": {
-            "client-certificate-data": b64(&pki.client_cert_pem),
-            "client-key-data": b64(&pki.client_key_pem),
+            "client-certificate-data": b64(client_cert_pem),
+            "client-key-data": b64(client_key_pem),
         }}],
         "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "admin"}}],
         "current-context": "testenv",

@@ -1,6 +1,8 @@
 //! The servicelog test environment: a real etcd + kube-apiserver and a real ZooKeeper on
 //! loopback, started from Rust tests (`TestEnv::start`, `TestEnv::shared`) or in the
-//! background by `make testenv`.
+//! background by `make testenv`. With a node (`TestEnv::start_cluster`, `make cluster`) all
+//! of it runs in a network namespace of its own with a real kubelet, containerd, scheduler,
+//! controller-manager, kube-proxy and CoreDNS, and pods run (see [`node`]).
 //!
 //! No fake API server, no fake ZooKeeper: tests meet the same admission chain, watch
 //! semantics and session behaviour as production. Everything started is stopped by PID on
@@ -9,6 +11,7 @@
 
 pub mod control_plane;
 pub mod fleet;
+pub mod node;
 pub mod pod;
 pub mod procs;
 pub mod receiver;
@@ -28,6 +31,7 @@ use std::{
 };
 
 use control_plane::ControlPlane;
+use node::{Netns, NetnsGuard, Node, NodeTools};
 use procs::EnvDir;
 use tools::Tools;
 use zookeeper::ZooKeeper;
@@ -96,9 +100,12 @@ impl EnvError {
 /// A running control plane and ZooKeeper.
 #[derive(Debug)]
 pub struct TestEnv {
-    // Drop order: the components, then the watchdog that would otherwise stop them.
+    // Drop order: the node, the components, the node's network namespace, then the
+    // watchdog that would otherwise stop them.
+    node: Option<Node>,
     control_plane: ControlPlane,
     zookeeper: ZooKeeper,
+    netns: Option<NetnsGuard>,
     watchdog: Child,
     tools: Tools,
     dir: EnvDir,
@@ -141,14 +148,84 @@ impl TestEnv {
         })?;
         let (control_plane, zookeeper) = (control_plane?, zookeeper?);
         Ok(Self {
+            node: None,
             control_plane,
             zookeeper,
+            netns: None,
             watchdog,
             tools,
             dir,
             started_in: started.elapsed(),
             crds: OnceLock::new(),
         })
+    }
+
+    /// Starts a cluster with a real node in a new directory under `target/testenv/`: a
+    /// network namespace of its own holding etcd, kube-apiserver, ZooKeeper and the node
+    /// (containerd, kubelet, scheduler, controller-manager, kube-proxy, CoreDNS), with the
+    /// API server and ZooKeeper forwarded to the host's loopback. Needs root and the node's
+    /// tools (`make cluster-tools`, `scripts/deps.sh node`).
+    pub fn start_cluster() -> Result<Self, EnvError> {
+        let base = base_dir();
+        procs::reap_stale(&base);
+        let name = format!(
+            "cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::start_cluster_in(base.join(name))
+    }
+
+    /// Starts a cluster (see [`TestEnv::start_cluster`]) in `dir` (created afresh).
+    pub fn start_cluster_in(dir: PathBuf) -> Result<Self, EnvError> {
+        let started = Instant::now();
+        let tools = Tools::locate()?;
+        let node_tools = NodeTools::locate()?;
+        let dir = EnvDir::create(dir)?;
+        let watchdog = dir.spawn_watchdog()?;
+        let netns = Netns::create(&dir, &unique_name("servicelog"))?;
+        let ns = netns.netns().clone();
+        let zk_dir = dir.clone();
+        let zk = thread::spawn(move || ZooKeeper::start_in_netns(&zk_dir, "zookeeper", &ns));
+        let control_plane = ControlPlane::start_in_netns(&dir, &tools, netns.netns());
+        let zookeeper = zk.join().map_err(|_| EnvError::Failed {
+            what: "ZooKeeper".into(),
+            detail: "its start thread panicked".into(),
+        })?;
+        let (control_plane, zookeeper) = (control_plane?, zookeeper?);
+        let node = Node::start(&dir, &tools, &node_tools, netns.netns(), &control_plane)?;
+        Ok(Self {
+            node: Some(node),
+            control_plane,
+            zookeeper,
+            netns: Some(netns),
+            watchdog,
+            tools,
+            dir,
+            started_in: started.elapsed(),
+            crds: OnceLock::new(),
+        })
+    }
+
+    /// The node, for an environment started with [`TestEnv::start_cluster`].
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// The cluster's network namespace (where the node, the control plane and ZooKeeper run).
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref().map(NetnsGuard::netns)
+    }
+
+    /// ZooKeeper's connect string as pods see it (the node's IP), in a cluster.
+    pub fn zk_connect_for_pods(&self) -> Option<String> {
+        self.zookeeper.connect_string_for_pods()
+    }
+
+    /// Stops the environment and, for a cluster, removes everything its node created
+    /// (the same as dropping it; a test that checks the teardown calls this explicitly).
+    pub fn stop(self) {
+        drop(self);
     }
 
     /// One environment per test process, started on first use and shared by every test
@@ -213,16 +290,29 @@ impl TestEnv {
     }
 
     /// Creates a namespace `<prefix>-<unique>` so tests can run in parallel against one
-    /// control plane, and returns its name.
+    /// control plane, and returns its name. In a cluster it also waits for the namespace's
+    /// `default` ServiceAccount, without which admission refuses pods.
     pub async fn create_namespace(&self, prefix: &str) -> Result<String, EnvError> {
-        use k8s_openapi::api::core::v1::Namespace;
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
         let name = unique_name(prefix);
-        let api: kube::Api<Namespace> = kube::Api::all(self.client().await?);
+        let client = self.client().await?;
+        let api: kube::Api<Namespace> = kube::Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
             .map_err(|e| EnvError::Kube(e.to_string()))?;
         api.create(&Default::default(), &ns)
             .await
             .map_err(|e| EnvError::Kube(format!("creating namespace {name}: {e}")))?;
+        if self.node.is_some() {
+            let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client, &name);
+            let what = format!("the default ServiceAccount of namespace {name}");
+            eventually(&what, Duration::from_secs(30), || async {
+                accounts
+                    .get_opt("default")
+                    .await
+                    .is_ok_and(|sa| sa.is_some())
+            })
+            .await?;
+        }
         Ok(name)
     }
 
@@ -286,22 +376,48 @@ impl TestEnv {
     /// The last log lines of every component, for a failing test to print.
     pub fn diagnostics(&self) -> String {
         format!(
-            "--- kube-apiserver ---\n{}\n--- etcd ---\n{}\n--- zookeeper ---\n{}",
+            "--- kube-apiserver ---\n{}\n--- etcd ---\n{}\n--- zookeeper ---\n{}\n{}",
             self.control_plane.apiserver_log_tail(20),
             self.control_plane.etcd_log_tail(10),
-            self.zookeeper.log_tail(0, 20)
+            self.zookeeper.log_tail(0, 20),
+            self.node
+                .as_ref()
+                .map(Node::diagnostics)
+                .unwrap_or_default()
         )
     }
 
-    /// The `make testenv` env file: exports that point a shell at this environment.
+    /// The `make testenv` (or `make cluster`) env file: exports that point a shell at this
+    /// environment.
     pub fn env_file(&self) -> String {
-        format!(
-            "# Written by `make testenv`; `source` it. Stop with `make testenv-down`.\n\
+        let mut text = format!(
+            "# Written by `make {}`; `source` it. Stop with `make {}-down`.\n\
              export KUBECONFIG={}\nexport SERVICELOG_ZK_CONNECT={}\nexport PATH={}:$PATH\n",
+            if self.node.is_some() {
+                "cluster"
+            } else {
+                "testenv"
+            },
+            if self.node.is_some() {
+                "cluster"
+            } else {
+                "testenv"
+            },
             shell_quote(&self.kubeconfig().to_string_lossy()),
             shell_quote(&self.zk_connect()),
             shell_quote(&self.tools.bin_dir().to_string_lossy()),
-        )
+        );
+        if let (Some(node), Some(zk)) = (&self.node, self.zk_connect_for_pods()) {
+            text.push_str(&format!(
+                "# ZooKeeper as pods reach it; `ctr` talks to the node's containerd.\n\
+                 export SERVICELOG_CLUSTER_ZK_CONNECT={}\nexport SERVICELOG_CLUSTER_NETNS={}\n\
+                 export CONTAINERD_ADDRESS={}\nexport CONTAINERD_NAMESPACE=k8s.io\n",
+                shell_quote(&zk),
+                shell_quote(node.netns().name()),
+                shell_quote(&node.containerd_socket().to_string_lossy()),
+            ));
+        }
+        text
     }
 }
 
@@ -312,6 +428,14 @@ impl Drop for TestEnv {
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();
     }
+}
+
+/// `<workspace>/target/cluster`, or `SERVICELOG_CLUSTER_BASE`: where `make cluster` keeps
+/// its environment (`current/`) and its env file.
+pub fn cluster_base_dir() -> PathBuf {
+    std::env::var_os("SERVICELOG_CLUSTER_BASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target").join("cluster"))
 }
 
 /// `<workspace>/target/testenv`, or `SERVICELOG_TESTENV_BASE`.

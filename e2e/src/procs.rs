@@ -1,7 +1,9 @@
 //! Child processes of a test environment: started with their output in a log file, their
 //! PIDs in `<env>/pids`, and stopped by PID — on drop, and by a watchdog when the process
 //! that owns the environment dies without dropping it (a panic with `panic = abort`, a
-//! killed test binary, the process-wide shared environment that is never dropped).
+//! killed test binary, the process-wide shared environment that is never dropped). An
+//! environment with a node (`<env>/node.env`) also has its pods, mounts, cgroups and network
+//! namespace removed then, by `e2e/tools/node-down.sh`.
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +29,13 @@ impl EnvDir {
     /// Creates `path` afresh and records this process as its owner.
     pub fn create(path: PathBuf) -> Result<Self, EnvError> {
         if path.exists() {
+            node_down(&path);
+            if let Some(mount) = mount_under(&path) {
+                return Err(EnvError::Failed {
+                    what: format!("removing {}", path.display()),
+                    detail: format!("{mount} is still mounted there; unmount it first"),
+                });
+            }
             fs::remove_dir_all(&path)
                 .map_err(|e| EnvError::io(format!("removing {}", path.display()), e))?;
         }
@@ -75,15 +84,18 @@ impl EnvDir {
     }
 
     /// Starts a shell watchdog that, once this process is gone, stops every PID in the
-    /// list (TERM, then KILL). It is detached from us by design: it must outlive us.
+    /// list (TERM, then KILL) and tears down a node if the environment has one. It is
+    /// detached from us by design: it must outlive us.
     pub fn spawn_watchdog(&self) -> Result<Child, EnvError> {
         let script = r#"
-owner="$1"; pids="$2"
+owner="$1"; pids="$2"; env="$3"; node_down="$4"
 while kill -0 "$owner" 2>/dev/null; do sleep 0.5; done
 [ -f "$pids" ] || exit 0
 for p in $(cat "$pids"); do kill -TERM "$p" 2>/dev/null; done
 sleep 3
 for p in $(cat "$pids"); do kill -KILL "$p" 2>/dev/null; done
+[ -f "$env/node.env" ] && bash "$node_down" "$env" all
+exit 0
 "#;
         Command::new("sh")
             .arg("-c")
@@ -91,6 +103,8 @@ for p in $(cat "$pids"); do kill -KILL "$p" 2>/dev/null; done
             .arg("servicelog-testenv-watchdog")
             .arg(std::process::id().to_string())
             .arg(self.join("pids"))
+            .arg(&self.path)
+            .arg(crate::workspace_dir().join("e2e/tools/node-down.sh"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -327,6 +341,38 @@ pub fn reap_stale(base: &Path) {
                     .status();
             }
         }
+        node_down(&dir);
+        // A mount left there (a pod's volume can be a bind mount of a host directory) must
+        // not be deleted through.
+        if let Some(mount) = mount_under(&dir) {
+            eprintln!(
+                "testenv: leaving {} in place: {mount} is still mounted there",
+                dir.display()
+            );
+            continue;
+        }
         let _ = fs::remove_dir_all(&dir);
     }
+}
+
+/// Tears down the node of the environment in `dir`, if it has one (see `node-down.sh`).
+fn node_down(dir: &Path) {
+    if dir.join("node.env").exists() {
+        let _ = Command::new("bash")
+            .arg(crate::workspace_dir().join("e2e/tools/node-down.sh"))
+            .arg(dir)
+            .arg("all")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A mount point at or under `dir`, if any.
+pub fn mount_under(dir: &Path) -> Option<String> {
+    let dir = dir.to_string_lossy();
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    crate::node::mount_points()
+        .into_iter()
+        .find(|m| *m == dir || m.starts_with(&prefix))
 }

@@ -53,12 +53,16 @@ pub fn version(key: &str) -> Option<&'static str> {
         .map(|(_, v)| v.trim())
 }
 
-fn default_bin_dir() -> PathBuf {
-    let cache = std::env::var_os("SERVICELOG_CACHE")
+/// `SERVICELOG_CACHE`, else `~/.cache/servicelog`: where build.sh puts the tool sets.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SERVICELOG_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/servicelog")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/servicelog-cache"));
-    cache
+        .unwrap_or_else(|| PathBuf::from("/tmp/servicelog-cache"))
+}
+
+fn default_bin_dir() -> PathBuf {
+    cache_dir()
         .join("tools")
         .join(version("TOOLS_ID").unwrap_or("unknown"))
         .join("bin")
@@ -73,6 +77,8 @@ mod tests {
             "ETCD_VERSION",
             "HELM_VERSION",
             "TOOLS_ID",
+            "COREDNS_VERSION",
+            "NODE_TOOLS_ID",
         ] {
             assert!(
                 super::version(key).is_some(),

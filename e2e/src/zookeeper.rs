@@ -1,5 +1,7 @@
 //! A real ZooKeeper (Debian's `zookeeper` package, 3.8) on free loopback ports: one
-//! standalone server, or a three-node ensemble for tests that kill a member.
+//! standalone server, or a three-node ensemble for tests that kill a member. For a cluster
+//! with a node it runs inside the node's network namespace, where pods reach it, and the
+//! host reaches it through a loopback forward on the same port number.
 
 use std::{
     fs,
@@ -12,6 +14,7 @@ use std::{
 
 use crate::{
     EnvError,
+    node::{Forward, Netns},
     procs::{EnvDir, Proc, free_port, wait_for},
 };
 
@@ -27,6 +30,8 @@ struct Node {
     client_port: u16,
     dir: PathBuf,
     proc: Option<Proc>,
+    // Declared after `proc`: the server stops before its forward. Held, never read.
+    _forward: Option<Forward>,
 }
 
 /// A running ZooKeeper server or ensemble.
@@ -35,6 +40,7 @@ pub struct ZooKeeper {
     label: String,
     nodes: Vec<Node>,
     env: EnvDir,
+    netns: Option<Netns>,
 }
 
 impl ZooKeeper {
@@ -43,10 +49,26 @@ impl ZooKeeper {
     /// `label` names its directories and logs (`<label>-<id>`), so one environment can
     /// hold several.
     pub fn start(env: &EnvDir, label: &str, size: usize) -> Result<Self, EnvError> {
+        Self::start_placed(env, label, size, None)
+    }
+
+    /// Starts a standalone server inside `netns`, listening on every address there (pods
+    /// reach it at the node's IP), with a forward from the same port on the host's
+    /// loopback, so [`ZooKeeper::connect_string`] works from the host as usual.
+    pub fn start_in_netns(env: &EnvDir, label: &str, netns: &Netns) -> Result<Self, EnvError> {
+        Self::start_placed(env, label, 1, Some(netns))
+    }
+
+    fn start_placed(
+        env: &EnvDir,
+        label: &str,
+        size: usize,
+        netns: Option<&Netns>,
+    ) -> Result<Self, EnvError> {
         check_installed()?;
         let mut last = None;
         for attempt in 0..3 {
-            match Self::try_start(env, label, size, attempt) {
+            match Self::try_start(env, label, size, attempt, netns) {
                 Ok(zk) => return Ok(zk),
                 Err(e) if e.is_port_clash() => last = Some(e),
                 Err(e) => return Err(e),
@@ -58,7 +80,18 @@ impl ZooKeeper {
         }))
     }
 
-    fn try_start(env: &EnvDir, label: &str, size: usize, attempt: usize) -> Result<Self, EnvError> {
+    fn try_start(
+        env: &EnvDir,
+        label: &str,
+        size: usize,
+        attempt: usize,
+        netns: Option<&Netns>,
+    ) -> Result<Self, EnvError> {
+        let listen = if netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let mut ports = Vec::new();
         for _ in 0..size {
             ports.push((free_port()?, free_port()?, free_port()?));
@@ -83,7 +116,7 @@ impl ZooKeeper {
             // default 60 per address breaks tests with many sessions from 127.0.0.1.
             let mut cfg = format!(
                 "tickTime=500\ninitLimit=20\nsyncLimit=10\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n\
-                 dataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\n\
+                 dataDir={}\nclientPort={client}\nclientPortAddress={listen}\nmaxClientCnxns=0\n\
                  admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,stat,mntr,cons,wchs\n\
                  autopurge.purgeInterval=0\nforceSync=no\n",
                 dir.join("data").display()
@@ -93,18 +126,25 @@ impl ZooKeeper {
                 cfg.push_str("standaloneEnabled=false\n");
             }
             fs::write(dir.join("zoo.cfg"), cfg).map_err(|e| EnvError::io("writing zoo.cfg", e))?;
+            let label = format!("{label}-{id}");
+            let forward = match netns {
+                Some(ns) => Some(ns.forward(env, &label, *client, ("127.0.0.1", *client))?),
+                None => None,
+            };
             nodes.push(Node {
                 id,
-                label: format!("{label}-{id}"),
+                label,
                 client_port: *client,
                 dir,
                 proc: None,
+                _forward: forward,
             });
         }
         let mut zk = Self {
             label: label.to_owned(),
             nodes,
             env: env.clone(),
+            netns: netns.cloned(),
         };
         for i in 0..size {
             zk.spawn_node(i)?;
@@ -117,7 +157,10 @@ impl ZooKeeper {
 
     fn spawn_node(&mut self, index: usize) -> Result<(), EnvError> {
         let node = &mut self.nodes[index];
-        let mut cmd = Command::new("java");
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command("java"),
+            None => Command::new("java"),
+        };
         cmd.args([
             "-Xmx256m",
             "-XX:+UseSerialGC",
@@ -171,6 +214,19 @@ impl ZooKeeper {
             .map(|n| format!("127.0.0.1:{}", n.client_port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The connect string as pods see it (the node's IP), when the server runs inside a
+    /// node's network namespace.
+    pub fn connect_string_for_pods(&self) -> Option<String> {
+        let netns = self.netns.as_ref()?;
+        Some(
+            self.nodes
+                .iter()
+                .map(|n| format!("{}:{}", netns.node_ip(), n.client_port))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 
     pub fn label(&self) -> &str {

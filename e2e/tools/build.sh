@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl, etcd and helm from their official Go modules at the
-# versions in VERSIONS, once per machine, into ~/.cache/servicelog/tools/<TOOLS_ID>/bin.
-# A warm cache returns at once. Prints the bin directory on stdout.
+# Builds the test tools from their official Go modules at the versions in VERSIONS, once per
+# machine; a warm cache returns at once. Prints the bin directory on stdout.
+#
+#   build.sh        etcd, kube-apiserver, kubectl, helm  -> ~/.cache/servicelog/tools/<TOOLS_ID>/bin
+#   build.sh node   kubelet, kube-scheduler, kube-controller-manager, kube-proxy, coredns and a
+#                   static pause  -> ~/.cache/servicelog/tools/<NODE_TOOLS_ID>/bin
+#                   (only `make cluster` and the node test need these)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=/dev/null
 source "$here/VERSIONS"
 cache="${SERVICELOG_CACHE:-$HOME/.cache/servicelog}"
-bin="$cache/tools/$TOOLS_ID/bin"
-want=(kube-apiserver kubectl etcd helm)
+set_name="${1:-control-plane}"
+case "$set_name" in
+control-plane) id=$TOOLS_ID; want=(kube-apiserver kubectl etcd helm) ;;
+node) id=$NODE_TOOLS_ID; want=(kubelet kube-scheduler kube-controller-manager kube-proxy coredns pause) ;;
+*) echo "usage: $0 [node]" >&2; exit 2 ;;
+esac
+bin="$cache/tools/$id/bin"
 
 have_all() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
 if have_all; then echo "$bin"; exit 0; fi
@@ -21,10 +30,21 @@ export GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
 start=$(date +%s)
 step() { echo "build.sh: $* ($(( $(date +%s) - start ))s)" >&2; }
 
-step "building kube-apiserver, kubectl and etcd from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~15-25 min on 2 cores)"
-(cd "$here/kube" && go build -ldflags='-s -w' -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
-step "building helm v$HELM_VERSION"
-(cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
+if [[ $set_name == control-plane ]]; then
+  step "building kube-apiserver, kubectl and etcd from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~15-25 min on 2 cores)"
+  (cd "$here/kube" && go build -ldflags='-s -w' -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
+  step "building helm v$HELM_VERSION"
+  (cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
+else
+  # The same module (and so the same Go build cache) as the control plane's binaries.
+  step "building kubelet, kube-scheduler, kube-controller-manager and kube-proxy from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~6 min after the control plane's tools, ~15 cold)"
+  (cd "$here/kube" && go build -ldflags='-s -w' -o "$tmp/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy) >&2
+  step "building coredns v$COREDNS_VERSION (the kubernetes, cache, health, ready, log, errors and loadbalance plugins)"
+  (cd "$here/coredns" && go build -ldflags='-s -w' -o "$tmp/" ./cmd/coredns) >&2
+  step "building the static pause binary"
+  command -v gcc >/dev/null || { echo "build.sh: gcc is needed for the pause binary (apt-get install gcc libc6-dev)" >&2; exit 1; }
+  gcc -static -Os -s -o "$tmp/pause" "$here/pause/pause.c" >&2
+fi
 for b in "${want[@]}"; do mv "$tmp/$b" "$bin/$b"; done
 rm -rf "$tmp"
 step "tools ready in $bin"

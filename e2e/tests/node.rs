@@ -1,0 +1,357 @@
+//! The real node of `make cluster`: pods from images built here run in containers and
+//! become Ready, `kubectl logs` and `exec` go through the kubelet, a Service name resolves
+//! through CoreDNS and its IP is reachable through kube-proxy, pods reach the API server and
+//! ZooKeeper — and after teardown nothing the cluster created is left on the machine.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use kube::Api;
+use servicelog_e2e::{
+    TestEnv,
+    node::{self, BUSYBOX_IMAGE, NODE_NAME},
+};
+
+const POD_READY_TIMEOUT: &str = "120s";
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ok(what: &str, out: std::io::Result<Output>) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `kubectl args` until its output satisfies `check`, or fails naming `what` with
+/// the last output.
+fn kubectl_until(
+    env: &TestEnv,
+    what: &str,
+    timeout: Duration,
+    args: &[&str],
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let out = env.kubectl().args(args).output();
+        let (stdout, stderr) = match &out {
+            Ok(o) => (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ),
+            Err(e) => (String::new(), e.to_string()),
+        };
+        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
+            return stdout;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}\n{stderr}\n{}",
+            args.join(" "),
+            env.diagnostics()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn manifest(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hello, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: hello
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "echo hello from the node; exec sleep 3600"]
+      readinessProbe: {{exec: {{command: ["/bin/true"]}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {ns}, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: web
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo served by web > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+      ports: [{{containerPort: 8080}}]
+      readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: client
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: ["/bin/sleep", "3600"]
+"#
+    )
+}
+
+/// What the cluster could leave behind, as seen from the host.
+#[derive(Debug, PartialEq)]
+struct Traces {
+    processes: Vec<String>,
+    mounts: Vec<String>,
+    netns: Vec<String>,
+    cgroups: Vec<String>,
+}
+
+fn traces(env_dir: &Path, netns_names: &BTreeSet<String>, cgroup: &str, sock: &Path) -> Traces {
+    let env_dir = format!("{}/", env_dir.display());
+    let sock = sock.display().to_string();
+    let mut processes = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() || pid == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cmdline.contains(&env_dir)
+            || cmdline.contains(&sock)
+            || cgroups.contains(&format!("/{cgroup}/"))
+        {
+            processes.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    let mounts = node::mount_points()
+        .into_iter()
+        .filter(|m| {
+            m.starts_with(&env_dir)
+                || netns_names
+                    .iter()
+                    .any(|ns| *m == format!("/run/netns/{ns}"))
+        })
+        .collect();
+    let netns = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| netns_names.contains(name))
+        .collect();
+    let cgroups = node::cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join(cgroup))
+        .filter(|dir| dir.exists())
+        .map(|dir| dir.display().to_string())
+        .collect();
+    Traces {
+        processes,
+        mounts,
+        netns,
+        cgroups,
+    }
+}
+
+fn netns_names() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_teardown_leaves_nothing()
+ {
+    let sysctls_before = node::kubelet_sysctls();
+    let netns_before = netns_names();
+
+    let env = tokio::task::spawn_blocking(TestEnv::start_cluster)
+        .await
+        .expect("the start thread")
+        .unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
+    let node = env.node().expect("a cluster has a node");
+    eprintln!(
+        "cluster started in {:.1}s (node {:.1}s); memory: {:?}",
+        env.started_in().as_secs_f64(),
+        node.started_in().as_secs_f64(),
+        node.memory()
+    );
+
+    // Given the node as a kube client sees it.
+    let nodes: Api<KubeNode> = Api::all(env.client().await.expect("client"));
+    let kube_node = nodes.get(NODE_NAME).await.expect("the Node object");
+    let ready = kube_node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    assert!(ready, "node {NODE_NAME} is not Ready");
+
+    // When pods from the busybox image built here are created.
+    let ns = env.create_namespace("node").await.expect("namespace");
+    let path = env.dir().join("node-test.yaml");
+    fs::write(&path, manifest(&ns)).expect("writing the test manifest");
+    ok(
+        "kubectl apply",
+        env.kubectl().args(["apply", "-f"]).arg(&path).output(),
+    );
+    let wait = env
+        .kubectl()
+        .args(["wait", "-n", &ns, "--for=condition=Ready"])
+        .arg(format!("--timeout={POD_READY_TIMEOUT}"))
+        .args(["pod/hello", "pod/web", "pod/client"])
+        .output()
+        .expect("kubectl wait");
+    assert!(
+        wait.status.success(),
+        "timed out after {POD_READY_TIMEOUT} waiting for pods hello, web and client to be Ready: {}\n{}\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        ok(
+            "kubectl get pods",
+            env.kubectl()
+                .args(["get", "pods", "-n", &ns, "-o", "wide"])
+                .output()
+        ),
+        env.diagnostics()
+    );
+
+    // Then `kubectl logs` returns what the container printed.
+    kubectl_until(
+        &env,
+        "`kubectl logs hello` to show the container's output",
+        Duration::from_secs(30),
+        &["logs", "-n", &ns, "hello"],
+        |out| out.contains("hello from the node"),
+    );
+
+    // And the Service name resolves through CoreDNS, from a pod.
+    let service_ip = ok(
+        "kubectl get service web",
+        env.kubectl()
+            .args(["get", "service", "web", "-n", &ns])
+            .args(["-o", "jsonpath={.spec.clusterIP}"])
+            .output(),
+    );
+    let fqdn = format!("web.{ns}.svc.cluster.local");
+    kubectl_until(
+        &env,
+        &format!("{fqdn} to resolve to {service_ip} through CoreDNS from pod client"),
+        NETWORK_TIMEOUT,
+        &["exec", "-n", &ns, "client", "--", "nslookup", &fqdn],
+        |out| out.contains(&service_ip),
+    );
+
+    // And the Service IP reaches the web pod through kube-proxy.
+    let url = format!("http://{service_ip}/");
+    kubectl_until(
+        &env,
+        &format!("{url} (Service web) to answer from pod client"),
+        NETWORK_TIMEOUT,
+        &[
+            "exec", "-n", &ns, "client", "--", "wget", "-q", "-T", "3", "-O", "-", &url,
+        ],
+        |out| out.contains("served by web"),
+    );
+
+    // And pods reach the API server (the kubernetes Service) and ZooKeeper.
+    kubectl_until(
+        &env,
+        "the kubernetes Service (10.96.0.1:443) to accept a connection from pod client",
+        NETWORK_TIMEOUT,
+        &[
+            "exec",
+            "-n",
+            &ns,
+            "client",
+            "--",
+            "nc",
+            "-z",
+            "-w",
+            "3",
+            "10.96.0.1",
+            "443",
+        ],
+        |_| true,
+    );
+    let zk = env
+        .zk_connect_for_pods()
+        .expect("ZooKeeper's address for pods");
+    let (zk_host, zk_port) = zk.split_once(':').expect("host:port");
+    kubectl_until(
+        &env,
+        &format!("ZooKeeper at {zk} to answer ruok from pod client"),
+        NETWORK_TIMEOUT,
+        &[
+            "exec",
+            "-n",
+            &ns,
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo ruok | nc -w 3 {zk_host} {zk_port}"),
+        ],
+        |out| out.contains("imok"),
+    );
+
+    // When the cluster is stopped.
+    let env_dir = env.dir().to_owned();
+    let cgroup = node.cgroup_name().to_owned();
+    let sock = node.containerd_socket().to_owned();
+    let ours: BTreeSet<String> = netns_names().difference(&netns_before).cloned().collect();
+    assert!(
+        ours.iter().any(|n| n.starts_with("cni-")) && ours.contains(node.netns().name()),
+        "expected the node's namespace and the pods' cni-* namespaces in /run/netns, found {ours:?}"
+    );
+    let during = traces(&env_dir, &ours, &cgroup, &sock);
+    assert!(
+        !during.processes.is_empty() && !during.mounts.is_empty() && !during.cgroups.is_empty(),
+        "the leftover check sees nothing while the cluster runs, so it would prove nothing: {during:?}"
+    );
+    tokio::task::spawn_blocking(move || env.stop())
+        .await
+        .expect("the stop thread");
+
+    // Then no process, mount, network namespace or cgroup of it is left, and the kernel
+    // settings the kubelet changed are back.
+    let after = traces(&env_dir, &ours, &cgroup, &sock);
+    assert_eq!(
+        after,
+        Traces {
+            processes: vec![],
+            mounts: vec![],
+            netns: vec![],
+            cgroups: vec![],
+        },
+        "the cluster's teardown left these behind"
+    );
+    assert_eq!(
+        node::kubelet_sysctls(),
+        sysctls_before,
+        "the sysctls the kubelet sets were not restored"
+    );
+}
