@@ -15,4 +15,4 @@ pub mod wire;
 
 pub use rules::{Decision, Router};
 pub use v1alpha1::ServiceLogSpec;
-pub use validate::{FieldError, ValidationErrors, validate};
+pub use validate::{FieldError, ValidationErrors, parse_spec, read_spec, validate};

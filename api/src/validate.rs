@@ -96,6 +96,85 @@ pub fn validate(spec: &ServiceLogSpec) -> Result<(), ValidationErrors> {
     Router::compile(spec).map(|_| ())
 }
 
+/// Reads a spec from JSON exactly as written: a field this build does not know is an error
+/// naming it (`spec.sinks[0].kafak: unknown field …`), as is a value of the wrong type.
+///
+/// Anything that writes a spec — a user's manifest, a config znode from a script, a CRD
+/// newer than this build — may carry fields a typed parse would silently drop; dropping
+/// one can turn a filtering condition into match-all, so they are refused instead.
+///
+/// Notable behaviors: reports every unknown field met before the first type error (serde
+/// stops there); never panics.
+pub fn parse_spec(value: &serde_json::Value) -> Result<ServiceLogSpec, ValidationErrors> {
+    let read = read_spec(value)?;
+    if read.unknown.is_empty() {
+        Ok(read.spec)
+    } else {
+        Err(ValidationErrors(read.unknown))
+    }
+}
+
+/// A spec read with its unknown fields listed beside it, for a caller that reports them
+/// together with the rest of [`validate`]'s findings (`servicelog-operator validate`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadSpec {
+    pub spec: ServiceLogSpec,
+    /// One error per unknown field, by path.
+    pub unknown: Vec<FieldError>,
+}
+
+/// [`parse_spec`] without refusing unknown fields: only a value of the wrong type is an
+/// error (with the unknown fields met before it).
+pub fn read_spec(value: &serde_json::Value) -> Result<ReadSpec, ValidationErrors> {
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| {
+        unknown.push(FieldError::new(
+            ignored_path(&path),
+            "unknown field: not part of the ServiceLog spec this build knows",
+        ));
+    };
+    let ignored = serde_ignored::Deserializer::new(value, &mut note);
+    let parsed: Result<ServiceLogSpec, _> = serde_path_to_error::deserialize(ignored);
+    match parsed {
+        Ok(spec) => Ok(ReadSpec { spec, unknown }),
+        Err(e) => {
+            let path = typed_path(e.path());
+            unknown.push(FieldError::new(path, e.into_inner().to_string()));
+            Err(ValidationErrors(unknown))
+        }
+    }
+}
+
+/// `spec.sinks[0].kafak` from serde_ignored's path.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => "spec".to_owned(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => format!("{}.{key}", ignored_path(parent)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// `spec.sinks[0].file.path` from serde_path_to_error's path.
+fn typed_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = "spec".to_owned();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
+}
+
 /// Collects errors during one pass over a spec.
 #[derive(Default)]
 pub(crate) struct Errors(Vec<FieldError>);
@@ -290,6 +369,46 @@ mod tests {
         assert!(check_url("http://").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("http://a b").is_err());
+    }
+
+    #[test]
+    fn parse_spec_names_unknown_fields_and_type_errors_by_path() {
+        let ok = serde_json::json!({
+            "sources": [{"name": "app", "file": {"paths": ["/a/*.log"]}}],
+            "sinks": [{"name": "out", "stdout": {}}],
+            "rules": [{"name": "r", "when": {"any": [{"level": {"in": ["warn"]}}]}, "to": ["out"]}],
+        });
+        let spec = parse_spec(&ok).expect("a known spec parses");
+        assert_eq!(spec.sinks[0].name, "out");
+
+        let unknown = serde_json::json!({
+            "sources": [{"name": "app", "file": {"paths": ["/a/*.log"]}}],
+            "sinks": [{"name": "out", "kafak": {"topic": "x"}, "stdout": {}}],
+            "rules": [{"name": "r", "when": {"any": [{"levell": {"in": ["warn"]}}]}, "to": ["out"]}],
+            "defautTo": ["out"],
+        });
+        let mut paths: Vec<String> = parse_spec(&unknown)
+            .expect_err("unknown fields are refused")
+            .iter()
+            .map(|e| e.path.clone())
+            .collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "spec.defautTo",
+                "spec.rules[0].when.any[0].levell",
+                "spec.sinks[0].kafak",
+            ]
+        );
+
+        let wrong = serde_json::json!({
+            "sources": [],
+            "sinks": [{"name": "out", "file": {"path": 7}}],
+        });
+        let errors = parse_spec(&wrong).expect_err("a number is not a path");
+        assert_eq!(errors.0[0].path, "spec.sinks[0].file.path");
+        assert!(errors.0[0].message.contains("invalid type"), "{errors}");
     }
 
     #[test]

@@ -33,8 +33,12 @@ pub enum WireError {
     Malformed { what: &'static str, message: String },
     #[error("config envelope has schema {found}; this build understands schema {SCHEMA_VERSION}")]
     UnsupportedSchema { found: u32 },
-    #[error("config hash {declared} does not match its spec (computed {computed})")]
+    #[error(
+        "config hash {declared} does not match its spec (computed {computed} over the spec's RFC 8785 canonical JSON)"
+    )]
     HashMismatch { declared: String, computed: String },
+    #[error("config spec: {}", one_line(.0))]
+    InvalidSpec(crate::validate::ValidationErrors),
     #[error("{what} {value:?} cannot be a znode path segment: {why}")]
     BadSegment {
         what: &'static str,
@@ -54,7 +58,8 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
 }
 
 /// `sha256:<hex>` of the spec's canonical JSON: the identity of a config, what status
-/// reports and what sidecars ack.
+/// reports and what sidecars ack. For a spec this build writes; a spec read from a znode
+/// is hashed as written ([`Envelope::from_slice`]).
 pub fn spec_hash(spec: &ServiceLogSpec) -> Result<String, WireError> {
     let canonical = canonical_json(spec)?;
     Ok(hash_bytes(&canonical))
@@ -71,40 +76,101 @@ fn hash_bytes(bytes: &[u8]) -> String {
     out
 }
 
-/// The data of a `config` znode.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The data of a `config` znode:
+/// `{"generation":3,"hash":"sha256:…","schema":1,"spec":{…},"uid":"…"}`.
+///
+/// The spec is kept twice: as its canonical JSON, exactly what the writer wrote
+/// (canonicalised) and what the hash covers, and parsed, for validation and routing. A
+/// writer's omitted defaults are therefore not part of the hash, and a field this build
+/// does not know is reported by name rather than dropped (docs/architecture.md, "The config
+/// znode").
+#[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
     pub schema: u32,
     /// UID of the ServiceLog resource (empty when written by another tool).
-    #[serde(default)]
     pub uid: String,
-    #[serde(default)]
     pub generation: i64,
+    /// `sha256:<hex>` of the spec's canonical JSON.
     pub hash: String,
+    /// The spec, parsed.
     pub spec: ServiceLogSpec,
+    /// The spec's canonical JSON (RFC 8785).
+    canonical_spec: Box<str>,
+}
+
+/// The envelope as it is on the wire; the spec stays text until it is canonicalised.
+#[derive(Deserialize)]
+struct WireEnvelope {
+    schema: u32,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    generation: i64,
+    hash: String,
+    spec: serde_json::Value,
 }
 
 impl Envelope {
-    /// Wraps a spec, computing its hash.
+    /// Wraps a spec this build wrote, computing its hash.
     pub fn new(
         uid: impl Into<String>,
         generation: i64,
         spec: ServiceLogSpec,
     ) -> Result<Self, WireError> {
+        let canonical = canonical_json(&spec)?;
         Ok(Self {
             schema: SCHEMA_VERSION,
             uid: uid.into(),
             generation,
-            hash: spec_hash(&spec)?,
+            hash: hash_bytes(&canonical),
             spec,
+            canonical_spec: canonical_text(canonical)?,
         })
+    }
+
+    /// Wraps a spec as someone wrote it (a manifest's `spec`), hashing it as written.
+    ///
+    /// Notable errors: [`WireError::InvalidSpec`] naming each unknown field or the value
+    /// of the wrong type.
+    pub fn from_written_spec(
+        uid: impl Into<String>,
+        generation: i64,
+        spec: &serde_json::Value,
+    ) -> Result<Self, WireError> {
+        let parsed = crate::validate::parse_spec(spec).map_err(WireError::InvalidSpec)?;
+        let canonical = canonical_json(spec)?;
+        Ok(Self {
+            schema: SCHEMA_VERSION,
+            uid: uid.into(),
+            generation,
+            hash: hash_bytes(&canonical),
+            spec: parsed,
+            canonical_spec: canonical_text(canonical)?,
+        })
+    }
+
+    /// The spec's canonical JSON, which [`Envelope::hash`] covers.
+    pub fn canonical_spec(&self) -> &str {
+        &self.canonical_spec
     }
 
     /// The znode payload: canonical JSON, so equal envelopes are equal bytes.
     ///
     /// Notable errors: [`WireError::TooLarge`] past [`MAX_PAYLOAD_BYTES`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
-        let bytes = canonical_json(self)?;
+        // The keys in RFC 8785 order, around the spec's canonical text.
+        let mut bytes = Vec::with_capacity(self.canonical_spec.len() + self.uid.len() + 128);
+        bytes.extend_from_slice(b"{\"generation\":");
+        bytes.extend_from_slice(&canonical_json(&self.generation)?);
+        bytes.extend_from_slice(b",\"hash\":");
+        bytes.extend_from_slice(&canonical_json(&self.hash)?);
+        bytes.extend_from_slice(b",\"schema\":");
+        bytes.extend_from_slice(&canonical_json(&self.schema)?);
+        bytes.extend_from_slice(b",\"spec\":");
+        bytes.extend_from_slice(self.canonical_spec.as_bytes());
+        bytes.extend_from_slice(b",\"uid\":");
+        bytes.extend_from_slice(&canonical_json(&self.uid)?);
+        bytes.push(b'}');
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(WireError::TooLarge {
                 size: bytes.len(),
@@ -114,28 +180,53 @@ impl Envelope {
         Ok(bytes)
     }
 
-    /// Reads znode data, checking the schema version and that the hash matches the spec
-    /// (a hand-edited spec with a stale hash is refused rather than acked under a lie).
+    /// Reads znode data, checking the schema version, that the hash matches the spec as
+    /// written (a hand-edited spec with a stale hash is refused rather than acked under a
+    /// lie), and that every field of the spec is known to this build.
+    ///
+    /// Notable errors: [`WireError::HashMismatch`], [`WireError::UnsupportedSchema`],
+    /// [`WireError::InvalidSpec`] (unknown fields by path).
     pub fn from_slice(data: &[u8]) -> Result<Self, WireError> {
-        let envelope: Envelope =
+        let wire: WireEnvelope =
             serde_json::from_slice(data).map_err(|e| WireError::Malformed {
                 what: "config envelope",
                 message: e.to_string(),
             })?;
-        if envelope.schema != SCHEMA_VERSION {
-            return Err(WireError::UnsupportedSchema {
-                found: envelope.schema,
-            });
+        if wire.schema != SCHEMA_VERSION {
+            return Err(WireError::UnsupportedSchema { found: wire.schema });
         }
-        let computed = spec_hash(&envelope.spec)?;
-        if computed != envelope.hash {
+        let canonical = canonical_json(&wire.spec)?;
+        let computed = hash_bytes(&canonical);
+        if computed != wire.hash {
             return Err(WireError::HashMismatch {
-                declared: envelope.hash,
+                declared: wire.hash,
                 computed,
             });
         }
-        Ok(envelope)
+        let spec = crate::validate::parse_spec(&wire.spec).map_err(WireError::InvalidSpec)?;
+        Ok(Self {
+            schema: wire.schema,
+            uid: wire.uid,
+            generation: wire.generation,
+            hash: wire.hash,
+            spec,
+            canonical_spec: canonical_text(canonical)?,
+        })
     }
+}
+
+fn one_line(errors: &crate::validate::ValidationErrors) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+fn canonical_text(bytes: Vec<u8>) -> Result<Box<str>, WireError> {
+    String::from_utf8(bytes)
+        .map(String::into_boxed_str)
+        .map_err(|e| WireError::Malformed {
+            what: "canonical JSON",
+            message: e.to_string(),
+        })
 }
 
 /// Whether a sidecar runs the config it was given.
@@ -304,7 +395,9 @@ pub struct Manifest {
     pub kind: String,
     #[serde(default)]
     pub metadata: ManifestMetadata,
-    pub spec: ServiceLogSpec,
+    /// The spec as written; [`crate::validate::parse_spec`] reads it, naming unknown
+    /// fields.
+    pub spec: serde_json::Value,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -390,6 +483,50 @@ mod tests {
 
         let err = Envelope::from_slice(b"{not json").unwrap_err();
         assert!(matches!(err, WireError::Malformed { .. }));
+    }
+
+    /// What a script writes: the spec as it wrote it, defaults left out, hashed over
+    /// `json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
+    #[test]
+    fn a_minimal_spec_is_hashed_as_written_not_as_this_build_would_write_it() {
+        let canonical = r#"{"defaultTo":["out"],"sinks":[{"file":{"path":"/o/a.log"},"name":"out"}],"sources":[{"file":{"paths":["/a/*.log"]},"name":"app"}]}"#;
+        let hash = hash_bytes(canonical.as_bytes());
+        let data = format!(r#"{{"schema":1,"hash":"{hash}","spec":{canonical}}}"#);
+        let env = Envelope::from_slice(data.as_bytes()).expect("a minimal envelope is valid");
+        assert_eq!(env.hash, hash);
+        assert_eq!(env.canonical_spec(), canonical);
+        assert_eq!(
+            env.spec.sources[0].file.as_ref().map(|f| f.format),
+            Some(Format::Text)
+        );
+        assert_ne!(
+            spec_hash(&env.spec).unwrap(),
+            hash,
+            "the typed spec adds defaults, so hashing it would refuse this writer"
+        );
+        // Republished by this build, the envelope keeps the spec (and hash) as written.
+        let again = Envelope::from_slice(&env.to_bytes().unwrap()).unwrap();
+        assert_eq!(again, env);
+    }
+
+    #[test]
+    fn an_unknown_field_in_the_spec_is_refused_by_its_path() {
+        let spec = serde_json::json!({
+            "sinks": [{"name": "out", "kafka": {"topic": "logs"}}],
+            "sources": [{"name": "app", "file": {"paths": ["/a/*.log"]}}],
+        });
+        let hash = hash_bytes(&canonical_json(&spec).unwrap());
+        let data = serde_json::json!({"schema": 1, "hash": hash, "spec": spec}).to_string();
+        let err = Envelope::from_slice(data.as_bytes()).unwrap_err();
+        let WireError::InvalidSpec(errors) = &err else {
+            panic!("expected InvalidSpec, got {err:?}");
+        };
+        assert_eq!(errors.0[0].path, "spec.sinks[0].kafka");
+        assert!(
+            err.to_string()
+                .contains("spec.sinks[0].kafka: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,8 +41,12 @@ use kube::{
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use servicelog_api::v1alpha1::{
-    Condition, LabelSelectorRequirement, PodCounts, ServiceLog, ServiceLogSpec, ServiceLogStatus,
+use servicelog_api::{
+    FieldError, ValidationErrors, parse_spec,
+    v1alpha1::{
+        Condition, LabelSelectorRequirement, PodCounts, ServiceLog, ServiceLogSpec,
+        ServiceLogStatus,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -59,9 +63,13 @@ pub struct CachedServiceLog {
 }
 
 impl CachedServiceLog {
-    /// The spec, parsed.
-    pub fn spec(&self) -> Result<ServiceLogSpec, serde_json::Error> {
-        serde_json::from_str(&self.spec)
+    /// The spec, parsed; a field this operator does not know (a newer CRD, or inside the
+    /// schema's open `any` items) is an error naming it, never silently dropped.
+    pub fn spec(&self) -> Result<ServiceLogSpec, ValidationErrors> {
+        let value: serde_json::Value = serde_json::from_str(&self.spec).map_err(|e| {
+            ValidationErrors(vec![FieldError::new("spec", format!("not JSON: {e}"))])
+        })?;
+        parse_spec(&value)
     }
 
     /// The status without its conditions' reasons and messages (the cache does not keep
@@ -77,7 +85,7 @@ impl CachedServiceLog {
     }
 
     /// The ServiceLog with its spec parsed and no status.
-    pub fn to_servicelog(&self) -> Result<ServiceLog, serde_json::Error> {
+    pub fn to_servicelog(&self) -> Result<ServiceLog, ValidationErrors> {
         Ok(ServiceLog {
             metadata: self.metadata.clone(),
             spec: self.spec()?,

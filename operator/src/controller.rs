@@ -455,7 +455,10 @@ async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Acti
 pub(crate) fn expand(obj: &CachedServiceLog) -> (ServiceLog, Option<String>) {
     let (spec, unparsed) = match obj.spec() {
         Ok(spec) => (spec, None),
-        Err(e) => (ServiceLogSpec::default(), Some(format!("spec: {e}"))),
+        Err(errors) => {
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (ServiceLogSpec::default(), Some(problems.join("; ")))
+        }
     };
     let full = ServiceLog {
         metadata: obj.metadata.clone(),

@@ -10,8 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 use servicelog_api::{
-    v1alpha1::ServiceLogSpec,
-    validate,
+    read_spec, validate,
     wire::{API_VERSION, Envelope, KIND, Manifest},
 };
 
@@ -125,17 +124,29 @@ fn check_document(json: &Value, label: String, report: &mut Report) {
     if manifest.metadata.name.is_empty() {
         problem("metadata.name".into(), "is required".into());
     }
-    if let Some(spec) = json.get("spec") {
-        for path in unknown_fields(spec, &manifest.spec) {
-            problem(path, "unknown field (the API server would drop it)".into());
+    let spec = match read_spec(&manifest.spec) {
+        Ok(read) => {
+            for e in read.unknown {
+                problem(
+                    e.path,
+                    format!("{} (the API server would drop it)", e.message),
+                );
+            }
+            read.spec
         }
-    }
-    if let Err(errors) = validate(&manifest.spec) {
+        Err(errors) => {
+            for e in errors {
+                problem(e.path, e.message);
+            }
+            return;
+        }
+    };
+    if let Err(errors) = validate(&spec) {
         for e in errors.iter() {
             problem(e.path.clone(), e.message.clone());
         }
     }
-    if let Err(e) = Envelope::new("", 0, manifest.spec).and_then(|env| env.to_bytes()) {
+    if let Err(e) = Envelope::new("", 0, spec).and_then(|env| env.to_bytes()) {
         problem("spec".into(), e.to_string());
     }
 }
@@ -148,51 +159,6 @@ fn object_label(json: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .unwrap_or("default");
     Some(format!("{namespace}/{name}"))
-}
-
-/// Paths present in the input but not in what the types read back: typos such as
-/// `defautTo` that would otherwise vanish.
-fn unknown_fields(input: &Value, spec: &ServiceLogSpec) -> Vec<String> {
-    let Ok(known) = serde_json::to_value(spec) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    diff_keys(input, &known, "spec".to_owned(), &mut out);
-    out
-}
-
-fn diff_keys(input: &Value, known: &Value, path: String, out: &mut Vec<String>) {
-    match (input, known) {
-        (Value::Object(i), Value::Object(k)) => {
-            for (key, value) in i {
-                let child = format!("{path}.{key}");
-                match k.get(key) {
-                    Some(kv) => diff_keys(value, kv, child, out),
-                    // Defaults are skipped when serialising, so only a key that is absent
-                    // and non-default-looking counts.
-                    None if !is_default_like(value) => out.push(child),
-                    None => {}
-                }
-            }
-        }
-        (Value::Array(i), Value::Array(k)) => {
-            for (index, (iv, kv)) in i.iter().zip(k).enumerate() {
-                diff_keys(iv, kv, format!("{path}[{index}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Values the types omit when they equal the default: a known field written out with its
-/// default value must not be reported as unknown.
-fn is_default_like(value: &Value) -> bool {
-    match value {
-        Value::Null | Value::Bool(false) => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use kube::{
         reflector::Store,
     },
 };
-use servicelog_api::{v1alpha1::ServiceLog, validate, wire::Envelope};
+use servicelog_api::{parse_spec, v1alpha1::ServiceLog, validate, wire::Envelope};
 
 use crate::{
     cache::CachedServiceLog,
@@ -306,8 +306,10 @@ async fn warn(
     response
 }
 
+/// The spec is read untyped first, so a field this operator does not know (inside the
+/// schema's open `any` items, or from a newer CRD) is refused by name, not dropped.
 fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
-    let req: AdmissionRequest<ServiceLog> = match parse(body) {
+    let req: AdmissionRequest<DynamicObject> = match parse(body) {
         Ok(req) => req,
         Err(response) => return (*response, "invalid"),
     };
@@ -318,12 +320,18 @@ fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
     let Some(slog) = req.object.as_ref() else {
         return (allowed, "allowed");
     };
-    let mut problems: Vec<String> = match validate(&slog.spec) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    };
-    if let Err(e) = Envelope::new("", 0, slog.spec.clone()).and_then(|e| e.to_bytes()) {
-        problems.push(format!("spec: {e}"));
+    let spec = slog.data.get("spec").cloned().unwrap_or_default();
+    let mut problems: Vec<String> = Vec::new();
+    match parse_spec(&spec) {
+        Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+        Ok(spec) => {
+            if let Err(errors) = validate(&spec) {
+                problems.extend(errors.iter().map(ToString::to_string));
+            }
+            if let Err(e) = Envelope::new("", 0, spec).and_then(|e| e.to_bytes()) {
+                problems.push(format!("spec: {e}"));
+            }
+        }
     }
     if problems.is_empty() {
         (allowed, "allowed")

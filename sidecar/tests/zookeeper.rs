@@ -193,6 +193,118 @@ async fn given_a_config_znode_then_the_sidecar_applies_and_acks_each_change_and_
     assert_eq!(lkg.hash, second.hash);
 }
 
+/// A config znode as a script outside Rust writes it: Python's `json` with sorted keys,
+/// compact separators and UTF-8 (RFC 8785 for specs like these), hashed by `hashlib`.
+fn python_envelope(generation: i64, spec: &serde_json::Value) -> Vec<u8> {
+    const SCRIPT: &str = r#"
+import hashlib, json, sys
+spec = json.loads(sys.argv[1])
+canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+envelope = {
+    "schema": 1,
+    "generation": int(sys.argv[2]),
+    "hash": "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+    "spec": spec,
+}
+sys.stdout.write(json.dumps(envelope, separators=(",", ":"), ensure_ascii=False))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, &spec.to_string(), &generation.to_string()])
+        .output()
+        .expect("running python3 (the machine's Python writes the envelope)");
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn declared_hash(envelope: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(envelope).expect("python wrote JSON");
+    v["hash"].as_str().expect("a hash").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_envelopes_written_by_python_from_minimal_specs_then_they_are_applied_and_acked_and_an_unknown_field_is_refused_by_name()
+ {
+    let zk = TestZk::start("python");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+
+    // Minimal: no format, no encoding, no rules — every default left to the sidecar.
+    let minimal = |to: &Path| {
+        serde_json::json!({
+            "sources": [{"name": "app", "file": {"paths": [format!("{}/*.log", logs.display())]}}],
+            "sinks": [
+                {"name": "a", "file": {"path": a.display().to_string()}},
+                {"name": "b", "file": {"path": b.display().to_string()}},
+            ],
+            "defaultTo": [if to == a { "a" } else { "b" }],
+            "rules": [{"name": "warnings", "when": {"level": {"atLeast": "warn"}, "message": {"regex": "é"}}, "to": ["b"]}],
+        })
+    };
+    let first = python_envelope(1, &minimal(&a));
+    publish_bytes(&client, &p.config, &first).await;
+    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+    let first_hash = declared_hash(&first);
+    wait_instance(
+        &client,
+        &p.instance,
+        "the hash python computed, ok",
+        &sidecar,
+        |i, _| i.hash == first_hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    let app = logs.join("app.log");
+    append(&app, &(0..5).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("5 lines in a", &a, 5, &sidecar).await;
+
+    let second = python_envelope(2, &minimal(&b));
+    let second_hash = declared_hash(&second);
+    publish_bytes(&client, &p.config, &second).await;
+    wait_instance(
+        &client,
+        &p.instance,
+        "the second python hash, ok",
+        &sidecar,
+        |i, _| i.hash == second_hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    append(&app, &(5..8).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("3 lines in b", &b, 3, &sidecar).await;
+
+    // A field this sidecar does not know: refused by its path, the old rules kept.
+    let mut unknown = minimal(&a);
+    unknown["sinks"][0]["file"]["rotateAt"] = serde_json::json!("100Mi");
+    let third = python_envelope(3, &unknown);
+    publish_bytes(&client, &p.config, &third).await;
+    let (record, _) = wait_instance(
+        &client,
+        &p.instance,
+        "an error naming the unknown field",
+        &sidecar,
+        |i, _| i.state == InstanceState::Error,
+    )
+    .await;
+    let error = record.error.unwrap_or_default();
+    assert!(
+        error.contains("spec.sinks[0].file.rotateAt") && error.contains("unknown field"),
+        "the instance record should name the unknown field, got: {error}"
+    );
+    assert_eq!(record.hash, second_hash, "the last good config stays acked");
+    append(&app, &(8..10).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("2 more lines in b", &b, 5, &sidecar).await;
+    assert_eq!(
+        count_lines(&a),
+        5,
+        "a got lines after the unknown field was refused"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_zookeeper_stops_under_load_then_routing_goes_on_and_a_config_change_after_its_restart_is_applied()
  {

@@ -62,9 +62,11 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Envelope, ConfigError> {
     }
     let uid = manifest.metadata.uid.unwrap_or_default();
     let generation = manifest.metadata.generation.unwrap_or(0);
-    Envelope::new(uid, generation, manifest.spec).map_err(|source| ConfigError::Wire {
-        path: path.to_owned(),
-        source,
+    Envelope::from_written_spec(uid, generation, &manifest.spec).map_err(|source| {
+        ConfigError::Wire {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 

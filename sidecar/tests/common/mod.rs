@@ -380,6 +380,11 @@ pub async fn zk_client(connect: &str) -> Client {
 /// Creates or overwrites the config znode (and its parents).
 pub async fn publish(client: &Client, path: &str, config: &Envelope) {
     let data = config.to_bytes().expect("encoding the envelope");
+    publish_bytes(client, path, &data).await;
+}
+
+/// Creates or overwrites the config znode (and its parents) with data as given.
+pub async fn publish_bytes(client: &Client, path: &str, data: &[u8]) {
     let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
     if let Some((parent, _)) = path.rsplit_once('/') {
         client
@@ -387,11 +392,11 @@ pub async fn publish(client: &Client, path: &str, config: &Envelope) {
             .await
             .expect("creating the config znode's parents");
     }
-    match client.create(path, &data, &persistent).await {
+    match client.create(path, data, &persistent).await {
         Ok(_) => {}
         Err(zookeeper_client::Error::NodeExists) => {
             client
-                .set_data(path, &data, None)
+                .set_data(path, data, None)
                 .await
                 .expect("setting the config znode");
         }
