@@ -197,13 +197,27 @@ impl Netns {
         })
     }
 
-    /// Whether `url` answers 2xx to a GET from inside the namespace (busybox wget).
-    pub fn http_ok(&self, url: &str) -> bool {
-        let mut cmd = self.command("busybox");
-        cmd.args(["wget", "-q", "-T", "2", "-O", "/dev/null", url])
-            .stdout(Stdio::null())
+    /// Whether `http://<addr><path>` answers 200 to a GET from inside the namespace. socat
+    /// speaks the HTTP/1.0 request: Debian's static busybox `wget` crashes here.
+    pub fn http_ok(&self, addr: &str, path: &str) -> bool {
+        use std::io::Write;
+        let mut cmd = self.command("socat");
+        cmd.args(["-T", "2", "-", &format!("TCP:{addr}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        cmd.status().is_ok_and(|s| s.success())
+        let Ok(mut child) = cmd.spawn() else {
+            return false;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = write!(stdin, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        }
+        child.wait_with_output().is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .is_some_and(|status| status.split(' ').nth(1) == Some("200"))
+        })
     }
 }
 
@@ -253,6 +267,7 @@ impl Drop for NetnsGuard {
         let empty = fs::read_dir("/run/netns").is_ok_and(|mut d| d.next().is_none());
         if self.run_netns_was_unmounted && empty && mounted("/run/netns") {
             let _ = Command::new("umount").arg("/run/netns").status();
+            let _ = fs::remove_dir("/run/netns");
         }
     }
 }
@@ -558,7 +573,7 @@ impl Node {
                 if let Some(how) = coredns.exited() {
                     return Err(format!("coredns {how}"));
                 }
-                Ok(netns.http_ok("http://127.0.0.1:8181/ready"))
+                Ok(netns.http_ok("127.0.0.1:8181", "/ready"))
             },
         )
         .map_err(|e| e.with_log("coredns", &self.coredns.log_tail(30)))?;
@@ -572,7 +587,7 @@ impl Node {
                 if let Some(how) = proxy.exited() {
                     return Err(format!("kube-proxy {how}"));
                 }
-                Ok(netns.http_ok("http://127.0.0.1:10256/healthz"))
+                Ok(netns.http_ok("127.0.0.1:10256", "/healthz"))
             },
         )
         .map_err(|e| e.with_log("kube-proxy", &self.kube_proxy.log_tail(30)))?;

@@ -21,6 +21,8 @@ use servicelog_e2e::{
 
 const POD_READY_TIMEOUT: &str = "120s";
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where containerd 1.6 puts its shims' sockets, whatever its state directory.
+const SHIM_SOCKETS: &str = "/run/containerd/s";
 
 fn ok(what: &str, out: std::io::Result<Output>) -> String {
     let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
@@ -174,7 +176,11 @@ fn traces(env_dir: &Path, netns_names: &BTreeSet<String>, cgroup: &str, sock: &P
 }
 
 fn netns_names() -> BTreeSet<String> {
-    fs::read_dir("/run/netns")
+    dir_entries("/run/netns")
+}
+
+fn dir_entries(dir: &str) -> BTreeSet<String> {
+    fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -187,6 +193,7 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
  {
     let sysctls_before = node::kubelet_sysctls();
     let netns_before = netns_names();
+    let shim_sockets_before = dir_entries(SHIM_SOCKETS);
 
     let env = tokio::task::spawn_blocking(TestEnv::start_cluster)
         .await
@@ -265,22 +272,12 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
         |out| out.contains(&service_ip),
     );
 
-    // And the Service IP reaches the web pod through kube-proxy.
-    let url = format!("http://{service_ip}/");
+    // And the Service IP reaches the web pod through kube-proxy. (A request by hand with
+    // nc: Debian's static busybox `wget` crashes.)
+    let get = |addr: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr}");
     kubectl_until(
         &env,
-        &format!("{url} (Service web) to answer from pod client"),
-        NETWORK_TIMEOUT,
-        &[
-            "exec", "-n", &ns, "client", "--", "wget", "-q", "-T", "3", "-O", "-", &url,
-        ],
-        |out| out.contains("served by web"),
-    );
-
-    // And pods reach the API server (the kubernetes Service) and ZooKeeper.
-    kubectl_until(
-        &env,
-        "the kubernetes Service (10.96.0.1:443) to accept a connection from pod client",
+        &format!("http://{service_ip}/ (Service web) to answer from pod client"),
         NETWORK_TIMEOUT,
         &[
             "exec",
@@ -288,14 +285,30 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
             &ns,
             "client",
             "--",
-            "nc",
-            "-z",
-            "-w",
-            "3",
-            "10.96.0.1",
-            "443",
+            "sh",
+            "-c",
+            &get(&format!("{service_ip} 80")),
         ],
-        |_| true,
+        |out| out.contains("served by web"),
+    );
+
+    // And pods reach the API server through the kubernetes Service (a plain HTTP request
+    // to its TLS port gets Go's "HTTP request to an HTTPS server" answer) and ZooKeeper.
+    kubectl_until(
+        &env,
+        "the API server to answer through the kubernetes Service (10.96.0.1:443) from pod client",
+        NETWORK_TIMEOUT,
+        &[
+            "exec",
+            "-n",
+            &ns,
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &get("10.96.0.1 443"),
+        ],
+        |out| out.contains("HTTPS server"),
     );
     let zk = env
         .zk_connect_for_pods()
@@ -353,5 +366,13 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
         node::kubelet_sysctls(),
         sysctls_before,
         "the sysctls the kubelet sets were not restored"
+    );
+    let shim_sockets: Vec<String> = dir_entries(SHIM_SOCKETS)
+        .difference(&shim_sockets_before)
+        .cloned()
+        .collect();
+    assert!(
+        shim_sockets.is_empty(),
+        "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
     );
 }

@@ -35,6 +35,7 @@ cgroup_pids() {
 
 # The pods' network namespaces: those a process of the node's cgroups is in.
 pod_netns=()
+shim_sockets=()
 if compgen -G "/run/netns/cni-*" >/dev/null; then
   declare -A inodes=()
   for pid in $(cgroup_pids); do
@@ -68,8 +69,22 @@ kill_matching() { # PATTERN: every process whose command line contains it
     [[ $cmd == *"$1"* && $cmd != *node-down.sh* ]] && kill -KILL "$pid" 2>/dev/null
   done
 }
-# The shims name containerd's socket; containerd (if still up) its config in ENV_DIR.
-[[ -n $CONTAINERD_SOCK ]] && kill_matching "$CONTAINERD_SOCK"
+# The shims name containerd's socket; containerd (if still up) its config in ENV_DIR. A
+# killed shim leaves its socket in /run/containerd/s, named (containerd 1.6) by the
+# sha256 of <containerd address>/<namespace>/<id>.
+if [[ -n $CONTAINERD_SOCK ]]; then
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    read -r -a args <<<"$cmdline"
+    [[ ${args[0]:-} == *containerd-shim* && " ${args[*]} " == *" $CONTAINERD_SOCK "* ]] || continue
+    ns="" id=""
+    for ((i = 0; i < ${#args[@]} - 1; i++)); do
+      case ${args[i]} in -namespace) ns=${args[i + 1]} ;; -id) id=${args[i + 1]} ;; esac
+    done
+    [[ -n $ns && -n $id ]] && shim_sockets+=("/run/containerd/s/$(printf '%s' "$CONTAINERD_SOCK/$ns/$id" | sha256sum | cut -d' ' -f1)")
+  done
+  kill_matching "$CONTAINERD_SOCK"
+fi
 kill_matching "$env_dir/node/containerd.toml"
 if [[ $scope == all ]]; then
   if [[ -n $NETNS && -e /run/netns/$NETNS ]]; then
@@ -110,6 +125,7 @@ if [[ -d /var/log/containers ]]; then
 fi
 # containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state dir; the
 # directories go when empty (a system containerd's are never empty while it runs).
+for sock in "${shim_sockets[@]}"; do rm -f "$sock"; done
 rmdir /run/containerd/s /run/containerd/fifo /run/containerd 2>/dev/null
 
 if [[ $scope == all && -n $NETNS ]]; then
@@ -118,6 +134,6 @@ fi
 # `ip netns add` turned /run/netns into a mount point if it was not one; undo that once no
 # namespace is left in it.
 if [[ $scope == all && -n ${RUN_NETNS_WAS_UNMOUNTED:-} ]] && [[ -z $(ls -A /run/netns 2>/dev/null) ]]; then
-  grep -q ' /run/netns ' /proc/self/mountinfo && umount /run/netns 2>/dev/null
+  grep -q ' /run/netns ' /proc/self/mountinfo && umount /run/netns 2>/dev/null && rmdir /run/netns 2>/dev/null
 fi
 exit 0
