@@ -27,18 +27,26 @@ mkdir -p "$bin"
 tmp="$bin.partial"
 rm -rf "$tmp"; mkdir -p "$tmp"
 export GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
+# The version the binaries report (/version, `kubectl version`, the Node's kubeletVersion):
+# without it they say v0.0.0-master, which charts' kubeVersion constraints and kubectl's
+# version check refuse. The variables hack/lib/version.sh sets in a release build.
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=v$KUBERNETES_VERSION -X $pkg.gitMajor=${KUBERNETES_VERSION%%.*}"
+  minor=${KUBERNETES_VERSION#*.}; kube_ldflags+=" -X $pkg.gitMinor=${minor%%.*} -X $pkg.gitTreeState=clean"
+done
 start=$(date +%s)
 step() { echo "build.sh: $* ($(( $(date +%s) - start ))s)" >&2; }
 
 if [[ $set_name == control-plane ]]; then
   step "building kube-apiserver, kubectl and etcd from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~15-25 min on 2 cores)"
-  (cd "$here/kube" && go build -ldflags='-s -w' -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
+  (cd "$here/kube" && go build -ldflags="$kube_ldflags" -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
   step "building helm v$HELM_VERSION"
   (cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
 else
   # The same module (and so the same Go build cache) as the control plane's binaries.
   step "building kubelet, kube-scheduler, kube-controller-manager and kube-proxy from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~6 min after the control plane's tools, ~15 cold)"
-  (cd "$here/kube" && go build -ldflags='-s -w' -o "$tmp/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy) >&2
+  (cd "$here/kube" && go build -ldflags="$kube_ldflags" -o "$tmp/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy) >&2
   step "building coredns v$COREDNS_VERSION (the kubernetes, cache, health, ready, log, errors and loadbalance plugins)"
   (cd "$here/coredns" && go build -ldflags='-s -w' -o "$tmp/" ./cmd/coredns) >&2
   step "building the static pause binary"

@@ -65,7 +65,7 @@ kill_matching() { # PATTERN: every process whose command line contains it
   local pid cmd
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
     [[ $pid == "$$" || $pid == "$PPID" ]] && continue
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    cmd=$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
     [[ $cmd == *"$1"* && $cmd != *node-down.sh* ]] && kill -KILL "$pid" 2>/dev/null
   done
 }
@@ -74,7 +74,7 @@ kill_matching() { # PATTERN: every process whose command line contains it
 # sha256 of <containerd address>/<namespace>/<id>.
 if [[ -n $CONTAINERD_SOCK ]]; then
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    cmdline=$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
     read -r -a args <<<"$cmdline"
     [[ ${args[0]:-} == *containerd-shim* && " ${args[*]} " == *" $CONTAINERD_SOCK "* ]] || continue
     ns="" id=""
