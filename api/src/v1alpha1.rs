@@ -37,10 +37,11 @@ use serde::{Deserialize, Serialize};
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
-#[cfg_attr(
-    feature = "kube",
-    x_kube(validation = kube::core::Rule::new("!has(self.rules) || self.rules.all(r, !has(r.to) || r.to.all(t, self.sinks.exists(s, s.name == t)))").message("every sink named in a rule's to must be declared in sinks"))
-)]
+// No spec-level CEL rule checks that `to` names declared sinks: CEL runs before the
+// validating webhook, and within the API server's cost budget its message cannot name the
+// rule and sink (docs/architecture.md, "Refusals name the field"); the webhook refuses it as
+// `spec.rules[i].to[j]: unknown sink "…"`, and without the webhook the operator reports it
+// in status and never publishes.
 #[serde(rename_all = "camelCase")]
 pub struct ServiceLogSpec {
     /// Pods this ServiceLog is meant for; counted in `status.pods`.
@@ -96,7 +97,7 @@ pub struct LabelSelectorRequirement {
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
-    x_kube(validation = kube::core::Rule::new("[has(self.file), has(self.syslog)].filter(x, x).size() == 1").message("a source sets exactly one of file or syslog"))
+    x_kube(validation = kube::core::Rule::new("[has(self.file), has(self.syslog)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'source \"' + self.name + '\" sets ' + (has(self.file) ? 'both file and syslog' : 'neither file nor syslog') + ': a source sets exactly one of file or syslog'".into())))
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
@@ -190,8 +191,8 @@ pub enum SyslogProtocol {
 #[cfg_attr(
     feature = "kube",
     x_kube(
-        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http)].filter(x, x).size() == 1").message("a sink sets exactly one of stdout, file or http"),
-        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http)").message("credentialsSecretRef applies to http sinks only"),
+        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'sink \"' + self.name + '\" sets ' + (has(self.stdout) || has(self.file) || has(self.http) ? (has(self.stdout) ? 'stdout ' : '') + (has(self.file) ? 'file ' : '') + (has(self.http) ? 'http ' : '') : 'none of them ') + '- a sink sets exactly one of stdout, file or http'".into())),
+        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http)").message(kube::core::Message::Expression("'sink \"' + self.name + '\": credentialsSecretRef applies to http sinks only'".into())).field_path(".credentialsSecretRef"),
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -386,8 +387,8 @@ pub enum HttpEncoding {
 #[cfg_attr(
     feature = "kube",
     x_kube(
-        validation = kube::core::Rule::new("has(self.to) != has(self.action)").message("a rule has either to or action: drop"),
-        validation = kube::core::Rule::new("!has(self.action) || (!has(self.sample) && !has(self.rateLimit))").message("sample and rateLimit apply to routing rules, not to action: drop"),
+        validation = kube::core::Rule::new("has(self.to) != has(self.action)").message(kube::core::Message::Expression("'rule \"' + self.name + '\" has ' + (has(self.to) ? 'both to and action: drop' : 'neither to nor action') + ': a rule has either to or action: drop'".into())),
+        validation = kube::core::Rule::new("!has(self.action) || (!has(self.sample) && !has(self.rateLimit))").message(kube::core::Message::Expression("'rule \"' + self.name + '\" drops but sets ' + (has(self.sample) ? 'sample' : 'rateLimit') + ': sample and rateLimit apply to routing rules, not to action: drop'".into())),
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -528,7 +529,7 @@ pub struct MessageCondition {
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
-    x_kube(validation = kube::core::Rule::new("[has(self.regex), has(self.exists), has(self.greaterThan), has(self.lessThan)].filter(x, x).size() <= 1").message("a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan"))
+    x_kube(validation = kube::core::Rule::new("[has(self.regex), has(self.exists), has(self.greaterThan), has(self.lessThan)].filter(x, x).size() <= 1").message(kube::core::Message::Expression("'the condition on field \"' + self.name + '\" sets more than one test: a field condition sets exactly one of equals, in, regex, exists, greaterThan, lessThan'".into())))
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FieldCondition {

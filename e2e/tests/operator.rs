@@ -268,6 +268,8 @@ async fn given_an_invalid_spec_then_nothing_is_published_and_status_names_the_fi
         .message = Some(servicelog_api::v1alpha1::MessageCondition {
         regex: "(unclosed".into(),
     });
+    // Admitted by the schema (no webhook here); the operator must still refuse it by path.
+    bad.spec.rules[2].to = Some(vec!["console".into(), "nowhere".into()]);
     f.create(&bad).await;
     let obj = f
         .wait_status("checkout", "Valid=False", &operator, |s| {
@@ -277,11 +279,16 @@ async fn given_an_invalid_spec_then_nothing_is_published_and_status_names_the_fi
     let status = obj.status.expect("status");
     let valid = condition(&status, "Valid").expect("Valid");
     assert_eq!(valid.reason, "InvalidSpec");
-    assert!(
-        valid.message.contains("spec.rules[1].when.message.regex"),
-        "Valid=False does not name the field: {}",
-        valid.message
-    );
+    for needle in [
+        "spec.rules[1].when.message.regex",
+        "spec.rules[2].to[1]: unknown sink \"nowhere\"",
+    ] {
+        assert!(
+            valid.message.contains(needle),
+            "Valid=False does not name {needle:?}: {}",
+            valid.message
+        );
+    }
     assert!(!is_true(&status, "Published"));
     assert!(
         matches!(

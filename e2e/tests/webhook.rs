@@ -159,6 +159,135 @@ async fn given_an_invalid_servicelog_when_applied_then_kubectl_fails_with_every_
     );
 }
 
+/// The bad examples of `api/tests/validation.rs`, one problem each, and what the refusal
+/// must name: the field's path and the offending value. Some are caught by the CRD schema
+/// and its CEL rules, the rest by the validating webhook; either way the user reads both.
+const REFUSALS: &[(&str, &str, &[&str])] = &[
+    (
+        "a rule sending to an undeclared sink",
+        "  rules: [{name: alerts, to: [console, loki]}]",
+        &["spec.rules[0].to[1]", "\"loki\""],
+    ),
+    (
+        "a rule with both to and action",
+        "  rules: [{name: r0, action: drop, to: [console]}]",
+        &["spec.rules[0]", "\"r0\"", "both to and action"],
+    ),
+    (
+        "a rule with neither to nor action",
+        "  rules: [{name: r2}]",
+        &["spec.rules[0]", "\"r2\"", "neither to nor action"],
+    ),
+    (
+        "a drop rule that samples",
+        "  rules: [{name: r0, action: drop, sample: 0.5}]",
+        &["spec.rules[0]", "\"r0\"", "sample"],
+    ),
+    (
+        "a level that is not one",
+        "  rules: [{name: r0, when: {level: {atLeast: warning}}, to: [console]}]",
+        &["spec.rules[0].when.level.atLeast", "\"warning\""],
+    ),
+    (
+        "a field condition with two tests",
+        "  rules: [{name: r0, when: {fields: [{name: lat, regex: a, exists: true}]}, to: [console]}]",
+        &["spec.rules[0].when.fields[0]", "\"lat\""],
+    ),
+    (
+        "a regex that does not compile",
+        "  rules: [{name: r0, when: {message: {regex: '('}}, to: [console]}]",
+        &["spec.rules[0].when.message.regex", "unclosed group"],
+    ),
+    (
+        "an unknown source in a condition",
+        "  rules: [{name: r0, when: {source: nope}, to: [console]}]",
+        &["spec.rules[0].when.source", "\"nope\""],
+    ),
+    (
+        "a misspelt condition inside any (kept by the open schema)",
+        "  rules: [{name: r0, when: {any: [{levell: {atLeast: warn}}]}, to: [console]}]",
+        &["spec.rules[0].when.any[0].levell", "unknown field"],
+    ),
+    (
+        "a default sink that is not declared",
+        "  defaultTo: [console, missing]",
+        &["spec.defaultTo[1]", "\"missing\""],
+    ),
+    (
+        "a source with both file and syslog",
+        "",
+        &["spec.sources[1]", "\"both\"", "both file and syslog"],
+    ),
+    (
+        "a sink with two kinds",
+        "",
+        &["spec.sinks[1]", "\"two\"", "stdout file"],
+    ),
+    (
+        "a relative file sink path",
+        "",
+        &["spec.sinks[1].file.path", "\"relative.log\""],
+    ),
+    (
+        "credentials on a stdout sink",
+        "",
+        &["spec.sinks[1].credentialsSecretRef", "\"creds\""],
+    ),
+];
+
+fn refused_example(ns: &str, what: &str, rules: &str) -> String {
+    let (sources, sinks) = match what {
+        "a source with both file and syslog" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}, {name: both, file: {paths: [/b/*.log]}, syslog: {port: 5514}}]",
+            "[{name: console, stdout: {}}]",
+        ),
+        "a sink with two kinds" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}, {name: two, stdout: {}, file: {path: /x.log}}]",
+        ),
+        "a relative file sink path" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}, {name: rel, file: {path: relative.log}}]",
+        ),
+        "credentials on a stdout sink" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}, {name: creds, stdout: {}, credentialsSecretRef: {name: s}}]",
+        ),
+        _ => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}]",
+        ),
+    };
+    format!(
+        "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: refused, namespace: {ns}}}\nspec:\n  sources: {sources}\n  sinks: {sinks}\n{rules}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_each_bad_example_when_applied_then_the_refusal_names_its_field_path_and_value() {
+    let f = fixture("wh-refusals", &[]).await;
+    let mut failures = Vec::new();
+    for (what, rules, needles) in REFUSALS {
+        let manifest = refused_example(&f.ns, what, rules);
+        let out = f.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("{what}: accepted\n{manifest}"));
+            continue;
+        }
+        let missing: Vec<&&str> = needles.iter().filter(|n| !stderr.contains(**n)).collect();
+        if !missing.is_empty() {
+            failures.push(format!("{what}: the refusal lacks {missing:?}:\n{stderr}"));
+        }
+        if stderr.contains("\"null\"") {
+            failures.push(format!(
+                "{what}: the refusal offers \"null\" as a value:\n{stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_an_annotated_pod_when_created_then_it_comes_back_injected_and_a_second_admission_changes_nothing()
  {
