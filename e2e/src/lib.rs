@@ -114,6 +114,7 @@ pub struct TestEnv {
 }
 
 static SHARED: OnceLock<Result<TestEnv, EnvError>> = OnceLock::new();
+static SHARED_CLUSTER: OnceLock<Result<TestEnv, EnvError>> = OnceLock::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl TestEnv {
@@ -234,6 +235,16 @@ impl TestEnv {
     pub fn shared() -> Result<&'static TestEnv, EnvError> {
         SHARED
             .get_or_init(TestEnv::start)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// One cluster per test process (see [`TestEnv::start_cluster`]), started on first use
+    /// and shared by every test in it. Never dropped: when the process exits the watchdog
+    /// stops it and runs the node's teardown (`e2e/tools/node-down.sh`).
+    pub fn shared_cluster() -> Result<&'static TestEnv, EnvError> {
+        SHARED_CLUSTER
+            .get_or_init(TestEnv::start_cluster)
             .as_ref()
             .map_err(Clone::clone)
     }

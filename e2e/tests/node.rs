@@ -1,13 +1,17 @@
 //! The real node of `make cluster`: pods from images built here run in containers and
 //! become Ready, `kubectl logs` and `exec` go through the kubelet, a Service name resolves
 //! through CoreDNS and its IP is reachable through kube-proxy, pods reach the API server and
-//! ZooKeeper — and after teardown nothing the cluster created is left on the machine.
+//! ZooKeeper — and after teardown nothing the cluster created is left on the machine, also
+//! when the process that owns the cluster is killed (the watchdog's teardown).
+//!
+//! The tests take turns ([`ONE_CLUSTER_AT_A_TIME`]): each compares the machine before and
+//! after its own cluster, which another cluster starting meanwhile would blur.
 
 use std::{
     collections::BTreeSet,
     fs,
     path::Path,
-    process::Output,
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -15,9 +19,13 @@ use std::{
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use servicelog_e2e::{
-    TestEnv,
+    TestEnv, base_dir,
     node::{self, BUSYBOX_IMAGE, NODE_NAME},
+    procs,
+    tools::Tools,
 };
+
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const POD_READY_TIMEOUT: &str = "120s";
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +199,7 @@ fn dir_entries(dir: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_teardown_leaves_nothing()
  {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let sysctls_before = node::kubelet_sysctls();
     let netns_before = netns_names();
     let shim_sockets_before = dir_entries(SHIM_SOCKETS);
@@ -375,4 +384,136 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
         shim_sockets.is_empty(),
         "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
     );
+}
+
+/// `KEY='value'` lines of the node's record (`<env>/node.env`).
+fn node_record(env_dir: &Path, key: &str) -> String {
+    let text = fs::read_to_string(env_dir.join("node.env")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim_matches('\'').to_owned())
+        .unwrap_or_else(|| panic!("{key} is not in {}/node.env", env_dir.display()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("gave up after {timeout:?} waiting for {what}");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_cluster_with_a_pod_when_its_owner_is_killed_then_the_watchdog_leaves_nothing() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let sysctls_before = node::kubelet_sysctls();
+    let netns_before = netns_names();
+    let shim_sockets_before = dir_entries(SHIM_SOCKETS);
+
+    // Given `make cluster`'s process (servicelog-testenv --cluster) with a pod running.
+    let base = base_dir().join(format!("killed-{}", std::process::id()));
+    fs::create_dir_all(&base).expect("creating the cluster's base dir");
+    let log = fs::File::create(base.join("cluster.log")).expect("creating cluster.log");
+    let mut owner = Command::new(env!("CARGO_BIN_EXE_servicelog-testenv"))
+        .arg("--cluster")
+        .env("SERVICELOG_CLUSTER_BASE", &base)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("a log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("starting servicelog-testenv --cluster");
+    let started = wait_until("the cluster's env file", Duration::from_secs(180), || {
+        base.join("env").exists() || matches!(owner.try_wait(), Ok(Some(_)))
+    });
+    assert!(
+        started && base.join("env").exists(),
+        "servicelog-testenv --cluster did not write {}/env:\n{}",
+        base.display(),
+        fs::read_to_string(base.join("cluster.log")).unwrap_or_default()
+    );
+    let env_dir = base.join("current");
+    let tools = Tools::locate().expect("the control plane's tools");
+    let kubectl = |args: &[&str]| {
+        Command::new(tools.path("kubectl"))
+            .env("KUBECONFIG", env_dir.join("kubeconfig"))
+            .args(args)
+            .output()
+    };
+    ok(
+        "kubectl run sleeper",
+        kubectl(&[
+            "run",
+            "sleeper",
+            &format!("--image={BUSYBOX_IMAGE}"),
+            "--image-pull-policy=Never",
+            "--command",
+            "--",
+            "sleep",
+            "3600",
+        ]),
+    );
+    ok(
+        "waiting up to 120s for pod sleeper to be Ready",
+        kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/sleeper",
+            "--timeout=120s",
+        ]),
+    );
+    let netns = node_record(&env_dir, "NETNS");
+    let cgroup = node_record(&env_dir, "CGROUP");
+    let sock = std::path::PathBuf::from(node_record(&env_dir, "CONTAINERD_SOCK"));
+    let ours: BTreeSet<String> = netns_names().difference(&netns_before).cloned().collect();
+    assert!(
+        ours.contains(&netns) && ours.iter().any(|n| n.starts_with("cni-")),
+        "expected the node's namespace {netns} and the pod's cni-* namespace, found {ours:?}"
+    );
+    let during = traces(&env_dir, &ours, &cgroup, &sock);
+    assert!(
+        !during.processes.is_empty() && !during.mounts.is_empty() && !during.cgroups.is_empty(),
+        "the leftover check sees nothing while the cluster runs: {during:?}"
+    );
+
+    // When the owner is killed without a chance to tear anything down.
+    owner.kill().expect("SIGKILL to servicelog-testenv");
+    let _ = owner.wait();
+
+    // Then the watchdog stops every process and removes the pods, mounts, namespaces and
+    // cgroups, and restores the sysctls.
+    let empty = Traces {
+        processes: vec![],
+        mounts: vec![],
+        netns: vec![],
+        cgroups: vec![],
+    };
+    wait_until("the watchdog's teardown", Duration::from_secs(60), || {
+        traces(&env_dir, &ours, &cgroup, &sock) == empty
+    });
+    assert_eq!(
+        traces(&env_dir, &ours, &cgroup, &sock),
+        empty,
+        "60s after its owner was killed, the cluster left these behind"
+    );
+    assert_eq!(
+        node::kubelet_sysctls(),
+        sysctls_before,
+        "the sysctls the kubelet sets were not restored"
+    );
+    let shim_sockets: Vec<String> = dir_entries(SHIM_SOCKETS)
+        .difference(&shim_sockets_before)
+        .cloned()
+        .collect();
+    assert!(
+        shim_sockets.is_empty(),
+        "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
+    );
+    if procs::mount_under(&base).is_none() {
+        let _ = fs::remove_dir_all(&base);
+    }
 }
