@@ -81,6 +81,47 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
+#[cfg(feature = "kube")]
+impl LabelSelector {
+    /// kube's selector for this one, which does the matching (`metav1.LabelSelector`
+    /// semantics: every requirement holds; an empty selector matches everything).
+    ///
+    /// Notable errors: an operator other than `In`, `NotIn`, `Exists`, `DoesNotExist`, or
+    /// `In`/`NotIn` without values.
+    pub fn to_selector(&self) -> Result<kube::core::Selector, kube::core::ParseExpressionError> {
+        use kube::core::{Expression, ParseExpressionError, Selector};
+        let mut selector: Selector = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| Expression::Equal(k.clone(), v.clone()))
+            .collect();
+        for r in &self.match_expressions {
+            let key = r.key.clone();
+            let values = || r.values.iter().cloned().collect();
+            let expression = match r.operator.as_str() {
+                "In" if !r.values.is_empty() => Expression::In(key, values()),
+                "NotIn" if !r.values.is_empty() => Expression::NotIn(key, values()),
+                "Exists" => Expression::Exists(key),
+                "DoesNotExist" => Expression::DoesNotExist(key),
+                other => {
+                    return Err(ParseExpressionError(format!(
+                        "matchExpressions operator {other:?} on {:?} is not In, NotIn (with values), Exists or DoesNotExist",
+                        r.key
+                    )));
+                }
+            };
+            selector.extend([expression]);
+        }
+        Ok(selector)
+    }
+
+    /// Whether the selector matches a pod's labels; one that does not parse matches nothing.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        use kube::core::SelectorExt;
+        self.to_selector().is_ok_and(|s| s.matches(labels))
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]

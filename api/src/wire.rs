@@ -149,6 +149,29 @@ impl Envelope {
         })
     }
 
+    /// The envelope of a spec that may be published: valid (every sidecar of this build
+    /// can run it) and small enough for a znode. What the operator's reconcile, the
+    /// validating webhook and `servicelog-operator validate` all ask.
+    ///
+    /// Notable errors: every validation problem with its field path, and the size as a
+    /// problem at `spec`.
+    pub fn publishable(
+        uid: impl Into<String>,
+        generation: i64,
+        spec: ServiceLogSpec,
+    ) -> Result<Self, crate::validate::ValidationErrors> {
+        let mut problems = match crate::validate::validate(&spec) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.0,
+        };
+        match Self::new(uid, generation, spec).and_then(|e| e.to_bytes().map(|_| e)) {
+            Ok(envelope) if problems.is_empty() => return Ok(envelope),
+            Ok(_) => {}
+            Err(e) => problems.push(crate::validate::FieldError::new("spec", e.to_string())),
+        }
+        Err(crate::validate::ValidationErrors(problems))
+    }
+
     /// The spec's canonical JSON, which [`Envelope::hash`] covers.
     pub fn canonical_spec(&self) -> &str {
         &self.canonical_spec

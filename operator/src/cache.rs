@@ -33,6 +33,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource,
+    core::{Selector, SelectorExt},
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -43,10 +44,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use servicelog_api::{
     FieldError, ValidationErrors, parse_spec,
-    v1alpha1::{
-        Condition, LabelSelectorRequirement, PodCounts, ServiceLog, ServiceLogSpec,
-        ServiceLogStatus,
-    },
+    v1alpha1::{Condition, LabelSelector, PodCounts, ServiceLog, ServiceLogSpec, ServiceLogStatus},
 };
 use tokio::sync::mpsc;
 
@@ -271,7 +269,7 @@ impl<'de> Deserialize<'de> for CachedServiceLog {
         let selector = serde_json::from_str::<WireSelector<'_>>(&spec)
             .ok()
             .and_then(|w| w.selector)
-            .and_then(Selector::parse)
+            .and_then(parse_selector)
             .map(Box::new);
         let status = wire
             .status
@@ -296,34 +294,11 @@ impl<'de> Deserialize<'de> for CachedServiceLog {
     }
 }
 
-/// A label selector in few allocations: `metav1.LabelSelector` semantics.
-#[derive(Clone, Debug)]
-struct Selector {
-    labels: Box<[(Box<str>, Box<str>)]>,
-    expressions: Box<[LabelSelectorRequirement]>,
-}
-
-impl Selector {
-    /// `None` when the selector does not parse: the reconcile reports the spec invalid.
-    fn parse(raw: &RawValue) -> Option<Self> {
-        let selector: servicelog_api::v1alpha1::LabelSelector =
-            serde_json::from_str(raw.get()).ok()?;
-        Some(Self {
-            labels: selector
-                .match_labels
-                .into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect(),
-            expressions: selector.match_expressions.into_boxed_slice(),
-        })
-    }
-
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| labels.get(&**k).map(String::as_str) == Some(&**v))
-            && crate::controller::status::expressions_match(&self.expressions, labels)
-    }
+/// The selector read out of the spec text, as kube's matcher; `None` when it does not
+/// parse (the reconcile reports the spec invalid).
+fn parse_selector(raw: &RawValue) -> Option<Selector> {
+    let selector: LabelSelector = serde_json::from_str(raw.get()).ok()?;
+    selector.to_selector().ok()
 }
 
 /// What the cache tells its follower.

@@ -29,17 +29,20 @@
 pub mod backlog;
 pub mod events;
 pub mod fast;
+pub mod memory;
+pub mod observe;
+pub mod publish;
 pub mod status;
+pub mod validate;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use events::Events;
 use futures::{StreamExt, stream};
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -53,12 +56,9 @@ use kube::{
         watcher,
     },
 };
-use servicelog_api::{
-    v1alpha1::{ServiceLog, ServiceLogSpec, ServiceLogStatus},
-    validate,
-    wire::{Envelope, Layout},
-};
-use status::{Cond, PUBLISHED, READY, VALID};
+use memory::{Key, Memory};
+use servicelog_api::{v1alpha1::ServiceLog, wire::Layout};
+use status::{Findings, Next, OldStatus, PublishOutcome};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -119,6 +119,11 @@ impl Error {
             Self::NoNamespace => "invalid",
         }
     }
+
+    /// Whether retrying can help: an invalid object waits for a change instead.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::NoNamespace)
+    }
 }
 
 impl From<kube::Error> for Error {
@@ -143,82 +148,28 @@ pub struct Context {
     /// How long deletion waits for an unreachable ZooKeeper before it gives up on the
     /// subtree (with a Warning event) and lets the resource go.
     pub cleanup_timeout: Duration,
-    /// The hash this process last published per resource: the status in the watch cache
-    /// can lag behind a publish, and drift must still be recognised as drift.
-    pub published: Mutex<HashMap<(String, String), String>>,
-    /// The status this process wrote lately per resource: the watch cache can lag behind
-    /// our own status write, and a reconcile that merged conditions into that stale copy
-    /// would rewrite every `lastTransitionTime`.
-    pub statuses: Mutex<RecentStatuses>,
-    /// When status was last written for resources whose rollout is partway.
-    pub rollout_written: Mutex<HashMap<(String, String), Instant>>,
-    /// When the instance records of resources whose rollout is partway were last re-read.
-    pub rollout_refreshed: Mutex<HashMap<(String, String), Instant>>,
+    /// What this process remembers per resource between reconciles.
+    pub memory: Memory,
 }
 
-/// How long a written status is remembered at most: the entry goes as soon as the cache
-/// holds the resourceVersion the write returned, and after this however it stands.
-pub const STATUS_MEMORY: Duration = Duration::from_secs(60);
-
-/// Statuses this process wrote that the cache may not hold yet, per resource.
-#[derive(Default)]
-pub struct RecentStatuses {
-    written: HashMap<(String, String), Written>,
-    pruned: Option<Instant>,
-}
-
-struct Written {
-    at: Instant,
-    /// The resourceVersion the status write returned.
-    revision: Option<u64>,
-    status: ServiceLogStatus,
-}
-
-/// Whether the cache's copy (at `cached`) already includes a write that returned `written`.
-fn caught_up(cached: Option<u64>, written: Option<u64>) -> bool {
-    matches!((cached, written), (Some(c), Some(w)) if c >= w)
-}
-
-impl RecentStatuses {
-    fn get(&self, key: &(String, String), cached: Option<u64>) -> Option<&ServiceLogStatus> {
-        self.written
-            .get(key)
-            .filter(|w| w.at.elapsed() < STATUS_MEMORY && !caught_up(cached, w.revision))
-            .map(|w| &w.status)
-    }
-
-    /// Remembers a write; at most once a second, forgets those the cache caught up with.
-    fn insert(
-        &mut self,
-        key: (String, String),
-        revision: Option<u64>,
-        status: ServiceLogStatus,
-        cache: &Store<CachedServiceLog>,
+impl Context {
+    /// Queues an Event about `obj` (posted in the background; see [`events`]).
+    pub fn event(
+        &self,
+        obj: &ServiceLog,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
     ) {
-        if self
-            .pruned
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.written.retain(|(ns, name), w| {
-                let cached = cache
-                    .get(&ObjectRef::new(name).within(ns))
-                    .and_then(|s| s.revision());
-                w.at.elapsed() < STATUS_MEMORY && !caught_up(cached, w.revision)
-            });
-            self.pruned = Some(Instant::now());
-        }
-        self.written.insert(
-            key,
-            Written {
-                at: Instant::now(),
-                revision,
-                status,
-            },
-        );
-    }
-
-    fn remove(&mut self, key: &(String, String)) {
-        self.written.remove(key);
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        self.events.publish(&event, &obj.object_ref(&()));
     }
 }
 
@@ -261,10 +212,7 @@ pub async fn run(
         started: tokio::time::Instant::now(),
         pods,
         cleanup_timeout: settings.cleanup_timeout,
-        published: Default::default(),
-        statuses: Default::default(),
-        rollout_written: Default::default(),
-        rollout_refreshed: Default::default(),
+        memory: Memory::default(),
     });
 
     // The cache passes on only the changes a reconcile must see (not the operator's own
@@ -439,33 +387,19 @@ fn servicelogs_for_pod(
 async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.warmup.wait().await;
     let started = Instant::now();
-    let (full, unparsed) = expand(&obj);
+    let (full, unparsed) = validate::expand(&obj);
     let result = reconcile_inner(&full, unparsed.as_deref(), obj.status_hash(), &ctx).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.category(),
     };
+    if result.is_ok()
+        && let Some(ns) = obj.metadata.namespace.clone()
+    {
+        ctx.memory.succeeded(&(ns, obj.name_any()));
+    }
     ctx.metrics.reconciled(label, started.elapsed());
     result
-}
-
-/// The cached resource with its spec and status parsed, and why the spec did not parse
-/// (then the spec is empty, and [`check`] reports the reason). The status has no reasons
-/// or messages (see [`CachedServiceLog::status`]).
-pub(crate) fn expand(obj: &CachedServiceLog) -> (ServiceLog, Option<String>) {
-    let (spec, unparsed) = match obj.spec() {
-        Ok(spec) => (spec, None),
-        Err(errors) => {
-            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            (ServiceLogSpec::default(), Some(problems.join("; ")))
-        }
-    };
-    let full = ServiceLog {
-        metadata: obj.metadata.clone(),
-        spec,
-        status: obj.status(),
-    };
-    (full, unparsed)
 }
 
 /// The finalizer protocol, with the finalizer added in the same pass that first publishes:
@@ -545,11 +479,24 @@ fn finalizer_pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
     json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
 }
 
-fn error_policy(obj: Arc<CachedServiceLog>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(servicelog = %ObjectRef::from_obj(obj.as_ref()), category = error.category(), error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+/// An invalid object waits for a change; a transient failure is retried with a backoff
+/// per resource (see [`Memory::retry_after_failure`]).
+fn error_policy(obj: Arc<CachedServiceLog>, error: &Error, ctx: Arc<Context>) -> Action {
+    let servicelog = ObjectRef::from_obj(obj.as_ref());
+    if !error.is_transient() {
+        tracing::warn!(%servicelog, category = error.category(), error = %error, "reconcile failed; waiting for a change");
+        return Action::await_change();
+    }
+    let key = (
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.name_any(),
+    );
+    let wait = ctx.memory.retry_after_failure(&key);
+    tracing::warn!(%servicelog, category = error.category(), error = %error, retry_in = ?wait, "reconcile failed; retrying");
+    Action::requeue(wait)
 }
 
+/// Validate → publish → observe → status, for a resource that is not being deleted.
 /// `status_hash` is [`cache::status_hash`] of the status the cache holds (whose reasons
 /// and messages `obj.status` lacks).
 async fn apply(
@@ -558,18 +505,76 @@ async fn apply(
     status_hash: Option<u64>,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let name = obj.name_any();
-    let generation = obj.metadata.generation;
+    let key: Key = (obj.namespace().ok_or(Error::NoNamespace)?, obj.name_any());
+    let old = old_status(ctx, obj, &key, status_hash);
+
+    let (validity, observed) = match validate::check(obj, unparsed) {
+        Err(problems) => (Err(problems), None),
+        Ok(envelope) => {
+            let outcome = match publish::publish_config(ctx, obj, &key, &envelope).await {
+                // A newer generation is in the cache and already in ZooKeeper; its own
+                // reconcile writes the status.
+                Ok(Published::Superseded { .. }) => {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+                Ok(published) => PublishOutcome::Published {
+                    hash: envelope.hash.clone(),
+                    version: published.version(),
+                    path: ctx.layout.config(&key.0, &key.1).unwrap_or_default(),
+                },
+                Err(e) => PublishOutcome::Failed {
+                    reason: match e {
+                        ZkError::Unavailable(_) => "ZooKeeperUnavailable",
+                        _ => "PublishFailed",
+                    },
+                    message: e.to_string(),
+                },
+            };
+            let hash = match &outcome {
+                PublishOutcome::Published { hash, .. } => hash.clone(),
+                PublishOutcome::Failed { .. } => old.status.config_hash.clone().unwrap_or_default(),
+            };
+            let observed = observe::observe(ctx, obj.spec.selector.as_ref(), &key, &hash).await;
+            (Ok(outcome), Some(observed))
+        }
+    };
+
+    let plan = status::plan(&Findings {
+        generation: obj.metadata.generation,
+        old: &old.status,
+        validity: validity.as_ref().map_err(Vec::as_slice),
+        observed: observed.as_ref(),
+    });
+    if let Some(message) = &plan.rejected {
+        ctx.event(obj, EventType::Warning, "Rejected", "Validate", message);
+    }
+    let same_config = plan.status.config_hash == old.status.config_hash;
+    let since = ctx.memory.rollout_written(&key).map(|t| t.elapsed());
+    if let Some(wait) = status::throttle(plan.partway, same_config, since) {
+        return Ok(Action::requeue(wait));
+    }
+    let written = status::write(ctx, obj, &key, plan.status, &plan.conds, &old).await?;
+    if !plan.partway {
+        ctx.memory.set_rollout_written(&key, None);
+    } else if written {
+        ctx.memory.set_rollout_written(&key, Some(Instant::now()));
+    }
+    Ok(match plan.next {
+        Next::AwaitChange => Action::await_change(),
+        Next::Requeue(after) => Action::requeue(after),
+    })
+}
+
+/// The status a reconcile starts from: the one this process last wrote, unless the cache
+/// holds a newer generation's, or else the cache's.
+fn old_status(ctx: &Context, obj: &ServiceLog, key: &Key, status_hash: Option<u64>) -> OldStatus {
     let cached = obj.status.clone().unwrap_or_default();
     let revision = cache::revision(obj.metadata.resource_version.as_deref());
-    let ours = ctx
-        .statuses
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&(namespace.clone(), name.clone()), revision).cloned())
-        .filter(|ours: &ServiceLogStatus| ours.observed_generation >= cached.observed_generation);
-    let old = match ours {
+    match ctx
+        .memory
+        .status(key, revision)
+        .filter(|ours| ours.observed_generation >= cached.observed_generation)
+    {
         Some(ours) => OldStatus {
             hash: Some(cache::status_hash(&ours)),
             status: ours,
@@ -578,359 +583,7 @@ async fn apply(
             hash: status_hash,
             status: cached,
         },
-    };
-    let mut status = ServiceLogStatus {
-        observed_generation: generation,
-        ..old.clone()
-    };
-    let mut conds = Vec::new();
-    let mut requeue = Action::await_change();
-    let mut partway = false;
-
-    // 1. validate
-    let envelope = match check(obj, unparsed) {
-        Ok(envelope) => envelope,
-        Err(problems) => {
-            let message = problems.join("; ");
-            conds.push(Cond::new(VALID, false, "InvalidSpec", message.clone()));
-            let kept = old
-                .config_hash
-                .as_deref()
-                .map(|h| format!("sidecars keep {h}"))
-                .unwrap_or_else(|| "nothing was ever published".into());
-            conds.push(Cond::new(
-                PUBLISHED,
-                false,
-                "InvalidSpec",
-                format!(
-                    "generation {} not published; {kept}",
-                    generation.unwrap_or(0)
-                ),
-            ));
-            if old.observed_generation != generation {
-                publish_event(
-                    ctx,
-                    obj,
-                    EventType::Warning,
-                    "Rejected",
-                    "Validate",
-                    &message,
-                );
-            }
-            write_status(ctx, obj, &namespace, status, &conds, &old).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    conds.push(Cond::new(
-        VALID,
-        true,
-        "Validated",
-        "the spec compiles; every sidecar can run it",
-    ));
-
-    // 2. publish
-    match publish_config(ctx, obj, &namespace, &name, &envelope).await {
-        Ok(Published::Superseded { .. }) => {
-            // A newer generation is in the cache and already in ZooKeeper; its own
-            // reconcile writes the status.
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-        Ok(outcome) => {
-            status.config_hash = Some(envelope.hash.clone());
-            status.published_version = Some(outcome.version());
-            let path = ctx.layout.config(&namespace, &name).unwrap_or_default();
-            conds.push(Cond::new(
-                PUBLISHED,
-                true,
-                "Published",
-                format!(
-                    "{} at {path} (version {})",
-                    envelope.hash,
-                    outcome.version()
-                ),
-            ));
-        }
-        Err(e) => {
-            let reason = match e {
-                ZkError::Unavailable(_) => "ZooKeeperUnavailable",
-                _ => "PublishFailed",
-            };
-            conds.push(Cond::new(
-                PUBLISHED,
-                false,
-                reason,
-                format!("{e}; retrying"),
-            ));
-            requeue = Action::requeue(Duration::from_secs(3));
-        }
     }
-
-    // 3. observe
-    let pods = pods_of(ctx, obj, &namespace, &name);
-    let hash = status.config_hash.clone().unwrap_or_default();
-    let mut instances = ctx.zk.instances(&namespace, &name).ok();
-    let key = (namespace.clone(), name.clone());
-    let behind = instances.as_ref().is_some_and(|instances| {
-        let r = status::rollout(pods.matched, &pods.injected, instances, &hash);
-        r.counts.applied < r.counts.injected
-    });
-    if behind {
-        let due = ctx
-            .rollout_refreshed
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied())
-            .is_none_or(|t| t.elapsed() >= ROLLOUT_REFRESH_INTERVAL);
-        if due
-            && ctx
-                .zk
-                .refresh_instances(&ctx.layout, &namespace, &name)
-                .await
-                .is_ok()
-        {
-            if let Ok(mut m) = ctx.rollout_refreshed.lock() {
-                m.insert(key.clone(), Instant::now());
-            }
-            instances = ctx.zk.instances(&namespace, &name).ok();
-        }
-        requeue = Action::requeue(ROLLOUT_REFRESH_INTERVAL);
-    } else if let Ok(mut m) = ctx.rollout_refreshed.lock() {
-        m.remove(&key);
-    }
-    match instances {
-        Some(instances) => {
-            let rollout = status::rollout(pods.matched, &pods.injected, &instances, &hash);
-            partway =
-                rollout.counts.applied < rollout.counts.injected && rollout.rejected.is_empty();
-            status.pods = Some(rollout.counts.clone());
-            let published_ok = conds.iter().any(|c| c.type_ == PUBLISHED && c.ok);
-            if published_ok {
-                conds.push(status::ready(&rollout, &hash));
-            } else {
-                conds.push(Cond::new(
-                    READY,
-                    false,
-                    "NotPublished",
-                    "waiting for the config to be published",
-                ));
-            }
-        }
-        None => {
-            let mut counts = old.pods.clone().unwrap_or_default();
-            counts.matched = pods.matched;
-            counts.injected = u32::try_from(pods.injected.len()).unwrap_or(u32::MAX);
-            counts.summary = format!("{}/{}", counts.applied, counts.injected);
-            status.pods = Some(counts);
-            conds.push(Cond::new(
-                READY,
-                false,
-                "ZooKeeperUnavailable",
-                "cannot read the sidecars' acks",
-            ));
-        }
-    }
-
-    // 4. status
-    let same_config = status.config_hash == old.config_hash;
-    if partway && same_config {
-        let last = ctx
-            .rollout_written
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied());
-        if let Some(wait) = last.and_then(|t| ROLLOUT_STATUS_INTERVAL.checked_sub(t.elapsed())) {
-            return Ok(Action::requeue(wait));
-        }
-    }
-    let written = write_status(ctx, obj, &namespace, status, &conds, &old).await?;
-    if let Ok(mut m) = ctx.rollout_written.lock() {
-        if !partway {
-            m.remove(&key);
-        } else if written {
-            m.insert(key, Instant::now());
-        }
-    }
-    Ok(requeue)
-}
-
-/// Publishes a valid resource's config znode (see [`zk::publish`]), remembers the hash, and
-/// posts the Event for what changed. Used by reconciles and by the watch's fast path.
-async fn publish_config(
-    ctx: &Context,
-    obj: &ServiceLog,
-    namespace: &str,
-    name: &str,
-    envelope: &Envelope,
-) -> Result<Published, ZkError> {
-    let key = (namespace.to_owned(), name.to_owned());
-    let known = ctx
-        .published
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&key).cloned())
-        .or_else(|| obj.status.as_ref().and_then(|s| s.config_hash.clone()));
-    let client = ctx.zk.client()?;
-    let uid = obj.metadata.uid.clone();
-    let reference = ObjectRef::<CachedServiceLog>::new(name).within(namespace);
-    let newest = || {
-        ctx.slogs
-            .get(&reference)
-            .filter(|s| s.metadata.uid == uid)
-            .and_then(|s| s.metadata.generation)
-    };
-    let outcome = zk::publish(
-        &client,
-        &ctx.layout,
-        namespace,
-        name,
-        envelope,
-        known.as_deref(),
-        &newest,
-    )
-    .await?;
-    if matches!(outcome, Published::Superseded { .. }) {
-        return Ok(outcome);
-    }
-    if let Ok(mut m) = ctx.published.lock() {
-        m.insert(key, envelope.hash.clone());
-    }
-    let path = ctx.layout.config(namespace, name).unwrap_or_default();
-    let drift = match outcome {
-        Published::Unchanged { .. } | Published::Superseded { .. } => return Ok(outcome),
-        Published::Created { .. } if known.is_some() => Some("deleted"),
-        Published::Updated { drift: true, .. } => Some("changed"),
-        Published::Created { .. } | Published::Updated { .. } => None,
-    };
-    match drift {
-        Some(how) => {
-            let note = format!(
-                "{path} had been {how} outside the operator; restored {}",
-                envelope.hash
-            );
-            publish_event(
-                ctx,
-                obj,
-                EventType::Warning,
-                "DriftRepaired",
-                "Publish",
-                &note,
-            );
-        }
-        None => {
-            let note = format!(
-                "{} published to {path} (version {})",
-                envelope.hash,
-                outcome.version()
-            );
-            publish_event(ctx, obj, EventType::Normal, "Published", "Publish", &note);
-        }
-    }
-    Ok(outcome)
-}
-
-/// Validation as the webhook and sidecars do it, plus the envelope size: every problem.
-fn check(obj: &ServiceLog, unparsed: Option<&str>) -> Result<Envelope, Vec<String>> {
-    if let Some(problem) = unparsed {
-        return Err(vec![problem.to_owned()]);
-    }
-    let mut problems: Vec<String> = match validate(&obj.spec) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    };
-    let uid = obj.metadata.uid.clone().unwrap_or_default();
-    let envelope = Envelope::new(uid, obj.metadata.generation.unwrap_or(0), obj.spec.clone());
-    match envelope.and_then(|e| e.to_bytes().map(|_| e)) {
-        Ok(envelope) if problems.is_empty() => Ok(envelope),
-        Ok(_) => Err(problems),
-        Err(e) => {
-            problems.push(format!("spec: {e}"));
-            Err(problems)
-        }
-    }
-}
-
-struct PodView {
-    matched: u32,
-    injected: Vec<String>,
-}
-
-fn pods_of(ctx: &Context, obj: &ServiceLog, namespace: &str, name: &str) -> PodView {
-    let mut matched = 0u32;
-    let mut injected = Vec::new();
-    for pod in ctx.pods.state() {
-        if pod.namespace().as_deref() != Some(namespace)
-            || pod.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        if obj
-            .spec
-            .selector
-            .as_ref()
-            .is_some_and(|sel| status::selector_matches(sel, pod.labels()))
-        {
-            matched += 1;
-        }
-        if pod
-            .annotations()
-            .get(INJECTED_ANNOTATION)
-            .map(String::as_str)
-            == Some(name)
-        {
-            injected.push(pod.name_any());
-        }
-    }
-    injected.sort();
-    PodView { matched, injected }
-}
-
-/// The status a reconcile starts from: the one this process last wrote, or the cache's
-/// (without reasons and messages), with the hash of the whole.
-struct OldStatus {
-    status: ServiceLogStatus,
-    hash: Option<u64>,
-}
-
-impl std::ops::Deref for OldStatus {
-    type Target = ServiceLogStatus;
-
-    fn deref(&self) -> &ServiceLogStatus {
-        &self.status
-    }
-}
-
-async fn write_status(
-    ctx: &Context,
-    obj: &ServiceLog,
-    namespace: &str,
-    mut status: ServiceLogStatus,
-    conds: &[Cond],
-    old: &OldStatus,
-) -> Result<bool, Error> {
-    let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
-    status.conditions =
-        status::merge_conditions(&old.conditions, conds, status.observed_generation, &now);
-    let key = (namespace.to_owned(), obj.name_any());
-    if old.hash == Some(cache::status_hash(&status)) {
-        return Ok(false);
-    }
-    let api: Api<CachedServiceLog> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "servicelog.io/v1alpha1",
-        "kind": "ServiceLog",
-        "status": status,
-    });
-    let updated = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    if let Ok(mut m) = ctx.statuses.lock() {
-        m.insert(key, updated.revision(), status, &ctx.slogs);
-    }
-    Ok(true)
 }
 
 async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
@@ -945,11 +598,10 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Ok(client) => zk::delete_subtree(&client, &path).await,
         Err(e) => Err(e),
     };
-    forget_resource(ctx, &namespace, &name);
+    ctx.memory.forget(&(namespace.clone(), name.clone()));
     match result {
         Ok(()) => {
-            publish_event(
-                ctx,
+            ctx.event(
                 obj,
                 EventType::Normal,
                 "Unpublished",
@@ -971,52 +623,11 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
                     "could not remove {path} for {}s ({e}); letting the resource go; the operator removes the subtree when ZooKeeper is back",
                     waited.as_secs()
                 );
-                publish_event(
-                    ctx,
-                    obj,
-                    EventType::Warning,
-                    "CleanupAbandoned",
-                    "Delete",
-                    &note,
-                );
+                ctx.event(obj, EventType::Warning, "CleanupAbandoned", "Delete", &note);
                 Ok(Action::await_change())
             } else {
                 Err(Error::Zk(e))
             }
         }
     }
-}
-
-/// Drops what this process remembers about a resource that is gone.
-fn forget_resource(ctx: &Context, namespace: &str, name: &str) {
-    let key = (namespace.to_owned(), name.to_owned());
-    for map in [&ctx.rollout_written, &ctx.rollout_refreshed] {
-        if let Ok(mut m) = map.lock() {
-            m.remove(&key);
-        }
-    }
-    if let Ok(mut m) = ctx.published.lock() {
-        m.remove(&key);
-    }
-    if let Ok(mut m) = ctx.statuses.lock() {
-        m.remove(&key);
-    }
-}
-
-fn publish_event(
-    ctx: &Context,
-    obj: &ServiceLog,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    ctx.events.publish(&event, &obj.object_ref(&()));
 }

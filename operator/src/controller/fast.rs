@@ -35,12 +35,18 @@ use std::{
     time::Duration,
 };
 
-use super::{Context, FINALIZER, check, expand, forget_resource, publish_config};
-use crate::cache::CachedServiceLog;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::watch;
 
-use crate::zk::{self, ZkError};
+use super::{
+    Context, FINALIZER,
+    publish::publish_config,
+    validate::{check, expand},
+};
+use crate::{
+    cache::CachedServiceLog,
+    zk::{self, ZkError},
+};
 
 /// How long after start the fast path waits for the first ZooKeeper session (the first
 /// listing usually arrives before it); later, a disconnected ZooKeeper fails fast and the
@@ -143,15 +149,10 @@ pub async fn prepublish(obj: &CachedServiceLog, ctx: &Context) {
     ctx.zk
         .wait_connected(ctx.started + FIRST_SESSION_LIMIT)
         .await;
-    let current = ctx
-        .published
-        .lock()
-        .ok()
-        .is_some_and(|m| m.get(&key) == Some(&envelope.hash));
-    if current {
+    if ctx.memory.published(&key).as_ref() == Some(&envelope.hash) {
         return;
     }
-    if let Err(e) = publish_config(ctx, &obj, &key.0, &key.1, &envelope).await {
+    if let Err(e) = publish_config(ctx, &obj, &key, &envelope).await {
         tracing::debug!(servicelog = %format!("{}/{}", key.0, key.1), error = %e, "fast publish failed; the reconcile retries");
     }
 }
@@ -163,7 +164,7 @@ pub async fn deleted(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) {
     let (Some(namespace), name) = (obj.namespace(), obj.name_any()) else {
         return;
     };
-    forget_resource(&ctx, &namespace, &name);
+    ctx.memory.forget(&(namespace.clone(), name.clone()));
     if obj.finalizers().iter().any(|f| f == FINALIZER) {
         return;
     }

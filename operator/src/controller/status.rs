@@ -1,13 +1,25 @@
-//! Building the status a person reads: conditions with reasons and messages they can act
-//! on, pod counts, the printer-column summary. Pure functions; the controller patches the
-//! result by server-side apply.
+//! Step 4, status: what a person reads — conditions with reasons and messages they can act
+//! on, pod counts, the printer-column summary — and what the reconcile does next.
+//! [`plan`] decides it all from the other steps' results, a pure function with table-driven
+//! tests; [`write`] patches the result by server-side apply, only when it changed.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
-use servicelog_api::{
-    v1alpha1::{Condition, LabelSelector, LabelSelectorRequirement, PodCounts},
-    wire::{Instance, InstanceState},
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
 };
+use servicelog_api::{
+    v1alpha1::{Condition, PodCounts, ServiceLog, ServiceLogStatus},
+    wire::InstanceState,
+};
+
+use super::{
+    Context, Error, FIELD_MANAGER, ROLLOUT_REFRESH_INTERVAL, ROLLOUT_STATUS_INTERVAL, memory::Key,
+    observe::Observed,
+};
+use crate::{cache, cache::CachedServiceLog, zk::InstanceRecord};
 
 pub const VALID: &str = "Valid";
 pub const PUBLISHED: &str = "Published";
@@ -66,33 +78,6 @@ pub fn merge_conditions(
         .collect()
 }
 
-/// Whether a label selector matches a pod's labels (`metav1.LabelSelector` semantics; no
-/// selector matches nothing, an empty one everything).
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .match_labels
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && expressions_match(&selector.match_expressions, labels)
-}
-
-/// Whether every `matchExpressions` requirement holds for a pod's labels.
-pub fn expressions_match(
-    expressions: &[LabelSelectorRequirement],
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    expressions.iter().all(|e| {
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| e.values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    })
-}
-
 /// Rollout of one config across the injected pods.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rollout {
@@ -106,7 +91,7 @@ pub struct Rollout {
 pub fn rollout(
     matched: u32,
     injected: &[String],
-    instances: &[(String, Result<Instance, String>)],
+    instances: &[(String, InstanceRecord)],
     hash: &str,
 ) -> Rollout {
     let mut applied = 0;
@@ -168,10 +153,236 @@ pub fn ready(rollout: &Rollout, hash: &str) -> Cond {
     Cond::new(READY, false, "RollingOut", message)
 }
 
+/// How the publish step went, as status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The config znode holds `hash` at `version` (written now or already).
+    Published {
+        hash: String,
+        version: i32,
+        path: String,
+    },
+    /// Not published; `reason` is the condition's, `message` says why.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// What the reconcile does after writing status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to do until the resource, its pods or its znodes change.
+    AwaitChange,
+    Requeue(Duration),
+}
+
+/// The status to write and what to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The new status without its conditions, which [`write`] merges from `conds`.
+    pub status: ServiceLogStatus,
+    pub conds: Vec<Cond>,
+    pub next: Next,
+    /// Some injected pods do not run the config yet, and none rejected it.
+    pub partway: bool,
+    /// The message of a `Rejected` Event to post: an invalid spec at a new generation.
+    pub rejected: Option<String>,
+}
+
+/// What the other steps found for one resource.
+pub struct Findings<'a> {
+    pub generation: Option<i64>,
+    /// The status the reconcile starts from.
+    pub old: &'a ServiceLogStatus,
+    /// The problems of an invalid spec, or the publish outcome of a valid one.
+    pub validity: Result<&'a PublishOutcome, &'a [String]>,
+    /// `None` when the spec was invalid (nothing is observed then).
+    pub observed: Option<&'a Observed>,
+}
+
+/// Decides the status and the next action from the steps' findings.
+pub fn plan(f: &Findings<'_>) -> Plan {
+    let mut status = ServiceLogStatus {
+        observed_generation: f.generation,
+        ..f.old.clone()
+    };
+    let publish = match f.validity {
+        Err(problems) => {
+            let message = problems.join("; ");
+            let kept = f
+                .old
+                .config_hash
+                .as_deref()
+                .map(|h| format!("sidecars keep {h}"))
+                .unwrap_or_else(|| "nothing was ever published".into());
+            let conds = vec![
+                Cond::new(VALID, false, "InvalidSpec", message.clone()),
+                Cond::new(
+                    PUBLISHED,
+                    false,
+                    "InvalidSpec",
+                    format!(
+                        "generation {} not published; {kept}",
+                        f.generation.unwrap_or(0)
+                    ),
+                ),
+            ];
+            return Plan {
+                status,
+                conds,
+                next: Next::AwaitChange,
+                partway: false,
+                rejected: (f.old.observed_generation != f.generation).then_some(message),
+            };
+        }
+        Ok(publish) => publish,
+    };
+    let mut conds = vec![Cond::new(
+        VALID,
+        true,
+        "Validated",
+        "the spec compiles; every sidecar can run it",
+    )];
+    let mut next = Next::AwaitChange;
+    match publish {
+        PublishOutcome::Published {
+            hash,
+            version,
+            path,
+        } => {
+            status.config_hash = Some(hash.clone());
+            status.published_version = Some(*version);
+            conds.push(Cond::new(
+                PUBLISHED,
+                true,
+                "Published",
+                format!("{hash} at {path} (version {version})"),
+            ));
+        }
+        PublishOutcome::Failed { reason, message } => {
+            conds.push(Cond::new(
+                PUBLISHED,
+                false,
+                reason,
+                format!("{message}; retrying"),
+            ));
+            next = Next::Requeue(Duration::from_secs(3));
+        }
+    }
+    let hash = status.config_hash.clone().unwrap_or_default();
+    let mut partway = false;
+    let observed = f.observed;
+    match observed.and_then(|o| o.instances.as_deref().map(|i| (o, i))) {
+        Some((o, instances)) => {
+            let rollout = rollout(o.pods.matched, &o.pods.injected, instances, &hash);
+            partway =
+                rollout.counts.applied < rollout.counts.injected && rollout.rejected.is_empty();
+            status.pods = Some(rollout.counts.clone());
+            if matches!(publish, PublishOutcome::Published { .. }) {
+                conds.push(ready(&rollout, &hash));
+            } else {
+                conds.push(Cond::new(
+                    READY,
+                    false,
+                    "NotPublished",
+                    "waiting for the config to be published",
+                ));
+            }
+        }
+        None => {
+            let mut counts = f.old.pods.clone().unwrap_or_default();
+            if let Some(o) = observed {
+                counts.matched = o.pods.matched;
+                counts.injected = u32::try_from(o.pods.injected.len()).unwrap_or(u32::MAX);
+            }
+            counts.summary = format!("{}/{}", counts.applied, counts.injected);
+            status.pods = Some(counts);
+            conds.push(Cond::new(
+                READY,
+                false,
+                "ZooKeeperUnavailable",
+                "cannot read the sidecars' acks",
+            ));
+        }
+    }
+    if observed.is_some_and(|o| o.behind) {
+        next = Next::Requeue(ROLLOUT_REFRESH_INTERVAL);
+    }
+    Plan {
+        status,
+        conds,
+        next,
+        partway,
+        rejected: None,
+    }
+}
+
+/// While a rollout of an unchanged config is partway, status is written at most every
+/// [`ROLLOUT_STATUS_INTERVAL`]: how long to wait before writing, if at all.
+pub fn throttle(
+    partway: bool,
+    same_config: bool,
+    since_last_write: Option<Duration>,
+) -> Option<Duration> {
+    if !(partway && same_config) {
+        return None;
+    }
+    since_last_write
+        .and_then(|t| ROLLOUT_STATUS_INTERVAL.checked_sub(t))
+        .filter(|wait| !wait.is_zero())
+}
+
+/// The status a reconcile starts from: the one this process last wrote, or the cache's
+/// (without reasons and messages), with the hash of the whole.
+pub struct OldStatus {
+    pub status: ServiceLogStatus,
+    pub hash: Option<u64>,
+}
+
+/// Merges `conds` into the status and patches it by server-side apply, unless it hashes
+/// the same as `old`. Returns whether it wrote.
+pub async fn write(
+    ctx: &Context,
+    obj: &ServiceLog,
+    key: &Key,
+    mut status: ServiceLogStatus,
+    conds: &[Cond],
+    old: &OldStatus,
+) -> Result<bool, Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now()).0.to_string();
+    status.conditions = merge_conditions(
+        &old.status.conditions,
+        conds,
+        status.observed_generation,
+        &now,
+    );
+    if old.hash == Some(cache::status_hash(&status)) {
+        return Ok(false);
+    }
+    let api: Api<CachedServiceLog> = Api::namespaced(ctx.client.clone(), &key.0);
+    let patch = serde_json::json!({
+        "apiVersion": "servicelog.io/v1alpha1",
+        "kind": "ServiceLog",
+        "status": status,
+    });
+    let updated = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.memory
+        .set_status(key, updated.revision(), status, &ctx.slogs);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use servicelog_api::v1alpha1::LabelSelectorRequirement;
+    use crate::controller::observe::Pods;
+    use servicelog_api::wire::Instance;
 
     fn instance(hash: &str, state: InstanceState, error: Option<&str>) -> Instance {
         Instance {
@@ -206,30 +417,6 @@ mod tests {
         );
         assert_eq!(flipped[0].last_transition_time, "t3");
         assert_eq!(flipped[0].status, "False");
-    }
-
-    #[test]
-    fn selector_semantics() {
-        let labels: BTreeMap<String, String> = [("app".to_string(), "checkout".to_string())].into();
-        let mut s = LabelSelector::default();
-        assert!(
-            selector_matches(&s, &labels),
-            "an empty selector matches everything"
-        );
-        s.match_labels.insert("app".into(), "checkout".into());
-        assert!(selector_matches(&s, &labels));
-        s.match_expressions.push(LabelSelectorRequirement {
-            key: "tier".into(),
-            operator: "DoesNotExist".into(),
-            values: vec![],
-        });
-        assert!(selector_matches(&s, &labels));
-        s.match_expressions.push(LabelSelectorRequirement {
-            key: "app".into(),
-            operator: "NotIn".into(),
-            values: vec!["checkout".into()],
-        });
-        assert!(!selector_matches(&s, &labels));
     }
 
     #[test]
@@ -280,5 +467,263 @@ mod tests {
             (ready(&r, "h").ok, ready(&r, "h").reason),
             (true, "Applied")
         );
+    }
+
+    fn published(hash: &str) -> PublishOutcome {
+        PublishOutcome::Published {
+            hash: hash.into(),
+            version: 7,
+            path: "/servicelog/namespaces/shop/checkout/config".into(),
+        }
+    }
+
+    fn observed(injected: &[&str], acks: &[(&str, &str, InstanceState)]) -> Observed {
+        let instances: Vec<(String, InstanceRecord)> = acks
+            .iter()
+            .map(|(pod, hash, state)| {
+                let error = (*state == InstanceState::Error).then_some("spec.rules[0]: bad");
+                ((*pod).to_owned(), Ok(instance(hash, *state, error)))
+            })
+            .collect();
+        let pods = Pods {
+            matched: u32::try_from(injected.len()).unwrap_or(0),
+            injected: injected.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let r = rollout(pods.matched, &pods.injected, &instances, "h2");
+        let behind = r.counts.applied < r.counts.injected;
+        Observed {
+            pods,
+            instances: Some(instances),
+            behind,
+        }
+    }
+
+    fn old(generation: i64, hash: Option<&str>, applied: u32, injected: u32) -> ServiceLogStatus {
+        ServiceLogStatus {
+            observed_generation: Some(generation),
+            config_hash: hash.map(Into::into),
+            published_version: Some(6),
+            pods: Some(PodCounts {
+                matched: injected,
+                injected,
+                applied,
+                summary: format!("{applied}/{injected}"),
+            }),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// One row: the findings, then what the plan must say.
+    struct Row {
+        name: &'static str,
+        generation: i64,
+        old: ServiceLogStatus,
+        validity: Result<PublishOutcome, Vec<String>>,
+        observed: Option<Observed>,
+        conds: &'static [(&'static str, bool, &'static str)],
+        summary: &'static str,
+        hash: Option<&'static str>,
+        next: Next,
+        partway: bool,
+        rejected: bool,
+    }
+
+    #[test]
+    fn the_plan_for_each_kind_of_finding() {
+        use InstanceState::{Error as Rejected, Ok as Acked};
+        let rows = vec![
+            Row {
+                name: "invalid at a new generation: not published, the old hash kept, an Event",
+                generation: 3,
+                old: old(2, Some("h1"), 2, 2),
+                validity: Err(vec!["spec.rules[0].to[0]: unknown sink \"x\"".into()]),
+                observed: None,
+                conds: &[
+                    (VALID, false, "InvalidSpec"),
+                    (PUBLISHED, false, "InvalidSpec"),
+                ],
+                summary: "2/2",
+                hash: Some("h1"),
+                next: Next::AwaitChange,
+                partway: false,
+                rejected: true,
+            },
+            Row {
+                name: "invalid, seen before: no second Event",
+                generation: 3,
+                old: old(3, Some("h1"), 2, 2),
+                validity: Err(vec!["spec: bad".into()]),
+                observed: None,
+                conds: &[
+                    (VALID, false, "InvalidSpec"),
+                    (PUBLISHED, false, "InvalidSpec"),
+                ],
+                summary: "2/2",
+                hash: Some("h1"),
+                next: Next::AwaitChange,
+                partway: false,
+                rejected: false,
+            },
+            Row {
+                name: "published and every sidecar acks it: ready",
+                generation: 3,
+                old: old(2, Some("h1"), 2, 2),
+                validity: Ok(published("h2")),
+                observed: Some(observed(
+                    &["a", "b"],
+                    &[("a", "h2", Acked), ("b", "h2", Acked)],
+                )),
+                conds: &[
+                    (VALID, true, "Validated"),
+                    (PUBLISHED, true, "Published"),
+                    (READY, true, "Applied"),
+                ],
+                summary: "2/2",
+                hash: Some("h2"),
+                next: Next::AwaitChange,
+                partway: false,
+                rejected: false,
+            },
+            Row {
+                name: "published, one sidecar still on the old hash: rolling out, look again soon",
+                generation: 3,
+                old: old(2, Some("h1"), 2, 2),
+                validity: Ok(published("h2")),
+                observed: Some(observed(
+                    &["a", "b"],
+                    &[("a", "h2", Acked), ("b", "h1", Acked)],
+                )),
+                conds: &[
+                    (VALID, true, "Validated"),
+                    (PUBLISHED, true, "Published"),
+                    (READY, false, "RollingOut"),
+                ],
+                summary: "1/2",
+                hash: Some("h2"),
+                next: Next::Requeue(ROLLOUT_REFRESH_INTERVAL),
+                partway: true,
+                rejected: false,
+            },
+            Row {
+                name: "a sidecar rejected the config: not ready, not partway",
+                generation: 3,
+                old: old(2, Some("h1"), 2, 2),
+                validity: Ok(published("h2")),
+                observed: Some(observed(
+                    &["a", "b"],
+                    &[("a", "h2", Acked), ("b", "h1", Rejected)],
+                )),
+                conds: &[
+                    (VALID, true, "Validated"),
+                    (PUBLISHED, true, "Published"),
+                    (READY, false, "Rejected"),
+                ],
+                summary: "1/2",
+                hash: Some("h2"),
+                next: Next::Requeue(ROLLOUT_REFRESH_INTERVAL),
+                partway: false,
+                rejected: false,
+            },
+            Row {
+                name: "published, no pod yet",
+                generation: 1,
+                old: ServiceLogStatus::default(),
+                validity: Ok(published("h2")),
+                observed: Some(observed(&[], &[])),
+                conds: &[
+                    (VALID, true, "Validated"),
+                    (PUBLISHED, true, "Published"),
+                    (READY, true, "NoPods"),
+                ],
+                summary: "0/0",
+                hash: Some("h2"),
+                next: Next::AwaitChange,
+                partway: false,
+                rejected: false,
+            },
+            Row {
+                name: "ZooKeeper down: not published, the old counts kept, retry",
+                generation: 3,
+                old: old(2, Some("h1"), 2, 2),
+                validity: Ok(PublishOutcome::Failed {
+                    reason: "ZooKeeperUnavailable",
+                    message: "ZooKeeper is unavailable".into(),
+                }),
+                observed: Some(Observed {
+                    pods: Pods {
+                        matched: 3,
+                        injected: vec!["a".into(), "b".into(), "c".into()],
+                    },
+                    instances: None,
+                    behind: false,
+                }),
+                conds: &[
+                    (VALID, true, "Validated"),
+                    (PUBLISHED, false, "ZooKeeperUnavailable"),
+                    (READY, false, "ZooKeeperUnavailable"),
+                ],
+                summary: "2/3",
+                hash: Some("h1"),
+                next: Next::Requeue(Duration::from_secs(3)),
+                partway: false,
+                rejected: false,
+            },
+        ];
+        for row in &rows {
+            let validity = match &row.validity {
+                Ok(p) => Ok(p),
+                Err(problems) => Err(problems.as_slice()),
+            };
+            let plan = plan(&Findings {
+                generation: Some(row.generation),
+                old: &row.old,
+                validity,
+                observed: row.observed.as_ref(),
+            });
+            let conds: Vec<(&str, bool, &str)> = plan
+                .conds
+                .iter()
+                .map(|c| (c.type_, c.ok, c.reason))
+                .collect();
+            assert_eq!(conds, row.conds, "{}: conditions", row.name);
+            let pods = plan.status.pods.as_ref().map(|p| p.summary.as_str());
+            assert_eq!(pods, Some(row.summary), "{}: pods", row.name);
+            assert_eq!(
+                plan.status.config_hash.as_deref(),
+                row.hash,
+                "{}: hash",
+                row.name
+            );
+            assert_eq!(
+                plan.status.observed_generation,
+                Some(row.generation),
+                "{}",
+                row.name
+            );
+            assert_eq!(plan.next, row.next, "{}: next", row.name);
+            assert_eq!(plan.partway, row.partway, "{}: partway", row.name);
+            assert_eq!(plan.rejected.is_some(), row.rejected, "{}: Event", row.name);
+        }
+    }
+
+    #[test]
+    fn a_partway_rollout_of_the_same_config_is_written_at_most_every_interval() {
+        let soon = Duration::from_millis(10);
+        assert_eq!(throttle(false, true, Some(soon)), None);
+        assert_eq!(
+            throttle(true, false, Some(soon)),
+            None,
+            "a new config is written at once"
+        );
+        assert_eq!(
+            throttle(true, true, None),
+            None,
+            "the first write is not held"
+        );
+        assert_eq!(
+            throttle(true, true, Some(soon)),
+            Some(ROLLOUT_STATUS_INTERVAL - soon)
+        );
+        assert_eq!(throttle(true, true, Some(ROLLOUT_STATUS_INTERVAL)), None);
     }
 }
