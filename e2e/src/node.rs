@@ -49,6 +49,12 @@ const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 const COMPONENT_TIMEOUT: Duration = Duration::from_secs(60);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the machine's values of [`KUBELET_SYSCTLS`] are kept while any node runs
+/// (`sysctls`, written by the first node) with one file per running node (`users/<netns>`,
+/// holding its environment's directory); the last node's teardown restores the values.
+/// Machine-wide because the settings are: a node started while another runs would
+/// otherwise record the first kubelet's values as the ones to restore.
+const SYSCTL_STATE: &str = "/run/servicelog-node";
 /// Kernel sysctls the kubelet sets (`setupKernelTunables`); restored at teardown.
 const KUBELET_SYSCTLS: [&str; 6] = [
     "vm.overcommit_memory",
@@ -385,7 +391,7 @@ impl Node {
         // The namespace's name is unique to this environment: it names the cgroup too.
         let cgroup = netns.name().to_owned();
         let created_var_log_containers = !Path::new("/var/log/containers").exists();
-        let mut state = vec![
+        let state = vec![
             ("CGROUP".to_owned(), cgroup.clone()),
             (
                 "CONTAINERD_SOCK".to_owned(),
@@ -396,10 +402,8 @@ impl Node {
                 if created_var_log_containers { "1" } else { "" }.to_owned(),
             ),
         ];
-        for (key, value) in kubelet_sysctls() {
-            state.push((sysctl_var(key), value));
-        }
         record(env, &state)?;
+        register_sysctl_user(netns.name(), env.path())?;
         // From here on, a failed start is cleaned up like a stopped node.
         let teardown = Teardown {
             env: env.path().to_owned(),
@@ -979,6 +983,29 @@ fn record(env: &EnvDir, pairs: &[(impl AsRef<str>, String)]) -> Result<(), EnvEr
 
 fn sysctl_path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Records the machine's sysctl values (unless a running node already has) and this node
+/// as one of their users; `node-down.sh` undoes both.
+fn register_sysctl_user(netns: &str, env: &Path) -> Result<(), EnvError> {
+    let state = Path::new(SYSCTL_STATE);
+    let users = state.join("users");
+    fs::create_dir_all(&users)
+        .map_err(|e| EnvError::io(format!("creating {}", users.display()), e))?;
+    let values = state.join("sysctls");
+    if !values.exists() {
+        let text: String = kubelet_sysctls()
+            .into_iter()
+            .map(|(key, value)| format!("{}='{}'\n", sysctl_var(key), value.replace('\'', "")))
+            .collect();
+        let tmp = state.join(format!("sysctls.{netns}"));
+        fs::write(&tmp, text).map_err(|e| EnvError::io(format!("writing {}", tmp.display()), e))?;
+        fs::rename(&tmp, &values)
+            .map_err(|e| EnvError::io(format!("writing {}", values.display()), e))?;
+    }
+    let user = users.join(netns);
+    fs::write(&user, env.display().to_string())
+        .map_err(|e| EnvError::io(format!("writing {}", user.display()), e))
 }
 
 fn sysctl_var(key: &str) -> String {

@@ -5,7 +5,8 @@
 #   - the pods' network namespaces (/run/netns/cni-*, matched by inode to those processes),
 #   - every mount under ENV_DIR (kubelet volumes, container root filesystems, shm),
 #   - the node's cgroups, in every hierarchy,
-#   - the kernel sysctls the kubelet changes (restored to the recorded values),
+#   - the kernel sysctls the kubelet changes (restored to the values recorded in
+#     /run/servicelog-node when no other node runs any more),
 #   - the kubelet's /var/log/containers links into ENV_DIR,
 # and with `all` also every process left in the node's network namespace, the processes
 # naming ENV_DIR, and the namespace itself (what the watchdog runs when the test process
@@ -111,11 +112,32 @@ for dir in $(cgroup_dirs); do
   find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
 done
 
-# The kubelet's sysctls, back to what they were.
-for key in vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes; do
-  var="SYSCTL_${key//./_}"
-  [[ -n ${!var:-} ]] && echo "${!var}" >"/proc/sys/${key//.//}" 2>/dev/null
-done
+# The kubelet's sysctls, back to what they were before the first running node started —
+# once no other node runs (a user whose environment has no process left is gone).
+sysctl_state=/run/servicelog-node
+if [[ -n $NETNS && -d $sysctl_state/users ]]; then
+  rm -f "$sysctl_state/users/$NETNS"
+  others=0
+  for user in "$sysctl_state"/users/*; do
+    [[ -f $user ]] || continue
+    other=$(cat "$user")
+    if [[ -n $other ]] && grep -qsF -- "$other/" /proc/[0-9]*/cmdline; then
+      others=1
+    else
+      rm -f "$user"
+    fi
+  done
+  if ((others == 0)) && [[ -f $sysctl_state/sysctls ]]; then
+    # shellcheck source=/dev/null
+    source "$sysctl_state/sysctls"
+    for key in vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes; do
+      var="SYSCTL_${key//./_}"
+      [[ -n ${!var:-} ]] && echo "${!var}" >"/proc/sys/${key//.//}" 2>/dev/null
+    done
+    rm -f "$sysctl_state/sysctls"
+    rmdir "$sysctl_state/users" "$sysctl_state" 2>/dev/null
+  fi
+fi
 
 if [[ -d /var/log/containers ]]; then
   for link in /var/log/containers/*; do
@@ -130,6 +152,11 @@ rmdir /run/containerd/s /run/containerd/fifo /run/containerd 2>/dev/null
 
 if [[ $scope == all && -n $NETNS ]]; then
   ip netns del "$NETNS" 2>/dev/null
+fi
+# Done: a later reap of this directory has nothing to undo (and must not restore sysctls
+# another node has set since).
+if [[ $scope == all ]]; then
+  mv "$state" "$state.done" 2>/dev/null
 fi
 # `ip netns add` turned /run/netns into a mount point if it was not one; undo that once no
 # namespace is left in it.
