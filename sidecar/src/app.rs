@@ -18,16 +18,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{
         self, ConfigError,
+        last_good::LastGood,
         zk::{self, ZkConfig, ZkOptions, ZkPathError},
         zk_thread::ZkThread,
     },
     http::{self, HttpError},
     metrics::Metrics,
-    pipeline::{ApplyError, Topology},
+    pipeline::Origin,
     sources::{
         file::{Tailer, TailerLinks, TailerOptions},
         syslog::{Syslog, SyslogLinks},
     },
+    topology::{ApplyError, Topology},
 };
 
 /// What follows the config source.
@@ -86,7 +88,12 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
     })?;
     let metrics = Metrics::new();
     let (wake_tx, wake_rx) = std::sync::mpsc::channel();
-    let topology = Topology::new(metrics.clone(), &opts.state_dir, wake_tx.clone());
+    let origin = Origin {
+        pod: opts.pod.clone(),
+        namespace: opts.namespace.clone(),
+    };
+    let topology = Topology::new(metrics.clone(), &opts.state_dir, origin, wake_tx.clone());
+    let last_good = LastGood::new(&opts.state_dir);
 
     let (listener, addr) = http::bind(&opts.metrics_addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
@@ -96,15 +103,14 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
         ConfigSource::File(path) => {
             let signature = config::file::signature(path);
             let config = config::load_file(path)?;
-            topology
-                .apply(&config, true)
-                .map_err(|source| AppError::Apply {
-                    path: path.clone(),
-                    source,
-                })?;
+            config::apply(&topology, &last_good, &config).map_err(|source| AppError::Apply {
+                path: path.clone(),
+                source,
+            })?;
             ConfigTask::File(tokio::spawn(config::file::watch(
                 path.clone(),
                 topology.clone(),
+                last_good,
                 signature,
             )))
         }
@@ -116,9 +122,8 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
                 pod: opts.pod.clone(),
                 session_timeout: opts.zk_session_timeout,
                 connect_timeout: opts.zk_connect_timeout,
-                state_dir: opts.state_dir.clone(),
             };
-            let config = ZkConfig::new(zk_opts, topology.clone());
+            let config = ZkConfig::new(zk_opts, topology.clone(), last_good);
             let thread =
                 ZkThread::start(config, tokio::runtime::Handle::current()).map_err(|source| {
                     AppError::Io {
@@ -132,19 +137,13 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (eof_tx, mut eof_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tailer_opts = TailerOptions::new(
-        opts.state_dir.clone(),
-        opts.pod.clone(),
-        opts.namespace.clone(),
-    );
+    let mut tailer_opts = TailerOptions::new(opts.state_dir.clone());
     tailer_opts.exit_on_eof = opts.exit_on_eof;
     tailer_opts.drain_timeout = opts.shutdown_timeout.mul_f32(0.8);
     let tailer = Tailer::new(
         tailer_opts,
         TailerLinks {
-            current: topology.current(),
-            shared: topology.shared(),
-            metrics: metrics.clone(),
+            current: topology.files(),
             stop: stop.clone(),
             wake: wake_rx,
             eof: Some(eof_tx),
@@ -158,12 +157,9 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             source,
         })?;
     let syslog = Syslog::start(SyslogLinks {
-        current: topology.current(),
+        current: topology.syslog(),
         changes: topology.changes(),
-        shared: topology.shared(),
         metrics: metrics.clone(),
-        pod: opts.pod.clone(),
-        namespace: opts.namespace.clone(),
     })
     .map_err(|source| AppError::Io {
         what: "starting the syslog listeners",
@@ -210,15 +206,14 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
         }
     }
     topology.clear();
-    let shared = topology.shared();
     loop {
-        let running = shared.running();
+        let running = topology.sinks_running();
         if running.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
             tracing::warn!(sinks = ?running, "sinks did not finish in time; exiting anyway");
-            shared.abandon.store(true, Ordering::Relaxed);
+            topology.abandon_sinks();
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -3,14 +3,17 @@
 //! changes.
 //!
 //! ```text
-//! config ──(zk | file | last-known-good)──▶ Topology::apply ──▶ Pipeline (Router + sinks
-//!                                                      │            + bound syslog sockets)
-//!                                                      ▼ taken per chunk / per batch
-//! files ──sources::file::Tailer──(chunk: [multiline,] Batcher: route, encode)──▶ sink threads
-//!    ▲                                                                              │ ack
-//!    └──────────── checkpoints (state dir) ◀── offsets every sink acked ◀───────────┘
-//! syslog (udp/tcp) ──sources::syslog: syslog-io ─▶ syslog-router (parse, Batcher)──▶ sinks
+//! config ──(zk | file | last-known-good)──▶ topology: build, diff, swap
+//!                  │ FileSources / SyslogSources: the Pipeline (Router + sinks) and what
+//!                  ▼ each source reads under it (globs + multiline, bound sockets)
+//! files ──sources::file::Tailer──(chunk[, multiline])──▶ pipeline::Batcher ──▶ sink threads
+//!    ▲                                                  (route, encode per sink)      │ ack
+//!    └──────────── checkpoints (state dir) ◀── offsets every sink acked ◀──────────────┘
+//! syslog (udp/tcp) ──sources::syslog: syslog-io ─▶ syslog-router (parse) ─▶ Batcher ─▶ sinks
 //! ```
+//!
+//! Dependencies point one way: `sources` → `pipeline` → `sinks`, with `topology` above all
+//! three and `config` above `topology`; `metrics`, `state` and `json` are leaves.
 //!
 //! The hot path is one reader thread and one thread per sink, plus, for syslog, one I/O
 //! thread (a current-thread tokio runtime) and one routing thread; the control plane (the
@@ -22,8 +25,10 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod pipeline;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod topology;

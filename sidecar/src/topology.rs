@@ -1,106 +1,55 @@
-//! The pipeline in force and how a new config replaces it.
-//!
-//! A [`Pipeline`] is one config made runnable: its compiled [`Router`], the running sinks
-//! its sink indices refer to, the file sources to read and the syslog sockets to listen
-//! on. It is immutable; the file reader takes the current one for each chunk it routes
-//! (syslog for each batch of messages), so a chunk is routed entirely by the rules it
-//! started with, and lines are never routed twice or skipped across a swap.
+//! The topology: the config in force, made of a pipeline and the sources that feed it, and
+//! how a new config replaces it.
 //!
 //! [`Topology::apply`] compiles a new config aside and, only if it compiles, its sinks
 //! start and its syslog ports bind, swaps it in. Sinks whose definition did not change are
 //! carried over running (same file handle, same queue), and so are syslog sockets whose
 //! port and protocol did not change; the others are started new, and the sinks left behind
-//! end once the last chunk routed with the old pipeline has reached them.
+//! end once the last run routed with the old pipeline has reached them.
 //!
-//! A swap is in two steps: [`Topology::swap`] puts the pipeline in force (every chunk read
+//! Each source gets its own view of the config in force — the [`Pipeline`] together with
+//! what that source reads under it ([`FileSources`], [`SyslogSources`]) — and takes it
+//! fresh for each run it routes, so a run is routed entirely by the rules it started with
+//! and lines are never routed twice or skipped across a swap.
+//!
+//! A swap is in two steps: [`Topology::swap`] puts the config in force (every run read
 //! from then on is routed by it), and the [`Swapped`] it returns tells the reader threads
 //! to look at it (new file paths, new syslog sockets) when announced or dropped. The
 //! ZooKeeper config acks in between, so that waking those threads does not compete with
 //! the ack for the CPU.
+//!
+//! This module is above the sources, the pipeline and the sinks: it is the one place that
+//! names all three.
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
         mpsc::Sender,
     },
-    time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::{
-    Router, ValidationErrors,
-    v1alpha1::{Format, Multiline},
-    validate::parse_duration,
-    wire::Envelope,
-};
+use servicelog_api::{Router, ValidationErrors, wire::Envelope};
 
 use crate::{
     metrics::Metrics,
+    pipeline::{Feed, Origin, Pipeline},
     sinks::{self, SinkError, SinkHandle, SinkShared},
-    sources::syslog::{BindError, Listener},
-    state,
+    sources::{
+        file::{FileSourceSpec, FileSources, MultilineError},
+        syslog::{BindError, Listener, SyslogSourceSpec, SyslogSources},
+    },
 };
 
-/// A file source of the config in force.
-#[derive(Clone, Debug)]
-pub struct FileSourceSpec {
-    pub name: String,
-    pub paths: Vec<String>,
-    pub format: Format,
-    pub multiline: Option<Arc<MultilineSpec>>,
-}
-
-/// `multiline` of a file source, compiled.
+/// One config, running: its pipeline and what its sources read.
 #[derive(Debug)]
-pub struct MultilineSpec {
-    pub start: regex::bytes::Regex,
-    pub max_lines: u32,
-    pub timeout: Duration,
-}
-
-impl MultilineSpec {
-    pub const DEFAULT_MAX_LINES: u32 = 500;
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-
-    fn compile(source: &str, m: &Multiline) -> Result<Self, ApplyError> {
-        let invalid = |message: String| ApplyError::Multiline {
-            name: source.to_owned(),
-            message,
-        };
-        let start = regex::bytes::Regex::new(&m.start_pattern)
-            .map_err(|e| invalid(format!("startPattern: {e}")))?;
-        let timeout = match &m.timeout {
-            Some(t) => parse_duration(t).map_err(|e| invalid(format!("timeout: {e}")))?,
-            None => Self::DEFAULT_TIMEOUT,
-        };
-        Ok(Self {
-            start,
-            max_lines: m.max_lines.unwrap_or(Self::DEFAULT_MAX_LINES).max(1),
-            timeout,
-        })
-    }
-}
-
-/// A syslog source of the config in force and its bound socket.
-#[derive(Clone, Debug)]
-pub struct SyslogSourceSpec {
-    pub name: String,
-    pub listener: Arc<Listener>,
-}
-
-/// One config, runnable.
-#[derive(Debug)]
-pub struct Pipeline {
-    /// Unique per pipeline built by this process.
-    pub id: u64,
-    pub router: Router,
-    /// Indexed like `router.sink_names()`.
-    pub sinks: Vec<Arc<SinkHandle>>,
-    pub sources: Vec<FileSourceSpec>,
-    pub syslog: Vec<SyslogSourceSpec>,
+pub struct Running {
+    pub pipeline: Arc<Pipeline>,
+    pub files: Arc<FileSources>,
+    pub syslog: Arc<SyslogSources>,
     pub hash: String,
     pub generation: i64,
 }
@@ -114,16 +63,16 @@ pub enum ApplyError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("source {name}: multiline: {message}")]
-    Multiline { name: String, message: String },
+    #[error(transparent)]
+    Multiline(#[from] MultilineError),
 }
 
-/// A pipeline put in force by [`Topology::swap`] that the file reader and the syslog
+/// A config put in force by [`Topology::swap`] that the file reader and the syslog
 /// listeners have not been told about yet. They are told by [`Swapped::announce`] or, so
 /// that they are never left out, when this is dropped.
 #[must_use = "the readers look at the new pipeline once this is announced or dropped"]
 pub struct Swapped {
-    pipeline: Arc<Pipeline>,
+    running: Arc<Running>,
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     wake: Sender<()>,
 }
@@ -136,20 +85,23 @@ impl Swapped {
 
 impl Drop for Swapped {
     fn drop(&mut self) {
-        let p = &self.pipeline;
-        tracing::info!(hash = %p.hash, generation = p.generation, sinks = ?p.router.sink_names(), "config applied");
-        self.changes.send_replace(p.id);
+        let r = &self.running;
+        tracing::info!(hash = %r.hash, generation = r.generation, sinks = ?r.pipeline.router.sink_names(), "config applied");
+        self.changes.send_replace(r.pipeline.id);
         let _ = self.wake.send(());
     }
 }
 
-/// The current pipeline and what is needed to build the next one.
+/// The config in force and what is needed to build the next one.
 #[derive(Clone)]
 pub struct Topology {
-    current: Arc<ArcSwapOption<Pipeline>>,
+    running: Arc<ArcSwapOption<Running>>,
+    /// The views of it the file reader and the syslog router take.
+    files: Arc<ArcSwapOption<FileSources>>,
+    syslog: Arc<ArcSwapOption<SyslogSources>>,
     shared: Arc<SinkShared>,
     metrics: Metrics,
-    state_dir: PathBuf,
+    origin: Origin,
     wake: Sender<()>,
     /// The id of the pipeline in force (0: none), for the syslog listeners to follow.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -157,21 +109,29 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(metrics: Metrics, state_dir: &Path, wake: Sender<()>) -> Self {
+    /// `state_dir` holds the sinks' disk buffers; `wake` wakes the file reader.
+    pub fn new(metrics: Metrics, state_dir: &Path, origin: Origin, wake: Sender<()>) -> Self {
         Self {
-            current: Arc::default(),
+            running: Arc::default(),
+            files: Arc::default(),
+            syslog: Arc::default(),
             shared: Arc::new(SinkShared::new(state_dir.to_owned())),
             metrics,
-            state_dir: state_dir.to_owned(),
+            origin,
             wake,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
 
-    /// Where the reader takes the pipeline for each chunk.
-    pub fn current(&self) -> Arc<ArcSwapOption<Pipeline>> {
-        self.current.clone()
+    /// Where the file reader takes its sources and pipeline for each chunk.
+    pub fn files(&self) -> Arc<ArcSwapOption<FileSources>> {
+        self.files.clone()
+    }
+
+    /// Where the syslog router takes its sources and pipeline for each batch.
+    pub fn syslog(&self) -> Arc<ArcSwapOption<SyslogSources>> {
+        self.syslog.clone()
     }
 
     /// Changes whenever another pipeline is put in force (or none is).
@@ -183,61 +143,70 @@ impl Topology {
         &self.metrics
     }
 
-    pub fn shared(&self) -> Arc<SinkShared> {
-        self.shared.clone()
+    /// The config in force, if any.
+    pub fn running(&self) -> Option<Arc<Running>> {
+        self.running.load_full()
     }
 
     /// Hash of the config in force, if any.
     pub fn hash(&self) -> Option<String> {
-        self.current.load().as_ref().map(|p| p.hash.clone())
+        self.running.load().as_ref().map(|r| r.hash.clone())
     }
 
-    /// Validates, builds and swaps in `config`, and tells the readers at once; on error
-    /// the pipeline in force stays. `persist` writes it as the last-known-good config (not
-    /// when it was read from there).
-    pub fn apply(&self, config: &Envelope, persist: bool) -> Result<(), ApplyError> {
+    /// Sink threads still running (after [`Topology::clear`], those still draining).
+    pub fn sinks_running(&self) -> Vec<String> {
+        self.shared.running()
+    }
+
+    /// Tells the sinks to give up on what they cannot write (past the shutdown deadline).
+    pub fn abandon_sinks(&self) {
+        self.shared.abandon.store(true, Ordering::Relaxed);
+    }
+
+    /// Validates, builds and swaps in `config`, and tells the readers at once; false when
+    /// that config is already in force. On error the config in force stays.
+    pub fn apply(&self, config: &Envelope) -> Result<bool, ApplyError> {
         let Some(swapped) = self.swap(config)? else {
-            return Ok(());
+            return Ok(false);
         };
         swapped.announce();
-        if persist && let Err(e) = state::save_last_good(&self.state_dir, config) {
-            tracing::warn!(error = %e, "writing the last-known-good config");
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// Validates, builds and swaps in `config`, leaving the readers to be told by the
     /// returned [`Swapped`]; `None` when that config is already in force. On error the
-    /// pipeline in force stays.
+    /// config in force stays.
     pub fn swap(&self, config: &Envelope) -> Result<Option<Swapped>, ApplyError> {
-        let old = self.current.load_full();
-        if old.as_ref().is_some_and(|p| p.hash == config.hash) {
+        let old = self.running.load_full();
+        if old.as_ref().is_some_and(|r| r.hash == config.hash) {
             return Ok(None);
         }
         let result = self.build(config, old.as_deref());
         self.metrics.config_result(result.is_ok());
-        let pipeline = match result {
-            Ok(p) => Arc::new(p),
+        let running = match result {
+            Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::error!(hash = %config.hash, generation = config.generation, error = %e, "config rejected; the rules in force stay");
                 return Err(e);
             }
         };
-        self.metrics.config_generation.set(pipeline.generation);
-        self.current.store(Some(pipeline.clone()));
+        self.metrics.config_generation.set(running.generation);
+        self.files.store(Some(running.files.clone()));
+        self.syslog.store(Some(running.syslog.clone()));
+        self.running.store(Some(running.clone()));
         self.metrics.set_ready(true);
         Ok(Some(Swapped {
-            pipeline,
+            running,
             changes: self.changes.clone(),
             wake: self.wake.clone(),
         }))
     }
 
-    fn build(&self, config: &Envelope, old: Option<&Pipeline>) -> Result<Pipeline, ApplyError> {
+    fn build(&self, config: &Envelope, old: Option<&Running>) -> Result<Running, ApplyError> {
         let router = Router::compile(&config.spec)?;
         let mut running: HashMap<&str, &Arc<SinkHandle>> = HashMap::new();
         if let Some(old) = old {
-            for s in &old.sinks {
+            for s in &old.pipeline.sinks {
                 running.insert(s.name.as_str(), s);
             }
         }
@@ -250,27 +219,19 @@ impl Topology {
                 _ => sinks.push(sinks::build(def, &self.metrics, &self.shared)?),
             }
         }
-        let mut sources = Vec::new();
+        // Sources too, so source `index` is the router's source `index`.
+        let mut files = Vec::new();
         let mut syslog = Vec::new();
-        for s in &config.spec.sources {
-            if let Some(f) = &s.file {
-                let multiline = match &f.multiline {
-                    Some(m) => Some(Arc::new(MultilineSpec::compile(&s.name, m)?)),
-                    None => None,
-                };
-                sources.push(FileSourceSpec {
-                    name: s.name.clone(),
-                    paths: f.paths.clone(),
-                    format: f.format,
-                    multiline,
-                });
+        for (index, s) in config.spec.sources.iter().enumerate() {
+            if let Some(def) = &s.file {
+                files.push(FileSourceSpec::new(&s.name, index, def)?);
             }
             if let Some(def) = &s.syslog {
                 // A socket whose port and protocol did not change stays open, whichever
                 // source it now belongs to; a new one binds now, so a port that cannot be
                 // bound rejects the config (see `sources::syslog`).
-                let carried = old.and_then(|p| {
-                    p.syslog.iter().find(|o| {
+                let carried = old.and_then(|r| {
+                    r.syslog.sources.iter().find(|o| {
                         o.listener.port == def.port && o.listener.protocol == def.protocol
                     })
                 });
@@ -280,33 +241,49 @@ impl Topology {
                 };
                 syslog.push(SyslogSourceSpec {
                     name: s.name.clone(),
+                    index,
                     listener,
                 });
             }
         }
-        Ok(Pipeline {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pipeline = Arc::new(Pipeline::new(
+            id,
             router,
             sinks,
-            sources,
-            syslog,
+            &self.origin,
+            self.shared.clone(),
+            &self.metrics,
+        ));
+        Ok(Running {
+            files: Arc::new(Feed {
+                pipeline: pipeline.clone(),
+                sources: files,
+            }),
+            syslog: Arc::new(Feed {
+                pipeline: pipeline.clone(),
+                sources: syslog,
+            }),
+            pipeline,
             hash: config.hash.clone(),
             generation: config.generation,
         })
     }
 
-    /// Drops the pipeline in force: once the reader has let go too, every sink drains and
+    /// Drops the config in force: once the readers have let go too, every sink drains and
     /// ends.
     pub fn clear(&self) {
         self.metrics.set_ready(false);
-        self.current.store(None);
+        self.files.store(None);
+        self.syslog.store(None);
+        self.running.store(None);
         self.changes.send_replace(0);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::channel;
+    use std::sync::mpsc::{Receiver, channel};
 
     use servicelog_api::ServiceLogSpec;
 
@@ -317,11 +294,17 @@ mod tests {
         Envelope::new("", 1, spec).unwrap()
     }
 
+    /// A topology over `dir`, and the file reader's end of its wake-ups.
+    fn topology(dir: &tempfile::TempDir) -> (Topology, Receiver<()>) {
+        let (tx, wake) = channel();
+        let topo = Topology::new(Metrics::new(), dir.path(), Origin::default(), tx);
+        (topo, wake)
+    }
+
     #[test]
     fn unchanged_sinks_are_carried_over_and_changed_ones_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _rx) = channel();
-        let topo = Topology::new(Metrics::new(), dir.path(), tx);
+        let (topo, _wake) = topology(&dir);
         let a = dir.path().join("a.log").display().to_string();
         let b = dir.path().join("b.log").display().to_string();
         let first = config(&format!(
@@ -329,15 +312,15 @@ mod tests {
              sinks: [{{name: a, file: {{path: {a}}}}}, {{name: b, file: {{path: {b}}}}}]\n\
              defaultTo: [a]\n"
         ));
-        topo.apply(&first, true).unwrap();
-        let p1 = topo.current().load_full().unwrap();
+        assert!(topo.apply(&first).unwrap());
+        let p1 = topo.running().unwrap().pipeline.clone();
         let second = config(&format!(
             "sources: [{{name: app, file: {{paths: [/x/*.log]}}}}]\n\
              sinks: [{{name: a, file: {{path: {a}}}}}, {{name: b, file: {{path: {b}, encoding: json}}}}]\n\
              defaultTo: [b]\n"
         ));
-        topo.apply(&second, true).unwrap();
-        let p2 = topo.current().load_full().unwrap();
+        assert!(topo.apply(&second).unwrap());
+        let p2 = topo.running().unwrap().pipeline.clone();
         assert!(
             Arc::ptr_eq(&p1.sinks[0], &p2.sinks[0]),
             "sink a did not change and must keep running"
@@ -346,17 +329,16 @@ mod tests {
             !Arc::ptr_eq(&p1.sinks[1], &p2.sinks[1]),
             "sink b changed and must be rebuilt"
         );
-        assert_eq!(
-            state::load_last_good(dir.path()).unwrap().unwrap().hash,
-            second.hash
+        assert!(
+            !topo.apply(&second).unwrap(),
+            "the config in force is not applied again"
         );
     }
 
     #[test]
     fn a_swap_is_in_force_at_once_and_the_readers_are_told_when_it_is_announced() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, wake) = channel();
-        let topo = Topology::new(Metrics::new(), dir.path(), tx);
+        let (topo, wake) = topology(&dir);
         let mut changes = topo.changes();
         let good = config(
             "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [out]\n",
@@ -382,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             *changes.borrow_and_update(),
-            topo.current().load_full().unwrap().id
+            topo.running().unwrap().pipeline.id
         );
         assert!(wake.try_recv().is_ok(), "the file reader is woken");
         assert!(
@@ -394,16 +376,15 @@ mod tests {
     #[test]
     fn a_bad_config_leaves_the_pipeline_in_force() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _rx) = channel();
-        let topo = Topology::new(Metrics::new(), dir.path(), tx);
+        let (topo, _wake) = topology(&dir);
         let good = config(
             "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [out]\n",
         );
-        topo.apply(&good, false).unwrap();
+        topo.apply(&good).unwrap();
         let bad = config(
             "sources: [{name: app, file: {paths: [/x/*.log]}}]\nsinks: [{name: out, stdout: {}}]\ndefaultTo: [nowhere]\n",
         );
-        let err = topo.apply(&bad, false).unwrap_err();
+        let err = topo.apply(&bad).unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
         assert_eq!(topo.hash(), Some(good.hash.clone()));
     }

@@ -11,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use crate::pipeline::Topology;
+use super::last_good::LastGood;
+use crate::topology::Topology;
 
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -34,7 +35,12 @@ pub fn signature(path: &Path) -> Option<Signature> {
 
 /// Polls `path` forever, applying each settled change. A config that does not load or
 /// validate is logged and counted; the rules in force stay.
-pub async fn watch(path: PathBuf, topology: Topology, mut applied: Option<Signature>) {
+pub async fn watch(
+    path: PathBuf,
+    topology: Topology,
+    last_good: LastGood,
+    mut applied: Option<Signature>,
+) {
     let mut pending: Option<Signature> = None;
     loop {
         tokio::time::sleep(POLL).await;
@@ -59,7 +65,7 @@ pub async fn watch(path: PathBuf, topology: Topology, mut applied: Option<Signat
         pending = None;
         match super::load_file(&path) {
             Ok(config) => {
-                let _ = topology.apply(&config, true);
+                let _ = super::apply(&topology, &last_good, &config);
             }
             Err(e) => {
                 tracing::error!(error = %e, "config file not applied; the rules in force stay");

@@ -1,14 +1,19 @@
 //! Where the config comes from: a ZooKeeper znode ([`zk`]) or a file ([`file`]), with the
-//! last-known-good copy in the state directory as the fallback when ZooKeeper is
-//! unreachable at start. Both feed [`crate::pipeline::Topology::apply`].
+//! last-known-good copy in the state directory ([`last_good`]) as the fallback when
+//! ZooKeeper is unreachable at start. Each hands the configs it reads to the
+//! [`Topology`] and saves the ones it swapped in as last-known-good.
 
 pub mod file;
+pub mod last_good;
 pub mod zk;
 pub mod zk_thread;
 
 use std::path::{Path, PathBuf};
 
 use servicelog_api::wire::{self, Envelope, Manifest, WireError};
+
+use self::last_good::LastGood;
+use crate::topology::{ApplyError, Topology};
 
 /// Problems reading a config file.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,19 @@ pub enum ConfigError {
         api: String,
         kind: String,
     },
+}
+
+/// Applies `config` (a config file's) and, when it was swapped in, saves it as the
+/// last-known-good config.
+pub fn apply(
+    topology: &Topology,
+    last_good: &LastGood,
+    config: &Envelope,
+) -> Result<(), ApplyError> {
+    if topology.apply(config)? {
+        last_good.save(config);
+    }
+    Ok(())
 }
 
 /// Reads a ServiceLog YAML manifest, or the JSON of a config znode (whose hash is checked).

@@ -24,17 +24,17 @@
 //! what can wait for the ack — telling the reader threads, the log line, the
 //! last-known-good file — does.
 
-use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use servicelog_api::wire::{Envelope, Instance, InstanceState};
 use zookeeper_client::{
     Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent,
 };
 
+use super::last_good::LastGood;
 use crate::{
     metrics::Metrics,
-    pipeline::{Swapped, Topology},
-    state,
+    topology::{Swapped, Topology},
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -73,7 +73,6 @@ pub struct ZkOptions {
     pub pod: String,
     pub session_timeout: Duration,
     pub connect_timeout: Duration,
-    pub state_dir: PathBuf,
 }
 
 type Watch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
@@ -112,6 +111,7 @@ enum Wait {
 pub struct ZkConfig {
     opts: ZkOptions,
     topology: Topology,
+    last_good: LastGood,
     metrics: Metrics,
     /// What the instance znode should say; `None` until a config was read.
     desired: Option<Instance>,
@@ -132,11 +132,12 @@ pub struct ZkConfig {
 }
 
 impl ZkConfig {
-    pub fn new(opts: ZkOptions, topology: Topology) -> Self {
+    pub fn new(opts: ZkOptions, topology: Topology, last_good: LastGood) -> Self {
         let metrics = topology.metrics().clone();
         Self {
             opts,
             topology,
+            last_good,
             metrics,
             desired: None,
             written: None,
@@ -186,10 +187,10 @@ impl ZkConfig {
             return;
         }
         self.fell_back = true;
-        match state::load_last_good(&self.opts.state_dir) {
+        match self.last_good.load() {
             Ok(Some(config)) => {
                 tracing::warn!(hash = %config.hash, "routing with the last-known-good config until ZooKeeper has one");
-                let _ = self.topology.apply(&config, false);
+                let _ = self.topology.apply(&config);
             }
             Ok(None) => tracing::warn!(
                 "no config yet and no last-known-good config: nothing is read until a config arrives \
@@ -229,10 +230,8 @@ impl ZkConfig {
             if let Some(swapped) = self.to_announce.take() {
                 swapped.announce();
             }
-            if let Some(config) = self.to_persist.take()
-                && let Err(e) = state::save_last_good(&self.opts.state_dir, &config)
-            {
-                tracing::warn!(error = %e, "writing the last-known-good config");
+            if let Some(config) = self.to_persist.take() {
+                self.last_good.save(&config);
             }
             let waited = self
                 .wait(client, &mut states, &mut config_watch, &mut instance_watch)

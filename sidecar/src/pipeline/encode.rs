@@ -1,4 +1,5 @@
-//! `encoding: json` for file and stdout sinks: the event's fields plus
+//! `encoding: json`, done by the pipeline for the sinks that ask for it (file and stdout
+//! sinks that say so, every http sink): the event's fields plus
 //! `_servicelog: {source, pod, namespace}`, one object per line.
 //!
 //! A `json` line that parsed is already an object: the `_servicelog` member is spliced in
@@ -9,7 +10,9 @@
 
 use servicelog_api::{rules::Event, v1alpha1::Format};
 
-/// The `"_servicelog":{...}` member for one source, rendered once per chunk.
+use crate::json::json_string;
+
+/// The `"_servicelog":{...}` member for one source, rendered once per pipeline.
 pub fn meta_member(source: &str, pod: &str, namespace: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + source.len() + pod.len() + namespace.len());
     out.extend_from_slice(b"\"_servicelog\":{\"source\":");
@@ -62,35 +65,6 @@ pub fn encode_json(out: &mut Vec<u8>, event: &Event<'_>, format: Format, meta: &
     out.push(b',');
     out.extend_from_slice(meta);
     out.extend_from_slice(b"}\n");
-}
-
-/// A JSON string of `bytes`, invalid UTF-8 replaced by U+FFFD.
-pub fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    let text = String::from_utf8_lossy(bytes);
-    out.push(b'"');
-    let mut start = 0;
-    let s = text.as_bytes();
-    for (i, &b) in s.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&s[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&s[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
-    }
-    out.extend_from_slice(&s[start..]);
-    out.push(b'"');
 }
 
 /// `key=value` pairs of a logfmt line; a value is `None` for a bare key, and a quoted

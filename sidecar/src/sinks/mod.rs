@@ -1,10 +1,10 @@
 //! Sinks: where routed events are written.
 //!
-//! Each sink is a thread fed by its [`buffer`] of [`Batch`]es: the file reader encodes a
-//! chunk's events per sink into one buffer and sends it whole, so a sink does one big write
-//! per batch, and the buffer's byte bound is the backpressure (a slow sink stalls the
-//! reader instead of growing memory; `whenFull: dropNewest` drops instead). After a batch
-//! is written and flushed the sink counts it and acks it, which is what lets the reader
+//! Each sink is a thread fed by its [`buffer`] of [`Batch`]es: the pipeline encodes a run's
+//! events per sink into one buffer and sends it whole, so a sink does one big write per
+//! batch, and the buffer's byte bound is the backpressure (a slow sink stalls the reader
+//! instead of growing memory; `whenFull: dropNewest` drops instead). After a batch is
+//! written and flushed the sink counts it and acks it, which is what lets the file reader
 //! checkpoint the file offset behind it (a disk buffer acks once the batch is on disk).
 //!
 //! A sink is config + build ([`build`]): a running sink keeps its definition, so a config
@@ -13,7 +13,6 @@
 //! ends.
 
 pub mod buffer;
-pub mod encode;
 pub mod file;
 pub mod http;
 pub mod stdout;

@@ -58,18 +58,13 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use prometheus_client::metrics::counter::Counter;
-use servicelog_api::v1alpha1::Format;
+use servicelog_api::{
+    v1alpha1::{FileSource, Format, Multiline},
+    validate::parse_duration,
+};
 
-use super::{
-    Batcher, Run,
-    checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint},
-};
-use crate::{
-    metrics::Metrics,
-    pipeline::{MultilineSpec, Pipeline},
-    sinks::{BatchAck, SinkShared, encode},
-};
+use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
+use crate::pipeline::{Ack, Batcher, Feed, Run};
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 256 * 1024;
@@ -80,11 +75,78 @@ pub const MAX_LINE: usize = 1024 * 1024;
 /// A multi-line event is complete at this size, whatever its line count.
 pub const MAX_EVENT: usize = 1024 * 1024;
 
+/// The file sources of the config in force and the pipeline that routes their lines,
+/// taken together for each chunk.
+pub type FileSources = Feed<FileSourceSpec>;
+
+/// A file source of the config in force.
+#[derive(Clone, Debug)]
+pub struct FileSourceSpec {
+    pub name: String,
+    /// Its index among the router's sources.
+    pub index: usize,
+    pub paths: Vec<String>,
+    pub multiline: Option<Arc<MultilineSpec>>,
+}
+
+impl FileSourceSpec {
+    /// The source `name` (router source `index`) as `def` describes it.
+    pub fn new(name: &str, index: usize, def: &FileSource) -> Result<Self, MultilineError> {
+        let multiline = match &def.multiline {
+            Some(m) => Some(Arc::new(MultilineSpec::compile(name, m)?)),
+            None => None,
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            index,
+            paths: def.paths.clone(),
+            multiline,
+        })
+    }
+}
+
+/// `multiline` of a file source, compiled.
+#[derive(Debug)]
+pub struct MultilineSpec {
+    pub start: regex::bytes::Regex,
+    pub max_lines: u32,
+    pub timeout: Duration,
+}
+
+/// A `multiline` that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("source {name}: multiline: {message}")]
+pub struct MultilineError {
+    pub name: String,
+    pub message: String,
+}
+
+impl MultilineSpec {
+    pub const DEFAULT_MAX_LINES: u32 = 500;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn compile(source: &str, m: &Multiline) -> Result<Self, MultilineError> {
+        let invalid = |message: String| MultilineError {
+            name: source.to_owned(),
+            message,
+        };
+        let start = regex::bytes::Regex::new(&m.start_pattern)
+            .map_err(|e| invalid(format!("startPattern: {e}")))?;
+        let timeout = match &m.timeout {
+            Some(t) => parse_duration(t).map_err(|e| invalid(format!("timeout: {e}")))?,
+            None => Self::DEFAULT_TIMEOUT,
+        };
+        Ok(Self {
+            start,
+            max_lines: m.max_lines.unwrap_or(Self::DEFAULT_MAX_LINES).max(1),
+            timeout,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TailerOptions {
     pub state_dir: PathBuf,
-    pub pod: String,
-    pub namespace: String,
     /// Sleep when no file had new data.
     pub poll: Duration,
     /// Glob re-scan period.
@@ -98,11 +160,9 @@ pub struct TailerOptions {
 }
 
 impl TailerOptions {
-    pub fn new(state_dir: PathBuf, pod: String, namespace: String) -> Self {
+    pub fn new(state_dir: PathBuf) -> Self {
         Self {
             state_dir,
-            pod,
-            namespace,
             poll: Duration::from_millis(100),
             rescan: Duration::from_secs(1),
             rotate_grace: Duration::from_secs(2),
@@ -114,9 +174,7 @@ impl TailerOptions {
 
 /// How the rest of the process talks to the reader thread.
 pub struct TailerLinks {
-    pub current: Arc<ArcSwapOption<Pipeline>>,
-    pub shared: Arc<SinkShared>,
-    pub metrics: Metrics,
+    pub current: Arc<ArcSwapOption<FileSources>>,
     pub stop: Arc<AtomicBool>,
     /// Config swaps and stop requests wake the reader early.
     pub wake: Receiver<()>,
@@ -128,6 +186,8 @@ struct Tracked {
     path: PathBuf,
     path_text: String,
     source: String,
+    /// Where `source` is in the [`FileSources`] of the pipeline with the id beside it.
+    spec: (u64, Option<usize>),
     file: File,
     /// Bytes read from the file so far.
     pos: u64,
@@ -140,8 +200,6 @@ struct Tracked {
     deleted: bool,
     /// At end of file since then.
     idle_since: Option<Instant>,
-    events_in: Counter,
-    meta: Vec<u8>,
     /// The multi-line event in progress.
     pending: Option<Pending>,
 }
@@ -163,10 +221,19 @@ impl Tracked {
     fn routed_to(&self) -> u64 {
         self.pos - self.partial.len() as u64
     }
+
+    /// Its source's spec in `files`, found by name once per pipeline, then by index.
+    fn spec<'f>(&mut self, files: &'f FileSources) -> Option<&'f FileSourceSpec> {
+        if self.spec.0 != files.pipeline.id {
+            let at = files.sources.iter().position(|s| s.name == self.source);
+            self.spec = (files.pipeline.id, at);
+        }
+        files.sources.get(self.spec.1?)
+    }
 }
 
 struct InFlight {
-    ack: Arc<BatchAck>,
+    ack: Ack,
     file: FileId,
     epoch: u64,
     offset: u64,
@@ -252,17 +319,17 @@ impl Tailer {
     /// One pass: re-scan when due, then one chunk from every file. True if any file had
     /// new data.
     fn round(&mut self) -> bool {
-        let Some(pipeline) = self.links.current.load_full() else {
+        let Some(files) = self.links.current.load_full() else {
             return false;
         };
-        let due = self.scanned_pipeline != pipeline.id
+        let due = self.scanned_pipeline != files.pipeline.id
             || self
                 .scanned_at
                 .is_none_or(|t| t.elapsed() >= self.opts.rescan);
         if due {
-            self.scan(&pipeline);
+            self.scan(&files);
         }
-        drop(pipeline);
+        drop(files);
         let ids: Vec<FileId> = self.files.keys().copied().collect();
         let mut progressed = false;
         for id in ids {
@@ -270,10 +337,10 @@ impl Tailer {
                 break;
             }
             // Each chunk takes the pipeline in force when it starts.
-            let Some(pipeline) = self.links.current.load_full() else {
+            let Some(files) = self.links.current.load_full() else {
                 break;
             };
-            match self.read_chunk(id, &pipeline) {
+            match self.read_chunk(id, &files) {
                 Ok(Progress::Data) => progressed = true,
                 Ok(Progress::Eof) => {}
                 Err(e) => {
@@ -284,18 +351,18 @@ impl Tailer {
             }
             self.commit();
         }
-        if let Some(pipeline) = self.links.current.load_full() {
-            self.flush_timed_out(&pipeline);
+        if let Some(files) = self.links.current.load_full() {
+            self.flush_timed_out(&files);
         }
         self.drop_finished();
         progressed
     }
 
-    fn scan(&mut self, pipeline: &Pipeline) {
-        self.scanned_pipeline = pipeline.id;
+    fn scan(&mut self, files: &FileSources) {
+        self.scanned_pipeline = files.pipeline.id;
         self.scanned_at = Some(Instant::now());
         let mut seen = HashSet::new();
-        for source in &pipeline.sources {
+        for source in &files.sources {
             for pattern in &source.paths {
                 let paths = match glob::glob(pattern) {
                     Ok(paths) => paths,
@@ -324,12 +391,7 @@ impl Tailer {
                             }
                             if t.source != source.name {
                                 t.source = source.name.clone();
-                                t.events_in = self.links.metrics.source_counter(&source.name);
-                                t.meta = encode::meta_member(
-                                    &source.name,
-                                    &self.opts.pod,
-                                    &self.opts.namespace,
-                                );
+                                t.spec = (0, None);
                             }
                         }
                         None => self.open(id, path, &source.name),
@@ -346,7 +408,7 @@ impl Tailer {
         }
         // Files whose source left the config are not read any more; their checkpoints
         // stay, should the source come back.
-        let sources: HashSet<&str> = pipeline.sources.iter().map(|s| s.name.as_str()).collect();
+        let sources: HashSet<&str> = files.sources.iter().map(|s| s.name.as_str()).collect();
         self.files
             .retain(|_, t| sources.contains(t.source.as_str()));
         // Checkpoints of files that are gone from their path.
@@ -394,6 +456,7 @@ impl Tailer {
                 path,
                 path_text,
                 source: source.to_owned(),
+                spec: (0, None),
                 file,
                 pos: start,
                 partial: Vec::new(),
@@ -402,18 +465,16 @@ impl Tailer {
                 reachable: true,
                 deleted: false,
                 idle_since: None,
-                events_in: self.links.metrics.source_counter(source),
-                meta: encode::meta_member(source, &self.opts.pod, &self.opts.namespace),
                 pending: None,
             },
         );
     }
 
-    fn read_chunk(&mut self, id: FileId, pipeline: &Pipeline) -> io::Result<Progress> {
+    fn read_chunk(&mut self, id: FileId, files: &FileSources) -> io::Result<Progress> {
         // Checked before every read, not only at the end of the file: a copytruncated file
         // that the application refills past our offset before we look would otherwise be
         // read from the middle.
-        if self.truncated(id, pipeline)? {
+        if self.truncated(id, files)? {
             return Ok(Progress::Data);
         }
         let Some(t) = self.files.get_mut(&id) else {
@@ -464,13 +525,13 @@ impl Tailer {
         }
         let offset = t.routed_to();
         let epoch = t.epoch;
-        self.route(id, pipeline, complete, base, offset, epoch);
+        self.route(id, files, complete, base, offset, epoch);
         Ok(Progress::Data)
     }
 
     /// A file shorter than our offset was truncated (copytruncate): route what we held
     /// and read it again from the start.
-    fn truncated(&mut self, id: FileId, pipeline: &Pipeline) -> io::Result<bool> {
+    fn truncated(&mut self, id: FileId, files: &FileSources) -> io::Result<bool> {
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(false);
         };
@@ -479,8 +540,8 @@ impl Tailer {
             return Ok(false);
         }
         tracing::info!(path = %t.path.display(), size = len, offset = t.pos, "file truncated (copytruncate?); reading it from the start");
-        self.emit_partial(id, pipeline);
-        self.flush_pending(id, pipeline);
+        self.emit_partial(id, files);
+        self.flush_pending(id, files);
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(true);
         };
@@ -516,7 +577,7 @@ impl Tailer {
     }
 
     /// Routes a held partial line as a whole line (its file will not complete it).
-    fn emit_partial(&mut self, id: FileId, pipeline: &Pipeline) {
+    fn emit_partial(&mut self, id: FileId, files: &FileSources) {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
@@ -532,29 +593,26 @@ impl Tailer {
         t.partial.clear();
         let offset = t.pos;
         let epoch = t.epoch;
-        self.route(id, pipeline, len, base, offset, epoch);
+        self.route(id, files, len, base, offset, epoch);
     }
 
     /// Routes the multi-line event `id` holds as complete (timeout, or its file is done).
-    fn flush_pending(&mut self, id: FileId, pipeline: &Pipeline) {
+    fn flush_pending(&mut self, id: FileId, files: &FileSources) {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
         let Some(mut pending) = t.pending.take() else {
             return;
         };
-        let Some(source) = pipeline.router.source_index(&t.source) else {
+        let Some(spec) = t.spec(files) else {
             return;
         };
-        let mut run = self.scratch.batcher.run(
-            pipeline,
-            source,
-            &t.meta,
-            &self.links.shared.pool,
-            pending.text.len() + 1,
-        );
+        let mut run = self
+            .scratch
+            .batcher
+            .run(&files.pipeline, spec.index, pending.text.len() + 1);
         emit_event(&mut run, &mut pending);
-        let ack = run.finish(&self.links.metrics, &t.events_in);
+        let ack = run.finish();
         // Every complete line is routed now: the file is routed to its held partial line.
         self.inflight.push_back(InFlight {
             ack,
@@ -565,21 +623,22 @@ impl Tailer {
     }
 
     /// Completes the multi-line events whose file gave no new line for their timeout.
-    fn flush_timed_out(&mut self, pipeline: &Pipeline) {
-        let due: Vec<FileId> = self
-            .files
-            .iter()
-            .filter(|(_, t)| {
-                t.pending.as_ref().is_some_and(|p| {
-                    let timeout =
-                        multiline_of(pipeline, &t.source).map_or(Duration::ZERO, |m| m.timeout);
-                    p.last.elapsed() >= timeout
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
+    fn flush_timed_out(&mut self, files: &FileSources) {
+        let mut due = Vec::new();
+        for (id, t) in &mut self.files {
+            let Some(last) = t.pending.as_ref().map(|p| p.last) else {
+                continue;
+            };
+            let timeout = t
+                .spec(files)
+                .and_then(|s| s.multiline.as_deref())
+                .map_or(Duration::ZERO, |m| m.timeout);
+            if last.elapsed() >= timeout {
+                due.push(*id);
+            }
+        }
         for id in due {
-            self.flush_pending(id, pipeline);
+            self.flush_pending(id, files);
         }
     }
 
@@ -589,7 +648,7 @@ impl Tailer {
     fn route(
         &mut self,
         id: FileId,
-        pipeline: &Pipeline,
+        files: &FileSources,
         len: usize,
         base: u64,
         offset: u64,
@@ -598,20 +657,17 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
-        let Some(source) = pipeline.router.source_index(&t.source) else {
+        let Some(spec) = t.spec(files) else {
             // The source left the config between the scan and this chunk: nothing is
             // routed and the checkpoint stays, so the lines are read again if it returns.
             return;
         };
         let data = &self.scratch.buf[..len];
-        let mut run = self.scratch.batcher.run(
-            pipeline,
-            source,
-            &t.meta,
-            &self.links.shared.pool,
-            CHUNK + CHUNK / 4,
-        );
-        match multiline_of(pipeline, &t.source) {
+        let mut run = self
+            .scratch
+            .batcher
+            .run(&files.pipeline, spec.index, CHUNK + CHUNK / 4);
+        match spec.multiline.as_deref() {
             None => {
                 // The source's multiline went away with a config swap.
                 if let Some(mut pending) = t.pending.take() {
@@ -633,7 +689,7 @@ impl Tailer {
                 }
             }
         }
-        let ack = run.finish(&self.links.metrics, &t.events_in);
+        let ack = run.finish();
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
         self.inflight.push_back(InFlight {
             ack,
@@ -688,11 +744,11 @@ impl Tailer {
         if done.is_empty() {
             return;
         }
-        let pipeline = self.links.current.load_full();
+        let files = self.links.current.load_full();
         for id in done {
-            if let Some(p) = &pipeline {
-                self.emit_partial(id, p);
-                self.flush_pending(id, p);
+            if let Some(f) = &files {
+                self.emit_partial(id, f);
+                self.flush_pending(id, f);
             }
             if let Some(t) = self.files.remove(&id) {
                 tracing::info!(path = %t.path.display(), "finished with file");
@@ -716,14 +772,6 @@ impl Tailer {
             }
         }
     }
-}
-
-fn multiline_of<'p>(pipeline: &'p Pipeline, source: &str) -> Option<&'p MultilineSpec> {
-    pipeline
-        .sources
-        .iter()
-        .find(|s| s.name == source)
-        .and_then(|s| s.multiline.as_deref())
 }
 
 /// Adds one line (at file offset `at`) to the multi-line event in progress, routing the

@@ -1,5 +1,5 @@
 //! Request bodies of the three encodings, built from the sink's entries: an http sink asks
-//! the reader for `encoding: json` (see [`crate::sinks::encode`]), so each line is one event
+//! the pipeline for `encoding: json` (see `pipeline::encode`), so each line is one event
 //! as a JSON object whose last member is `"_servicelog":{"source","pod","namespace"}`.
 //!
 //! - `json_lines`: the lines as they are (`application/x-ndjson`).
@@ -26,7 +26,7 @@ use std::{
 use serde::Deserialize;
 use servicelog_api::v1alpha1::HttpEncoding;
 
-use crate::sinks::encode::json_string;
+use crate::json::json_string;
 
 const META_KEY: &[u8] = b"\"_servicelog\":";
 

@@ -2,7 +2,7 @@
 //! each handed to the router as one JSON object.
 //!
 //! ```text
-//! Topology::apply ──binds──▶ Listener (in the Pipeline) ◀──follows── syslog-io thread
+//! Topology::apply ──binds──▶ Listener (in SyslogSources) ◀──follows── syslog-io thread
 //!                                                                   (tokio, one task per
 //!   senders ──UDP datagram / TCP frame──▶ listener & connection tasks  socket and connection)
 //!                                            │ bounded queue of frames
@@ -72,8 +72,10 @@ use tokio::{
 
 use self::frame::{Framer, Next, trim_frame};
 pub use self::parse::{Malformed, Message, SdElement, parse, to_json};
-use super::Batcher;
-use crate::{metrics::Metrics, pipeline::Pipeline, sinks::SinkShared};
+use crate::{
+    metrics::Metrics,
+    pipeline::{Batcher, Feed},
+};
 
 /// Longest message accepted, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -92,6 +94,19 @@ pub const QUEUE: usize = 4096;
 pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Malformed frames are logged at most this often per source.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The syslog sources of the config in force and the pipeline that routes their
+/// messages, taken together for each batch.
+pub type SyslogSources = Feed<SyslogSourceSpec>;
+
+/// A syslog source of the config in force and its bound socket.
+#[derive(Clone, Debug)]
+pub struct SyslogSourceSpec {
+    pub name: String,
+    /// Its index among the router's sources.
+    pub index: usize,
+    pub listener: Arc<Listener>,
+}
 
 /// A port that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +131,7 @@ enum Socket {
     Tcp(std::net::TcpListener),
 }
 
-/// A bound syslog socket, owned by the pipelines that listen on it.
+/// A bound syslog socket, owned by the configs that listen on it.
 #[derive(Debug)]
 pub struct Listener {
     pub port: u16,
@@ -205,12 +220,10 @@ impl Queue {
 
 /// How the syslog threads reach the rest of the process.
 pub struct SyslogLinks {
-    pub current: Arc<ArcSwapOption<Pipeline>>,
+    pub current: Arc<ArcSwapOption<SyslogSources>>,
+    /// The id of the pipeline in force (0: none), changed whenever another is.
     pub changes: watch::Receiver<u64>,
-    pub shared: Arc<SinkShared>,
     pub metrics: Metrics,
-    pub pod: String,
-    pub namespace: String,
 }
 
 /// The running syslog threads.
@@ -256,7 +269,7 @@ impl Syslog {
 
 /// Serves the listeners of the pipeline in force, following swaps, until `stop`.
 async fn supervise(
-    current: Arc<ArcSwapOption<Pipeline>>,
+    current: Arc<ArcSwapOption<SyslogSources>>,
     mut changes: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     tx: Queue,
@@ -265,12 +278,12 @@ async fn supervise(
     let mut serving: HashMap<usize, (Arc<Listener>, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
         changes.mark_unchanged();
-        let pipeline = current.load_full();
-        let wanted: Vec<Arc<Listener>> = pipeline
+        let syslog = current.load_full();
+        let wanted: Vec<Arc<Listener>> = syslog
             .as_ref()
-            .map(|p| p.syslog.iter().map(|s| s.listener.clone()).collect())
+            .map(|c| c.sources.iter().map(|s| s.listener.clone()).collect())
             .unwrap_or_default();
-        drop(pipeline);
+        drop(syslog);
         serving.retain(|key, (listener, task)| {
             let keep = wanted.iter().any(|l| Arc::as_ptr(l) as usize == *key);
             if !keep {
@@ -311,7 +324,7 @@ async fn supervise(
 }
 
 /// Starts the task that serves `listener` (on its own duplicate of the socket, so the
-/// pipelines keep theirs).
+/// configs keep theirs).
 fn serve(listener: &Listener, tx: Queue) -> io::Result<tokio::task::JoinHandle<()>> {
     let from = listener.key();
     Ok(match &listener.socket {
@@ -421,8 +434,6 @@ struct Router {
     batcher: Batcher,
     json: Vec<u8>,
     raw: Vec<u8>,
-    /// `_servicelog` members by source name.
-    metas: HashMap<String, Vec<u8>>,
     /// When a malformed frame was last logged, and how many since, per source.
     complaints: HashMap<String, (Instant, u64)>,
 }
@@ -434,7 +445,6 @@ impl Router {
             batcher: Batcher::default(),
             json: Vec::new(),
             raw: Vec::new(),
-            metas: HashMap::new(),
             complaints: HashMap::new(),
         }
     }
@@ -464,15 +474,15 @@ impl Router {
 
     /// Routes `batch` (emptying it) in runs of consecutive messages of one source.
     fn route(&mut self, batch: &mut Vec<Received>) {
-        let Some(pipeline) = self.links.current.load_full() else {
+        let Some(syslog) = self.links.current.load_full() else {
             batch.clear();
             return;
         };
         let now = SystemTime::now();
         let mut items = batch.drain(..).peekable();
         while let Some(first) = items.next() {
-            let Some(spec) = pipeline
-                .syslog
+            let Some(spec) = syslog
+                .sources
                 .iter()
                 .find(|s| s.listener.key() == first.from)
             else {
@@ -480,18 +490,8 @@ impl Router {
                 continue;
             };
             let name = spec.name.as_str();
-            let Some(source) = pipeline.router.source_index(name) else {
-                continue;
-            };
-            if !self.metas.contains_key(name) {
-                let meta =
-                    crate::sinks::encode::meta_member(name, &self.links.pod, &self.links.namespace);
-                self.metas.insert(name.to_owned(), meta);
-            }
-            let meta = &self.metas[name];
-            let mut run =
-                self.batcher
-                    .run(&pipeline, source, meta, &self.links.shared.pool, 16 * 1024);
+            let source = spec.index;
+            let mut run = self.batcher.run(&syslog.pipeline, source, 16 * 1024);
             let mut malformed = 0u64;
             let mut item = Some(first);
             while let Some(r) = item.take() {
@@ -521,8 +521,7 @@ impl Router {
                     item = items.next();
                 }
             }
-            let events_in = self.links.metrics.source_counter(name);
-            run.finish(&self.links.metrics, &events_in);
+            run.finish();
             if malformed > 0 {
                 self.links.metrics.syslog_malformed(name, malformed);
             }

@@ -8,7 +8,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::sinks::encode::json_string;
+use crate::json::json_string;
 
 /// Why a frame is not a syslog message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

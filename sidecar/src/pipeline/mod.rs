@@ -1,0 +1,282 @@
+//! The pipeline: routes what the sources read to the sinks, and tells them when it is
+//! written.
+//!
+//! A [`Pipeline`] is one config's routing made runnable: its compiled [`Router`], the
+//! running sinks its sink indices refer to, and per source the `_servicelog` member and
+//! the `events_in` counter. It is immutable; a source takes the one in force for each run
+//! of events it hands over (a file chunk, a batch of syslog messages), so a run is routed
+//! entirely by the rules it started with and a config swap falls between runs.
+//!
+//! A source hands a run to a [`Batcher`]: lines (parsed in the source's format) or events
+//! it parsed itself. Each is routed, encoded for every sink its rules chose ([`encode`]
+//! for `json` sinks, the line as read for `raw` ones) into one buffer per sink, and the
+//! run ends by sending one batch per sink that got anything. The returned [`Ack`]
+//! completes once all of them are written; the file source checkpoints behind it, syslog
+//! (which has no acknowledgement to give its senders) does not wait for it.
+//!
+//! Sources sit above this module and sinks below it: a source never names a sink, and
+//! building a pipeline (which sinks to carry over, which to start) is the topology's job.
+
+pub mod encode;
+
+use std::{sync::Arc, time::Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use servicelog_api::{
+    Router,
+    rules::{DropReason, Event},
+    v1alpha1::{Format, LineEncoding},
+};
+
+use crate::{
+    metrics::Metrics,
+    sinks::{Batch, BatchAck, SinkHandle, SinkShared},
+};
+
+/// Whose logs these are, for the `_servicelog` member of `json` sinks' lines.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    pub pod: String,
+    pub namespace: String,
+}
+
+/// What a source's events take along, whatever their run.
+#[derive(Debug)]
+struct SourceOut {
+    /// Its `_servicelog` member (see [`encode::meta_member`]).
+    meta: Vec<u8>,
+    events_in: Counter,
+}
+
+/// One config's routing, runnable.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Unique per pipeline built by this process.
+    pub id: u64,
+    pub router: Router,
+    /// Indexed like `router.sink_names()`.
+    pub sinks: Vec<Arc<SinkHandle>>,
+    /// Indexed like the router's sources.
+    sources: Vec<SourceOut>,
+    /// Where sink buffers come from and go back to.
+    shared: Arc<SinkShared>,
+    metrics: Metrics,
+}
+
+impl Pipeline {
+    /// `sinks` must be indexed like `router.sink_names()`.
+    pub fn new(
+        id: u64,
+        router: Router,
+        sinks: Vec<Arc<SinkHandle>>,
+        origin: &Origin,
+        shared: Arc<SinkShared>,
+        metrics: &Metrics,
+    ) -> Self {
+        let sources = router
+            .source_names()
+            .iter()
+            .map(|name| SourceOut {
+                meta: encode::meta_member(name, &origin.pod, &origin.namespace),
+                events_in: metrics.source_counter(name),
+            })
+            .collect();
+        Self {
+            id,
+            router,
+            sinks,
+            sources,
+            shared,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+/// What one kind of source reads under the config in force (file globs, bound syslog
+/// sockets), with the pipeline that routes it: a source takes both at once for each run.
+#[derive(Debug)]
+pub struct Feed<S> {
+    pub pipeline: Arc<Pipeline>,
+    pub sources: Vec<S>,
+}
+
+/// Completes once every sink a run's events went to has written them.
+#[derive(Clone, Debug)]
+pub struct Ack(Arc<BatchAck>);
+
+impl Ack {
+    pub fn is_complete(&self) -> bool {
+        self.0.is_complete()
+    }
+}
+
+/// Buffers reused from run to run, so routing does not allocate per run.
+#[derive(Debug, Default)]
+pub struct Batcher {
+    outs: Vec<Vec<u8>>,
+    counts: Vec<u64>,
+    drops: Vec<(Option<u16>, DropReason, u64)>,
+    encodings: Vec<LineEncoding>,
+}
+
+impl Batcher {
+    /// Starts a run of events of source `source` (an index of `pipeline.router`); a
+    /// sink's buffer, when it needs a new one, is allocated with `capacity`.
+    pub fn run<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        source: usize,
+        capacity: usize,
+    ) -> Run<'a> {
+        let sinks = pipeline.sinks.len();
+        if self.outs.len() < sinks {
+            self.outs.resize_with(sinks, Vec::new);
+            self.counts.resize(sinks, 0);
+        }
+        self.encodings.clear();
+        self.encodings
+            .extend(pipeline.sinks.iter().map(|h| h.encoding));
+        let router = &pipeline.router;
+        Run {
+            format: router.source_format(source).unwrap_or(Format::Text),
+            meta: pipeline.sources.get(source).map_or(&[], |s| &s.meta),
+            batcher: self,
+            pipeline,
+            router,
+            source,
+            capacity,
+            now: Instant::now(),
+            events: 0,
+        }
+    }
+}
+
+/// A run of events being routed under one pipeline.
+pub struct Run<'a> {
+    batcher: &'a mut Batcher,
+    pipeline: &'a Pipeline,
+    router: &'a Router,
+    source: usize,
+    format: Format,
+    meta: &'a [u8],
+    capacity: usize,
+    now: Instant,
+    events: u64,
+}
+
+impl<'a> Run<'a> {
+    pub fn router(&self) -> &'a Router {
+        self.router
+    }
+
+    pub fn source(&self) -> usize {
+        self.source
+    }
+
+    /// Events pushed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Parses `line` (without its newline) in the source's format and routes it;
+    /// `with_nl` is the line with its newline, what `raw` sinks write.
+    #[inline]
+    pub fn push_line(&mut self, line: &[u8], with_nl: &[u8]) {
+        let event = self.router.parse(self.source, line);
+        self.push(&event, &event, with_nl, false);
+    }
+
+    /// Routes `routed` and writes `written` to the sinks it goes to: `raw` (newline
+    /// terminated) for `raw` sinks, `written` encoded for `json` sinks. They differ when
+    /// the fields that decide are not the whole event (a multi-line event routed by its
+    /// first line). `flatten` turns raw newlines inside a structured `written` (a
+    /// pretty-printed JSON object; JSON strings cannot hold raw newlines) into spaces, so
+    /// it stays one line.
+    #[inline]
+    pub fn push(&mut self, routed: &Event<'_>, written: &Event<'_>, raw: &[u8], flatten: bool) {
+        self.events += 1;
+        let decision = self.router.route(routed, self.now);
+        let b = &mut *self.batcher;
+        if let Some(reason) = decision.drop {
+            count_drop(&mut b.drops, decision.rule, reason);
+            return;
+        }
+        for sink in decision.sinks {
+            let Some(out) = b.outs.get_mut(sink) else {
+                continue;
+            };
+            if out.capacity() == 0 {
+                *out = self.pipeline.shared.pool.take(self.capacity);
+            }
+            match b.encodings[sink] {
+                LineEncoding::Raw => out.extend_from_slice(raw),
+                LineEncoding::Json => {
+                    let from = out.len();
+                    encode::encode_json(out, written, self.format, self.meta);
+                    if flatten && !written.is_text() {
+                        let end = out.len() - 1;
+                        for c in &mut out[from..end] {
+                            if *c == b'\n' || *c == b'\r' {
+                                *c = b' ';
+                            }
+                        }
+                    }
+                }
+            }
+            b.counts[sink] += 1;
+        }
+    }
+
+    /// Counts the run's events and drops, and sends one batch per sink that got events.
+    /// Blocks while a sink's queue is full (backpressure). The ack completes when every
+    /// batch is written; a batch a sink refused (it gave up at shutdown) leaves it
+    /// incomplete for good.
+    pub fn finish(self) -> Ack {
+        let b = self.batcher;
+        let pipeline = self.pipeline;
+        if let Some(s) = pipeline.sources.get(self.source) {
+            s.events_in.inc_by(self.events);
+        }
+        for (rule, reason, n) in b.drops.drain(..) {
+            let rule = rule
+                .and_then(|r| self.router.rule_names().get(usize::from(r)))
+                .map_or("default", String::as_str);
+            pipeline.metrics.dropped(rule, reason.as_str(), n);
+        }
+        let sinks = pipeline.sinks.len();
+        let targets = b.outs[..sinks].iter().filter(|o| !o.is_empty()).count();
+        let ack = Arc::new(BatchAck::new(targets));
+        for (sink, out) in b.outs[..sinks].iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let batch = Batch {
+                data: std::mem::take(out),
+                events: std::mem::take(&mut b.counts[sink]),
+                ack: ack.clone(),
+            };
+            if let Err(batch) = pipeline.sinks[sink].send(batch) {
+                pipeline.shared.pool.give(batch.data);
+            }
+        }
+        Ack(ack)
+    }
+}
+
+fn count_drop(
+    drops: &mut Vec<(Option<u16>, DropReason, u64)>,
+    rule: Option<u16>,
+    reason: DropReason,
+) {
+    if let Some(last) = drops.last_mut()
+        && last.0 == rule
+        && last.1 == reason
+    {
+        last.2 += 1;
+        return;
+    }
+    match drops.iter_mut().find(|d| d.0 == rule && d.1 == reason) {
+        Some(d) => d.2 += 1,
+        None => drops.push((rule, reason, 1)),
+    }
+}
