@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Writes a one-layer OCI image archive (an OCI image layout in a tar, what
-# `ctr images import`, `docker load` >= 25, `skopeo copy oci-archive:` and `crane push`
-# read) from a directory, with no registry and no Docker engine.
+# Writes a one-layer image archive from a directory, with no registry and no Docker engine:
+# an OCI image layout in a tar plus docker-archive's manifest.json, as `docker save` writes
+# since Docker 25 — what `ctr images import`, `kind load image-archive`, `docker load`,
+# `skopeo copy oci-archive:` and `crane push` read.
 #
 #   oci-image.sh OUT.tar REF ROOTFS_DIR
 #
@@ -45,5 +46,10 @@ cat >"$work/index.json" <<JSON
 {"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"platform":{"architecture":"$arch","os":"linux"},"annotations":{"io.containerd.image.name":"$ref","org.opencontainers.image.ref.name":"$ref"}}]}
 JSON
 echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci-layout"
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.partial" oci-layout index.json blobs
+# manifest.json as `docker save` writes it (Docker >= 25 writes both): Docker engines before
+# 25 load only that; containerd and skopeo read the OCI index.
+cat >"$work/manifest.json" <<JSON
+[{"Config":"blobs/sha256/$config","RepoTags":["$ref"],"Layers":["blobs/sha256/$layer"]}]
+JSON
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.partial" oci-layout index.json manifest.json blobs
 mv "$out.partial" "$out"
