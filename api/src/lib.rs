@@ -4,10 +4,12 @@
 //! - [`validate`]: every problem of a spec, each with its field path.
 //! - [`rules`]: the rule language compiled into an immutable [`rules::Router`], and the
 //!   borrowed event views the sidecar's hot path routes.
+//! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
 //! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
 
+pub mod pod;
 pub mod rules;
 pub mod v1alpha1;
 pub mod validate;

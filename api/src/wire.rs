@@ -340,6 +340,24 @@ impl Layout {
         Ok(format!("{}/{pod}", self.instances(namespace, name)?))
     }
 
+    /// `…/<name>/instances/<pod>` for a config znode `…/<name>/config` under any root: how
+    /// a sidecar, given only its config znode, finds where to ack.
+    ///
+    /// Notable errors: [`WireError::BadSegment`] for a config path that is not absolute or
+    /// does not end in `/config`, or a pod name ZooKeeper cannot hold.
+    pub fn instance_for_config(config: &str, pod: &str) -> Result<String, WireError> {
+        let parent = config
+            .strip_suffix("/config")
+            .filter(|p| p.starts_with('/') && !p.ends_with('/') && !p.contains("//"))
+            .ok_or_else(|| WireError::BadSegment {
+                what: "config znode",
+                value: config.to_owned(),
+                why: "it must be an absolute path ending in /config",
+            })?;
+        segment("pod", pod)?;
+        Ok(format!("{parent}/instances/{pod}"))
+    }
+
     /// Reads a path back into `(namespace, name, rest)`, for watch events under the root.
     pub fn parse<'a>(&self, path: &'a str) -> Option<ParsedPath<'a>> {
         let rest = path.strip_prefix(self.root.as_str())?;
@@ -598,6 +616,33 @@ mod tests {
             Layout::new("/x/y").unwrap().config("n", "m").unwrap(),
             "/x/y/namespaces/n/m/config"
         );
+    }
+
+    #[test]
+    fn the_instance_znode_is_the_config_znodes_sibling() {
+        let l = Layout::default();
+        let config = l.config("shop", "checkout").unwrap();
+        assert_eq!(
+            Layout::instance_for_config(&config, "pod-1").unwrap(),
+            l.instance("shop", "checkout", "pod-1").unwrap()
+        );
+        assert_eq!(
+            Layout::instance_for_config("/other/x/config", "p").unwrap(),
+            "/other/x/instances/p"
+        );
+        for (config, pod) in [
+            ("relative/config", "p"),
+            ("/a/b", "p"),
+            ("/config", "p"),
+            ("/a//config", "p"),
+            ("/a/config", "x/y"),
+            ("/a/config", ".."),
+        ] {
+            assert!(
+                Layout::instance_for_config(config, pod).is_err(),
+                "{config:?} {pod:?} should be refused"
+            );
+        }
     }
 
     #[test]

@@ -57,7 +57,11 @@ use kube::{
     },
 };
 use memory::{Key, Memory};
-use servicelog_api::{v1alpha1::ServiceLog, wire::Layout};
+use servicelog_api::{
+    pod::{INJECT_ANNOTATION, INJECTED_ANNOTATION},
+    v1alpha1::ServiceLog,
+    wire::Layout,
+};
 use status::{Findings, Next, OldStatus, PublishOutcome};
 use tokio::sync::mpsc;
 
@@ -71,10 +75,6 @@ use crate::{
 pub const FINALIZER: &str = "servicelog.io/cleanup";
 /// The one field manager of status patches.
 pub const FIELD_MANAGER: &str = "servicelog-operator";
-/// Annotation a pod carries once the webhook injected the sidecar.
-pub const INJECTED_ANNOTATION: &str = "servicelog.io/injected";
-/// Annotation a pod uses to ask for the sidecar.
-pub const INJECT_ANNOTATION: &str = "servicelog.io/inject";
 /// Reconciles running at once.
 pub const CONCURRENCY: u16 = 32;
 /// While a rollout is partway, status is written at most this often: acks from a hundred

@@ -13,25 +13,15 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use servicelog_api::{
+    pod::{
+        self, CREDENTIALS_DIR, INJECT_ANNOTATION, INJECTED_ANNOTATION, METRICS_PORT,
+        SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR,
+    },
     v1alpha1::{ServiceLogSpec, SidecarOverride},
     wire::Layout,
 };
 
-/// Annotation a pod uses to ask for the sidecar: the ServiceLog's name.
-pub const INJECT: &str = "servicelog.io/inject";
-/// Annotation set on injection; a pod carrying it is left alone.
-pub const INJECTED: &str = "servicelog.io/injected";
-/// `container` asks for a plain container instead of a native sidecar.
-pub const SIDECAR_MODE: &str = "servicelog.io/sidecar-mode";
-/// Name of the injected container.
-pub const CONTAINER: &str = "servicelog-sidecar";
-/// Where the sidecar keeps checkpoints and the last-known-good config.
-pub const STATE_DIR: &str = "/var/lib/servicelog";
 const STATE_VOLUME: &str = "servicelog-state";
-/// Where a sink's `credentialsSecretRef` is mounted, one directory per sink
-/// (`<dir>/<sink>/username`, …); the sidecar's default `SERVICELOG_CREDENTIALS_DIR`.
-pub const CREDENTIALS_DIR: &str = "/var/run/servicelog/credentials";
-const METRICS_PORT: i32 = 9779;
 /// The non-root user the sidecar runs as (distroless `nonroot`).
 const RUN_AS_USER: i64 = 65532;
 
@@ -48,13 +38,13 @@ pub struct InjectConfig {
 /// Why a pod was admitted unchanged, for the review's warning.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Skip {
-    #[error("annotation {INJECT} is {0:?}, not the name of a ServiceLog")]
+    #[error("annotation {INJECT_ANNOTATION} is {0:?}, not the name of a ServiceLog")]
     MalformedAnnotation(String),
     #[error(
-        "{INJECT} names ServiceLog {namespace}/{name}, which does not exist; the pod runs without the servicelog sidecar"
+        "{INJECT_ANNOTATION} names ServiceLog {namespace}/{name}, which does not exist; the pod runs without the servicelog sidecar"
     )]
     MissingServiceLog { namespace: String, name: String },
-    #[error("the pod already has a container named {CONTAINER}")]
+    #[error("the pod already has a container named {SIDECAR_CONTAINER}")]
     NameTaken,
     #[error("{0}")]
     Internal(String),
@@ -72,10 +62,10 @@ pub enum Request {
 /// Reads the pod's annotations.
 pub fn request(pod: &Pod) -> Result<Request, Skip> {
     let annotations = pod.metadata.annotations.as_ref();
-    let Some(name) = annotations.and_then(|a| a.get(INJECT)) else {
+    let Some(name) = annotations.and_then(|a| a.get(INJECT_ANNOTATION)) else {
         return Ok(Request::None);
     };
-    if annotations.is_some_and(|a| a.contains_key(INJECTED)) {
+    if annotations.is_some_and(|a| a.contains_key(INJECTED_ANNOTATION)) {
         return Ok(Request::None);
     }
     let valid = !name.is_empty()
@@ -104,12 +94,15 @@ pub fn inject(
         .spec
         .as_mut()
         .ok_or_else(|| Skip::Internal("the pod has no spec".into()))?;
-    let taken = pod_spec.containers.iter().any(|c| c.name == CONTAINER)
+    let taken = pod_spec
+        .containers
+        .iter()
+        .any(|c| c.name == SIDECAR_CONTAINER)
         || pod_spec
             .init_containers
             .iter()
             .flatten()
-            .any(|c| c.name == CONTAINER);
+            .any(|c| c.name == SIDECAR_CONTAINER);
     if taken {
         return Err(Skip::NameTaken);
     }
@@ -166,7 +159,7 @@ pub fn inject(
         });
         sidecar_mounts.push(mount(
             &volume,
-            &format!("{CREDENTIALS_DIR}/{}", sink.name),
+            &pod::credentials_dir(CREDENTIALS_DIR, &sink.name),
             true,
         ));
     }
@@ -192,7 +185,7 @@ pub fn inject(
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(SIDECAR_MODE))
+        .and_then(|a| a.get(SIDECAR_MODE_ANNOTATION))
         .is_none_or(|m| m != "container");
     let sidecar = container(config, &overrides, &znode, sidecar_mounts, native);
     let pod_spec = pod
@@ -212,7 +205,7 @@ pub fn inject(
     pod.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED.into(), name.into());
+        .insert(INJECTED_ANNOTATION.into(), name.into());
     Ok(pod)
 }
 
@@ -260,7 +253,7 @@ fn container(
         ..Default::default()
     };
     Container {
-        name: CONTAINER.into(),
+        name: SIDECAR_CONTAINER.into(),
         image: Some(
             overrides
                 .image
@@ -269,15 +262,15 @@ fn container(
         ),
         restart_policy: native.then(|| "Always".to_string()),
         env: Some(vec![
-            env("SERVICELOG_ZK_CONNECT", &config.zk_connect),
-            env("SERVICELOG_CONFIG_ZNODE", znode),
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            env("SERVICELOG_STATE_DIR", STATE_DIR),
+            env(pod::env::ZK_CONNECT, &config.zk_connect),
+            env(pod::env::CONFIG_ZNODE, znode),
+            field(pod::env::POD_NAME, "metadata.name"),
+            field(pod::env::POD_NAMESPACE, "metadata.namespace"),
+            env(pod::env::STATE_DIR, STATE_DIR),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("slog-metrics".into()),
-            container_port: METRICS_PORT,
+            container_port: i32::from(METRICS_PORT),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
@@ -448,7 +441,7 @@ spec:
         golden("plain-pod.json", &out);
         let ps = out.spec.as_ref().unwrap();
         let sidecar = &ps.init_containers.as_ref().unwrap()[0];
-        assert_eq!(sidecar.name, CONTAINER);
+        assert_eq!(sidecar.name, SIDECAR_CONTAINER);
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
         let sc = sidecar.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -505,7 +498,7 @@ spec:
             out.metadata
                 .annotations
                 .unwrap()
-                .get(INJECTED)
+                .get(INJECTED_ANNOTATION)
                 .map(String::as_str),
             Some("checkout")
         );
@@ -542,7 +535,11 @@ spec:
             1,
             "init containers untouched in container mode"
         );
-        let sidecar = ps.containers.iter().find(|c| c.name == CONTAINER).unwrap();
+        let sidecar = ps
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
         assert_eq!(sidecar.restart_policy, None);
         assert_eq!(sidecar.image.as_deref(), Some("custom:1"));
         let app = &ps.containers[0];

@@ -11,9 +11,9 @@ use kube::{
     ResourceExt,
     core::{PartialObjectMeta, Selector, SelectorExt},
 };
-use servicelog_api::v1alpha1::LabelSelector;
+use servicelog_api::{pod::INJECTED_ANNOTATION, v1alpha1::LabelSelector};
 
-use super::{Context, INJECTED_ANNOTATION, ROLLOUT_REFRESH_INTERVAL, memory::Key, status};
+use super::{Context, ROLLOUT_REFRESH_INTERVAL, memory::Key, status};
 use crate::zk::InstanceRecord;
 
 /// What the world looks like for one ServiceLog.

@@ -1,0 +1,60 @@
+//! The pod contract between the operator's webhook and the sidecar: the annotations, the
+//! injected container's name, the env it reads, the directories and the metrics port.
+//! Both binaries take these names from here, so a rename is one edit the compiler checks
+//! everywhere. The znode paths are [`crate::wire::Layout`]'s.
+
+/// Annotation a pod uses to ask for the sidecar: the ServiceLog's name.
+pub const INJECT_ANNOTATION: &str = "servicelog.io/inject";
+/// Annotation set on injection; a pod carrying it is left alone.
+pub const INJECTED_ANNOTATION: &str = "servicelog.io/injected";
+/// `container` asks for a plain container instead of a native sidecar.
+pub const SIDECAR_MODE_ANNOTATION: &str = "servicelog.io/sidecar-mode";
+/// Name of the injected container.
+pub const SIDECAR_CONTAINER: &str = "servicelog-sidecar";
+
+/// Where the sidecar keeps checkpoints, buffers and the last-known-good config.
+pub const STATE_DIR: &str = "/var/lib/servicelog";
+/// Where a sink's `credentialsSecretRef` is mounted, one directory per sink
+/// (`<dir>/<sink>/username`, …).
+pub const CREDENTIALS_DIR: &str = "/var/run/servicelog/credentials";
+/// The sidecar's `/metrics`, `/healthz` and `/readyz` port.
+pub const METRICS_PORT: u16 = 9779;
+/// The sidecar's default metrics address.
+pub const METRICS_ADDR: &str = "0.0.0.0:9779";
+
+/// The environment the webhook gives the sidecar, and the sidecar reads.
+pub mod env {
+    /// ZooKeeper connect string (`zk-0:2181,zk-1:2181`).
+    pub const ZK_CONNECT: &str = "SERVICELOG_ZK_CONNECT";
+    /// The pod's ServiceLog's config znode.
+    pub const CONFIG_ZNODE: &str = "SERVICELOG_CONFIG_ZNODE";
+    /// The pod's name and namespace (downward API).
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// Overrides [`super::STATE_DIR`].
+    pub const STATE_DIR: &str = "SERVICELOG_STATE_DIR";
+    /// Overrides [`super::CREDENTIALS_DIR`].
+    pub const CREDENTIALS_DIR: &str = "SERVICELOG_CREDENTIALS_DIR";
+    /// Overrides [`super::METRICS_ADDR`].
+    pub const METRICS_ADDR: &str = "SERVICELOG_METRICS_ADDR";
+}
+
+/// The directory a sink's credentials are mounted at.
+pub fn credentials_dir(base: &str, sink: &str) -> String {
+    format!("{}/{sink}", base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_address_uses_the_metrics_port() {
+        assert!(METRICS_ADDR.ends_with(&format!(":{METRICS_PORT}")));
+        assert_eq!(
+            credentials_dir(CREDENTIALS_DIR, "loki"),
+            "/var/run/servicelog/credentials/loki"
+        );
+        assert_eq!(credentials_dir("/x/", "loki"), "/x/loki");
+    }
+}
