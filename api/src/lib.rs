@@ -5,12 +5,15 @@
 //! - [`rules`]: the rule language compiled into an immutable [`rules::Router`], and the
 //!   borrowed event views the sidecar's hot path routes.
 //! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
+//! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
 //! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
 
 pub mod pod;
 pub mod rules;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod v1alpha1;
 pub mod validate;
 pub mod wire;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use servicelog_api::wire::Layout;
 use servicelog_operator::{
     controller, crd, lease, manifests,
-    metrics::{self, Metrics},
+    metrics::Metrics,
     zk::{Zk, ZkConfig},
 };
 
@@ -221,9 +221,9 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .metrics_addr
         .parse()
         .with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
-    let listener = metrics::bind(metrics_addr)
+    let (listener, _) = servicelog_api::serve::bind(&metrics_addr.to_string())
         .await
-        .with_context(|| format!("binding --metrics-addr {metrics_addr}"))?;
+        .context("--metrics-addr")?;
     let identity = args
         .identity
         .clone()
@@ -232,7 +232,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (KUBECONFIG or the in-cluster service account)")?;
     let metrics = Arc::new(Metrics::new());
-    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let server = tokio::spawn(servicelog_api::serve::serve(listener, metrics.clone()));
 
     // One compact cache of ServiceLogs serves the webhook and the controller.
     let cache = servicelog_operator::cache::Cache::start(match &args.watch_namespace {

@@ -1,19 +1,11 @@
-//! Prometheus metrics of the operator and the small HTTP server for `/metrics`,
-//! `/healthz` and `/readyz`.
+//! Prometheus metrics of the operator, served with `/healthz` and `/readyz` by the server
+//! both binaries share (`servicelog_api::serve`).
 
 use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -136,69 +128,18 @@ impl Default for Metrics {
     }
 }
 
-/// Binds the metrics address; done before anything else so a taken port fails the start.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl servicelog_api::serve::Probe for Metrics {
+    fn metrics(&self) -> String {
+        self.encode()
     }
-}
 
-fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, body, content_type) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "ok\n".to_owned(), "text/plain")
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("starting")
         }
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting\n".to_owned(),
-            "text/plain",
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "not found\n".to_owned(),
-            "text/plain",
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
     }
-    response
 }
 
 #[cfg(test)]
@@ -223,10 +164,10 @@ mod tests {
 
     #[test]
     fn readyz_follows_readiness() {
+        use servicelog_api::serve::Probe;
         let m = Metrics::new();
-        let req = Request::get("/readyz").body(()).unwrap();
-        assert_eq!(answer(&req, &m).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(m.ready(), Err("starting"));
         m.set_ready(true);
-        assert_eq!(answer(&req, &m).status(), StatusCode::OK);
+        assert_eq!(m.ready(), Ok(()));
     }
 }

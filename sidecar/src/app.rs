@@ -13,16 +13,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use servicelog_api::{
+    serve::{self, ServeError},
+    wire::{Layout, WireError},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{
         self, ConfigError,
         last_good::LastGood,
-        zk::{self, ZkConfig, ZkOptions, ZkPathError},
+        zk::{ZkConfig, ZkOptions},
         zk_thread::ZkThread,
     },
-    http::{self, HttpError},
     metrics::Metrics,
     pipeline::Origin,
     sources::{
@@ -51,6 +54,8 @@ pub struct AppOptions {
     pub pod: String,
     pub namespace: String,
     pub state_dir: PathBuf,
+    /// Where http sinks' credentials Secrets are mounted (`<dir>/<sink>/`).
+    pub credentials_dir: PathBuf,
     pub metrics_addr: String,
     pub zk_session_timeout: Duration,
     pub zk_connect_timeout: Duration,
@@ -61,13 +66,13 @@ pub struct AppOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Http(#[from] HttpError),
+    Http(#[from] ServeError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{path}: {source}")]
     Apply { path: PathBuf, source: ApplyError },
     #[error(transparent)]
-    ZkPath(#[from] ZkPathError),
+    ZkPath(#[from] WireError),
     #[error("creating the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -92,12 +97,17 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
         pod: opts.pod.clone(),
         namespace: opts.namespace.clone(),
     };
-    let topology = Topology::new(metrics.clone(), &opts.state_dir, origin, wake_tx.clone());
+    let topology = Topology::new(
+        metrics.clone(),
+        &opts.state_dir,
+        &opts.credentials_dir,
+        origin,
+        wake_tx.clone(),
+    );
     let last_good = LastGood::new(&opts.state_dir);
 
-    let (listener, addr) = http::bind(&opts.metrics_addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    let http_task = tokio::spawn(http::serve(listener, metrics.clone()));
+    let (listener, _) = serve::bind(&opts.metrics_addr).await?;
+    let http_task = tokio::spawn(serve::serve(listener, Arc::new(metrics.clone())));
 
     let config_task = match &opts.config {
         ConfigSource::File(path) => {
@@ -118,7 +128,7 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             let zk_opts = ZkOptions {
                 connect: connect.clone(),
                 config_path: znode.clone(),
-                instance_path: zk::instance_path(znode, &opts.pod)?,
+                instance_path: Layout::instance_for_config(znode, &opts.pod)?,
                 pod: opts.pod.clone(),
                 session_timeout: opts.zk_session_timeout,
                 connect_timeout: opts.zk_connect_timeout,

@@ -24,7 +24,6 @@
 
 pub mod app;
 pub mod config;
-pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod pipeline;

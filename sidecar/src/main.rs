@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use servicelog_api::pod;
 use servicelog_sidecar::app::{self, AppOptions, ConfigSource};
 
 #[derive(Parser)]
@@ -20,25 +21,24 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["zk_connect", "config_znode"])]
     config_file: Option<PathBuf>,
     /// ZooKeeper connect string.
-    #[arg(long, env = "SERVICELOG_ZK_CONNECT")]
+    #[arg(long, env = pod::env::ZK_CONNECT)]
     zk_connect: Option<String>,
     /// The config znode to watch, `<root>/namespaces/<ns>/<name>/config`.
-    #[arg(long, env = "SERVICELOG_CONFIG_ZNODE")]
+    #[arg(long, env = pod::env::CONFIG_ZNODE)]
     config_znode: Option<String>,
     /// This pod's name, used for the instance znode.
-    #[arg(long, env = "POD_NAME", default_value = "local")]
+    #[arg(long, env = pod::env::POD_NAME, default_value = "local")]
     pod_name: String,
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = pod::env::POD_NAMESPACE, default_value = "default")]
     pod_namespace: String,
     /// Checkpoints and the last-known-good config.
-    #[arg(
-        long,
-        env = "SERVICELOG_STATE_DIR",
-        default_value = "/var/lib/servicelog"
-    )]
+    #[arg(long, env = pod::env::STATE_DIR, default_value = pod::STATE_DIR)]
     state_dir: PathBuf,
+    /// Where http sinks' credentials Secrets are mounted, one directory per sink.
+    #[arg(long, env = pod::env::CREDENTIALS_DIR, default_value = pod::CREDENTIALS_DIR)]
+    credentials_dir: PathBuf,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "SERVICELOG_METRICS_ADDR", default_value = "0.0.0.0:9779")]
+    #[arg(long, env = pod::env::METRICS_ADDR, default_value = pod::METRICS_ADDR)]
     metrics_addr: String,
     /// ZooKeeper session timeout.
     #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -77,7 +77,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(path), _, _) => ConfigSource::File(path),
         (None, Some(connect), Some(znode)) => ConfigSource::ZooKeeper { connect, znode },
         _ => bail!(
-            "no config source: pass --config-file FILE, or set SERVICELOG_ZK_CONNECT and SERVICELOG_CONFIG_ZNODE"
+            "no config source: pass --config-file FILE, or set {} and {}",
+            pod::env::ZK_CONNECT,
+            pod::env::CONFIG_ZNODE
         ),
     };
     let opts = AppOptions {
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pod: cli.pod_name,
         namespace: cli.pod_namespace,
         state_dir: cli.state_dir,
+        credentials_dir: cli.credentials_dir,
         metrics_addr: cli.metrics_addr,
         zk_session_timeout: cli.zk_session_timeout,
         zk_connect_timeout: cli.zk_connect_timeout,

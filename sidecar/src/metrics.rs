@@ -236,6 +236,20 @@ impl Metrics {
     }
 }
 
+impl servicelog_api::serve::Probe for Metrics {
+    fn metrics(&self) -> String {
+        self.render()
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("no config in force")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

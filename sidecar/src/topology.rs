@@ -109,13 +109,23 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// `state_dir` holds the sinks' disk buffers; `wake` wakes the file reader.
-    pub fn new(metrics: Metrics, state_dir: &Path, origin: Origin, wake: Sender<()>) -> Self {
+    /// `state_dir` holds the sinks' disk buffers, `credentials_dir` the http sinks'
+    /// mounted Secrets; `wake` wakes the file reader.
+    pub fn new(
+        metrics: Metrics,
+        state_dir: &Path,
+        credentials_dir: &Path,
+        origin: Origin,
+        wake: Sender<()>,
+    ) -> Self {
         Self {
             running: Arc::default(),
             files: Arc::default(),
             syslog: Arc::default(),
-            shared: Arc::new(SinkShared::new(state_dir.to_owned())),
+            shared: Arc::new(SinkShared::new(
+                state_dir.to_owned(),
+                credentials_dir.to_owned(),
+            )),
             metrics,
             origin,
             wake,
@@ -297,7 +307,8 @@ mod tests {
     /// A topology over `dir`, and the file reader's end of its wake-ups.
     fn topology(dir: &tempfile::TempDir) -> (Topology, Receiver<()>) {
         let (tx, wake) = channel();
-        let topo = Topology::new(Metrics::new(), dir.path(), Origin::default(), tx);
+        let creds = dir.path().join("credentials");
+        let topo = Topology::new(Metrics::new(), dir.path(), &creds, Origin::default(), tx);
         (topo, wake)
     }
 

@@ -40,31 +40,6 @@ use crate::{
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ZkPathError {
-    #[error("config znode {0:?} must be an absolute path ending in /config")]
-    ConfigPath(String),
-    #[error("pod name {0:?} cannot be a znode name")]
-    Pod(String),
-}
-
-/// `…/<name>/instances/<pod>` for the config znode `…/<name>/config`.
-pub fn instance_path(config: &str, pod: &str) -> Result<String, ZkPathError> {
-    let parent = config
-        .strip_suffix("/config")
-        .filter(|p| p.starts_with('/') && p.len() > 1 && !p.contains("//"))
-        .ok_or_else(|| ZkPathError::ConfigPath(config.to_owned()))?;
-    if pod.is_empty()
-        || pod.contains('/')
-        || pod == "."
-        || pod == ".."
-        || pod.chars().any(char::is_control)
-    {
-        return Err(ZkPathError::Pod(pod.to_owned()));
-    }
-    Ok(format!("{parent}/instances/{pod}"))
-}
-
 #[derive(Clone, Debug)]
 pub struct ZkOptions {
     pub connect: String,
@@ -507,22 +482,4 @@ impl ZkConfig {
 fn terminated(client: &Client) -> Option<End> {
     let state = client.state();
     state.is_terminated().then_some(End::Terminated(state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instance_path_is_the_sibling_of_config() {
-        assert_eq!(
-            instance_path("/servicelog/namespaces/shop/checkout/config", "pod-1").unwrap(),
-            "/servicelog/namespaces/shop/checkout/instances/pod-1"
-        );
-        assert!(instance_path("/servicelog/namespaces/shop/checkout", "p").is_err());
-        assert!(instance_path("relative/config", "p").is_err());
-        assert!(instance_path("/config", "p").is_err());
-        assert!(instance_path("/a/config", "a/b").is_err());
-        assert!(instance_path("/a/config", "").is_err());
-    }
 }

@@ -123,21 +123,14 @@ pub struct SinkShared {
     pub pool: BufferPool,
     /// Where disk buffers live (`<state dir>/buffers/<sink>`).
     pub state_dir: PathBuf,
-    /// Where the webhook mounts http sinks' credentials Secrets (`<dir>/<sink>/`):
-    /// `$SERVICELOG_CREDENTIALS_DIR`, else [`http::credentials::DEFAULT_DIR`].
+    /// Where the webhook mounts http sinks' credentials Secrets (`<dir>/<sink>/`).
     pub credentials_dir: PathBuf,
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
     disk_buffers: buffer::DiskRegistry,
 }
 
 impl SinkShared {
-    pub fn new(state_dir: PathBuf) -> Self {
-        let credentials_dir = std::env::var_os("SERVICELOG_CREDENTIALS_DIR")
-            .filter(|d| !d.is_empty())
-            .map_or_else(
-                || PathBuf::from(http::credentials::DEFAULT_DIR),
-                PathBuf::from,
-            );
+    pub fn new(state_dir: PathBuf, credentials_dir: PathBuf) -> Self {
         Self {
             state_dir,
             credentials_dir,

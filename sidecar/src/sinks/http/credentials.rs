@@ -19,8 +19,6 @@ use std::{
 
 use ureq::http::{HeaderName, HeaderValue};
 
-/// Where the webhook mounts credentials Secrets when `SERVICELOG_CREDENTIALS_DIR` is unset.
-pub const DEFAULT_DIR: &str = "/var/run/servicelog/credentials";
 /// How often the mounted files are read again.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
@@ -221,24 +219,8 @@ fn read_headers(dir: &Path) -> Result<Vec<(HeaderName, HeaderValue)>, Credential
 
 /// Standard base64 with padding (RFC 4648), for Basic auth.
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]
