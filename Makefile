@@ -6,7 +6,7 @@ CARGO ?= cargo
 TESTENV_DIR := target/testenv
 CRD_FILE := servicelog.io_servicelogs.yaml
 
-.PHONY: all build release static deps tools cluster-tools test lint fmt crds testenv testenv-down cluster cluster-down bench demo clean
+.PHONY: all build release static images images-build deps tools cluster-tools test lint fmt crds testenv testenv-down cluster cluster-down bench demo clean
 
 all: build
 
@@ -21,6 +21,16 @@ release:
 ## Rust target can be had, else glibc with crt-static (STATIC_LIBC=musl|gnu to choose).
 static:
 	@CARGO=$(CARGO) bash docker/static.sh
+
+## images: the operator and sidecar images (what docker/Dockerfile builds: static binaries,
+## uid 65532, CA certificates, /etc/passwd, OCI labels) as archives in target/images/, built
+## without a registry or Docker, and loaded into the running `make cluster` node under the
+## chart's default references (ghcr.io/servicelog/servicelog-*:<appVersion>).
+images: images-build
+	@bash scripts/images.sh load
+
+images-build:
+	@CARGO=$(CARGO) bash scripts/images.sh build
 
 ## deps: Debian packages the tests need (ZooKeeper, a JRE); a no-op when present.
 deps:
@@ -38,8 +48,9 @@ cluster-tools: deps tools
 	@bash e2e/tools/build.sh node >/dev/null
 
 ## test: lints, then every test — unit, integration and end-to-end — on real components
-## (e2e/tests/node.rs runs pods on a real node, hence cluster-tools).
-test: deps tools cluster-tools lint
+## (e2e/tests/node.rs runs pods on a real node, hence cluster-tools; the tests on the node
+## install the chart from the images, hence images-build).
+test: deps tools cluster-tools images-build lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 

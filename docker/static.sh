@@ -46,9 +46,11 @@ CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=0 \
   RUSTFLAGS="$flags ${RUSTFLAGS:-}" \
   "$cargo" build --release --locked --target "$triple" "${bins[@]/#/--package=}" --bins
 
+# Cargo writes under CARGO_TARGET_DIR when it is set (a cache outside the checkout).
+built=${CARGO_TARGET_DIR:-target}/$triple/release
 mkdir -p "$out"
 for bin in "${bins[@]}"; do
-  cp "target/$triple/release/$bin" "$out/$bin"
+  cp "$built/$bin" "$out/$bin"
   desc=$(file -L "$out/$bin")
   # ldd names every shared library a dynamic binary would load ("lib… => …").
   if ! grep -Eq 'statically linked|static-pie linked' <<<"$desc" || ldd "$out/$bin" 2>&1 | grep -q '=>'; then

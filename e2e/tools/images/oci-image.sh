@@ -9,6 +9,7 @@
 # The image config comes from the environment, each a JSON value:
 #   ENTRYPOINT='["/bin/busybox","sleep"]'  CMD='["3600"]'  IMAGE_USER='"65532"'
 #   IMAGE_ENV='["PATH=/bin"]'  LABELS='{"org.opencontainers.image.source":"..."}'
+#   EXPOSED_PORTS='{"8080/tcp":{}}'
 # The layer is reproducible (sorted names, mtime 0) and every file in it is owned by root,
 # as in a Dockerfile's COPY without --chown.
 set -euo pipefail
@@ -31,7 +32,7 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=posix \
 read -r layer layer_size < <(blob "$work/layer")
 
 cat >"$work/config" <<JSON
-{"architecture":"$arch","os":"linux","config":{"Entrypoint":${ENTRYPOINT:-null},"Cmd":${CMD:-null},"User":${IMAGE_USER:-\"\"},"Env":${IMAGE_ENV:-[\"PATH=/bin:/usr/bin:/sbin:/usr/sbin\"]},"WorkingDir":"/","Labels":${LABELS:-null}},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]},"history":[{"created_by":"servicelog oci-image.sh"}]}
+{"architecture":"$arch","os":"linux","config":{"Entrypoint":${ENTRYPOINT:-null},"Cmd":${CMD:-null},"User":${IMAGE_USER:-\"\"},"Env":${IMAGE_ENV:-[\"PATH=/bin:/usr/bin:/sbin:/usr/sbin\"]},"WorkingDir":"/","ExposedPorts":${EXPOSED_PORTS:-null},"Labels":${LABELS:-null}},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]},"history":[{"created_by":"servicelog oci-image.sh"}]}
 JSON
 read -r config config_size < <(blob "$work/config")
 
