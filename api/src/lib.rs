@@ -6,6 +6,7 @@
 //!   borrowed event views the sidecar's hot path routes.
 //! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
 //! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
+//! - [`zkauth`]: ZooKeeper identities (the operator's, each namespace's, derived) and ACLs.
 //! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod serve;
 pub mod v1alpha1;
 pub mod validate;
 pub mod wire;
+pub mod zkauth;
 
 pub use rules::{Decision, Router};
 pub use v1alpha1::ServiceLogSpec;

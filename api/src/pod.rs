@@ -17,6 +17,11 @@ pub const STATE_DIR: &str = "/var/lib/servicelog";
 /// Where a sink's `credentialsSecretRef` is mounted, one directory per sink
 /// (`<dir>/<sink>/username`, …).
 pub const CREDENTIALS_DIR: &str = "/var/run/servicelog/credentials";
+/// The Secret the operator writes in each namespace with that namespace's ZooKeeper
+/// identity ([`crate::zkauth`]), its key, and where the webhook mounts it in the sidecar.
+pub const ZK_AUTH_SECRET: &str = "servicelog-zk-auth";
+pub const ZK_AUTH_KEY: &str = "auth";
+pub const ZK_AUTH_DIR: &str = "/var/run/servicelog/zookeeper";
 /// The sidecar's `/metrics`, `/healthz` and `/readyz` port.
 pub const METRICS_PORT: u16 = 9779;
 /// The sidecar's default metrics address.
@@ -35,6 +40,9 @@ pub mod env {
     pub const STATE_DIR: &str = "SERVICELOG_STATE_DIR";
     /// Overrides [`super::CREDENTIALS_DIR`].
     pub const CREDENTIALS_DIR: &str = "SERVICELOG_CREDENTIALS_DIR";
+    /// A file holding one `digest:user:password` line: the ZooKeeper identity to
+    /// authenticate as (the operator's own, or a sidecar's namespace identity).
+    pub const ZK_AUTH_FILE: &str = "SERVICELOG_ZK_AUTH_FILE";
     /// Overrides [`super::METRICS_ADDR`].
     pub const METRICS_ADDR: &str = "SERVICELOG_METRICS_ADDR";
 }

@@ -647,3 +647,269 @@ async fn given_a_subtree_whose_servicelog_is_gone_when_the_operator_starts_then_
         operator.log_tail(20)
     );
 }
+
+/// A ZooKeeper client authenticated as `credentials` (anonymous with `None`).
+async fn zk_as(
+    connect: &str,
+    credentials: Option<&servicelog_api::zkauth::Credentials>,
+) -> zookeeper_client::Client {
+    let mut connector =
+        zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(30));
+    if let Some(c) = credentials {
+        connector = connector.with_auth("digest", &c.auth_bytes());
+    }
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(connect))
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 10s connecting to ZooKeeper at {connect}"))
+        .expect("connect to ZooKeeper")
+}
+
+/// The operator's identity file for a test, and the identity in it.
+fn operator_identity(dir_name: &str) -> (std::path::PathBuf, servicelog_api::zkauth::Credentials) {
+    let dir = servicelog_e2e::base_dir().join(unique_name(dir_name));
+    std::fs::create_dir_all(&dir).expect("creating the auth file's directory");
+    let path = dir.join("zk-auth");
+    let credentials =
+        servicelog_api::zkauth::Credentials::digest("servicelog-operator", unique_name("pw"));
+    std::fs::write(&path, credentials.to_line()).expect("writing the auth file");
+    (path, credentials)
+}
+
+fn is_no_auth<T: std::fmt::Debug>(result: &Result<T, zookeeper_client::Error>) -> bool {
+    matches!(result, Err(zookeeper_client::Error::NoAuth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_operators_with_a_zookeeper_identity_then_no_tenant_can_touch_another_tenants_znodes()
+{
+    use servicelog_api::zkauth::Credentials;
+    let a = Fixture::new("acl-a").await;
+    let mut b = Fixture::new("acl-b").await;
+    // One tree, two tenants: B's fixture uses A's root.
+    b.root = a.root.clone();
+    b.layout = a.layout.clone();
+    let (auth_file, operator) = operator_identity("acl");
+    let start = |f: &Fixture, who: &str| {
+        let mut options = f.options(who, &f.env.zk_connect());
+        options
+            .extra_args
+            .push(format!("--zk-auth-file={}", auth_file.display()));
+        Operator::start(f.env, &options)
+            .unwrap_or_else(|e| panic!("operator {who} did not start: {e}"))
+    };
+    let op_a = start(&a, "a");
+    let op_b = start(&b, "b");
+    a.create(&example()).await;
+    b.create(&example()).await;
+    for (f, op) in [(&a, &op_a), (&b, &op_b)] {
+        f.wait_status("checkout", "Published=True", op, |s| {
+            is_true(s, "Published")
+        })
+        .await;
+    }
+
+    // The namespace's identity is in its Secret, as the operator derives it.
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(a.client.clone(), &a.ns)
+        .get(servicelog_api::pod::ZK_AUTH_SECRET)
+        .await
+        .expect("the operator wrote the namespace's identity Secret");
+    let line = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(servicelog_api::pod::ZK_AUTH_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .expect("the Secret holds the auth line");
+    let tenant_a = Credentials::parse(&line).expect("a digest line");
+    assert_eq!(tenant_a, operator.for_namespace(&a.ns));
+    let tenant_b = operator.for_namespace(&b.ns);
+
+    let connect = a.env.zk_connect();
+    let anonymous = zk_as(&connect, None).await;
+    let as_a = zk_as(&connect, Some(&tenant_a)).await;
+    let as_op = zk_as(&connect, Some(&operator)).await;
+    let (config_a, config_b) = (a.config_path("checkout"), b.config_path("checkout"));
+    let instances = |f: &Fixture| f.layout.instances(&f.ns, "checkout").expect("path");
+    let open = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+
+    // Anyone else: nothing below the root.
+    for (what, result) in [
+        (
+            "read A's config",
+            anonymous.get_data(&config_a).await.map(|_| ()),
+        ),
+        (
+            "read B's config",
+            anonymous.get_data(&config_b).await.map(|_| ()),
+        ),
+        (
+            "list the namespaces",
+            anonymous
+                .get_children(&a.layout.namespaces())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "create a namespace",
+            anonymous
+                .create(
+                    &format!("{}/evil", a.layout.namespaces()),
+                    b"",
+                    &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                )
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "ack into A",
+            anonymous
+                .create(&format!("{}/forged", instances(&a)), b"{}", &open)
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        assert!(
+            is_no_auth(&result),
+            "an anonymous client could {what}: {result:?}"
+        );
+    }
+    // Tenant A: reads its own config and acks, nothing more.
+    let (data, _) = as_a
+        .get_data(&config_a)
+        .await
+        .expect("A reads its own config");
+    assert_eq!(
+        Envelope::from_slice(&data).expect("an envelope").spec,
+        example().spec
+    );
+    // As a sidecar does: the record belongs to the identity that writes it.
+    let record_acl = [zookeeper_client::Acl::new(
+        zookeeper_client::Permission::ALL,
+        zookeeper_client::AuthId::authed(),
+    )];
+    let own_record = format!("{}/pod-a", instances(&a));
+    as_a.create(
+        &own_record,
+        b"{}",
+        &CreateMode::Ephemeral.with_acls(Acls::new(&record_acl)),
+    )
+    .await
+    .expect("A creates its own instance record");
+    as_a.set_data(&own_record, b"{\"x\":1}", None)
+        .await
+        .expect("A rewrites its own record");
+    // The operator reads it with A's identity, which it derives and adds to its session.
+    assert!(is_no_auth(&as_op.get_data(&own_record).await));
+    as_op
+        .auth("digest", &tenant_a.auth_bytes())
+        .await
+        .expect("adding A's identity");
+    as_op
+        .get_data(&own_record)
+        .await
+        .expect("the operator reads A's record");
+    for (what, result) in [
+        (
+            "rewrite its own config",
+            as_a.set_data(&config_a, b"{}", None).await.map(|_| ()),
+        ),
+        (
+            "delete its own config",
+            as_a.delete(&config_a, None).await.map(|_| ()),
+        ),
+        (
+            "read B's config",
+            as_a.get_data(&config_b).await.map(|_| ()),
+        ),
+        (
+            "rewrite B's config",
+            as_a.set_data(&config_b, b"{}", None).await.map(|_| ()),
+        ),
+        (
+            "ack into B",
+            as_a.create(&format!("{}/forged", instances(&b)), b"{}", &open)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "create a namespace",
+            as_a.create(
+                &format!("{}/evil", a.layout.namespaces()),
+                b"",
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .map(|_| ()),
+        ),
+    ] {
+        assert!(is_no_auth(&result), "tenant A could {what}: {result:?}");
+    }
+    // And B's identity does not open A's tree either.
+    let as_b = zk_as(&connect, Some(&tenant_b)).await;
+    assert!(
+        is_no_auth(&as_b.get_data(&config_a).await),
+        "tenant B read A's config"
+    );
+    as_b.get_data(&config_b)
+        .await
+        .expect("B reads its own config");
+    drop((op_a, op_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_tree_without_acls_when_the_operator_gains_an_identity_then_it_secures_every_znode()
+{
+    let f = Fixture::new("acl-migrate").await;
+    let open_operator = f.operator("a");
+    f.create(&example()).await;
+    f.wait_status("checkout", "Published=True", &open_operator, |s| {
+        is_true(s, "Published")
+    })
+    .await;
+    let connect = f.env.zk_connect();
+    let anonymous = zk_as(&connect, None).await;
+    anonymous
+        .get_data(&f.config_path("checkout"))
+        .await
+        .expect("without ACLs the config is open");
+    drop(open_operator);
+
+    let (auth_file, operator) = operator_identity("acl-migrate");
+    let mut options = f.options("b", &connect);
+    options
+        .extra_args
+        .push(format!("--zk-auth-file={}", auth_file.display()));
+    let secured = Operator::start(f.env, &options).expect("the operator with an identity");
+    let config = f.config_path("checkout");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !is_no_auth(&anonymous.get_data(&config).await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for the operator to secure {config}\n--- operator log ---\n{}",
+            secured.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let as_op = zk_as(&connect, Some(&operator)).await;
+    for path in [
+        f.layout.root().to_owned(),
+        f.layout.namespaces(),
+        f.layout.resource(&f.ns, "checkout").expect("path"),
+        config.clone(),
+        f.layout.instances(&f.ns, "checkout").expect("path"),
+    ] {
+        let (acl, _) = as_op
+            .get_acl(&path)
+            .await
+            .expect("the operator reads the ACL");
+        assert!(
+            acl.iter().all(|a| a.scheme() == "digest"),
+            "{path} still open to someone: {acl:?}"
+        );
+    }
+    let tenant = operator.for_namespace(&f.ns);
+    let as_tenant = zk_as(&connect, Some(&tenant)).await;
+    as_tenant
+        .get_data(&config)
+        .await
+        .expect("the namespace's identity reads the secured config");
+}

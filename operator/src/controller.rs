@@ -150,6 +150,8 @@ pub struct Context {
     pub cleanup_timeout: Duration,
     /// What this process remembers per resource between reconciles.
     pub memory: Memory,
+    /// Namespaces whose ZooKeeper identity Secret is written.
+    pub identities: publish::Identities,
 }
 
 impl Context {
@@ -213,6 +215,7 @@ pub async fn run(
         pods,
         cleanup_timeout: settings.cleanup_timeout,
         memory: Memory::default(),
+        identities: Default::default(),
     });
 
     // The cache passes on only the changes a reconcile must see (not the operator's own
@@ -511,6 +514,7 @@ async fn apply(
     let (validity, observed) = match validate::check(obj, unparsed) {
         Err(problems) => (Err(problems), None),
         Ok(envelope) => {
+            publish::ensure_identity(ctx, &key.0).await;
             let outcome = match publish::publish_config(ctx, obj, &key, &envelope).await {
                 // A newer generation is in the cache and already in ZooKeeper; its own
                 // reconcile writes the status.

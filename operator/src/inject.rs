@@ -15,13 +15,19 @@ use k8s_openapi::{
 use servicelog_api::{
     pod::{
         self, CREDENTIALS_DIR, INJECT_ANNOTATION, INJECTED_ANNOTATION, METRICS_PORT,
-        SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR,
+        SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR, ZK_AUTH_DIR, ZK_AUTH_KEY,
+        ZK_AUTH_SECRET,
     },
     v1alpha1::{ServiceLogSpec, SidecarOverride},
     wire::Layout,
 };
 
 const STATE_VOLUME: &str = "servicelog-state";
+/// Where the kubelet mounts the pod's ServiceAccount token into every container,
+/// init containers included (the ServiceAccount admission plugin adds the mount).
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// An empty volume mounted over [`SERVICE_ACCOUNT_DIR`] in the sidecar alone.
+const NO_TOKEN_VOLUME: &str = "servicelog-no-token";
 /// The non-root user the sidecar runs as (distroless `nonroot`).
 const RUN_AS_USER: i64 = 65532;
 
@@ -33,6 +39,8 @@ pub struct InjectConfig {
     pub layout: Layout,
     pub requests: BTreeMap<String, String>,
     pub limits: BTreeMap<String, String>,
+    /// ZooKeeper ACLs are on: mount the namespace's identity ([`ZK_AUTH_SECRET`]).
+    pub zk_auth: bool,
 }
 
 /// Why a pod was admitted unchanged, for the review's warning.
@@ -163,9 +171,32 @@ pub fn inject(
             true,
         ));
     }
+    // The namespace's ZooKeeper identity, which the operator writes into this Secret; as
+    // with credentials, `optional` so a missing Secret never holds the pod.
+    if config.zk_auth {
+        let volume = unique_volume_name(volumes, "servicelog-zk-auth");
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ZK_AUTH_SECRET.into()),
+                optional: Some(true),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        sidecar_mounts.push(mount(&volume, ZK_AUTH_DIR, true));
+    }
     let state = unique_volume_name(volumes, STATE_VOLUME);
     volumes.push(empty_dir(&state));
     sidecar_mounts.push(mount(&state, STATE_DIR, false));
+    // The sidecar never holds the pod's ServiceAccount token (it needs no Kubernetes
+    // access, and the app's identity is not its to carry): an empty directory is mounted
+    // where the token would be, and the ServiceAccount admission plugin leaves a
+    // container that already mounts that path alone. The app keeps its token.
+    let no_token = unique_volume_name(volumes, NO_TOKEN_VOLUME);
+    volumes.push(empty_dir(&no_token));
+    sidecar_mounts.push(mount(&no_token, SERVICE_ACCOUNT_DIR, true));
 
     // Every app container gets the source directories it does not already mount.
     for container in pod_spec.containers.iter_mut() {
@@ -261,13 +292,23 @@ fn container(
                 .unwrap_or_else(|| config.image.clone()),
         ),
         restart_policy: native.then(|| "Always".to_string()),
-        env: Some(vec![
-            env(pod::env::ZK_CONNECT, &config.zk_connect),
-            env(pod::env::CONFIG_ZNODE, znode),
-            field(pod::env::POD_NAME, "metadata.name"),
-            field(pod::env::POD_NAMESPACE, "metadata.namespace"),
-            env(pod::env::STATE_DIR, STATE_DIR),
-        ]),
+        env: Some(
+            [
+                env(pod::env::ZK_CONNECT, &config.zk_connect),
+                env(pod::env::CONFIG_ZNODE, znode),
+                field(pod::env::POD_NAME, "metadata.name"),
+                field(pod::env::POD_NAMESPACE, "metadata.namespace"),
+                env(pod::env::STATE_DIR, STATE_DIR),
+            ]
+            .into_iter()
+            .chain(config.zk_auth.then(|| {
+                env(
+                    pod::env::ZK_AUTH_FILE,
+                    &format!("{ZK_AUTH_DIR}/{ZK_AUTH_KEY}"),
+                )
+            }))
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("slog-metrics".into()),
             container_port: i32::from(METRICS_PORT),
@@ -390,6 +431,7 @@ mod tests {
             ]
             .into(),
             limits: [("memory".to_string(), "64Mi".to_string())].into(),
+            zk_auth: false,
         }
     }
 
@@ -637,6 +679,69 @@ defaultTo: [loki]
                 .flatten()
                 .all(|m| m.name != volume.name),
             "the app container must not see the sink's credentials"
+        );
+    }
+
+    #[test]
+    fn with_zookeeper_acls_the_sidecar_alone_gets_the_namespace_identity() {
+        let plain = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config()).unwrap();
+        let plain_sidecar = &plain
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .as_ref()
+            .unwrap()[0];
+        assert!(
+            plain_sidecar
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.name != pod::env::ZK_AUTH_FILE),
+            "no identity without ACLs"
+        );
+        let with_acls = InjectConfig {
+            zk_auth: true,
+            ..config()
+        };
+        let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &with_acls).unwrap();
+        let ps = out.spec.as_ref().unwrap();
+        let volume = ps
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| {
+                v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(ZK_AUTH_SECRET)
+            })
+            .expect("the namespace identity's Secret volume");
+        assert_eq!(volume.secret.as_ref().unwrap().optional, Some(true));
+        let sidecar = &ps.init_containers.as_ref().unwrap()[0];
+        let auth_file = sidecar
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == pod::env::ZK_AUTH_FILE)
+            .and_then(|e| e.value.clone());
+        assert_eq!(
+            auth_file.as_deref(),
+            Some("/var/run/servicelog/zookeeper/auth")
+        );
+        let m = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .expect("mounted in the sidecar");
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            (ZK_AUTH_DIR, Some(true))
+        );
+        assert!(
+            ps.containers
+                .iter()
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .all(|m| m.name != volume.name),
+            "the app containers must not see the identity"
         );
     }
 

@@ -10,7 +10,7 @@ use servicelog_api::wire::Layout;
 use servicelog_operator::{
     controller, crd, lease, manifests,
     metrics::Metrics,
-    zk::{Zk, ZkConfig},
+    zk::{Guard, Zk, ZkConfig},
 };
 
 /// mimalloc instead of glibc's malloc: with 10,000 ServiceLogs cached, glibc's per-thread
@@ -49,6 +49,11 @@ struct RunArgs {
     /// ZooKeeper connect string, e.g. `zk-0:2181,zk-1:2181/chroot`.
     #[arg(long, env = "SERVICELOG_ZK_CONNECT")]
     zk_connect: String,
+    /// File holding the operator's ZooKeeper identity, one `digest:user:password` line.
+    /// With it every znode carries ACLs and each namespace gets its own identity; without
+    /// it every znode is open to anyone who can reach ZooKeeper.
+    #[arg(long, env = servicelog_api::pod::env::ZK_AUTH_FILE)]
+    zk_auth_file: Option<PathBuf>,
     /// Znode root of the servicelog tree.
     #[arg(long, env = "SERVICELOG_ZK_ROOT", default_value = "/servicelog")]
     zk_root: String,
@@ -224,6 +229,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let (listener, _) = servicelog_api::serve::bind(&metrics_addr.to_string())
         .await
         .context("--metrics-addr")?;
+    let guard = zk_guard(args.zk_auth_file.as_deref())?;
     let identity = args
         .identity
         .clone()
@@ -239,13 +245,14 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => kube::Api::namespaced(client.clone(), ns),
         None => kube::Api::all(client.clone()),
     });
-    start_webhooks(&args, &client, &layout, &metrics, cache.store()).await?;
+    start_webhooks(&args, &client, &layout, &guard, &metrics, cache.store()).await?;
 
     let (zk, triggers) = Zk::start(ZkConfig {
         connect: args.zk_connect.clone(),
         layout: layout.clone(),
         session_timeout: args.zk_session_timeout,
         connect_timeout: Duration::from_secs(5),
+        guard: guard.clone(),
     });
     let gauge_zk = zk.clone();
     let gauge_metrics = metrics.clone();
@@ -307,6 +314,7 @@ async fn start_webhooks(
     args: &RunArgs,
     client: &kube::Client,
     layout: &Layout,
+    guard: &Guard,
     metrics: &Arc<Metrics>,
     servicelogs: kube::runtime::reflector::Store<servicelog_operator::cache::CachedServiceLog>,
 ) -> anyhow::Result<()> {
@@ -363,6 +371,7 @@ async fn start_webhooks(
             layout: layout.clone(),
             requests: quantities(&args.sidecar_requests).context("--sidecar-requests")?,
             limits: quantities(&args.sidecar_limits).context("--sidecar-limits")?,
+            zk_auth: guard.operator().is_some(),
         },
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
@@ -442,6 +451,23 @@ fn quantities(spec: &str) -> anyhow::Result<std::collections::BTreeMap<String, S
                 .ok_or_else(|| anyhow::anyhow!("{pair:?} is not name=quantity"))
         })
         .collect()
+}
+
+/// The ACLs the operator creates znodes with: from its identity in `--zk-auth-file`, or
+/// none (with a warning) without one.
+fn zk_guard(auth_file: Option<&std::path::Path>) -> anyhow::Result<Guard> {
+    let Some(path) = auth_file else {
+        tracing::warn!(
+            "no --zk-auth-file: znodes are created without ACLs, so any client that reaches ZooKeeper can read and rewrite every namespace's routing"
+        );
+        return Ok(Guard::new(None));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --zk-auth-file {}", path.display()))?;
+    let credentials = servicelog_api::zkauth::Credentials::parse(&text)
+        .with_context(|| format!("--zk-auth-file {}", path.display()))?;
+    tracing::info!(user = %credentials.user(), "ZooKeeper ACLs on: the operator authenticates as this digest user");
+    Ok(Guard::new(Some(credentials)))
 }
 
 fn hostname() -> String {

@@ -14,15 +14,21 @@
 //! the copy is rebuilt from a scan before the controller is told to resync.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesOrdered};
-use servicelog_api::wire::{Envelope, Instance, Layout, PathKind};
+use servicelog_api::{
+    wire::{Envelope, Instance, Layout, PathKind},
+    zkauth::{self, Credentials, Node},
+};
 use tokio::sync::{mpsc, watch};
-use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode, EventType, SessionState};
+use zookeeper_client::{
+    Acl, Acls, AddWatchMode, AuthId, Client, CreateMode, CreateOptions, EventType, Permission,
+    SessionState,
+};
 
 /// What went wrong talking to ZooKeeper, by category.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +99,9 @@ pub struct Zk {
     connected: watch::Receiver<bool>,
     last_error: Arc<RwLock<String>>,
     instances: Arc<RwLock<InstanceCache>>,
+    guard: Arc<Guard>,
+    /// Namespaces whose identity this session holds (see [`Zk::authorize`]).
+    authorized: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Session settings.
@@ -102,6 +111,54 @@ pub struct ZkConfig {
     pub layout: Layout,
     pub session_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The ACLs znodes are created with, and the identity the session authenticates as.
+    pub guard: Guard,
+}
+
+/// The ACLs of the znodes this operator creates ([`zkauth::acl`]), or none (every znode
+/// open to anyone) when the operator has no ZooKeeper identity.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    operator: Option<Credentials>,
+}
+
+impl Guard {
+    pub fn new(operator: Option<Credentials>) -> Self {
+        Self { operator }
+    }
+
+    pub fn operator(&self) -> Option<&Credentials> {
+        self.operator.as_ref()
+    }
+
+    /// The ACL of a znode of `namespace` (or of a directory above every namespace).
+    pub fn acl(&self, namespace: Option<&str>, node: Node) -> Vec<Acl> {
+        match &self.operator {
+            None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
+            Some(op) => zkauth::acl(op, namespace, node)
+                .into_iter()
+                .map(|(bits, scheme, id)| Acl::new(permission(bits), AuthId::new(scheme, &id)))
+                .collect(),
+        }
+    }
+}
+
+/// zookeeper-client's permission for ZooKeeper's bits.
+fn permission(bits: i32) -> Permission {
+    [
+        (zkauth::perms::READ, Permission::READ),
+        (zkauth::perms::WRITE, Permission::WRITE),
+        (zkauth::perms::CREATE, Permission::CREATE),
+        (zkauth::perms::DELETE, Permission::DELETE),
+        (zkauth::perms::ADMIN, Permission::ADMIN),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .fold(Permission::NONE, |all, (_, p)| all | p)
+}
+
+fn persistent(acl: &[Acl]) -> CreateOptions<'_> {
+    CreateMode::Persistent.with_acls(Acls::new(acl))
 }
 
 impl Zk {
@@ -114,9 +171,38 @@ impl Zk {
             connected,
             last_error: Arc::new(RwLock::new("not connected yet".into())),
             instances: Arc::default(),
+            guard: Arc::new(config.guard.clone()),
+            authorized: Arc::default(),
         };
         tokio::spawn(supervise(config, zk.clone(), connected_tx, tx));
         (zk, rx)
+    }
+
+    /// The ACLs znodes are created with.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// Adds `namespace`'s identity to the session, once: sidecars create their instance
+    /// records for their own identity alone ([`zkauth::record_acl`]), and the operator
+    /// reads them with it (it derives every namespace's). The client re-sends it after a
+    /// reconnect; a new session starts with none.
+    pub async fn authorize(&self, client: &Client, namespace: &str) -> Result<(), ZkError> {
+        let Some(operator) = self.guard.operator() else {
+            return Ok(());
+        };
+        if self.authorized.lock().is_ok_and(|a| a.contains(namespace)) {
+            return Ok(());
+        }
+        let identity = operator.for_namespace(namespace);
+        client
+            .auth(zkauth::DIGEST, &identity.auth_bytes())
+            .await
+            .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
+        if let Ok(mut a) = self.authorized.lock() {
+            a.insert(namespace.to_owned());
+        }
+        Ok(())
     }
 
     /// The current session's client.
@@ -170,6 +256,7 @@ impl Zk {
         name: &str,
     ) -> Result<(), ZkError> {
         let client = self.client()?;
+        self.authorize(&client, namespace).await?;
         let path = layout
             .instances(namespace, name)
             .map_err(|e| ZkError::Unavailable(e.to_string()))?;
@@ -278,10 +365,13 @@ async fn supervise(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let connecting = Client::connector()
+        let mut connector = Client::connector()
             .with_session_timeout(config.session_timeout)
-            .with_connection_timeout(config.connect_timeout)
-            .connect(&config.connect);
+            .with_connection_timeout(config.connect_timeout);
+        if let Some(op) = config.guard.operator() {
+            connector = connector.with_auth(zkauth::DIGEST, &op.auth_bytes());
+        }
+        let connecting = connector.connect(&config.connect);
         let client = match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
@@ -306,8 +396,15 @@ async fn supervise(
             }
         };
         let root = config.layout.namespaces();
-        if let Err(e) = client.mkdir(&root, &persistent()).await {
+        let directory = config.guard.acl(None, Node::Directory);
+        if let Err(e) = client.mkdir(&root, &persistent(&directory)).await {
             tracing::warn!(path = %root, error = %e, "cannot create the znode root");
+        }
+        if let Err(e) = secure(&client, &config.layout, &config.guard).await {
+            tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; reconnecting");
+            zk.set(None, &format!("securing the znodes: {e}"));
+            tokio::time::sleep(backoff).await;
+            continue;
         }
         let mut watcher = match client
             .watch(config.layout.root(), AddWatchMode::PersistentRecursive)
@@ -322,6 +419,9 @@ async fn supervise(
             }
         };
         backoff = Duration::from_millis(100);
+        if let Ok(mut a) = zk.authorized.lock() {
+            a.clear();
+        }
         tracing::info!(connect = %config.connect, session = ?client.session_id(), "ZooKeeper session established");
         if let Err(e) = rescan(&client, &config.layout, &zk).await {
             tracing::warn!(error = %e, "cannot read the instance records; reconnecting");
@@ -389,6 +489,9 @@ async fn supervise(
                             );
                         }
                         PathKind::Instance(pod) => {
+                            if let Err(e) = zk.authorize(&client, parsed.namespace).await {
+                                tracing::warn!(error = %e, "cannot add a namespace's identity to the session");
+                            }
                             let pod = pod.to_owned();
                             // Sent now, so it is answered after every earlier request.
                             let read = client.get_data(&event.path);
@@ -435,8 +538,87 @@ async fn supervise(
     }
 }
 
-fn persistent() -> zookeeper_client::CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+/// Puts the guard's ACLs on every znode under the root: for a tree created before ACLs
+/// were turned on, or under another operator identity (docs/install.md, "ZooKeeper
+/// ACLs"). Skipped when the `namespaces` znode already carries this guard's ACL — it is set
+/// last, so an interrupted pass is done again at the next connect — and when ACLs are off.
+///
+/// Notable behaviors: a znode whose ACL this identity may not change is logged and
+/// skipped (and the pass done again at the next connect); a znode that goes away meanwhile
+/// is not an error.
+pub async fn secure(client: &Client, layout: &Layout, guard: &Guard) -> Result<(), ZkError> {
+    if guard.operator().is_none() {
+        return Ok(());
+    }
+    let marker = layout.namespaces();
+    let directory = guard.acl(None, Node::Directory);
+    let (acl, _) = client
+        .get_acl(&marker)
+        .await
+        .map_err(|e| ZkError::op("getACL", &marker, e))?;
+    if acl == directory {
+        return Ok(());
+    }
+    tracing::info!(root = %layout.root(), "setting the ACLs of the znodes under the root");
+    let mut nodes: Vec<(String, Vec<Acl>)> = Vec::new();
+    if layout.root() != "/" {
+        nodes.push((layout.root().to_owned(), directory.clone()));
+    }
+    let children = |path: String| async move {
+        match client.get_children(&path).await {
+            Ok((children, _)) => Ok(children),
+            Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(ZkError::op("getChildren", &path, e)),
+        }
+    };
+    for ns in children(marker.clone()).await? {
+        let ns_dir = format!("{marker}/{ns}");
+        nodes.push((ns_dir.clone(), guard.acl(Some(&ns), Node::Directory)));
+        for name in children(ns_dir.clone()).await? {
+            let (Ok(resource), Ok(config), Ok(instances)) = (
+                layout.resource(&ns, &name),
+                layout.config(&ns, &name),
+                layout.instances(&ns, &name),
+            ) else {
+                continue;
+            };
+            nodes.push((resource, guard.acl(Some(&ns), Node::Directory)));
+            nodes.push((config, guard.acl(Some(&ns), Node::Config)));
+            for pod in children(instances.clone()).await? {
+                nodes.push((
+                    format!("{instances}/{pod}"),
+                    guard.acl(Some(&ns), Node::Instance),
+                ));
+            }
+            nodes.push((instances, guard.acl(Some(&ns), Node::Instances)));
+        }
+    }
+    let mut complete = true;
+    let results = futures::stream::iter(nodes)
+        .map(|(path, acl)| async move {
+            let result = client.set_acl(&path, &acl, None).await;
+            (path, result)
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for (path, result) in results {
+        match result {
+            Ok(_) | Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot set the ACL of a znode");
+                complete = false;
+            }
+        }
+    }
+    if complete {
+        client
+            .set_acl(&marker, &directory, None)
+            .await
+            .map_err(|e| ZkError::op("setACL", &marker, e))?;
+        tracing::info!(root = %layout.root(), "every znode under the root carries its ACL");
+    }
+    Ok(())
 }
 
 /// What [`publish`] did.
@@ -482,9 +664,11 @@ impl Published {
 /// resource is left alone when `newest` — the generation of the newest copy of this resource
 /// (same uid) the caller knows, read at decision time — vouches for it. Anything else
 /// there (a hand edit, another resource's envelope) is overwritten.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     client: &Client,
     layout: &Layout,
+    guard: &Guard,
     namespace: &str,
     name: &str,
     envelope: &Envelope,
@@ -504,15 +688,18 @@ pub async fn publish(
     // Never published as far as the caller knows (a new resource, or a cold start over
     // resources without status): try the whole subtree as one transaction first — one
     // round trip and one log entry instead of a read and four writes.
+    let directory = guard.acl(Some(namespace), Node::Directory);
+    let instances_acl = guard.acl(Some(namespace), Node::Instances);
+    let config_acl = guard.acl(Some(namespace), Node::Config);
     if ours.is_none() {
         let mut multi = client.new_multi_writer();
-        for (dir, data) in [
-            (&resource, &[][..]),
-            (&instances, &[][..]),
-            (&path, &bytes[..]),
+        for (dir, data, acl) in [
+            (&resource, &[][..], &directory),
+            (&instances, &[][..], &instances_acl),
+            (&path, &bytes[..], &config_acl),
         ] {
             multi
-                .add_create(dir, data, &persistent())
+                .add_create(dir, data, &persistent(acl))
                 .map_err(|e| ZkError::op("create", dir, e))?;
         }
         match multi.commit().await {
@@ -564,10 +751,10 @@ pub async fn publish(
                 ];
                 // Parents before children, all sent at once: ZooKeeper applies a session's
                 // requests in order, so this is one round trip, not four.
-                let namespace_dir = client.create(&dirs[0], &[], &persistent());
-                let resource_dir = client.create(&resource, &[], &persistent());
-                let instances_dir = client.create(&dirs[1], &[], &persistent());
-                let config = client.create(&path, &bytes, &persistent());
+                let namespace_dir = client.create(&dirs[0], &[], &persistent(&directory));
+                let resource_dir = client.create(&resource, &[], &persistent(&directory));
+                let instances_dir = client.create(&dirs[1], &[], &persistent(&instances_acl));
+                let config = client.create(&path, &bytes, &persistent(&config_acl));
                 for (dir, created) in [
                     (&dirs[0], namespace_dir.await),
                     (&resource, resource_dir.await),
@@ -578,9 +765,9 @@ pub async fn publish(
                         // The root itself is gone (deleted by hand): make the whole path.
                         Err(zookeeper_client::Error::NoNode) => {
                             client
-                                .mkdir(&dirs[1], &persistent())
+                                .mkdir(&resource, &persistent(&directory))
                                 .await
-                                .map_err(|e| ZkError::op("mkdir", &dirs[1], e))?;
+                                .map_err(|e| ZkError::op("mkdir", &resource, e))?;
                             continue 'attempts;
                         }
                         Err(e) => return Err(ZkError::op("create", dir, e)),
@@ -720,6 +907,7 @@ async fn rescan(client: &Client, layout: &Layout, zk: &Zk) -> Result<(), ZkError
         }
     };
     let (_, namespaces) = children(layout.namespaces()).await?;
+    futures::future::try_join_all(namespaces.iter().map(|ns| zk.authorize(client, ns))).await?;
     let listings = futures::future::try_join_all(
         namespaces
             .iter()

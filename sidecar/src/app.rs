@@ -56,6 +56,8 @@ pub struct AppOptions {
     pub state_dir: PathBuf,
     /// Where http sinks' credentials Secrets are mounted (`<dir>/<sink>/`).
     pub credentials_dir: PathBuf,
+    /// The namespace's ZooKeeper identity, one `digest:user:password` line.
+    pub zk_auth_file: Option<PathBuf>,
     pub metrics_addr: String,
     pub zk_session_timeout: Duration,
     pub zk_connect_timeout: Duration,
@@ -132,6 +134,7 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
                 pod: opts.pod.clone(),
                 session_timeout: opts.zk_session_timeout,
                 connect_timeout: opts.zk_connect_timeout,
+                auth_file: opts.zk_auth_file.clone(),
             };
             let config = ZkConfig::new(zk_opts, topology.clone(), last_good);
             let thread =

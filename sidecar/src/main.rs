@@ -34,6 +34,10 @@ struct Cli {
     /// Checkpoints and the last-known-good config.
     #[arg(long, env = pod::env::STATE_DIR, default_value = pod::STATE_DIR)]
     state_dir: PathBuf,
+    /// File holding the namespace's ZooKeeper identity, one `digest:user:password` line
+    /// (the webhook mounts it when the operator uses ZooKeeper ACLs).
+    #[arg(long, env = pod::env::ZK_AUTH_FILE)]
+    zk_auth_file: Option<PathBuf>,
     /// Where http sinks' credentials Secrets are mounted, one directory per sink.
     #[arg(long, env = pod::env::CREDENTIALS_DIR, default_value = pod::CREDENTIALS_DIR)]
     credentials_dir: PathBuf,
@@ -88,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         namespace: cli.pod_namespace,
         state_dir: cli.state_dir,
         credentials_dir: cli.credentials_dir,
+        zk_auth_file: cli.zk_auth_file,
         metrics_addr: cli.metrics_addr,
         zk_session_timeout: cli.zk_session_timeout,
         zk_connect_timeout: cli.zk_connect_timeout,

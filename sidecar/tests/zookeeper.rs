@@ -578,3 +578,170 @@ async fn given_sigterm_then_the_instance_znode_goes_away_with_the_session() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client authenticated as each of `identities`.
+async fn zk_as(
+    connect: &str,
+    identities: &[&servicelog_api::zkauth::Credentials],
+) -> zookeeper_client::Client {
+    let mut connector =
+        zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(30));
+    for c in identities {
+        connector = connector.with_auth("digest", &c.auth_bytes());
+    }
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(connect))
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 10s connecting to ZooKeeper at {connect}"))
+        .expect("connect to ZooKeeper")
+}
+
+/// The tree as an operator with ACLs publishes it (`api::zkauth::acl`).
+async fn publish_with_acls(
+    operator: &zookeeper_client::Client,
+    identity: &servicelog_api::zkauth::Credentials,
+    config_path: &str,
+    config: &servicelog_api::wire::Envelope,
+) {
+    use servicelog_api::zkauth::{Node, acl, perms};
+    let to_acls = |node| -> Vec<zookeeper_client::Acl> {
+        acl(identity, Some("shop"), node)
+            .into_iter()
+            .map(|(bits, scheme, id)| {
+                let p = [
+                    (perms::READ, zookeeper_client::Permission::READ),
+                    (perms::WRITE, zookeeper_client::Permission::WRITE),
+                    (perms::CREATE, zookeeper_client::Permission::CREATE),
+                    (perms::DELETE, zookeeper_client::Permission::DELETE),
+                    (perms::ADMIN, zookeeper_client::Permission::ADMIN),
+                ]
+                .into_iter()
+                .filter(|(b, _)| bits & b != 0)
+                .fold(zookeeper_client::Permission::NONE, |all, (_, p)| all | p);
+                zookeeper_client::Acl::new(p, zookeeper_client::AuthId::new(scheme, &id))
+            })
+            .collect()
+    };
+    let (resource, _) = config_path.rsplit_once('/').expect("a config path");
+    let directory = to_acls(Node::Directory);
+    operator
+        .mkdir(
+            resource,
+            &zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::new(&directory)),
+        )
+        .await
+        .expect("creating the resource's directories");
+    let instances = to_acls(Node::Instances);
+    operator
+        .create(
+            &format!("{resource}/instances"),
+            b"",
+            &zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::new(&instances)),
+        )
+        .await
+        .expect("creating instances/");
+    let config_acl = to_acls(Node::Config);
+    operator
+        .create(
+            config_path,
+            &config.to_bytes().expect("encoding"),
+            &zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::new(&config_acl)),
+        )
+        .await
+        .expect("creating the config znode");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_zookeeper_acls_then_the_sidecar_routes_and_acks_with_only_its_namespace_identity_read_when_it_appears()
+ {
+    use servicelog_api::zkauth::Credentials;
+    let zk = TestZk::start("acl");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let operator = Credentials::digest("servicelog-operator", servicelog_e2e::unique_name("pw"));
+    let tenant = operator.for_namespace("shop");
+    let as_operator = zk_as(&zk.connect_string(), &[&operator]).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish_with_acls(&as_operator, &operator, &p.config, &first).await;
+
+    // The pod starts before the operator wrote the namespace's Secret: no identity yet.
+    let auth_file = s.path("zk/auth");
+    let sidecar = Sidecar::start(
+        &s,
+        &[],
+        &[
+            ("SERVICELOG_ZK_CONNECT", &zk.connect_string()),
+            ("SERVICELOG_CONFIG_ZNODE", &p.config),
+            ("POD_NAME", POD),
+            ("POD_NAMESPACE", "shop"),
+            ("SERVICELOG_ZK_AUTH_FILE", &auth_file.display().to_string()),
+        ],
+    );
+    // The operator reads records with the namespace's identity (it derives it).
+    let reader = zk_as(&zk.connect_string(), &[&operator, &tenant]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        instance(&reader, &p.instance).await.is_none(),
+        "a sidecar without the namespace's identity acked:\n{}",
+        sidecar.log_tail()
+    );
+    assert!(
+        sidecar.log_tail().contains("NoAuth") || sidecar.log_tail().contains("not mounted"),
+        "the sidecar should say why it cannot read its config:\n{}",
+        sidecar.log_tail()
+    );
+
+    // The Secret appears (kubelet writes the mounted file): picked up without a restart.
+    std::fs::create_dir_all(auth_file.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(&auth_file, format!("{}\n", tenant.to_line())).expect("writing the identity");
+    wait_instance(
+        &reader,
+        &p.instance,
+        "the first hash, ok",
+        &sidecar,
+        |i, _| i.hash == first.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    let app = logs.join("app.log");
+    append(&app, &(0..10).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("10 lines in a", &a, 10, &sidecar).await;
+
+    // The record is the namespace's alone.
+    let anonymous = zk_as(&zk.connect_string(), &[]).await;
+    assert!(
+        matches!(
+            anonymous.get_data(&p.instance).await,
+            Err(zookeeper_client::Error::NoAuth)
+        ),
+        "an anonymous client read the instance record"
+    );
+    let operator_only = zk_as(&zk.connect_string(), &[&operator]).await;
+    assert!(
+        matches!(
+            operator_only.get_data(&p.instance).await,
+            Err(zookeeper_client::Error::NoAuth)
+        ),
+        "the record should name the namespace's identity only"
+    );
+
+    // A change is applied and acked as before.
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    as_operator
+        .set_data(&p.config, &second.to_bytes().expect("encoding"), None)
+        .await
+        .expect("the operator updates the config");
+    wait_instance(
+        &reader,
+        &p.instance,
+        "the second hash, ok",
+        &sidecar,
+        |i, _| i.hash == second.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    append(&app, &(10..13).map(|i| line(i, "info")).collect::<Vec<_>>());
+    wait_lines("3 lines in b", &b, 3, &sidecar).await;
+}

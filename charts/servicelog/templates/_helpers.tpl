@@ -148,3 +148,8 @@ The operator's --zk-connect: the embedded StatefulSet's pods, or zookeeper.conne
 {{- end }}
 {{- join "," $pairs }}
 {{- end }}
+
+{{/* The Secret holding the operator's ZooKeeper identity (key `auth`). */}}
+{{- define "servicelog.zkAuthSecret" -}}
+{{- .Values.zookeeper.auth.existingSecret | default (printf "%s-zk-auth" (include "servicelog.fullname" .)) }}
+{{- end }}

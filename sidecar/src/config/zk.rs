@@ -24,11 +24,15 @@
 //! what can wait for the ack — telling the reader threads, the log line, the
 //! last-known-good file — does.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
-use servicelog_api::wire::{Envelope, Instance, InstanceState};
+use servicelog_api::{
+    wire::{Envelope, Instance, InstanceState},
+    zkauth::{self, Credentials, RecordAcl},
+};
 use zookeeper_client::{
-    Acls, Client, CreateMode, EventType, OneshotWatcher, SessionState, WatchedEvent,
+    Acl, Acls, AuthId, Client, CreateMode, EventType, OneshotWatcher, Permission, SessionState,
+    WatchedEvent,
 };
 
 use super::last_good::LastGood;
@@ -48,6 +52,35 @@ pub struct ZkOptions {
     pub pod: String,
     pub session_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The namespace's ZooKeeper identity (`SERVICELOG_ZK_AUTH_FILE`), read again at every
+    /// connect so a rotated or late-mounted Secret is picked up without a restart.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// Reads the identity to authenticate as; a file not there yet (the Secret is `optional`
+/// and may be written after the pod started) is `None`, with a warning.
+fn read_auth(path: &std::path::Path) -> Option<Credentials> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match Credentials::parse(&text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the ZooKeeper identity file is malformed; connecting without it");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the namespace's ZooKeeper identity is not mounted (yet); connecting without it");
+            None
+        }
+    }
+}
+
+/// The ACL of this sidecar's instance record ([`zkauth::record_acl`]).
+fn instance_acl(config_acl: &[Acl]) -> Vec<Acl> {
+    match zkauth::record_acl(config_acl.iter().map(|a| (a.scheme(), a.id()))) {
+        RecordAcl::Open => vec![Acl::new(Permission::ALL, AuthId::anyone())],
+        RecordAcl::Authenticated => vec![Acl::new(Permission::ALL, AuthId::authed())],
+    }
 }
 
 type Watch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
@@ -71,6 +104,9 @@ async fn fired(watch: &mut Option<Watch>) -> WatchedEvent {
 enum End {
     /// Expired, closed or auth failed: a new session is needed.
     Terminated(SessionState),
+    /// ZooKeeper refused this identity the config: connect again, reading the identity
+    /// file again (a Secret written or rotated after the pod started).
+    NotAuthorized,
 }
 
 /// What ended a wait in a session.
@@ -104,6 +140,8 @@ pub struct ZkConfig {
     /// re-apply (or re-reject) the same bytes.
     seen: Option<Vec<u8>>,
     fell_back: bool,
+    /// This session's ACL for the instance record, once read from the config's.
+    instance_acl: Option<Vec<Acl>>,
 }
 
 impl ZkConfig {
@@ -121,6 +159,7 @@ impl ZkConfig {
             to_announce: None,
             seen: None,
             fell_back: false,
+            instance_acl: None,
         }
     }
 
@@ -128,7 +167,10 @@ impl ZkConfig {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let connector = Client::connector().with_session_timeout(self.opts.session_timeout);
+            let mut connector = Client::connector().with_session_timeout(self.opts.session_timeout);
+            if let Some(auth) = self.opts.auth_file.as_deref().and_then(read_auth) {
+                connector = connector.with_auth(zkauth::DIGEST, &auth.auth_bytes());
+            }
             match tokio::time::timeout(
                 self.opts.connect_timeout,
                 connector.connect(&self.opts.connect),
@@ -139,9 +181,17 @@ impl ZkConfig {
                     backoff = BACKOFF_MIN;
                     tracing::info!(session = %client.session_id(), connect = %self.opts.connect, "ZooKeeper session established");
                     self.metrics.zookeeper_connected.set(1);
-                    let End::Terminated(state) = self.session(&client).await;
+                    let end = self.session(&client).await;
                     self.metrics.zookeeper_connected.set(0);
-                    tracing::warn!(%state, "ZooKeeper session ended; starting a new one (routing goes on with the rules in force)");
+                    match end {
+                        End::Terminated(state) => {
+                            tracing::warn!(%state, "ZooKeeper session ended; starting a new one (routing goes on with the rules in force)");
+                        }
+                        End::NotAuthorized => {
+                            backoff = BACKOFF_MAX;
+                            tracing::warn!(config = %self.opts.config_path, auth_file = ?self.opts.auth_file, "ZooKeeper refuses this identity the config znode (NoAuth); connecting again with the identity file as it is then (routing goes on with the rules in force)");
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(connect = %self.opts.connect, error = %e, retry_in = ?backoff, "cannot reach ZooKeeper");
@@ -178,6 +228,7 @@ impl ZkConfig {
     async fn session(&mut self, client: &Client) -> End {
         self.written = None;
         self.instance_version = None;
+        self.instance_acl = None;
         let mut states = client.state_watcher();
         // Armed until they fire (`None`: to be read and watched again).
         let mut config_watch = None;
@@ -189,6 +240,7 @@ impl ZkConfig {
             if config_watch.is_none() {
                 match self.read_config(client).await {
                     Ok(w) => config_watch = Some(w),
+                    Err(zookeeper_client::Error::NoAuth) => return End::NotAuthorized,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the config znode");
                         if let Some(end) = self.wait_reconnect(client, &mut states).await {
@@ -410,7 +462,12 @@ impl ZkConfig {
                 Err(e) => return Err(e),
             }
         }
-        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        if self.instance_acl.is_none() {
+            let (acl, _) = client.get_acl(&self.opts.config_path).await?;
+            self.instance_acl = Some(instance_acl(&acl));
+        }
+        let acl = self.instance_acl.clone().unwrap_or_default();
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::new(&acl));
         for _ in 0..4 {
             let (stat, w) = client.check_and_watch_stat(&path).await?;
             *watch = Some(watch_of(w));
@@ -422,7 +479,7 @@ impl ZkConfig {
                         self.written = Some(data.clone());
                     }
                     Err(zookeeper_client::Error::NoNode) => {
-                        self.create_instances_dir(client, &path).await?
+                        self.create_instances_dir(client, &path, &acl).await?
                     }
                     Err(zookeeper_client::Error::NodeExists) => {}
                     Err(e) => return Err(e),
@@ -457,16 +514,13 @@ impl ZkConfig {
         &self,
         client: &Client,
         instance: &str,
+        acl: &[Acl],
     ) -> Result<(), zookeeper_client::Error> {
         let Some((dir, _)) = instance.rsplit_once('/') else {
             return Ok(());
         };
         match client
-            .create(
-                dir,
-                &[],
-                &CreateMode::Container.with_acls(Acls::anyone_all()),
-            )
+            .create(dir, &[], &CreateMode::Container.with_acls(Acls::new(acl)))
             .await
         {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
