@@ -315,7 +315,10 @@ fn container(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        readiness_probe: Some(probe("/readyz")),
+        // No readiness probe: a native sidecar's readiness counts towards the pod's, and
+        // /readyz is false until a config is in force — with ZooKeeper down at the pod's
+        // start the app would get no traffic. servicelog never blocks a deploy; whether
+        // the sidecar applied its config is the ServiceLog's status (APPLIED) to show.
         liveness_probe: Some(probe("/healthz")),
         resources: Some(ResourceRequirements {
             requests,
@@ -478,6 +481,67 @@ spec:
     }
 
     #[test]
+    fn the_sidecar_has_no_readiness_probe_so_its_config_never_gates_the_apps_traffic() {
+        let container_mode = PLAIN.replace(
+            "servicelog.io/inject: checkout}",
+            "servicelog.io/inject: checkout, servicelog.io/sidecar-mode: container}",
+        );
+        for manifest in [PLAIN, container_mode.as_str()] {
+            let out = inject(&pod(manifest), "shop", "checkout", &spec(), &config()).unwrap();
+            let ps = out.spec.as_ref().unwrap();
+            let sidecar = ps
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(ps.containers.iter())
+                .find(|c| c.name == SIDECAR_CONTAINER)
+                .unwrap();
+            assert!(
+                sidecar.readiness_probe.is_none(),
+                "{:?}",
+                sidecar.readiness_probe
+            );
+            let liveness = sidecar
+                .liveness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref());
+            assert_eq!(liveness.and_then(|h| h.path.as_deref()), Some("/healthz"));
+        }
+    }
+
+    #[test]
+    fn the_sidecar_alone_gets_an_empty_read_only_volume_where_the_token_would_be() {
+        let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config()).unwrap();
+        let ps = out.spec.as_ref().unwrap();
+        let sidecar = &ps.init_containers.as_ref().unwrap()[0];
+        let over_token = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == SERVICE_ACCOUNT_DIR)
+            .expect("the sidecar mounts something over the token's directory");
+        assert_eq!(over_token.read_only, Some(true));
+        let volume = ps
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == over_token.name)
+            .unwrap();
+        assert!(
+            volume.empty_dir.is_some() && volume.secret.is_none() && volume.projected.is_none(),
+            "not an empty volume: {volume:?}"
+        );
+        assert!(
+            ps.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.mount_path != SERVICE_ACCOUNT_DIR),
+            "the app's own token must stay"
+        );
+    }
+
+    #[test]
     fn a_plain_pod_gets_a_native_sidecar_volumes_env_and_the_marker() {
         let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config()).unwrap();
         golden("plain-pod.json", &out);
@@ -534,7 +598,12 @@ spec:
             .collect();
         assert_eq!(
             sidecar_mounts,
-            ["/var/log/app", "/var/log/servicelog", STATE_DIR]
+            [
+                "/var/log/app",
+                "/var/log/servicelog",
+                STATE_DIR,
+                SERVICE_ACCOUNT_DIR
+            ]
         );
         assert_eq!(
             out.metadata
