@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use crate::{rules::Router, v1alpha1::ServiceLogSpec};
+use crate::{pod, rules::Router, v1alpha1::ServiceLogSpec};
 
 /// One problem, at one place in the spec.
 ///
@@ -276,6 +276,231 @@ pub(crate) fn check_glob(path: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
+}
+
+/// Directories a source never reads and a sink never writes, with why. Checked on what a
+/// pattern could match, not only on its literal prefix: `/var/**/*.log` reaches
+/// `/var/run/secrets`.
+pub const FORBIDDEN_DIRS: &[(&str, &str)] = &[
+    ("/proc", "the kernel's view of the container's processes"),
+    ("/sys", "the kernel's view of the node's devices"),
+    ("/dev", "device files"),
+    (
+        "/var/run/secrets",
+        "mounted Secrets and the pod's ServiceAccount token",
+    ),
+    (
+        "/run/secrets",
+        "mounted Secrets and the pod's ServiceAccount token",
+    ),
+    (
+        pod::STATE_DIR,
+        "the sidecar's own state (checkpoints, disk buffers, last good config)",
+    ),
+    (pod::CREDENTIALS_DIR, "the sinks' mounted credentials"),
+    (pod::ZK_AUTH_DIR, "the sidecar's ZooKeeper identity"),
+];
+
+/// Directories of container images a source or sink directory may be neither at nor under:
+/// the webhook mounts an emptyDir at each source's directory in the app containers (and at
+/// each file sink's directory in the sidecar), which would hide the image's binaries,
+/// libraries or configuration there — `/etc/app` hides the app's own config, `/etc/ssl`
+/// the sidecar's CA certificates.
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root",
+];
+
+/// Directories logs often live below but that images fill themselves: a source or sink
+/// directory may be under one (`/var/log/app`, `/opt/app/logs`), never the directory
+/// itself, which would hide all of it (`/var` holds `/var/lib`, `/opt` the application).
+pub const PARENT_ONLY_DIRS: &[&str] = &[
+    "/var", "/var/lib", "/var/run", "/run", "/home", "/opt", "/srv", "/mnt",
+];
+
+/// The directory a glob's files live under, where the webhook mounts the source's volume:
+/// the longest prefix without glob characters. `/var/log/app/*.log` → `/var/log/app`;
+/// `/var/log/*/x.log` → `/var/log`; `/x.log` → `/`.
+pub fn glob_dir(pattern: &str) -> String {
+    let mut dir = String::new();
+    let parts: Vec<&str> = pattern.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        if part.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        if !part.is_empty() {
+            dir.push('/');
+            dir.push_str(part);
+        }
+    }
+    if dir.is_empty() { "/".into() } else { dir }
+}
+
+/// The directory a file sink's file is in, where the webhook mounts the sink's volume.
+pub fn sink_dir(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".into(),
+        Some((dir, _)) => dir.to_owned(),
+    }
+}
+
+/// `path` is `dir` or below it.
+fn within(path: &str, dir: &str) -> bool {
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Absolute, and every segment a name: no `//`, `.`, `..` or trailing `/`, so what the
+/// user wrote is the path the kernel resolves and prefix checks mean what they say.
+fn check_normalised(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must be an absolute path"));
+    }
+    if path == "/" {
+        return Err("\"/\" is not a log file or directory".into());
+    }
+    for segment in path[1..].split('/') {
+        let bad = match segment {
+            "" => Some("an empty segment (// or a trailing /)"),
+            "." => Some("a \".\" segment"),
+            ".." => Some("a \"..\" segment"),
+            _ => None,
+        };
+        if let Some(bad) = bad {
+            return Err(format!(
+                "{path:?} is not a normalised path: it has {bad}; write the path as the kernel would resolve it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a pattern could match `dir` or a path below it, component by component (`**`
+/// matches any number of components, others one, by glob rules).
+fn reaches(pattern: &str, dir: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').skip(1).collect();
+    let d: Vec<&str> = dir.split('/').skip(1).collect();
+    let component = |pat: &str, name: &str| {
+        // A component the glob crate cannot read counts as matching: refusing too much is
+        // the safe side (check_glob has already refused malformed ones).
+        glob::Pattern::new(pat).map_or(true, |g| g.matches(name))
+    };
+    // r[i][j]: p[i..] matches a path that starts with d[j..]. A table, not recursion, so
+    // a pattern of many `**` costs len(p) × len(d) steps.
+    let (n, m) = (p.len(), d.len());
+    let mut r = vec![vec![false; m + 1]; n + 1];
+    for i in (0..=n).rev() {
+        for j in (0..=m).rev() {
+            r[i][j] = if j == m {
+                true
+            } else if i == n {
+                false
+            } else if p[i] == "**" {
+                r[i + 1][j] || r[i][j + 1]
+            } else {
+                component(p[i], d[j]) && r[i + 1][j + 1]
+            };
+        }
+    }
+    r[0][0]
+}
+
+/// The directory the webhook mounts a volume at must not hide an image's own directory.
+fn check_mount_dir(path: &str, dir: &str, what: &str) -> Result<(), String> {
+    if dir == "/" {
+        return Err(format!(
+            "{path:?} has no directory of its own (its {what} directory would be /, where a volume would be mounted): use one like /var/log/app"
+        ));
+    }
+    if let Some(sys) = SYSTEM_DIRS.iter().find(|s| within(dir, s)) {
+        return Err(format!(
+            "{path:?}: its {what} directory {dir} would get a volume mounted over the image's {sys} files; use a log directory like /var/log/app"
+        ));
+    }
+    if PARENT_ONLY_DIRS.contains(&dir) {
+        return Err(format!(
+            "{path:?}: its {what} directory {dir} would get a volume mounted over all of the image's {dir}; use a directory below it, like {}",
+            if dir == "/var" {
+                "/var/log/app".to_owned()
+            } else {
+                format!("{dir}/app/logs")
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// A file source's path: a well-formed glob ([`check_glob`]), normalised, that can match
+/// nothing under [`FORBIDDEN_DIRS`], in a directory of its own that hides no system
+/// directory ([`SYSTEM_DIRS`], [`PARENT_ONLY_DIRS`]).
+pub(crate) fn check_source_path(pattern: &str) -> Result<(), String> {
+    check_glob(pattern)?;
+    check_normalised(pattern)?;
+    let dir = glob_dir(pattern);
+    if dir != "/"
+        && let Some((forbidden, why)) = FORBIDDEN_DIRS.iter().find(|(d, _)| reaches(pattern, d))
+    {
+        return Err(format!(
+            "{pattern:?} could match files under {forbidden} ({why}), which sources never read"
+        ));
+    }
+    check_mount_dir(pattern, &dir, "source")
+}
+
+/// A file sink's path: normalised, not under [`FORBIDDEN_DIRS`], in a directory that hides
+/// no system directory.
+pub(crate) fn check_sink_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.contains('\0') {
+        return Err(format!("{path:?} contains a NUL byte"));
+    }
+    check_normalised(path)?;
+    if let Some((dir, why)) = FORBIDDEN_DIRS.iter().find(|(d, _)| within(path, d)) {
+        return Err(format!(
+            "{path:?} is under {dir} ({why}), which sinks never write"
+        ));
+    }
+    check_mount_dir(path, &sink_dir(path), "sink")
+}
+
+/// Whether an `http.headers` name carries a credential, case-insensitively: `Authorization`,
+/// `Proxy-Authorization`, `Cookie`, `Set-Cookie`, or a name one of whose words (split at
+/// `-`, `_` and `.`) starts with `auth` or is `token`, `secret`, `password`, `passwd`,
+/// `apikey`, `credential(s)`, `session` or `cookie`, or that has the words `api`, `key` in
+/// a row (`X-Api-Key`, `X-Auth-Token`, `X-Vault-Token`, `DD-API-KEY`).
+///
+/// Headers are published to ZooKeeper and shown in the resource: a credential there is
+/// readable by anyone who can read either, so it goes in `credentialsSecretRef`.
+pub fn is_credential_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) {
+        return true;
+    }
+    let words: Vec<&str> = lower
+        .split(['-', '_', '.'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().any(|w| {
+        w.starts_with("auth")
+            || matches!(
+                *w,
+                "token"
+                    | "secret"
+                    | "password"
+                    | "passwd"
+                    | "apikey"
+                    | "credential"
+                    | "credentials"
+                    | "session"
+                    | "cookie"
+            )
+    }) || words.windows(2).any(|w| w == ["api", "key"])
 }
 
 /// A duration as users write them in specs (`500ms`, `2s`, `1m`): positive and at most

@@ -327,7 +327,7 @@ proptest! {
     #[test]
     fn sample_keeps_about_p(p in 0.0f64..=1.0) {
         let r = compile(&format!(
-            "sources: [{{name: app, file: {{paths: [\"/x\"], format: json}}}}]
+            "sources: [{{name: app, file: {{paths: [\"/var/log/x\"], format: json}}}}]
 sinks: [{{name: out, stdout: {{}}}}]
 rules: [{{name: s, to: [out], sample: {p}}}]
 "
@@ -352,7 +352,7 @@ rules: [{{name: s, to: [out], sample: {p}}}]
     #[test]
     fn rate_limit_routes_about_r_per_second(rate in 0.5f64..200.0, seconds in 1u64..30, step_us in 500u64..5000) {
         let r = compile(&format!(
-            "sources: [{{name: app, file: {{paths: [\"/x\"], format: json}}}}]
+            "sources: [{{name: app, file: {{paths: [\"/var/log/x\"], format: json}}}}]
 sinks: [{{name: out, stdout: {{}}}}]
 rules: [{{name: s, to: [out], rateLimit: {{perSecond: {rate}}}}}]
 "

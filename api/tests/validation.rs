@@ -239,7 +239,7 @@ fn at_least_one_source() {
 fn unknown_sink_with_no_sinks_declared() {
     assert_errors(
         r#"
-sources: [{name: app, file: {paths: ["/x.log"]}}]
+sources: [{name: app, file: {paths: ["/var/log/x.log"]}}]
 sinks: []
 defaultTo: [console]
 "#,
@@ -279,7 +279,7 @@ fn any_nesting_is_bounded() {
         when = serde_json::json!({"any": [when]});
     }
     let spec = serde_json::json!({
-        "sources": [{"name": "app", "file": {"paths": ["/x"]}}],
+        "sources": [{"name": "app", "file": {"paths": ["/var/log/x"]}}],
         "sinks": [{"name": "console", "stdout": {}}],
         "rules": [{"name": "deep", "when": when, "to": ["console"]}],
     });
@@ -318,7 +318,7 @@ fn too_many_fields_and_sinks() {
         .map(|i| format!("{{name: s{i}, stdout: {{}}}}"))
         .collect();
     let yaml = format!(
-        "sources: [{{name: app, file: {{paths: [\"/x\"]}}}}]\nsinks: [{}]\n",
+        "sources: [{{name: app, file: {{paths: [\"/var/log/x\"]}}}}]\nsinks: [{}]\n",
         sinks.join(", ")
     );
     assert_errors(
@@ -425,5 +425,316 @@ sinks:
             "spec.sinks[1].http.headers[bad header]: \"bad header\" is not a valid HTTP header name",
             "spec.sinks[1].http.tls.caFile: \"ca.pem\" must be an absolute path",
         ],
+    );
+}
+
+/// Given a spec, then validation reports one error per `(path, fragment)`, in order, each
+/// at that path with a message containing that fragment.
+fn assert_refusals(yaml: &str, want: &[(&str, &str)]) {
+    let got = match validate(&spec(yaml)) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0,
+    };
+    let ok = got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, (path, fragment))| g.path == *path && g.message.contains(fragment));
+    assert!(
+        ok,
+        "\nexpected errors (path: fragment):\n{}\ngot:\n{}\n",
+        want.iter()
+            .map(|(p, f)| format!("{p}: …{f}…"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        got.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn source_paths_stay_in_a_log_directory_of_their_own() {
+    let good = [
+        "/var/log/app/*.log",
+        "/var/log/**/x.log",
+        "/var/log/*.log",
+        "/var/log/app/.hidden.log",
+        "/opt/app/logs/*.log",
+        "/var/lib/app/log/*.log",
+        "/home/app/logs/x.log",
+        "/tmp/app.log",
+        "/data/logs/[a-c]*.log",
+        "/var/run/app/*.log",
+    ];
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [{}]}}}}]\nsinks: []\n",
+        good.map(|p| format!("{p:?}")).join(", ")
+    );
+    assert_refusals(&yaml, &[]);
+
+    let bad: &[(&str, &str)] = &[
+        ("var/log/*.log", "must be an absolute path"),
+        ("/var/log/../etc/*.log", r#"a ".." segment"#),
+        ("/var/log/./app.log", r#"a "." segment"#),
+        ("/var//log/app.log", "an empty segment"),
+        ("/var/log/app/", "an empty segment"),
+        ("/", r#""/" is not a log file or directory"#),
+        (
+            "/*.log",
+            "has no directory of its own (its source directory would be /",
+        ),
+        ("/*/x", "has no directory of its own"),
+        ("/**/x.log", "has no directory of its own"),
+        ("/app.log", "has no directory of its own"),
+        ("/proc/1/environ", "under /proc"),
+        ("/sys/**", "under /sys"),
+        ("/dev/stdin", "under /dev"),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "under /var/run/secrets (mounted Secrets and the pod's ServiceAccount token)",
+        ),
+        ("/run/secrets/*", "under /run/secrets"),
+        ("/var/**/*.log", "under /var/run/secrets"),
+        ("/var/run/*/token", "under /var/run/secrets"),
+        (
+            "/var/lib/servicelog/*.json",
+            "under /var/lib/servicelog (the sidecar's own state",
+        ),
+        (
+            "/var/run/servicelog/credentials/loki/password",
+            "under /var/run/servicelog/credentials (the sinks' mounted credentials)",
+        ),
+        (
+            "/var/run/servicelog/zookeeper/auth",
+            "under /var/run/servicelog/zookeeper",
+        ),
+        ("/etc/app/*.log", "over the image's /etc files"),
+        ("/usr/local/app/logs/*.log", "over the image's /usr files"),
+        ("/root/*.log", "over the image's /root files"),
+        ("/lib64/x.log", "over the image's /lib64 files"),
+        (
+            "/var/*.log",
+            "over all of the image's /var; use a directory below it, like /var/log/app",
+        ),
+        (
+            "/opt/*.log",
+            "over all of the image's /opt; use a directory below it, like /opt/app/logs",
+        ),
+        ("/var/lib/*.log", "over all of the image's /var/lib"),
+    ];
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [{}]}}}}]\nsinks: []\n",
+        bad.iter()
+            .map(|(p, _)| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let want: Vec<(String, &str)> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| (format!("spec.sources[0].file.paths[{i}]"), *f))
+        .collect();
+    let want: Vec<(&str, &str)> = want.iter().map(|(p, f)| (p.as_str(), *f)).collect();
+    assert_refusals(&yaml, &want);
+}
+
+#[test]
+fn sink_paths_write_nowhere_the_sidecar_or_the_image_relies_on() {
+    let bad: &[(&str, &str)] = &[
+        ("out.log", "must be an absolute path"),
+        ("", "must not be empty"),
+        (
+            "/out.log",
+            "has no directory of its own (its sink directory would be /",
+        ),
+        ("/var/log/../out.log", r#"a ".." segment"#),
+        (
+            "/var/lib/servicelog/checkpoints.json",
+            "under /var/lib/servicelog (the sidecar's own state",
+        ),
+        ("/var/lib/servicelog", "under /var/lib/servicelog"),
+        ("/var/run/secrets/x.log", "under /var/run/secrets"),
+        (
+            "/var/run/servicelog/zookeeper/auth",
+            "under /var/run/servicelog/zookeeper",
+        ),
+        (
+            "/dev/null",
+            "under /dev (device files), which sinks never write",
+        ),
+        (
+            "/etc/ssl/out.log",
+            "its sink directory /etc/ssl would get a volume mounted over the image's /etc files",
+        ),
+        ("/var/out.log", "over all of the image's /var"),
+    ];
+    let sinks: Vec<String> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| format!("{{name: s{i}, file: {{path: {p:?}}}}}"))
+        .collect();
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [/var/log/app/*.log]}}}}]\nsinks: [{{name: ok, file: {{path: /var/log/servicelog/out.log}}}}, {}]\n",
+        sinks.join(", ")
+    );
+    let want: Vec<(String, &str)> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| (format!("spec.sinks[{}].file.path", i + 1), *f))
+        .collect();
+    let want: Vec<(&str, &str)> = want.iter().map(|(p, f)| (p.as_str(), *f)).collect();
+    assert_refusals(&yaml, &want);
+}
+
+#[test]
+fn credential_headers_go_in_the_secret_not_the_spec() {
+    let allowed = [
+        "X-Scope-OrgID",
+        "Content-Type",
+        "X-Request-Source",
+        "User-Agent",
+        "X-Tenant",
+    ];
+    let refused = [
+        "Authorization",
+        "proxy-authorization",
+        "Cookie",
+        "Set-Cookie",
+        "X-Api-Key",
+        "Api-Key",
+        "apikey",
+        "DD-API-KEY",
+        "X-Auth-Token",
+        "X-Authentication",
+        "X-Vault-Token",
+        "Private-Token",
+        "X-Client-Secret",
+        "X_Session_Id",
+        "X-Password",
+    ];
+    let headers: Vec<String> = allowed
+        .iter()
+        .chain(&refused)
+        .map(|h| format!("{h}: v"))
+        .collect();
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [/var/log/app/*.log]}}}}]\nsinks: [{{name: out, http: {{url: \"http://x\", headers: {{{}}}}}}}]\n",
+        headers.join(", ")
+    );
+    // Headers are a map, so errors come in the names' sorted order.
+    let mut sorted = refused.to_vec();
+    sorted.sort();
+    let want: Vec<String> = sorted
+        .iter()
+        .map(|h| format!("spec.sinks[0].http.headers[{h}]"))
+        .collect();
+    let want: Vec<(&str, &str)> = want
+        .iter()
+        .map(|p| {
+            (
+                p.as_str(),
+                "put it in the Secret named by credentialsSecretRef",
+            )
+        })
+        .collect();
+    assert_refusals(&yaml, &want);
+    assert_eq!(
+        errors(&yaml)[0],
+        r#"spec.sinks[0].http.headers[Api-Key]: "Api-Key" carries a credential, and headers are published in plain text: put it in the Secret named by credentialsSecretRef (key header.Api-Key, or username/password, token)"#
+    );
+}
+
+#[test]
+fn buffers_have_a_ceiling() {
+    let yaml = r#"
+sources: [{name: app, file: {paths: [/var/log/app/*.log]}}]
+sinks:
+  - {name: a, stdout: {}, buffer: {type: disk, maxBytes: 1073741824}}
+  - {name: b, stdout: {}, buffer: {type: disk, maxBytes: 1073741825}}
+  - {name: c, stdout: {}, buffer: {type: memory, maxBytes: 67108864}}
+  - {name: d, stdout: {}, buffer: {maxBytes: 67108865}}
+"#;
+    assert_errors(
+        yaml,
+        &[
+            "spec.sinks[1].buffer.maxBytes: must be at most 1073741824 (1 GiB, the sidecar's state volume) for this buffer type",
+            "spec.sinks[1].buffer: the disk buffers of this spec together would hold more than 1073741824 bytes (1 GiB, the size of the sidecar's state volume); counting 268435456 for a disk buffer without maxBytes",
+            "spec.sinks[3].buffer.maxBytes: must be at most 67108864 (64 MiB, the sidecar's memory limit) for this buffer type",
+        ],
+    );
+    // Four disk buffers at their default fit; a fifth does not.
+    let sinks: Vec<String> = (0..5)
+        .map(|i| format!("{{name: s{i}, stdout: {{}}, buffer: {{type: disk}}}}"))
+        .collect();
+    let yaml = format!(
+        "sources: [{{name: app, file: {{paths: [/var/log/app/*.log]}}}}]\nsinks: [{}]\n",
+        sinks.join(", ")
+    );
+    assert_refusals(
+        &yaml,
+        &[("spec.sinks[4].buffer", "together would hold more than")],
+    );
+}
+
+#[test]
+fn the_spec_has_a_regex_and_condition_budget() {
+    // 64 regexes fit; the 65th is refused at its place, and nothing after it is checked.
+    let rules: Vec<String> = (0..66)
+        .map(|i| {
+            format!("  - {{name: r{i}, when: {{message: {{regex: \"a{i}\"}}}}, to: [console]}}")
+        })
+        .collect();
+    let yaml = with_rules(&(rules.join("\n") + "\n"));
+    assert_errors(
+        &yaml,
+        &[
+            "spec.rules[64].when.message.regex: a spec may hold at most 64 regexes and this is one more (later regexes are not checked)",
+        ],
+    );
+
+    // Few regexes, each large: the bytes budget stops them before the count does.
+    let rules: Vec<String> = (0..20)
+        .map(|i| format!("  - {{name: r{i}, when: {{message: {{regex: \"\\\\w{{20}}{i}\"}}}}, to: [console]}}"))
+        .collect();
+    let got = errors(&with_rules(&(rules.join("\n") + "\n")));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].contains("regexes would hold more than 25165824 bytes together"),
+        "{got:#?}"
+    );
+
+    // Width of one any.
+    let alts: Vec<String> = (0..65)
+        .map(|_| "{level: {in: [warn]}}".to_string())
+        .collect();
+    assert_errors(
+        &with_rules(&format!(
+            "  - {{name: wide, when: {{any: [{}]}}, to: [console]}}\n",
+            alts.join(", ")
+        )),
+        &["spec.rules[0].when.any: any lists 65 alternatives; at most 64 are allowed"],
+    );
+
+    // Conditions across the spec: each rule below has 63 alternatives of one level
+    // condition each, 126 conditions; eight rules (1008) fit, the ninth goes past 1024.
+    let alts: Vec<String> = (0..63)
+        .map(|_| "{level: {in: [warn]}}".to_string())
+        .collect();
+    let rules: Vec<String> = (0..9)
+        .map(|i| {
+            format!(
+                "  - {{name: r{i}, when: {{any: [{}]}}, to: [console]}}",
+                alts.join(", ")
+            )
+        })
+        .collect();
+    assert_refusals(
+        &with_rules(&(rules.join("\n") + "\n")),
+        &[(
+            "spec.rules[8].when",
+            "the spec's conditions number more than 1024",
+        )],
     );
 }

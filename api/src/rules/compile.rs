@@ -11,7 +11,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use regex::bytes::{Regex, RegexBuilder};
+use regex::bytes::RegexBuilder;
+use regex_automata::meta::Regex;
 
 use super::{
     Router, SinkSet,
@@ -23,12 +24,12 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, FieldCondition, Format, HttpEncoding, HttpSink, LabelSelector, Level,
+        Action, BufferType, FieldCondition, Format, HttpEncoding, HttpSink, LabelSelector, Level,
         ServiceLogSpec, Sink, Source, SyslogProtocol, When,
     },
     validate::{
-        Errors, ValidationErrors, check_glob, check_header_name, check_name, check_url,
-        parse_duration,
+        Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
+        check_source_path, check_url, is_credential_header, parse_duration,
     },
 };
 
@@ -41,6 +42,52 @@ pub const MAX_ANY_DEPTH: usize = 8;
 /// Compiled size limit of one regex, so one spec cannot make the webhook or a sidecar
 /// allocate without bound.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+// The whole-spec budget. A sidecar's memory limit is 64 MiB by default; the budget keeps
+// what a spec's program can hold to about a third of that, leaving the rest to buffers,
+// batches and the process itself. Every caller — `validate`, the webhook, the operator's
+// reconcile (`Envelope::publishable`) and the sidecar — compiles through here, so no
+// accepted spec is refused later for its size.
+
+/// Most regexes one spec may hold (conditions and multi-line start patterns).
+pub const MAX_REGEXES: usize = 64;
+
+/// Lazy-DFA cache of one regex, per search direction and per searching thread (the
+/// regex crate's `dfa_size_limit`; its default is 2 MiB). Small enough that the caches of
+/// [`MAX_REGEXES`] regexes fit the budget; a pattern that needs more states falls back to
+/// slower engines rather than to more memory.
+pub const REGEX_CACHE_LIMIT: usize = 64 << 10;
+
+/// Threads of a sidecar that search with the router's regexes, each with its own caches:
+/// the file reader and the syslog router.
+const SEARCH_THREADS: usize = 2;
+
+/// What one regex is charged beyond its compiled size: the forward and reverse lazy-DFA
+/// caches of each searching thread at their limit.
+pub const REGEX_CACHE_CHARGE: usize = SEARCH_THREADS * 2 * REGEX_CACHE_LIMIT;
+
+/// Most bytes the regexes of one spec may hold together: compiled programs (as the regex
+/// engine reports them) plus [`REGEX_CACHE_CHARGE`] each.
+pub const MAX_REGEX_BYTES: usize = 24 << 20;
+
+/// Most conditions in one spec, counting every `level`, `source`, `message`, field
+/// condition and `any` alternative, nested ones included: each costs routing time per event.
+pub const MAX_CONDITIONS: usize = 1024;
+
+/// Most alternatives of one `any`.
+pub const MAX_ANY_WIDTH: usize = 64;
+
+/// Ceiling of one disk buffer's `maxBytes`, and of all disk buffers of a spec together:
+/// they share the sidecar's state directory, an emptyDir whose `sizeLimit` matches.
+pub const MAX_DISK_BUFFER_BYTES: u64 = 1 << 30;
+
+/// What a disk buffer without `maxBytes` may hold (the sidecar's default), counted
+/// towards [`MAX_DISK_BUFFER_BYTES`].
+pub const DEFAULT_DISK_BUFFER_BYTES: u64 = 256 << 20;
+
+/// Ceiling of one memory buffer's `maxBytes`: the sidecar's default memory limit; a
+/// larger buffer could never fill without the sidecar being killed.
+pub const MAX_MEMORY_BUFFER_BYTES: u64 = 64 << 20;
 
 const DEFAULT_LEVEL_FIELDS: [&str; LEVEL_CANDIDATES] = ["level", "severity", "lvl"];
 const DEFAULT_MESSAGE_FIELDS: [&str; MESSAGE_CANDIDATES] = ["msg", "message"];
@@ -78,6 +125,9 @@ struct FieldIds {
 
 struct Ctx<'s> {
     errors: Errors,
+    regexes: RegexBudget,
+    /// Conditions compiled so far, against [`MAX_CONDITIONS`].
+    conditions: usize,
     sinks: HashMap<&'s str, usize>,
     sink_list: String,
     sources: HashMap<&'s str, usize>,
@@ -96,10 +146,11 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
     if spec.sources.is_empty() {
         errors.push("spec.sources", "at least one source is required");
     }
+    let mut regexes = RegexBudget::default();
     let mut sources = Names::new("spec.sources", "source");
     for (i, source) in spec.sources.iter().enumerate() {
         sources.check(&mut errors, i, &source.name);
-        check_source(&mut errors, &spec.sources[..i], source, i);
+        check_source(&mut errors, &mut regexes, &spec.sources[..i], source, i);
     }
 
     if spec.sinks.len() > MAX_SINKS {
@@ -112,9 +163,24 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
         );
     }
     let mut sinks = Names::new("spec.sinks", "sink");
+    let mut disk_bytes = 0u64;
     for (i, sink) in spec.sinks.iter().enumerate() {
         sinks.check(&mut errors, i, &sink.name);
-        check_sink(&mut errors, sink, &format!("spec.sinks[{i}]"));
+        let path = format!("spec.sinks[{i}]");
+        check_sink(&mut errors, sink, &path);
+        if let Some(buffer) = sink.buffer.as_ref().filter(|b| b.kind == BufferType::Disk) {
+            let before = disk_bytes;
+            disk_bytes =
+                disk_bytes.saturating_add(buffer.max_bytes.unwrap_or(DEFAULT_DISK_BUFFER_BYTES));
+            if before <= MAX_DISK_BUFFER_BYTES && disk_bytes > MAX_DISK_BUFFER_BYTES {
+                errors.push(
+                    format!("{path}.buffer"),
+                    format!(
+                        "the disk buffers of this spec together would hold more than {MAX_DISK_BUFFER_BYTES} bytes (1 GiB, the size of the sidecar's state volume); counting {DEFAULT_DISK_BUFFER_BYTES} for a disk buffer without maxBytes"
+                    ),
+                );
+            }
+        }
     }
 
     if spec.rules.len() > usize::from(u16::MAX) {
@@ -126,6 +192,8 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
 
     let mut cx = Ctx {
         errors,
+        regexes,
+        conditions: 0,
         sink_list: sinks.declared(),
         sinks: sinks.index,
         source_list: sources.declared(),
@@ -308,7 +376,13 @@ fn check_selector(errors: &mut Errors, selector: &LabelSelector) {
 }
 
 /// `earlier` are the sources declared before this one, `i` its index.
-fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usize) {
+fn check_source(
+    errors: &mut Errors,
+    regexes: &mut RegexBudget,
+    earlier: &[Source],
+    source: &Source,
+    i: usize,
+) {
     let path = format!("spec.sources[{i}]");
     match (&source.file, &source.syslog) {
         (Some(_), Some(_)) => errors.push(
@@ -323,15 +397,13 @@ fn check_source(errors: &mut Errors, earlier: &[Source], source: &Source, i: usi
             errors.push(format!("{path}.file.paths"), "must list at least one path");
         }
         for (j, p) in file.paths.iter().enumerate() {
-            if let Err(e) = check_glob(p) {
+            if let Err(e) = check_source_path(p) {
                 errors.push(format!("{path}.file.paths[{j}]"), e);
             }
         }
         if let Some(m) = &file.multiline {
             let mpath = format!("{path}.file.multiline");
-            if let Err(e) = compile_regex(&m.start_pattern) {
-                errors.push(format!("{mpath}.startPattern"), e);
-            }
+            regexes.compile(errors, &format!("{mpath}.startPattern"), &m.start_pattern);
             if m.max_lines == Some(0) {
                 errors.push(format!("{mpath}.maxLines"), "must be at least 1");
             }
@@ -391,26 +463,38 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
             "a sink sets exactly one of stdout, file or http, not several",
         ),
     }
-    if let Some(file) = &sink.file {
-        if file.path.is_empty() {
-            errors.push(format!("{path}.file.path"), "must not be empty");
-        } else if !file.path.starts_with('/') {
-            errors.push(
-                format!("{path}.file.path"),
-                format!("{:?} must be an absolute path", file.path),
-            );
-        }
+    if let Some(file) = &sink.file
+        && let Err(e) = check_sink_path(&file.path)
+    {
+        errors.push(format!("{path}.file.path"), e);
     }
     if let Some(http) = &sink.http {
         check_http(errors, http, &format!("{path}.http"));
     }
     if let Some(buffer) = &sink.buffer
-        && buffer.max_bytes.is_some_and(|b| b < 64 * 1024)
+        && let Some(max) = buffer.max_bytes
     {
-        errors.push(
-            format!("{path}.buffer.maxBytes"),
-            "must be at least 65536 (64 KiB)",
-        );
+        let ceiling = match buffer.kind {
+            BufferType::Memory => (
+                MAX_MEMORY_BUFFER_BYTES,
+                "64 MiB, the sidecar's memory limit",
+            ),
+            BufferType::Disk => (MAX_DISK_BUFFER_BYTES, "1 GiB, the sidecar's state volume"),
+        };
+        if max < 64 * 1024 {
+            errors.push(
+                format!("{path}.buffer.maxBytes"),
+                "must be at least 65536 (64 KiB)",
+            );
+        } else if max > ceiling.0 {
+            errors.push(
+                format!("{path}.buffer.maxBytes"),
+                format!(
+                    "must be at most {} ({}) for this buffer type",
+                    ceiling.0, ceiling.1
+                ),
+            );
+        }
     }
     if let Some(secret) = &sink.credentials_secret_ref {
         if sink.http.is_none() {
@@ -486,6 +570,13 @@ fn check_http(errors: &mut Errors, http: &HttpSink, path: &str) {
     for (name, value) in &http.headers {
         if let Err(e) = check_header_name(name) {
             errors.push(format!("{path}.headers[{name}]"), e);
+        } else if is_credential_header(name) {
+            errors.push(
+                format!("{path}.headers[{name}]"),
+                format!(
+                    "{name:?} carries a credential, and headers are published in plain text: put it in the Secret named by credentialsSecretRef (key header.{name}, or username/password, token)"
+                ),
+            );
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
             errors.push(
@@ -540,18 +631,92 @@ fn check_field_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(pattern)
+/// The regex builder every compiled pattern of a spec goes through, the sidecar's
+/// multi-line start patterns included, so the limits the budget assumes are the ones in
+/// force.
+pub fn regex_builder(pattern: &str) -> RegexBuilder {
+    let mut builder = RegexBuilder::new(pattern);
+    builder
         .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
+        .dfa_size_limit(REGEX_CACHE_LIMIT);
+    builder
+}
+
+/// The regexes of one spec against [`MAX_REGEXES`] and [`MAX_REGEX_BYTES`]. Once either is
+/// spent the later patterns are not compiled at all, so a spec far over the budget costs
+/// no more time or memory than one just over it.
+#[derive(Default)]
+struct RegexBudget {
+    count: usize,
+    bytes: usize,
+    spent: bool,
+}
+
+impl RegexBudget {
+    /// Compiles `pattern`, or reports at `path` why it does not compile or does not fit.
+    fn compile(&mut self, errors: &mut Errors, path: &str, pattern: &str) -> Option<Regex> {
+        if self.spent {
+            return None;
+        }
+        if self.count >= MAX_REGEXES {
+            self.spent = true;
+            errors.push(
+                path,
+                format!(
+                    "a spec may hold at most {MAX_REGEXES} regexes and this is one more (later regexes are not checked)"
+                ),
+            );
+            return None;
+        }
+        let re = match compile_regex(pattern) {
+            Ok(re) => re,
+            Err(e) => {
+                errors.push(path, e);
+                return None;
+            }
+        };
+        self.count += 1;
+        let cost = re.memory_usage() + REGEX_CACHE_CHARGE;
+        self.bytes += cost;
+        if self.bytes > MAX_REGEX_BYTES {
+            self.spent = true;
+            errors.push(
+                path,
+                format!(
+                    "the spec's regexes would hold more than {MAX_REGEX_BYTES} bytes together (24 MiB; this one {cost}, with {REGEX_CACHE_CHARGE} of match caches); use fewer or simpler regexes (later regexes are not checked)"
+                ),
+            );
+            return None;
+        }
+        Some(re)
+    }
+}
+
+/// `pattern` compiled exactly as [`regex_builder`] would (the settings of
+/// `regex::bytes::RegexBuilder::build`), keeping the engine itself, which reports its size.
+fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    use regex_automata::{MatchKind, meta, util::syntax};
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .match_kind(MatchKind::LeftmostFirst)
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .hybrid_cache_capacity(REGEX_CACHE_LIMIT)
+                .utf8_empty(false),
+        )
+        .syntax(syntax::Config::new().utf8(false))
+        .build(pattern)
+        .map_err(|e| {
+            if let Some(limit) = e.size_limit() {
                 format!("regex is too large: it compiles to more than {limit} bytes")
+            } else if e.syntax_error().is_some() {
+                format!(
+                    "regex parse error: {}",
+                    syntax_error(pattern, &e.to_string())
+                )
+            } else {
+                format!("regex error: {e}")
             }
-            regex::Error::Syntax(text) => {
-                format!("regex parse error: {}", syntax_error(pattern, &text))
-            }
-            other => format!("regex error: {other}"),
         })
 }
 
@@ -595,6 +760,24 @@ impl<'s> Ctx<'s> {
 
     fn when(&mut self, when: &When, path: &str, depth: usize) -> Vec<Cond> {
         let mut conds = Vec::new();
+        let count = usize::from(when.level.is_some())
+            + usize::from(when.source.is_some())
+            + usize::from(when.message.is_some())
+            + when.fields.len()
+            + when.any.len();
+        if self.conditions > MAX_CONDITIONS {
+            return conds;
+        }
+        self.conditions += count;
+        if self.conditions > MAX_CONDITIONS {
+            self.errors.push(
+                path,
+                format!(
+                    "the spec's conditions number more than {MAX_CONDITIONS} (every level, source, message, field condition and any alternative counts, nested ones too); later conditions are not checked"
+                ),
+            );
+            return conds;
+        }
         if let Some(level) = &when.level {
             let lpath = format!("{path}.level");
             if level.at_least.is_none() && level.below.is_none() && level.r#in.is_empty() {
@@ -629,11 +812,14 @@ impl<'s> Ctx<'s> {
                 ),
             }
         }
-        if let Some(message) = &when.message {
-            match compile_regex(&message.regex) {
-                Ok(re) => conds.push(Cond::Message(re)),
-                Err(e) => self.errors.push(format!("{path}.message.regex"), e),
-            }
+        if let Some(message) = &when.message
+            && let Some(re) = self.regexes.compile(
+                &mut self.errors,
+                &format!("{path}.message.regex"),
+                &message.regex,
+            )
+        {
+            conds.push(Cond::Message(re));
         }
         for (k, field) in when.fields.iter().enumerate() {
             if let Some(c) = self.field(field, &format!("{path}.fields[{k}]")) {
@@ -641,7 +827,15 @@ impl<'s> Ctx<'s> {
             }
         }
         if !when.any.is_empty() {
-            if depth >= MAX_ANY_DEPTH {
+            if when.any.len() > MAX_ANY_WIDTH {
+                self.errors.push(
+                    format!("{path}.any"),
+                    format!(
+                        "any lists {} alternatives; at most {MAX_ANY_WIDTH} are allowed",
+                        when.any.len()
+                    ),
+                );
+            } else if depth >= MAX_ANY_DEPTH {
                 self.errors.push(
                     format!("{path}.any"),
                     format!("any is nested more than {MAX_ANY_DEPTH} levels deep"),
@@ -727,13 +921,11 @@ impl<'s> Ctx<'s> {
             }
             FieldTest::In(scalars)
         } else if let Some(pattern) = &fc.regex {
-            match compile_regex(pattern) {
-                Ok(re) => FieldTest::Regex(re),
-                Err(e) => {
-                    self.errors.push(format!("{path}.regex"), e);
-                    return None;
-                }
-            }
+            FieldTest::Regex(self.regexes.compile(
+                &mut self.errors,
+                &format!("{path}.regex"),
+                pattern,
+            )?)
         } else if let Some(e) = fc.exists {
             FieldTest::Exists(e)
         } else if let Some(x) = fc.greater_than {

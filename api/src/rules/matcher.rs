@@ -14,7 +14,9 @@
 
 use std::cmp::Ordering;
 
-use regex::bytes::Regex;
+// The engine inside `regex::bytes::Regex`, built with the same settings by the compiler,
+// which can then tell how much memory each regex holds (the spec's regex budget).
+use regex_automata::meta::Regex;
 
 use super::{
     event::{Event, Value},

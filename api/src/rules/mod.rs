@@ -45,7 +45,11 @@ mod matcher;
 
 use std::time::Instant;
 
-pub use compile::{MAX_ANY_DEPTH, MAX_SINKS};
+pub use compile::{
+    DEFAULT_DISK_BUFFER_BYTES, MAX_ANY_DEPTH, MAX_ANY_WIDTH, MAX_CONDITIONS, MAX_DISK_BUFFER_BYTES,
+    MAX_MEMORY_BUFFER_BYTES, MAX_REGEX_BYTES, MAX_REGEXES, MAX_SINKS, REGEX_CACHE_CHARGE,
+    REGEX_CACHE_LIMIT, regex_builder,
+};
 pub use event::{Event, MAX_FIELDS, parse_level};
 pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
 
