@@ -153,3 +153,35 @@ The operator's --zk-connect: the embedded StatefulSet's pods, or zookeeper.conne
 {{- define "servicelog.zkAuthSecret" -}}
 {{- .Values.zookeeper.auth.existingSecret | default (printf "%s-zk-auth" (include "servicelog.fullname" .)) }}
 {{- end }}
+
+{{/* What the operator needs in each namespace it watches: its resource, pod metadata for
+status, Events, and the namespace's ZooKeeper identity Secret (written, never read). */}}
+{{- define "servicelog.operator.namespacedRules" -}}
+- apiGroups: [servicelog.io]
+  resources: [servicelogs]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [servicelog.io]
+  resources: [servicelogs/status]
+  verbs: [get, patch, update]
+- apiGroups: [servicelog.io]
+  resources: [servicelogs/finalizers]
+  verbs: [update]
+# Counted for status (matched, injected); metadata only.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.zookeeper.auth.enabled }}
+# Each namespace's ZooKeeper identity, written into its `servicelog-zk-auth` Secret by
+# server-side apply: no get, list or watch on any Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [servicelog-zk-auth]
+  verbs: [patch]
+{{- end }}
+{{- end }}
