@@ -40,6 +40,14 @@ pub struct SinkDropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileRefusedLabels {
+    pub source: String,
+    /// `outside_directory`: the path is a symlink (or under one) that resolves outside the
+    /// directory the source's glob names.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -51,6 +59,8 @@ pub struct Metrics {
     pub events_in: Family<SourceLabels, Counter>,
     /// Syslog frames skipped as not syslog, by source.
     pub syslog_malformed: Family<SourceLabels, Counter>,
+    /// Files a glob matched that were not read, by source and reason.
+    pub files_refused: Family<FileRefusedLabels, Counter>,
     pub events_out: Family<SinkLabels, Counter>,
     pub events_dropped: Family<DropLabels, Counter>,
     pub config_applied: Family<ResultLabels, Counter>,
@@ -76,6 +86,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let events_in = Family::<SourceLabels, Counter>::default();
         let syslog_malformed = Family::<SourceLabels, Counter>::default();
+        let files_refused = Family::<FileRefusedLabels, Counter>::default();
         let events_out = Family::<SinkLabels, Counter>::default();
         let events_dropped = Family::<DropLabels, Counter>::default();
         let config_applied = Family::<ResultLabels, Counter>::default();
@@ -93,6 +104,11 @@ impl Metrics {
             "servicelog_syslog_malformed",
             "Syslog frames skipped because they were not syslog messages (bad framing, no <PRI>), by source",
             syslog_malformed.clone(),
+        );
+        registry.register(
+            "servicelog_files_refused",
+            "Files a source's glob matched that were not read (a symlink out of the source's directory), by source and reason; each counted once while it stays",
+            files_refused.clone(),
         );
         registry.register(
             "servicelog_events_out",
@@ -138,6 +154,7 @@ impl Metrics {
             registry: Arc::new(registry),
             events_in,
             syslog_malformed,
+            files_refused,
             events_out,
             events_dropped,
             config_applied,
@@ -172,6 +189,15 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .inc_by(n);
+    }
+
+    pub fn file_refused(&self, source: &str, reason: &str) {
+        self.files_refused
+            .get_or_create(&FileRefusedLabels {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn sink_counter(&self, sink: &str) -> Counter {

@@ -90,6 +90,11 @@ impl Pipeline {
             metrics: metrics.clone(),
         }
     }
+
+    /// The process's metrics, for what a source counts outside routing.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 /// What one kind of source reads under the config in force (file globs, bound syslog

@@ -18,6 +18,14 @@
 //!   that is copytruncate's nature);
 //! - a file deleted while open is read to its end, then dropped.
 //!
+//! A file is read only if it really is in the directory its glob names
+//! ([`servicelog_api::validate::glob_dir`], where the webhook mounts the source's
+//! volume): a symlink there pointing elsewhere (`app.log -> /etc/shadow`, or to a Secret
+//! mounted in the sidecar) is not followed. It is checked on the resolved path before the
+//! open and on the opened descriptor after it (`/proc/self/fd`), so swapping the link in
+//! between does not help. Each such file is logged and counted
+//! (`servicelog_files_refused_total{reason="outside_directory"}`) once while it stays.
+//!
 //! A line is only routed once its newline is there. A partial last line is held; it is
 //! routed as a line only when its file is dropped (deleted or rotated away and idle) or
 //! truncated, or when it reaches [`MAX_LINE`] bytes. At shutdown it is not routed: the
@@ -47,8 +55,11 @@ use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     fs::{self, File},
     io::{self, Read, Seek, SeekFrom},
-    os::unix::fs::{FileExt, MetadataExt},
-    path::PathBuf,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{FileExt, MetadataExt},
+    },
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -59,8 +70,9 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use servicelog_api::{
+    rules::regex_builder,
     v1alpha1::{FileSource, Format, Multiline},
-    validate::parse_duration,
+    validate::{glob_dir, parse_duration},
 };
 
 use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
@@ -130,7 +142,9 @@ impl MultilineSpec {
             name: source.to_owned(),
             message,
         };
-        let start = regex::bytes::Regex::new(&m.start_pattern)
+        // The limits validation compiled it with, so it holds what the spec's budget counted.
+        let start = regex_builder(&m.start_pattern)
+            .build()
             .map_err(|e| invalid(format!("startPattern: {e}")))?;
         let timeout = match &m.timeout {
             Some(t) => parse_duration(t).map_err(|e| invalid(format!("timeout: {e}")))?,
@@ -255,6 +269,8 @@ pub struct Tailer {
     scanned_pipeline: u64,
     scanned_at: Option<Instant>,
     eof_told: bool,
+    /// Paths refused at the last scan, so each is logged and counted once while it stays.
+    refused: HashSet<PathBuf>,
 }
 
 enum Progress {
@@ -278,6 +294,7 @@ impl Tailer {
             scanned_pipeline: 0,
             scanned_at: None,
             eof_told: false,
+            refused: HashSet::new(),
         }
     }
 
@@ -362,8 +379,13 @@ impl Tailer {
         self.scanned_pipeline = files.pipeline.id;
         self.scanned_at = Some(Instant::now());
         let mut seen = HashSet::new();
+        let mut refused = HashSet::new();
         for source in &files.sources {
             for pattern in &source.paths {
+                // Not there yet (the app has not created it): nothing can match.
+                let Ok(root) = fs::canonicalize(glob_dir(pattern)) else {
+                    continue;
+                };
                 let paths = match glob::glob(pattern) {
                     Ok(paths) => paths,
                     Err(e) => {
@@ -372,6 +394,16 @@ impl Tailer {
                     }
                 };
                 for path in paths.flatten() {
+                    let Ok(real) = fs::canonicalize(&path) else {
+                        continue;
+                    };
+                    if !real.starts_with(&root) {
+                        if !self.refused.contains(&path) {
+                            refuse(files, &source.name, &path, &real, &root);
+                        }
+                        refused.insert(path);
+                        continue;
+                    }
                     let Ok(meta) = fs::metadata(&path) else {
                         continue;
                     };
@@ -394,11 +426,19 @@ impl Tailer {
                                 t.spec = (0, None);
                             }
                         }
-                        None => self.open(id, path, &source.name),
+                        None => {
+                            if let Some(outside) = self.open(id, &path, &source.name, &root) {
+                                if !self.refused.contains(&path) {
+                                    refuse(files, &source.name, &path, &outside, &root);
+                                }
+                                refused.insert(path);
+                            }
+                        }
                     }
                 }
             }
         }
+        self.refused = refused;
         for (id, t) in &mut self.files {
             let was = t.reachable;
             t.reachable = seen.contains(id);
@@ -418,17 +458,27 @@ impl Tailer {
         });
     }
 
-    fn open(&mut self, id: FileId, path: PathBuf, source: &str) {
-        let mut file = match File::open(&path) {
+    /// Follows the file at `path`, which the scan found under `root` as file `id`. Returns
+    /// where the opened file really is when that is outside `root` (a symlink swapped in
+    /// since the scan): such a file is closed unread.
+    fn open(&mut self, id: FileId, path: &Path, source: &str, root: &Path) -> Option<PathBuf> {
+        let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "opening");
-                return;
+                return None;
             }
         };
-        let Ok(meta) = file.metadata() else { return };
+        if let Some(opened) = opened_path(&file)
+            && !opened.starts_with(root)
+        {
+            return Some(opened);
+        }
+        let Ok(meta) = file.metadata() else {
+            return None;
+        };
         if (meta.dev(), meta.ino()) != id {
-            return; // replaced between the scan and the open: the next scan sees the new one
+            return None; // replaced between the scan and the open: the next scan sees the new one
         }
         let mut start = 0;
         let mut fingerprint = Fingerprint::default();
@@ -445,7 +495,7 @@ impl Tailer {
             && let Err(e) = file.seek(SeekFrom::Start(start))
         {
             tracing::warn!(path = %path.display(), error = %e, "seeking to the checkpoint");
-            return;
+            return None;
         }
         tracing::info!(path = %path.display(), source, offset = start, "following file");
         let path_text = path.display().to_string();
@@ -453,7 +503,7 @@ impl Tailer {
         self.files.insert(
             id,
             Tracked {
-                path,
+                path: path.to_owned(),
                 path_text,
                 source: source.to_owned(),
                 spec: (0, None),
@@ -468,6 +518,7 @@ impl Tailer {
                 pending: None,
             },
         );
+        None
     }
 
     fn read_chunk(&mut self, id: FileId, files: &FileSources) -> io::Result<Progress> {
@@ -839,6 +890,28 @@ fn emit_event(run: &mut Run<'_>, event: &mut Pending) {
     let routed = router.parse(source, &body[..first_nl]);
     let written = router.event_with_message(source, body, body, None);
     run.push(&routed, &written, raw, false);
+}
+
+/// A file a glob matched that resolves to `real`, outside the source's directory `root`:
+/// logged and counted (the caller does so once while it stays).
+fn refuse(files: &FileSources, source: &str, path: &Path, real: &Path, root: &Path) {
+    tracing::warn!(
+        source,
+        path = %path.display(),
+        target = %real.display(),
+        directory = %root.display(),
+        "not reading a file that resolves outside its source's directory (a symlink out of it)"
+    );
+    files
+        .pipeline
+        .metrics()
+        .file_refused(source, "outside_directory");
+}
+
+/// Where an open file really is, from the kernel (Linux's `/proc/self/fd`); `None` where
+/// that cannot be read, leaving the check made before the open.
+fn opened_path(file: &File) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
 fn read_head(file: &File, len: usize) -> Vec<u8> {
