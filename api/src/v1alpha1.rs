@@ -162,7 +162,12 @@ pub struct Source {
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileSource {
-    /// Absolute glob patterns, e.g. `/var/log/app/*.log`.
+    /// Absolute, normalised glob patterns, e.g. `/var/log/app/*.log`. The directory before
+    /// the first glob character gets a volume shared with the app, so it is not `/`, not at
+    /// or under `/etc`, `/usr`, `/bin`, `/sbin`, `/lib*`, `/boot`, `/root`, and not `/var`,
+    /// `/var/lib`, `/run`, `/opt`, `/home` themselves; a pattern never reaches `/proc`,
+    /// `/sys`, `/dev`, mounted secrets or the sidecar's own directories. Symlinks out of
+    /// the directory are not followed.
     #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 16)))]
     pub paths: Vec<String>,
     #[serde(default)]
@@ -264,9 +269,10 @@ pub struct Sink {
 pub struct Buffer {
     #[serde(default, rename = "type")]
     pub kind: BufferType,
-    /// Most bytes queued (default 2 MiB in memory, 256 MiB on disk).
+    /// Most bytes queued (default 2 MiB in memory, 256 MiB on disk); at most 64 MiB in
+    /// memory, 1 GiB on disk, and 1 GiB for all disk buffers of a ServiceLog together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "kube", schemars(range(min = 65536)))]
+    #[cfg_attr(feature = "kube", schemars(range(min = 65536, max = 1073741824)))]
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub when_full: WhenFull,
@@ -319,7 +325,9 @@ pub struct StdoutSink {
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileSink {
-    /// Absolute path of the file.
+    /// Absolute, normalised path of the file, in a directory of its own (not `/`, not a
+    /// system directory) and never under `/proc`, `/sys`, `/dev`, mounted secrets or the
+    /// sidecar's own directories.
     #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
     pub path: String,
     #[serde(default)]
@@ -368,7 +376,10 @@ pub struct HttpSink {
     /// is `timeout` old (default `1s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<HttpBatch>,
-    /// Non-secret headers sent with every request (secrets go in `credentialsSecretRef`).
+    /// Non-secret headers sent with every request. Credential headers are refused
+    /// (`Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`, and names with a
+    /// word starting with `auth` or being `token`, `secret`, `password`, `apikey`,
+    /// `session`, … or `api-key`): they go in `credentialsSecretRef`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// How long one request may take (default `30s`).
