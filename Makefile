@@ -63,7 +63,8 @@ fmt:
 
 ## crds: regenerate crds/ and the chart's copy from the Rust types.
 crds:
-	$(CARGO) run -q -p servicelog-operator -- crd > crds/$(CRD_FILE)
+	$(CARGO) run -q -p servicelog-operator -- crd > crds/$(CRD_FILE).tmp
+	mv crds/$(CRD_FILE).tmp crds/$(CRD_FILE)
 	cp crds/$(CRD_FILE) charts/servicelog/crds/$(CRD_FILE)
 
 ## testenv: start the control plane + ZooKeeper in the background; writes target/testenv/env.

@@ -488,3 +488,95 @@ async fn given_a_short_lived_certificate_then_it_is_rotated_without_a_restart() 
     );
     assert_eq!(f.operator.pid(), pid, "the operator restarted");
 }
+
+/// Given 500 connections that never start TLS, when a ServiceLog is applied, then the
+/// webhook still answers the API server, and the idle connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_500_half_open_connections_then_admission_goes_on_and_they_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let f = fixture("wh-hostile", &[]).await;
+    let addr = format!("127.0.0.1:{}", f.operator.webhook_port());
+    let mut idle = Vec::with_capacity(500);
+    for _ in 0..500 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connecting to the webhook"),
+        );
+    }
+    let bad = example(&f.ns).replace("regex: ERROR", "regex: '(unclosed'");
+    let started = std::time::Instant::now();
+    let out = f.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&bad));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("spec.rules[3].when.message.regex"),
+        "with 500 idle connections open, the webhook did not refuse a bad spec (after {:?}):\n{stderr}",
+        started.elapsed()
+    );
+    // Twenty more finish TLS, then send nothing: the request-head timeout closes them.
+    let ca = f.kubectl(
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            &format!("servicelog-{}", f.ns),
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ],
+        None,
+    );
+    let ca_pem = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8_lossy(&ca.stdout).trim())
+            .expect("the caBundle is base64")
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("adding the webhook's CA");
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connecting to the webhook");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
+        silent.push(
+            connector
+                .connect(name, tcp)
+                .await
+                .expect("a TLS handshake with the webhook"),
+        );
+    }
+    // The handshake timeout closes every idle connection, the head timeout every silent one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (i, conn) in silent.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(left, conn.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "silent TLS connection {i} was still open 20s after it was made: {closed:?}"
+        );
+    }
+    for (i, conn) in idle.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(left, conn.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "idle connection {i} was still open 20s after it was made: {closed:?}"
+        );
+    }
+}

@@ -8,6 +8,12 @@
 //!
 //! A malformed review is answered with a well-formed `AdmissionResponse::invalid`, never a
 //! bare 500.
+//!
+//! The port faces the whole cluster network, so a client gets little: [`MAX_CONNECTIONS`]
+//! at once, [`HANDSHAKE_TIMEOUT`] to finish TLS, [`HEADER_TIMEOUT`] to send a request's
+//! head, [`BODY_TIMEOUT`] and [`MAX_BODY`] for its body, [`CONNECTION_LIFETIME`] in all;
+//! validation (regex compilation, up to the spec budget) runs off the async workers with a
+//! [`VALIDATION_DEADLINE`].
 
 use std::{
     convert::Infallible,
@@ -17,7 +23,7 @@ use std::{
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::{
     Api, Client, ResourceExt,
@@ -42,6 +48,20 @@ use crate::{
 
 /// Largest review body accepted (a pod spec is far smaller).
 const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Connections served at once; beyond them a connection waits to be accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (also between keep-alive requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection lasts at most; the API server opens another.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// The longest a ServiceLog's validation may take before it is refused as too costly (the
+/// API server's own timeout for the call is 10 s).
+pub const VALIDATION_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the handlers share.
 pub struct Webhook {
@@ -72,7 +92,11 @@ pub async fn serve(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the admission webhooks");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -84,23 +108,32 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}; closed");
+                    return;
+                }
             };
             let service = service_fn(move |req| {
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(route(req, &webhook).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service);
+            if tokio::time::timeout(CONNECTION_LIFETIME, connection)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "webhook connection closed after {CONNECTION_LIFETIME:?}");
+            }
         });
     }
 }
@@ -116,7 +149,13 @@ async fn route(req: Request<hyper::body::Incoming>, webhook: &Webhook) -> Respon
         return respond(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n"));
     }
     let started = Instant::now();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("not sent within {BODY_TIMEOUT:?}").into()))
+    {
         Ok(body) => body.to_bytes(),
         Err(e) => {
             let review = AdmissionResponse::invalid(format!("cannot read the request body: {e}"))
@@ -130,7 +169,7 @@ async fn route(req: Request<hyper::body::Incoming>, webhook: &Webhook) -> Respon
     let (response, result) = if path == "/mutate-pods" {
         mutate(&body, webhook).await
     } else {
-        validate_servicelog(&body)
+        validate_servicelog(&body).await
     };
     webhook.metrics.webhook_answered(result, started.elapsed());
     json(&response.into_review())
@@ -191,7 +230,7 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
         Ok(InjectRequest::Inject(name)) => name,
         Err(skip) => {
             return (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "warned",
             );
         }
@@ -204,14 +243,14 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
                 name,
             };
             return (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "warned",
             );
         }
         Err(e) => {
             let skip = Skip::Internal(format!("looking up ServiceLog {namespace}/{name}: {e}"));
             return (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "error",
             );
         }
@@ -220,7 +259,7 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
         Ok(injected) => injected,
         Err(skip) => {
             return (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "warned",
             );
         }
@@ -230,7 +269,7 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
         (Err(e), _) | (_, Err(e)) => {
             let skip = Skip::Internal(format!("encoding the pod: {e}"));
             return (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "error",
             );
         }
@@ -240,7 +279,7 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
         Err(e) => {
             let skip = Skip::Internal(format!("encoding the patch: {e}"));
             (
-                warn(webhook, allowed, pod, &namespace, &skip).await,
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
                 "error",
             )
         }
@@ -267,14 +306,23 @@ async fn lookup(
         .map_err(|e| e.to_string())
 }
 
+/// Admits the pod unchanged with a warning, and posts an Event about it in the pod's own
+/// namespace — unless the request is a dry run (the configurations say `sideEffects:
+/// NoneOnDryRun`).
 async fn warn(
     webhook: &Webhook,
     allowed: AdmissionResponse,
     pod: &Pod,
     namespace: &str,
     skip: &Skip,
+    dry_run: bool,
 ) -> AdmissionResponse {
     let message = format!("servicelog: {skip}");
+    if dry_run {
+        let mut response = allowed;
+        response.warnings.get_or_insert_with(Vec::new).push(message);
+        return response;
+    }
     tracing::warn!(namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()), %skip, "admitted without injection");
     let reference = ObjectReference {
         api_version: Some("v1".into()),
@@ -306,9 +354,10 @@ async fn warn(
     response
 }
 
-/// The spec is read untyped first, so a field this operator does not know (inside the
-/// schema's open `any` items, or from a newer CRD) is refused by name, not dropped.
-fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
+/// Reads the review here, and validates its spec on the blocking pool: compiling a spec's
+/// regexes can take a good part of a second (the spec budget bounds it), which must not
+/// hold an async worker. Past [`VALIDATION_DEADLINE`] the spec is refused.
+async fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
     let req: AdmissionRequest<DynamicObject> = match parse(body) {
         Ok(req) => req,
         Err(response) => return (*response, "invalid"),
@@ -321,19 +370,30 @@ fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
         return (allowed, "allowed");
     };
     let spec = slog.data.get("spec").cloned().unwrap_or_default();
-    let mut problems: Vec<String> = Vec::new();
-    match parse_spec(&spec) {
-        Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
-        Ok(spec) => {
-            if let Err(errors) = Envelope::publishable("", 0, spec) {
-                problems.extend(errors.iter().map(ToString::to_string));
-            }
-        }
+    let job = tokio::task::spawn_blocking(move || problems(&spec));
+    match tokio::time::timeout(VALIDATION_DEADLINE, job).await {
+        Ok(Ok(problems)) if problems.is_empty() => (allowed, "allowed"),
+        Ok(Ok(problems)) => (allowed.deny(problems.join("; ")), "denied"),
+        Ok(Err(e)) => (allowed.deny(format!("spec: validation failed: {e}")), "denied"),
+        Err(_) => (
+            allowed.deny(format!(
+                "spec: validating it took longer than {VALIDATION_DEADLINE:?}; simplify its regexes and conditions"
+            )),
+            "denied",
+        ),
     }
-    if problems.is_empty() {
-        (allowed, "allowed")
-    } else {
-        (allowed.deny(problems.join("; ")), "denied")
+}
+
+/// Every problem of a spec as the API server sent it. The spec is read untyped first, so
+/// a field this operator does not know (inside the schema's open `any` items, or from a
+/// newer CRD) is refused by name, not dropped.
+fn problems(spec: &serde_json::Value) -> Vec<String> {
+    match parse_spec(spec) {
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        Ok(spec) => match Envelope::publishable("", 0, spec) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        },
     }
 }
 
@@ -381,7 +441,7 @@ pub async fn register(
             "matchConditions": [{"name": "annotated", "expression": "has(object.metadata.annotations) && 'servicelog.io/inject' in object.metadata.annotations"}],
             "namespaceSelector": namespace_selector,
             "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
+            "sideEffects": "NoneOnDryRun",
             "failurePolicy": "Ignore",
             "reinvocationPolicy": "IfNeeded",
             "timeoutSeconds": 5,
@@ -397,7 +457,7 @@ pub async fn register(
             "clientConfig": {"url": format!("{base}/validate-servicelogs"), "caBundle": ca},
             "rules": [{"apiGroups": ["servicelog.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["servicelogs"], "scope": "Namespaced"}],
             "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
+            "sideEffects": "NoneOnDryRun",
             "failurePolicy": "Ignore",
             "timeoutSeconds": 5,
         }],
@@ -487,8 +547,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_bad_servicelog_is_denied_with_every_problem() {
+    #[tokio::test]
+    async fn a_bad_servicelog_is_denied_with_every_problem() {
         let slog = serde_json::json!({
             "apiVersion": "servicelog.io/v1alpha1", "kind": "ServiceLog",
             "metadata": {"name": "x", "namespace": "shop"},
@@ -502,7 +562,8 @@ mod tests {
             slog,
             ("servicelog.io", "v1alpha1", "ServiceLog"),
             "CREATE",
-        ));
+        ))
+        .await;
         assert_eq!(result, "denied");
         assert!(!response.allowed);
         let message = response.result.message;
@@ -513,9 +574,9 @@ mod tests {
         assert!(message.contains("spec.rules[0].to[0]"), "{message}");
     }
 
-    #[test]
-    fn a_malformed_review_gets_an_invalid_response_not_a_500() {
-        let (response, result) = validate_servicelog(b"{\"not\": \"a review\"");
+    #[tokio::test]
+    async fn a_malformed_review_gets_an_invalid_response_not_a_500() {
+        let (response, result) = validate_servicelog(b"{\"not\": \"a review\"").await;
         assert_eq!(result, "invalid");
         assert!(!response.allowed);
         let review = serde_json::to_value(response.into_review()).unwrap();
