@@ -28,6 +28,12 @@ const STATE_VOLUME: &str = "servicelog-state";
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// An empty volume mounted over [`SERVICE_ACCOUNT_DIR`] in the sidecar alone.
 const NO_TOKEN_VOLUME: &str = "servicelog-no-token";
+/// Mode of the Secret files mounted into the sidecar. The kubelet writes them owned by
+/// root, with the pod's fsGroup as their group only when the pod has one; the sidecar runs
+/// as 65532, so 0440 left a pod without fsGroup unable to read its ZooKeeper identity
+/// (seen on the node: `Permission denied`, never applied). Readable by all is safe here:
+/// only the sidecar mounts these volumes.
+const SECRET_MODE: i32 = 0o444;
 /// The non-root user the sidecar runs as (distroless `nonroot`).
 const RUN_AS_USER: i64 = 65532;
 
@@ -160,7 +166,7 @@ pub fn inject(
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
                 optional: Some(true),
-                default_mode: Some(0o440),
+                default_mode: Some(SECRET_MODE),
                 ..Default::default()
             }),
             ..Default::default()
@@ -180,7 +186,7 @@ pub fn inject(
             secret: Some(SecretVolumeSource {
                 secret_name: Some(ZK_AUTH_SECRET.into()),
                 optional: Some(true),
-                default_mode: Some(0o440),
+                default_mode: Some(SECRET_MODE),
                 ..Default::default()
             }),
             ..Default::default()
@@ -478,6 +484,44 @@ spec:
             "{} differs from the injected pod; rerun with UPDATE_GOLDEN=1 after checking:\n{got}",
             path.display()
         );
+    }
+
+    #[test]
+    fn the_sidecars_secrets_are_readable_by_its_user_in_a_pod_without_fs_group() {
+        let spec: ServiceLogSpec = serde_yaml::from_str(
+            r#"
+sources: [{name: app, file: {paths: ["/var/log/app/*.log"]}}]
+sinks: [{name: loki, http: {url: "http://loki:3100"}, credentialsSecretRef: {name: loki}}]
+defaultTo: [loki]
+"#,
+        )
+        .unwrap();
+        let config = InjectConfig {
+            zk_auth: true,
+            ..config()
+        };
+        let out = inject(&pod(PLAIN), "shop", "checkout", &spec, &config).unwrap();
+        let ps = out.spec.as_ref().unwrap();
+        assert!(ps.security_context.is_none(), "the fixture has no fsGroup");
+        let modes: Vec<(String, i32)> = ps
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.name.clone(), v.secret.as_ref()?.default_mode?)))
+            .collect();
+        assert_eq!(
+            modes.len(),
+            2,
+            "a credentials and an identity Secret: {modes:?}"
+        );
+        for (name, mode) in modes {
+            assert_eq!(
+                mode & 0o004,
+                0o004,
+                "{name}: mode {mode:o} is not readable by others"
+            );
+            assert_eq!(mode & 0o222, 0, "{name}: mode {mode:o} is writable");
+        }
     }
 
     #[test]
