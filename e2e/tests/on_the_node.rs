@@ -427,7 +427,11 @@ spec:
 
 /// The app: serves HTTP on 8080 (its readiness) and appends an info and an error line to
 /// /var/log/app/app.log twice a second, with umask 027 (files 0640, group = fsGroup).
-fn app(ns: &str, name: &str, servicelog: &str, replicas: u32) -> String {
+/// `fs_group: None` makes a pod without fsGroup: Secret files mounted into it stay root's.
+fn app(ns: &str, name: &str, servicelog: &str, replicas: u32, fs_group: Option<u32>) -> String {
+    let fs_group = fs_group
+        .map(|g| format!(", fsGroup: {g}"))
+        .unwrap_or_default();
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -441,7 +445,7 @@ spec:
       annotations: {{servicelog.io/inject: {servicelog}}}
     spec:
       terminationGracePeriodSeconds: 1
-      securityContext: {{runAsNonRoot: true, runAsUser: {APP_UID}, runAsGroup: {APP_UID}, fsGroup: {FS_GROUP}}}
+      securityContext: {{runAsNonRoot: true, runAsUser: {APP_UID}, runAsGroup: {APP_UID}{fs_group}}}
       containers:
         - name: app
           image: {BUSYBOX_IMAGE}
@@ -507,7 +511,7 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
     apply(env, &receiver(&ns));
     apply(env, &servicelog(&ns, "error"));
     let applied_at = Instant::now();
-    apply(env, &app(&ns, "checkout", "checkout", 2));
+    apply(env, &app(&ns, "checkout", "checkout", 2, Some(FS_GROUP)));
 
     // The sidecar's stdout carries the app's info lines: the first routed line.
     let pods_now = |env| pods(env, &ns, "checkout");
@@ -779,8 +783,10 @@ fn given_zookeeper_unreachable_when_an_annotated_pod_starts_then_the_app_starts_
 
     // Given ZooKeeper unreachable from pods, when an annotated pod starts, then the app
     // starts, becomes Ready and answers.
+    // Without fsGroup, too: the namespace's ZooKeeper identity (a Secret file written
+    // as root) must still be readable by the sidecar's user for it to apply its config.
     let cut = ZooKeeperCutOff::new(env);
-    apply(env, &app(&ns, "web", "quiet", 1));
+    apply(env, &app(&ns, "web", "quiet", 1, None));
     ok(
         "kubectl rollout status (ZooKeeper unreachable)",
         env.kubectl()
@@ -853,7 +859,7 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         ),
     );
     wait_published(env, &ns, "broken");
-    apply(env, &app(&ns, "web", "broken", 1));
+    apply(env, &app(&ns, "web", "broken", 1, Some(FS_GROUP)));
     // A native sidecar is an init container: the kubelet starts the app only once it has
     // started, so an image that cannot be pulled holds the pod in Init (what Kubernetes
     // does with any init container). What the user sees: STATUS Init:ErrImagePull or
