@@ -74,9 +74,11 @@ fn given_a_spec_of_large_regexes_far_over_the_budget_when_validated_then_refused
         "and the sidecar"
     );
 
-    // Generous for a loaded 2-core machine in a debug build; measured figures are printed
-    // (`--nocapture`) and noted in docs/architecture.md.
-    let bound = Duration::from_secs(2);
+    // Generous for a loaded 2-core machine in a debug build: measured 0.7 s, up to 1.6 s at
+    // a load average of 6, 0.1 s in release (docs/architecture.md, "Sidecar sandbox"; the
+    // figures are printed with `--nocapture`). The time is what compiling regexes up to the
+    // budget takes — an accepted spec just under it costs the same.
+    let bound = Duration::from_secs(5);
     assert!(validate_took < bound, "validate took {validate_took:?}");
     assert!(publish_took < bound, "publishable took {publish_took:?}");
     if let (Some(before), Some(after)) = (before, after) {

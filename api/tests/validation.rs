@@ -680,8 +680,8 @@ sinks:
 
 #[test]
 fn the_spec_has_a_regex_and_condition_budget() {
-    // 64 regexes fit; the 65th is refused at its place, and nothing after it is checked.
-    let rules: Vec<String> = (0..66)
+    // 48 regexes fit; the 49th is refused at its place, and nothing after it is checked.
+    let rules: Vec<String> = (0..50)
         .map(|i| {
             format!("  - {{name: r{i}, when: {{message: {{regex: \"a{i}\"}}}}, to: [console]}}")
         })
@@ -690,18 +690,18 @@ fn the_spec_has_a_regex_and_condition_budget() {
     assert_errors(
         &yaml,
         &[
-            "spec.rules[64].when.message.regex: a spec may hold at most 64 regexes and this is one more (later regexes are not checked)",
+            "spec.rules[48].when.message.regex: a spec may hold at most 48 regexes and this is one more (later regexes are not checked)",
         ],
     );
 
     // Few regexes, each large: the bytes budget stops them before the count does.
-    let rules: Vec<String> = (0..20)
+    let rules: Vec<String> = (0..30)
         .map(|i| format!("  - {{name: r{i}, when: {{message: {{regex: \"\\\\w{{20}}{i}\"}}}}, to: [console]}}"))
         .collect();
     let got = errors(&with_rules(&(rules.join("\n") + "\n")));
     assert_eq!(got.len(), 1, "{got:#?}");
     assert!(
-        got[0].contains("regexes would hold more than 25165824 bytes together"),
+        got[0].contains("regexes would hold more than 33554432 bytes together"),
         "{got:#?}"
     );
 
