@@ -41,17 +41,20 @@ struct Entries {
     pruned: Option<Instant>,
 }
 
+/// Every resource has one of these while it exists, so what most of them never hold (a
+/// status not yet in the cache, a retry backoff) is boxed: about 80 bytes a resource instead
+/// of 400 (3 MiB at 10,000 ServiceLogs).
 #[derive(Default)]
 struct Remembered {
     /// The hash this process last published.
-    published: Option<String>,
-    status: Option<Written>,
+    published: Option<Box<str>>,
+    status: Option<Box<Written>>,
     /// When status was last written while the rollout was partway.
     rollout_written: Option<Instant>,
     /// When the instance records were last re-read while the rollout was partway.
     rollout_refreshed: Option<Instant>,
     /// Retry delays while reconciles fail; `None` after a success.
-    retry: Option<ExponentialBackoff>,
+    retry: Option<Box<ExponentialBackoff>>,
 }
 
 impl Remembered {
@@ -107,11 +110,11 @@ impl Memory {
     }
 
     pub fn published(&self, key: &Key) -> Option<String> {
-        self.read(key, |r| r.published.clone())
+        self.read(key, |r| r.published.as_deref().map(str::to_owned))
     }
 
     pub fn set_published(&self, key: &Key, hash: &str) {
-        self.update(key, |r| r.published = Some(hash.to_owned()));
+        self.update(key, |r| r.published = Some(hash.into()));
     }
 
     /// The status this process wrote, unless the cache (at revision `cached`) holds it
@@ -151,11 +154,11 @@ impl Memory {
                 });
                 e.pruned = Some(Instant::now());
             }
-            e.by_key.entry(key.clone()).or_default().status = Some(Written {
+            e.by_key.entry(key.clone()).or_default().status = Some(Box::new(Written {
                 at: Instant::now(),
                 revision,
                 status,
-            });
+            }));
         });
     }
 
@@ -184,12 +187,14 @@ impl Memory {
         let mut delay = RETRY_MAX;
         self.update(key, |r| {
             let backoff = r.retry.get_or_insert_with(|| {
-                ExponentialBuilder::default()
-                    .with_min_delay(RETRY_MIN)
-                    .with_max_delay(RETRY_MAX)
-                    .with_jitter()
-                    .without_max_times()
-                    .build()
+                Box::new(
+                    ExponentialBuilder::default()
+                        .with_min_delay(RETRY_MIN)
+                        .with_max_delay(RETRY_MAX)
+                        .with_jitter()
+                        .without_max_times()
+                        .build(),
+                )
             });
             delay = backoff.next().unwrap_or(RETRY_MAX);
         });
