@@ -18,6 +18,7 @@ use servicelog_api::{
         SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR, ZK_AUTH_DIR, ZK_AUTH_KEY,
         ZK_AUTH_SECRET,
     },
+    rules::MAX_DISK_BUFFER_BYTES,
     v1alpha1::{ServiceLogSpec, SidecarOverride},
     wire::Layout,
 };
@@ -47,6 +48,8 @@ pub struct InjectConfig {
     pub limits: BTreeMap<String, String>,
     /// ZooKeeper ACLs are on: mount the namespace's identity ([`ZK_AUTH_SECRET`]).
     pub zk_auth: bool,
+    /// `sizeLimit` of the emptyDirs for the sources' and file sinks' directories.
+    pub volume_size_limit: String,
 }
 
 /// Why a pod was admitted unchanged, for the review's warning.
@@ -137,7 +140,7 @@ pub fn inject(
     ));
     for (i, dir) in source_dirs.iter().enumerate() {
         let volume = unique_volume_name(volumes, &format!("servicelog-src-{i}"));
-        volumes.push(empty_dir(&volume));
+        volumes.push(empty_dir(&volume, &config.volume_size_limit));
         sidecar_mounts.push(mount(&volume, dir, true));
         app_mounts.push((volume, dir.clone()));
     }
@@ -150,7 +153,7 @@ pub fn inject(
     );
     for (i, dir) in sink_dirs.iter().enumerate() {
         let volume = unique_volume_name(volumes, &format!("servicelog-out-{i}"));
-        volumes.push(empty_dir(&volume));
+        volumes.push(empty_dir(&volume, &config.volume_size_limit));
         sidecar_mounts.push(mount(&volume, dir, false));
     }
     // Secrets by reference only: the Secret is mounted read-only into the sidecar and never
@@ -194,14 +197,14 @@ pub fn inject(
         sidecar_mounts.push(mount(&volume, ZK_AUTH_DIR, true));
     }
     let state = unique_volume_name(volumes, STATE_VOLUME);
-    volumes.push(empty_dir(&state));
+    volumes.push(empty_dir(&state, &state_volume_limit()));
     sidecar_mounts.push(mount(&state, STATE_DIR, false));
     // The sidecar never holds the pod's ServiceAccount token (it needs no Kubernetes
     // access, and the app's identity is not its to carry): an empty directory is mounted
     // where the token would be, and the ServiceAccount admission plugin leaves a
     // container that already mounts that path alone. The app keeps its token.
     let no_token = unique_volume_name(volumes, NO_TOKEN_VOLUME);
-    volumes.push(empty_dir(&no_token));
+    volumes.push(empty_dir(&no_token, "1Mi"));
     sidecar_mounts.push(mount(&no_token, SERVICE_ACCOUNT_DIR, true));
 
     // Every app container gets the source directories it does not already mount.
@@ -353,12 +356,23 @@ fn container(
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+/// An emptyDir of at most `size_limit`: the kubelet evicts the pod past it, rather than
+/// let one pod's logs or buffers fill the node's disk.
+fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(size_limit.to_owned())),
+            ..Default::default()
+        }),
         ..Default::default()
     }
+}
+
+/// The state volume holds the disk buffers (at most [`MAX_DISK_BUFFER_BYTES`] per spec,
+/// which validation enforces), checkpoints and the last-known-good config.
+fn state_volume_limit() -> String {
+    format!("{}Mi", (MAX_DISK_BUFFER_BYTES >> 20) + 64)
 }
 
 fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
@@ -441,6 +455,7 @@ mod tests {
             .into(),
             limits: [("memory".to_string(), "64Mi".to_string())].into(),
             zk_auth: false,
+            volume_size_limit: "1Gi".into(),
         }
     }
 
@@ -855,6 +870,42 @@ defaultTo: [loki]
                 .flat_map(|c| c.volume_mounts.iter().flatten())
                 .all(|m| m.name != volume.name),
             "the app containers must not see the identity"
+        );
+    }
+
+    #[test]
+    fn every_injected_empty_dir_has_a_size_limit() {
+        let mut s = spec();
+        s.sinks
+            .push(serde_yaml::from_str("{name: out, file: {path: /var/log/out/x.log}}").unwrap());
+        let out = inject(&pod(PLAIN), "shop", "checkout", &s, &config()).unwrap();
+        let limits: Vec<(String, Option<String>)> = out
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let dir = v.empty_dir.as_ref()?;
+                Some((v.name.clone(), dir.size_limit.as_ref().map(|q| q.0.clone())))
+            })
+            .collect();
+        assert!(
+            limits.len() >= 4,
+            "source, sink, state and token volumes: {limits:?}"
+        );
+        for (name, limit) in &limits {
+            assert!(limit.is_some(), "emptyDir {name} has no sizeLimit");
+        }
+        let state = limits
+            .iter()
+            .find(|(n, _)| n == STATE_VOLUME)
+            .and_then(|(_, l)| l.clone());
+        assert_eq!(
+            state.as_deref(),
+            Some("1088Mi"),
+            "1 GiB of disk buffers and 64 MiB more"
         );
     }
 

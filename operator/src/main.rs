@@ -120,8 +120,19 @@ struct RunArgs {
     )]
     sidecar_requests: String,
     /// Resource limits of the injected sidecar, `name=quantity,…`.
-    #[arg(long, env = "SERVICELOG_SIDECAR_LIMITS", default_value = "memory=64Mi")]
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_LIMITS",
+        default_value = "memory=64Mi,ephemeral-storage=256Mi"
+    )]
     sidecar_limits: String,
+    /// `sizeLimit` of the emptyDirs injected for the sources' and file sinks' directories.
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_VOLUME_SIZE_LIMIT",
+        default_value = "1Gi"
+    )]
+    sidecar_volume_size_limit: String,
     /// Image of the injected sidecar.
     #[arg(
         long,
@@ -372,6 +383,7 @@ async fn start_webhooks(
             requests: quantities(&args.sidecar_requests).context("--sidecar-requests")?,
             limits: quantities(&args.sidecar_limits).context("--sidecar-limits")?,
             zk_auth: guard.operator().is_some(),
+            volume_size_limit: args.sidecar_volume_size_limit.clone(),
         },
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
