@@ -233,6 +233,24 @@ const REFUSALS: &[(&str, &str, &[&str])] = &[
         "",
         &["spec.sinks[1].credentialsSecretRef", "\"creds\""],
     ),
+    (
+        "a source that would hide the app's /etc",
+        "",
+        &["spec.sources[0].file.paths[0]", "/etc/app/*.log"],
+    ),
+    (
+        "a file sink under /proc",
+        "",
+        &["spec.sinks[1].file.path", "/proc/self/x.log"],
+    ),
+    (
+        "a credential in a plain header",
+        "",
+        &[
+            "spec.sinks[1].http.headers[Authorization]",
+            "credentialsSecretRef",
+        ],
+    ),
 ];
 
 fn refused_example(ns: &str, what: &str, rules: &str) -> String {
@@ -252,6 +270,18 @@ fn refused_example(ns: &str, what: &str, rules: &str) -> String {
         "credentials on a stdout sink" => (
             "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
             "[{name: console, stdout: {}}, {name: creds, stdout: {}, credentialsSecretRef: {name: s}}]",
+        ),
+        "a source that would hide the app's /etc" => (
+            "[{name: app, file: {paths: [/etc/app/*.log]}}]",
+            "[{name: console, stdout: {}}]",
+        ),
+        "a file sink under /proc" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}, {name: bad, file: {path: /proc/self/x.log}}]",
+        ),
+        "a credential in a plain header" => (
+            "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
+            "[{name: console, stdout: {}}, {name: loki, http: {url: 'http://loki:3100', headers: {Authorization: 'Bearer x'}}}]",
         ),
         _ => (
             "[{name: app, file: {paths: [/var/log/app/*.log]}}]",
