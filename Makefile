@@ -6,7 +6,7 @@ CARGO ?= cargo
 TESTENV_DIR := target/testenv
 CRD_FILE := servicelog.io_servicelogs.yaml
 
-.PHONY: all build release static images images-build deps tools cluster-tools test lint fmt crds testenv testenv-down cluster cluster-down bench demo clean
+.PHONY: all build release static images images-build demo-cluster deps tools cluster-tools test lint fmt crds testenv testenv-down cluster cluster-down bench demo clean
 
 all: build
 
@@ -94,6 +94,11 @@ demo: deps
 	@echo "== Building servicelog"
 	$(CARGO) build -q -p servicelog-operator -p servicelog-sidecar -p servicelog-e2e --bins
 	@"$${CARGO_TARGET_DIR:-target}/debug/servicelog-demo"
+
+## demo-cluster: the demo on a real node (root): make cluster, make images, the chart
+## installed with helm install --wait, examples/ applied, a rule edited live.
+demo-cluster: cluster-tools images-build
+	@bash scripts/demo-cluster.sh
 
 clean:
 	$(CARGO) clean
