@@ -20,6 +20,7 @@ use servicelog_api::{
     },
     rules::MAX_DISK_BUFFER_BYTES,
     v1alpha1::{ServiceLogSpec, SidecarOverride},
+    validate::{glob_dir, sink_dir},
     wire::Layout,
 };
 
@@ -148,7 +149,7 @@ pub fn inject(
         spec.sinks
             .iter()
             .filter_map(|s| s.file.as_ref())
-            .map(|f| parent_dir(&f.path))
+            .map(|f| sink_dir(&f.path))
             .filter(|d| !source_dirs.contains(d)),
     );
     for (i, dir) in sink_dirs.iter().enumerate() {
@@ -394,30 +395,6 @@ fn unique_volume_name(volumes: &[Volume], name: &str) -> String {
         .map(|i| format!("{name}-{i}"))
         .find(|n| !taken(n))
         .unwrap_or_else(|| name.to_owned())
-}
-
-/// The directory a glob's files live under: the longest prefix without glob characters.
-/// `/var/log/app/*.log` → `/var/log/app`; `/var/log/*/x.log` → `/var/log`.
-pub fn glob_dir(pattern: &str) -> String {
-    let mut dir = String::new();
-    let parts: Vec<&str> = pattern.split('/').collect();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        if part.contains(['*', '?', '[', '{']) {
-            break;
-        }
-        if !part.is_empty() {
-            dir.push('/');
-            dir.push_str(part);
-        }
-    }
-    if dir.is_empty() { "/".into() } else { dir }
-}
-
-fn parent_dir(path: &str) -> String {
-    match path.rsplit_once('/') {
-        Some(("", _)) | None => "/".into(),
-        Some((dir, _)) => dir.to_owned(),
-    }
 }
 
 /// Drops directories nested in another of the list: one volume serves both.
