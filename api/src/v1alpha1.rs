@@ -155,7 +155,26 @@ pub struct Source {
     /// Field that holds the message, instead of `msg`, `message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_field: Option<String>,
+    /// Longest line (or syslog message) kept whole, in bytes (default 1 MiB, at most
+    /// 16 MiB). A longer one is truncated to this size, counted in
+    /// `servicelog_lines_truncated_total{source}` and logged; the rest of it is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 1024, max = 16777216)))]
+    pub max_line_bytes: Option<u64>,
 }
+
+impl Source {
+    /// `maxLineBytes`, or its default.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes
+            .map_or(DEFAULT_MAX_LINE_BYTES, |n| n.clamp(1024, MAX_LINE_BYTES as u64) as usize)
+    }
+}
+
+/// A line longer than this (unless `maxLineBytes` says otherwise) is truncated.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+/// The largest `maxLineBytes`.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// Files on a volume shared with the application.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -558,6 +558,7 @@ fn gen_source() -> impl Strategy<Value = Source> {
                 ..SyslogSource::default()
             }),
             level_field,
+            max_line_bytes: None,
             message_field,
         })
 }
@@ -693,6 +694,7 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                         ..SyslogSource::default()
                     }),
                     level_field: level_field.map(str::to_string),
+                    max_line_bytes: None,
                     message_field: message_field.map(str::to_string),
                 })
                 .collect(),
