@@ -113,6 +113,11 @@ impl Ack {
     pub fn is_complete(&self) -> bool {
         self.0.is_complete()
     }
+
+    /// Complete, but a sink gave the batch up unwritten: its events must be read again.
+    pub fn is_failed(&self) -> bool {
+        self.0.is_failed()
+    }
 }
 
 /// Buffers reused from run to run, so routing does not allocate per run.

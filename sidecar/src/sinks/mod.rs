@@ -61,21 +61,37 @@ pub enum SinkError {
 #[derive(Debug)]
 pub struct BatchAck {
     remaining: AtomicUsize,
+    failed: AtomicBool,
 }
 
 impl BatchAck {
     pub fn new(sinks: usize) -> Self {
         Self {
             remaining: AtomicUsize::new(sinks),
+            failed: AtomicBool::new(false),
         }
     }
 
+    /// One sink has written the batch.
     pub fn done(&self) {
+        self.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// One sink gave the batch up without writing it (it was replaced or removed by a
+    /// config change while the batch could not be written): the batch is complete but
+    /// failed, and a reader that can read its events again (a file) does so.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
         self.remaining.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn is_complete(&self) -> bool {
         self.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Complete, and some sink gave it up (see [`BatchAck::fail`]).
+    pub fn is_failed(&self) -> bool {
+        self.is_complete() && self.failed.load(Ordering::Acquire)
     }
 }
 
