@@ -239,6 +239,27 @@ pub struct SyslogSource {
     pub port: u16,
     #[serde(default)]
     pub protocol: SyslogProtocol,
+    /// The IP address to listen on (default `127.0.0.1`). The sidecar shares the pod's
+    /// network namespace, so the application reaches loopback; anything else on the
+    /// network does not, and cannot feed the pod's log routing. `0.0.0.0` (IPv4) or `::`
+    /// (IPv6 and IPv4) accepts senders from outside the pod. Applications should send to
+    /// `127.0.0.1`, not `localhost`, which may resolve to `::1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Where a syslog source listens unless its `address` says otherwise: loopback only.
+pub const DEFAULT_SYSLOG_ADDRESS: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+impl SyslogSource {
+    /// `address`, or [`DEFAULT_SYSLOG_ADDRESS`]; an error for text that is not an IP
+    /// address (which validation refuses).
+    pub fn address(&self) -> Result<std::net::IpAddr, std::net::AddrParseError> {
+        self.address
+            .as_deref()
+            .map_or(Ok(DEFAULT_SYSLOG_ADDRESS), str::parse)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -545,6 +545,14 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// A syslog source's `address`: an IP address to bind, no host name (resolving one at
+/// bind time would make the config's meaning depend on DNS).
+pub(crate) fn check_syslog_address(address: &str) -> Result<(), String> {
+    address.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
+        format!("{address:?} is not an IP address (e.g. 127.0.0.1, the default; 0.0.0.0 or ::)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +602,39 @@ mod tests {
         assert!(check_url("http://").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("http://a b").is_err());
+    }
+
+    #[test]
+    fn given_a_syslog_address_that_is_not_an_ip_then_validation_names_the_field() {
+        let spec = |address: &str| {
+            parse_spec(&serde_json::json!({
+                "sources": [{"name": "sys", "syslog": {"port": 5514, "address": address}}],
+                "sinks": [{"name": "out", "stdout": {}}],
+                "defaultTo": ["out"],
+            }))
+            .expect("parses")
+        };
+        for ok in ["127.0.0.1", "0.0.0.0", "::", "::1", "10.1.2.3"] {
+            assert_eq!(validate(&spec(ok)), Ok(()), "{ok}");
+        }
+        for bad in ["localhost", "0.0.0.0:514", "", "1.2.3.256"] {
+            let errors = validate(&spec(bad)).expect_err(bad);
+            assert_eq!(
+                errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+                ["spec.sources[0].syslog.address"],
+                "{bad}: {errors}"
+            );
+        }
+        let default = spec("x").sources[0].syslog.clone().expect("syslog");
+        let default = crate::v1alpha1::SyslogSource {
+            address: None,
+            ..default
+        };
+        assert_eq!(
+            default.address(),
+            Ok(crate::v1alpha1::DEFAULT_SYSLOG_ADDRESS),
+            "loopback unless asked"
+        );
     }
 
     #[test]

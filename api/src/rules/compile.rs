@@ -29,7 +29,7 @@ use crate::{
     },
     validate::{
         Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
-        check_source_path, check_url, is_credential_header, parse_duration,
+        check_source_path, check_syslog_address, check_url, is_credential_header, parse_duration,
     },
 };
 
@@ -416,6 +416,11 @@ fn check_source(
         }
     }
     if let Some(syslog) = &source.syslog {
+        if let Some(address) = &syslog.address
+            && let Err(e) = check_syslog_address(address)
+        {
+            errors.push(format!("{path}.syslog.address"), e);
+        }
         // Two listeners cannot bind the same port and protocol.
         let first = earlier.iter().position(|s| {
             s.syslog
