@@ -30,3 +30,94 @@ pub fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&s[start..]);
     out.push(b'"');
 }
+
+/// Appends `text`, a JSON value the router's scanner accepted, as JSON that any parser
+/// accepts. The scanner is lenient where loggers are sloppy but the result is still
+/// unambiguous; the output may not be, so:
+/// - a raw control character inside a string is escaped (`\u0001`; `\t`, `\n`, `\r` as such);
+/// - a line break between tokens becomes a space (one event stays one line);
+/// - an escaped UTF-16 surrogate without its pair (`\ud800`) becomes `\ufffd`, which
+///   strict parsers (serde_json among them) refuse.
+///
+/// Text that needs none of this — nearly every line — is copied as it is.
+pub fn push_json_text(out: &mut Vec<u8>, text: &[u8]) {
+    // In chunks without early exit, so the compiler vectorises the scan.
+    let clean = !text
+        .chunks(32)
+        .any(|c| c.iter().fold(false, |any, &b| any | (b < 0x20)))
+        && !memchr::memmem::find_iter(text, b"\\u")
+            .any(|i| matches!(text.get(i + 2), Some(b'd' | b'D')));
+    if clean {
+        out.extend_from_slice(text);
+        return;
+    }
+    let mut in_string = false;
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        match b {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                let surrogate = text.get(i + 1) == Some(&b'u')
+                    && matches!(hex4(text, i + 2), Some(0xd800..=0xdfff));
+                if !surrogate {
+                    // Any other escape is two bytes (or `\uXXXX`, copied as it comes).
+                    out.push(b);
+                    if let Some(&next) = text.get(i + 1) {
+                        push_string_byte(out, next);
+                    }
+                    i += 2;
+                    continue;
+                }
+                let high = hex4(text, i + 2).unwrap_or(0);
+                let low = (text.get(i + 6..i + 8) == Some(b"\\u"))
+                    .then(|| hex4(text, i + 8))
+                    .flatten();
+                match low {
+                    Some(0xdc00..=0xdfff) if (0xd800..0xdc00).contains(&high) => {
+                        out.extend_from_slice(&text[i..i + 12]);
+                        i += 12;
+                    }
+                    _ => {
+                        out.extend_from_slice(b"\\ufffd");
+                        i += 6;
+                    }
+                }
+                continue;
+            }
+            _ if in_string => {
+                push_string_byte(out, b);
+                i += 1;
+                continue;
+            }
+            b'\n' | b'\r' => {
+                out.push(b' ');
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        out.push(b);
+        i += 1;
+    }
+}
+
+/// A byte inside a JSON string, escaped if it is a control character.
+fn push_string_byte(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        _ => out.push(b),
+    }
+}
+
+/// The four hex digits at `at`, if they are.
+fn hex4(text: &[u8], at: usize) -> Option<u32> {
+    let digits = text.get(at..at + 4)?;
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}

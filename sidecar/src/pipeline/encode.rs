@@ -3,14 +3,20 @@
 //! `_servicelog: {source, pod, namespace}`, one object per line.
 //!
 //! A `json` line that parsed is already an object: the `_servicelog` member is spliced in
-//! before its closing brace, so the fields are written exactly as the application wrote
-//! them, without a parse-and-reserialise round trip. A `logfmt` line becomes an object of
-//! its pairs (values are strings, a bare key is `true`). Every other line — a `text`
-//! source's, or one that did not parse in its format — is `{"message": <line>}`.
+//! before its closing brace, so the fields are written as the application wrote them,
+//! without a parse-and-reserialise round trip — except what strict parsers refuse and the
+//! router's lenient scanner lets through (raw control characters in strings, a lone
+//! escaped surrogate), which is repaired on the way (see [`push_json_text`]). A `logfmt`
+//! line becomes an object of its pairs (values are strings, a bare key is `true`). Every
+//! other line — a `text` source's, or one that did not parse in its format — is
+//! `{"message": <line>}`.
+//!
+//! Whatever the bytes, the output is valid JSON: bytes that are not UTF-8 (such a line is
+//! never parsed as json or logfmt) become U+FFFD, control characters are escaped.
 
 use servicelog_api::{rules::Event, v1alpha1::Format};
 
-use crate::json::json_string;
+use crate::json::{json_string, push_json_text};
 
 /// The `"_servicelog":{...}` member for one source, rendered once per pipeline.
 pub fn meta_member(source: &str, pod: &str, namespace: &str) -> Vec<u8> {
@@ -33,7 +39,7 @@ pub fn encode_json(out: &mut Vec<u8>, event: &Event<'_>, format: Format, meta: &
             Format::Json => {
                 if let Some(close) = memchr::memrchr(b'}', line) {
                     let body = &line[..close];
-                    out.extend_from_slice(body);
+                    push_json_text(out, body);
                     if body.trim_ascii_end() != b"{" && !body.trim_ascii().is_empty() {
                         out.push(b',');
                     }
@@ -183,6 +189,23 @@ mod tests {
         assert_eq!(v["message"], "not \"json\"\tat all");
         let v = encode(Format::Text, "plain \u{1} text");
         assert_eq!(v["message"], "plain \u{1} text");
+    }
+
+    #[test]
+    fn given_json_lines_with_raw_control_characters_or_lone_surrogates_then_the_output_is_valid_json()
+     {
+        let v = encode(Format::Json, "{\"msg\":\"tab\there\u{1}\u{1f}\",\r\"n\":1}");
+        assert_eq!(v["msg"], "tab\there\u{1}\u{1f}");
+        assert_eq!(v["n"], 1);
+        let v = encode(
+            Format::Json,
+            r#"{"a":"\ud800x","b":"\udc00","c":"\ud83d\ude00"}"#,
+        );
+        assert_eq!(v["a"], "\u{fffd}x");
+        assert_eq!(v["b"], "\u{fffd}");
+        assert_eq!(v["c"], "\u{1f600}", "a proper pair is kept");
+        let v = encode(Format::Json, r#"{"k\\ud800":"\\"}"#);
+        assert_eq!(v["k\\ud800"], "\\", "an escaped backslash is not an escape");
     }
 
     #[test]

@@ -519,6 +519,83 @@ mod tests {
         assert_eq!(body.docs.len(), 2);
     }
 
+    mod any_bytes {
+        use proptest::prelude::*;
+        use servicelog_api::{Router, ServiceLogSpec, v1alpha1::Format};
+
+        use super::*;
+        use crate::pipeline::encode::{encode_json, meta_member};
+
+        fn router(format: &str) -> Router {
+            let yaml = format!(
+                "sources: [{{name: app, file: {{paths: [/x/*.log], format: {format}}}}}]\n\
+                 sinks: [{{name: out, stdout: {{}}}}]\ndefaultTo: [out]\n"
+            );
+            let spec: ServiceLogSpec = serde_yaml::from_str(&yaml).expect("a spec");
+            Router::compile(&spec).expect("compiles")
+        }
+
+        /// Bytes, or bytes inside a JSON object's string (with the escapes that trip strict
+        /// parsers), so the json path that keeps the line's own text is exercised too.
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                any::<u8>().prop_map(|b| vec![b]),
+                Just(br"\ud800".to_vec()),
+                Just(br"\udfff".to_vec()),
+                Just(br"\ud83d\ude00".to_vec()),
+                Just(br"\\".to_vec()),
+                Just(b"\"".to_vec()),
+            ];
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..96),
+                proptest::collection::vec(piece, 0..32).prop_map(|pieces| {
+                    let mut l = br#"{"msg":""#.to_vec();
+                    l.extend(pieces.concat());
+                    l.extend_from_slice(br#"","n":1}"#);
+                    l
+                }),
+            ]
+        }
+
+        fn assert_json(what: &str, bytes: &[u8]) -> Result<(), TestCaseError> {
+            let parsed = serde_json::from_slice::<serde_json::Value>(bytes);
+            prop_assert!(
+                parsed.is_ok(),
+                "{what} is not JSON ({:?}): {:?}",
+                parsed.err(),
+                String::from_utf8_lossy(bytes)
+            );
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn given_any_bytes_as_a_line_then_every_json_encoding_is_valid_json(line in line()) {
+                for (name, format) in [("json", Format::Json), ("logfmt", Format::Logfmt), ("text", Format::Text)] {
+                    let r = router(name);
+                    let event = r.parse(0, &line);
+                    let mut encoded = Vec::new();
+                    encode_json(&mut encoded, &event, format, &meta_member("app", "pod-1", "shop"));
+                    prop_assert_eq!(encoded.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+                    assert_json(&format!("{name}: encoding: json"), &encoded)?;
+                    for encoding in [HttpEncoding::JsonLines, HttpEncoding::Loki, HttpEncoding::Elasticsearch] {
+                        let mut enc = Encoder::new(encoding, &["msg".to_owned()], None);
+                        let mut body = Body::default();
+                        enc.push(&mut body, &encoded, None);
+                        enc.finish(&mut body);
+                        if encoding == HttpEncoding::Loki {
+                            assert_json(&format!("{name}: {encoding:?} body"), &body.data)?;
+                        } else {
+                            for l in body.data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                                assert_json(&format!("{name}: {encoding:?} line"), l)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn label_names_are_what_loki_accepts() {
         assert_eq!(label_name("http.method"), "http_method");
