@@ -7,6 +7,7 @@
 //! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
 //! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
 //! - [`zkauth`]: ZooKeeper identities (the operator's, each namespace's, derived) and ACLs.
+//! - `zktls` (feature `zk-tls`): TLS to ZooKeeper — settings, PEM files, handshake diagnosis.
 //! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
@@ -19,6 +20,8 @@ pub mod v1alpha1;
 pub mod validate;
 pub mod wire;
 pub mod zkauth;
+#[cfg(feature = "zk-tls")]
+pub mod zktls;
 
 pub use rules::{Decision, Router};
 pub use v1alpha1::ServiceLogSpec;

@@ -22,6 +22,13 @@ pub const CREDENTIALS_DIR: &str = "/var/run/servicelog/credentials";
 pub const ZK_AUTH_SECRET: &str = "servicelog-zk-auth";
 pub const ZK_AUTH_KEY: &str = "auth";
 pub const ZK_AUTH_DIR: &str = "/var/run/servicelog/zookeeper";
+/// Where the webhook mounts the ZooKeeper TLS Secret in the sidecar (`ca.crt`, and
+/// `tls.crt`/`tls.key` for mutual TLS: the keys of a cert-manager or `kubernetes.io/tls`
+/// Secret).
+pub const ZK_TLS_DIR: &str = "/var/run/servicelog/zookeeper-tls";
+pub const ZK_TLS_CA_KEY: &str = "ca.crt";
+pub const ZK_TLS_CERT_KEY: &str = "tls.crt";
+pub const ZK_TLS_KEY_KEY: &str = "tls.key";
 /// The sidecar's `/metrics`, `/healthz` and `/readyz` port.
 pub const METRICS_PORT: u16 = 9779;
 /// The sidecar's default metrics address.
@@ -43,6 +50,11 @@ pub mod env {
     /// A file holding one `digest:user:password` line: the ZooKeeper identity to
     /// authenticate as (the operator's own, or a sidecar's namespace identity).
     pub const ZK_AUTH_FILE: &str = "SERVICELOG_ZK_AUTH_FILE";
+    /// TLS to ZooKeeper ([`crate::zktls`]): the PEM CA that verifies the servers (TLS is
+    /// on when it is set), and for mutual TLS the client's PEM certificate and key.
+    pub const ZK_TLS_CA_FILE: &str = "SERVICELOG_ZK_TLS_CA_FILE";
+    pub const ZK_TLS_CERT_FILE: &str = "SERVICELOG_ZK_TLS_CERT_FILE";
+    pub const ZK_TLS_KEY_FILE: &str = "SERVICELOG_ZK_TLS_KEY_FILE";
     /// Overrides [`super::METRICS_ADDR`].
     pub const METRICS_ADDR: &str = "SERVICELOG_METRICS_ADDR";
 }

@@ -292,6 +292,10 @@ impl TestEnv {
 
     /// A Kubernetes client for the admin kubeconfig, bound to the calling test's runtime.
     pub async fn client(&self) -> Result<kube::Client, EnvError> {
+        // kube builds its TLS config with the process's default provider, which rustls
+        // cannot choose when ring and aws-lc-rs are both compiled in (zookeeper-client's
+        // TLS brings the latter into builds that include the binaries).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())
             .map_err(|e| EnvError::Kube(e.to_string()))?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())

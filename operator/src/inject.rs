@@ -16,11 +16,11 @@ use servicelog_api::{
     pod::{
         self, CREDENTIALS_DIR, INJECT_ANNOTATION, INJECTED_ANNOTATION, METRICS_PORT,
         SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR, ZK_AUTH_DIR, ZK_AUTH_KEY,
-        ZK_AUTH_SECRET,
+        ZK_AUTH_SECRET, ZK_TLS_CA_KEY, ZK_TLS_CERT_KEY, ZK_TLS_DIR, ZK_TLS_KEY_KEY,
     },
     rules::MAX_DISK_BUFFER_BYTES,
     v1alpha1::{ServiceLogSpec, SidecarOverride},
-    validate::{glob_dir, sink_dir},
+    validate::{PARENT_ONLY_DIRS, SYSTEM_DIRS, glob_dir, sink_dir},
     wire::Layout,
 };
 
@@ -51,6 +51,18 @@ pub struct InjectConfig {
     pub zk_auth: bool,
     /// `sizeLimit` of the emptyDirs for the sources' and file sinks' directories.
     pub volume_size_limit: String,
+    /// TLS to ZooKeeper: the Secret to mount into the sidecar.
+    pub zk_tls: Option<SidecarTls>,
+}
+
+/// The sidecar's TLS to ZooKeeper: a Secret in the pod's namespace holding the CA
+/// ([`ZK_TLS_CA_KEY`]) and, for mutual TLS, the client's certificate and key
+/// ([`ZK_TLS_CERT_KEY`], [`ZK_TLS_KEY_KEY`]), the keys of a `kubernetes.io/tls` Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarTls {
+    pub secret: String,
+    /// Present the Secret's client certificate (mutual TLS).
+    pub client_cert: bool,
 }
 
 /// Why a pod was admitted unchanged, for the review's warning.
@@ -64,6 +76,15 @@ pub enum Skip {
     MissingServiceLog { namespace: String, name: String },
     #[error("the pod already has a container named {SIDECAR_CONTAINER}")]
     NameTaken,
+    #[error(
+        "source directory {dir} of ServiceLog {name} cannot be mounted into container {container}: {why}; the pod runs without the servicelog sidecar (give the logs a directory of their own, like /var/log/app)"
+    )]
+    Shadows {
+        name: String,
+        dir: String,
+        container: String,
+        why: String,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -139,6 +160,9 @@ pub fn inject(
             .filter_map(|s| s.file.as_ref())
             .flat_map(|f| f.paths.iter().map(|p| glob_dir(p))),
     ));
+    if let Some(skip) = shadowed(&pod_spec.containers, &source_dirs, name) {
+        return Err(skip);
+    }
     for (i, dir) in source_dirs.iter().enumerate() {
         let volume = unique_volume_name(volumes, &format!("servicelog-src-{i}"));
         volumes.push(empty_dir(&volume, &config.volume_size_limit));
@@ -197,6 +221,22 @@ pub fn inject(
         });
         sidecar_mounts.push(mount(&volume, ZK_AUTH_DIR, true));
     }
+    // The CA (and client certificate) the sidecar reaches ZooKeeper over TLS with;
+    // `optional` likewise: the sidecar names the missing file and retries until it exists.
+    if let Some(tls) = &config.zk_tls {
+        let volume = unique_volume_name(volumes, "servicelog-zk-tls");
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret.clone()),
+                optional: Some(true),
+                default_mode: Some(SECRET_MODE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        sidecar_mounts.push(mount(&volume, ZK_TLS_DIR, true));
+    }
     let state = unique_volume_name(volumes, STATE_VOLUME);
     volumes.push(empty_dir(&state, &state_volume_limit()));
     sidecar_mounts.push(mount(&state, STATE_DIR, false));
@@ -208,16 +248,14 @@ pub fn inject(
     volumes.push(empty_dir(&no_token, "1Mi"));
     sidecar_mounts.push(mount(&no_token, SERVICE_ACCOUNT_DIR, true));
 
-    // Every app container gets the source directories it does not already mount.
+    // Every app container gets the source directories (none of them mounts one: see
+    // `shadowed`).
     for container in pod_spec.containers.iter_mut() {
         for (volume, dir) in &app_mounts {
-            let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
-            if !mounts
-                .iter()
-                .any(|m| m.mount_path.trim_end_matches('/') == dir)
-            {
-                mounts.push(mount(volume, dir, false));
-            }
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(mount(volume, dir, false));
         }
     }
 
@@ -317,6 +355,22 @@ fn container(
                     &format!("{ZK_AUTH_DIR}/{ZK_AUTH_KEY}"),
                 )
             }))
+            .chain(config.zk_tls.iter().flat_map(|tls| {
+                let file = |key: &str| format!("{ZK_TLS_DIR}/{key}");
+                [env(pod::env::ZK_TLS_CA_FILE, &file(ZK_TLS_CA_KEY))]
+                    .into_iter()
+                    .chain(
+                        tls.client_cert
+                            .then(|| {
+                                [
+                                    env(pod::env::ZK_TLS_CERT_FILE, &file(ZK_TLS_CERT_KEY)),
+                                    env(pod::env::ZK_TLS_KEY_FILE, &file(ZK_TLS_KEY_KEY)),
+                                ]
+                            })
+                            .into_iter()
+                            .flatten(),
+                    )
+            }))
             .collect(),
         ),
         ports: Some(vec![ContainerPort {
@@ -397,6 +451,67 @@ fn unique_volume_name(volumes: &[Volume], name: &str) -> String {
         .unwrap_or_else(|| name.to_owned())
 }
 
+/// Why the sources' emptyDirs cannot be mounted into the app containers, if they cannot:
+/// a directory at, above or below one of a container's own mounts (the emptyDir would hide
+/// what that volume holds there, or the app would write the logs into its own volume,
+/// where the sidecar never sees them), or an image's system directory ([`SYSTEM_DIRS`],
+/// [`PARENT_ONLY_DIRS`]; validation refuses those, but a ServiceLog stored before it did
+/// may still name one). The pod is then admitted without the sidecar rather than
+/// injected into a pod that breaks or ships nothing.
+fn shadowed(containers: &[Container], source_dirs: &[String], name: &str) -> Option<Skip> {
+    let within = |d: &str, parent: &str| parent == "/" || d.starts_with(&format!("{parent}/"));
+    let skip = |dir: &str, container: &str, why: String| Skip::Shadows {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        container: container.to_owned(),
+        why,
+    };
+    for dir in source_dirs {
+        let system = SYSTEM_DIRS
+            .iter()
+            .find(|s| within(dir, s) || dir == *s)
+            .or_else(|| PARENT_ONLY_DIRS.iter().find(|s| dir == *s))
+            .copied()
+            .or((dir == "/").then_some("/"));
+        if let Some(system) = system {
+            let container = containers.first().map_or("", |c| c.name.as_str());
+            return Some(skip(
+                dir,
+                container,
+                format!("an empty volume there would hide the image's {system}"),
+            ));
+        }
+        for container in containers {
+            for m in container.volume_mounts.iter().flatten() {
+                let at = match m.mount_path.trim_end_matches('/') {
+                    "" => "/",
+                    at => at,
+                };
+                let why = if at == dir {
+                    format!(
+                        "the container mounts its own volume {} there, which the sidecar would not see",
+                        m.name
+                    )
+                } else if within(dir, at) {
+                    format!(
+                        "an empty volume there would hide what the container's volume {} mounted at {at} holds at {dir}",
+                        m.name
+                    )
+                } else if within(at, dir) {
+                    format!(
+                        "the container mounts its own volume {} at {at}, below it, where the app's logs would not reach the sidecar",
+                        m.name
+                    )
+                } else {
+                    continue;
+                };
+                return Some(skip(dir, &container.name, why));
+            }
+        }
+    }
+    None
+}
+
 /// Drops directories nested in another of the list: one volume serves both.
 fn outermost(dirs: Vec<String>) -> Vec<String> {
     let within = |d: &str, parent: &str| parent == "/" || d.starts_with(&format!("{parent}/"));
@@ -433,6 +548,7 @@ mod tests {
             limits: [("memory".to_string(), "64Mi".to_string())].into(),
             zk_auth: false,
             volume_size_limit: "1Gi".into(),
+            zk_tls: None,
         }
     }
 
@@ -663,7 +779,7 @@ spec:
     - name: app
       image: busybox
       env: [{name: A, value: b}]
-      volumeMounts: [{name: logs, mountPath: /var/log/app/}]
+      volumeMounts: [{name: logs, mountPath: /data/}]
     - {name: other, image: busybox}
 "#);
         let mut s = spec();
@@ -698,8 +814,8 @@ spec:
             .collect();
         assert_eq!(
             mounts,
-            ["/var/log/app/"],
-            "an existing mount of the path is kept, not doubled"
+            ["/data/", "/var/log/app"],
+            "the app's own mount is kept and the source directory's added"
         );
         let names: Vec<&str> = ps
             .volumes
@@ -847,6 +963,151 @@ defaultTo: [loki]
                 .flat_map(|c| c.volume_mounts.iter().flatten())
                 .all(|m| m.name != volume.name),
             "the app containers must not see the identity"
+        );
+    }
+
+    #[test]
+    fn given_a_source_directory_at_above_or_below_an_app_mount_or_on_a_system_dir_then_the_pod_is_not_injected()
+     {
+        let with_mount = |at: &str| {
+            pod(&format!(
+                r#"
+metadata: {{name: web, annotations: {{servicelog.io/inject: checkout}}}}
+spec:
+  volumes: [{{name: data, emptyDir: {{}}}}]
+  containers:
+    - {{name: side, image: busybox}}
+    - {{name: app, image: busybox, volumeMounts: [{{name: data, mountPath: "{at}"}}]}}
+"#
+            ))
+        };
+        // spec(): sources under /var/log/app (and /var/log/app/extra, nested in it).
+        for (at, reason) in [
+            ("/var/log/app", "its own volume data there"),
+            ("/var/log/app/", "its own volume data there"),
+            (
+                "/var/log",
+                "volume data mounted at /var/log holds at /var/log/app",
+            ),
+            ("/", "volume data mounted at / holds at /var/log/app"),
+            (
+                "/var/log/app/extra",
+                "volume data at /var/log/app/extra, below it",
+            ),
+        ] {
+            let skip = inject(&with_mount(at), "shop", "checkout", &spec(), &config())
+                .expect_err(&format!("a mount at {at} must stop the injection"));
+            let message = skip.to_string();
+            assert!(
+                matches!(&skip, Skip::Shadows { dir, container, .. } if dir == "/var/log/app" && container == "app"),
+                "mount at {at}: {skip:?}"
+            );
+            assert!(message.contains(reason), "mount at {at}: {message}");
+        }
+        for at in ["/var/log/application", "/data", "/var/log/ap"] {
+            assert!(
+                inject(&with_mount(at), "shop", "checkout", &spec(), &config()).is_ok(),
+                "a mount at {at} is beside the source directory"
+            );
+        }
+        for (path, system) in [
+            ("/etc/app/*.log", "/etc"),
+            ("/usr/local/log/*.log", "/usr"),
+            ("/var/*.log", "/var"),
+        ] {
+            let s: ServiceLogSpec = serde_yaml::from_str(&format!(
+                "sources: [{{name: app, file: {{paths: [\"{path}\"]}}}}]\nsinks: [{{name: c, stdout: {{}}}}]\ndefaultTo: [c]\n"
+            ))
+            .unwrap();
+            let skip = inject(&pod(PLAIN), "shop", "checkout", &s, &config())
+                .expect_err(&format!("{path} must not be mounted over"));
+            assert!(
+                skip.to_string()
+                    .contains(&format!("hide the image's {system}")),
+                "{path}: {skip}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_zookeeper_tls_the_sidecar_alone_gets_the_ca_and_the_client_certificate_if_asked() {
+        let sidecar_of = |tls: Option<SidecarTls>| {
+            let config = InjectConfig {
+                zk_tls: tls,
+                ..config()
+            };
+            let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config).unwrap();
+            let ps = out.spec.unwrap();
+            let sidecar = ps.init_containers.as_ref().unwrap()[0].clone();
+            let env: BTreeMap<String, String> = sidecar
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name.starts_with("SERVICELOG_ZK_TLS"))
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            let volume = ps
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| {
+                    v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("zk-tls")
+                })
+                .cloned();
+            (sidecar, env, volume, ps.containers)
+        };
+        let (_, env, volume, _) = sidecar_of(None);
+        assert!(
+            env.is_empty() && volume.is_none(),
+            "no TLS unless asked: {env:?}"
+        );
+
+        let (sidecar, env, volume, apps) = sidecar_of(Some(SidecarTls {
+            secret: "zk-tls".into(),
+            client_cert: false,
+        }));
+        let volume = volume.expect("the TLS Secret's volume");
+        assert_eq!(volume.secret.as_ref().and_then(|s| s.optional), Some(true));
+        assert_eq!(
+            env,
+            [(
+                pod::env::ZK_TLS_CA_FILE.to_owned(),
+                format!("{ZK_TLS_DIR}/ca.crt")
+            )]
+            .into()
+        );
+        let m = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .expect("mounted in the sidecar");
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            (ZK_TLS_DIR, Some(true))
+        );
+        assert!(
+            apps.iter()
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .all(|m| m.name != volume.name),
+            "the app containers must not see the TLS Secret"
+        );
+
+        let (_, env, _, _) = sidecar_of(Some(SidecarTls {
+            secret: "zk-tls".into(),
+            client_cert: true,
+        }));
+        assert_eq!(
+            env.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                pod::env::ZK_TLS_CA_FILE,
+                pod::env::ZK_TLS_CERT_FILE,
+                pod::env::ZK_TLS_KEY_FILE
+            ]
+        );
+        assert_eq!(
+            env[pod::env::ZK_TLS_KEY_FILE],
+            format!("{ZK_TLS_DIR}/tls.key")
         );
     }
 

@@ -54,6 +54,17 @@ struct RunArgs {
     /// it every znode is open to anyone who can reach ZooKeeper.
     #[arg(long, env = servicelog_api::pod::env::ZK_AUTH_FILE)]
     zk_auth_file: Option<PathBuf>,
+    /// PEM CA that verifies the ZooKeeper servers. With it every server of --zk-connect is
+    /// reached over TLS (ZooKeeper's `secureClientPort`) unless written `tcp://host:port`;
+    /// a server written `tcp+tls://host:port` needs it.
+    #[arg(long, env = servicelog_api::pod::env::ZK_TLS_CA_FILE)]
+    zk_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (with --zk-tls-key-file) for mutual TLS to ZooKeeper.
+    #[arg(long, env = servicelog_api::pod::env::ZK_TLS_CERT_FILE)]
+    zk_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --zk-tls-cert-file.
+    #[arg(long, env = servicelog_api::pod::env::ZK_TLS_KEY_FILE)]
+    zk_tls_key_file: Option<PathBuf>,
     /// Znode root of the servicelog tree.
     #[arg(long, env = "SERVICELOG_ZK_ROOT", default_value = "/servicelog")]
     zk_root: String,
@@ -112,6 +123,18 @@ struct RunArgs {
     /// ZooKeeper connect string given to injected sidecars (default: --zk-connect).
     #[arg(long, env = "SERVICELOG_SIDECAR_ZK_CONNECT")]
     sidecar_zk_connect: Option<String>,
+    /// Secret, in each injected pod's namespace, with the ZooKeeper CA (`ca.crt`) the
+    /// sidecars verify the servers with: set, the sidecars connect over TLS.
+    #[arg(long, env = "SERVICELOG_SIDECAR_ZK_TLS_SECRET")]
+    sidecar_zk_tls_secret: Option<String>,
+    /// The sidecars also present that Secret's `tls.crt`/`tls.key` (mutual TLS).
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_ZK_TLS_CLIENT_CERT",
+        default_value_t = false,
+        requires = "sidecar_zk_tls_secret"
+    )]
+    sidecar_zk_tls_client_cert: bool,
     /// Resource requests of the injected sidecar, `name=quantity,…`.
     #[arg(
         long,
@@ -249,6 +272,9 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (KUBECONFIG or the in-cluster service account)")?;
     let metrics = Arc::new(Metrics::new());
+    // Before any TLS client (kube's, ZooKeeper's) is built: see the function.
+    servicelog_api::zktls::install_crypto_provider();
+    let zk_tls = zk_tls(&args)?;
     let server = tokio::spawn(servicelog_api::serve::serve(listener, metrics.clone()));
 
     // One compact cache of ServiceLogs serves the webhook and the controller.
@@ -272,6 +298,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             gauge_metrics.set_zookeeper_connected(gauge_zk.is_connected());
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        tls: zk_tls,
     });
     metrics.set_ready(true);
 
@@ -432,6 +459,12 @@ async fn publish_ca(
         (None, Some(ca)) => {
             if let Err(e) = webhook::patch_ca_bundle(client, &registration.name, ca).await {
                 tracing::warn!(error = %e, "cannot update the webhook configurations' caBundle");
+            zk_tls: args.sidecar_zk_tls_secret.clone().map(|secret| {
+                servicelog_operator::inject::SidecarTls {
+                    secret,
+                    client_cert: args.sidecar_zk_tls_client_cert,
+                }
+            }),
             }
             Ok(())
         }
@@ -487,3 +520,18 @@ fn hostname() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "servicelog-operator".into())
 }
+/// TLS to ZooKeeper from the flags, its files checked now so a typo stops the start.
+fn zk_tls(args: &RunArgs) -> anyhow::Result<Option<servicelog_api::zktls::ZkTls>> {
+    let tls = servicelog_api::zktls::ZkTls::from_settings(
+        &args.zk_connect,
+        args.zk_tls_ca_file.clone(),
+        args.zk_tls_cert_file.clone(),
+        args.zk_tls_key_file.clone(),
+    )
+    .context("--zk-tls-*")?;
+    if let Some(tls) = &tls {
+        tls.options().context("--zk-tls-*")?;
+    }
+    Ok(tls)
+}
+

@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesOrdered};
 use servicelog_api::{
     wire::{Envelope, Instance, Layout, PathKind},
     zkauth::{self, Credentials, Node},
+    zktls::{self, ZkTls},
 };
 use tokio::sync::{mpsc, watch};
 use zookeeper_client::{
@@ -113,6 +114,8 @@ pub struct ZkConfig {
     pub connect_timeout: Duration,
     /// The ACLs znodes are created with, and the identity the session authenticates as.
     pub guard: Guard,
+    /// TLS to ZooKeeper, when configured.
+    pub tls: Option<ZkTls>,
 }
 
 /// The ACLs of the znodes this operator creates ([`zkauth::acl`]), or none (every znode
@@ -357,6 +360,42 @@ impl Zk {
     }
 }
 
+/// One bounded attempt at a session, with TLS when configured (its files read now, so a
+/// rotated certificate is used by the next session). A failure is in words for the log
+/// and `/readyz`; over TLS it says what the handshake found ([`ZkTls::diagnose`]), as the
+/// client reports only a timeout.
+async fn connect(config: &ZkConfig) -> Result<Client, String> {
+    let mut connector = Client::connector()
+        .with_session_timeout(config.session_timeout)
+        .with_connection_timeout(config.connect_timeout);
+    if let Some(op) = config.guard.operator() {
+        connector = connector.with_auth(zkauth::DIGEST, &op.auth_bytes());
+    }
+    let tls = match config.tls.as_ref().map(ZkTls::options).transpose() {
+        Ok(tls) => tls,
+        Err(e) => return Err(format!("connecting to {}: {e}", config.connect)),
+    };
+    let connecting = zktls::connect(connector, &config.connect, tls);
+    let why = match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
+        Ok(Ok(client)) => return Ok(client),
+        Ok(Err(e)) => format!("connecting to {}: {e}", config.connect),
+        Err(_) => format!(
+            "timed out after {:?} connecting to {}",
+            config.connect_timeout * 2,
+            config.connect
+        ),
+    };
+    let Some(tls) = config.tls.clone() else {
+        return Err(why);
+    };
+    let connect = config.connect.clone();
+    let timeout = config.connect_timeout;
+    match tokio::task::spawn_blocking(move || tls.diagnose(&connect, timeout)).await {
+        Ok(Some(found)) => Err(format!("{why}: {found}")),
+        _ => Err(why),
+    }
+}
+
 async fn supervise(
     config: ZkConfig,
     zk: Zk,
@@ -365,29 +404,9 @@ async fn supervise(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut connector = Client::connector()
-            .with_session_timeout(config.session_timeout)
-            .with_connection_timeout(config.connect_timeout);
-        if let Some(op) = config.guard.operator() {
-            connector = connector.with_auth(zkauth::DIGEST, &op.auth_bytes());
-        }
-        let connecting = connector.connect(&config.connect);
-        let client = match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                let why = format!("connecting to {}: {e}", config.connect);
-                tracing::warn!(error = %why, retry_in = ?backoff, "ZooKeeper unavailable");
-                zk.set(None, &why);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(_) => {
-                let why = format!(
-                    "timed out after {:?} connecting to {}",
-                    config.connect_timeout * 2,
-                    config.connect
-                );
+        let client = match connect(&config).await {
+            Ok(client) => client,
+            Err(why) => {
                 tracing::warn!(error = %why, retry_in = ?backoff, "ZooKeeper unavailable");
                 zk.set(None, &why);
                 tokio::time::sleep(backoff).await;
