@@ -8,11 +8,15 @@
 //! they were sent.
 //!
 //! Files are known by `(device, inode)`:
-//! - a new file (first seen by a glob scan, every second) is read from its beginning, or
-//!   from its checkpoint when the checkpoint's fingerprint matches;
+//! - a new file is found by a glob scan: at once when inotify reports a file created or
+//!   renamed in a watched directory (checked every poll), otherwise every second. It is
+//!   read from its beginning, or from its checkpoint when the checkpoint fits it (its first
+//!   bytes and the bytes before the offset are the recorded ones);
 //! - rotation by rename keeps the inode: the renamed file is read to its end, then dropped
-//!   once it has been idle for [`TailerOptions::rotate_grace`] and no glob matches it, while
-//!   the new file at the path is read from its beginning;
+//!   once it has been idle for [`TailerOptions::rotate_grace`], no glob matches it, and
+//!   every batch read from it is acknowledged — however long a sink is down — while the new
+//!   file at the path is read from its beginning. After a restart, a checkpointed file
+//!   rotated out of its glob is looked for by inode in its directory and finished;
 //! - rotation by copytruncate shows as a file shorter than our offset: it is read again from
 //!   the start (lines written between the copy and the truncation are lost to any reader —
 //!   that is copytruncate's nature);
@@ -28,8 +32,15 @@
 //!
 //! A line is only routed once its newline is there. A partial last line is held; it is
 //! routed as a line only when its file is dropped (deleted or rotated away and idle) or
-//! truncated, or when it reaches [`MAX_LINE`] bytes. At shutdown it is not routed: the
-//! checkpoint stays before it and the next start reads it whole.
+//! truncated. At shutdown it is not routed: the checkpoint stays before it and the next
+//! start reads it whole. A line longer than its source's `maxLineBytes` is routed cut to
+//! that size and the rest of it skipped (counted in `servicelog_lines_truncated_total`),
+//! so memory stays bounded whatever a file holds.
+//!
+//! Batches are acknowledged per file, in the order they were sent: a sink that is stuck
+//! holds back the checkpoints of the files whose lines went to it, not the others. A batch
+//! a sink gave up unwritten (the sink was replaced by a config change) makes its file read
+//! again from its last checkpoint, into the sinks now in force.
 //!
 //! # Multi-line events
 //!
@@ -52,12 +63,12 @@
 //! sinks get the whole text as `{"message": ...}`, so no line is lost or rewritten.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fs::{self, File},
     io::{self, Read, Seek, SeekFrom},
     os::{
         fd::AsRawFd,
-        unix::fs::{FileExt, MetadataExt},
+        unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
     sync::{
@@ -71,18 +82,17 @@ use std::{
 use arc_swap::ArcSwapOption;
 use servicelog_api::{
     rules::regex_builder,
-    v1alpha1::{FileSource, Format, Multiline},
+    v1alpha1::{DEFAULT_MAX_LINE_BYTES, FileSource, Format, Multiline},
     validate::{glob_dir, parse_duration},
 };
 
-use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
+use inotify::{Inotify, WatchDescriptor, WatchMask};
+
+use super::checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, read_at};
 use crate::pipeline::{Ack, Batcher, Feed, Run};
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 256 * 1024;
-
-/// A line still without a newline at this length is routed as it is.
-pub const MAX_LINE: usize = 1024 * 1024;
 
 /// A multi-line event is complete at this size, whatever its line count.
 pub const MAX_EVENT: usize = 1024 * 1024;
@@ -99,11 +109,19 @@ pub struct FileSourceSpec {
     pub index: usize,
     pub paths: Vec<String>,
     pub multiline: Option<Arc<MultilineSpec>>,
+    /// `maxLineBytes`: longer lines are cut to this.
+    pub max_line: usize,
 }
 
 impl FileSourceSpec {
-    /// The source `name` (router source `index`) as `def` describes it.
-    pub fn new(name: &str, index: usize, def: &FileSource) -> Result<Self, MultilineError> {
+    /// The source `name` (router source `index`) as `def` describes it, its lines cut at
+    /// `max_line` bytes.
+    pub fn new(
+        name: &str,
+        index: usize,
+        def: &FileSource,
+        max_line: usize,
+    ) -> Result<Self, MultilineError> {
         let multiline = match &def.multiline {
             Some(m) => Some(Arc::new(MultilineSpec::compile(name, m)?)),
             None => None,
@@ -113,6 +131,7 @@ impl FileSourceSpec {
             index,
             paths: def.paths.clone(),
             multiline,
+            max_line,
         })
     }
 }
@@ -208,7 +227,8 @@ struct Tracked {
     /// Read but not yet routed: the start of an unfinished line.
     partial: Vec<u8>,
     fingerprint: Fingerprint,
-    /// Bumped on truncation so acks of batches from before it are not recorded.
+    /// Bumped on truncation and on a re-read so acks of batches from before it are not
+    /// recorded.
     epoch: u64,
     reachable: bool,
     deleted: bool,
@@ -216,6 +236,14 @@ struct Tracked {
     idle_since: Option<Instant>,
     /// The multi-line event in progress.
     pending: Option<Pending>,
+    /// In a line longer than `maxLineBytes` whose head was routed: the rest of it is
+    /// skipped up to its newline.
+    skipping: bool,
+    /// When a truncated line was last logged (once a minute per file).
+    truncated_logged: Option<Instant>,
+    /// Done with (deleted or rotated away, idle): its held line was routed; it is dropped
+    /// once its batches are acknowledged.
+    finishing: bool,
 }
 
 /// A multi-line event not complete yet.
@@ -248,9 +276,84 @@ impl Tracked {
 
 struct InFlight {
     ack: Ack,
-    file: FileId,
     epoch: u64,
     offset: u64,
+}
+
+/// inotify on the sources' directories: files created or renamed into them trigger a scan.
+struct Watch {
+    inotify: Option<Inotify>,
+    dirs: HashMap<PathBuf, WatchDescriptor>,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    fn new() -> Self {
+        let inotify = Inotify::init()
+            .inspect_err(|e| tracing::warn!(error = %e, "inotify unavailable; new files are found by the periodic rescan"))
+            .ok();
+        Self {
+            inotify,
+            dirs: HashMap::new(),
+            buf: vec![0; 4096],
+        }
+    }
+
+    /// Watches exactly `dirs` (adding a watch again is harmless: a directory deleted and
+    /// made again is watched anew).
+    fn set(&mut self, dirs: HashSet<PathBuf>) {
+        let Some(inotify) = &mut self.inotify else {
+            return;
+        };
+        let mut watches = inotify.watches();
+        for (dir, wd) in self.dirs.extract_if(|dir, _| !dirs.contains(dir)) {
+            // Fails when the directory is gone, which removed the watch already.
+            let _ = watches.remove(wd);
+            tracing::debug!(dir = %dir.display(), "no longer watching");
+        }
+        for dir in dirs {
+            match watches.add(&dir, WatchMask::CREATE | WatchMask::MOVED_TO) {
+                Ok(wd) => {
+                    self.dirs.insert(dir, wd);
+                }
+                Err(e) => {
+                    if self.dirs.remove(&dir).is_some() {
+                        tracing::debug!(dir = %dir.display(), error = %e, "cannot watch");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a file was created or renamed in a watched directory since the last call
+    /// (or the kernel's queue overflowed).
+    fn changed(&mut self) -> bool {
+        let Some(inotify) = &mut self.inotify else {
+            return false;
+        };
+        let mut changed = false;
+        loop {
+            match inotify.read_events(&mut self.buf) {
+                Ok(events) => {
+                    let mut any = false;
+                    for _ in events {
+                        any = true;
+                    }
+                    if !any {
+                        return changed;
+                    }
+                    changed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return changed,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading inotify events; new files are found by the periodic rescan");
+                    self.inotify = None;
+                    return true;
+                }
+            }
+        }
+    }
 }
 
 /// Reusable per-chunk buffers.
@@ -264,13 +367,18 @@ pub struct Tailer {
     links: TailerLinks,
     files: BTreeMap<FileId, Tracked>,
     checkpoints: Checkpoints,
-    inflight: VecDeque<InFlight>,
+    /// Per file, the batches sent and not yet acknowledged, in sending order.
+    inflight: BTreeMap<FileId, VecDeque<InFlight>>,
     scratch: Scratch,
     scanned_pipeline: u64,
     scanned_at: Option<Instant>,
     eof_told: bool,
     /// Paths refused at the last scan, so each is logged and counted once while it stays.
     refused: HashSet<PathBuf>,
+    watch: Watch,
+    /// Whether the checkpoints of files rotated out of their globs were looked for (once,
+    /// at the first scan).
+    recovered: bool,
 }
 
 enum Progress {
@@ -286,7 +394,7 @@ impl Tailer {
             links,
             files: BTreeMap::new(),
             checkpoints,
-            inflight: VecDeque::new(),
+            inflight: BTreeMap::new(),
             scratch: Scratch {
                 buf: Vec::new(),
                 batcher: Batcher::default(),
@@ -295,7 +403,13 @@ impl Tailer {
             scanned_at: None,
             eof_told: false,
             refused: HashSet::new(),
+            watch: Watch::new(),
+            recovered: false,
         }
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        self.inflight.values().map(VecDeque::len).sum()
     }
 
     /// Runs until `stop`: then stops reading, waits (bounded) for the sinks to ack what was
@@ -322,7 +436,7 @@ impl Tailer {
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    batches = self.inflight.len(),
+                    batches = self.batches_in_flight(),
                     "sinks did not ack every batch in time; those lines are read again at the next start"
                 );
                 break;
@@ -339,7 +453,10 @@ impl Tailer {
         let Some(files) = self.links.current.load_full() else {
             return false;
         };
-        let due = self.scanned_pipeline != files.pipeline.id
+        // The watch is read every round so its queue cannot fill.
+        let created = self.watch.changed();
+        let due = created
+            || self.scanned_pipeline != files.pipeline.id
             || self
                 .scanned_at
                 .is_none_or(|t| t.elapsed() >= self.opts.rescan);
@@ -380,12 +497,16 @@ impl Tailer {
         self.scanned_at = Some(Instant::now());
         let mut seen = HashSet::new();
         let mut refused = HashSet::new();
+        let mut watched = HashSet::new();
+        let mut roots = Vec::new();
         for source in &files.sources {
             for pattern in &source.paths {
                 // Not there yet (the app has not created it): nothing can match.
                 let Ok(root) = fs::canonicalize(glob_dir(pattern)) else {
                     continue;
                 };
+                watch_dirs(pattern, &root, &mut watched);
+                roots.push((root.clone(), source.name.clone()));
                 let paths = match glob::glob(pattern) {
                     Ok(paths) => paths,
                     Err(e) => {
@@ -427,7 +548,9 @@ impl Tailer {
                             }
                         }
                         None => {
-                            if let Some(outside) = self.open(id, &path, &source.name, &root) {
+                            if let Some(outside) =
+                                self.open(id, &path, &source.name, &root, true)
+                            {
                                 if !self.refused.contains(&path) {
                                     refuse(files, &source.name, &path, &outside, &root);
                                 }
@@ -439,6 +562,11 @@ impl Tailer {
             }
         }
         self.refused = refused;
+        self.watch.set(watched);
+        if !self.recovered {
+            self.recovered = true;
+            self.recover_rotated(&roots);
+        }
         for (id, t) in &mut self.files {
             let was = t.reachable;
             t.reachable = seen.contains(id);
@@ -458,10 +586,58 @@ impl Tailer {
         });
     }
 
-    /// Follows the file at `path`, which the scan found under `root` as file `id`. Returns
-    /// where the opened file really is when that is outside `root` (a symlink swapped in
-    /// since the scan): such a file is closed unread.
-    fn open(&mut self, id: FileId, path: &Path, source: &str, root: &Path) -> Option<PathBuf> {
+    /// Checkpointed files that are no longer at their path (rotated out of the glob while
+    /// the sidecar was down) with lines not yet acknowledged: found by inode in their
+    /// directory, if that is under a source's directory, and read to their end.
+    fn recover_rotated(&mut self, roots: &[(PathBuf, String)]) {
+        for id in self.checkpoints.ids() {
+            if self.files.contains_key(&id) {
+                continue;
+            }
+            let Some(entry) = self.checkpoints.get(id).cloned() else {
+                continue;
+            };
+            if fs::metadata(&entry.path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+                continue; // still at its path; the glob decides
+            }
+            let Some(dir) = Path::new(&entry.path).parent().and_then(|d| fs::canonicalize(d).ok())
+            else {
+                continue;
+            };
+            let Some((root, source)) = roots
+                .iter()
+                .filter(|(root, _)| dir.starts_with(root))
+                .find(|(_, name)| entry.source.as_deref().is_none_or(|s| s == name))
+                .or_else(|| roots.iter().find(|(root, _)| dir.starts_with(root)))
+            else {
+                continue;
+            };
+            let Ok(listing) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let found = listing.flatten().map(|e| e.path()).find(|p| {
+                fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == id)
+            });
+            if let Some(path) = found {
+                tracing::info!(was = %entry.path, now = %path.display(), offset = entry.offset, "a checkpointed file was rotated away while stopped; finishing it");
+                let (root, source) = (root.clone(), source.clone());
+                self.open(id, &path, &source, &root, false);
+            }
+        }
+    }
+
+    /// Follows the file at `path`, which the scan found under `root` as file `id` (and a
+    /// glob matches it, if `reachable`). Returns where the opened file really is when that
+    /// is outside `root` (a symlink swapped in since the scan): such a file is closed
+    /// unread.
+    fn open(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        source: &str,
+        root: &Path,
+        reachable: bool,
+    ) -> Option<PathBuf> {
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -481,15 +657,22 @@ impl Tailer {
             return None; // replaced between the scan and the open: the next scan sees the new one
         }
         let mut start = 0;
-        let mut fingerprint = Fingerprint::default();
+        let mut before = None;
+        // What the file starts with now: a checkpoint written before its first read still
+        // fits it after a restart.
+        let mut fingerprint = Fingerprint::of(&read_at(&file, 0, FINGERPRINT_BYTES));
         if let Some(cp) = self.checkpoints.get(id) {
-            let head = read_head(&file, cp.fingerprint.len as usize);
-            if Fingerprint::of(&head) == cp.fingerprint && meta.len() >= cp.offset {
+            if cp.fits(&file, meta.len()) {
                 start = cp.offset;
                 fingerprint = cp.fingerprint;
+                before = cp.before;
+            } else if !reachable {
+                return None;
             } else {
                 tracing::info!(path = %path.display(), "checkpoint does not fit this file (new file or truncated); reading it from the beginning");
             }
+        } else if !reachable {
+            return None;
         }
         if start > 0
             && let Err(e) = file.seek(SeekFrom::Start(start))
@@ -499,7 +682,15 @@ impl Tailer {
         }
         tracing::info!(path = %path.display(), source, offset = start, "following file");
         let path_text = path.display().to_string();
-        self.checkpoints.set(id, &path_text, start, fingerprint);
+        self.checkpoints.set(Entry {
+            dev: id.0,
+            ino: id.1,
+            path: path_text.clone(),
+            offset: start,
+            fingerprint,
+            before,
+            source: Some(source.to_owned()),
+        });
         self.files.insert(
             id,
             Tracked {
@@ -512,10 +703,13 @@ impl Tailer {
                 partial: Vec::new(),
                 fingerprint,
                 epoch: 0,
-                reachable: true,
+                reachable,
                 deleted: false,
                 idle_since: None,
                 pending: None,
+                skipping: false,
+                truncated_logged: None,
+                finishing: false,
             },
         );
         None
@@ -531,8 +725,11 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(Progress::Eof);
         };
+        let (max_line, source) = t
+            .spec(files)
+            .map_or((DEFAULT_MAX_LINE_BYTES, ""), |s| (s.max_line, s.name.as_str()));
         let buf = &mut self.scratch.buf;
-        let base = t.routed_to();
+        let mut base = t.routed_to();
         let held = t.partial.len();
         if buf.len() < held + CHUNK {
             buf.resize(held + CHUNK, 0);
@@ -549,21 +746,38 @@ impl Tailer {
             return self.at_eof(id);
         }
         t.idle_since = None;
+        t.finishing = false;
         t.pos += n as u64;
         if t.fingerprint.len < FINGERPRINT_BYTES as u32 && t.pos > u64::from(t.fingerprint.len) {
-            t.fingerprint = Fingerprint::of(&read_head(&t.file, FINGERPRINT_BYTES));
+            t.fingerprint = Fingerprint::of(&read_at(&t.file, 0, FINGERPRINT_BYTES));
         }
-        let data_len = held + n;
+        let mut data_len = held + n;
+        if t.skipping {
+            // The tail of a line cut at `maxLineBytes` (nothing is held meanwhile).
+            let Some(nl) = memchr::memchr(b'\n', &buf[..data_len]) else {
+                return Ok(Progress::Data);
+            };
+            t.skipping = false;
+            buf.copy_within(nl + 1..data_len, 0);
+            data_len -= nl + 1;
+            base += (nl + 1) as u64;
+        }
         let complete = match memchr::memrchr(b'\n', &buf[..data_len]) {
             Some(i) => i + 1,
-            None if data_len >= MAX_LINE => {
-                // No newline in sight: route what there is as one line.
-                if buf.len() == data_len {
+            None if data_len >= max_line => {
+                // No newline within `maxLineBytes`: route its head, skip the rest. The
+                // batch's offset stays at the line's start, so a restart cuts it again.
+                truncated(files, source, &t.path, &mut t.truncated_logged, data_len);
+                if buf.len() == max_line {
                     buf.push(b'\n');
                 } else {
-                    buf[data_len] = b'\n';
+                    buf[max_line] = b'\n';
                 }
-                data_len + 1
+                t.partial.clear();
+                t.skipping = true;
+                let epoch = t.epoch;
+                self.route(id, files, max_line + 1, base, base, epoch);
+                return Ok(Progress::Data);
             }
             None => 0,
         };
@@ -601,8 +815,16 @@ impl Tailer {
         t.epoch += 1;
         t.fingerprint = Fingerprint::default();
         t.idle_since = None;
-        self.checkpoints
-            .set(id, &t.path_text, 0, Fingerprint::default());
+        t.skipping = false;
+        self.checkpoints.set(Entry {
+            dev: id.0,
+            ino: id.1,
+            path: t.path_text.clone(),
+            offset: 0,
+            fingerprint: Fingerprint::default(),
+            before: None,
+            source: Some(t.source.clone()),
+        });
         Ok(true)
     }
 
@@ -665,9 +887,8 @@ impl Tailer {
         emit_event(&mut run, &mut pending);
         let ack = run.finish();
         // Every complete line is routed now: the file is routed to its held partial line.
-        self.inflight.push_back(InFlight {
+        self.inflight.entry(id).or_default().push_back(InFlight {
             ack,
-            file: id,
             epoch: t.epoch,
             offset: t.routed_to(),
         });
@@ -714,6 +935,8 @@ impl Tailer {
             return;
         };
         let data = &self.scratch.buf[..len];
+        let max_line = spec.max_line;
+        let mut cut = 0;
         let mut run = self
             .scratch
             .batcher
@@ -726,7 +949,15 @@ impl Tailer {
                 }
                 let mut start = 0;
                 for nl in memchr::memchr_iter(b'\n', data) {
-                    run.push_line(&data[start..nl], &data[start..=nl]);
+                    if nl - start > max_line {
+                        // A line that came whole but longer than `maxLineBytes`.
+                        cut += 1;
+                        let mut raw = data[start..start + max_line].to_vec();
+                        raw.push(b'\n');
+                        run.push_line(&raw[..max_line], &raw);
+                    } else {
+                        run.push_line(&data[start..nl], &data[start..=nl]);
+                    }
                     start = nl + 1;
                 }
             }
@@ -735,43 +966,105 @@ impl Tailer {
                 let mut start = 0;
                 for nl in memchr::memchr_iter(b'\n', data) {
                     let at = base + start as u64;
-                    assemble(&mut run, &mut t.pending, ml, &data[start..nl], at, now);
+                    let line = &data[start..nl.min(start + max_line)];
+                    cut += usize::from(line.len() < nl - start);
+                    assemble(&mut run, &mut t.pending, ml, line, at, now);
                     start = nl + 1;
                 }
             }
         }
         let ack = run.finish();
+        if cut > 0 {
+            truncated(files, &spec.name, &t.path, &mut t.truncated_logged, 0);
+            for _ in 1..cut {
+                files.pipeline.metrics().line_truncated(&spec.name);
+            }
+        }
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
-        self.inflight.push_back(InFlight {
+        self.inflight.entry(id).or_default().push_back(InFlight {
             ack,
-            file: id,
             epoch,
             offset,
         });
     }
 
-    /// Records the offsets of the batches every sink has acked, in sending order.
+    /// Records, per file, the offsets of the batches every sink has acked, in sending
+    /// order; a batch a sink gave up unwritten makes its file read again from there.
     fn commit(&mut self) {
-        while let Some(front) = self.inflight.front() {
-            if !front.ack.is_complete() {
-                break;
-            }
-            let InFlight {
-                file,
-                epoch,
-                offset,
-                ..
-            } = *front;
-            self.inflight.pop_front();
-            match self.files.get(&file) {
-                Some(t) if t.epoch == epoch => {
-                    self.checkpoints
-                        .set(file, &t.path_text, offset, t.fingerprint);
+        let mut failed = Vec::new();
+        for (&id, queue) in &mut self.inflight {
+            let mut last = None;
+            while let Some(front) = queue.front() {
+                if !front.ack.is_complete() {
+                    break;
                 }
+                if front.ack.is_failed() {
+                    match self.files.get(&id) {
+                        // Everything after it is read again too; their acks no longer
+                        // matter.
+                        Some(t) if t.epoch == front.epoch => failed.push((id, front.epoch)),
+                        // From before a truncation or re-read: nothing to record.
+                        Some(_) => {
+                            queue.pop_front();
+                            continue;
+                        }
+                        // No longer followed: the checkpoint stays before it, for the next
+                        // start.
+                        None => {}
+                    }
+                    queue.clear();
+                    break;
+                }
+                last = queue.pop_front();
+            }
+            let Some(InFlight { epoch, offset, .. }) = last else {
+                continue;
+            };
+            match self.files.get(&id) {
+                Some(t) if t.epoch == epoch => self.checkpoints.set(Entry {
+                    dev: id.0,
+                    ino: id.1,
+                    path: t.path_text.clone(),
+                    offset,
+                    fingerprint: t.fingerprint,
+                    before: Some(Fingerprint::before(&t.file, offset)),
+                    source: Some(t.source.clone()),
+                }),
                 Some(_) => {}
-                None => self.checkpoints.advance(file, offset),
+                None => self.checkpoints.advance(id, offset),
             }
         }
+        self.inflight.retain(|_, queue| !queue.is_empty());
+        for (id, epoch) in failed {
+            self.reread(id, epoch);
+        }
+    }
+
+    /// Reads file `id` again from its checkpoint: a sink gave up a batch from it unwritten
+    /// (`epoch` is the batch's). A file no longer followed keeps its checkpoint, so the
+    /// next start reads those lines again.
+    fn reread(&mut self, id: FileId, epoch: u64) {
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        if t.epoch != epoch {
+            return; // truncated or re-read since
+        }
+        let offset = self.checkpoints.get(id).map_or(0, |e| e.offset);
+        t.epoch += 1;
+        t.partial.clear();
+        t.pending = None;
+        t.skipping = false;
+        t.finishing = false;
+        t.idle_since = None;
+        match t.file.seek(SeekFrom::Start(offset)) {
+            Ok(_) => t.pos = offset,
+            Err(e) => {
+                tracing::warn!(path = %t.path.display(), error = %e, "seeking back to the checkpoint");
+                return;
+            }
+        }
+        tracing::warn!(path = %t.path.display(), offset, "a sink gave up lines of this file unwritten (it left the config); reading them again into the sinks in force");
     }
 
     fn flush_checkpoints(&mut self, force: bool) {
@@ -797,9 +1090,20 @@ impl Tailer {
         }
         let files = self.links.current.load_full();
         for id in done {
-            if let Some(f) = &files {
-                self.emit_partial(id, f);
-                self.flush_pending(id, f);
+            let Some(t) = self.files.get_mut(&id) else {
+                continue;
+            };
+            if !t.finishing {
+                t.finishing = true;
+                if let Some(f) = &files {
+                    self.emit_partial(id, f);
+                    self.flush_pending(id, f);
+                }
+            }
+            // Kept open until the sinks have everything read from it, so a restart in the
+            // meantime finds its checkpoint (and the file, by inode) again.
+            if self.inflight.contains_key(&id) {
+                continue;
             }
             if let Some(t) = self.files.remove(&id) {
                 tracing::info!(path = %t.path.display(), "finished with file");
@@ -914,17 +1218,43 @@ fn opened_path(file: &File) -> Option<PathBuf> {
     fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
-fn read_head(file: &File, len: usize) -> Vec<u8> {
-    let mut head = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match file.read_at(&mut head[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
+/// Counts a line cut at `maxLineBytes` (`len` bytes long so far, 0 when unknown) and logs
+/// it, at most once a minute per file.
+fn truncated(
+    files: &FileSources,
+    source: &str,
+    path: &Path,
+    logged: &mut Option<Instant>,
+    len: usize,
+) {
+    files.pipeline.metrics().line_truncated(source);
+    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        *logged = Some(Instant::now());
+        tracing::warn!(source, path = %path.display(), at_least = len, "a line longer than maxLineBytes: routed cut to that size, the rest skipped (counted in servicelog_lines_truncated_total; logged once a minute)");
     }
-    head.truncate(got);
-    head
+}
+
+/// Adds to `dirs` the directories where files matching `pattern` (under `root`, its
+/// directory before the first glob character) can appear: `root`, and the directories the
+/// pattern's own wildcard directories match.
+fn watch_dirs(pattern: &str, root: &Path, dirs: &mut HashSet<PathBuf>) {
+    dirs.insert(root.to_owned());
+    let mut parent = Path::new(pattern).parent();
+    while let Some(dir) = parent {
+        let text = dir.to_string_lossy();
+        if !text.contains(['*', '?', '[']) {
+            break;
+        }
+        if let Ok(paths) = glob::glob(&text) {
+            for p in paths.flatten() {
+                if let Ok(real) = fs::canonicalize(&p)
+                    && real.is_dir()
+                    && real.starts_with(root)
+                {
+                    dirs.insert(real);
+                }
+            }
+        }
+        parent = dir.parent();
+    }
 }
