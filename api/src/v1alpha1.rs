@@ -316,6 +316,31 @@ pub struct Buffer {
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Disk buffers: when a batch counts as taken. `none` (the default): once written
+    /// to the segment file, so the buffer survives the sidecar dying but not the machine;
+    /// `batch`: once the segment is also flushed to the device (fdatasync), for
+    /// machine-crash durability at the cost of one sync per batch.
+    #[serde(default, skip_serializing_if = "BufferSync::is_none")]
+    pub sync: BufferSync,
+}
+
+/// When a disk buffer's writes are flushed to the device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum BufferSync {
+    /// Left to the kernel's writeback.
+    #[default]
+    None,
+    /// fdatasync before each batch is acked.
+    Batch,
+}
+
+impl BufferSync {
+    /// The default, left out of the serialized form so existing configs hash the same.
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub sink_retries: Family<SinkLabels, Counter>,
     /// Bytes queued in a sink's buffer.
     pub buffer_bytes: Family<SinkLabels, Gauge>,
+    /// Failed writes of a batch (a file sink, stdout, a disk buffer's segment), retried.
+    pub sink_write_errors: Family<SinkLabels, Counter>,
+    /// Disk buffer records found corrupt on reading, skipped.
+    pub buffer_records_corrupt: Family<SinkLabels, Counter>,
     pub config_generation: Gauge,
     pub zookeeper_connected: Gauge,
     ready: Arc<AtomicBool>,
@@ -93,6 +97,8 @@ impl Metrics {
         let sink_dropped = Family::<SinkDropLabels, Counter>::default();
         let sink_retries = Family::<SinkLabels, Counter>::default();
         let buffer_bytes = Family::<SinkLabels, Gauge>::default();
+        let sink_write_errors = Family::<SinkLabels, Counter>::default();
+        let buffer_records_corrupt = Family::<SinkLabels, Counter>::default();
         let config_generation = Gauge::default();
         let zookeeper_connected = Gauge::default();
         registry.register(
@@ -141,6 +147,16 @@ impl Metrics {
             buffer_bytes.clone(),
         );
         registry.register(
+            "servicelog_sink_write_errors",
+            "Failed writes of a batch to a file sink, stdout or a disk buffer, by sink; each is retried with backoff",
+            sink_write_errors.clone(),
+        );
+        registry.register(
+            "servicelog_buffer_records_corrupt",
+            "Disk buffer records that failed their checksum (or a run of bytes that was no record), skipped on reading, by sink",
+            buffer_records_corrupt.clone(),
+        );
+        registry.register(
             "servicelog_config_generation",
             "Generation of the config in force",
             config_generation.clone(),
@@ -161,6 +177,8 @@ impl Metrics {
             sink_dropped,
             sink_retries,
             buffer_bytes,
+            sink_write_errors,
+            buffer_records_corrupt,
             config_generation,
             zookeeper_connected,
             ready: Arc::default(),
@@ -229,6 +247,22 @@ impl Metrics {
 
     pub fn sink_retry(&self, sink: &str) {
         self.sink_retries
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn sink_write_error(&self, sink: &str) {
+        self.sink_write_errors
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn buffer_record_corrupt(&self, sink: &str) {
+        self.buffer_records_corrupt
             .get_or_create(&SinkLabels {
                 sink: sink.to_owned(),
             })

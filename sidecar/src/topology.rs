@@ -205,6 +205,15 @@ impl Topology {
         self.syslog.store(Some(running.syslog.clone()));
         self.running.store(Some(running.clone()));
         self.metrics.set_ready(true);
+        // The sinks the new config does not carry over stop retrying within a deadline and
+        // fail what they could not write, for the file reader to read it again into these.
+        if let Some(old) = &old {
+            for sink in &old.pipeline.sinks {
+                if !running.pipeline.sinks.iter().any(|s| Arc::ptr_eq(s, sink)) {
+                    sink.retire();
+                }
+            }
+        }
         Ok(Some(Swapped {
             running,
             changes: self.changes.clone(),
@@ -257,14 +266,18 @@ impl Topology {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pipeline = Arc::new(Pipeline::new(
+        let mut pipeline = Pipeline::new(
             id,
             router,
             sinks,
             &self.origin,
             self.shared.clone(),
             &self.metrics,
-        ));
+        );
+        for s in &syslog {
+            pipeline.read_once(s.index);
+        }
+        let pipeline = Arc::new(pipeline);
         Ok(Running {
             files: Arc::new(Feed {
                 pipeline: pipeline.clone(),

@@ -46,6 +46,8 @@ struct SourceOut {
     /// Its `_servicelog` member (see [`encode::meta_member`]).
     meta: Vec<u8>,
     events_in: Counter,
+    /// Whether the source can read a run again if a sink fails it (see [`Ack::is_failed`]).
+    rereadable: bool,
 }
 
 /// One config's routing, runnable.
@@ -79,6 +81,7 @@ impl Pipeline {
             .map(|name| SourceOut {
                 meta: encode::meta_member(name, &origin.pod, &origin.namespace),
                 events_in: metrics.source_counter(name),
+                rereadable: true,
             })
             .collect();
         Self {
@@ -88,6 +91,14 @@ impl Pipeline {
             sources,
             shared,
             metrics: metrics.clone(),
+        }
+    }
+
+    /// Source `source` cannot read a run again (syslog): a sink that fails one of its
+    /// batches counts the events dropped.
+    pub fn read_once(&mut self, source: usize) {
+        if let Some(s) = self.sources.get_mut(source) {
+            s.rereadable = false;
         }
     }
 
@@ -255,7 +266,10 @@ impl<'a> Run<'a> {
         }
         let sinks = pipeline.sinks.len();
         let targets = b.outs[..sinks].iter().filter(|o| !o.is_empty()).count();
-        let ack = Arc::new(BatchAck::new(targets));
+        let ack = Arc::new(match pipeline.sources.get(self.source) {
+            Some(s) if !s.rereadable => BatchAck::once(targets),
+            _ => BatchAck::new(targets),
+        });
         for (sink, out) in b.outs[..sinks].iter_mut().enumerate() {
             if out.is_empty() {
                 continue;

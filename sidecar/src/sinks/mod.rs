@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use prometheus_client::metrics::counter::Counter;
 use servicelog_api::v1alpha1::{LineEncoding, Sink};
 
@@ -62,14 +63,31 @@ pub enum SinkError {
 pub struct BatchAck {
     remaining: AtomicUsize,
     failed: AtomicBool,
+    rereadable: bool,
 }
 
 impl BatchAck {
+    /// The ack of a batch whose source can read it again if a sink fails it (a file).
     pub fn new(sinks: usize) -> Self {
         Self {
             remaining: AtomicUsize::new(sinks),
             failed: AtomicBool::new(false),
+            rereadable: true,
         }
+    }
+
+    /// The ack of a batch nobody can read again (syslog): a sink that fails it counts
+    /// its events dropped.
+    pub fn once(sinks: usize) -> Self {
+        Self {
+            rereadable: false,
+            ..Self::new(sinks)
+        }
+    }
+
+    /// Whether a failed batch is read again (see [`BatchAck::new`], [`BatchAck::once`]).
+    pub fn rereadable(&self) -> bool {
+        self.rereadable
     }
 
     /// One sink has written the batch.
@@ -190,6 +208,28 @@ impl SinkHandle {
     pub fn send(&self, batch: Batch) -> Result<(), Batch> {
         self.tx.send(batch)
     }
+
+    /// This sink is no longer in the config in force: it stops retrying after
+    /// [`buffer::RETIRE_DEADLINE`] and fails the batches it could not write, for the file
+    /// reader to read them again into the sinks in force.
+    pub fn retire(&self) {
+        self.tx.retire();
+    }
+}
+
+/// Longest wait between two attempts at a failing write.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Waits between attempts at a failing write: 50 ms doubling to [`MAX_BACKOFF`], with
+/// jitter so sinks failing together do not retry in step.
+pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(MAX_BACKOFF)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Starts the sink `def` describes.
@@ -233,11 +273,12 @@ pub fn build(
     })?;
     let counter = metrics.sink_counter(&name);
     let thread_name = name.clone();
+    let thread_metrics = metrics.clone();
     let handle = thread::Builder::new()
         .name(format!("sink-{name}"))
         .stack_size(STACK)
         .spawn(move || match task {
-            Task::Write(writer) => run(&thread_name, writer, rx, counter),
+            Task::Write(writer) => run(&thread_name, writer, rx, counter, &thread_metrics),
             Task::Http(task) => task.run(rx),
         })
         .map_err(|source| SinkError::Thread {
@@ -266,13 +307,23 @@ enum Task {
     Http(Box<http::HttpTask>),
 }
 
-fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter) {
+fn run(
+    name: &str,
+    mut writer: Box<dyn Writer>,
+    rx: BufferRx,
+    counter: Counter,
+    metrics: &Metrics,
+) {
     tracing::debug!(sink = name, "sink started");
     while let Some(entry) = rx.recv() {
-        if !write_batch(name, writer.as_mut(), &entry.data, &|| rx.stopped()) {
+        let failed = || metrics.sink_write_error(name);
+        if !write_batch(name, writer.as_mut(), &entry.data, &failed, &|d| rx.pause(d)) {
+            // Dropping the entry and the buffer gives up what is unwritten (see
+            // `buffer`): failed if the sink left the config, else read again at the next
+            // start (or, on disk, delivered by the sink's next build).
             tracing::warn!(
                 sink = name,
-                "giving up; the unwritten events will be read again at the next start"
+                "giving up on the unwritten batches: read again into the sinks in force if this sink left the config, else at the next start"
             );
             return;
         }
@@ -285,22 +336,29 @@ fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter) 
     tracing::debug!(sink = name, "sink drained and closed");
 }
 
-/// Writes all of `data` and flushes, retrying with backoff; false when `stopped` says to
-/// give up.
+/// Writes all of `data` and flushes, retrying with backoff; each failure is reported to
+/// `failed`, and `pause` waits before the retry, false when the sink should give up.
 fn write_batch(
     name: &str,
     writer: &mut dyn Writer,
     data: &[u8],
-    stopped: &dyn Fn() -> bool,
+    failed: &dyn Fn(),
+    pause: &dyn Fn(Duration) -> bool,
 ) -> bool {
     let mut done = 0;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = backoff();
+    let mut failing = false;
     loop {
         let result = if done < data.len() {
             writer.write_some(&data[done..]).map(|n| done += n)
         } else {
             match writer.flush() {
-                Ok(()) => return true,
+                Ok(()) => {
+                    if failing {
+                        tracing::info!(sink = name, "writing again");
+                    }
+                    return true;
+                }
                 Err(e) => Err(e),
             }
         };
@@ -308,12 +366,17 @@ fn write_batch(
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            if stopped() {
+            failed();
+            let wait = backoff.next().unwrap_or(MAX_BACKOFF);
+            if failing {
+                tracing::debug!(sink = name, error = %e, retry_in = ?wait, "write failed again");
+            } else {
+                tracing::warn!(sink = name, error = %e, retry_in = ?wait, "write failed; retrying with backoff");
+                failing = true;
+            }
+            if !pause(wait) {
                 return false;
             }
-            tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "write failed");
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
             writer.recover();
         }
     }
@@ -350,7 +413,15 @@ mod tests {
             out: out.clone(),
             fail_next: 2,
         };
-        assert!(write_batch("t", &mut w, b"hello\nworld\n", &|| false));
+        let failures = std::cell::Cell::new(0);
+        assert!(write_batch(
+            "t",
+            &mut w,
+            b"hello\nworld\n",
+            &|| failures.set(failures.get() + 1),
+            &|_| true
+        ));
+        assert_eq!(failures.get(), 2, "each failed write is counted");
         assert_eq!(&*out.lock().unwrap(), b"hello\nworld\n");
     }
 
@@ -361,7 +432,7 @@ mod tests {
             out,
             fail_next: usize::MAX,
         };
-        assert!(!write_batch("t", &mut w, b"x\n", &|| true));
+        assert!(!write_batch("t", &mut w, b"x\n", &|| {}, &|_| false));
     }
 
     #[test]
