@@ -95,9 +95,19 @@ impl Operator {
     /// Starts the operator and waits for its `/healthz`; a metrics port taken between
     /// choosing and binding is retried with another.
     pub fn start(env: &TestEnv, options: &OperatorOptions) -> Result<Self, EnvError> {
+        Self::start_with_kubeconfig(env, options, env.kubeconfig())
+    }
+
+    /// [`Operator::start`] reaching the API server through `kubeconfig` (e.g. one whose
+    /// server is a proxy the test can cut).
+    pub fn start_with_kubeconfig(
+        env: &TestEnv,
+        options: &OperatorOptions,
+        kubeconfig: &std::path::Path,
+    ) -> Result<Self, EnvError> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(env, options) {
+            match Self::try_start(env, options, kubeconfig) {
                 Ok(op) => return Ok(op),
                 Err(e) if e.is_port_clash() => last = Some(e),
                 Err(e) => return Err(e),
@@ -109,12 +119,16 @@ impl Operator {
         }))
     }
 
-    fn try_start(env: &TestEnv, options: &OperatorOptions) -> Result<Self, EnvError> {
+    fn try_start(
+        env: &TestEnv,
+        options: &OperatorOptions,
+        kubeconfig: &std::path::Path,
+    ) -> Result<Self, EnvError> {
         let bin = bin_dir()?.join("servicelog-operator");
         let metrics_port = free_port()?;
         let webhook_port = free_port()?;
         let mut cmd = Command::new(&bin);
-        cmd.env("KUBECONFIG", env.kubeconfig())
+        cmd.env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 "info,servicelog_operator=debug,kube_runtime=warn",

@@ -67,6 +67,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cache::{self, CachedServiceLog, Change},
+    lease::{Leadership, NotLeading},
     metrics::Metrics,
     zk::{self, Published, Trigger, Zk, ZkError},
 };
@@ -107,6 +108,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::Error>),
     #[error("resource has no namespace")]
     NoNamespace,
+    #[error(transparent)]
+    NotLeading(#[from] NotLeading),
 }
 
 impl Error {
@@ -117,12 +120,14 @@ impl Error {
             Self::Zk(_) => "zookeeper",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid",
+            Self::NotLeading(_) => "not_leading",
         }
     }
 
-    /// Whether retrying can help: an invalid object waits for a change instead.
+    /// Whether retrying can help: an invalid object waits for a change instead, and a
+    /// replica that does not lead has nothing to retry (the process is ending).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::NoNamespace)
+        !matches!(self, Self::NoNamespace | Self::NotLeading(_))
     }
 }
 
@@ -152,6 +157,8 @@ pub struct Context {
     pub memory: Memory,
     /// Namespaces whose ZooKeeper identity Secret is written.
     pub identities: publish::Identities,
+    /// Every write to the API server or ZooKeeper goes through [`Leadership::write`].
+    pub leadership: Leadership,
 }
 
 impl Context {
@@ -167,7 +174,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(status::cap_message(note.to_owned(), status::MESSAGE_LIMIT)),
             action: action.into(),
             secondary: None,
         };
@@ -182,6 +189,8 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     pub identity: String,
     pub cleanup_timeout: Duration,
+    /// Checked before every write: only the leader writes.
+    pub leadership: Leadership,
 }
 
 /// Runs the controller until the process is asked to stop, following `cache`.
@@ -202,6 +211,7 @@ pub async fn run(
         &settings.identity,
         metrics.clone(),
         warmup.subscribe(),
+        settings.leadership.clone(),
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -216,6 +226,7 @@ pub async fn run(
         cleanup_timeout: settings.cleanup_timeout,
         memory: Memory::default(),
         identities: Default::default(),
+        leadership: settings.leadership.clone(),
     });
 
     // The cache passes on only the changes a reconcile must see (not the operator's own
@@ -389,6 +400,9 @@ fn servicelogs_for_pod(
 
 async fn reconcile(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.warmup.wait().await;
+    if !ctx.leadership.is_leading() {
+        return Err(NotLeading.into());
+    }
     let started = Instant::now();
     let (full, unparsed) = validate::expand(&obj);
     let result = reconcile_inner(&full, unparsed.as_deref(), obj.status_hash(), &ctx).await;
@@ -432,13 +446,14 @@ async fn reconcile_inner(
                 path: finalizer_pointer(&format!("/metadata/finalizers/{index}")),
             }),
         ]);
-        api.patch::<ServiceLog>(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Json(patch),
-        )
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        ctx.leadership
+            .write(api.patch::<ServiceLog>(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Json(patch),
+            ))
+            .await?
+            .map_err(|e| Error::Finalizer(Box::new(e)))?;
         return Ok(action);
     }
     if ours.is_none() {
@@ -467,13 +482,14 @@ async fn reconcile_inner(
                 }),
             ]
         };
-        api.patch::<ServiceLog>(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Json(json_patch::Patch(patch)),
-        )
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        ctx.leadership
+            .write(api.patch::<ServiceLog>(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Json(json_patch::Patch(patch)),
+            ))
+            .await?
+            .map_err(|e| Error::Finalizer(Box::new(e)))?;
     }
     apply(obj, unparsed, status_hash, ctx).await
 }
@@ -486,17 +502,29 @@ fn finalizer_pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
 /// per resource (see [`Memory::retry_after_failure`]).
 fn error_policy(obj: Arc<CachedServiceLog>, error: &Error, ctx: Arc<Context>) -> Action {
     let servicelog = ObjectRef::from_obj(obj.as_ref());
-    if !error.is_transient() {
-        tracing::warn!(%servicelog, category = error.category(), error = %error, "reconcile failed; waiting for a change");
-        return Action::await_change();
-    }
     let key = (
         obj.metadata.namespace.clone().unwrap_or_default(),
         obj.name_any(),
     );
-    let wait = ctx.memory.retry_after_failure(&key);
-    tracing::warn!(%servicelog, category = error.category(), error = %error, retry_in = ?wait, "reconcile failed; retrying");
-    Action::requeue(wait)
+    match retry_after(error, &ctx.memory, &key) {
+        None => {
+            tracing::warn!(%servicelog, category = error.category(), error = %error, "reconcile failed; waiting for a change");
+            Action::await_change()
+        }
+        Some(wait) => {
+            tracing::warn!(%servicelog, category = error.category(), error = %error, retry_in = ?wait, "reconcile failed; retrying");
+            Action::requeue(wait)
+        }
+    }
+}
+
+/// When to retry after `error`: never (`None`, wait for a change) when retrying cannot
+/// help, else after the resource's own growing backoff — whatever the category, a
+/// failing resource is never retried at a fixed pace.
+fn retry_after(error: &Error, memory: &Memory, key: &Key) -> Option<Duration> {
+    error
+        .is_transient()
+        .then(|| memory.retry_after_failure(key))
 }
 
 /// Validate → publish → observe → status, for a resource that is not being deleted.
@@ -511,6 +539,9 @@ async fn apply(
     let key: Key = (obj.namespace().ok_or(Error::NoNamespace)?, obj.name_any());
     let old = old_status(ctx, obj, &key, status_hash);
 
+    // A publish that failed is reported in status, then retried with the resource's
+    // backoff (as an error of its category), not at a fixed pace.
+    let mut failure = None;
     let (validity, observed) = match validate::check(obj, unparsed) {
         Err(problems) => (Err(problems), None),
         Ok(envelope) => {
@@ -526,13 +557,18 @@ async fn apply(
                     version: published.version(),
                     path: ctx.layout.config(&key.0, &key.1).unwrap_or_default(),
                 },
-                Err(e) => PublishOutcome::Failed {
-                    reason: match e {
-                        ZkError::Unavailable(_) => "ZooKeeperUnavailable",
-                        _ => "PublishFailed",
-                    },
-                    message: e.to_string(),
-                },
+                Err(publish::PublishError::NotLeading(e)) => return Err(e.into()),
+                Err(publish::PublishError::Zk(e)) => {
+                    let outcome = PublishOutcome::Failed {
+                        reason: match e {
+                            ZkError::Unavailable(_) => "ZooKeeperUnavailable",
+                            _ => "PublishFailed",
+                        },
+                        message: e.to_string(),
+                    };
+                    failure = Some(e);
+                    outcome
+                }
             };
             let hash = match &outcome {
                 PublishOutcome::Published { hash, .. } => hash.clone(),
@@ -562,6 +598,9 @@ async fn apply(
         ctx.memory.set_rollout_written(&key, None);
     } else if written {
         ctx.memory.set_rollout_written(&key, Some(Instant::now()));
+    }
+    if let Some(e) = failure {
+        return Err(Error::Zk(e));
     }
     Ok(match plan.next {
         Next::AwaitChange => Action::await_change(),
@@ -599,7 +638,11 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Err(_) => return Ok(Action::await_change()),
     };
     let result = match ctx.zk.client() {
-        Ok(client) => zk::delete_subtree(&client, &path).await,
+        Ok(client) => {
+            ctx.leadership
+                .write(zk::delete_subtree(&client, &path))
+                .await?
+        }
         Err(e) => Err(e),
     };
     ctx.memory.forget(&(namespace.clone(), name.clone()));

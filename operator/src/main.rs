@@ -169,6 +169,14 @@ struct RunArgs {
     /// How long a leader's lease lasts without renewal before a standby takes over.
     #[arg(long, env = "SERVICELOG_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
+    /// How long the leader goes on without a successful renewal before it stops writing;
+    /// shorter than --lease-duration (default: two thirds of it, 10s for 15s).
+    #[arg(long, env = "SERVICELOG_LEASE_RENEW_DEADLINE", value_parser = humantime::parse_duration)]
+    lease_renew_deadline: Option<Duration>,
+    /// How often the leader renews and a standby tries to acquire (default: two fifteenths
+    /// of --lease-duration, 2s for 15s).
+    #[arg(long, env = "SERVICELOG_LEASE_RETRY_PERIOD", value_parser = humantime::parse_duration)]
+    lease_retry_period: Option<Duration>,
     /// How long deletion waits for an unreachable ZooKeeper before giving up on the subtree.
     #[arg(long, env = "SERVICELOG_CLEANUP_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     cleanup_timeout: Duration,
@@ -307,20 +315,34 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         name: args.lease_name.clone(),
         identity: identity.clone(),
         duration: args.lease_duration,
+        renew_deadline: args
+            .lease_renew_deadline
+            .unwrap_or_else(|| lease::LeaseConfig::renew_deadline_for(args.lease_duration)),
+        retry_period: args
+            .lease_retry_period
+            .unwrap_or_else(|| lease::LeaseConfig::retry_period_for(args.lease_duration)),
     };
-    if args.leader_election {
+    let mut elector = if args.leader_election {
+        let mut elector = lease::Elector::new(client.clone(), lease_config)?;
         tracing::info!(identity = %identity, namespace = %args.namespace, "waiting for the lease");
         tokio::select! {
-            r = lease::acquire(&client, &lease_config) => r?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
         }
-        metrics.set_leader(true);
-    }
+        Some(elector)
+    } else {
+        None
+    };
+    let leadership = elector
+        .as_ref()
+        .map_or_else(lease::Leadership::always, lease::Elector::leadership);
+    metrics.set_leader(elector.is_some());
     let settings = controller::Settings {
         layout,
         watch_namespace: args.watch_namespace.clone(),
         identity,
         cleanup_timeout: args.cleanup_timeout,
+        leadership,
     };
     let run = controller::run(
         client.clone(),
@@ -330,19 +352,46 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         settings,
     );
-    if args.leader_election {
-        tokio::select! {
-            () = run => {}
-            lost = lease::hold(&client, &lease_config) => return Err(lost.into()),
-            r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+    match &mut elector {
+        Some(elector) => {
+            tokio::select! {
+                () = run => {}
+                lost = elector.hold() => {
+                    metrics.set_leader(false);
+                    return Err(lost.into());
+                }
+                r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+            }
+            // The controller stopped on SIGTERM with its reconciles finished: hand over.
+            metrics.set_leader(false);
+            elector.release(RELEASE_GRACE).await;
         }
-    } else {
-        tokio::select! {
-            () = run => {}
-            r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+        None => {
+            tokio::select! {
+                () = run => {}
+                r = server => return Err(anyhow::anyhow!("metrics server ended: {r:?}")),
+            }
         }
     }
     Ok(())
+}
+
+/// How long a release waits for the writes in flight after the controller stopped.
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// SIGTERM (Kubernetes stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Binds the webhook port, loads (or issues) its certificate, registers the webhook

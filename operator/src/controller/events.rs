@@ -25,7 +25,7 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::Metrics;
+use crate::{lease::Leadership, metrics::Metrics};
 
 /// Events waiting to be posted before new ones are dropped: about a second of posting.
 /// A cold start that publishes 10,000 new ServiceLogs drops most of their Events either way;
@@ -69,6 +69,7 @@ impl Events {
         instance: &str,
         metrics: Arc<Metrics>,
         warm: watch::Receiver<bool>,
+        leadership: Leadership,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let reporter = Reporter {
@@ -77,7 +78,7 @@ impl Events {
         };
         tokio::spawn(async move {
             super::fast::wait_warm(warm).await;
-            post_all(client, reporter, rx).await;
+            post_all(client, reporter, rx, leadership).await;
         });
         Self { tx, metrics }
     }
@@ -131,18 +132,32 @@ impl Reporter {
     }
 }
 
-async fn post_all(client: Client, reporter: Reporter, rx: mpsc::Receiver<Queued>) {
+/// Posts while leading; a replica that stopped leading drops what is queued.
+async fn post_all(
+    client: Client,
+    reporter: Reporter,
+    rx: mpsc::Receiver<Queued>,
+    leadership: Leadership,
+) {
     let mut rx = rx;
     let queued = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     queued
         .map(|queued| {
             let client = client.clone();
+            let leadership = leadership.clone();
             let event = reporter.build(queued);
             async move {
                 let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
                 let api: Api<K8sEvent> = Api::namespaced(client, namespace);
-                if let Err(e) = api.create(&PostParams::default(), &event).await {
-                    tracing::warn!(error = %e, reason = ?event.reason, "cannot publish event");
+                match leadership
+                    .write(api.create(&PostParams::default(), &event))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, reason = ?event.reason, "cannot publish event")
+                    }
+                    Err(e) => tracing::debug!(error = %e, reason = ?event.reason, "event dropped"),
                 }
             }
         })

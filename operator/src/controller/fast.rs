@@ -40,13 +40,10 @@ use tokio::sync::watch;
 
 use super::{
     Context, FINALIZER,
-    publish::publish_config,
+    publish::{PublishError, publish_config},
     validate::{check, expand},
 };
-use crate::{
-    cache::CachedServiceLog,
-    zk::{self, ZkError},
-};
+use crate::{cache::CachedServiceLog, zk};
 
 /// How long after start the fast path waits for the first ZooKeeper session (the first
 /// listing usually arrives before it); later, a disconnected ZooKeeper fails fast and the
@@ -178,10 +175,12 @@ pub async fn deleted(obj: Arc<CachedServiceLog>, ctx: Arc<Context>) {
         let client = ctx.zk.client()?;
         match zk::read_config(&client, &config).await? {
             Some(there) if Some(&there.uid) == obj.metadata.uid.as_ref() => {
-                zk::delete_subtree(&client, &resource).await?;
+                ctx.leadership
+                    .write(zk::delete_subtree(&client, &resource))
+                    .await??;
                 Ok(true)
             }
-            _ => Ok::<_, ZkError>(false),
+            _ => Ok::<_, PublishError>(false),
         }
     }
     .await;
@@ -232,11 +231,13 @@ pub async fn sweep(ctx: Arc<Context>, namespace: Option<String>) {
             let Ok(path) = ctx.layout.resource(&ns, &name) else {
                 continue;
             };
-            zk::delete_subtree(&client, &path).await?;
+            ctx.leadership
+                .write(zk::delete_subtree(&client, &path))
+                .await??;
             tracing::info!(%path, "removed the subtree of a ServiceLog that no longer exists");
             removed += 1;
         }
-        Ok::<_, ZkError>(removed)
+        Ok::<_, PublishError>(removed)
     }
     .await;
     match result {

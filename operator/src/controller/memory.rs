@@ -203,9 +203,14 @@ impl Memory {
 
     /// A reconcile succeeded: the next failure starts from [`RETRY_MIN`] again.
     pub fn succeeded(&self, key: &Key) {
-        if self.read(key, |r| r.retry.as_ref().map(|_| ())).is_some() {
-            self.update(key, |r| r.retry = None);
-        }
+        self.with(|e| {
+            if let Some(r) = e.by_key.get_mut(key) {
+                r.retry = None;
+                if r.is_empty() {
+                    e.by_key.remove(key);
+                }
+            }
+        });
     }
 
     #[cfg(test)]

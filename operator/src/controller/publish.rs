@@ -3,7 +3,11 @@
 //! or deleted znode is restored (drift repair) with a Warning Event. The reconcile and the
 //! watch's fast path ([`super::fast`]) both publish through [`publish_config`].
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
@@ -16,8 +20,18 @@ use servicelog_api::{pod, v1alpha1::ServiceLog, wire::Envelope};
 use super::{Context, FIELD_MANAGER, memory::Key};
 use crate::{
     cache::CachedServiceLog,
+    lease::NotLeading,
     zk::{self, Published, ZkError},
 };
+
+/// Why a config was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Zk(#[from] ZkError),
+    #[error(transparent)]
+    NotLeading(#[from] NotLeading),
+}
 
 /// Publishes a valid resource's config znode (see [`zk::publish`]), remembers the hash, and
 /// posts the Event for what changed.
@@ -29,7 +43,7 @@ pub async fn publish_config(
     obj: &ServiceLog,
     key: &Key,
     envelope: &Envelope,
-) -> Result<Published, ZkError> {
+) -> Result<Published, PublishError> {
     let (namespace, name) = (key.0.as_str(), key.1.as_str());
     let known = ctx
         .memory
@@ -45,17 +59,19 @@ pub async fn publish_config(
             .filter(|s| s.metadata.uid == uid)
             .and_then(|s| s.metadata.generation)
     };
-    let outcome = zk::publish(
-        &client,
-        &ctx.layout,
-        ctx.zk.guard(),
-        namespace,
-        name,
-        envelope,
-        known.as_deref(),
-        &newest,
-    )
-    .await?;
+    let outcome = ctx
+        .leadership
+        .write(zk::publish(
+            &client,
+            &ctx.layout,
+            ctx.zk.guard(),
+            namespace,
+            name,
+            envelope,
+            known.as_deref(),
+            &newest,
+        ))
+        .await??;
     if matches!(outcome, Published::Superseded { .. }) {
         return Ok(outcome);
     }
@@ -93,16 +109,40 @@ pub async fn publish_config(
     Ok(outcome)
 }
 
-/// Namespaces whose ZooKeeper identity Secret this process has written.
+/// How often a namespace's identity Secret is applied again, so that one deleted or
+/// edited by hand comes back without an operator restart. The operator may not read
+/// Secrets (by design), so it cannot notice the deletion; applying the same content is a
+/// no-op for the API server (no new resourceVersion, no watch event), one request per
+/// namespace per interval.
+pub const IDENTITY_REFRESH: Duration = Duration::from_secs(600);
+
+/// When this process last wrote each namespace's ZooKeeper identity Secret.
 #[derive(Default)]
 pub struct Identities {
-    written: Mutex<HashSet<String>>,
+    written: Mutex<HashMap<String, Instant>>,
+}
+
+impl Identities {
+    /// Whether `namespace`'s Secret is to be applied (again) at `now`.
+    pub fn due(&self, namespace: &str, now: Instant) -> bool {
+        self.written.lock().map_or(true, |w| {
+            w.get(namespace)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= IDENTITY_REFRESH)
+        })
+    }
+
+    fn wrote(&self, namespace: &str, at: Instant) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(namespace.to_owned(), at);
+        }
+    }
 }
 
 /// Writes `namespace`'s ZooKeeper identity ([`servicelog_api::zkauth`]) into the Secret
-/// the webhook mounts into its sidecars, once per namespace and process, when ZooKeeper
-/// ACLs are on. The operator only writes this Secret (server-side apply); it never reads
-/// one.
+/// the webhook mounts into its sidecars, when ZooKeeper ACLs are on: at the first
+/// reconcile of the namespace, and again at the first one after each [`IDENTITY_REFRESH`]
+/// (every resource is reconciled at least every [`super::RESYNC_INTERVAL`]). The operator
+/// only writes this Secret (server-side apply); it never reads one.
 ///
 /// Notable behaviors: a failure is logged and tried again at the next reconcile of the
 /// namespace; publishing goes on (the sidecars keep routing with what they have).
@@ -110,12 +150,7 @@ pub async fn ensure_identity(ctx: &Context, namespace: &str) {
     let Some(operator) = ctx.zk.guard().operator() else {
         return;
     };
-    if ctx
-        .identities
-        .written
-        .lock()
-        .is_ok_and(|w| w.contains(namespace))
-    {
+    if !ctx.identities.due(namespace, Instant::now()) {
         return;
     }
     let identity = operator.for_namespace(namespace);
@@ -143,22 +178,42 @@ pub async fn ensure_identity(ctx: &Context, namespace: &str) {
         ..Default::default()
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    match api
-        .patch(
+    let written = ctx
+        .leadership
+        .write(api.patch(
             pod::ZK_AUTH_SECRET,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
-        )
-        .await
-    {
-        Ok(_) => {
-            if let Ok(mut w) = ctx.identities.written.lock() {
-                w.insert(namespace.to_owned());
-            }
-            tracing::info!(%namespace, user = %identity.user(), "wrote the namespace's ZooKeeper identity Secret");
+        ))
+        .await;
+    match written {
+        Err(NotLeading) => {}
+        Ok(Ok(_)) => {
+            ctx.identities.wrote(namespace, Instant::now());
+            tracing::debug!(%namespace, user = %identity.user(), "applied the namespace's ZooKeeper identity Secret");
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(%namespace, error = %e, "cannot write the namespace's ZooKeeper identity Secret; its sidecars cannot read their config until it exists");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_an_identity_secret_written_then_it_is_applied_again_after_the_refresh_interval() {
+        let ids = Identities::default();
+        let t0 = Instant::now();
+        assert!(ids.due("shop", t0), "never written: due");
+        ids.wrote("shop", t0);
+        assert!(!ids.due("shop", t0 + Duration::from_secs(1)));
+        assert!(!ids.due("shop", t0 + IDENTITY_REFRESH - Duration::from_secs(1)));
+        assert!(
+            ids.due("shop", t0 + IDENTITY_REFRESH),
+            "a Secret deleted by hand comes back within the interval"
+        );
+        assert!(ids.due("other", t0), "per namespace");
     }
 }

@@ -25,6 +25,30 @@ pub const VALID: &str = "Valid";
 pub const PUBLISHED: &str = "Published";
 pub const READY: &str = "Ready";
 
+/// The longest condition message and Event note, in bytes. The API server refuses an
+/// Event whose note is over 1 KiB, and a condition naming every one of a thousand
+/// rejecting pods would make the status (and each watch event of it) tens of kilobytes
+/// that nobody reads to the end.
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// `message` cut to at most `limit` bytes at a char boundary, ending with how many bytes
+/// were left out; unchanged when it fits.
+pub fn cap_message(mut message: String, limit: usize) -> String {
+    if message.len() <= limit {
+        return message;
+    }
+    let marker = |cut: usize| format!("… ({cut} more bytes)");
+    // The marker for the whole length is at least as long as the final one.
+    let mut keep = limit.saturating_sub(marker(message.len()).len());
+    while !message.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let cut = message.len() - keep;
+    message.truncate(keep);
+    message.push_str(&marker(cut));
+    message
+}
+
 /// A condition without its transition time, which [`merge_conditions`] decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cond {
@@ -45,7 +69,7 @@ impl Cond {
             type_,
             ok,
             reason,
-            message: message.into(),
+            message: cap_message(message.into(), MESSAGE_LIMIT),
         }
     }
 }
@@ -267,7 +291,8 @@ pub fn plan(f: &Findings<'_>) -> Plan {
                 reason,
                 format!("{message}; retrying"),
             ));
-            next = Next::Requeue(Duration::from_secs(3));
+            // The reconcile returns the failure as its error: the resource's backoff
+            // decides when to retry.
         }
     }
     let hash = status.config_hash.clone().unwrap_or_default();
@@ -366,13 +391,14 @@ pub async fn write(
         "kind": "ServiceLog",
         "status": status,
     });
-    let updated = api
-        .patch_status(
+    let updated = ctx
+        .leadership
+        .write(api.patch_status(
             &obj.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
-        )
-        .await?;
+        ))
+        .await??;
     ctx.memory
         .set_status(key, updated.revision(), status, &ctx.slogs);
     Ok(true)
@@ -392,6 +418,54 @@ mod tests {
             error: error.map(Into::into),
             since: "2026-11-25T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn given_messages_of_every_length_then_each_fits_the_limit_and_says_what_was_cut() {
+        let limit = 64;
+        for (name, message) in [
+            ("ascii", "x".repeat(1000)),
+            ("two-byte chars", "é".repeat(500)),
+            ("four-byte chars", "🦀".repeat(300)),
+            ("mixed", "aé🦀".repeat(100)),
+            ("just over", "y".repeat(limit + 1)),
+        ] {
+            let capped = cap_message(message.clone(), limit);
+            assert!(capped.len() <= limit, "{name}: {} bytes", capped.len());
+            let (kept, marker) = capped.split_once('…').expect("a marker");
+            assert!(message.starts_with(kept), "{name}: a prefix is kept");
+            assert_eq!(
+                marker,
+                format!(" ({} more bytes)", message.len() - kept.len()),
+                "{name}"
+            );
+        }
+        assert_eq!(cap_message("short".into(), limit), "short");
+        let exact = "z".repeat(limit);
+        assert_eq!(cap_message(exact.clone(), limit), exact);
+    }
+
+    #[test]
+    fn given_a_thousand_pods_rejecting_the_config_then_the_ready_message_stays_under_1kib() {
+        let injected: Vec<String> = (0..1000).map(|i| format!("checkout-{i}")).collect();
+        let instances: Vec<(String, InstanceRecord)> = injected
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    Ok(instance(
+                        "h1",
+                        InstanceState::Error,
+                        Some("spec.rules[0].when.message.matches: regex too big"),
+                    )),
+                )
+            })
+            .collect();
+        let cond = ready(&rollout(1000, &injected, &instances, "h2"), "h2");
+        assert_eq!(cond.reason, "Rejected");
+        assert!(cond.message.len() <= MESSAGE_LIMIT, "{} bytes", cond.message.len());
+        assert!(cond.message.starts_with("0/1000 sidecars run h2; rejected by checkout-0: "));
+        assert!(cond.message.ends_with(" more bytes)"), "{}", cond.message);
     }
 
     #[test]
@@ -642,7 +716,7 @@ mod tests {
                 rejected: false,
             },
             Row {
-                name: "ZooKeeper down: not published, the old counts kept, retry",
+                name: "ZooKeeper down: not published, the old counts kept (the retry is the error's backoff)",
                 generation: 3,
                 old: old(2, Some("h1"), 2, 2),
                 validity: Ok(PublishOutcome::Failed {
@@ -664,7 +738,7 @@ mod tests {
                 ],
                 summary: "2/3",
                 hash: Some("h1"),
-                next: Next::Requeue(Duration::from_secs(3)),
+                next: Next::AwaitChange,
                 partway: false,
                 rejected: false,
             },
