@@ -48,6 +48,15 @@ pub struct FileRefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClosedLabels {
+    pub source: String,
+    /// `frame_timeout` (a frame begun and not finished in time), `idle_timeout` (nothing
+    /// sent between frames for too long) or `evicted` (the longest idle, to make room for
+    /// a new connection at the cap).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -61,6 +70,10 @@ pub struct Metrics {
     pub syslog_malformed: Family<SourceLabels, Counter>,
     /// Files a glob matched that were not read, by source and reason.
     pub files_refused: Family<FileRefusedLabels, Counter>,
+    /// Lines (or syslog messages) cut at `maxLineBytes`, by source.
+    pub lines_truncated: Family<SourceLabels, Counter>,
+    /// Syslog TCP connections the sidecar closed, by source and reason.
+    pub syslog_connections_closed: Family<ConnectionClosedLabels, Counter>,
     pub events_out: Family<SinkLabels, Counter>,
     pub events_dropped: Family<DropLabels, Counter>,
     pub config_applied: Family<ResultLabels, Counter>,
@@ -91,6 +104,8 @@ impl Metrics {
         let events_in = Family::<SourceLabels, Counter>::default();
         let syslog_malformed = Family::<SourceLabels, Counter>::default();
         let files_refused = Family::<FileRefusedLabels, Counter>::default();
+        let lines_truncated = Family::<SourceLabels, Counter>::default();
+        let syslog_connections_closed = Family::<ConnectionClosedLabels, Counter>::default();
         let events_out = Family::<SinkLabels, Counter>::default();
         let events_dropped = Family::<DropLabels, Counter>::default();
         let config_applied = Family::<ResultLabels, Counter>::default();
@@ -115,6 +130,16 @@ impl Metrics {
             "servicelog_files_refused",
             "Files a source's glob matched that were not read (a symlink out of the source's directory), by source and reason; each counted once while it stays",
             files_refused.clone(),
+        );
+        registry.register(
+            "servicelog_lines_truncated",
+            "Lines (or syslog messages) longer than their source's maxLineBytes, routed cut to that size, by source",
+            lines_truncated.clone(),
+        );
+        registry.register(
+            "servicelog_syslog_connections_closed",
+            "Syslog TCP connections closed by the sidecar, by source and reason (frame_timeout, idle_timeout, evicted)",
+            syslog_connections_closed.clone(),
         );
         registry.register(
             "servicelog_events_out",
@@ -171,6 +196,8 @@ impl Metrics {
             events_in,
             syslog_malformed,
             files_refused,
+            lines_truncated,
+            syslog_connections_closed,
             events_out,
             events_dropped,
             config_applied,
@@ -207,6 +234,25 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// One line of `source` cut at `maxLineBytes`.
+    pub fn line_truncated(&self, source: &str) {
+        self.lines_truncated
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a syslog connection of `source` the sidecar closed, for `reason`.
+    pub fn syslog_connection_closed(&self, source: &str, reason: &str) {
+        self.syslog_connections_closed
+            .get_or_create(&ConnectionClosedLabels {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn file_refused(&self, source: &str, reason: &str) {
@@ -323,6 +369,7 @@ mod tests {
         m.config_result(true);
         m.config_generation.set(7);
         m.zookeeper_connected.set(1);
+        m.syslog_connection_closed("sys", "evicted");
         let text = m.render();
         for want in [
             r#"servicelog_events_in_total{source="app"} 3"#,
@@ -331,6 +378,7 @@ mod tests {
             r#"servicelog_config_applied_total{result="ok"} 1"#,
             "servicelog_config_generation 7",
             "servicelog_zookeeper_connected 1",
+            r#"servicelog_syslog_connections_closed_total{source="sys",reason="evicted"} 1"#,
         ] {
             assert!(text.contains(want), "metrics text lacks {want:?}:\n{text}");
         }

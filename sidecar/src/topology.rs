@@ -243,25 +243,28 @@ impl Topology {
         let mut syslog = Vec::new();
         for (index, s) in config.spec.sources.iter().enumerate() {
             if let Some(def) = &s.file {
-                files.push(FileSourceSpec::new(&s.name, index, def)?);
+                files.push(FileSourceSpec::new(
+                    &s.name,
+                    index,
+                    def,
+                    s.max_line_bytes(),
+                )?);
             }
             if let Some(def) = &s.syslog {
-                // A socket whose port and protocol did not change stays open, whichever
-                // source it now belongs to; a new one binds now, so a port that cannot be
-                // bound rejects the config (see `sources::syslog`).
-                let carried = old.and_then(|r| {
-                    r.syslog.sources.iter().find(|o| {
-                        o.listener.port == def.port && o.listener.protocol == def.protocol
-                    })
-                });
+                // A socket whose port, protocol and address did not change stays open,
+                // whichever source it now belongs to; a new one binds now, so a port that
+                // cannot be bound rejects the config (see `sources::syslog`).
+                let carried =
+                    old.and_then(|r| r.syslog.sources.iter().find(|o| o.listener.is_for(def)));
                 let listener = match carried {
                     Some(o) => o.listener.clone(),
-                    None => Arc::new(Listener::bind(&s.name, def.port, def.protocol)?),
+                    None => Arc::new(Listener::bind(&s.name, def)?),
                 };
                 syslog.push(SyslogSourceSpec {
                     name: s.name.clone(),
                     index,
                     listener,
+                    max_line: s.max_line_bytes(),
                 });
             }
         }

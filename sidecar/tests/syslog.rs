@@ -1,15 +1,16 @@
 //! Syslog sources against the real binary: senders on loopback over UDP and TCP, RFC 5424
 //! and RFC 3164, octet-counted and newline-framed, routed by the level of the priority to
-//! file sinks; malformed frames; many connections; ports that change or cannot be bound.
+//! file sinks; malformed frames; many connections; ports that change or cannot be bound;
+//! hostile senders (loopback by default, stalled frames, the connection cap, long lines).
 
 mod common;
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     path::Path,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::*;
@@ -31,9 +32,15 @@ fn free_tcp_port() -> u16 {
 /// Two syslog sources; warn and above to `alerts` (json), debug dropped, the rest to `rest`
 /// (raw).
 fn spec(udp: u16, tcp: u16, alerts: &Path, rest: &Path) -> String {
+    spec_with(udp, tcp, alerts, rest, "", "")
+}
+
+/// [`spec`] with `syslog` (e.g. `, address: 0.0.0.0`) added to each source's syslog
+/// fields and `source` (e.g. `\n    maxLineBytes: 1024`) to each source.
+fn spec_with(udp: u16, tcp: u16, alerts: &Path, rest: &Path, syslog: &str, source: &str) -> String {
     format!(
-        "sources:\n  - name: legacy-udp\n    syslog: {{port: {udp}, protocol: udp}}\n\
-         \x20 - name: legacy-tcp\n    syslog: {{port: {tcp}, protocol: tcp}}\n\
+        "sources:\n  - name: legacy-udp\n    syslog: {{port: {udp}, protocol: udp{syslog}}}{source}\n\
+         \x20 - name: legacy-tcp\n    syslog: {{port: {tcp}, protocol: tcp{syslog}}}{source}\n\
          sinks:\n  - name: alerts\n    file: {{path: \"{alerts}\", encoding: json}}\n\
          \x20 - name: rest\n    file: {{path: \"{rest}\"}}\n\
          rules:\n  - name: drop-debug\n    when: {{level: {{below: info}}}}\n    action: drop\n\
@@ -53,12 +60,18 @@ struct Env {
 
 impl Env {
     fn start() -> Self {
+        Self::start_with("", "")
+    }
+
+    /// With [`spec_with`]'s additions.
+    fn start_with(syslog: &str, source: &str) -> Self {
         let s = Scratch::new();
         let (udp, tcp) = (free_udp_port(), free_tcp_port());
         let config = s.path("servicelog.yaml");
+        let (alerts, rest) = (s.path("alerts.log"), s.path("rest.log"));
         write_config(
             &config,
-            &manifest(&spec(udp, tcp, &s.path("alerts.log"), &s.path("rest.log"))),
+            &manifest(&spec_with(udp, tcp, &alerts, &rest, syslog, source)),
         );
         let sidecar = Sidecar::start(
             &s,
@@ -96,6 +109,251 @@ impl Env {
         s.set_nodelay(true).expect("TCP_NODELAY");
         s
     }
+
+    fn metric(&self, sample: &str) -> Option<f64> {
+        self.sidecar.metric(sample)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.sidecar
+            .http_get("/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}
+
+/// Waits until the peer closes `conn` (a read returns 0 or fails); how long that took.
+fn wait_closed(conn: &mut TcpStream, within: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for the sidecar to close {what}"
+        );
+    }
+}
+
+#[test]
+fn given_no_address_then_syslog_listens_on_loopback_only_and_address_0_0_0_0_opens_it() {
+    // 127.0.0.2 is loopback too, but not the address 127.0.0.1: a socket bound to
+    // 127.0.0.1 refuses it, one bound to every address takes it — a stand-in for "another
+    // host" that needs no network.
+    let env = Env::start();
+    assert!(
+        TcpStream::connect(("127.0.0.2", env.tcp)).is_err(),
+        "by default the TCP port takes no connection to another address than 127.0.0.1"
+    );
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("binding the sender");
+    sender
+        .send_to(
+            b"<12>1 - h app - - - to another address",
+            ("127.0.0.2", env.udp),
+        )
+        .expect("sending");
+    let mut conn = env.tcp();
+    conn.write_all(b"<12>1 - h app - - - over loopback\n")
+        .expect("writing");
+    wait_until(
+        "the message sent to 127.0.0.1",
+        Duration::from_secs(10),
+        || env.alerts().len() == 1,
+        || env.sidecar.log_tail(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let alerts = env.alerts();
+    assert_eq!(alerts.len(), 1, "nothing came in on 127.0.0.2: {alerts:?}");
+    assert_eq!(alerts[0]["message"], "over loopback");
+
+    let open = Env::start_with(", address: 0.0.0.0", "");
+    let mut conn = TcpStream::connect(("127.0.0.2", open.tcp))
+        .expect("address 0.0.0.0 takes connections to any address");
+    conn.write_all(b"<12>1 - h app - - - from afar\n")
+        .expect("writing");
+    wait_until(
+        "the message sent to 127.0.0.2",
+        Duration::from_secs(10),
+        || open.alerts().len() == 1,
+        || open.sidecar.log_tail(),
+    );
+}
+
+#[test]
+fn given_a_tcp_sender_that_stalls_inside_a_frame_then_it_is_disconnected_within_the_frame_deadline_while_an_idle_one_stays()
+ {
+    let env = Env::start();
+    let mut idle = env.tcp();
+    idle.write_all(b"<14>1 - h app - - - then silence\n")
+        .expect("writing a whole frame");
+    let mut stalled = env.tcp();
+    stalled
+        .write_all(b"<14>1 - h app - - - half a fra")
+        .expect("writing half a frame");
+    let mut counted = env.tcp();
+    counted.write_all(b"200 <14>1 - h").expect("an octet count");
+    let took = wait_closed(
+        &mut stalled,
+        Duration::from_secs(20),
+        "the stalled connection",
+    );
+    assert!(
+        took >= Duration::from_secs(8),
+        "closed after {took:?}, before its frame deadline"
+    );
+    wait_closed(
+        &mut counted,
+        Duration::from_secs(5),
+        "the stalled octet-counted frame",
+    );
+    wait_until(
+        "2 frame timeouts counted",
+        Duration::from_secs(5),
+        || {
+            env.metric(
+                r#"servicelog_syslog_connections_closed_total{source="legacy-tcp",reason="frame_timeout"}"#,
+            ) == Some(2.0)
+        },
+        || env.metrics_text(),
+    );
+    // The connection idle between frames for as long is still served.
+    idle.write_all(b"<14>1 - h app - - - after the silence\n")
+        .expect("writing after the silence");
+    wait_until(
+        "both messages of the idle connection",
+        Duration::from_secs(10),
+        || env.rest().len() == 2,
+        || env.sidecar.log_tail(),
+    );
+    assert!(env.rest()[1].ends_with("after the silence"));
+}
+
+#[test]
+fn given_the_connection_cap_filled_with_idle_connections_then_a_new_sender_gets_in_by_evicting_the_longest_idle()
+ {
+    const CAP: usize = 256;
+    let env = Env::start();
+    let mut hogs: Vec<TcpStream> = Vec::with_capacity(CAP);
+    for i in 0..CAP {
+        let mut c = env.tcp();
+        c.write_all(format!("<14>1 - h app - - - hog {i}\n").as_bytes())
+            .expect("writing");
+        hogs.push(c);
+        // Each last active at its own millisecond, so "longest idle" is one connection.
+        thread::sleep(Duration::from_millis(5));
+    }
+    wait_until(
+        "a message from every hog",
+        Duration::from_secs(20),
+        || env.rest().len() == CAP,
+        || format!("{} arrived\n{}", env.rest().len(), env.sidecar.log_tail()),
+    );
+    // The first hog is the longest idle; touch it so the second one is.
+    thread::sleep(Duration::from_millis(50));
+    hogs[0]
+        .write_all(b"<14>1 - h app - - - hog 0 again\n")
+        .expect("writing");
+    wait_until(
+        "hog 0's second message",
+        Duration::from_secs(10),
+        || env.rest().len() == CAP + 1,
+        || env.sidecar.log_tail(),
+    );
+    let mut newcomer = env.tcp();
+    newcomer
+        .write_all(b"<14>1 - h app - - - a new sender\n")
+        .expect("writing");
+    wait_until(
+        "the new sender's message, with the cap full",
+        Duration::from_secs(10),
+        || env.rest().iter().any(|l| l.ends_with("a new sender")),
+        || env.sidecar.log_tail(),
+    );
+    wait_closed(
+        &mut hogs[1],
+        Duration::from_secs(5),
+        "the longest idle connection",
+    );
+    assert_eq!(
+        env.metric(
+            r#"servicelog_syslog_connections_closed_total{source="legacy-tcp",reason="evicted"}"#
+        ),
+        Some(1.0),
+        "{}",
+        env.metrics_text()
+    );
+    hogs[0]
+        .write_all(b"<14>1 - h app - - - hog 0 still served\n")
+        .expect("writing");
+    wait_until(
+        "hog 0, recently active, still served",
+        Duration::from_secs(10),
+        || env.rest().iter().any(|l| l.ends_with("hog 0 still served")),
+        || env.sidecar.log_tail(),
+    );
+}
+
+#[test]
+fn given_max_line_bytes_when_messages_are_longer_then_they_are_cut_to_it_counted_and_logged_and_the_next_ones_arrive_whole()
+ {
+    let env = Env::start_with("", "\n    maxLineBytes: 1024");
+    let long = |tag: &str| format!("<14>1 - h app - - - {tag} {}", "x".repeat(5000));
+    let mut conn = env.tcp();
+    let framed = long("newline");
+    conn.write_all(format!("{framed}\n").as_bytes())
+        .expect("writing");
+    let counted = long("octet");
+    conn.write_all(format!("{} {counted}", counted.len()).as_bytes())
+        .expect("writing");
+    conn.write_all(b"<14>1 - h app - - - short after\n")
+        .expect("writing");
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("binding the sender");
+    let datagram = long("udp");
+    sender
+        .send_to(datagram.as_bytes(), ("127.0.0.1", env.udp))
+        .expect("sending");
+    wait_until(
+        "4 messages",
+        Duration::from_secs(10),
+        || env.rest().len() == 4,
+        || env.sidecar.log_tail(),
+    );
+    let rest = env.rest();
+    for want in [&framed, &counted, &datagram] {
+        assert!(
+            rest.contains(&want[..1024].to_owned()),
+            "{} cut to 1024 bytes in {rest:?}",
+            &want[..40]
+        );
+    }
+    assert!(rest.contains(&"<14>1 - h app - - - short after".to_owned()));
+    wait_until(
+        "3 truncations counted",
+        Duration::from_secs(5),
+        || {
+            env.metric(r#"servicelog_lines_truncated_total{source="legacy-tcp"}"#) == Some(2.0)
+                && env.metric(r#"servicelog_lines_truncated_total{source="legacy-udp"}"#)
+                    == Some(1.0)
+        },
+        || env.metrics_text(),
+    );
+    let log = std::fs::read_to_string(&env.sidecar.log).expect("the sidecar's log");
+    assert_eq!(
+        log.matches("longer than maxLineBytes truncated").count(),
+        2,
+        "logged once per source per minute:\n{log}"
+    );
 }
 
 #[test]

@@ -3,16 +3,16 @@
 
 use std::ops::Range;
 
-use super::MAX_FRAME;
-
 /// Splits a TCP byte stream into frames (RFC 6587): octet-counted or newline-terminated,
-/// decided per frame.
+/// decided per frame. A frame longer than the limit is cut to it and the rest skipped as
+/// it arrives, so the buffer never holds more than one frame of at most the limit and
+/// one read.
 #[derive(Debug, Default)]
 pub(super) struct Framer {
     pub(super) buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     pos: usize,
-    /// Bytes of an oversized octet-counted frame still to be skipped.
+    /// Bytes of an over-long octet-counted frame still to be skipped.
     skip: usize,
     /// Skipping up to the next newline.
     discard: bool,
@@ -21,15 +21,17 @@ pub(super) struct Framer {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Next {
     Frame(Range<usize>),
+    /// The first `limit` bytes of a longer frame; the rest is skipped.
+    Truncated(Range<usize>),
     Malformed(&'static str),
     /// Nothing more until more bytes arrive.
     More,
 }
 
 impl Framer {
-    /// The next frame of what was received. `eof`: nothing more will come, so an
-    /// unterminated newline-framed message is complete.
-    pub(super) fn next(&mut self, eof: bool) -> Next {
+    /// The next frame of what was received, cut to `limit` bytes. `eof`: nothing more
+    /// will come, so an unterminated newline-framed message is complete.
+    pub(super) fn next(&mut self, eof: bool, limit: usize) -> Next {
         loop {
             let data = &self.buf[self.pos..];
             if self.skip > 0 {
@@ -63,22 +65,22 @@ impl Framer {
                 continue;
             }
             if first.is_ascii_digit() {
-                return self.octet_counted(eof);
+                return self.octet_counted(eof, limit);
             }
             let start = self.pos;
             return match memchr::memchr(b'\n', data) {
-                Some(i) if i > MAX_FRAME => {
+                Some(i) if i > limit => {
                     self.pos += i + 1;
-                    Next::Malformed("message longer than the maximum")
+                    Next::Truncated(start..start + limit)
                 }
                 Some(i) => {
                     self.pos += i + 1;
                     Next::Frame(start..start + trim_frame(&data[..i]).len())
                 }
-                None if data.len() > MAX_FRAME => {
+                None if data.len() > limit => {
                     self.discard = true;
                     self.pos = self.buf.len();
-                    Next::Malformed("message longer than the maximum")
+                    Next::Truncated(start..start + limit)
                 }
                 None if eof => {
                     self.pos = self.buf.len();
@@ -89,7 +91,7 @@ impl Framer {
         }
     }
 
-    fn octet_counted(&mut self, eof: bool) -> Next {
+    fn octet_counted(&mut self, eof: bool, limit: usize) -> Next {
         let data = &self.buf[self.pos..];
         let digits = data.iter().take_while(|b| b.is_ascii_digit()).count();
         if digits > 9 {
@@ -116,21 +118,27 @@ impl Framer {
             self.pos = body;
             return Next::Malformed("octet count of zero");
         }
-        if len > MAX_FRAME {
-            self.pos = body;
-            self.skip = len;
-            return Next::Malformed("message longer than the maximum");
-        }
-        if self.buf.len() - body < len {
+        let kept = len.min(limit);
+        if self.buf.len() - body < kept {
             if eof {
                 self.pos = self.buf.len();
                 return Next::Malformed("connection closed inside an octet-counted frame");
             }
             return Next::More;
         }
-        self.pos = body + len;
+        self.pos = body + kept;
+        if kept < len {
+            self.skip = len - kept;
+            return Next::Truncated(body..body + kept);
+        }
         let frame = &self.buf[body..body + len];
         Next::Frame(body..body + trim_frame(frame).len())
+    }
+
+    /// True while a frame has begun and not ended: part of it is buffered, or the rest of
+    /// an over-long one is still being skipped.
+    pub(super) fn in_frame(&self) -> bool {
+        self.pos < self.buf.len() || self.skip > 0 || self.discard
     }
 
     /// Drops what was read, keeping an incomplete frame; an empty buffer gives back its
@@ -162,16 +170,26 @@ mod tests {
 
     use super::*;
 
+    const LIMIT: usize = 64 * 1024;
+
     fn frames(input: &[&[u8]], eof: bool) -> Vec<Result<String, &'static str>> {
+        frames_cut(input, eof, LIMIT)
+    }
+
+    /// Frames as text; a truncated one is marked with a trailing `…`.
+    fn frames_cut(input: &[&[u8]], eof: bool, limit: usize) -> Vec<Result<String, &'static str>> {
         let mut f = Framer::default();
         let mut out = Vec::new();
         for (i, chunk) in input.iter().enumerate() {
             f.buf.extend_from_slice(chunk);
             let last = eof && i + 1 == input.len();
             loop {
-                match f.next(last) {
+                match f.next(last, limit) {
                     Next::More => break,
                     Next::Frame(r) => out.push(Ok(String::from_utf8_lossy(&f.buf[r]).into_owned())),
+                    Next::Truncated(r) => {
+                        out.push(Ok(format!("{}…", String::from_utf8_lossy(&f.buf[r]))))
+                    }
                     Next::Malformed(why) => out.push(Err(why)),
                 }
             }
@@ -204,14 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn bad_octet_counts_and_oversized_frames_are_skipped_and_the_stream_resyncs() {
-        let big = format!("{} <13>{}", MAX_FRAME + 10, "x".repeat(MAX_FRAME + 6));
+    fn given_bad_octet_counts_then_they_are_skipped_and_the_stream_resyncs() {
         let got = frames(
-            &[
-                b"12x <13>broken\n<14>after bad count\n",
-                big.as_bytes(),
-                b"6 <15>ok",
-            ],
+            &[b"12x <13>broken\n<14>after bad count\n", b"6 <15>ok"],
             true,
         );
         assert_eq!(
@@ -219,19 +232,70 @@ mod tests {
             vec![
                 Err("bad octet count"),
                 Ok("<14>after bad count".into()),
-                Err("message longer than the maximum"),
                 Ok("<15>ok".into()),
             ]
         );
-        let long_line = "y".repeat(MAX_FRAME + 1);
-        let got = frames(&[long_line.as_bytes(), b"\n<13>next\n"], false);
+    }
+
+    #[test]
+    fn given_frames_longer_than_the_limit_then_they_are_cut_to_it_and_the_rest_skipped() {
+        let limit = 16;
+        let long = "x".repeat(40);
+        let octet = format!("{} <13>{long}", long.len() + 4);
+        let (a, b) = octet.split_at(20);
+        let newline = format!("<14>{long}\n");
+        let (c, d) = newline.split_at(30);
+        let got = frames_cut(
+            &[
+                a.as_bytes(),
+                b.as_bytes(),
+                b"6 <15>ok",
+                c.as_bytes(),
+                d.as_bytes(),
+                b"<16>after\n",
+            ],
+            true,
+            limit,
+        );
+        let cut = |pri: &str| Ok(format!("{pri}{}…", &long[..limit - pri.len()]));
         assert_eq!(
             got,
             vec![
-                Err("message longer than the maximum"),
-                Ok("<13>next".into())
+                cut("<13>"),
+                Ok("<15>ok".into()),
+                cut("<14>"),
+                Ok("<16>after".into()),
             ]
         );
+    }
+
+    #[test]
+    fn given_a_frame_cut_to_the_limit_then_the_buffer_holds_no_more_than_the_limit_and_a_read() {
+        let mut f = Framer::default();
+        let limit = 1024;
+        let mut cut = 0;
+        for _ in 0..1000 {
+            f.buf.extend_from_slice(&[b'y'; 4096]);
+            loop {
+                match f.next(false, limit) {
+                    Next::More => break,
+                    Next::Truncated(_) => cut += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            f.compact();
+            assert!(f.buf.len() <= limit + 4096, "{} bytes held", f.buf.len());
+            assert!(f.in_frame(), "still inside the over-long frame");
+        }
+        assert_eq!(cut, 1, "one over-long line is one truncated frame");
+        f.buf.extend_from_slice(b"\n<13>next\n");
+        assert_eq!(
+            f.next(false, limit),
+            Next::Frame(f.buf.len() - 9..f.buf.len() - 1)
+        );
+        assert_eq!(f.next(false, limit), Next::More);
+        f.compact();
+        assert!(!f.in_frame());
     }
 
     proptest! {

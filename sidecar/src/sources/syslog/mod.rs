@@ -18,19 +18,33 @@
 //!   to be in force while one of its sources silently receives nothing. A socket whose
 //!   port and protocol are unchanged is carried into the next pipeline, open; a new one is
 //!   bound aside before the swap; one the new config no longer has is closed, with its
-//!   connections. Sockets listen on `[::]` (IPv4 too), or `0.0.0.0` where IPv6 is off.
+//!   connections. Sockets listen on the source's `address`: loopback (`127.0.0.1`) unless
+//!   the spec says otherwise, since the application shares the pod's network namespace and
+//!   nothing outside the pod should be able to feed its log routing. `::` falls back to
+//!   `0.0.0.0` where IPv6 is off. A socket is carried over only if its address is
+//!   unchanged too; moving a port to another address while it is open fails to bind
+//!   (the old socket still holds the port), so that config is rejected — change the port.
 //! - **Framing.** UDP: one message per datagram. TCP: per frame, octet counting
 //!   (`<len> <msg>`, RFC 6587) when it starts with a digit, else up to the next newline
-//!   (`\r\n` too). A frame longer than [`MAX_FRAME`] is skipped (an octet-counted one by
-//!   its length, a newline-framed one up to its newline). A bad octet count skips to the
-//!   next newline. At the end of a connection an unterminated last frame is a message.
-//! - **Malformed frames** — a bad octet count, an oversized frame, a message without a
-//!   `<PRI>` — are counted in `servicelog_syslog_malformed_total{source}`, logged at most
-//!   every [`LOG_EVERY`] per source, and skipped; the connection stays open.
-//! - **Limits.** At most [`MAX_CONNECTIONS`] TCP connections per port (further ones wait in
-//!   the kernel's backlog); a connection idle for [`IDLE_TIMEOUT`] is closed (senders
-//!   reconnect); an idle connection holds no read buffer beyond a few KiB. Each connection
-//!   is its own task, so a slow sender holding half a frame delays nobody else.
+//!   (`\r\n` too). A bad octet count skips to the next newline. At the end of a
+//!   connection an unterminated last frame is a message.
+//! - **Long messages.** A message longer than the source's `maxLineBytes` is cut to that
+//!   many bytes and the rest of its frame skipped as it arrives (never buffered), counted
+//!   in `servicelog_lines_truncated_total{source}` and logged at most every
+//!   [`TRUNCATED_LOG_EVERY`] per source.
+//! - **Malformed frames** — a bad octet count, a message without a `<PRI>` — are counted in
+//!   `servicelog_syslog_malformed_total{source}`, logged at most every [`LOG_EVERY`] per
+//!   source, and skipped; the connection stays open.
+//! - **Hostile or stuck TCP senders.** A frame must arrive whole within [`FRAME_TIMEOUT`]
+//!   of its first byte, so a sender that starts one and stalls (or trickles it) is
+//!   disconnected; between frames a connection may stay silent for [`IDLE_TIMEOUT`]. At
+//!   most [`MAX_CONNECTIONS`] connections per port: at the cap a new connection evicts the
+//!   one idle longest rather than waiting, so connections left open (or opened on purpose)
+//!   cannot lock new senders out. Each closure is counted in
+//!   `servicelog_syslog_connections_closed_total{source,reason}` (`frame_timeout`,
+//!   `idle_timeout`, `evicted`). A connection holds at most one frame of `maxLineBytes`
+//!   and one read; an idle one no read buffer beyond a few KiB. Each connection is its own
+//!   task, so a slow sender holding half a frame delays nobody else.
 //! - **Batching and backpressure.** Frames wait for the router thread in a queue of at
 //!   most [`QUEUE`] frames and [`QUEUE_BYTES`] bytes. The router thread takes what arrived
 //!   (waiting up to [`BATCH_WAIT`] after the first message for more, at most
@@ -56,18 +70,21 @@ mod parse;
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::v1alpha1::SyslogProtocol;
+use servicelog_api::v1alpha1::{DEFAULT_MAX_LINE_BYTES, SyslogProtocol, SyslogSource};
 use tokio::{
     io::AsyncReadExt,
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
-    task::JoinSet,
+    task::{AbortHandle, JoinSet},
 };
 
 use self::frame::{Framer, Next, trim_frame};
@@ -77,12 +94,14 @@ use crate::{
     pipeline::{Batcher, Feed},
 };
 
-/// Longest message accepted, in bytes.
-pub const MAX_FRAME: usize = 64 * 1024;
-/// TCP connections served at once per port.
+/// Largest UDP datagram (the protocol's limit).
+const MAX_DATAGRAM: usize = 64 * 1024;
+/// TCP connections served at once per port; one more evicts the longest idle.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A TCP connection that sent nothing for this long is closed.
+/// A TCP connection that sent nothing between frames for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A TCP frame not complete this long after its first byte closes its connection.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the first message of a batch, how long to wait for more.
 pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// Most messages routed in one batch.
@@ -94,6 +113,8 @@ pub const QUEUE: usize = 4096;
 pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Malformed frames are logged at most this often per source.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Truncated messages are logged at most this often per source.
+pub const TRUNCATED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The syslog sources of the config in force and the pipeline that routes their
 /// messages, taken together for each batch.
@@ -106,15 +127,18 @@ pub struct SyslogSourceSpec {
     /// Its index among the router's sources.
     pub index: usize,
     pub listener: Arc<Listener>,
+    /// The source's `maxLineBytes`.
+    pub max_line: usize,
 }
 
 /// A port that could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("source {source_name}: binding {protocol} port {port}: {error}")]
+#[error("source {source_name}: binding {protocol} port {port} on {address}: {error}")]
 pub struct BindError {
     pub source_name: String,
     pub port: u16,
     pub protocol: &'static str,
+    pub address: String,
     pub error: io::Error,
 }
 
@@ -136,12 +160,32 @@ enum Socket {
 pub struct Listener {
     pub port: u16,
     pub protocol: SyslogProtocol,
+    /// The address it is bound to, as the spec asked (`::` even where it fell back to
+    /// `0.0.0.0`), so an unchanged source is carried over.
+    pub address: IpAddr,
     socket: Socket,
+    /// The source on this socket and its `maxLineBytes` under the config in force (a
+    /// carried-over socket can change both), set by the syslog-io thread on each swap.
+    source: Mutex<String>,
+    limit: AtomicUsize,
 }
 
 impl Listener {
-    /// Binds `port` on every address (IPv6 and IPv4, or IPv4 alone where IPv6 is off).
-    pub fn bind(source: &str, port: u16, protocol: SyslogProtocol) -> Result<Self, BindError> {
+    /// Binds the source's port on its address (`::`: IPv6 and IPv4, or IPv4 alone where
+    /// IPv6 is off).
+    pub fn bind(source: &str, def: &SyslogSource) -> Result<Self, BindError> {
+        let (port, protocol) = (def.port, def.protocol);
+        let error = |address: String, error: io::Error| BindError {
+            source_name: source.to_owned(),
+            port,
+            protocol: protocol_name(protocol),
+            address,
+            error,
+        };
+        let address = def.address().map_err(|e| {
+            let text = def.address.clone().unwrap_or_default();
+            error(text, io::Error::new(io::ErrorKind::InvalidInput, e))
+        })?;
         let bind = |ip: IpAddr| -> io::Result<Socket> {
             let addr = SocketAddr::new(ip, port);
             Ok(match protocol {
@@ -149,33 +193,58 @@ impl Listener {
                 SyslogProtocol::Tcp => Socket::Tcp(std::net::TcpListener::bind(addr)?),
             })
         };
-        let socket = match bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
-            Err(e) if e.kind() != io::ErrorKind::AddrInUse => {
-                bind(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        let socket = match bind(address) {
+            Err(e)
+                if address == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    && e.kind() != io::ErrorKind::AddrInUse =>
+            {
+                bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
             }
             other => other,
         }
-        .map_err(|error| BindError {
-            source_name: source.to_owned(),
-            port,
-            protocol: protocol_name(protocol),
-            error,
-        })?;
+        .map_err(|e| error(address.to_string(), e))?;
         tracing::info!(
             source,
             port,
+            %address,
             protocol = protocol_name(protocol),
             "listening for syslog"
         );
         Ok(Self {
             port,
             protocol,
+            address,
             socket,
+            source: Mutex::new(source.to_owned()),
+            limit: AtomicUsize::new(DEFAULT_MAX_LINE_BYTES),
         })
+    }
+
+    /// True if `def` would bind this very socket.
+    pub fn is_for(&self, def: &SyslogSource) -> bool {
+        self.port == def.port && self.protocol == def.protocol && def.address() == Ok(self.address)
     }
 
     fn key(&self) -> (u16, SyslogProtocol) {
         (self.port, self.protocol)
+    }
+
+    /// Takes the name and limit of the source that owns it under the config in force.
+    fn follow(&self, spec: &SyslogSourceSpec) {
+        self.limit.store(spec.max_line, Ordering::Relaxed);
+        if let Ok(mut name) = self.source.lock()
+            && *name != spec.name
+        {
+            name.clone_from(&spec.name);
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn source_name(&self) -> String {
+        self.source.lock().map(|n| n.clone()).unwrap_or_default()
     }
 }
 
@@ -185,6 +254,8 @@ struct Received {
     peer: IpAddr,
     /// The frame, or why it is not one.
     frame: Result<Vec<u8>, &'static str>,
+    /// The frame was cut to the source's `maxLineBytes`.
+    truncated: bool,
     /// Its share of [`QUEUE_BYTES`], given back once it is routed.
     _bytes: OwnedSemaphorePermit,
 }
@@ -203,6 +274,7 @@ impl Queue {
         from: (u16, SyslogProtocol),
         peer: IpAddr,
         frame: Result<Vec<u8>, &'static str>,
+        truncated: bool,
     ) -> bool {
         let len = frame.as_ref().map_or(1, Vec::len).clamp(1, QUEUE_BYTES);
         let Ok(bytes) = self.bytes.clone().acquire_many_owned(len as u32).await else {
@@ -212,6 +284,7 @@ impl Queue {
             from,
             peer,
             frame,
+            truncated,
             _bytes: bytes,
         };
         self.tx.send(received).await.is_ok()
@@ -248,10 +321,11 @@ impl Syslog {
             .build()?;
         let current = links.current.clone();
         let changes = links.changes.clone();
+        let metrics = links.metrics.clone();
         let io = std::thread::Builder::new()
             .name("syslog-io".into())
             .stack_size(512 * 1024)
-            .spawn(move || runtime.block_on(supervise(current, changes, stop_rx, tx)))?;
+            .spawn(move || runtime.block_on(supervise(current, changes, stop_rx, tx, metrics)))?;
         let router = std::thread::Builder::new()
             .name("syslog-router".into())
             .stack_size(512 * 1024)
@@ -273,6 +347,7 @@ async fn supervise(
     mut changes: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     tx: Queue,
+    metrics: Metrics,
 ) {
     // Keyed by the listener's address: a carried-over listener is the same allocation.
     let mut serving: HashMap<usize, (Arc<Listener>, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -281,7 +356,15 @@ async fn supervise(
         let syslog = current.load_full();
         let wanted: Vec<Arc<Listener>> = syslog
             .as_ref()
-            .map(|c| c.sources.iter().map(|s| s.listener.clone()).collect())
+            .map(|c| {
+                c.sources
+                    .iter()
+                    .map(|s| {
+                        s.listener.follow(s);
+                        s.listener.clone()
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         drop(syslog);
         serving.retain(|key, (listener, task)| {
@@ -301,7 +384,7 @@ async fn supervise(
             if serving.contains_key(&key) {
                 continue;
             }
-            match serve(&listener, tx.clone()) {
+            match serve(&listener, tx.clone(), metrics.clone()) {
                 Ok(task) => {
                     serving.insert(key, (listener, task));
                 }
@@ -325,26 +408,30 @@ async fn supervise(
 
 /// Starts the task that serves `listener` (on its own duplicate of the socket, so the
 /// configs keep theirs).
-fn serve(listener: &Listener, tx: Queue) -> io::Result<tokio::task::JoinHandle<()>> {
-    let from = listener.key();
+fn serve(
+    listener: &Arc<Listener>,
+    tx: Queue,
+    metrics: Metrics,
+) -> io::Result<tokio::task::JoinHandle<()>> {
     Ok(match &listener.socket {
         Socket::Udp(s) => {
             let s = s.try_clone()?;
             s.set_nonblocking(true)?;
             let socket = tokio::net::UdpSocket::from_std(s)?;
-            tokio::spawn(serve_udp(socket, from, tx))
+            tokio::spawn(serve_udp(socket, listener.clone(), tx))
         }
         Socket::Tcp(s) => {
             let s = s.try_clone()?;
             s.set_nonblocking(true)?;
             let socket = tokio::net::TcpListener::from_std(s)?;
-            tokio::spawn(serve_tcp(socket, from, tx))
+            tokio::spawn(serve_tcp(socket, listener.clone(), tx, metrics))
         }
     })
 }
 
-async fn serve_udp(socket: tokio::net::UdpSocket, from: (u16, SyslogProtocol), tx: Queue) {
-    let mut buf = vec![0u8; MAX_FRAME];
+async fn serve_udp(socket: tokio::net::UdpSocket, owner: Arc<Listener>, tx: Queue) {
+    let from = owner.key();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -354,77 +441,145 @@ async fn serve_udp(socket: tokio::net::UdpSocket, from: (u16, SyslogProtocol), t
                 continue;
             }
         };
-        let frame = trim_frame(&buf[..n]);
+        let limit = owner.limit();
+        let (frame, truncated) = if n > limit {
+            (&buf[..limit], true)
+        } else {
+            (trim_frame(&buf[..n]), false)
+        };
         if frame.is_empty() {
             continue;
         }
-        if !tx.send(from, peer.ip(), Ok(frame.to_vec())).await {
+        if !tx
+            .send(from, peer.ip(), Ok(frame.to_vec()), truncated)
+            .await
+        {
             return;
         }
     }
 }
 
-async fn serve_tcp(listener: tokio::net::TcpListener, from: (u16, SyslogProtocol), tx: Queue) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// An open TCP connection, as the accept loop sees it.
+struct Open {
+    task: AbortHandle,
+    /// When it last received anything, in ms since the accept loop started.
+    active: Arc<AtomicU64>,
+}
+
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    owner: Arc<Listener>,
+    tx: Queue,
+    metrics: Metrics,
+) {
+    let epoch = Instant::now();
     // Dropped with this task when the source goes: that ends every connection.
     let mut connections = JoinSet::new();
+    let mut open: HashMap<tokio::task::Id, Open> = HashMap::new();
     loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // E.g. out of file descriptors: do not spin.
-                tracing::warn!(port = from.0, error = %e, "syslog accept");
+                tracing::warn!(port = owner.port, error = %e, "syslog accept");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let tx = tx.clone();
-        connections.spawn(async move {
-            serve_connection(stream, peer.ip(), from, tx).await;
-            drop(slot);
-        });
+        while let Some(ended) = connections.try_join_next_with_id() {
+            open.remove(&ended.map_or_else(|e| e.id(), |(id, ())| id));
+        }
+        if open.len() >= MAX_CONNECTIONS {
+            let idlest = open
+                .iter()
+                .min_by_key(|(_, o)| o.active.load(Ordering::Relaxed))
+                .map(|(id, _)| *id);
+            if let Some(conn) = idlest.and_then(|id| open.remove(&id)) {
+                conn.task.abort();
+                metrics.syslog_connection_closed(&owner.source_name(), "evicted");
+                tracing::debug!(port = owner.port, %peer, "syslog connection cap reached; closed the longest idle connection");
+            }
+        }
+        let active = Arc::new(AtomicU64::new(millis_since(epoch)));
+        let conn = Connection {
+            owner: owner.clone(),
+            peer: peer.ip(),
+            tx: tx.clone(),
+            metrics: metrics.clone(),
+            active: active.clone(),
+            epoch,
+        };
+        let task = connections.spawn(conn.serve(stream));
+        open.insert(task.id(), Open { task, active });
     }
 }
 
-async fn serve_connection(
-    mut stream: tokio::net::TcpStream,
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One TCP connection's task.
+struct Connection {
+    owner: Arc<Listener>,
     peer: IpAddr,
-    from: (u16, SyslogProtocol),
     tx: Queue,
-) {
-    let mut framer = Framer::default();
-    loop {
-        framer.buf.reserve(8 * 1024);
-        let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut framer.buf)).await;
-        let eof = match read {
-            Err(_) => {
-                tracing::debug!(%peer, "closing an idle syslog connection");
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "syslog connection");
-                return;
-            }
-            Ok(Ok(n)) => n == 0,
-        };
+    metrics: Metrics,
+    /// Where the accept loop sees when this connection last received anything.
+    active: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Connection {
+    async fn serve(self, mut stream: tokio::net::TcpStream) {
+        let (from, peer) = (self.owner.key(), self.peer);
+        let mut framer = Framer::default();
+        // When the frame now in progress began.
+        let mut frame_since: Option<Instant> = None;
         loop {
-            let frame = match framer.next(eof) {
-                Next::More => break,
-                Next::Frame(range) => Ok(framer.buf[range].to_vec()),
-                Next::Malformed(why) => Err(why),
+            framer.buf.reserve(8 * 1024);
+            let (wait, reason) = match frame_since {
+                Some(t) => (FRAME_TIMEOUT.saturating_sub(t.elapsed()), "frame_timeout"),
+                None => (IDLE_TIMEOUT, "idle_timeout"),
             };
-            if !tx.send(from, peer, frame).await {
+            let eof = match tokio::time::timeout(wait, stream.read_buf(&mut framer.buf)).await {
+                Err(_) => {
+                    tracing::debug!(%peer, reason, "closing a syslog connection");
+                    self.metrics
+                        .syslog_connection_closed(&self.owner.source_name(), reason);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "syslog connection");
+                    return;
+                }
+                Ok(Ok(n)) => n == 0,
+            };
+            self.active
+                .store(millis_since(self.epoch), Ordering::Relaxed);
+            let limit = self.owner.limit();
+            let mut ended = false;
+            loop {
+                let (frame, truncated) = match framer.next(eof, limit) {
+                    Next::More => break,
+                    Next::Frame(range) => (Ok(framer.buf[range].to_vec()), false),
+                    Next::Truncated(range) => (Ok(framer.buf[range].to_vec()), true),
+                    Next::Malformed(why) => (Err(why), false),
+                };
+                ended = true;
+                if !self.tx.send(from, peer, frame, truncated).await {
+                    return;
+                }
+            }
+            if eof {
                 return;
             }
+            framer.compact();
+            frame_since = match frame_since {
+                _ if !framer.in_frame() => None,
+                Some(t) if !ended => Some(t),
+                _ => Some(Instant::now()),
+            };
         }
-        if eof {
-            return;
-        }
-        framer.compact();
     }
 }
 
@@ -436,6 +591,8 @@ struct Router {
     raw: Vec<u8>,
     /// When a malformed frame was last logged, and how many since, per source.
     complaints: HashMap<String, (Instant, u64)>,
+    /// The same for truncated messages.
+    truncations: HashMap<String, (Instant, u64)>,
 }
 
 impl Router {
@@ -446,6 +603,7 @@ impl Router {
             json: Vec::new(),
             raw: Vec::new(),
             complaints: HashMap::new(),
+            truncations: HashMap::new(),
         }
     }
 
@@ -495,6 +653,16 @@ impl Router {
             let mut malformed = 0u64;
             let mut item = Some(first);
             while let Some(r) = item.take() {
+                if r.truncated {
+                    self.links.metrics.line_truncated(name);
+                    let limit = r.frame.as_ref().map_or(0, Vec::len);
+                    rate_limited(
+                        &mut self.truncations,
+                        TRUNCATED_LOG_EVERY,
+                        name,
+                        |suppressed| tracing::warn!(source = name, peer = %r.peer, max_line_bytes = limit, suppressed, "syslog message longer than maxLineBytes truncated"),
+                    );
+                }
                 let parsed = r
                     .frame
                     .as_deref()
@@ -514,7 +682,9 @@ impl Router {
                     }
                     Err(why) => {
                         malformed += 1;
-                        complain(&mut self.complaints, name, r.peer, why);
+                        rate_limited(&mut self.complaints, LOG_EVERY, name, |suppressed| {
+                            tracing::warn!(source = name, peer = %r.peer, reason = why, suppressed, "malformed syslog frame skipped");
+                        });
                     }
                 }
                 if items.peek().is_some_and(|n| n.from == spec.listener.key()) {
@@ -529,23 +699,23 @@ impl Router {
     }
 }
 
-/// Logs a malformed frame, at most every [`LOG_EVERY`] per source.
-fn complain(
-    complaints: &mut HashMap<String, (Instant, u64)>,
+/// Calls `log` (with how many were not logged since) at most every `every` per source.
+fn rate_limited(
+    last: &mut HashMap<String, (Instant, u64)>,
+    every: Duration,
     source: &str,
-    peer: IpAddr,
-    why: &str,
+    log: impl FnOnce(u64),
 ) {
-    match complaints.get_mut(source) {
-        Some((at, suppressed)) if at.elapsed() < LOG_EVERY => *suppressed += 1,
+    match last.get_mut(source) {
+        Some((at, suppressed)) if at.elapsed() < every => *suppressed += 1,
         Some((at, suppressed)) => {
-            tracing::warn!(source, %peer, reason = why, suppressed = *suppressed, "malformed syslog frame skipped");
+            log(*suppressed);
             *at = Instant::now();
             *suppressed = 0;
         }
         None => {
-            tracing::warn!(source, %peer, reason = why, "malformed syslog frame skipped");
-            complaints.insert(source.to_owned(), (Instant::now(), 0));
+            log(0);
+            last.insert(source.to_owned(), (Instant::now(), 0));
         }
     }
 }
