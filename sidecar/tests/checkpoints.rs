@@ -304,7 +304,12 @@ fn given_a_line_longer_than_max_line_bytes_then_it_is_cut_counted_and_the_next_l
         || sidecar.log_tail(),
     );
     let got = read_lines(&out);
-    assert_eq!(got.len(), 3, "two cut lines and one whole: {:?}", got.iter().map(String::len).collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        3,
+        "two cut lines and one whole: {:?}",
+        got.iter().map(String::len).collect::<Vec<_>>()
+    );
     assert_eq!(got[0], "x".repeat(4096));
     assert_eq!(got[1], "y".repeat(4096));
     assert_eq!(got[2], "after");
@@ -316,5 +321,86 @@ fn given_a_line_longer_than_max_line_bytes_then_it_is_cut_counted_and_the_next_l
         sidecar.log_tail().contains("longer than maxLineBytes"),
         "{}",
         sidecar.log_tail()
+    );
+}
+
+/// The measurement behind docs/benchmarks.md "What a SIGKILL repeats": a burst written at
+/// full speed while the sidecar drains it, SIGKILL at a random moment, a restart, the
+/// duplicates counted; `SERVICELOG_KILL_RUNS` runs (default 100). Prints max and p99 as
+/// a fraction of the burst. `cargo test --release -p servicelog-sidecar --test checkpoints
+/// -- --ignored --nocapture duplicates_after_sigkill`
+#[test]
+#[ignore = "a measurement (minutes): run it by name"]
+fn duplicates_after_sigkill_at_random_points_during_a_burst() {
+    const BURST: u64 = 100_000;
+    let runs: usize = std::env::var("SERVICELOG_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut random = move || {
+        // xorshift64
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let line_len = line(BURST / 2, "info").len() + 1;
+    let mut dups = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let s = Scratch::new();
+        let logs = s.logs();
+        let out = s.path("out/out.log");
+        let mut sidecar = start(&s, &file_sink_spec(&logs, &out));
+        thread::sleep(Duration::from_millis(300));
+        let app = logs.join("app.log");
+        let writer = thread::spawn(move || {
+            for chunk in 0..BURST / 1_000 {
+                append(&app, &lines(chunk * 1_000..(chunk + 1) * 1_000));
+            }
+        });
+        // Killed once the sink holds a random share of the burst.
+        let target = (random() % (BURST - 1) + 1) as usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_lines(&out) < target {
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: {target} lines never reached the sink\n{}",
+                sidecar.log_tail()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        sidecar.kill();
+        let at_kill = count_lines(&out);
+        writer.join().expect("the writer");
+        let sidecar = start(&s, &file_sink_spec(&logs, &out));
+        wait_until(
+            "every line after the restart",
+            Duration::from_secs(60),
+            || seq_counts(&[&out]).len() as u64 >= BURST,
+            || sidecar.log_tail(),
+        );
+        let counts = seq_counts(&[&out]);
+        assert_eq!(counts.len() as u64, BURST, "a line was lost in run {run}");
+        let d = duplicates(&counts);
+        assert!(
+            d * line_len <= REPEAT_BOUND_BYTES,
+            "run {run}: {d} repeated with {at_kill} at the sink: over the bound"
+        );
+        dups.push(d);
+    }
+    dups.sort_unstable();
+    let p99 = dups[(dups.len() * 99).div_ceil(100) - 1];
+    let max = dups[dups.len() - 1];
+    let median = dups[dups.len() / 2];
+    println!(
+        "{runs} runs, burst {BURST} lines of {line_len} bytes: repeated median {median} ({:.2} %), p99 {p99} ({:.2} %), max {max} ({:.2} %, {} KiB); bound {} KiB",
+        100.0 * median as f64 / BURST as f64,
+        100.0 * p99 as f64 / BURST as f64,
+        100.0 * max as f64 / BURST as f64,
+        max * line_len / 1024,
+        REPEAT_BOUND_BYTES / 1024,
     );
 }
