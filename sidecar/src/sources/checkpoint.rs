@@ -95,7 +95,8 @@ impl Entry {
         if Fingerprint::of(&head) != self.fingerprint {
             return false;
         }
-        self.before.is_none_or(|before| before == Fingerprint::before(file, self.offset))
+        self.before
+            .is_none_or(|before| before == Fingerprint::before(file, self.offset))
     }
 }
 
@@ -279,29 +280,45 @@ mod tests {
         assert_eq!(on_disk(), 10, "a small commit waits for the timer");
         c.set(entry(10 + WRITE_BYTES, Fingerprint::default()));
         c.flush(false).unwrap();
-        assert_eq!(on_disk(), 10 + WRITE_BYTES, "a megabyte committed is written at once");
+        assert_eq!(
+            on_disk(),
+            10 + WRITE_BYTES,
+            "a megabyte committed is written at once"
+        );
     }
 
     #[test]
     fn given_a_new_file_with_the_same_banner_then_the_bytes_before_the_offset_tell_it_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
-        let banner = "=== checkout v1.4 starting, build 2026-12-07, config /etc/checkout.yaml ===\n";
+        let banner =
+            "=== checkout v1.4 starting, build 2026-12-07, config /etc/checkout.yaml ===\n";
         assert!(banner.len() > FINGERPRINT_BYTES);
-        std::fs::write(&path, format!("{banner}first life line 1\nfirst life line 2\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{banner}first life line 1\nfirst life line 2\n"),
+        )
+        .unwrap();
         let old = std::fs::File::open(&path).unwrap();
         let len = old.metadata().unwrap().len();
         let mut e = entry(len, Fingerprint::of(&read_at(&old, 0, FINGERPRINT_BYTES)));
         e.before = Some(Fingerprint::before(&old, len));
         assert!(e.fits(&old, len));
         drop(old);
-        std::fs::write(&path, format!("{banner}second life, a longer line 1\nmore and more\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{banner}second life, a longer line 1\nmore and more\n"),
+        )
+        .unwrap();
         let new = std::fs::File::open(&path).unwrap();
         let new_len = new.metadata().unwrap().len();
         assert!(new_len >= e.offset);
         let mut head_only = e.clone();
         head_only.before = None;
-        assert!(head_only.fits(&new, new_len), "the head alone cannot tell them apart");
+        assert!(
+            head_only.fits(&new, new_len),
+            "the head alone cannot tell them apart"
+        );
         assert!(!e.fits(&new, new_len), "the bytes before the offset can");
     }
 
@@ -313,7 +330,10 @@ mod tests {
         let f = std::fs::File::open(&path).unwrap();
         assert_eq!(Fingerprint::default(), Fingerprint::of(b""));
         assert!(entry(0, Fingerprint::default()).fits(&f, 9));
-        assert!(!entry(10, Fingerprint::default()).fits(&f, 9), "shorter than the offset");
+        assert!(
+            !entry(10, Fingerprint::default()).fits(&f, 9),
+            "shorter than the offset"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ use std::{
     io::{self, Read, Seek, SeekFrom},
     os::{
         fd::AsRawFd,
-        unix::fs::MetadataExt,
+        unix::fs::{MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
     sync::{
@@ -548,9 +548,7 @@ impl Tailer {
                             }
                         }
                         None => {
-                            if let Some(outside) =
-                                self.open(id, &path, &source.name, &root, true)
-                            {
+                            if let Some(outside) = self.open(id, &path, &source.name, &root, true) {
                                 if !self.refused.contains(&path) {
                                     refuse(files, &source.name, &path, &outside, &root);
                                 }
@@ -600,7 +598,9 @@ impl Tailer {
             if fs::metadata(&entry.path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
                 continue; // still at its path; the glob decides
             }
-            let Some(dir) = Path::new(&entry.path).parent().and_then(|d| fs::canonicalize(d).ok())
+            let Some(dir) = Path::new(&entry.path)
+                .parent()
+                .and_then(|d| fs::canonicalize(d).ok())
             else {
                 continue;
             };
@@ -638,7 +638,14 @@ impl Tailer {
         root: &Path,
         reachable: bool,
     ) -> Option<PathBuf> {
-        let mut file = match File::open(path) {
+        // Non-blocking, so a FIFO swapped in since the scan cannot hang the reader in
+        // `open` (reads of regular files ignore the flag); it is then not a file, or not
+        // the file the scan saw.
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path);
+        let mut file = match opened {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "opening");
@@ -653,7 +660,7 @@ impl Tailer {
         let Ok(meta) = file.metadata() else {
             return None;
         };
-        if (meta.dev(), meta.ino()) != id {
+        if !meta.is_file() || (meta.dev(), meta.ino()) != id {
             return None; // replaced between the scan and the open: the next scan sees the new one
         }
         let mut start = 0;
@@ -725,9 +732,9 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(Progress::Eof);
         };
-        let (max_line, source) = t
-            .spec(files)
-            .map_or((DEFAULT_MAX_LINE_BYTES, ""), |s| (s.max_line, s.name.as_str()));
+        let (max_line, source) = t.spec(files).map_or((DEFAULT_MAX_LINE_BYTES, ""), |s| {
+            (s.max_line, s.name.as_str())
+        });
         let buf = &mut self.scratch.buf;
         let mut base = t.routed_to();
         let held = t.partial.len();
@@ -981,11 +988,10 @@ impl Tailer {
             }
         }
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
-        self.inflight.entry(id).or_default().push_back(InFlight {
-            ack,
-            epoch,
-            offset,
-        });
+        self.inflight
+            .entry(id)
+            .or_default()
+            .push_back(InFlight { ack, epoch, offset });
     }
 
     /// Records, per file, the offsets of the batches every sink has acked, in sending
