@@ -33,7 +33,9 @@
 //! `cargo bench -p servicelog-sidecar --bench routing` runs it in full. Environment:
 //! `BENCH_LINES`, `BENCH_RUNS` (3), `BENCH_DIR` (`target/bench/sidecar`), `BENCH_CPU` (the
 //! core to pin to; default the last one; `none` to not pin), `BENCH_CONTENDERS`
-//! (comma-separated subset of `servicelog-sidecar,servicelog-sidecar-http,syslog-ng,rsyslog`), `BENCH_SYSLOG_NG`
+//! (comma-separated subset of `servicelog-sidecar,servicelog-sidecar-http,syslog-ng,rsyslog`,
+//! plus `servicelog-sidecar-disk` and `servicelog-sidecar-disk-sync`, the file sinks behind
+//! disk buffers without and with `sync: batch`, not run by default), `BENCH_SYSLOG_NG`
 //! (the binary; default `syslog-ng` on PATH), `BENCH_RSYSLOG_DIR` (a root holding
 //! `usr/sbin/rsyslogd` and `usr/lib/*/rsyslog/`: `scripts/bench.sh` unpacks Debian's
 //! package into `~/.cache/servicelog/contenders/rsyslog`, as it conflicts with syslog-ng;
@@ -61,6 +63,9 @@ const POLL: Duration = Duration::from_millis(20);
 
 const SIDECAR: &str = "servicelog-sidecar";
 const SIDECAR_HTTP: &str = "servicelog-sidecar-http";
+/// File sinks behind disk buffers, without and with `sync: batch`.
+const SIDECAR_DISK: &str = "servicelog-sidecar-disk";
+const SIDECAR_DISK_SYNC: &str = "servicelog-sidecar-disk-sync";
 const SYSLOG_NG: &str = "syslog-ng";
 const RSYSLOG: &str = "rsyslog";
 
@@ -268,10 +273,18 @@ impl Pin {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    Sidecar,
+    /// The sidecar with file sinks; `buffer` is their `buffer:` (empty: the default).
+    Sidecar {
+        buffer: &'static str,
+    },
     SidecarHttp,
-    SyslogNg { bin: PathBuf },
-    Rsyslog { bin: PathBuf, moddir: PathBuf },
+    SyslogNg {
+        bin: PathBuf,
+    },
+    Rsyslog {
+        bin: PathBuf,
+        moddir: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -426,11 +439,11 @@ fn check_outputs(run: &mut Run, w: &Workload, out: &Path) {
     };
 }
 
-fn run_sidecar(dir: &Path, w: &Workload, pin: Pin) -> Run {
-    let run_dir = fresh_dir(dir, SIDECAR);
+fn run_sidecar(dir: &Path, name: &str, buffer: &str, w: &Workload, pin: Pin) -> Run {
+    let run_dir = fresh_dir(dir, name);
     let out = run_dir.join("out");
     let config = run_dir.join("servicelog.yaml");
-    fs::write(&config, config_yaml(&w.input, &out)).expect("writing the sidecar's config");
+    fs::write(&config, config_yaml(&w.input, &out, buffer)).expect("writing the sidecar's config");
     let report = run_dir.join("time.txt");
     let start = Instant::now();
     let status = pin
@@ -474,7 +487,7 @@ fn run_sidecar_http(dir: &Path, w: &Workload, pin: Pin, rx: &receiver::Receiver)
     let run_dir = fresh_dir(dir, SIDECAR_HTTP);
     let config = run_dir.join("servicelog.yaml");
     let base = format!("http://127.0.0.1:{}", rx.port);
-    let yaml = config_yaml(&w.input, Path::new("/unused"))
+    let yaml = config_yaml(&w.input, Path::new("/unused"), "")
         .replace(
             "file: {path: \"/unused/alerts.log\"}",
             &format!("http: {{url: \"{base}/alerts\", batch: {{timeout: 200ms}}}}"),
@@ -772,7 +785,7 @@ fn run_daemon(c: &Contender, dir: &Path, w: &Workload, pin: Pin, ticks: f64) -> 
                 .arg(work.join("rsyslogd.pid"));
             cmd
         }
-        Kind::Sidecar | Kind::SidecarHttp => {
+        Kind::Sidecar { .. } | Kind::SidecarHttp => {
             unreachable!("the sidecar is not run as a daemon")
         }
     };
@@ -851,7 +864,7 @@ fn idle_rss_kib(dir: &Path) -> Option<u64> {
     let config = idle.join("servicelog.yaml");
     fs::write(
         &config,
-        config_yaml(&idle.join("logs/*.log"), &idle.join("out")),
+        config_yaml(&idle.join("logs/*.log"), &idle.join("out"), ""),
     )
     .ok()?;
     let mut child = Command::new(BIN)
@@ -872,12 +885,17 @@ fn idle_rss_kib(dir: &Path) -> Option<u64> {
     rss
 }
 
-fn config_yaml(input: &Path, out: &Path) -> String {
+fn config_yaml(input: &Path, out: &Path, buffer: &str) -> String {
+    let buffer = if buffer.is_empty() {
+        String::new()
+    } else {
+        format!("\n      buffer: {buffer}")
+    };
     format!(
         "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: bench}}\nspec:\n\
          \x20 sources:\n    - name: app\n      file: {{paths: [\"{input}\"], format: json}}\n\
-         \x20 sinks:\n    - name: alerts\n      file: {{path: \"{out}/alerts.log\"}}\n\
-         \x20   - name: info\n      file: {{path: \"{out}/info.log\"}}\n\
+         \x20 sinks:\n    - name: alerts\n      file: {{path: \"{out}/alerts.log\"}}{buffer}\n\
+         \x20   - name: info\n      file: {{path: \"{out}/info.log\"}}{buffer}\n\
          \x20 rules:\n    - name: drop-debug\n      when: {{level: {{below: info}}}}\n      action: drop\n\
          \x20   - name: alerts\n      when: {{level: {{atLeast: warn}}}}\n      to: [alerts]\n\
          \x20   - name: info\n      when: {{level: {{in: [info]}}}}\n      to: [info]\n",
@@ -958,7 +976,21 @@ fn main() {
         let found = match name.as_str() {
             SIDECAR => Ok(Contender {
                 name: SIDECAR,
-                kind: Kind::Sidecar,
+                kind: Kind::Sidecar { buffer: "" },
+                version: sidecar_version.clone(),
+            }),
+            SIDECAR_DISK => Ok(Contender {
+                name: SIDECAR_DISK,
+                kind: Kind::Sidecar {
+                    buffer: "{type: disk}",
+                },
+                version: sidecar_version.clone(),
+            }),
+            SIDECAR_DISK_SYNC => Ok(Contender {
+                name: SIDECAR_DISK_SYNC,
+                kind: Kind::Sidecar {
+                    buffer: "{type: disk, sync: batch}",
+                },
                 version: sidecar_version.clone(),
             }),
             SIDECAR_HTTP => Ok(Contender {
@@ -969,7 +1001,7 @@ fn main() {
             SYSLOG_NG => find_syslog_ng(),
             RSYSLOG => find_rsyslog(),
             other => panic!(
-                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SIDECAR_HTTP}, {SYSLOG_NG}, {RSYSLOG})"
+                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SIDECAR_HTTP}, {SIDECAR_DISK}, {SIDECAR_DISK_SYNC}, {SYSLOG_NG}, {RSYSLOG})"
             ),
         };
         match found {
@@ -1002,7 +1034,7 @@ fn main() {
     for i in 0..runs {
         for (c, results) in contenders.iter().zip(results.iter_mut()) {
             let r = match c.kind {
-                Kind::Sidecar => run_sidecar(&dir, &w, pin),
+                Kind::Sidecar { buffer } => run_sidecar(&dir, c.name, buffer, &w, pin),
                 Kind::SidecarHttp => match &receiver {
                     Some(rx) => run_sidecar_http(&dir, &w, pin, rx),
                     None => unreachable!("the receiver starts when the http contender is wanted"),
@@ -1019,7 +1051,7 @@ fn main() {
                 r.max_rss_kib,
                 r.error.as_deref().unwrap_or("ok"),
             );
-            if c.name == SIDECAR || c.name == SIDECAR_HTTP {
+            if matches!(c.kind, Kind::Sidecar { .. } | Kind::SidecarHttp) {
                 assert!(r.error.is_none(), "the sidecar's run failed: {:?}", r.error);
             }
             results.push(r);
@@ -1054,10 +1086,7 @@ fn main() {
 
     let mut ratios = serde_json::Map::new();
     if let Some(ours) = med.get(SIDECAR) {
-        for (name, theirs) in med
-            .iter()
-            .filter(|(n, _)| **n != SIDECAR && **n != SIDECAR_HTTP)
-        {
+        for (name, theirs) in med.iter().filter(|(n, _)| !n.starts_with(SIDECAR)) {
             ratios.insert(
                 (*name).to_owned(),
                 json!({
@@ -1077,6 +1106,15 @@ fn main() {
         _ => Value::Null,
     };
     let http_ratio = file_to_http["lines_per_cpu_s"].as_f64();
+    // What `sync: batch` costs a disk-buffered sink: its figures ÷ `sync: none`'s.
+    let disk_sync = match (med.get(SIDECAR_DISK_SYNC), med.get(SIDECAR_DISK)) {
+        (Some(sync), Some(none)) => json!({
+            "lines_per_cpu_s": ratio(sync, none, "lines_per_cpu_s"),
+            "lines_per_s": ratio(sync, none, "lines_per_s"),
+            "cpu_s": ratio(sync, none, "cpu_s"),
+        }),
+        _ => Value::Null,
+    };
     let load_rss_mib = med.get(SIDECAR).and_then(|m| m["max_rss_mib"].as_f64());
     let ratio_ng = ratios
         .get(SYSLOG_NG)
@@ -1093,6 +1131,7 @@ fn main() {
         "contenders": by_name,
         "ratios": ratios,
         "file_to_http": file_to_http,
+        "disk_sync_vs_none": disk_sync,
         "idle_rss_kib": idle,
         "targets": {
             "lines_per_cpu_s_vs_syslog_ng": {"target": TARGET_RATIO_SYSLOG_NG, "measured": ratio_ng,

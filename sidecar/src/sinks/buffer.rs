@@ -280,7 +280,8 @@ impl Life {
         }
         ack.fail();
         if !ack.rereadable() {
-            self.metrics.sink_dropped(&self.sink, "sink_retired", events);
+            self.metrics
+                .sink_dropped(&self.sink, "sink_retired", events);
         }
     }
 }
@@ -383,12 +384,9 @@ impl BufferTx {
                     return Ok(self.give_up(batch));
                 }
                 WhenFull::Block => {
-                    let wait = self
-                        .life
-                        .left()
-                        .map_or(Duration::from_millis(100), |l| {
-                            l.min(Duration::from_millis(100))
-                        });
+                    let wait = self.life.left().map_or(Duration::from_millis(100), |l| {
+                        l.min(Duration::from_millis(100))
+                    });
                     st = inner.wait(st, wait);
                 }
             }
@@ -564,7 +562,10 @@ impl BufferRx {
                 }
                 Ok(Found::Corrupt { at, next, why }) => {
                     inner.common.shared.pool.give(data);
-                    inner.common.metrics.buffer_record_corrupt(&inner.common.sink);
+                    inner
+                        .common
+                        .metrics
+                        .buffer_record_corrupt(&inner.common.sink);
                     tracing::warn!(
                         sink = %inner.common.sink,
                         segment = at.segment,
@@ -585,7 +586,12 @@ impl BufferRx {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(sink = %inner.common.sink, error = %e, "reading the disk buffer; skipping to the next segment");
+                    // Unreadable (EIO): what is left of the segment cannot be delivered.
+                    tracing::error!(sink = %inner.common.sink, segment = at.segment, offset = at.offset, error = %e, "reading the disk buffer; skipping the rest of the segment, counted as corrupt");
+                    inner
+                        .common
+                        .metrics
+                        .buffer_record_corrupt(&inner.common.sink);
                     inner.common.shared.pool.give(data);
                     st.read = Some(disk.skip_segment(at));
                     return None;
@@ -662,7 +668,11 @@ impl BufferRx {
         inner.gauge.set(st.bytes as i64);
         drop(st);
         inner.changed.notify_all();
-        inner.common.shared.pool.give(std::mem::take(&mut entry.data));
+        inner
+            .common
+            .shared
+            .pool
+            .give(std::mem::take(&mut entry.data));
     }
 }
 
@@ -884,7 +894,8 @@ impl Disk {
                         });
                     }
                     Err(e)
-                        if e.kind() == io::ErrorKind::NotFound && at.segment < self.write.segment =>
+                        if e.kind() == io::ErrorKind::NotFound
+                            && at.segment < self.write.segment =>
                     {
                         at = self.skip_segment(at);
                         continue;
@@ -1005,12 +1016,10 @@ fn encode_header(len: u32, events: u64, data: &[u8]) -> [u8; HEADER] {
 /// known magic, a length within [`MAX_RECORD`] and, in the current format, a matching
 /// header CRC.
 fn parse_header(h: &[u8]) -> Option<Header> {
-    let u32_at = |i: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(h.get(i..i + 4)?.try_into().ok()?))
-    };
-    let u64_at = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(h.get(i..i + 8)?.try_into().ok()?))
-    };
+    let u32_at =
+        |i: usize| -> Option<u32> { Some(u32::from_le_bytes(h.get(i..i + 4)?.try_into().ok()?)) };
+    let u64_at =
+        |i: usize| -> Option<u64> { Some(u64::from_le_bytes(h.get(i..i + 8)?.try_into().ok()?)) };
     let (size, crc) = match u32_at(0)? {
         MAGIC => {
             let header_crc = u32_at(20)?;
@@ -1355,8 +1364,7 @@ mod tests {
     }
 
     #[test]
-    fn given_a_record_whose_length_is_corrupt_when_read_then_reading_resumes_at_the_next_header()
-    {
+    fn given_a_record_whose_length_is_corrupt_when_read_then_reading_resumes_at_the_next_header() {
         let dir = tempfile::tempdir().unwrap();
         let two = three_records(dir.path());
         let metrics = Metrics::new();
@@ -1389,7 +1397,8 @@ mod tests {
             before,
             "a corrupt record followed by valid ones is no torn tail: nothing is cut"
         );
-        tx.send(batch("four\n", &Arc::new(BatchAck::new(1)))).unwrap();
+        tx.send(batch("four\n", &Arc::new(BatchAck::new(1))))
+            .unwrap();
         assert_eq!(drain(&rx), ["one\n", "three\n", "four\n"]);
         assert_eq!(
             corrupt_count(&metrics),
@@ -1413,7 +1422,8 @@ mod tests {
             let first = rx.recv().unwrap();
             assert_eq!(first.data, b"old 1\n");
             rx.done(first);
-            tx.send(batch("new 5\n", &Arc::new(BatchAck::new(1)))).unwrap();
+            tx.send(batch("new 5\n", &Arc::new(BatchAck::new(1))))
+                .unwrap();
             // Not done: read again after the restart.
             assert_eq!(rx.recv().unwrap().events, 2);
         }
@@ -1499,12 +1509,21 @@ mod tests {
         tx.send(batch("syslog\n", &syslog)).unwrap();
         let started = Instant::now();
         tx.retire();
-        assert!(!rx.stopped(), "a retired sink keeps trying until its deadline");
+        assert!(
+            !rx.stopped(),
+            "a retired sink keeps trying until its deadline"
+        );
         // The buffer is full: this send waits, then fails the batch at the deadline.
         tx.send(batch("blocked\n", &blocked)).unwrap();
-        assert!(blocked.is_failed(), "a batch a retired sink cannot take fails");
+        assert!(
+            blocked.is_failed(),
+            "a batch a retired sink cannot take fails"
+        );
         assert!(started.elapsed() >= RETIRE_DEADLINE - Duration::from_millis(50));
-        assert!(!rx.pause(Duration::from_secs(60)), "past its deadline the sink stops");
+        assert!(
+            !rx.pause(Duration::from_secs(60)),
+            "past its deadline the sink stops"
+        );
         drop(in_hand);
         drop(rx);
         assert!(held.is_failed(), "the batch the sink held unwritten fails");
@@ -1519,7 +1538,10 @@ mod tests {
         );
         let late = Arc::new(BatchAck::new(1));
         tx.send(batch("late\n", &late)).unwrap();
-        assert!(late.is_failed(), "sent after the sink ended: failed at once");
+        assert!(
+            late.is_failed(),
+            "sent after the sink ended: failed at once"
+        );
     }
 
     #[test]

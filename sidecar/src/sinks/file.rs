@@ -20,7 +20,7 @@ use super::SinkError;
 /// Rotated files kept when `maxBytes` is set and `maxFiles` is not.
 pub const DEFAULT_MAX_FILES: u32 = 5;
 
-const RECHECK: Duration = Duration::from_secs(1);
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 pub struct FileWriter {
     path: PathBuf,

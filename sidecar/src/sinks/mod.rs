@@ -307,17 +307,13 @@ enum Task {
     Http(Box<http::HttpTask>),
 }
 
-fn run(
-    name: &str,
-    mut writer: Box<dyn Writer>,
-    rx: BufferRx,
-    counter: Counter,
-    metrics: &Metrics,
-) {
+fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter, metrics: &Metrics) {
     tracing::debug!(sink = name, "sink started");
     while let Some(entry) = rx.recv() {
         let failed = || metrics.sink_write_error(name);
-        if !write_batch(name, writer.as_mut(), &entry.data, &failed, &|d| rx.pause(d)) {
+        if !write_batch(name, writer.as_mut(), &entry.data, &failed, &|d| {
+            rx.pause(d)
+        }) {
             // Dropping the entry and the buffer gives up what is unwritten (see
             // `buffer`): failed if the sink left the config, else read again at the next
             // start (or, on disk, delivered by the sink's next build).
@@ -433,6 +429,111 @@ mod tests {
             fail_next: usize::MAX,
         };
         assert!(!write_batch("t", &mut w, b"x\n", &|| {}, &|_| false));
+    }
+
+    /// A file sink named `out` at `path`, with the metrics it counts into.
+    fn file_sink(path: &std::path::Path, dir: &std::path::Path) -> (Arc<SinkHandle>, Metrics) {
+        let def: Sink = serde_yaml::from_str(&format!(
+            "{{name: out, file: {{path: \"{}\"}}}}",
+            path.display()
+        ))
+        .unwrap();
+        let metrics = Metrics::new();
+        let shared = Arc::new(SinkShared::new(dir.to_owned(), dir.join("credentials")));
+        (build(&def, &metrics, &shared).unwrap(), metrics)
+    }
+
+    fn send(sink: &SinkHandle, text: &str) -> Arc<BatchAck> {
+        let ack = Arc::new(BatchAck::new(1));
+        sink.send(Batch {
+            data: text.as_bytes().to_vec(),
+            events: text.lines().count() as u64,
+            ack: ack.clone(),
+        })
+        .unwrap();
+        ack
+    }
+
+    fn wait_for(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn write_errors(metrics: &Metrics) -> u64 {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("servicelog_sink_write_errors_total{sink=\"out\"} "))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// Points `path` at /dev/full: every write fails with ENOSPC, as on a full disk.
+    fn fill(path: &std::path::Path) {
+        let _ = std::fs::remove_file(path);
+        std::os::unix::fs::symlink("/dev/full", path).unwrap();
+    }
+
+    #[test]
+    fn given_a_file_sink_on_a_full_disk_when_it_is_fixed_then_it_delivers_and_counted_the_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        let (sink, metrics) = file_sink(&path, dir.path());
+        send(&sink, "before\n");
+        wait_for("the first line", Duration::from_secs(10), || {
+            std::fs::read_to_string(&path).is_ok_and(|t| t == "before\n")
+        });
+        fill(&path);
+        // The sink notices the path changed within a second; until then writes go to the
+        // file it holds, whose name is gone.
+        thread::sleep(file::RECHECK + Duration::from_millis(200));
+        let ack = send(&sink, "during\n");
+        wait_for(
+            "failed writes to be counted",
+            Duration::from_secs(10),
+            || write_errors(&metrics) >= 2,
+        );
+        assert!(!ack.is_complete(), "an unwritten batch is not acked");
+        std::fs::remove_file(&path).unwrap();
+        wait_for(
+            "the batch to be written once fixed",
+            Duration::from_secs(10),
+            || ack.is_complete(),
+        );
+        assert!(!ack.is_failed());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "during\n");
+    }
+
+    #[test]
+    fn given_a_file_sink_on_a_full_disk_when_it_leaves_the_config_then_its_batches_fail_within_the_deadline()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        fill(&path);
+        let (sink, metrics) = file_sink(&path, dir.path());
+        let acks: Vec<_> = (0..3).map(|i| send(&sink, &format!("{i}\n"))).collect();
+        wait_for("a failed write", Duration::from_secs(10), || {
+            write_errors(&metrics) >= 1
+        });
+        let retired = std::time::Instant::now();
+        sink.retire();
+        wait_for(
+            "every batch to fail",
+            buffer::RETIRE_DEADLINE + Duration::from_secs(2),
+            || acks.iter().all(|a| a.is_failed()),
+        );
+        assert!(retired.elapsed() >= buffer::RETIRE_DEADLINE - Duration::from_millis(100));
+        let late = send(&sink, "late\n");
+        wait_for(
+            "a batch sent after the sink gave up to fail",
+            Duration::from_secs(2),
+            || late.is_failed(),
+        );
     }
 
     #[test]
