@@ -2,6 +2,10 @@
 //! standalone server, or a three-node ensemble for tests that kill a member. For a cluster
 //! with a node it runs inside the node's network namespace, where pods reach it, and the
 //! host reaches it through a loopback forward on the same port number.
+//!
+//! [`ZooKeeper::start_tls`] adds a `secureClientPort` (Netty, PEM key and trust stores)
+//! with a CA and certificates made for the test ([`ZkPki`]); the plain port stays, for
+//! the test's own client.
 
 use std::{
     fs,
@@ -20,7 +24,64 @@ use crate::{
 
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 const CONF_DIR: &str = "/etc/zookeeper/conf";
+/// Jars the Netty connection factory (TLS) needs that Debian's zookeeper.jar manifest
+/// does not list, and a logger binding so a TLS server's log says why it refused a client.
+const TLS_JARS: &str = "/usr/share/java/netty-codec.jar:/usr/share/java/slf4j-simple.jar";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A CA made for the test, a server certificate it signed for 127.0.0.1 and localhost
+/// (key and certificate in one PEM file, ZooKeeper's PEM key store), a client certificate
+/// for mutual TLS, and a second CA that signed neither, for the wrong-CA case. The files
+/// are in `dir`.
+#[derive(Clone, Debug)]
+pub struct ZkPki {
+    pub ca: PathBuf,
+    pub server: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub wrong_ca: PathBuf,
+}
+
+impl ZkPki {
+    pub fn create(dir: &Path) -> Result<Self, EnvError> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let cert_err = |e: rcgen::Error| EnvError::Cert(e.to_string());
+        let new_ca = |name: &str| -> Result<CertifiedIssuer<'static, KeyPair>, EnvError> {
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(cert_err)?)
+                .map_err(cert_err)
+        };
+        let ca = new_ca("servicelog test ZooKeeper CA")?;
+        let wrong = new_ca("servicelog test, another CA")?;
+        let leaf = |names: Vec<String>| -> Result<(String, String), EnvError> {
+            let key = KeyPair::generate().map_err(cert_err)?;
+            let cert = CertificateParams::new(names)
+                .map_err(cert_err)?
+                .signed_by(&key, &ca)
+                .map_err(cert_err)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()])?;
+        let (client_cert, client_key) = leaf(vec!["servicelog-client".into()])?;
+        fs::create_dir_all(dir).map_err(|e| EnvError::io("creating the TLS dir", e))?;
+        let write = |name: &str, content: &str| -> Result<PathBuf, EnvError> {
+            let path = dir.join(name);
+            fs::write(&path, content).map_err(|e| EnvError::io("writing a TLS file", e))?;
+            Ok(path)
+        };
+        Ok(Self {
+            ca: write("ca.pem", &ca.pem())?,
+            server: write("server.pem", &format!("{server_key}{server_cert}"))?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+            wrong_ca: write("wrong-ca.pem", &wrong.pem())?,
+        })
+    }
+}
 
 /// One server of the ensemble.
 #[derive(Debug)]
@@ -28,6 +89,8 @@ struct Node {
     id: usize,
     label: String,
     client_port: u16,
+    /// The `secureClientPort`, when started with TLS.
+    secure_port: Option<u16>,
     dir: PathBuf,
     proc: Option<Proc>,
     // Declared after `proc`: the server stops before its forward. Held, never read.
@@ -49,14 +112,21 @@ impl ZooKeeper {
     /// `label` names its directories and logs (`<label>-<id>`), so one environment can
     /// hold several.
     pub fn start(env: &EnvDir, label: &str, size: usize) -> Result<Self, EnvError> {
-        Self::start_placed(env, label, size, None)
+        Self::start_placed(env, label, size, None, None)
+    }
+
+    /// Starts a standalone server that also serves TLS on a `secureClientPort`, with the
+    /// server certificate of `pki`. Client certificates are verified when presented
+    /// (`ssl.clientAuth=want`): signed by `pki`'s CA or refused.
+    pub fn start_tls(env: &EnvDir, label: &str, pki: &ZkPki) -> Result<Self, EnvError> {
+        Self::start_placed(env, label, 1, None, Some(pki))
     }
 
     /// Starts a standalone server inside `netns`, listening on every address there (pods
     /// reach it at the node's IP), with a forward from the same port on the host's
     /// loopback, so [`ZooKeeper::connect_string`] works from the host as usual.
     pub fn start_in_netns(env: &EnvDir, label: &str, netns: &Netns) -> Result<Self, EnvError> {
-        Self::start_placed(env, label, 1, Some(netns))
+        Self::start_placed(env, label, 1, Some(netns), None)
     }
 
     fn start_placed(
@@ -64,11 +134,20 @@ impl ZooKeeper {
         label: &str,
         size: usize,
         netns: Option<&Netns>,
+        tls: Option<&ZkPki>,
     ) -> Result<Self, EnvError> {
         check_installed()?;
+        if tls.is_some()
+            && let Some(missing) = TLS_JARS.split(':').find(|jar| !Path::new(jar).exists())
+        {
+            return Err(EnvError::Missing {
+                what: format!("{missing}, which ZooKeeper's TLS needs"),
+                hint: "apt-get install libnetty-java libslf4j-java".into(),
+            });
+        }
         let mut last = None;
         for attempt in 0..3 {
-            match Self::try_start(env, label, size, attempt, netns) {
+            match Self::try_start(env, label, size, attempt, netns, tls) {
                 Ok(zk) => return Ok(zk),
                 Err(e) if e.is_port_clash() => last = Some(e),
                 Err(e) => return Err(e),
@@ -86,6 +165,7 @@ impl ZooKeeper {
         size: usize,
         attempt: usize,
         netns: Option<&Netns>,
+        tls: Option<&ZkPki>,
     ) -> Result<Self, EnvError> {
         let listen = if netns.is_some() {
             "0.0.0.0"
@@ -125,6 +205,24 @@ impl ZooKeeper {
                 cfg.push_str(&servers);
                 cfg.push_str("standaloneEnabled=false\n");
             }
+            let secure_port = match tls {
+                Some(pki) => {
+                    let port = free_port()?;
+                    // Unknown keys become `zookeeper.*` system properties, which is where
+                    // ZooKeeper reads the connection factory and its TLS settings.
+                    cfg.push_str(&format!(
+                        "secureClientPort={port}\nsecureClientPortAddress={listen}\n\
+                         serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                         ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+                         ssl.trustStore.location={}\nssl.trustStore.type=PEM\n\
+                         ssl.clientAuth=want\n",
+                        pki.server.display(),
+                        pki.ca.display()
+                    ));
+                    Some(port)
+                }
+                None => None,
+            };
             fs::write(dir.join("zoo.cfg"), cfg).map_err(|e| EnvError::io("writing zoo.cfg", e))?;
             let label = format!("{label}-{id}");
             let forward = match netns {
@@ -135,6 +233,7 @@ impl ZooKeeper {
                 id,
                 label,
                 client_port: *client,
+                secure_port,
                 dir,
                 proc: None,
                 _forward: forward,
@@ -170,7 +269,11 @@ impl ZooKeeper {
         ])
         .arg(format!("-Dzookeeper.log.dir={}", node.dir.display()))
         .arg("-cp")
-        .arg(format!("{CONF_DIR}:{JAR}"))
+        .arg(if node.secure_port.is_some() {
+            format!("{CONF_DIR}:{JAR}:{TLS_JARS}")
+        } else {
+            format!("{CONF_DIR}:{JAR}")
+        })
         .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
         .arg(node.dir.join("zoo.cfg"));
         node.proc = Some(Proc::spawn(&node.label, cmd, &self.env)?);
@@ -212,6 +315,17 @@ impl ZooKeeper {
         self.nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `host:port,…` of every server's `secureClientPort` (servers started with
+    /// [`ZooKeeper::start_tls`]).
+    pub fn secure_connect_string(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.secure_port)
+            .map(|port| format!("127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",")
     }

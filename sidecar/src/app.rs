@@ -58,6 +58,8 @@ pub struct AppOptions {
     pub credentials_dir: PathBuf,
     /// The namespace's ZooKeeper identity, one `digest:user:password` line.
     pub zk_auth_file: Option<PathBuf>,
+    /// TLS to ZooKeeper, when configured.
+    pub zk_tls: Option<servicelog_api::zktls::ZkTls>,
     pub metrics_addr: String,
     pub zk_session_timeout: Duration,
     pub zk_connect_timeout: Duration,
@@ -135,6 +137,7 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
                 session_timeout: opts.zk_session_timeout,
                 connect_timeout: opts.zk_connect_timeout,
                 auth_file: opts.zk_auth_file.clone(),
+                tls: opts.zk_tls.clone(),
             };
             let config = ZkConfig::new(zk_opts, topology.clone(), last_good);
             let thread =

@@ -38,6 +38,15 @@ struct Cli {
     /// (the webhook mounts it when the operator uses ZooKeeper ACLs).
     #[arg(long, env = pod::env::ZK_AUTH_FILE)]
     zk_auth_file: Option<PathBuf>,
+    /// PEM CA that verifies the ZooKeeper servers: with it every server of the connect
+    /// string is reached over TLS unless written `tcp://host:port`.
+    #[arg(long, env = pod::env::ZK_TLS_CA_FILE)]
+    zk_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS to ZooKeeper.
+    #[arg(long, env = pod::env::ZK_TLS_CERT_FILE)]
+    zk_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = pod::env::ZK_TLS_KEY_FILE)]
+    zk_tls_key_file: Option<PathBuf>,
     /// Where http sinks' credentials Secrets are mounted, one directory per sink.
     #[arg(long, env = pod::env::CREDENTIALS_DIR, default_value = pod::CREDENTIALS_DIR)]
     credentials_dir: PathBuf,
@@ -86,8 +95,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pod::env::CONFIG_ZNODE
         ),
     };
+    let zk_tls = match &config {
+        ConfigSource::ZooKeeper { connect, .. } => servicelog_api::zktls::ZkTls::from_settings(
+            connect,
+            cli.zk_tls_ca_file,
+            cli.zk_tls_cert_file,
+            cli.zk_tls_key_file,
+        )?,
+        ConfigSource::File(_) => None,
+    };
     let opts = AppOptions {
         config,
+        zk_tls,
         pod: cli.pod_name,
         namespace: cli.pod_namespace,
         state_dir: cli.state_dir,

@@ -29,6 +29,7 @@ use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 use servicelog_api::{
     wire::{Envelope, Instance, InstanceState},
     zkauth::{self, Credentials, RecordAcl},
+    zktls::{self, ZkTls},
 };
 use zookeeper_client::{
     Acl, Acls, AuthId, Client, CreateMode, EventType, OneshotWatcher, Permission, SessionState,
@@ -55,6 +56,8 @@ pub struct ZkOptions {
     /// The namespace's ZooKeeper identity (`SERVICELOG_ZK_AUTH_FILE`), read again at every
     /// connect so a rotated or late-mounted Secret is picked up without a restart.
     pub auth_file: Option<PathBuf>,
+    /// TLS to ZooKeeper; its files are read again at every connect, like the identity.
+    pub tls: Option<ZkTls>,
 }
 
 /// Reads the identity to authenticate as; a file not there yet (the Secret is `optional`
@@ -171,15 +174,10 @@ impl ZkConfig {
             if let Some(auth) = self.opts.auth_file.as_deref().and_then(read_auth) {
                 connector = connector.with_auth(zkauth::DIGEST, &auth.auth_bytes());
             }
-            match tokio::time::timeout(
-                self.opts.connect_timeout,
-                connector.connect(&self.opts.connect),
-            )
-            .await
-            {
-                Ok(Ok(client)) => {
+            match self.connect(connector).await {
+                Ok(client) => {
                     backoff = BACKOFF_MIN;
-                    tracing::info!(session = %client.session_id(), connect = %self.opts.connect, "ZooKeeper session established");
+                    tracing::info!(session = %client.session_id(), connect = %self.opts.connect, tls = self.opts.tls.is_some(), "ZooKeeper session established");
                     self.metrics.zookeeper_connected.set(1);
                     let end = self.session(&client).await;
                     self.metrics.zookeeper_connected.set(0);
@@ -193,16 +191,39 @@ impl ZkConfig {
                         }
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(connect = %self.opts.connect, error = %e, retry_in = ?backoff, "cannot reach ZooKeeper");
-                }
-                Err(_) => {
-                    tracing::warn!(connect = %self.opts.connect, timeout = ?self.opts.connect_timeout, retry_in = ?backoff, "cannot reach ZooKeeper in time");
+                Err(why) => {
+                    tracing::warn!(connect = %self.opts.connect, error = %why, retry_in = ?backoff, "cannot reach ZooKeeper");
                 }
             }
             self.fall_back();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One bounded attempt at a session, over TLS when configured (the files read now, so a
+    /// rotated Secret is used without a restart). Over TLS a failure says what the
+    /// handshake found ([`ZkTls::diagnose`], off this thread), as the client reports only
+    /// a timeout.
+    async fn connect(&self, connector: zookeeper_client::Connector) -> Result<Client, String> {
+        let tls = match self.opts.tls.as_ref().map(ZkTls::options).transpose() {
+            Ok(tls) => tls,
+            Err(e) => return Err(e.to_string()),
+        };
+        let connecting = zktls::connect(connector, &self.opts.connect, tls);
+        let why = match tokio::time::timeout(self.opts.connect_timeout, connecting).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no session within {:?}", self.opts.connect_timeout),
+        };
+        let Some(tls) = self.opts.tls.clone() else {
+            return Err(why);
+        };
+        let connect = self.opts.connect.clone();
+        let timeout = self.opts.connect_timeout;
+        match tokio::task::spawn_blocking(move || tls.diagnose(&connect, timeout)).await {
+            Ok(Some(found)) => Err(format!("{why}: {found}")),
+            _ => Err(why),
         }
     }
 
