@@ -678,3 +678,54 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kube_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("conflict", "Conflict").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn given_each_error_category_then_transient_ones_back_off_and_the_rest_wait_for_a_change() {
+        let memory = Memory::default();
+        let rows: Vec<(Error, Option<&str>)> = vec![
+            (
+                Error::Zk(ZkError::Unavailable("connection refused".into())),
+                Some("zookeeper"),
+            ),
+            (Error::Kube(Box::new(kube_error(409))), Some("kube")),
+            (
+                Error::Finalizer(Box::new(kube_error(422))),
+                Some("finalizer"),
+            ),
+            (Error::NoNamespace, None),
+            (Error::NotLeading(NotLeading), None),
+        ];
+        for (i, (error, retried)) in rows.iter().enumerate() {
+            let key = ("ns".to_owned(), format!("r{i}"));
+            let waits: Vec<Option<Duration>> =
+                (0..6).map(|_| retry_after(error, &memory, &key)).collect();
+            match retried {
+                Some(category) => {
+                    assert_eq!(error.category(), *category);
+                    let waits: Vec<Duration> = waits.into_iter().flatten().collect();
+                    assert_eq!(waits.len(), 6, "{category}: always retried");
+                    assert!(
+                        waits.iter().all(|w| *w >= memory::RETRY_MIN),
+                        "{category}: never hot: {waits:?}"
+                    );
+                    assert!(waits[5] > waits[0], "{category}: backs off: {waits:?}");
+                }
+                None => assert!(
+                    waits.iter().all(Option::is_none),
+                    "{}: waits for a change, never retried",
+                    error.category()
+                ),
+            }
+        }
+    }
+}

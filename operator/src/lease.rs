@@ -445,7 +445,9 @@ impl Elector {
                         holder.as_deref().unwrap_or("nobody")
                     ));
                 }
-                Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying until the renew deadline"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; retrying until the renew deadline")
+                }
             }
         }
     }
@@ -592,9 +594,7 @@ impl Elector {
                 Ok(Attempt::Leading)
             }
             // Someone else wrote it between our read and our write.
-            Err(LeaseError::Kube { source, .. })
-                if matches!(&*source, kube::Error::Api(s) if s.code == 409) =>
-            {
+            Err(LeaseError::Kube { source, .. }) if matches!(&*source, kube::Error::Api(s) if s.code == 409) => {
                 Ok(Attempt::Standby(None))
             }
             Err(e) => Err(e),
@@ -780,9 +780,7 @@ mod tests {
         let l = Leadership::elected();
         l.lead_until(Instant::now() + Duration::from_millis(100));
         let started = Instant::now();
-        let result = l
-            .write(tokio::time::sleep(Duration::from_secs(30)))
-            .await;
+        let result = l.write(tokio::time::sleep(Duration::from_secs(30))).await;
         assert_eq!(result, Err(NotLeading));
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -792,7 +790,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_write_in_flight_when_resigning_then_resign_waits_for_it_and_refuses_new_ones() {
+    async fn given_a_write_in_flight_when_resigning_then_resign_waits_for_it_and_refuses_new_ones()
+    {
         let l = Leadership::always();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let writer = l.clone();
@@ -802,7 +801,10 @@ mod tests {
         let resigner = l.clone();
         let resign = tokio::spawn(async move { resigner.resign(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!resign.is_finished(), "resign waits for the write in flight");
+        assert!(
+            !resign.is_finished(),
+            "resign waits for the write in flight"
+        );
         assert_eq!(l.write(async {}).await, Err(NotLeading));
         tx.send(()).expect("send");
         let done = in_flight.await.expect("join");

@@ -463,8 +463,15 @@ mod tests {
             .collect();
         let cond = ready(&rollout(1000, &injected, &instances, "h2"), "h2");
         assert_eq!(cond.reason, "Rejected");
-        assert!(cond.message.len() <= MESSAGE_LIMIT, "{} bytes", cond.message.len());
-        assert!(cond.message.starts_with("0/1000 sidecars run h2; rejected by checkout-0: "));
+        assert!(
+            cond.message.len() <= MESSAGE_LIMIT,
+            "{} bytes",
+            cond.message.len()
+        );
+        assert!(
+            cond.message
+                .starts_with("0/1000 sidecars run h2; rejected by checkout-0: ")
+        );
         assert!(cond.message.ends_with(" more bytes)"), "{}", cond.message);
     }
 
