@@ -711,3 +711,232 @@ fn given_the_receiver_down_when_the_sidecar_is_stopped_then_it_exits_by_its_dead
         "nothing was taken before the stop: {dups:?}"
     );
 }
+
+/// How [`Hostile`] answers every request.
+#[derive(Clone)]
+enum Answer {
+    /// `status`, then `head` and `fill` repeated for as long as the sidecar reads.
+    Endless {
+        status: u16,
+        head: Vec<u8>,
+        fill: Vec<u8>,
+    },
+    /// `status`, then one byte of body every 100 ms.
+    Trickle { status: u16 },
+}
+
+/// A receiver that reads each request whole, then answers it with a body that never ends;
+/// one request per connection. Counts requests and the most body bytes one response got
+/// out before the sidecar closed the connection.
+struct Hostile {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    most_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Hostile {
+    fn start(answer: Answer) -> Self {
+        use std::{
+            io::{BufRead, BufReader, Read, Write},
+            sync::{
+                Arc,
+                atomic::{AtomicU64, Ordering},
+            },
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+        let port = listener.local_addr().expect("an address").port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let most_written = Arc::new(AtomicU64::new(0));
+        let (req, most) = (requests.clone(), most_written.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (answer, req, most) = (answer.clone(), req.clone(), most.clone());
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().expect("a clone"));
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    req.fetch_add(1, Ordering::Relaxed);
+                    let mut conn = conn;
+                    let status = match &answer {
+                        Answer::Endless { status, .. } | Answer::Trickle { status } => *status,
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\n\
+                         content-length: 1000000000000\r\n\r\n"
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut written = 0u64;
+                    let started = Instant::now();
+                    let ok = |r: std::io::Result<()>| r.is_ok();
+                    match answer {
+                        Answer::Endless { head, fill, .. } => {
+                            if ok(conn.write_all(&head)) {
+                                written += head.len() as u64;
+                                let chunk = fill.repeat((64 * 1024 / fill.len()).max(1));
+                                while started.elapsed() < Duration::from_secs(120)
+                                    && ok(conn.write_all(&chunk))
+                                {
+                                    written += chunk.len() as u64;
+                                    most.fetch_max(written, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Answer::Trickle { .. } => {
+                            while started.elapsed() < Duration::from_secs(120)
+                                && ok(conn.write_all(b"x"))
+                            {
+                                written += 1;
+                                most.fetch_max(written, Ordering::Relaxed);
+                                thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            most_written,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn most_written(&self) -> u64 {
+        self.most_written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn given_a_receiver_that_refuses_with_an_endless_body_then_the_batch_is_rejected_at_once_having_read_little_of_it()
+ {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let rx = Hostile::start(Answer::Endless {
+        status: 400,
+        head: b"{\"error\":\"told to refuse\",\"detail\":\"".to_vec(),
+        fill: b"x".to_vec(),
+    });
+    let sinks = format!(
+        "  - name: out\n    http: {{url: \"{}\", batch: {{timeout: 200ms}}, requestTimeout: 60s}}\n",
+        rx.url("/ingest")
+    );
+    let sidecar = start(&s, &spec(&logs, &sinks, "out"), &[]);
+    append(&logs.join("app.log"), &lines(0..5, "info"));
+    wait_until(
+        "5 events rejected",
+        Duration::from_secs(15),
+        || {
+            sidecar.metric(r#"servicelog_sink_dropped_total{sink="out",reason="rejected"}"#)
+                == Some(5.0)
+        },
+        || format!("{}\n{}", metrics_text(&sidecar), sidecar.log_tail()),
+    );
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        rx.requests(),
+        1,
+        "a 400 is not retried, however long its body"
+    );
+    // What the sidecar did not read sits in socket buffers until it closes the connection.
+    let written = rx.most_written();
+    eprintln!("the receiver got {written} bytes of its endless body out");
+    assert!(
+        written < 16 << 20,
+        "the receiver got {written} bytes of its body out; the sidecar reads at most 64 KiB"
+    );
+    let log = fs::read_to_string(&sidecar.log).unwrap_or_default();
+    assert!(
+        log.contains("status 400") && log.contains("told to refuse"),
+        "the log has the status and the start of the body:\n{}",
+        sidecar.log_tail()
+    );
+}
+
+#[test]
+fn given_a_receiver_that_trickles_its_response_body_then_the_status_decides_within_the_body_deadline()
+ {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let rx = Hostile::start(Answer::Trickle { status: 200 });
+    let sinks = format!(
+        "  - name: out\n    http: {{url: \"{}\", batch: {{timeout: 200ms}}, requestTimeout: 60s}}\n",
+        rx.url("/ingest")
+    );
+    let sidecar = start(&s, &spec(&logs, &sinks, "out"), &[]);
+    let sent = Instant::now();
+    append(&logs.join("app.log"), &lines(0..5, "info"));
+    wait_until(
+        "5 events delivered, well before the 60 s request timeout",
+        Duration::from_secs(15),
+        || sidecar.metric(r#"servicelog_events_out_total{sink="out"}"#) == Some(5.0),
+        || format!("{}\n{}", metrics_text(&sidecar), sidecar.log_tail()),
+    );
+    let took = sent.elapsed();
+    assert_eq!(rx.requests(), 1, "a 2xx is not retried");
+    assert!(
+        took < Duration::from_secs(12),
+        "delivered after {took:?}: a trickled body is cut off after 5 s"
+    );
+    assert_eq!(
+        sidecar.metric(r#"servicelog_sink_retries_total{sink="out"}"#),
+        None,
+        "no retry"
+    );
+}
+
+#[test]
+fn given_elasticsearch_answering_errors_false_with_an_endless_item_list_then_the_batch_is_delivered_without_reading_the_items()
+ {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let rx = Hostile::start(Answer::Endless {
+        status: 200,
+        head: br#"{"took":1,"errors":false,"items":["#.to_vec(),
+        fill: br#"{"create":{"status":201}},"#.to_vec(),
+    });
+    let sinks = format!(
+        "  - name: es\n    http: {{url: \"{}\", encoding: elasticsearch, \
+         batch: {{timeout: 200ms}}, requestTimeout: 60s}}\n",
+        rx.url("/_bulk")
+    );
+    let sidecar = start(&s, &spec(&logs, &sinks, "es"), &[]);
+    append(&logs.join("app.log"), &lines(0..5, "info"));
+    wait_until(
+        "5 documents delivered",
+        Duration::from_secs(15),
+        || sidecar.metric(r#"servicelog_events_out_total{sink="es"}"#) == Some(5.0),
+        || format!("{}\n{}", metrics_text(&sidecar), sidecar.log_tail()),
+    );
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(rx.requests(), 1, "taken the first time");
+    let written = rx.most_written();
+    assert!(written < 16 << 20, "the receiver got {written} bytes out");
+}

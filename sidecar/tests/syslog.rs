@@ -333,8 +333,11 @@ fn given_max_line_bytes_when_messages_are_longer_then_they_are_cut_to_it_counted
     for want in [&framed, &counted, &datagram] {
         assert!(
             rest.contains(&want[..1024].to_owned()),
-            "{} cut to 1024 bytes in {rest:?}",
-            &want[..40]
+            "{} cut to 1024 bytes; got (length, start) {:?}",
+            &want[..40],
+            rest.iter()
+                .map(|l| (l.len(), &l[..l.len().min(40)]))
+                .collect::<Vec<_>>()
         );
     }
     assert!(rest.contains(&"<14>1 - h app - - - short after".to_owned()));

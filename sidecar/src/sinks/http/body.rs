@@ -292,12 +292,15 @@ pub struct BulkOutcome {
     pub first_error: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct BulkResponse {
-    #[serde(default)]
-    errors: bool,
-    #[serde(default)]
-    items: Vec<HashMap<String, BulkItem>>,
+/// Why a 2xx `_bulk` response could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BulkError {
+    /// It broke off or timed out: what was indexed is unknown.
+    #[error("reading the _bulk response: {0}")]
+    Read(String),
+    /// It is not what Elasticsearch sends (or longer than was read of it).
+    #[error("the _bulk response is not what Elasticsearch sends: {0}")]
+    Malformed(String),
 }
 
 #[derive(Deserialize)]
@@ -307,28 +310,59 @@ struct BulkItem {
     error: Option<serde_json::Value>,
 }
 
-/// Reads a 2xx `_bulk` response to a request of `docs` documents.
-pub fn bulk_outcome(response: &[u8], docs: usize) -> Result<BulkOutcome, String> {
-    let resp: BulkResponse = serde_json::from_slice(response)
-        .map_err(|e| format!("the _bulk response is not what Elasticsearch sends: {e}"))?;
-    let mut out = BulkOutcome::default();
-    if !resp.errors {
-        return Ok(out);
+/// Reads a 2xx `_bulk` response to a request of `docs` documents from `reader`, as it
+/// streams: it stops at `"errors":false`, and otherwise keeps only what the outcome needs,
+/// so memory does not grow with the response.
+pub fn read_bulk_outcome(
+    reader: impl std::io::Read,
+    docs: usize,
+) -> Result<BulkOutcome, BulkError> {
+    let mut state = BulkState {
+        docs,
+        out: BulkOutcome::default(),
+        errors: None,
+        items: 0,
+    };
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(reader));
+    let parsed = serde::de::DeserializeSeed::deserialize(&mut state, &mut de);
+    if state.errors == Some(false) {
+        // Read no further (the error is the stop this parse was told to make).
+        return Ok(BulkOutcome::default());
     }
-    if resp.items.len() != docs {
-        return Err(format!(
-            "the _bulk response has {} items for {docs} documents",
-            resp.items.len()
-        ));
+    match parsed {
+        Ok(()) => {}
+        Err(e) if e.is_io() => return Err(BulkError::Read(e.to_string())),
+        Err(e) => return Err(BulkError::Malformed(e.to_string())),
     }
-    for (i, item) in resp.items.iter().enumerate() {
-        let Some(item) = item.values().next() else {
-            continue;
-        };
-        if item.status < 400 {
-            continue;
+    if state.errors != Some(true) {
+        return Ok(BulkOutcome::default());
+    }
+    if state.items != docs {
+        return Err(BulkError::Malformed(format!(
+            "{} items for {docs} documents",
+            state.items
+        )));
+    }
+    Ok(state.out)
+}
+
+/// What has been read of a `_bulk` response.
+struct BulkState {
+    docs: usize,
+    out: BulkOutcome,
+    errors: Option<bool>,
+    /// Items seen.
+    items: usize,
+}
+
+impl BulkState {
+    fn item(&mut self, item: &BulkItem) {
+        let i = self.items;
+        self.items += 1;
+        if item.status < 400 || i >= self.docs {
+            return;
         }
-        if out.first_error.is_none() {
+        if self.out.first_error.is_none() {
             let reason = item
                 .error
                 .as_ref()
@@ -338,15 +372,83 @@ pub fn bulk_outcome(response: &[u8], docs: usize) -> Result<BulkOutcome, String>
                     format!("{kind}: {}", why.chars().take(200).collect::<String>())
                 })
                 .unwrap_or_default();
-            out.first_error = Some(format!("status {} {reason}", item.status));
+            self.out.first_error = Some(format!("status {} {reason}", item.status));
         }
         if item.status == 429 || item.status >= 500 {
-            out.retry.push(i);
+            self.out.retry.push(i);
         } else {
-            out.rejected += 1;
+            self.out.rejected += 1;
         }
     }
-    Ok(out)
+}
+
+const STOP: &str = "errors is false: nothing more to read";
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut BulkState {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut BulkState {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a _bulk response object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "errors" => {
+                    let errors: bool = map.next_value()?;
+                    self.errors = Some(errors);
+                    if !errors {
+                        return Err(A::Error::custom(STOP));
+                    }
+                }
+                "items" => map.next_value_seed(Items(&mut *self))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `items` array, each item taken and dropped as it is read.
+struct Items<'a>(&'a mut BulkState);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of _bulk items")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Each item is `{"<action>": {"status": …, "error": …}}`.
+        while let Some(item) = seq.next_element::<HashMap<String, BulkItem>>()? {
+            if let Some(item) = item.values().next() {
+                self.0.item(item);
+            } else {
+                self.0.items += 1;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Keeps only the documents `keep` (indices into `body.docs`, ascending) in `body`.
@@ -488,22 +590,61 @@ mod tests {
     #[test]
     fn bulk_response_items_are_retried_rejected_or_taken() {
         let ok = br#"{"took":3,"errors":false,"items":[{"create":{"status":201}}]}"#;
-        assert_eq!(bulk_outcome(ok, 1), Ok(BulkOutcome::default()));
+        assert_eq!(read_bulk_outcome(&ok[..], 1), Ok(BulkOutcome::default()));
         let mixed = br#"{"took":3,"errors":true,"items":[
             {"create":{"status":201}},
             {"create":{"status":400,"error":{"type":"document_parsing_exception","reason":"failed to parse field [seq]"}}},
             {"create":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}},
             {"create":{"status":503}},
             {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"exists"}}}]}"#;
-        let out = bulk_outcome(mixed, 5).expect("parses");
+        let out = read_bulk_outcome(&mixed[..], 5).expect("parses");
         assert_eq!(out.retry, vec![2, 3]);
         assert_eq!(out.rejected, 2);
         assert_eq!(
             out.first_error.as_deref(),
             Some("status 400 document_parsing_exception: failed to parse field [seq]")
         );
-        assert!(bulk_outcome(b"<html>", 1).is_err());
-        assert!(bulk_outcome(br#"{"errors":true,"items":[]}"#, 2).is_err());
+        assert!(matches!(
+            read_bulk_outcome(&b"<html>"[..], 1),
+            Err(BulkError::Malformed(_))
+        ));
+        assert!(read_bulk_outcome(&br#"{"errors":true,"items":[]}"#[..], 2).is_err());
+    }
+
+    #[test]
+    fn given_a_bulk_response_without_errors_then_it_is_read_no_further_than_errors() {
+        // An endless response: only its start is ever read.
+        let endless = br#"{"took":3,"errors":false,"items":["#
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(b'x'));
+        let mut read = 0usize;
+        let reader = ReadIter(endless.inspect(|_| read += 1));
+        assert_eq!(read_bulk_outcome(reader, 1000), Ok(BulkOutcome::default()));
+        assert!(read < 64 * 1024, "{read} bytes read");
+        // Cut short: the items are unknown.
+        let cut = br#"{"took":3,"errors":true,"items":[{"create":{"status":201}},"#;
+        assert!(matches!(
+            read_bulk_outcome(&cut[..], 2),
+            Err(BulkError::Malformed(_))
+        ));
+    }
+
+    /// An `io::Read` over bytes from an iterator.
+    struct ReadIter<I>(I);
+
+    impl<I: Iterator<Item = u8>> std::io::Read for ReadIter<I> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut n = 0;
+            for slot in buf.iter_mut() {
+                match self.0.next() {
+                    Some(b) => *slot = b,
+                    None => break,
+                }
+                n += 1;
+            }
+            Ok(n)
+        }
     }
 
     #[test]

@@ -20,6 +20,21 @@
 //! by the next build of the sink — so delivery is at least once, with repeats limited to
 //! the batch in flight.
 //!
+//! **Responses are read only as far as the decision needs**, so a broken or hostile
+//! receiver costs bounded memory and time: the status decides, and of the body at most
+//! [`MAX_RESPONSE`] (64 KiB, enough for Loki's and Elasticsearch's error messages) is read
+//! for the log, within [`RESPONSE_BODY_TIMEOUT`] of the headers (and `requestTimeout` for
+//! the whole exchange); a body that is longer, slower or never ends is cut off and the
+//! connection dropped, the status's verdict unchanged. A 2xx `_bulk` response is the one
+//! whose body decides, and a request of many documents has a long one (~150 bytes a
+//! document taken, more for a refused one): it is parsed as it streams, stopping at
+//! `"errors":false` (Elasticsearch writes it before the items), else keeping only each
+//! item's status and the first refusal — so memory stays small whatever its length — and
+//! read up to [`MAX_RESPONSE`] plus [`BULK_RESPONSE_PER_DOC`] per document. One that
+//! breaks off or times out is retried (what was indexed is unknown: repeats, not loss);
+//! one longer than that bound or not a `_bulk` response is taken as delivered, with a
+//! warning, as before.
+//!
 //! One blocking [`ureq`] agent per sink, keeping its connection alive; `https://` verifies
 //! against the system roots (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`) or
 //! `tls.caFile`, with rustls on ring.
@@ -29,7 +44,7 @@ pub mod credentials;
 
 use std::{
     fmt, fs,
-    io::Write,
+    io::{Read, Write},
     path::Path,
     sync::Arc,
     thread,
@@ -49,7 +64,7 @@ use ureq::{
 };
 
 use self::{
-    body::{Body, Encoder},
+    body::{Body, BulkError, Encoder},
     credentials::{Credentials, CredentialsError},
 };
 use super::buffer::{BufferRx, Entry, RecvTimeout};
@@ -62,8 +77,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest `Retry-After` obeyed as given.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-/// Response bodies read beyond this are cut (a `_bulk` response is ~100 bytes a document).
-const MAX_RESPONSE: u64 = 64 << 20;
+/// Most of a response body read, but for a 2xx `_bulk` response's items.
+pub const MAX_RESPONSE: u64 = 64 << 10;
+/// What a 2xx `_bulk` response may add per document of the request, read as it streams.
+pub const BULK_RESPONSE_PER_DOC: u64 = 4 << 10;
+/// The longest wait for a response body once its headers are in (or `requestTimeout`,
+/// if shorter).
+pub const RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of a refusing response goes in the log.
 const SNIPPET: usize = 300;
 
@@ -233,6 +253,7 @@ impl HttpTask {
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(request_timeout))
+            .timeout_recv_body(Some(RESPONSE_BODY_TIMEOUT.min(request_timeout)))
             .user_agent(concat!("servicelog-sidecar/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections(2)
             .max_idle_connections_per_host(2);
@@ -457,27 +478,32 @@ impl HttpTask {
             .get(ureq::http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(retry_after);
-        let text = match resp
+        let class = classify(status);
+        if class == Class::Success && !self.body.docs.is_empty() {
+            let docs = self.body.docs.len();
+            let cap = MAX_RESPONSE + BULK_RESPONSE_PER_DOC * docs as u64;
+            let read = body::read_bulk_outcome(resp.body_mut().as_reader().take(cap), docs);
+            return match read {
+                Ok(outcome) => self.bulk(outcome),
+                Err(BulkError::Read(why)) => Attempt::Retry { after, why },
+                Err(e @ BulkError::Malformed(_)) => {
+                    tracing::warn!(sink = %self.name, error = %e, read_at_most = cap, "taking the batch as delivered");
+                    Attempt::Delivered
+                }
+            };
+        }
+        // The status has decided; the body is only for the log.
+        let mut text = Vec::new();
+        if let Err(e) = resp
             .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE)
-            .read_to_vec()
+            .as_reader()
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut text)
         {
-            Ok(text) => text,
-            Err(e) if classify(status) == Class::Success && self.body.docs.is_empty() => {
-                tracing::debug!(sink = %self.name, error = %e, "reading the response");
-                Vec::new()
-            }
-            Err(e) => {
-                return Attempt::Retry {
-                    after,
-                    why: format!("reading the response: {e}"),
-                };
-            }
-        };
-        match classify(status) {
-            Class::Success if self.body.docs.is_empty() => Attempt::Delivered,
-            Class::Success => self.bulk(&text),
+            tracing::debug!(sink = %self.name, status, error = %e, "reading the response");
+        }
+        match class {
+            Class::Success => Attempt::Delivered,
             Class::Retry => Attempt::Retry {
                 after,
                 why: format!("status {status}: {}", snippet(&text)),
@@ -497,16 +523,9 @@ impl HttpTask {
         }
     }
 
-    /// A 2xx `_bulk` response: counts what was taken and refused, keeps the documents to
-    /// retry in the body.
-    fn bulk(&mut self, text: &[u8]) -> Attempt {
-        let outcome = match body::bulk_outcome(text, self.body.docs.len()) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(sink = %self.name, error = %e, "taking the batch as delivered");
-                return Attempt::Delivered;
-            }
-        };
+    /// What a 2xx `_bulk` response said: counts what was taken and refused, keeps the
+    /// documents to retry in the body.
+    fn bulk(&mut self, outcome: body::BulkOutcome) -> Attempt {
         if outcome.retry.is_empty() && outcome.rejected == 0 {
             return Attempt::Delivered;
         }
