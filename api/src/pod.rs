@@ -7,6 +7,9 @@
 pub const INJECT_ANNOTATION: &str = "servicelog.io/inject";
 /// Annotation set on injection; a pod carrying it is left alone.
 pub const INJECTED_ANNOTATION: &str = "servicelog.io/injected";
+/// Label set on injection (the ServiceLog's name, cut to a label value's 63 characters):
+/// what NetworkPolicies and monitors select injected pods by.
+pub const INJECTED_LABEL: &str = "servicelog.io/injected";
 /// `container` asks for a plain container instead of a native sidecar.
 pub const SIDECAR_MODE_ANNOTATION: &str = "servicelog.io/sidecar-mode";
 /// Name of the injected container.

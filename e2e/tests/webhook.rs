@@ -610,3 +610,67 @@ async fn given_500_half_open_connections_then_admission_goes_on_and_they_are_clo
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_pod_whose_own_mount_a_source_directory_would_shadow_then_it_is_admitted_uninjected_with_a_warning_and_an_event_but_none_on_dry_run()
+ {
+    let f = fixture("wh-shadow", &[]).await;
+    let out = f.kubectl(&["apply", "-f", "-"], Some(&example(&f.ns)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The example reads /var/log/app/*.log; the app keeps its own volume at /var/log,
+    // which an emptyDir at /var/log/app would partly hide.
+    let shadowing = |name: &str| {
+        POD.replace("name: web,", &format!("name: {name},"))
+            .replace("mountPath: /data", "mountPath: /var/log")
+    };
+    for (name, extra) in [("shadow-dry", vec!["--dry-run=server"]), ("shadow", vec![])] {
+        let mut args = vec!["create", "-f", "-"];
+        args.extend(extra);
+        let out = f.kubectl(&args, Some(&shadowing(name)));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} was refused: {stderr}");
+        assert!(
+            stderr.contains("Warning: servicelog:")
+                && stderr.contains("source directory /var/log/app")
+                && stderr.contains("container app"),
+            "{name}: no warning naming the directory and the container: {stderr}"
+        );
+    }
+    let pod = Api::<Pod>::namespaced(f.client.clone(), &f.ns)
+        .get("shadow")
+        .await
+        .expect("pod");
+    let spec = pod.spec.expect("spec");
+    assert!(
+        spec.init_containers.is_none() && spec.containers.len() == 1,
+        "the pod was changed: {spec:#?}"
+    );
+
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let about = |e: &Event, name: &str| {
+        e.reason.as_deref() == Some("ServiceLogNotInjected")
+            && e.involved_object.name.as_deref() == Some(name)
+    };
+    loop {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        if let Some(e) = list.items.iter().find(|e| about(e, "shadow")) {
+            let message = e.message.clone().unwrap_or_default();
+            assert!(message.contains("/var/log/app"), "{message}");
+            assert!(
+                !list.items.iter().any(|e| about(e, "shadow-dry")),
+                "a dry run posted an Event"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 15s waiting for a ServiceLogNotInjected event about pod shadow"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

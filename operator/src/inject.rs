@@ -14,9 +14,9 @@ use k8s_openapi::{
 };
 use servicelog_api::{
     pod::{
-        self, CREDENTIALS_DIR, INJECT_ANNOTATION, INJECTED_ANNOTATION, METRICS_PORT,
-        SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR, ZK_AUTH_DIR, ZK_AUTH_KEY,
-        ZK_AUTH_SECRET, ZK_TLS_CA_KEY, ZK_TLS_CERT_KEY, ZK_TLS_DIR, ZK_TLS_KEY_KEY,
+        self, CREDENTIALS_DIR, INJECT_ANNOTATION, INJECTED_ANNOTATION, INJECTED_LABEL,
+        METRICS_PORT, SIDECAR_CONTAINER, SIDECAR_MODE_ANNOTATION, STATE_DIR, ZK_AUTH_DIR,
+        ZK_AUTH_KEY, ZK_AUTH_SECRET, ZK_TLS_CA_KEY, ZK_TLS_CERT_KEY, ZK_TLS_DIR, ZK_TLS_KEY_KEY,
     },
     rules::MAX_DISK_BUFFER_BYTES,
     v1alpha1::{ServiceLogSpec, SidecarOverride},
@@ -285,6 +285,10 @@ pub fn inject(
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(INJECTED_ANNOTATION.into(), name.into());
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_LABEL.into(), label_value(name));
     Ok(pod)
 }
 
@@ -510,6 +514,14 @@ fn shadowed(containers: &[Container], source_dirs: &[String], name: &str) -> Opt
         }
     }
     None
+}
+
+/// A ServiceLog's name as a label value: at most 63 characters, ending alphanumeric (a
+/// name is a DNS subdomain, up to 253).
+fn label_value(name: &str) -> String {
+    let cut = &name[..name.len().min(63)];
+    cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// Drops directories nested in another of the list: one volume serves both.
@@ -1109,6 +1121,23 @@ spec:
             env[pod::env::ZK_TLS_KEY_FILE],
             format!("{ZK_TLS_DIR}/tls.key")
         );
+    }
+
+    #[test]
+    fn an_injected_pod_carries_the_servicelog_label_cut_to_a_label_value() {
+        let labels = |name: &str| {
+            inject(&pod(PLAIN), "shop", name, &spec(), &config())
+                .unwrap()
+                .metadata
+                .labels
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            labels("checkout").get(INJECTED_LABEL).map(String::as_str),
+            Some("checkout")
+        );
+        let long = format!("{}.{}", "a".repeat(62), "b".repeat(20));
+        assert_eq!(labels(&long)[INJECTED_LABEL], "a".repeat(62));
     }
 
     #[test]
