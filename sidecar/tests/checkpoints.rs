@@ -404,3 +404,72 @@ fn duplicates_after_sigkill_at_random_points_during_a_burst() {
         REPEAT_BOUND_BYTES / 1024,
     );
 }
+
+#[test]
+fn given_a_sink_that_cannot_deliver_when_a_config_change_replaces_it_then_its_lines_reach_the_new_sink_without_a_restart()
+ {
+    const N: u64 = 2_000;
+    let s = Scratch::new();
+    let logs = s.logs();
+    let mut broken = Receiver::start();
+    broken.down();
+    let fixed = Receiver::start();
+    let spec_for = |rx: &Receiver| {
+        format!(
+            "sources:\n  - name: app\n    file: {{paths: [\"{logs}/*.log\"], format: json}}\n\
+             sinks:\n  - name: out\n    http: {{url: \"{url}\", batch: {{timeout: 100ms}}}}\n\
+             defaultTo: [out]\n",
+            logs = logs.display(),
+            url = rx.url("/ingest"),
+        )
+    };
+    let config = s.path("servicelog.yaml");
+    write_config(&config, &manifest(&spec_for(&broken)));
+    let sidecar = Sidecar::start(&s, &["--config-file", config.to_str().expect("UTF-8")], &[]);
+    append(&logs.join("app.log"), &lines(0..N));
+    wait_until(
+        "the broken sink retrying",
+        Duration::from_secs(20),
+        || sidecar.metric(r#"servicelog_sink_retries_total{sink="out"}"#) >= Some(2.0),
+        || sidecar.log_tail(),
+    );
+    // The user fixes the URL.
+    let changed = Instant::now();
+    write_config(&config, &manifest(&spec_for(&fixed)));
+    wait_until(
+        &format!("all {N} lines at the fixed sink"),
+        Duration::from_secs(20),
+        || fixed.taken_seqs().len() as u64 >= N,
+        || {
+            format!(
+                "{} of {N}\n{}",
+                fixed.taken_seqs().len(),
+                sidecar.log_tail()
+            )
+        },
+    );
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the replaced sink gave its lines up within its 5 s deadline; they arrived after {took:?}"
+    );
+    assert!(
+        broken.taken_seqs().is_empty(),
+        "the broken receiver stayed down"
+    );
+    // The checkpoint moved on: a restart repeats nothing.
+    let (_, status) = {
+        let mut sc = sidecar;
+        sc.terminate(Duration::from_secs(10))
+    };
+    assert!(status.success());
+    let before = fixed.taken_seqs().values().sum::<usize>();
+    let sidecar = Sidecar::start(&s, &["--config-file", config.to_str().expect("UTF-8")], &[]);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fixed.taken_seqs().values().sum::<usize>(),
+        before,
+        "lines sent again after a restart\n{}",
+        sidecar.log_tail()
+    );
+}
