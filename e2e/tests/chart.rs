@@ -335,7 +335,7 @@ fn given_a_misspelt_value_when_rendered_then_the_schema_rejects_it_by_name() {
 #[test]
 fn given_settings_that_exclude_each_other_when_rendered_then_the_chart_says_what_to_change() {
     let env = env();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--set", "zookeeper.connect=zk:2181"],
             "set zookeeper.embedded.enabled=false",
@@ -356,6 +356,21 @@ fn given_settings_that_exclude_each_other_when_rendered_then_the_chart_says_what
                 "webhook.url=https://127.0.0.1:8443",
             ],
             "exclude each other",
+        ),
+        (
+            &["--set", "zookeeper.tls.enabled=true"],
+            "the embedded ZooKeeper serves plain TCP only",
+        ),
+        (
+            &[
+                "--set",
+                "zookeeper.embedded.enabled=false",
+                "--set",
+                "zookeeper.connect=zk:2281",
+                "--set",
+                "zookeeper.tls.enabled=true",
+            ],
+            "zookeeper.tls.caSecret is required",
         ),
     ];
     for (args, says) in cases {
@@ -442,6 +457,7 @@ async fn given_the_control_plane_when_the_chart_is_installed_and_uninstalled_the
         "ValidatingWebhookConfiguration",
         "StatefulSet",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     ] {
         assert!(
             expected.iter().any(|o| o.kind == kind),
