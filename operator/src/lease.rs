@@ -425,31 +425,38 @@ impl Elector {
             };
             tokio::time::sleep_until(next.min(until).into()).await;
             let started = Instant::now();
-            if !self.leadership.leading_at(started) {
-                self.leadership.lose();
-                return self.lost(format!(
-                    "no renewal succeeded within the renew deadline ({:?})",
-                    self.config.renew_deadline
-                ));
+            if started >= until {
+                return self.missed_deadline();
             }
             if started < next {
                 continue;
             }
             last = started;
-            match self.attempt(started).await {
-                Ok(Attempt::Leading) => {}
-                Ok(Attempt::Standby(holder)) => {
+            // An attempt still running at the deadline ends leadership: once over, it is
+            // over, even if the renewal lands later.
+            match tokio::time::timeout_at(until.into(), self.attempt(started)).await {
+                Err(_) => return self.missed_deadline(),
+                Ok(Ok(Attempt::Leading)) => {}
+                Ok(Ok(Attempt::Standby(holder))) => {
                     self.leadership.lose();
                     return self.lost(format!(
                         "{} holds it now",
                         holder.as_deref().unwrap_or("nobody")
                     ));
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "lease renewal failed; retrying until the renew deadline")
                 }
             }
         }
+    }
+
+    fn missed_deadline(&self) -> LeaseError {
+        self.leadership.lose();
+        self.lost(format!(
+            "no renewal succeeded within the renew deadline ({:?})",
+            self.config.renew_deadline
+        ))
     }
 
     /// Stops writing (waiting up to `grace` for the writes in flight) and gives the Lease
