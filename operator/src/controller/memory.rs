@@ -268,6 +268,29 @@ mod tests {
     }
 
     #[test]
+    fn given_a_success_then_only_the_backoff_is_dropped_and_no_entry_is_made() {
+        let m = Memory::default();
+        m.succeeded(&key("never-failed"));
+        assert_eq!(
+            m.len(),
+            0,
+            "a success of a resource with nothing remembered"
+        );
+        let k = key("a");
+        let _ = m.retry_after_failure(&k);
+        m.succeeded(&k);
+        assert_eq!(m.len(), 0, "the entry held only the backoff");
+        m.set_published(&k, "sha256:1");
+        let _ = m.retry_after_failure(&k);
+        m.succeeded(&k);
+        assert_eq!(m.published(&k).as_deref(), Some("sha256:1"));
+        assert!(
+            m.retry_after_failure(&k) < RETRY_MIN * 3,
+            "the backoff starts over"
+        );
+    }
+
+    #[test]
     fn retries_back_off_and_start_over_after_a_success() {
         let m = Memory::default();
         let k = key("a");
