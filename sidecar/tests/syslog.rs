@@ -693,3 +693,59 @@ fn given_a_first_config_whose_port_is_taken_then_the_sidecar_names_the_port_and_
         "the error names the source and the port:\n{log}"
     );
 }
+
+#[test]
+fn given_many_senders_of_long_frames_at_once_then_the_ports_buffer_budget_cuts_some_and_later_messages_arrive_whole()
+ {
+    // 40 connections each holding 900 KiB of a line (under the 1 MiB maxLineBytes): 36 MiB
+    // in progress at once, over the port's 16 MiB budget for frames beyond 64 KiB.
+    const SENDERS: usize = 40;
+    let env = Env::start();
+    let rss_before = rss_kib(env.sidecar.pid()).unwrap_or(0);
+    let part = format!("<14>1 - h app - - - long {}", "y".repeat(900 * 1024));
+    let mut conns: Vec<TcpStream> = (0..SENDERS).map(|_| env.tcp()).collect();
+    for c in &mut conns {
+        c.write_all(part.as_bytes())
+            .expect("writing 900 KiB of a line");
+    }
+    wait_until(
+        "long frames cut by the port's budget",
+        Duration::from_secs(10),
+        || {
+            env.metric(r#"servicelog_lines_truncated_total{source="legacy-tcp"}"#)
+                .is_some_and(|n| n >= (SENDERS - 16) as f64)
+        },
+        || env.metrics_text(),
+    );
+    let rss = rss_kib(env.sidecar.pid()).unwrap_or(0);
+    eprintln!(
+        "sidecar RSS {rss_before} KiB before, {rss} KiB with {SENDERS} long frames in progress"
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!(" end\n<14>1 - h app - - - whole {i}\n").as_bytes())
+            .expect("writing the end of the line and another");
+    }
+    wait_until(
+        "a whole message after each long one",
+        Duration::from_secs(20),
+        || env.rest().iter().filter(|l| l.contains(" whole ")).count() == SENDERS,
+        || env.sidecar.log_tail(),
+    );
+    let rest = env.rest();
+    let long: Vec<usize> = rest
+        .iter()
+        .filter(|l| l.contains(" long "))
+        .map(String::len)
+        .collect();
+    assert_eq!(
+        long.len(),
+        SENDERS,
+        "each long line is routed once, cut or whole"
+    );
+    let cut = long.iter().filter(|&&n| n < part.len()).count();
+    assert!(cut >= SENDERS - 16, "{cut} of {SENDERS} cut");
+    assert!(
+        long.iter().all(|&n| n > 64 * 1024),
+        "none cut below 64 KiB: {long:?}"
+    );
+}

@@ -135,6 +135,35 @@ impl Framer {
         Next::Frame(body..body + trim_frame(frame).len())
     }
 
+    /// Ends the frame in progress now, as a truncated one of what is buffered of it, and
+    /// skips the rest as it arrives; `None` if nothing of a message is buffered.
+    pub(super) fn cut(&mut self) -> Option<Range<usize>> {
+        if self.skip > 0 || self.discard {
+            return None;
+        }
+        let data = &self.buf[self.pos..];
+        let digits = data.iter().take_while(|b| b.is_ascii_digit()).count();
+        let start = if digits > 0 {
+            // An octet-counted frame whose body has begun.
+            let len: usize = std::str::from_utf8(&data[..digits])
+                .ok()
+                .and_then(|d| d.parse().ok())?;
+            let body = self.pos + digits + 1;
+            if data.get(digits) != Some(&b' ') || body >= self.buf.len() {
+                return None;
+            }
+            self.skip = len.checked_sub(self.buf.len() - body)?;
+            body
+        } else if data.is_empty() {
+            return None;
+        } else {
+            self.discard = true;
+            self.pos
+        };
+        self.pos = self.buf.len();
+        Some(start..self.buf.len())
+    }
+
     /// True while a frame has begun and not ended: part of it is buffered, or the rest of
     /// an over-long one is still being skipped.
     pub(super) fn in_frame(&self) -> bool {
@@ -296,6 +325,36 @@ mod tests {
         assert_eq!(f.next(false, limit), Next::More);
         f.compact();
         assert!(!f.in_frame());
+    }
+
+    #[test]
+    fn given_a_frame_cut_midway_then_what_was_buffered_is_its_message_and_the_rest_is_skipped() {
+        let mut f = Framer::default();
+        f.buf.extend_from_slice(b"20 <13>0123");
+        assert_eq!(f.next(false, LIMIT), Next::More);
+        assert_eq!(
+            f.cut().map(|r| f.buf[r].to_vec()),
+            Some(b"<13>0123".to_vec())
+        );
+        f.compact();
+        f.buf.extend_from_slice(b"456789abcdef<14>next\n");
+        assert_eq!(
+            f.next(false, LIMIT),
+            Next::Frame(12..20),
+            "12 bytes skipped"
+        );
+        f.compact();
+        f.buf.extend_from_slice(b"<15>no newline yet");
+        assert_eq!(f.next(false, LIMIT), Next::More);
+        assert_eq!(f.cut(), Some(0..18));
+        f.compact();
+        f.buf
+            .extend_from_slice(b" still the same line\n<16>after\n");
+        assert_eq!(f.next(false, LIMIT), Next::Frame(21..30));
+        f.compact();
+        assert_eq!(f.cut(), None, "nothing in progress");
+        f.buf.extend_from_slice(b"12");
+        assert_eq!(f.cut(), None, "an octet count alone is no message yet");
     }
 
     proptest! {

@@ -43,8 +43,12 @@
 //!   cannot lock new senders out. Each closure is counted in
 //!   `servicelog_syslog_connections_closed_total{source,reason}` (`frame_timeout`,
 //!   `idle_timeout`, `evicted`). A connection holds at most one frame of `maxLineBytes`
-//!   and one read; an idle one no read buffer beyond a few KiB. Each connection is its own
-//!   task, so a slow sender holding half a frame delays nobody else.
+//!   and one read; an idle one no read buffer beyond a few KiB. The connections of a port
+//!   hold at most [`PARTIAL_BUDGET`] of frames in progress beyond [`SMALL_FRAME`] each:
+//!   past it, a connection with a larger one cuts it where it stands (counted and logged
+//!   as truncated) — so many senders of long frames at once cannot exhaust memory, while
+//!   ordinary messages are never cut. Each connection is its own task, so a slow sender
+//!   holding half a frame delays nobody else.
 //! - **Batching and backpressure.** Frames wait for the router thread in a queue of at
 //!   most [`QUEUE`] frames and [`QUEUE_BYTES`] bytes. The router thread takes what arrived
 //!   (waiting up to [`BATCH_WAIT`] after the first message for more, at most
@@ -102,6 +106,10 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A TCP frame not complete this long after its first byte closes its connection.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames in progress up to this size are always kept whole (up to `maxLineBytes`) …
+pub const SMALL_FRAME: usize = 64 * 1024;
+/// … larger ones share this much buffer per port; past it, one is cut where it stands.
+pub const PARTIAL_BUDGET: usize = 16 * 1024 * 1024;
 /// After the first message of a batch, how long to wait for more.
 pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// Most messages routed in one batch.
@@ -473,6 +481,7 @@ async fn serve_tcp(
     metrics: Metrics,
 ) {
     let epoch = Instant::now();
+    let held = Arc::new(AtomicUsize::new(0));
     // Dropped with this task when the source goes: that ends every connection.
     let mut connections = JoinSet::new();
     let mut open: HashMap<tokio::task::Id, Open> = HashMap::new();
@@ -508,6 +517,10 @@ async fn serve_tcp(
             metrics: metrics.clone(),
             active: active.clone(),
             epoch,
+            held: Held {
+                port: held.clone(),
+                mine: 0,
+            },
         };
         let task = connections.spawn(conn.serve(stream));
         open.insert(task.id(), Open { task, active });
@@ -527,10 +540,37 @@ struct Connection {
     /// Where the accept loop sees when this connection last received anything.
     active: Arc<AtomicU64>,
     epoch: Instant,
+    held: Held,
+}
+
+/// A connection's share of the buffer its port's connections hold; given back when the
+/// connection ends, however it ends.
+struct Held {
+    port: Arc<AtomicUsize>,
+    mine: usize,
+}
+
+impl Held {
+    /// Records that the connection now holds `bytes`; returns what the port holds.
+    fn set(&mut self, bytes: usize) -> usize {
+        let total = if bytes >= self.mine {
+            self.port.fetch_add(bytes - self.mine, Ordering::Relaxed) + (bytes - self.mine)
+        } else {
+            self.port.fetch_sub(self.mine - bytes, Ordering::Relaxed) - (self.mine - bytes)
+        };
+        self.mine = bytes;
+        total
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.port.fetch_sub(self.mine, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
-    async fn serve(self, mut stream: tokio::net::TcpStream) {
+    async fn serve(mut self, mut stream: tokio::net::TcpStream) {
         let (from, peer) = (self.owner.key(), self.peer);
         let mut framer = Framer::default();
         // When the frame now in progress began.
@@ -574,6 +614,18 @@ impl Connection {
                 return;
             }
             framer.compact();
+            let large = framer.buf.len() > SMALL_FRAME;
+            if self.held.set(if large { framer.buf.capacity() } else { 0 }) > PARTIAL_BUDGET
+                && large
+                && let Some(range) = framer.cut()
+            {
+                let frame = Ok(framer.buf[range].to_vec());
+                if !self.tx.send(from, peer, frame, true).await {
+                    return;
+                }
+                framer.compact();
+                self.held.set(0);
+            }
             frame_since = match frame_since {
                 _ if !framer.in_frame() => None,
                 Some(t) if !ended => Some(t),
