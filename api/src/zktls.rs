@@ -334,6 +334,9 @@ fn handshake_error(e: &std::io::Error) -> String {
             "the TLS handshake failed: the server's certificate is not valid for the host \
              name of the connect string ({c:?})"
         ),
+        Some(e @ rustls::Error::InvalidMessage(_)) => {
+            format!("the TLS handshake failed (is it a plain-text port?): {e}")
+        }
         Some(other) => format!("the TLS handshake failed: {other}"),
         None if e.kind() == std::io::ErrorKind::InvalidData => {
             format!("the TLS handshake failed (is it a plain-text port?): {e}")
@@ -421,6 +424,61 @@ mod tests {
         );
         assert!(asks_for_tls("a:1,tcp+tls://b:2"));
         assert!(!asks_for_tls("a:1,tcp://b:2/tcp+tls://"));
+    }
+
+    /// A CA file for diagnose tests: the server side never gets that far.
+    fn some_ca(dir: &Path) -> ZkTls {
+        // A self-signed certificate (openssl req -x509, P-256, valid to 2126).
+        const CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBkTCCATegAwIBAgIUbvz9l68sCobdL5TRenWJRp6gIrkwCgYIKoZIzj0EAwIw\n\
+HTEbMBkGA1UEAwwSc2VydmljZWxvZyB0ZXN0IENBMCAXDTI2MTIwNzEyMjYxOVoY\n\
+DzIxMjYxMTEzMTIyNjE5WjAdMRswGQYDVQQDDBJzZXJ2aWNlbG9nIHRlc3QgQ0Ew\n\
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATCfqvOvSfYatNnpm4L8/GAkGfvLGIj\n\
+geFDfFJfVT8OH031V2CGuCJGeRBZQyB8SuoJNZLW3sjWHbJdA+YTeJcAo1MwUTAd\n\
+BgNVHQ4EFgQUYXKX7LCSSmePrTwgrR2lkwg3JVowHwYDVR0jBBgwFoAUYXKX7LCS\n\
+SmePrTwgrR2lkwg3JVowDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBF\n\
+AiEAsM+V+eKS27m2/9bAnc/ND00a+Cmeq++sbhkF1u2UG4sCICfXlxo6+WkDbYY6\n\
+cDk7hbNXXYkRwlOGA1P1omuhljcz\n\
+-----END CERTIFICATE-----\n";
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, CA).expect("write");
+        ZkTls { ca, identity: None }
+    }
+
+    #[test]
+    fn given_a_plain_text_server_or_none_then_diagnose_says_so() {
+        let dir = std::env::temp_dir().join(format!("zktls-diag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let tls = some_ca(&dir);
+        assert!(tls.options().is_ok(), "a PEM CA file is accepted");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let _ = conn.read(&mut [0u8; 512]);
+            // What a server that does not speak TLS answers.
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        let found = tls
+            .diagnose(&format!("127.0.0.1:{port}"), Duration::from_secs(5))
+            .expect("a plain-text server is a failure");
+        assert!(found.contains("plain-text port"), "{found}");
+        assert!(found.contains("ca.pem"), "{found}");
+        server.join().expect("server");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let found = tls
+            .diagnose(&format!("127.0.0.1:{port}"), Duration::from_secs(5))
+            .expect("nothing listening is a failure");
+        assert!(found.contains("cannot connect"), "{found}");
+        assert_eq!(
+            tls.diagnose(&format!("tcp://127.0.0.1:{port}"), Duration::from_secs(1)),
+            None,
+            "no TLS server in the string: nothing to diagnose"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
