@@ -119,54 +119,30 @@ pub struct ZkConfig {
 }
 
 /// The ACLs of the znodes this operator creates ([`zkauth::acl`]), or none (every znode
-/// open to anyone) when the operator has no ZooKeeper identity. While the identity is
-/// rotated, the previous one (and the namespace identities derived from it) get the same
-/// rights as the current ones.
+/// open to anyone) when the operator has no ZooKeeper identity.
 #[derive(Clone, Debug, Default)]
 pub struct Guard {
     operator: Option<Credentials>,
-    previous: Option<Credentials>,
 }
 
 impl Guard {
     pub fn new(operator: Option<Credentials>) -> Self {
-        Self {
-            operator,
-            previous: None,
-        }
-    }
-
-    /// Rotating from `previous` to this guard's identity.
-    pub fn with_previous(mut self, previous: Credentials) -> Self {
-        self.previous = Some(previous);
-        self
+        Self { operator }
     }
 
     pub fn operator(&self) -> Option<&Credentials> {
         self.operator.as_ref()
     }
 
-    /// The identities the operator holds: its own, then the previous one while rotating.
-    pub fn identities(&self) -> impl Iterator<Item = &Credentials> {
-        self.operator.iter().chain(self.previous.iter())
-    }
-
     /// The ACL of a znode of `namespace` (or of a directory above every namespace).
     pub fn acl(&self, namespace: Option<&str>, node: Node) -> Vec<Acl> {
-        if self.operator.is_none() {
-            return vec![Acl::new(Permission::ALL, AuthId::anyone())];
+        match &self.operator {
+            None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
+            Some(op) => zkauth::acl(op, namespace, node)
+                .into_iter()
+                .map(|(bits, scheme, id)| Acl::new(permission(bits), AuthId::new(scheme, &id)))
+                .collect(),
         }
-        let mut acl: Vec<Acl> = Vec::new();
-        for (bits, scheme, id) in self
-            .identities()
-            .flat_map(|op| zkauth::acl(op, namespace, node))
-        {
-            let entry = Acl::new(permission(bits), AuthId::new(scheme, &id));
-            if !acl.contains(&entry) {
-                acl.push(entry);
-            }
-        }
-        acl
     }
 }
 
@@ -215,18 +191,17 @@ impl Zk {
     /// reads them with it (it derives every namespace's). The client re-sends it after a
     /// reconnect; a new session starts with none.
     pub async fn authorize(&self, client: &Client, namespace: &str) -> Result<(), ZkError> {
-        if self.guard.operator().is_none()
-            || self.authorized.lock().is_ok_and(|a| a.contains(namespace))
-        {
+        let Some(operator) = self.guard.operator() else {
+            return Ok(());
+        };
+        if self.authorized.lock().is_ok_and(|a| a.contains(namespace)) {
             return Ok(());
         }
-        for operator in self.guard.identities() {
-            let identity = operator.for_namespace(namespace);
-            client
-                .auth(zkauth::DIGEST, &identity.auth_bytes())
-                .await
-                .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
-        }
+        let identity = operator.for_namespace(namespace);
+        client
+            .auth(zkauth::DIGEST, &identity.auth_bytes())
+            .await
+            .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
         if let Ok(mut a) = self.authorized.lock() {
             a.insert(namespace.to_owned());
         }
@@ -387,13 +362,13 @@ impl Zk {
 
 /// One bounded attempt at a session, with TLS when configured (its files read now, so a
 /// rotated certificate is used by the next session). A failure is in words for the log
-/// and the errors of requests made meanwhile; over TLS it says what the handshake found ([`ZkTls::diagnose`]), as the
-/// client reports only a timeout.
+/// and the errors of requests made meanwhile; over TLS it says what the handshake found
+/// ([`ZkTls::diagnose`]), as the client reports only a timeout.
 async fn connect(config: &ZkConfig) -> Result<Client, String> {
     let mut connector = Client::connector()
         .with_session_timeout(config.session_timeout)
         .with_connection_timeout(config.connect_timeout);
-    for op in config.guard.identities() {
+    if let Some(op) = config.guard.operator() {
         connector = connector.with_auth(zkauth::DIGEST, &op.auth_bytes());
     }
     let tls = match config.tls.as_ref().map(ZkTls::options).transpose() {
