@@ -5,7 +5,10 @@
 //! start and its syslog ports bind, swaps it in. Sinks whose definition did not change are
 //! carried over running (same file handle, same queue), and so are syslog sockets whose
 //! port and protocol did not change; the others are started new, and the sinks left behind
-//! end once the last run routed with the old pipeline has reached them.
+//! end once the last run routed with the old pipeline has reached them. The sinks left
+//! behind are retired: one that cannot write (its path is the broken thing the new config
+//! fixes) gives up [`sinks::buffer::RETIRE_DEADLINE`] later and fails what it holds, so
+//! the file reader reads those lines again into the sinks now in force.
 //!
 //! Each source gets its own view of the config in force — the [`Pipeline`] together with
 //! what that source reads under it ([`FileSources`], [`SyslogSources`]) — and takes it
@@ -309,7 +312,10 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::{Receiver, channel};
+    use std::{
+        sync::mpsc::{Receiver, channel},
+        time::Duration,
+    };
 
     use servicelog_api::ServiceLogSpec;
 
@@ -397,6 +403,57 @@ mod tests {
         assert!(
             topo.swap(&good).unwrap().is_none(),
             "the config in force is not swapped again"
+        );
+    }
+
+    #[test]
+    fn given_a_sink_that_cannot_write_when_a_config_change_replaces_it_then_its_batches_fail_within_the_deadline()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (topo, _wake) = topology(&dir);
+        let broken = dir.path().join("broken.log");
+        std::os::unix::fs::symlink("/dev/full", &broken).unwrap();
+        let fixed = dir.path().join("fixed.log").display().to_string();
+        let spec = |path: &str| {
+            config(&format!(
+                "sources: [{{name: app, file: {{paths: [/x/*.log]}}}}]\n\
+                 sinks: [{{name: out, file: {{path: {path}}}}}, {{name: keep, stdout: {{}}}}]\n\
+                 defaultTo: [out]\n"
+            ))
+        };
+        assert!(topo.apply(&spec(&broken.display().to_string())).unwrap());
+        let pipeline = topo.running().unwrap().pipeline.clone();
+        let send = |ack: &Arc<sinks::BatchAck>| {
+            pipeline.sinks[0]
+                .send(sinks::Batch {
+                    data: b"x\n".to_vec(),
+                    events: 1,
+                    ack: ack.clone(),
+                })
+                .unwrap();
+        };
+        let file = Arc::new(sinks::BatchAck::new(1));
+        let syslog = Arc::new(sinks::BatchAck::once(1));
+        send(&file);
+        send(&syslog);
+        let started = std::time::Instant::now();
+        assert!(topo.apply(&spec(&fixed)).unwrap());
+        let p2 = topo.running().unwrap().pipeline.clone();
+        assert!(
+            Arc::ptr_eq(&pipeline.sinks[1], &p2.sinks[1]),
+            "keep is carried over"
+        );
+        while !(file.is_failed() && syslog.is_failed()) {
+            assert!(
+                started.elapsed() < sinks::buffer::RETIRE_DEADLINE + Duration::from_secs(3),
+                "the replaced sink's batches did not fail within its deadline"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = topo.metrics().render();
+        assert!(
+            text.contains(r#"servicelog_sink_dropped_total{sink="out",reason="sink_retired"} 1"#),
+            "the syslog batch is counted dropped:\n{text}"
         );
     }
 

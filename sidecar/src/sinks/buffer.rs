@@ -368,7 +368,8 @@ impl BufferTx {
                     return Err(batch);
                 }
                 drop(st);
-                return Ok(self.give_up(batch));
+                self.give_up(batch);
+                return Ok(());
             }
             if st.bytes == 0 || st.bytes + len <= st.policy.max_bytes {
                 break;
@@ -381,7 +382,8 @@ impl BufferTx {
                 }
                 WhenFull::Block if self.life.expired() => {
                     drop(st);
-                    return Ok(self.give_up(batch));
+                    self.give_up(batch);
+                    return Ok(());
                 }
                 WhenFull::Block => {
                     let wait = self.life.left().map_or(Duration::from_millis(100), |l| {
@@ -426,7 +428,8 @@ impl BufferTx {
                 }
                 if self.life.expired() {
                     drop(st);
-                    return Ok(self.give_up(batch));
+                    self.give_up(batch);
+                    return Ok(());
                 }
                 if st.policy.when_full == WhenFull::DropNewest {
                     tracing::warn!(sink = %inner.common.sink, error = %e, "writing the disk buffer; the batch is dropped (whenFull: dropNewest)");
