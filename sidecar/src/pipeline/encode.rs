@@ -167,6 +167,12 @@ mod tests {
             &meta_member("app", "pod-1", "shop"),
         );
         assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(
+            out.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "one event, one line: {}",
+            String::from_utf8_lossy(&out)
+        );
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
@@ -204,6 +210,12 @@ mod tests {
         assert_eq!(v["a"], "\u{fffd}x");
         assert_eq!(v["b"], "\u{fffd}");
         assert_eq!(v["c"], "\u{1f600}", "a proper pair is kept");
+        let v = encode(Format::Json, "{\n  \"pretty\": [1,\r\n 2]\n}");
+        assert_eq!(
+            v["pretty"],
+            serde_json::json!([1, 2]),
+            "a multi-line object on one line"
+        );
         let v = encode(Format::Json, r#"{"k\\ud800":"\\"}"#);
         assert_eq!(v["k\\ud800"], "\\", "an escaped backslash is not an escape");
     }
