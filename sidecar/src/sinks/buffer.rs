@@ -976,8 +976,8 @@ impl Disk {
             return Ok(());
         }
         self.acked = next;
-        let data = format!("{} {}\n", next.segment, next.offset);
-        state::write_atomic(&self.dir.join("cursor"), data.as_bytes()).map_err(io::Error::other)?;
+        // Spent segments go first: on a full volume that frees the room the cursor needs,
+        // and a cursor naming a deleted segment reads on from the next one.
         while let Some(&id) = self.segments.front() {
             if id >= next.segment || id == self.write.segment {
                 break;
@@ -985,7 +985,8 @@ impl Disk {
             self.segments.pop_front();
             fs::remove_file(segment_path(&self.dir, id))?;
         }
-        Ok(())
+        let data = format!("{} {}\n", next.segment, next.offset);
+        state::write_atomic(&self.dir.join("cursor"), data.as_bytes()).map_err(io::Error::other)
     }
 }
 
