@@ -11,6 +11,12 @@
 //! swap reuses every sink whose definition did not change, with its open file. A sink that
 //! is no longer in any pipeline sees its channel close, drains what is queued, flushes and
 //! ends.
+//!
+//! A write that fails (ENOSPC, EIO) is retried with backoff and counted in
+//! `servicelog_sink_write_errors`; the batch stays unacked meanwhile, so nothing is dropped
+//! while the sink is in the config. A sink the topology retired (a config change left it
+//! out) stops retrying after [`buffer::RETIRE_DEADLINE`] and fails what it did not write
+//! ([`BatchAck::fail`]), for the file reader to read it again into the sinks in force.
 
 pub mod buffer;
 pub mod file;
