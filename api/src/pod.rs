@@ -53,6 +53,8 @@ pub mod env {
     /// A file holding one `digest:user:password` line: the ZooKeeper identity to
     /// authenticate as (the operator's own, or a sidecar's namespace identity).
     pub const ZK_AUTH_FILE: &str = "SERVICELOG_ZK_AUTH_FILE";
+    /// The operator's previous identity while it is rotated (`--zk-auth-previous-file`).
+    pub const ZK_AUTH_PREVIOUS_FILE: &str = "SERVICELOG_ZK_AUTH_PREVIOUS_FILE";
     /// TLS to ZooKeeper ([`crate::zktls`]): the PEM CA that verifies the servers (TLS is
     /// on when it is set), and for mutual TLS the client's PEM certificate and key.
     pub const ZK_TLS_CA_FILE: &str = "SERVICELOG_ZK_TLS_CA_FILE";

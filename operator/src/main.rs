@@ -54,6 +54,13 @@ struct RunArgs {
     /// it every znode is open to anyone who can reach ZooKeeper.
     #[arg(long, env = servicelog_api::pod::env::ZK_AUTH_FILE)]
     zk_auth_file: Option<PathBuf>,
+    /// While the identity in --zk-auth-file is being rotated in: the one it replaces. The
+    /// operator authenticates as both and gives both (and both sets of namespace
+    /// identities) the same rights, so sidecars still on the old namespace identity keep
+    /// working until their Secret's new content reaches them (docs/install.md, "Rotating
+    /// the identity").
+    #[arg(long, env = servicelog_api::pod::env::ZK_AUTH_PREVIOUS_FILE, requires = "zk_auth_file")]
+    zk_auth_previous_file: Option<PathBuf>,
     /// PEM CA that verifies the ZooKeeper servers. With it every server of --zk-connect is
     /// reached over TLS (ZooKeeper's `secureClientPort`) unless written `tcp://host:port`;
     /// a server written `tcp+tls://host:port` needs it.
@@ -271,7 +278,13 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let (listener, _) = servicelog_api::serve::bind(&metrics_addr.to_string())
         .await
         .context("--metrics-addr")?;
-    let guard = zk_guard(args.zk_auth_file.as_deref())?;
+    let guard = zk_guard(
+        args.zk_auth_file.as_deref(),
+        args.zk_auth_previous_file.as_deref(),
+    )?;
+    // Before any TLS client (kube's, ZooKeeper's) is built: see the function.
+    servicelog_api::zktls::install_crypto_provider();
+    let zk_tls = zk_tls(&args)?;
     let identity = args
         .identity
         .clone()
@@ -280,9 +293,6 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (KUBECONFIG or the in-cluster service account)")?;
     let metrics = Arc::new(Metrics::new());
-    // Before any TLS client (kube's, ZooKeeper's) is built: see the function.
-    servicelog_api::zktls::install_crypto_provider();
-    let zk_tls = zk_tls(&args)?;
     let server = tokio::spawn(servicelog_api::serve::serve(listener, metrics.clone()));
 
     // One compact cache of ServiceLogs serves the webhook and the controller.
@@ -298,6 +308,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         session_timeout: args.zk_session_timeout,
         connect_timeout: Duration::from_secs(5),
         guard: guard.clone(),
+        tls: zk_tls,
     });
     let gauge_zk = zk.clone();
     let gauge_metrics = metrics.clone();
@@ -306,7 +317,6 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             gauge_metrics.set_zookeeper_connected(gauge_zk.is_connected());
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tls: zk_tls,
     });
     metrics.set_ready(true);
 
@@ -459,6 +469,12 @@ async fn start_webhooks(
             requests: quantities(&args.sidecar_requests).context("--sidecar-requests")?,
             limits: quantities(&args.sidecar_limits).context("--sidecar-limits")?,
             zk_auth: guard.operator().is_some(),
+            zk_tls: args.sidecar_zk_tls_secret.clone().map(|secret| {
+                servicelog_operator::inject::SidecarTls {
+                    secret,
+                    client_cert: args.sidecar_zk_tls_client_cert,
+                }
+            }),
             volume_size_limit: args.sidecar_volume_size_limit.clone(),
         },
         recorder: kube::runtime::events::Recorder::new(
@@ -508,12 +524,6 @@ async fn publish_ca(
         (None, Some(ca)) => {
             if let Err(e) = webhook::patch_ca_bundle(client, &registration.name, ca).await {
                 tracing::warn!(error = %e, "cannot update the webhook configurations' caBundle");
-            zk_tls: args.sidecar_zk_tls_secret.clone().map(|secret| {
-                servicelog_operator::inject::SidecarTls {
-                    secret,
-                    client_cert: args.sidecar_zk_tls_client_cert,
-                }
-            }),
             }
             Ok(())
         }
@@ -547,28 +557,6 @@ fn quantities(spec: &str) -> anyhow::Result<std::collections::BTreeMap<String, S
         .collect()
 }
 
-/// The ACLs the operator creates znodes with: from its identity in `--zk-auth-file`, or
-/// none (with a warning) without one.
-fn zk_guard(auth_file: Option<&std::path::Path>) -> anyhow::Result<Guard> {
-    let Some(path) = auth_file else {
-        tracing::warn!(
-            "no --zk-auth-file: znodes are created without ACLs, so any client that reaches ZooKeeper can read and rewrite every namespace's routing"
-        );
-        return Ok(Guard::new(None));
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --zk-auth-file {}", path.display()))?;
-    let credentials = servicelog_api::zkauth::Credentials::parse(&text)
-        .with_context(|| format!("--zk-auth-file {}", path.display()))?;
-    tracing::info!(user = %credentials.user(), "ZooKeeper ACLs on: the operator authenticates as this digest user");
-    Ok(Guard::new(Some(credentials)))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "servicelog-operator".into())
-}
 /// TLS to ZooKeeper from the flags, its files checked now so a typo stops the start.
 fn zk_tls(args: &RunArgs) -> anyhow::Result<Option<servicelog_api::zktls::ZkTls>> {
     let tls = servicelog_api::zktls::ZkTls::from_settings(
@@ -584,3 +572,37 @@ fn zk_tls(args: &RunArgs) -> anyhow::Result<Option<servicelog_api::zktls::ZkTls>
     Ok(tls)
 }
 
+/// The ACLs the operator creates znodes with: from its identity in `--zk-auth-file` (and
+/// the one it replaces, while rotated), or none (with a warning) without one.
+fn zk_guard(
+    auth_file: Option<&std::path::Path>,
+    previous_file: Option<&std::path::Path>,
+) -> anyhow::Result<Guard> {
+    let read = |flag: &str, path: &std::path::Path| {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {flag} {}", path.display()))?;
+        servicelog_api::zkauth::Credentials::parse(&text)
+            .with_context(|| format!("{flag} {}", path.display()))
+    };
+    let Some(path) = auth_file else {
+        tracing::warn!(
+            "no --zk-auth-file: znodes are created without ACLs, so any client that reaches ZooKeeper can read and rewrite every namespace's routing"
+        );
+        return Ok(Guard::new(None));
+    };
+    let credentials = read("--zk-auth-file", path)?;
+    tracing::info!(user = %credentials.user(), "ZooKeeper ACLs on: the operator authenticates as this digest user");
+    let mut guard = Guard::new(Some(credentials));
+    if let Some(path) = previous_file {
+        let previous = read("--zk-auth-previous-file", path)?;
+        tracing::info!(user = %previous.user(), "rotating the ZooKeeper identity: the previous one keeps its rights until the operator runs without --zk-auth-previous-file");
+        guard = guard.with_previous(previous);
+    }
+    Ok(guard)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "servicelog-operator".into())
+}

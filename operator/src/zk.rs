@@ -119,30 +119,54 @@ pub struct ZkConfig {
 }
 
 /// The ACLs of the znodes this operator creates ([`zkauth::acl`]), or none (every znode
-/// open to anyone) when the operator has no ZooKeeper identity.
+/// open to anyone) when the operator has no ZooKeeper identity. While the identity is
+/// rotated, the previous one (and the namespace identities derived from it) get the same
+/// rights as the current ones.
 #[derive(Clone, Debug, Default)]
 pub struct Guard {
     operator: Option<Credentials>,
+    previous: Option<Credentials>,
 }
 
 impl Guard {
     pub fn new(operator: Option<Credentials>) -> Self {
-        Self { operator }
+        Self {
+            operator,
+            previous: None,
+        }
+    }
+
+    /// Rotating from `previous` to this guard's identity.
+    pub fn with_previous(mut self, previous: Credentials) -> Self {
+        self.previous = Some(previous);
+        self
     }
 
     pub fn operator(&self) -> Option<&Credentials> {
         self.operator.as_ref()
     }
 
+    /// The identities the operator holds: its own, then the previous one while rotating.
+    pub fn identities(&self) -> impl Iterator<Item = &Credentials> {
+        self.operator.iter().chain(self.previous.iter())
+    }
+
     /// The ACL of a znode of `namespace` (or of a directory above every namespace).
     pub fn acl(&self, namespace: Option<&str>, node: Node) -> Vec<Acl> {
-        match &self.operator {
-            None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
-            Some(op) => zkauth::acl(op, namespace, node)
-                .into_iter()
-                .map(|(bits, scheme, id)| Acl::new(permission(bits), AuthId::new(scheme, &id)))
-                .collect(),
+        if self.operator.is_none() {
+            return vec![Acl::new(Permission::ALL, AuthId::anyone())];
         }
+        let mut acl: Vec<Acl> = Vec::new();
+        for (bits, scheme, id) in self
+            .identities()
+            .flat_map(|op| zkauth::acl(op, namespace, node))
+        {
+            let entry = Acl::new(permission(bits), AuthId::new(scheme, &id));
+            if !acl.contains(&entry) {
+                acl.push(entry);
+            }
+        }
+        acl
     }
 }
 
@@ -191,17 +215,18 @@ impl Zk {
     /// reads them with it (it derives every namespace's). The client re-sends it after a
     /// reconnect; a new session starts with none.
     pub async fn authorize(&self, client: &Client, namespace: &str) -> Result<(), ZkError> {
-        let Some(operator) = self.guard.operator() else {
-            return Ok(());
-        };
-        if self.authorized.lock().is_ok_and(|a| a.contains(namespace)) {
+        if self.guard.operator().is_none()
+            || self.authorized.lock().is_ok_and(|a| a.contains(namespace))
+        {
             return Ok(());
         }
-        let identity = operator.for_namespace(namespace);
-        client
-            .auth(zkauth::DIGEST, &identity.auth_bytes())
-            .await
-            .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
+        for operator in self.guard.identities() {
+            let identity = operator.for_namespace(namespace);
+            client
+                .auth(zkauth::DIGEST, &identity.auth_bytes())
+                .await
+                .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
+        }
         if let Ok(mut a) = self.authorized.lock() {
             a.insert(namespace.to_owned());
         }
@@ -368,7 +393,7 @@ async fn connect(config: &ZkConfig) -> Result<Client, String> {
     let mut connector = Client::connector()
         .with_session_timeout(config.session_timeout)
         .with_connection_timeout(config.connect_timeout);
-    if let Some(op) = config.guard.operator() {
+    for op in config.guard.identities() {
         connector = connector.with_auth(zkauth::DIGEST, &op.auth_bytes());
     }
     let tls = match config.tls.as_ref().map(ZkTls::options).transpose() {
@@ -420,9 +445,10 @@ async fn supervise(
             tracing::warn!(path = %root, error = %e, "cannot create the znode root");
         }
         if let Err(e) = secure(&client, &config.layout, &config.guard).await {
-            tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; reconnecting");
+            tracing::warn!(error = %e, retry_in = ?backoff, "cannot set the ACLs of the existing znodes; reconnecting");
             zk.set(None, &format!("securing the znodes: {e}"));
             tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         let mut watcher = match client
@@ -590,7 +616,20 @@ pub async fn secure(client: &Client, layout: &Layout, guard: &Guard) -> Result<(
             Err(e) => Err(ZkError::op("getChildren", &path, e)),
         }
     };
-    for ns in children(marker.clone()).await? {
+    let namespaces = children(marker.clone()).await?;
+    // Instance records are the sidecars' (ACL'd for the namespace's identity): changing
+    // theirs needs that identity, the one derived from the identity being rotated away
+    // from included.
+    for ns in &namespaces {
+        for operator in guard.identities() {
+            let identity = operator.for_namespace(ns);
+            client
+                .auth(zkauth::DIGEST, &identity.auth_bytes())
+                .await
+                .map_err(|e| ZkError::op("addAuth", identity.user(), e))?;
+        }
+    }
+    for ns in namespaces {
         let ns_dir = format!("{marker}/{ns}");
         nodes.push((ns_dir.clone(), guard.acl(Some(&ns), Node::Directory)));
         for name in children(ns_dir.clone()).await? {

@@ -119,8 +119,16 @@ enum Wait {
     /// Connected again after a disconnection: re-read and re-watch everything, as watch
     /// events can be lost across it.
     Reconnected,
+    /// Time to look at the identity file again ([`AUTH_CHECK`]).
+    AuthCheck,
     Ended(End),
 }
+
+/// How often a connected sidecar reads its identity file again. A rotated Secret reaches
+/// the file when the kubelet syncs it (within about a minute); its new identity is then
+/// added to the live session, so the sidecar keeps its session (and its instance record)
+/// through the rotation.
+const AUTH_CHECK: Duration = Duration::from_secs(10);
 
 pub struct ZkConfig {
     opts: ZkOptions,
@@ -145,6 +153,11 @@ pub struct ZkConfig {
     fell_back: bool,
     /// This session's ACL for the instance record, once read from the config's.
     instance_acl: Option<Vec<Acl>>,
+    /// The identity this session authenticated with (the last one added, after a
+    /// rotation).
+    auth_in_use: Option<Credentials>,
+    /// When to look at the identity file again.
+    auth_check_at: tokio::time::Instant,
 }
 
 impl ZkConfig {
@@ -163,6 +176,8 @@ impl ZkConfig {
             seen: None,
             fell_back: false,
             instance_acl: None,
+            auth_in_use: None,
+            auth_check_at: tokio::time::Instant::now(),
         }
     }
 
@@ -171,7 +186,8 @@ impl ZkConfig {
         let mut backoff = BACKOFF_MIN;
         loop {
             let mut connector = Client::connector().with_session_timeout(self.opts.session_timeout);
-            if let Some(auth) = self.opts.auth_file.as_deref().and_then(read_auth) {
+            self.auth_in_use = self.opts.auth_file.as_deref().and_then(read_auth);
+            if let Some(auth) = &self.auth_in_use {
                 connector = connector.with_auth(zkauth::DIGEST, &auth.auth_bytes());
             }
             match self.connect(connector).await {
@@ -272,8 +288,10 @@ impl ZkConfig {
                     }
                 }
             }
-            if let Err(e) = self.publish(client, &mut instance_watch).await {
-                tracing::warn!(error = %e, "writing the instance znode");
+            match self.publish(client, &mut instance_watch).await {
+                Ok(()) => {}
+                Err(zookeeper_client::Error::NoAuth) => return End::NotAuthorized,
+                Err(e) => tracing::warn!(error = %e, "writing the instance znode"),
             }
             if let Some(swapped) = self.to_announce.take() {
                 swapped.announce();
@@ -289,6 +307,11 @@ impl ZkConfig {
                 Wait::Reconnected => {
                     config_watch = None;
                     instance_watch = None;
+                }
+                Wait::AuthCheck => {
+                    if let Some(end) = self.check_auth(client).await {
+                        return end;
+                    }
                 }
                 Wait::Ended(end) => return end,
             }
@@ -320,6 +343,9 @@ impl ZkConfig {
                     tracing::debug!(event = ?event.event_type, "instance znode changed");
                     return Wait::Fired;
                 }
+                () = tokio::time::sleep_until(self.auth_check_at), if self.opts.auth_file.is_some() => {
+                    return Wait::AuthCheck;
+                }
                 state = states.changed() => match state {
                     SessionState::Disconnected => {
                         self.metrics.zookeeper_connected.set(0);
@@ -334,6 +360,40 @@ impl ZkConfig {
                 },
             }
         }
+    }
+
+    /// Adds the identity in the identity file to the session when it changed (its Secret
+    /// was rotated), and gives this sidecar's instance record to the session's identities
+    /// again (the `auth` ACL names them as they are when it is set), so the operator reads
+    /// it with the new namespace identity once the old one is retired. `Some` when the
+    /// session must end: the identity could not be added.
+    async fn check_auth(&mut self, client: &Client) -> Option<End> {
+        self.auth_check_at = tokio::time::Instant::now() + AUTH_CHECK;
+        let path = self.opts.auth_file.as_deref()?;
+        // Quietly: a file missing or malformed now was reported at connect, and the
+        // identity in use stays until it is readable again.
+        let current = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| Credentials::parse(&text).ok())?;
+        if self.auth_in_use.as_ref() == Some(&current) {
+            return None;
+        }
+        if let Err(e) = client.auth(zkauth::DIGEST, &current.auth_bytes()).await {
+            tracing::warn!(file = %path.display(), error = %e, "cannot add the rotated ZooKeeper identity to the session; connecting again with it");
+            return Some(End::NotAuthorized);
+        }
+        tracing::info!(file = %path.display(), user = %current.user(), "the namespace's ZooKeeper identity was rotated; added it to the session");
+        self.auth_in_use = Some(current);
+        if self.instance_version.is_some()
+            && let Some(acl) = self.instance_acl.clone()
+        {
+            let record = &self.opts.instance_path;
+            match client.set_acl(record, &acl, None).await {
+                Ok(_) => tracing::info!(znode = %record, "instance znode given to the session's identities"),
+                Err(e) => tracing::warn!(znode = %record, error = %e, "cannot set the instance znode's ACL for the rotated identity"),
+            }
+        }
+        None
     }
 
     /// After a failed request: wait until connected again (`None`) or the session ends.
