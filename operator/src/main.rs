@@ -346,6 +346,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let leadership = elector
         .as_ref()
         .map_or_else(lease::Leadership::always, lease::Elector::leadership);
+    zk.start_securing().await;
     metrics.set_leader(elector.is_some());
     let settings = controller::Settings {
         layout,

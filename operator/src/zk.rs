@@ -103,6 +103,10 @@ pub struct Zk {
     guard: Arc<Guard>,
     /// Namespaces whose identity this session holds (see [`Zk::authorize`]).
     authorized: Arc<Mutex<HashSet<String>>>,
+    /// Whether this replica puts the guard's ACLs on the tree ([`secure`]): the leader
+    /// only (see [`Zk::start_securing`]).
+    securing: Arc<std::sync::atomic::AtomicBool>,
+    layout: Layout,
 }
 
 /// Session settings.
@@ -200,6 +204,8 @@ impl Zk {
             instances: Arc::default(),
             guard: Arc::new(config.guard.clone()),
             authorized: Arc::default(),
+            securing: Arc::default(),
+            layout: config.layout.clone(),
         };
         tokio::spawn(supervise(config, zk.clone(), connected_tx, tx));
         (zk, rx)
@@ -208,6 +214,21 @@ impl Zk {
     /// The ACLs znodes are created with.
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    /// From now on (this replica leads), puts the guard's ACLs on the tree now and at
+    /// every new session ([`secure`]). A standby never does: during a rolling update that
+    /// rotates the identity, replicas with the old and the new identities would otherwise
+    /// take the tree from each other, and the last to connect could lock the others out.
+    pub async fn start_securing(&self) {
+        self.securing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let Ok(client) = self.client() else {
+            return; // the next session secures the tree
+        };
+        if let Err(e) = secure(&client, &self.layout, &self.guard).await {
+            tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; trying again at the next session");
+        }
     }
 
     /// Adds `namespace`'s identity to the session, once: sidecars create their instance
@@ -444,7 +465,8 @@ async fn supervise(
         if let Err(e) = client.mkdir(&root, &persistent(&directory)).await {
             tracing::warn!(path = %root, error = %e, "cannot create the znode root");
         }
-        if let Err(e) = secure(&client, &config.layout, &config.guard).await {
+        let securing = zk.securing.load(std::sync::atomic::Ordering::Acquire);
+        if securing && let Err(e) = secure(&client, &config.layout, &config.guard).await {
             tracing::warn!(error = %e, retry_in = ?backoff, "cannot set the ACLs of the existing znodes; reconnecting");
             zk.set(None, &format!("securing the znodes: {e}"));
             tokio::time::sleep(backoff).await;
