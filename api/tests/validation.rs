@@ -398,7 +398,7 @@ sinks:
   - name: out
     stdout: {}
     credentialsSecretRef: {name: Bad_Name}
-    buffer: {maxBytes: 10}
+    buffer: {maxBytes: 10, sync: batch}
   - name: es
     http:
       url: http://es:9200
@@ -414,6 +414,7 @@ sinks:
             "spec.sources[0].file.multiline.startPattern: regex parse error: unclosed character class at offset 1",
             "spec.sources[0].file.multiline.maxLines: must be at least 1",
             "spec.sources[0].file.multiline.timeout: \"soon\" is not a duration like 500ms, 2s or 1m: expected number at 0",
+            "spec.sinks[0].buffer.sync: applies to disk buffers only (a memory buffer has nothing to flush to a device)",
             "spec.sinks[0].buffer.maxBytes: must be at least 65536 (64 KiB)",
             "spec.sinks[0].credentialsSecretRef: applies to http sinks only",
             "spec.sinks[0].credentialsSecretRef.name: \"Bad_Name\" is not a valid Secret name (lowercase letters, digits, '-' and '.')",

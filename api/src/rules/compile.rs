@@ -24,8 +24,8 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, BufferType, FieldCondition, Format, HttpEncoding, HttpSink, LabelSelector, Level,
-        ServiceLogSpec, Sink, Source, SyslogProtocol, When,
+        Action, BufferSync, BufferType, FieldCondition, Format, HttpEncoding, HttpSink,
+        LabelSelector, Level, ServiceLogSpec, Sink, Source, SyslogProtocol, When,
     },
     validate::{
         Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
@@ -476,6 +476,15 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
     }
     if let Some(http) = &sink.http {
         check_http(errors, http, &format!("{path}.http"));
+    }
+    if let Some(buffer) = &sink.buffer
+        && buffer.kind == BufferType::Memory
+        && buffer.sync != BufferSync::None
+    {
+        errors.push(
+            format!("{path}.buffer.sync"),
+            "applies to disk buffers only (a memory buffer has nothing to flush to a device)",
+        );
     }
     if let Some(buffer) = &sink.buffer
         && let Some(max) = buffer.max_bytes
