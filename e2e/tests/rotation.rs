@@ -133,7 +133,10 @@ async fn given_a_rotated_operator_identity_then_an_injected_sidecar_keeps_applyi
         )
         .unwrap_or_else(|e| panic!("operator {who} did not start: {e}"))
     };
-    let operator = start("old", vec![format!("--zk-auth-file={}", old_file.display())]);
+    let operator = start(
+        "old",
+        vec![format!("--zk-auth-file={}", old_file.display())],
+    );
     let client = env.client().await.expect("client");
     let slogs = Api::<ServiceLog>::namespaced(client.clone(), &ns);
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
@@ -210,17 +213,21 @@ async fn given_a_rotated_operator_identity_then_an_injected_sidecar_keeps_applyi
             sidecar.proc.log_tail(25)
         )
     };
-    wait_for("the Secret to hold the new namespace identity", logs, async || {
-        (namespace_identity().await? == new.for_namespace(&ns)).then_some(())
-    })
+    wait_for(
+        "the Secret to hold the new namespace identity",
+        logs,
+        async || (namespace_identity().await? == new.for_namespace(&ns)).then_some(()),
+    )
     .await;
     // A change while the sidecar still holds only the old identity.
-    let patch = |level: &'static str| {
-        serde_json::json!({"spec": {"rules": [{"name": "drop-debug", "when": {"level": {"below": level}}, "action": "drop"}]}})
-    };
+    let patch = |level: &'static str| serde_json::json!({"spec": {"rules": [{"name": "drop-debug", "when": {"level": {"below": level}}, "action": "drop"}]}});
     let second = generation(
         &slogs
-            .patch("billing", &PatchParams::default(), &Patch::Merge(patch("warn")))
+            .patch(
+                "billing",
+                &PatchParams::default(),
+                &Patch::Merge(patch("warn")),
+            )
             .await
             .expect("patch"),
     );
@@ -232,13 +239,17 @@ async fn given_a_rotated_operator_identity_then_an_injected_sidecar_keeps_applyi
     pod::materialize_secrets(&client, env.env_dir(), &admitted)
         .await
         .expect("the pod's secret volumes, rotated");
-    wait_for("the sidecar to take the rotated identity", logs, async || {
-        sidecar
-            .proc
-            .log_tail(200)
-            .contains("identity was rotated; added it to the session")
-            .then_some(())
-    })
+    wait_for(
+        "the sidecar to take the rotated identity",
+        logs,
+        async || {
+            sidecar
+                .proc
+                .log_tail(200)
+                .contains("identity was rotated; added it to the session")
+                .then_some(())
+        },
+    )
     .await;
 
     // Step 2: the old identity retired.
@@ -256,23 +267,33 @@ async fn given_a_rotated_operator_identity_then_an_injected_sidecar_keeps_applyi
     };
     let config = layout.config(&ns, "billing").expect("config path");
     let as_old_tenant = zk_as(&connect, &old.for_namespace(&ns)).await;
-    wait_for("the old namespace identity to lose the config", logs, async || {
-        matches!(
-            as_old_tenant.get_data(&config).await,
-            Err(zookeeper_client::Error::NoAuth)
-        )
-        .then_some(())
-    })
+    wait_for(
+        "the old namespace identity to lose the config",
+        logs,
+        async || {
+            matches!(
+                as_old_tenant.get_data(&config).await,
+                Err(zookeeper_client::Error::NoAuth)
+            )
+            .then_some(())
+        },
+    )
     .await;
     let third = generation(
         &slogs
-            .patch("billing", &PatchParams::default(), &Patch::Merge(patch("error")))
+            .patch(
+                "billing",
+                &PatchParams::default(),
+                &Patch::Merge(patch("error")),
+            )
             .await
             .expect("patch"),
     );
-    wait_for("applied 1/1 after the old identity is gone", logs, async || {
-        applied(&slogs.get("billing").await.ok()?.status?, third).then_some(())
-    })
+    wait_for(
+        "applied 1/1 after the old identity is gone",
+        logs,
+        async || applied(&slogs.get("billing").await.ok()?.status?, third).then_some(()),
+    )
     .await;
     let context = logs();
     assert!(

@@ -389,8 +389,12 @@ impl ZkConfig {
         {
             let record = &self.opts.instance_path;
             match client.set_acl(record, &acl, None).await {
-                Ok(_) => tracing::info!(znode = %record, "instance znode given to the session's identities"),
-                Err(e) => tracing::warn!(znode = %record, error = %e, "cannot set the instance znode's ACL for the rotated identity"),
+                Ok(_) => {
+                    tracing::info!(znode = %record, "instance znode given to the session's identities")
+                }
+                Err(e) => {
+                    tracing::warn!(znode = %record, error = %e, "cannot set the instance znode's ACL for the rotated identity")
+                }
             }
         }
         None
