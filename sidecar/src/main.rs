@@ -69,8 +69,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Colours only for a person at a terminal: in a pod, `kubectl logs` would show the
+    // escape codes.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
