@@ -25,7 +25,9 @@ static:
 ## images: the operator and sidecar images (what docker/Dockerfile builds: static binaries,
 ## uid 65532, CA certificates, /etc/passwd, OCI labels) as archives in target/images/, built
 ## without a registry or Docker, and loaded into the running `make cluster` node under the
-## chart's default references (ghcr.io/servicelog/servicelog-*:<appVersion>).
+## chart's default references (ghcr.io/servicelog/servicelog-*:<appVersion>); with them the
+## embedded ZooKeeper's image from Debian's zookeeper and a jlink'd Java 17
+## (localhost/servicelog/zookeeper:<version>, cached in ~/.cache/servicelog/images).
 images: images-build
 	@bash scripts/images.sh load
 
@@ -68,7 +70,10 @@ crds:
 	cp crds/$(CRD_FILE) charts/servicelog/crds/$(CRD_FILE)
 
 ## testenv: start the control plane + ZooKeeper in the background; writes target/testenv/env.
+## SERVICELOG_TESTENV_KAFKA=1 adds a Kafka broker (fetched once by scripts/kafka.sh) and
+## SERVICELOG_KAFKA_BOOTSTRAP.
 testenv: deps tools
+	@if [[ "$${SERVICELOG_TESTENV_KAFKA:-}" == 1 ]]; then bash scripts/kafka.sh >/dev/null; fi
 	@bash scripts/testenv.sh up
 
 testenv-down:

@@ -11,6 +11,7 @@
 
 pub mod control_plane;
 pub mod fleet;
+pub mod kafka;
 pub mod node;
 pub mod pod;
 pub mod procs;
@@ -31,6 +32,7 @@ use std::{
 };
 
 use control_plane::ControlPlane;
+use kafka::Kafka;
 use node::{Netns, NetnsGuard, Node, NodeTools};
 use procs::EnvDir;
 use tools::Tools;
@@ -105,6 +107,8 @@ pub struct TestEnv {
     node: Option<Node>,
     control_plane: ControlPlane,
     zookeeper: ZooKeeper,
+    /// Started on first use by [`TestEnv::kafka`]: most tests do not need a broker.
+    kafka: OnceLock<Result<Kafka, EnvError>>,
     netns: Option<NetnsGuard>,
     watchdog: Child,
     tools: Tools,
@@ -152,6 +156,7 @@ impl TestEnv {
             node: None,
             control_plane,
             zookeeper,
+            kafka: OnceLock::new(),
             netns: None,
             watchdog,
             tools,
@@ -199,6 +204,7 @@ impl TestEnv {
             node: Some(node),
             control_plane,
             zookeeper,
+            kafka: OnceLock::new(),
             netns: Some(netns),
             watchdog,
             tools,
@@ -264,6 +270,16 @@ impl TestEnv {
 
     pub fn zookeeper(&self) -> &ZooKeeper {
         &self.zookeeper
+    }
+
+    /// The environment's Kafka broker (KRaft, one node, on loopback), started on first
+    /// use — fetching its jars once per machine — and shared by every test of the
+    /// environment, which use topics of their own. Stopped with the environment.
+    pub fn kafka(&self) -> Result<&Kafka, EnvError> {
+        self.kafka
+            .get_or_init(|| Kafka::start(&self.dir, "kafka"))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     pub fn tools(&self) -> &Tools {
@@ -422,6 +438,12 @@ impl TestEnv {
             shell_quote(&self.zk_connect()),
             shell_quote(&self.tools.bin_dir().to_string_lossy()),
         );
+        if let Some(Ok(kafka)) = self.kafka.get() {
+            text.push_str(&format!(
+                "export SERVICELOG_KAFKA_BOOTSTRAP={}\n",
+                shell_quote(&kafka.bootstrap())
+            ));
+        }
         if let (Some(node), Some(zk)) = (&self.node, self.zk_connect_for_pods()) {
             text.push_str(&format!(
                 "# ZooKeeper as pods reach it; `ctr` talks to the node's containerd.\n\

@@ -79,6 +79,7 @@ mod tests {
             "TOOLS_ID",
             "COREDNS_VERSION",
             "NODE_TOOLS_ID",
+            "KAFKA_VERSION",
         ] {
             assert!(
                 super::version(key).is_some(),

@@ -2,6 +2,9 @@
 //! Ctrl-C; `make testenv` runs it in the background and `make testenv-down` stops it.
 //! Writes `target/testenv/env` (exports for a shell) and `target/testenv/testenv.pid`.
 //!
+//! With `SERVICELOG_TESTENV_KAFKA=1` it also starts a Kafka broker and `env` exports
+//! `SERVICELOG_KAFKA_BOOTSTRAP`.
+//!
 //! `servicelog-testenv --cluster` (what `make cluster` runs) starts a cluster with a real
 //! node instead, in `target/cluster/`: `env` there also exports
 //! `SERVICELOG_CLUSTER_ZK_CONNECT` (ZooKeeper as pods reach it) and `CONTAINERD_ADDRESS`.
@@ -45,6 +48,16 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("the start thread panicked")??;
+    // SERVICELOG_TESTENV_KAFKA=1 adds the Kafka broker (env: SERVICELOG_KAFKA_BOOTSTRAP).
+    if std::env::var("SERVICELOG_TESTENV_KAFKA").is_ok_and(|v| v == "1") {
+        let kafka = env.kafka().context("starting the Kafka broker")?;
+        println!(
+            "kafka ready in {:.1}s: {} ({} MiB resident)",
+            kafka.started_in().as_secs_f64(),
+            kafka.bootstrap(),
+            kafka.rss_bytes().unwrap_or(0) / (1024 * 1024)
+        );
+    }
     fs::write(&pid_file, std::process::id().to_string())
         .with_context(|| format!("writing {}", pid_file.display()))?;
     fs::write(&env_file, env.env_file())

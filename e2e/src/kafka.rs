@@ -1,0 +1,232 @@
+//! A real Apache Kafka broker (KRaft, one node that is broker and controller, no
+//! ZooKeeper) on free loopback ports, for the Kafka sink's tests. Its jars are
+//! `org.apache.kafka:kafka_2.13` and its runtime dependencies from Maven Central, fetched
+//! once per version by `scripts/kafka.sh` into `~/.cache/servicelog/kafka/<version>/libs`
+//! (the first [`Kafka::start`] on a machine runs it); the machine's Java 17 runs them.
+//!
+//! Tests get one shared broker from [`crate::TestEnv::kafka`]: started on first use in
+//! the environment's directory and stopped with it. Topics are the tests' own (unique
+//! names), so they can share it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    EnvError,
+    procs::{EnvDir, Proc, free_port, wait_for},
+    tools, workspace_dir,
+};
+
+/// A cold JVM formats and starts in about 4 s here; a loaded CI machine is slower.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// What the broker logs when both its controller and broker sides serve.
+const READY_LINE: &str = "Kafka Server started";
+/// Any 16 bytes, base64url: every broker formats its own fresh log directory.
+const CLUSTER_ID: &str = "c2VydmljZWxvZ3Rlc3QxMg";
+
+/// A running single-node broker, stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Kafka {
+    port: u16,
+    dir: PathBuf,
+    proc: Proc,
+    started_in: Duration,
+}
+
+impl Kafka {
+    /// Formats a log directory under `env` (`<label>/`) and starts a broker on free
+    /// loopback ports, waiting (bounded, named on timeout) until it serves. A port taken
+    /// between choosing and binding is retried with new ports, twice.
+    ///
+    /// Notable errors: [`EnvError::Missing`] when Java is not installed or the fetch
+    /// failed; [`EnvError::Timeout`] / [`EnvError::Failed`] with the broker's last log
+    /// lines when it does not come up.
+    pub fn start(env: &EnvDir, label: &str) -> Result<Self, EnvError> {
+        let started = Instant::now();
+        let libs = locate()?;
+        let classpath = classpath(&libs)?;
+        let mut last = None;
+        for attempt in 0..3 {
+            match Self::try_start(env, label, attempt, &classpath, started) {
+                Ok(kafka) => return Ok(kafka),
+                Err(e) if e.is_port_clash() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(EnvError::Failed {
+            what: "Kafka".into(),
+            detail: "could not start".into(),
+        }))
+    }
+
+    fn try_start(
+        env: &EnvDir,
+        label: &str,
+        attempt: usize,
+        classpath: &str,
+        started: Instant,
+    ) -> Result<Self, EnvError> {
+        let (port, controller_port) = (free_port()?, free_port()?);
+        let name = if attempt == 0 {
+            label.to_owned()
+        } else {
+            format!("{label}-try{attempt}")
+        };
+        let dir = env.join(&name);
+        fs::create_dir_all(&dir).map_err(|e| EnvError::io("creating the Kafka dir", e))?;
+        let properties = dir.join("server.properties");
+        // Replication factors of 1 for the internal topics (the defaults of 3 cannot be
+        // met by one broker); no rebalance delay so a consumer group forms at once;
+        // flushes left to the OS as in production.
+        let config = format!(
+            "process.roles=broker,controller\nnode.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             log.dirs={}\nnum.partitions=1\nauto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
+            dir.join("data").display()
+        );
+        fs::write(&properties, config)
+            .map_err(|e| EnvError::io("writing server.properties", e))?;
+
+        let format = java(classpath)
+            .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])
+            .arg(&properties)
+            .output()
+            .map_err(|e| EnvError::io("running Kafka's StorageTool", e))?;
+        if !format.status.success() {
+            return Err(EnvError::Failed {
+                what: format!("formatting Kafka's log directory in {}", dir.display()),
+                detail: String::from_utf8_lossy(&format.stderr).into_owned(),
+            });
+        }
+
+        let mut cmd = java(classpath);
+        cmd.arg("kafka.Kafka").arg(&properties);
+        let mut proc = Proc::spawn(&name, cmd, env)?;
+        let what = format!("the Kafka broker to log {READY_LINE:?} (127.0.0.1:{port})");
+        let log = proc.log_path().to_owned();
+        wait_for(&what, START_TIMEOUT, Duration::from_millis(100), || {
+            if let Some(how) = proc.exited() {
+                return Err(how);
+            }
+            Ok(fs::read_to_string(&log).is_ok_and(|text| text.contains(READY_LINE)))
+        })
+        .map_err(|e| e.with_log(&name, &proc.log_tail(30)))?;
+        Ok(Self {
+            port,
+            dir,
+            proc,
+            started_in: started.elapsed(),
+        })
+    }
+
+    /// `127.0.0.1:PORT`, the bootstrap address clients are given.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How long [`Kafka::start`] took, the fetch (when it ran) included.
+    pub fn started_in(&self) -> Duration {
+        self.started_in
+    }
+
+    /// The broker's resident memory now, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.proc.pid()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The directory of its configuration and log segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The broker's last log lines, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.proc.log_tail(lines)
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        // A controlled shutdown of one node takes a second or two; SIGKILL after 15 s.
+        self.proc.stop(Duration::from_secs(15));
+    }
+}
+
+/// A small heap (the broker needs ~100 MiB for tests) and a JVM that starts fast.
+fn java(classpath: &str) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.args([
+        "-Xms64m",
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+        "-cp",
+        classpath,
+    ]);
+    cmd
+}
+
+/// The jars' directory, fetched by `scripts/kafka.sh` when not cached yet (it serialises
+/// concurrent fetches and checks every file's sha1).
+fn locate() -> Result<PathBuf, EnvError> {
+    if Command::new("java").arg("-version").output().is_err() {
+        return Err(EnvError::Missing {
+            what: "java, which runs the Kafka broker".into(),
+            hint: "apt-get install default-jre-headless (or run `make deps`)".into(),
+        });
+    }
+    let version = tools::version("KAFKA_VERSION").unwrap_or("unknown");
+    let cache = tools::cache_dir().join("kafka").join(version);
+    if cache.join("complete").is_file() {
+        return Ok(cache.join("libs"));
+    }
+    let script = workspace_dir().join("scripts/kafka.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| EnvError::io(format!("running {}", script.display()), e))?;
+    if !out.status.success() || !cache.join("complete").is_file() {
+        return Err(EnvError::Missing {
+            what: format!("Apache Kafka {version} in {}", cache.display()),
+            hint: format!(
+                "scripts/kafka.sh failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(cache.join("libs"))
+}
+
+fn classpath(libs: &Path) -> Result<String, EnvError> {
+    let mut jars: Vec<String> = fs::read_dir(libs)
+        .map_err(|e| EnvError::io(format!("listing {}", libs.display()), e))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jar"))
+        .map(|path| path.display().to_string())
+        .collect();
+    jars.sort();
+    Ok(jars.join(":"))
+}
