@@ -166,8 +166,9 @@ pub struct Source {
 impl Source {
     /// `maxLineBytes`, or its default.
     pub fn max_line_bytes(&self) -> usize {
-        self.max_line_bytes
-            .map_or(DEFAULT_MAX_LINE_BYTES, |n| n.clamp(1024, MAX_LINE_BYTES as u64) as usize)
+        self.max_line_bytes.map_or(DEFAULT_MAX_LINE_BYTES, |n| {
+            n.clamp(1024, MAX_LINE_BYTES as u64) as usize
+        })
     }
 }
 

@@ -548,9 +548,12 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
 /// A syslog source's `address`: an IP address to bind, no host name (resolving one at
 /// bind time would make the config's meaning depend on DNS).
 pub(crate) fn check_syslog_address(address: &str) -> Result<(), String> {
-    address.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
-        format!("{address:?} is not an IP address (e.g. 127.0.0.1, the default; 0.0.0.0 or ::)")
-    })
+    address
+        .parse::<std::net::IpAddr>()
+        .map(|_| ())
+        .map_err(|_| {
+            format!("{address:?} is not an IP address (e.g. 127.0.0.1, the default; 0.0.0.0 or ::)")
+        })
 }
 
 #[cfg(test)]
