@@ -95,8 +95,7 @@ impl Kafka {
              share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
             dir.join("data").display()
         );
-        fs::write(&properties, config)
-            .map_err(|e| EnvError::io("writing server.properties", e))?;
+        fs::write(&properties, config).map_err(|e| EnvError::io("writing server.properties", e))?;
 
         let format = java(classpath)
             .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])

@@ -80,7 +80,9 @@ async fn read_all(client: &PartitionClient) -> Vec<(String, String)> {
             .await
             .unwrap_or_else(|e| panic!("fetching {} at {offset}: {e}", client.topic()));
         for r in batch {
-            let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap();
+            let text = |b: Option<Vec<u8>>| {
+                String::from_utf8(b.unwrap_or_default()).expect("records hold UTF-8 text")
+            };
             out.push((text(r.record.key), text(r.record.value)));
             offset = r.offset + 1;
         }
@@ -125,7 +127,10 @@ async fn given_the_test_broker_when_records_go_to_several_topics_then_each_reads
             got.len(),
             sent.len()
         );
-        assert_eq!(&got, sent, "{topic}/{p}: records differ from those produced");
+        assert_eq!(
+            &got, sent,
+            "{topic}/{p}: records differ from those produced"
+        );
     }
     let listed: Vec<String> = client
         .list_topics()
