@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# `make images`: the operator and sidecar images, built without a registry or a Docker
-# engine, as archives in target/images/ (each an OCI layout plus docker-archive's
+# `make images`: the operator and sidecar images, and a ZooKeeper image for the chart's
+# embedded StatefulSet, built without a registry or a Docker engine, as archives in
+# target/images/ (each an OCI layout plus docker-archive's
 # manifest.json: `docker load`, `kind load image-archive`, `skopeo copy oci-archive:`,
 # `ctr images import` read them), then loaded into the running `make cluster` node under
-# the chart's default references.
+# the chart's default references (the ZooKeeper image under its own: see below).
 #
-#   images.sh build    the static binaries (`make static`) and the two archives
-#   images.sh load     import both archives into the running cluster's node
+#   images.sh build    the static binaries (`make static`) and the three archives
+#   images.sh load     import the archives into the running cluster's node
 #
 # The content is docker/Dockerfile's (e2e/tests/images.rs checks that both describe the
 # same image): distroless/static's files that matter — /etc/passwd and /etc/group with
@@ -19,6 +20,13 @@ out=target/images
 version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/servicelog/Chart.yaml)
 [[ -n $version ]] || { echo "images: no appVersion in charts/servicelog/Chart.yaml" >&2; exit 1; }
 registry=ghcr.io/servicelog
+# The embedded ZooKeeper's image (e2e/tools/images/zookeeper-image.sh): Debian's ZooKeeper,
+# not the official image the chart names by default, so it has a reference of its own that
+# no registry serves; install the chart with
+#   --set zookeeper.embedded.image.repository=localhost/servicelog/zookeeper
+#   --set zookeeper.embedded.image.tag=<the Debian upstream version, e.g. 3.8.0>
+zk_version=$(dpkg-query -W -f='${Version}' zookeeper 2>/dev/null | sed 's/-[^-]*$//')
+zk_ref=localhost/servicelog/zookeeper:${zk_version:-none}
 
 build() {
   bash docker/static.sh
@@ -62,6 +70,10 @@ build() {
   for image in operator sidecar; do
     echo "images: $out/servicelog-$image.tar  $registry/servicelog-$image:$version  $(du -h "$out/servicelog-$image.tar" | cut -f1)"
   done
+
+  [[ -n $zk_version ]] || { echo "images: Debian's zookeeper package is missing (make deps)" >&2; exit 1; }
+  bash e2e/tools/images/zookeeper-image.sh "$out/zookeeper.tar" "$zk_ref"
+  echo "images: $out/zookeeper.tar  $zk_ref  $(du -h "$out/zookeeper.tar" | cut -f1)"
 }
 
 load() {
@@ -69,8 +81,8 @@ load() {
     echo "images: no cluster running (make cluster); the archives stay in $out/"
     return 0
   fi
-  for image in operator sidecar; do
-    bash scripts/cluster.sh load "$out/servicelog-$image.tar"
+  for archive in servicelog-operator servicelog-sidecar zookeeper; do
+    bash scripts/cluster.sh load "$out/$archive.tar"
   done
 }
 

@@ -1,0 +1,425 @@
+//! The chart's embedded ZooKeeper, run for real on the node of `make cluster`: the image
+//! `make images` builds from Debian's ZooKeeper (no registry), the StatefulSet installed by
+//! `helm install --wait` with its data in an emptyDir (the node has no volume provisioner),
+//! the operator and an injected sidecar connected to it through its headless Service, and
+//! after teardown nothing of the cluster left on the machine.
+//!
+//! A cluster of its own, not the one `on_the_node.rs` shares: its ZooKeeper is the
+//! environment's, and the teardown checked here is this test's.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use servicelog_e2e::{TestEnv, node, node::BUSYBOX_IMAGE, unique_name, workspace_dir};
+
+const RELEASE: &str = "servicelog";
+const NAMESPACE: &str = "servicelog-system";
+const ZK_POD: &str = "servicelog-zookeeper-0";
+/// The uid and gid of the chart's zookeeper.embedded.podSecurityContext.
+const ZK_UID: u32 = 1000;
+const ROLLOUT: Duration = Duration::from_secs(180);
+const ROUTING: Duration = Duration::from_secs(60);
+
+fn ok(what: &str, out: std::io::Result<Output>) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn kubectl(env: &TestEnv, args: &[&str]) -> String {
+    ok(
+        &format!("kubectl {}", args.join(" ")),
+        env.kubectl().args(args).output(),
+    )
+}
+
+fn kubectl_json(env: &TestEnv, args: &[&str]) -> Value {
+    let text = kubectl(env, &[args, &["-o", "json"]].concat());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("kubectl {args:?}: not JSON: {e}"))
+}
+
+fn apply(env: &TestEnv, manifest: &str) {
+    let file = env.dir().join(format!("{}.yaml", unique_name("apply")));
+    fs::write(&file, manifest).expect("writing a manifest");
+    ok(
+        "kubectl apply",
+        env.kubectl().args(["apply", "-f"]).arg(&file).output(),
+    );
+}
+
+/// Runs `kubectl args` until `check` accepts its stdout; fails naming `what` with the last
+/// output and the logs of ZooKeeper and the operator.
+fn until(
+    env: &TestEnv,
+    what: &str,
+    timeout: Duration,
+    args: &[&str],
+    check: impl Fn(&str) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        let out = env.kubectl().args(args).output();
+        let stdout = out
+            .as_ref()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            let logs = |selector: &str| {
+                env.kubectl()
+                    .args([
+                        "logs",
+                        "-n",
+                        NAMESPACE,
+                        "--tail=20",
+                        "--prefix",
+                        "-l",
+                        selector,
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}\n--- zookeeper ---\n{}\n--- operator ---\n{}",
+                args.join(" "),
+                logs("app.kubernetes.io/component=zookeeper"),
+                logs("app.kubernetes.io/component=operator"),
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The reference `make images` gave the ZooKeeper archive (its OCI index's
+/// io.containerd.image.name), split into the chart's repository and tag.
+fn archive_reference(archive: &Path) -> (String, String) {
+    let index = ok(
+        "reading the archive's index.json",
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(archive)
+            .arg("index.json")
+            .output(),
+    );
+    let index: Value = serde_json::from_str(&index)
+        .unwrap_or_else(|e| panic!("{}: index.json is not JSON: {e}", archive.display()));
+    let reference = index["manifests"][0]["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no image name in index.json: {index}",
+                archive.display()
+            )
+        });
+    let (repository, tag) = reference
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{reference}: no tag"));
+    (repository.to_owned(), tag.to_owned())
+}
+
+/// The host PID of a running container, through the node's containerd.
+fn container_pid(env: &TestEnv, container_id: &str) -> u32 {
+    let id = container_id
+        .strip_prefix("containerd://")
+        .unwrap_or(container_id);
+    let out = ok(
+        "ctr tasks ls",
+        Command::new("ctr")
+            .arg("-a")
+            .arg(env.node().expect("a node").containerd_socket())
+            .args(["-n", "k8s.io", "tasks", "ls"])
+            .output(),
+    );
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("container {id} has no running task:\n{out}"))
+}
+
+/// A second-resolution RFC 3339 time of the API server, as seconds since the epoch.
+fn epoch_seconds(time: &Value) -> i64 {
+    let text = time
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {time}"));
+    let out = ok(
+        "date",
+        Command::new("date")
+            .args(["-u", "-d", text, "+%s"])
+            .output(),
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("date +%s of {text}: {e}"))
+}
+
+fn servicelog(ns: &str) -> String {
+    format!(
+        r#"apiVersion: servicelog.io/v1alpha1
+kind: ServiceLog
+metadata: {{name: checkout, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: checkout}}}}
+  sources:
+    - name: app
+      file: {{paths: ["/var/log/app/*.log"], format: json}}
+  sinks:
+    - name: console
+      stdout: {{}}
+  defaultTo: [console]
+"#
+    )
+}
+
+/// An annotated pod whose app appends a JSON line to /var/log/app/app.log every half second.
+fn app(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: checkout
+  namespace: {ns}
+  labels: {{app: checkout}}
+  annotations: {{servicelog.io/inject: checkout}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}}
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command:
+        - /bin/sh
+        - -c
+        - |
+          umask 027
+          i=0
+          while true; do
+            i=$((i+1))
+            echo "{{\"level\":\"info\",\"msg\":\"embedded-zk $i\"}}" >> /var/log/app/app.log
+            sleep 0.5
+          done
+"#
+    )
+}
+
+/// What the cluster could leave on the machine: processes started from its directory or
+/// in its cgroup, mounts under its directory, its network namespaces, its cgroups.
+fn traces(env_dir: &Path, netns: &BTreeSet<String>, cgroup: &str) -> Vec<String> {
+    let dir = format!("{}/", env_dir.display());
+    let mut left = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() || pid == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cmdline.contains(&dir) || cgroups.contains(&format!("/{cgroup}/")) {
+            left.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    left.extend(
+        node::mount_points()
+            .into_iter()
+            .filter(|m| m.starts_with(&dir))
+            .map(|m| format!("mount {m}")),
+    );
+    left.extend(
+        netns_names()
+            .intersection(netns)
+            .map(|n| format!("network namespace {n}")),
+    );
+    left.extend(
+        node::cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(cgroup))
+            .filter(|d| d.exists())
+            .map(|d| format!("cgroup {}", d.display())),
+    );
+    left
+}
+
+fn netns_names() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_sidecar_applies_the_config_from_it_as_non_root()
+ {
+    let mut archives = Vec::new();
+    for name in ["servicelog-operator", "servicelog-sidecar", "zookeeper"] {
+        let archive = workspace_dir().join(format!("target/images/{name}.tar"));
+        assert!(
+            archive.is_file(),
+            "{} is missing: run `make images-build` (make test does)",
+            archive.display()
+        );
+        archives.push(archive);
+    }
+    let (zk_repository, zk_tag) = archive_reference(&archives[2]);
+    let netns_before = netns_names();
+    let env = TestEnv::start_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
+    let node = env.node().expect("a cluster has a node");
+    for archive in &archives {
+        node.load_image(archive)
+            .unwrap_or_else(|e| panic!("loading {}: {e}", archive.display()));
+    }
+
+    // Given the chart with its embedded ZooKeeper, from the image built here, on an emptyDir.
+    let started = Instant::now();
+    ok(
+        "helm install --wait",
+        env.helm()
+            .args(["install", RELEASE])
+            .arg(workspace_dir().join("charts/servicelog"))
+            .args(["--namespace", NAMESPACE, "--create-namespace"])
+            .args(["--wait", "--timeout", "240s"])
+            .args(["--set", "zookeeper.embedded.enabled=true"])
+            .args(["--set", "zookeeper.embedded.persistence.enabled=false"])
+            .args([
+                "--set",
+                &format!("zookeeper.embedded.image.repository={zk_repository}"),
+            ])
+            .args(["--set", &format!("zookeeper.embedded.image.tag={zk_tag}")])
+            .args(["--set", "zookeeper.embedded.image.pullPolicy=Never"])
+            .output(),
+    );
+    let helm_install = started.elapsed();
+
+    // Then ZooKeeper is Ready, never restarted, and runs as the chart's non-root user.
+    let pod = kubectl_json(&env, &["get", "pod", ZK_POD, "-n", NAMESPACE]);
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(
+        status["ready"], true,
+        "{ZK_POD} is not ready: {}",
+        pod["status"]
+    );
+    assert_eq!(
+        status["restartCount"], 0,
+        "{ZK_POD} restarted: {}",
+        pod["status"]
+    );
+    let ready_at = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| epoch_seconds(&c["lastTransitionTime"]))
+        .unwrap_or_else(|| panic!("{ZK_POD} has no Ready condition: {}", pod["status"]));
+    let pod_to_ready = ready_at - epoch_seconds(&pod["metadata"]["creationTimestamp"]);
+    eprintln!(
+        "embedded ZooKeeper: helm install --wait {helm_install:?}; {ZK_POD} created to Ready {pod_to_ready}s"
+    );
+    let pid = container_pid(&env, status["containerID"].as_str().unwrap_or_default());
+    let proc_status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status of ZooKeeper: {e}"));
+    let ids = |key: &str| -> Vec<u32> {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    assert_eq!(
+        (ids("Uid:"), ids("Gid:")),
+        (vec![ZK_UID; 4], vec![ZK_UID; 4]),
+        "ZooKeeper (pid {pid}) does not run as {ZK_UID}:{ZK_UID}"
+    );
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    assert!(
+        cmdline.contains("org.apache.zookeeper.server.quorum.QuorumPeerMain"),
+        "the container's process is not ZooKeeper's server: {cmdline}"
+    );
+
+    // And the operator reaches it through its headless Service.
+    let deployment = kubectl_json(
+        &env,
+        &["get", "deployment", "servicelog-operator", "-n", NAMESPACE],
+    );
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let service_host = format!("{ZK_POD}.servicelog-zookeeper-headless.{NAMESPACE}.svc");
+    assert!(
+        args.contains(&service_host),
+        "the operator's --zk-connect does not name {service_host}: {args}"
+    );
+
+    // When an annotated pod runs with a ServiceLog for it.
+    let ns = unique_name("embedded-zk");
+    kubectl(&env, &["create", "namespace", &ns]);
+    until(
+        &env,
+        &format!("the default ServiceAccount of {ns}"),
+        Duration::from_secs(30),
+        &["get", "serviceaccount", "default", "-n", &ns, "-o", "name"],
+        |out| !out.trim().is_empty(),
+    );
+    apply(&env, &servicelog(&ns));
+    apply(&env, &app(&ns));
+
+    // Then its sidecar applies the config it reads from the embedded ZooKeeper (1/1) and
+    // routes the app's lines.
+    until(
+        &env,
+        "ServiceLog checkout to be applied by 1/1 pods at its generation",
+        ROLLOUT,
+        &["get", "servicelog", "checkout", "-n", &ns, "-o", "json"],
+        |text| {
+            serde_json::from_str::<Value>(text).is_ok_and(|s| {
+                s["status"]["observedGeneration"] == s["metadata"]["generation"]
+                    && s["status"]["pods"]["summary"] == "1/1"
+            })
+        },
+    );
+    until(
+        &env,
+        "the app's lines in the sidecar's stdout",
+        ROUTING,
+        &["logs", "-n", &ns, "checkout", "-c", "servicelog-sidecar"],
+        |logs| logs.contains("embedded-zk "),
+    );
+    let sidecar = kubectl_json(&env, &["get", "pod", "checkout", "-n", &ns]);
+    let env_vars = sidecar["spec"]["initContainers"][0].to_string();
+    assert!(
+        env_vars.contains(&service_host),
+        "the injected sidecar does not connect to {service_host}: {env_vars}"
+    );
+
+    // When the cluster is stopped, then nothing of it is left on the machine.
+    let env_dir = env.dir().to_owned();
+    let cgroup = node.cgroup_name().to_owned();
+    let ours: BTreeSet<String> = netns_names().difference(&netns_before).cloned().collect();
+    assert!(
+        !traces(&env_dir, &ours, &cgroup).is_empty(),
+        "the leftover check sees nothing while the cluster runs, so it would prove nothing"
+    );
+    env.stop();
+    let left = traces(&env_dir, &ours, &cgroup);
+    assert!(left.is_empty(), "the cluster's teardown left: {left:#?}");
+}
