@@ -5,10 +5,10 @@
 # Maven resolves the POMs and checks every file against the repository's sha1
 # (--strict-checksums: a mismatch fails the fetch). Prints the libs directory.
 #
-# The version is KAFKA_VERSION in e2e/tools/VERSIONS (SERVICELOG_KAFKA_VERSION overrides).
+# The version is KAFKA_VERSION in e2e/tools/VERSIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=${SERVICELOG_KAFKA_VERSION:-$(sed -n 's/^KAFKA_VERSION=//p' e2e/tools/VERSIONS)}
+version=$(sed -n "s/^KAFKA_VERSION=//p" e2e/tools/VERSIONS)
 [[ -n $version ]] || { echo "kafka.sh: no KAFKA_VERSION in e2e/tools/VERSIONS" >&2; exit 1; }
 cache=${SERVICELOG_CACHE:-$HOME/.cache/servicelog}/kafka/$version
 libs=$cache/libs
@@ -53,7 +53,7 @@ POM
 rm -rf "$libs"
 echo "kafka.sh: fetching Apache Kafka $version from Maven Central" >&2
 # A repository of our own under the cache: the fetch does not depend on (or fill) ~/.m2.
-mvn -B -q --strict-checksums -f "$work/pom.xml" \
+mvn -B -q -Dstyle.color=never --strict-checksums -f "$work/pom.xml" \
   -Dmaven.repo.local="$cache/m2" \
   org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
   -DincludeScope=runtime -DoutputDirectory="$libs" >&2

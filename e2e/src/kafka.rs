@@ -11,7 +11,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,8 @@ use crate::{
 
 /// A cold JVM formats and starts in about 4 s here; a loaded CI machine is slower.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// A cold fetch takes ~12 s here (Maven, 43 MiB); installing Maven first adds a minute.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the broker logs when both its controller and broker sides serve.
 const READY_LINE: &str = "Kafka Server started";
 /// Any 16 bytes, base64url: every broker formats its own fresh log directory.
@@ -201,17 +203,39 @@ fn locate() -> Result<PathBuf, EnvError> {
         return Ok(cache.join("libs"));
     }
     let script = workspace_dir().join("scripts/kafka.sh");
-    let out = Command::new("bash")
+    fs::create_dir_all(&cache).map_err(|e| EnvError::io("creating the Kafka cache dir", e))?;
+    let log_path = cache.join("fetch.log");
+    let log = fs::File::create(&log_path)
+        .map_err(|e| EnvError::io(format!("creating {}", log_path.display()), e))?;
+    let mut fetch = Command::new("bash")
         .arg(&script)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
         .map_err(|e| EnvError::io(format!("running {}", script.display()), e))?;
-    if !out.status.success() || !cache.join("complete").is_file() {
+    let what = format!("scripts/kafka.sh to fetch Apache Kafka {version} from Maven Central");
+    let waited = wait_for(
+        &what,
+        FETCH_TIMEOUT,
+        Duration::from_millis(200),
+        || match fetch.try_wait() {
+            Ok(None) => Ok(false),
+            Ok(Some(status)) if status.success() => Ok(true),
+            Ok(Some(status)) => Err(format!("it exited with {status}")),
+            Err(e) => Err(format!("it cannot be waited for: {e}")),
+        },
+    );
+    if waited.is_err() {
+        let _ = fetch.kill();
+        let _ = fetch.wait();
+    }
+    waited.map_err(|e| e.with_log("scripts/kafka.sh", &crate::procs::log_tail(&log_path, 20)))?;
+    if !cache.join("complete").is_file() {
         return Err(EnvError::Missing {
             what: format!("Apache Kafka {version} in {}", cache.display()),
             hint: format!(
-                "scripts/kafka.sh failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "scripts/kafka.sh did not complete; see {}",
+                log_path.display()
             ),
         });
     }
