@@ -203,6 +203,11 @@ impl Topology {
                 return Err(e);
             }
         };
+        // Only now do the new sinks' buffers become theirs: a config rejected above must
+        // leave a disk buffer to the build in force (see `buffer::new_pending`).
+        for sink in &running.pipeline.sinks {
+            sink.activate();
+        }
         self.metrics.config_generation.set(running.generation);
         self.files.store(Some(running.files.clone()));
         self.syslog.store(Some(running.syslog.clone()));
@@ -366,6 +371,57 @@ mod tests {
             !topo.apply(&second).unwrap(),
             "the config in force is not applied again"
         );
+    }
+
+    #[test]
+    fn given_a_disk_buffered_sink_changed_by_a_config_that_is_rejected_then_the_sink_in_force_keeps_its_buffer()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (topo, _wake) = topology(&dir);
+        let a = dir.path().join("a.log");
+        let b = dir.path().join("b.log");
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let spec = |path: &std::path::Path, syslog: &str| {
+            config(&format!(
+                "sources: [{{name: app, file: {{paths: [/x/*.log]}}}}{syslog}]\n\
+                 sinks: [{{name: out, file: {{path: {}}}, buffer: {{type: disk}}}}]\n\
+                 defaultTo: [out]\n",
+                path.display()
+            ))
+        };
+        assert!(topo.apply(&spec(&a, "")).unwrap());
+        let pipeline = topo.running().unwrap().pipeline.clone();
+        // Sink `out` changes (another path) and is built, but the config is rejected
+        // after it: its syslog port is taken.
+        let rejected = spec(&b, &format!(", {{name: sys, syslog: {{port: {port}}}}}"));
+        assert!(topo.apply(&rejected).is_err());
+        let ack = Arc::new(sinks::BatchAck::new(1));
+        pipeline.sinks[0]
+            .send(sinks::Batch {
+                data: b"still routed by the config in force\n".to_vec(),
+                events: 1,
+                ack: ack.clone(),
+            })
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ack.is_complete() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sink in force did not write its batch"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            std::fs::read_to_string(&a).unwrap_or_default(),
+            "still routed by the config in force\n"
+        );
+        assert!(
+            std::fs::read_to_string(&b).unwrap_or_default().is_empty(),
+            "the rejected config's build of the sink took the buffer"
+        );
+        drop(taken);
     }
 
     #[test]

@@ -129,8 +129,24 @@ pub enum RecvTimeout {
     Closed,
 }
 
-/// Creates the buffer `def` describes for sink `sink`.
+/// Creates the buffer `def` describes for sink `sink`, in force at once.
 pub fn new(
+    sink: &str,
+    def: Option<&Buffer>,
+    state_dir: &Path,
+    metrics: &Metrics,
+    shared: &Arc<SinkShared>,
+) -> Result<(BufferTx, BufferRx), BufferError> {
+    let (tx, rx) = new_pending(sink, def, state_dir, metrics, shared)?;
+    tx.activate();
+    Ok((tx, rx))
+}
+
+/// Creates the buffer `def` describes for sink `sink`, to be put in force by
+/// [`BufferTx::activate`] when its config is swapped in. Until then a disk buffer shared
+/// with the sink's build in force is still read by that build, and if the build is
+/// dropped unactivated (its config rejected) its receiver ends without reading.
+pub fn new_pending(
     sink: &str,
     def: Option<&Buffer>,
     state_dir: &Path,
@@ -160,6 +176,7 @@ pub fn new(
             disk: None,
             gauge,
             generation: AtomicU64::new(0),
+            allocated: AtomicU64::new(0),
         }),
         BufferType::Disk => {
             let dir = state_dir.join("buffers").join(sink);
@@ -186,6 +203,7 @@ pub fn new(
                         disk: Some(Mutex::new(disk)),
                         gauge,
                         generation: AtomicU64::new(0),
+                        allocated: AtomicU64::new(0),
                     })
                 }
             };
@@ -194,19 +212,17 @@ pub fn new(
             inner
         }
     };
-    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    // A disk buffer's new build reads it only once activated (`BufferTx::activate`, when
+    // its config is swapped in): a config rejected after this sink was built must leave
+    // the build in force reading, with its policy.
+    let generation = inner.allocated.fetch_add(1, Ordering::AcqRel) + 1;
     {
         let mut st = inner.lock();
-        st.policy = policy;
+        if inner.disk.is_none() {
+            st.policy = policy;
+        }
         st.senders += 1;
         st.receivers += 1;
-        if let Some(disk) = &inner.disk {
-            // A new receiver reads from the first record not yet delivered.
-            let disk = disk
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.read = Some(disk.acked);
-        }
         inner.gauge.set(st.bytes as i64);
     }
     inner.changed.notify_all();
@@ -215,6 +231,10 @@ pub fn new(
         retired: OnceLock::new(),
         metrics: metrics.clone(),
         shared: shared.clone(),
+        generation,
+        policy,
+        activated: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
     });
     Ok((
         BufferTx {
@@ -253,6 +273,13 @@ struct Life {
     retired: OnceLock<Instant>,
     metrics: Metrics,
     shared: Arc<SinkShared>,
+    /// This build's generation (disk buffers: current once activated).
+    generation: u64,
+    /// This build's definition's policy, put in force at activation (disk buffers).
+    policy: Policy,
+    activated: AtomicBool,
+    /// The build was dropped without being activated (its config was rejected).
+    cancelled: AtomicBool,
 }
 
 impl Life {
@@ -294,8 +321,11 @@ pub(crate) struct Inner {
     changed: Condvar,
     disk: Option<Mutex<Disk>>,
     gauge: Gauge,
-    /// Bumped for every new receiver of a disk buffer; older ones stop.
+    /// The generation of the build that reads a disk buffer; older ones stop, newer ones
+    /// wait to be activated.
     generation: AtomicU64,
+    /// The last generation handed to a build.
+    allocated: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -474,10 +504,37 @@ impl BufferTx {
         }
         self.inner.changed.notify_all();
     }
+
+    /// This build's config is swapped in: a disk buffer's reading passes to this build
+    /// (from the first record not yet delivered), under its definition's policy. Memory
+    /// buffers are this build's own from the start.
+    pub fn activate(&self) {
+        if self.life.activated.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(disk) = &self.inner.disk else {
+            return;
+        };
+        let mut st = self.inner.lock();
+        st.policy = self.life.policy;
+        st.read = Some(
+            disk.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .acked,
+        );
+        self.inner
+            .generation
+            .fetch_max(self.life.generation, Ordering::AcqRel);
+        drop(st);
+        self.inner.changed.notify_all();
+    }
 }
 
 impl Drop for BufferTx {
     fn drop(&mut self) {
+        if !self.life.activated.load(Ordering::Acquire) {
+            self.life.cancelled.store(true, Ordering::Release);
+        }
         self.inner.lock().senders -= 1;
         self.inner.changed.notify_all();
     }
@@ -516,11 +573,13 @@ impl BufferRx {
         let inner = &*self.inner;
         let mut st = inner.lock();
         loop {
-            if self.superseded() {
+            if self.superseded() || self.life.cancelled.load(Ordering::Acquire) {
                 self.closed.store(true, Ordering::Relaxed);
                 return Err(RecvTimeout::Closed);
             }
-            if inner.disk.is_none() {
+            if self.pending() {
+                // Not activated yet: the build in force reads.
+            } else if inner.disk.is_none() {
                 if let Some(entry) = st.queue.pop_front() {
                     return Ok(entry);
                 }
@@ -615,6 +674,7 @@ impl BufferRx {
 
     fn stopped_in(&self, st: &State) -> bool {
         self.superseded()
+            || self.life.cancelled.load(Ordering::Acquire)
             || self.inner.common.shared.abandon.load(Ordering::Relaxed)
             || self.life.expired()
             || (self.inner.disk.is_some() && st.senders == 0)
@@ -639,9 +699,14 @@ impl BufferRx {
         }
     }
 
+    /// A newer build of the sink reads this disk buffer.
     fn superseded(&self) -> bool {
-        self.inner.disk.is_some()
-            && self.inner.generation.load(Ordering::Acquire) != self.generation
+        self.inner.disk.is_some() && self.inner.generation.load(Ordering::Acquire) > self.generation
+    }
+
+    /// A disk buffer's build not activated yet (see [`BufferTx::activate`]).
+    fn pending(&self) -> bool {
+        self.inner.disk.is_some() && self.inner.generation.load(Ordering::Acquire) < self.generation
     }
 
     /// `entry` was delivered, or given up on for good (a permanent rejection, already

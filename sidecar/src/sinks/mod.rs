@@ -215,6 +215,12 @@ impl SinkHandle {
         self.tx.send(batch)
     }
 
+    /// Its config was swapped in: the sink's buffer is this build's from now on (see
+    /// [`buffer::new_pending`]). Built sinks are inactive until then.
+    pub fn activate(&self) {
+        self.tx.activate();
+    }
+
     /// This sink is no longer in the config in force: it stops retrying after
     /// [`buffer::RETIRE_DEADLINE`] and fails the batches it could not write, for the file
     /// reader to read them again into the sinks in force.
@@ -266,7 +272,7 @@ pub fn build(
     } else {
         return Err(SinkError::Empty { name });
     };
-    let (tx, rx) = buffer::new(
+    let (tx, rx) = buffer::new_pending(
         &name,
         def.buffer.as_ref(),
         &shared.state_dir,
@@ -446,7 +452,9 @@ mod tests {
         .unwrap();
         let metrics = Metrics::new();
         let shared = Arc::new(SinkShared::new(dir.to_owned(), dir.join("credentials")));
-        (build(&def, &metrics, &shared).unwrap(), metrics)
+        let sink = build(&def, &metrics, &shared).unwrap();
+        sink.activate();
+        (sink, metrics)
     }
 
     fn send(sink: &SinkHandle, text: &str) -> Arc<BatchAck> {
