@@ -647,6 +647,16 @@ impl BufferRx {
                         st.bytes = st.bytes.saturating_sub(before - disk.pending_bytes());
                     }
                 }
+                Err(e)
+                    if e.raw_os_error() != Some(libc::EIO)
+                        && e.kind() != std::io::ErrorKind::InvalidData =>
+                {
+                    // Out of descriptors or memory, say: nothing is wrong with the records.
+                    // Read again at the next wake-up (a send, a done, or the sink's wait).
+                    tracing::warn!(sink = %inner.common.sink, segment = at.segment, offset = at.offset, error = %e, "reading the disk buffer; will retry");
+                    inner.common.shared.pool.give(data);
+                    return None;
+                }
                 Err(e) => {
                     // Unreadable (EIO): what is left of the segment cannot be delivered.
                     tracing::error!(sink = %inner.common.sink, segment = at.segment, offset = at.offset, error = %e, "reading the disk buffer; skipping the rest of the segment, counted as corrupt");

@@ -82,7 +82,7 @@ use std::{
 use arc_swap::ArcSwapOption;
 use servicelog_api::{
     rules::regex_builder,
-    v1alpha1::{DEFAULT_MAX_LINE_BYTES, FileSource, Format, Multiline},
+    v1alpha1::{FileSource, Format, Multiline},
     validate::{glob_dir, parse_duration},
 };
 
@@ -239,6 +239,8 @@ struct Tracked {
     /// In a line longer than `maxLineBytes` whose head was routed: the rest of it is
     /// skipped up to its newline.
     skipping: bool,
+    /// Where that cut line starts: checkpoints stay there while its tail is skipped.
+    cut_at: u64,
     /// When a truncated line was last logged (once a minute per file).
     truncated_logged: Option<Instant>,
     /// Done with (deleted or rotated away, idle): its held line was routed; it is dropped
@@ -484,6 +486,9 @@ impl Tailer {
                 }
             }
             self.commit();
+            // Per file, not per round: with many files a round commits a chunk of each,
+            // and the byte bound (`WRITE_BYTES`) must hold across them.
+            self.flush_checkpoints(false);
         }
         if let Some(files) = self.links.current.load_full() {
             self.flush_timed_out(&files);
@@ -575,6 +580,20 @@ impl Tailer {
         // Files whose source left the config are not read any more; their checkpoints
         // stay, should the source come back.
         let sources: HashSet<&str> = files.sources.iter().map(|s| s.name.as_str()).collect();
+        // A file being finished (no glob matches it any more) whose source was renamed or
+        // replaced goes on under the source whose directory holds it, so its rest is read.
+        for t in self.files.values_mut() {
+            if t.reachable || sources.contains(t.source.as_str()) {
+                continue;
+            }
+            let dir = t.path.parent().and_then(|d| fs::canonicalize(d).ok());
+            if let Some((_, name)) =
+                dir.and_then(|dir| roots.iter().find(|(root, _)| dir.starts_with(root)))
+            {
+                t.source = name.clone();
+                t.spec = (0, None);
+            }
+        }
         self.files
             .retain(|_, t| sources.contains(t.source.as_str()));
         // Checkpoints of files that are gone from their path.
@@ -715,6 +734,7 @@ impl Tailer {
                 idle_since: None,
                 pending: None,
                 skipping: false,
+                cut_at: 0,
                 truncated_logged: None,
                 finishing: false,
             },
@@ -732,9 +752,12 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(Progress::Eof);
         };
-        let (max_line, source) = t.spec(files).map_or((DEFAULT_MAX_LINE_BYTES, ""), |s| {
-            (s.max_line, s.name.as_str())
-        });
+        // A source that left the config between the scan and this chunk: nothing is read,
+        // so nothing is skipped (the scan stops following the file).
+        let Some(spec) = t.spec(files) else {
+            return Ok(Progress::Eof);
+        };
+        let (max_line, source) = (spec.max_line, spec.name.as_str());
         let buf = &mut self.scratch.buf;
         let mut base = t.routed_to();
         let held = t.partial.len();
@@ -771,7 +794,7 @@ impl Tailer {
         }
         let complete = match memchr::memrchr(b'\n', &buf[..data_len]) {
             Some(i) => i + 1,
-            None if data_len >= max_line => {
+            None if data_len > max_line => {
                 // No newline within `maxLineBytes`: route its head, skip the rest. The
                 // batch's offset stays at the line's start, so a restart cuts it again.
                 truncated(files, source, &t.path, &mut t.truncated_logged, data_len);
@@ -782,6 +805,7 @@ impl Tailer {
                 }
                 t.partial.clear();
                 t.skipping = true;
+                t.cut_at = base;
                 let epoch = t.epoch;
                 self.route(id, files, max_line + 1, base, base, epoch);
                 return Ok(Progress::Data);
@@ -881,10 +905,11 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
-        let Some(mut pending) = t.pending.take() else {
+        // The spec first: without it nothing is taken, so nothing is lost.
+        let Some(spec) = t.spec(files) else {
             return;
         };
-        let Some(spec) = t.spec(files) else {
+        let Some(mut pending) = t.pending.take() else {
             return;
         };
         let mut run = self
@@ -893,11 +918,13 @@ impl Tailer {
             .run(&files.pipeline, spec.index, pending.text.len() + 1);
         emit_event(&mut run, &mut pending);
         let ack = run.finish();
-        // Every complete line is routed now: the file is routed to its held partial line.
+        // Every complete line is routed now: the file is routed to its held partial line
+        // (or, in the tail of a cut line, to that line's start, never into its middle).
+        let offset = if t.skipping { t.cut_at } else { t.routed_to() };
         self.inflight.entry(id).or_default().push_back(InFlight {
             ack,
             epoch: t.epoch,
-            offset: t.routed_to(),
+            offset,
         });
     }
 
@@ -908,9 +935,13 @@ impl Tailer {
             let Some(last) = t.pending.as_ref().map(|p| p.last) else {
                 continue;
             };
-            let timeout = t
-                .spec(files)
-                .and_then(|s| s.multiline.as_deref())
+            // A source no longer in the config holds its event (read again if it returns).
+            let Some(spec) = t.spec(files) else {
+                continue;
+            };
+            let timeout = spec
+                .multiline
+                .as_deref()
                 .map_or(Duration::ZERO, |m| m.timeout);
             if last.elapsed() >= timeout {
                 due.push(*id);
