@@ -330,12 +330,24 @@ fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_
         .map(|c| epoch_seconds(&c["lastTransitionTime"]))
         .unwrap_or_else(|| panic!("{ZK_POD} has no Ready condition: {}", pod["status"]));
     let pod_to_ready = ready_at - epoch_seconds(&pod["metadata"]["creationTimestamp"]);
-    eprintln!(
-        "embedded ZooKeeper: helm install --wait {helm_install:?}; {ZK_POD} created to Ready {pod_to_ready}s"
-    );
     let pid = container_pid(&env, status["containerID"].as_str().unwrap_or_default());
     let proc_status = fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status of ZooKeeper: {e}"));
+    // slf4j-simple starts each line with the milliseconds since the JVM started.
+    let log = kubectl(&env, &["logs", "-n", NAMESPACE, ZK_POD]);
+    let serving_ms = log
+        .lines()
+        .find(|l| l.contains("binding to port"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("?");
+    let rss = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap_or("?")
+        .trim();
+    eprintln!(
+        "embedded ZooKeeper: helm install --wait {helm_install:?}; {ZK_POD} created to Ready {pod_to_ready}s; JVM start to serving {serving_ms} ms; RSS {rss}"
+    );
     let ids = |key: &str| -> Vec<u32> {
         proc_status
             .lines()

@@ -121,8 +121,9 @@ case "${1:-start-foreground}" in
 start-foreground) ;;
 *) echo "zkServer.sh: this image runs only start-foreground, not '$1'" >&2; exit 2 ;;
 esac
+# showDateTime: each log line starts with the milliseconds since the JVM started.
 # shellcheck disable=SC2086 # JVMFLAGS is a list of flags, as in the official image
-exec /opt/java/bin/java $JVMFLAGS \
+exec /opt/java/bin/java $JVMFLAGS -Dorg.slf4j.simpleLogger.showDateTime=true \
   -Dzookeeper.log.dir="$ZOO_LOG_DIR" -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar \
   org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZOO_CONF_DIR/zoo.cfg"
 SH
