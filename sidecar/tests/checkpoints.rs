@@ -215,7 +215,8 @@ fn given_a_recreated_file_with_the_same_banner_and_inode_then_it_is_read_from_it
 }
 
 #[test]
-fn given_one_source_to_a_stuck_sink_when_killed_then_the_other_sources_files_are_not_repeated() {
+fn given_one_source_to_a_stuck_sink_then_the_other_sources_files_flow_and_a_kill_does_not_repeat_them()
+ {
     let s = Scratch::new();
     let (stuck_dir, fine_dir) = (s.path("stuck"), s.path("fine"));
     fs::create_dir_all(&stuck_dir).unwrap();
@@ -236,11 +237,19 @@ fn given_one_source_to_a_stuck_sink_when_killed_then_the_other_sources_files_are
         out = out.display(),
     );
     let mut sidecar = start(&s, &spec_yaml);
-    append(&stuck_dir.join("a.log"), &lines(0..100));
+    // More than the stuck sink's buffer (2 MiB) and its held request (1 MiB) hold: its
+    // buffer fills, and the file reader must not wait for it with the other files.
+    append(&stuck_dir.join("a.log"), &lines(100_000..150_000));
     wait_until(
         "the stuck sink retrying",
         Duration::from_secs(20),
         || sidecar.metric(r#"servicelog_sink_retries_total{sink="down"}"#) >= Some(1.0),
+        || sidecar.log_tail(),
+    );
+    wait_until(
+        "the stuck sink's buffer full",
+        Duration::from_secs(20),
+        || sidecar.metric(r#"servicelog_buffer_bytes{sink="down"}"#) >= Some(1_500_000.0),
         || sidecar.log_tail(),
     );
     append(&fine_dir.join("b.log"), &lines(1_000..6_000));

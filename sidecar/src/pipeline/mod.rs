@@ -30,7 +30,7 @@ use servicelog_api::{
 
 use crate::{
     metrics::Metrics,
-    sinks::{Batch, BatchAck, SinkHandle, SinkShared},
+    sinks::{Batch, BatchAck, BufferPool, SinkHandle, SinkShared, buffer::Unsent},
 };
 
 /// Whose logs these are, for the `_servicelog` member of `json` sinks' lines.
@@ -253,6 +253,29 @@ impl<'a> Run<'a> {
     /// batch is written; a batch a sink refused (it gave up at shutdown) leaves it
     /// incomplete for good.
     pub fn finish(self) -> Ack {
+        self.finish_with(|sink, batch, pool| {
+            if let Err(batch) = sink.send(batch) {
+                pool.give(batch.data);
+            }
+        })
+    }
+
+    /// Like [`Run::finish`], without waiting: a batch a sink's buffer cannot take now is
+    /// handed back with its sink, to be sent again later ([`Parked::retry`]); its ack
+    /// stays incomplete until then. The file reader uses this so that one full sink stops
+    /// only the files routed to it.
+    pub fn finish_parking(self, parked: &mut Vec<Parked>) -> Ack {
+        self.finish_with(|sink, batch, pool| match sink.try_send(batch) {
+            Ok(()) => {}
+            Err(Unsent::Full(batch)) => parked.push(Parked {
+                sink: sink.clone(),
+                batch,
+            }),
+            Err(Unsent::Closed(batch)) => pool.give(batch.data),
+        })
+    }
+
+    fn finish_with(self, mut send: impl FnMut(&Arc<SinkHandle>, Batch, &BufferPool)) -> Ack {
         let b = self.batcher;
         let pipeline = self.pipeline;
         if let Some(s) = pipeline.sources.get(self.source) {
@@ -279,11 +302,32 @@ impl<'a> Run<'a> {
                 events: std::mem::take(&mut b.counts[sink]),
                 ack: ack.clone(),
             };
-            if let Err(batch) = pipeline.sinks[sink].send(batch) {
-                pipeline.shared.pool.give(batch.data);
-            }
+            send(&pipeline.sinks[sink], batch, &pipeline.shared.pool);
         }
         Ack(ack)
+    }
+}
+
+/// A batch a sink's buffer could not take yet (see [`Run::finish_parking`]).
+#[derive(Debug)]
+pub struct Parked {
+    sink: Arc<SinkHandle>,
+    batch: Batch,
+}
+
+impl Parked {
+    /// Sends it again without waiting: `Some` (itself) while the sink still cannot take
+    /// it. A sink that has ended drops it unacked (its file is read again at the next
+    /// start).
+    pub fn retry(self) -> Option<Parked> {
+        match self.sink.try_send(self.batch) {
+            Ok(()) => None,
+            Err(Unsent::Full(batch)) => Some(Parked {
+                sink: self.sink,
+                batch,
+            }),
+            Err(Unsent::Closed(_)) => None,
+        }
     }
 }
 

@@ -379,6 +379,15 @@ pub struct BufferTx {
     life: Arc<Life>,
 }
 
+/// A batch [`BufferTx::try_send`] could not queue, handed back unacked.
+#[derive(Debug)]
+pub enum Unsent {
+    /// No sink thread reads the buffer any more (it gave up at shutdown).
+    Closed(Batch),
+    /// A blocking buffer is full (or its disk cannot be written) now: try again later.
+    Full(Batch),
+}
+
 impl BufferTx {
     /// Queues `batch` as the buffer's `whenFull` says; a disk buffer retries a segment it
     /// cannot write with backoff. Fails, handing the batch back unacked, only when no sink
@@ -386,16 +395,30 @@ impl BufferTx {
     /// and past its deadline, a batch it cannot take is failed instead (see the module
     /// comment).
     pub fn send(&self, batch: Batch) -> Result<(), Batch> {
+        match self.send_as(batch, true) {
+            Ok(()) => Ok(()),
+            Err(Unsent::Closed(batch) | Unsent::Full(batch)) => Err(batch),
+        }
+    }
+
+    /// Like [`BufferTx::send`], but a batch a blocking buffer cannot take now (full, or a
+    /// disk buffer that cannot be written) is handed back as [`Unsent::Full`] instead of
+    /// waited for, so the file reader can go on with the files that do not route here.
+    pub fn try_send(&self, batch: Batch) -> Result<(), Unsent> {
+        self.send_as(batch, false)
+    }
+
+    fn send_as(&self, batch: Batch, block: bool) -> Result<(), Unsent> {
         let inner = &*self.inner;
         let len = batch.data.len() as u64;
         let mut st = inner.lock();
         loop {
             if inner.common.shared.abandon.load(Ordering::Relaxed) {
-                return Err(batch);
+                return Err(Unsent::Closed(batch));
             }
             if st.receivers == 0 {
                 if self.life.retired.get().is_none() {
-                    return Err(batch);
+                    return Err(Unsent::Closed(batch));
                 }
                 drop(st);
                 self.give_up(batch);
@@ -415,6 +438,7 @@ impl BufferTx {
                     self.give_up(batch);
                     return Ok(());
                 }
+                WhenFull::Block if !block => return Err(Unsent::Full(batch)),
                 WhenFull::Block => {
                     let wait = self.life.left().map_or(Duration::from_millis(100), |l| {
                         l.min(Duration::from_millis(100))
@@ -454,7 +478,7 @@ impl BufferTx {
                 }
                 inner.common.metrics.sink_write_error(&inner.common.sink);
                 if inner.common.shared.abandon.load(Ordering::Relaxed) {
-                    return Err(batch);
+                    return Err(Unsent::Closed(batch));
                 }
                 if self.life.expired() {
                     drop(st);
@@ -466,6 +490,10 @@ impl BufferTx {
                     drop(st);
                     inner.drop_batch(batch, "write_error");
                     return Ok(());
+                }
+                if !block {
+                    tracing::warn!(sink = %inner.common.sink, error = %e, "writing the disk buffer failed; the batch stays unacked and is retried");
+                    return Err(Unsent::Full(batch));
                 }
                 let wait = backoff.next().unwrap_or(super::MAX_BACKOFF);
                 let wait = self.life.left().map_or(wait, |l| wait.min(l));

@@ -215,6 +215,11 @@ impl SinkHandle {
         self.tx.send(batch)
     }
 
+    /// Queues a batch if the sink's buffer can take it now (see [`BufferTx::try_send`]).
+    pub fn try_send(&self, batch: Batch) -> Result<(), buffer::Unsent> {
+        self.tx.try_send(batch)
+    }
+
     /// Its config was swapped in: the sink's buffer is this build's from now on (see
     /// [`buffer::new_pending`]). Built sinks are inactive until then.
     pub fn activate(&self) {

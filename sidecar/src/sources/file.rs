@@ -89,7 +89,7 @@ use servicelog_api::{
 use inotify::{Inotify, WatchDescriptor, WatchMask};
 
 use super::checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, read_at};
-use crate::pipeline::{Ack, Batcher, Feed, Run};
+use crate::pipeline::{Ack, Batcher, Feed, Parked, Run};
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 256 * 1024;
@@ -371,6 +371,9 @@ pub struct Tailer {
     checkpoints: Checkpoints,
     /// Per file, the batches sent and not yet acknowledged, in sending order.
     inflight: BTreeMap<FileId, VecDeque<InFlight>>,
+    /// Per file, batches a full sink could not take yet: the file is not read further
+    /// until they are taken, while files that do not route there go on.
+    parked: BTreeMap<FileId, Vec<Parked>>,
     scratch: Scratch,
     scanned_pipeline: u64,
     scanned_at: Option<Instant>,
@@ -397,6 +400,7 @@ impl Tailer {
             files: BTreeMap::new(),
             checkpoints,
             inflight: BTreeMap::new(),
+            parked: BTreeMap::new(),
             scratch: Scratch {
                 buf: Vec::new(),
                 batcher: Batcher::default(),
@@ -412,6 +416,19 @@ impl Tailer {
 
     fn batches_in_flight(&self) -> usize {
         self.inflight.values().map(VecDeque::len).sum()
+    }
+
+    /// Sends the parked batches again; a file's entry goes once none of its batches is
+    /// left waiting.
+    fn unpark_all(&mut self) {
+        self.parked.retain(|_, waiting| {
+            let left: Vec<Parked> = std::mem::take(waiting)
+                .into_iter()
+                .filter_map(Parked::retry)
+                .collect();
+            *waiting = left;
+            !waiting.is_empty()
+        });
     }
 
     /// Runs until `stop`: then stops reading, waits (bounded) for the sinks to ack what was
@@ -432,6 +449,7 @@ impl Tailer {
         }
         let deadline = Instant::now() + self.opts.drain_timeout;
         loop {
+            self.unpark_all();
             self.commit();
             if self.inflight.is_empty() {
                 break;
@@ -466,11 +484,16 @@ impl Tailer {
             self.scan(&files);
         }
         drop(files);
+        self.unpark_all();
         let ids: Vec<FileId> = self.files.keys().copied().collect();
         let mut progressed = false;
         for id in ids {
             if self.links.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            // A file whose last batches a full sink could not take yet waits for them.
+            if self.parked.contains_key(&id) {
+                continue;
             }
             // Each chunk takes the pipeline in force when it starts.
             let Some(files) = self.links.current.load_full() else {
@@ -917,7 +940,7 @@ impl Tailer {
             .batcher
             .run(&files.pipeline, spec.index, pending.text.len() + 1);
         emit_event(&mut run, &mut pending);
-        let ack = run.finish();
+        let ack = run.finish_parking(self.parked.entry(id).or_default());
         // Every complete line is routed now: the file is routed to its held partial line
         // (or, in the tail of a cut line, to that line's start, never into its middle).
         let offset = if t.skipping { t.cut_at } else { t.routed_to() };
@@ -1011,7 +1034,7 @@ impl Tailer {
                 }
             }
         }
-        let ack = run.finish();
+        let ack = run.finish_parking(self.parked.entry(id).or_default());
         if cut > 0 {
             truncated(files, &spec.name, &t.path, &mut t.truncated_logged, 0);
             for _ in 1..cut {
@@ -1088,6 +1111,8 @@ impl Tailer {
             return; // truncated or re-read since
         }
         let offset = self.checkpoints.get(id).map_or(0, |e| e.offset);
+        // What waits to be sent is read again too.
+        self.parked.remove(&id);
         t.epoch += 1;
         t.partial.clear();
         t.pending = None;
