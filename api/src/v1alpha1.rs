@@ -27,13 +27,18 @@ use serde::{Deserialize, Serialize};
         kind = "ServiceLog",
         plural = "servicelogs",
         shortname = "slog",
+        category = "servicelog",
         namespaced,
         status = "ServiceLogStatus",
         cel,
         doc = "ServiceLog says where one service's logs go: sources, sinks and the rules between them. The operator publishes it to ZooKeeper; the injected sidecars apply it live.",
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Valid, published, and applied by every injected pod"}"#,
         printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
         printcolumn = r#"{"name":"Published","type":"string","jsonPath":".status.conditions[?(@.type==\"Published\")].status"}"#,
-        printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.pods.summary"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.pods.summary","description":"Pods that applied the current config / pods injected"}"#,
+        printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.pods.matched","priority":1,"description":"Pods the selector matches"}"#,
+        printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.pods.injected","priority":1,"description":"Pods carrying the sidecar"}"#,
+        printcolumn = r#"{"name":"Hash","type":"string","jsonPath":".status.configHash","priority":1,"description":"Hash of the published config"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -720,7 +725,9 @@ pub struct ServiceLogStatus {
     pub published_version: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodCounts>,
+    /// One per type (a list-map keyed by `type`, as server-side apply expects).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])))]
     pub conditions: Vec<Condition>,
 }
 

@@ -67,12 +67,35 @@ async fn given_the_crd_when_a_servicelog_is_created_then_it_reads_back_and_kubec
         listing.contains(&ns) && listing.contains("checkout"),
         "kubectl get slog -A does not list {ns}/checkout:\n{listing}"
     );
-    for column in ["VALID", "PUBLISHED", "APPLIED", "AGE"] {
+    for column in ["READY", "VALID", "PUBLISHED", "APPLIED", "AGE"] {
         assert!(
             listing.contains(column),
             "printer column {column} missing:\n{listing}"
         );
     }
+    assert!(
+        !listing.contains("HASH"),
+        "a wide column in the default listing:\n{listing}"
+    );
+    let wide = ok(
+        "kubectl get slog -o wide",
+        env.kubectl()
+            .args(["get", "slog", "-n", &ns, "-o", "wide"])
+            .output(),
+    );
+    for column in ["MATCHED", "INJECTED", "HASH"] {
+        assert!(
+            wide.contains(column),
+            "-o wide column {column} missing:\n{wide}"
+        );
+    }
+    let category = ok(
+        "kubectl api-resources --categories=servicelog",
+        env.kubectl()
+            .args(["api-resources", "--categories=servicelog", "-o", "name"])
+            .output(),
+    );
+    assert_eq!(category.trim(), "servicelogs.servicelog.io");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

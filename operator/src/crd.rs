@@ -117,7 +117,23 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Valid", "Published", "Applied", "Age"]);
+        assert_eq!(
+            columns,
+            ["Ready", "Valid", "Published", "Applied", "Matched", "Injected", "Hash", "Age"]
+        );
+        let wide: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(wide, ["Matched", "Injected", "Hash"], "shown with -o wide only");
+        assert_eq!(
+            crd.spec.names.categories,
+            Some(vec!["servicelog".to_string()]),
+            "kubectl get servicelog lists them"
+        );
         let text = yaml().unwrap();
         for needle in [
             "x-kubernetes-validations",
