@@ -119,7 +119,16 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Ready", "Valid", "Published", "Applied", "Matched", "Injected", "Hash", "Age"]
+            [
+                "Ready",
+                "Valid",
+                "Published",
+                "Applied",
+                "Matched",
+                "Injected",
+                "Hash",
+                "Age"
+            ]
         );
         let wide: Vec<_> = version
             .additional_printer_columns
@@ -128,7 +137,11 @@ mod tests {
             .filter(|c| c.priority == Some(1))
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(wide, ["Matched", "Injected", "Hash"], "shown with -o wide only");
+        assert_eq!(
+            wide,
+            ["Matched", "Injected", "Hash"],
+            "shown with -o wide only"
+        );
         assert_eq!(
             crd.spec.names.categories,
             Some(vec!["servicelog".to_string()]),
