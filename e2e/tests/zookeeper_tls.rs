@@ -195,3 +195,129 @@ fn given_tls_flags_that_cannot_work_then_the_operator_refuses_to_start_naming_th
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_operator_writes_the_ca_into_namespaces_then_an_injected_sidecar_applies_over_tls_without_a_secret_of_the_users()
+ {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::DeleteParams;
+    use servicelog_e2e::{pod, run::bin_dir};
+
+    let env = env();
+    env.install_crds().unwrap_or_else(|e| panic!("{e}"));
+    let (zk, pki) = tls_zookeeper(env, "tls-ca");
+    let ns = env.create_namespace("zk-tls-ca").await.expect("namespace");
+    let root = format!("/{}", unique_name("t"));
+    let op = Operator::start(
+        env,
+        &OperatorOptions {
+            namespace: ns.clone(),
+            zk_connect: zk.secure_connect_string(),
+            zk_root: root.clone(),
+            identity: "tls-ca".into(),
+            leader_election: false,
+            webhook: true,
+            extra_args: vec![
+                format!("--zk-tls-ca-file={}", pki.ca.display()),
+                "--sidecar-zk-tls-secret=servicelog-zk-tls".to_owned(),
+                "--sidecar-zk-tls-write-ca".to_owned(),
+            ],
+        },
+    )
+    .unwrap_or_else(|e| panic!("the operator did not start: {e}"));
+    let client = env.client().await.expect("client");
+    let slogs = Api::<ServiceLog>::namespaced(client.clone(), &ns);
+    let mut slog = example();
+    slog.metadata.namespace = Some(ns.clone());
+    slogs
+        .create(&PostParams::default(), &slog)
+        .await
+        .expect("create ServiceLog");
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let ca = std::fs::read(&pki.ca).expect("the CA file");
+    let start = Instant::now();
+    loop {
+        let written = secrets
+            .get_opt("servicelog-zk-tls")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.data?.get(servicelog_api::pod::ZK_TLS_CA_KEY).cloned());
+        if written.is_some_and(|c| c.0 == ca) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no Secret servicelog-zk-tls with the CA in {ns} after {WAIT:?}\n{}",
+            op.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An injected pod: its sidecar, with the pod's mounts and env, applies over TLS.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let template: Pod = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: checkout-0
+  namespace: {ns}
+  labels: {{app: checkout}}
+  annotations: {{servicelog.io/inject: checkout}}
+spec:
+  containers: [{{name: app, image: busybox}}]
+"#
+    ))
+    .expect("pod");
+    let start = Instant::now();
+    let admitted = loop {
+        if let Ok(p) = pods.create(&PostParams::default(), &template).await {
+            if pod::container(&p, "servicelog-sidecar").is_some() {
+                break p;
+            }
+            let _ = pods
+                .delete("checkout-0", &DeleteParams::default().grace_period(0))
+                .await;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no injected pod after {WAIT:?}\n{}",
+            op.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    pod::materialize_secrets(&client, env.env_dir(), &admitted)
+        .await
+        .expect("the pod's secret volumes");
+    let container = pod::container(&admitted, "servicelog-sidecar")
+        .expect("sidecar")
+        .clone();
+    let binary = bin_dir().expect("binaries").join("servicelog-sidecar");
+    let sidecar = pod::run(env.env_dir(), &admitted, &container, &binary).expect("the sidecar");
+    let start = Instant::now();
+    loop {
+        let applied = slogs
+            .get("checkout")
+            .await
+            .ok()
+            .and_then(|s| s.status?.pods)
+            .is_some_and(|p| p.applied == 1);
+        if applied {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the sidecar did not apply over TLS within {WAIT:?}\n--- operator ---\n{}\n--- sidecar ---\n{}",
+            op.log_tail(30),
+            sidecar.proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        sidecar.proc.log_tail(200).contains("tls=true"),
+        "the sidecar's session is over TLS\n{}",
+        sidecar.proc.log_tail(50)
+    );
+}

@@ -159,6 +159,8 @@ pub struct Context {
     pub identities: publish::Identities,
     /// Every write to the API server or ZooKeeper goes through [`Leadership::write`].
     pub leadership: Leadership,
+    /// See [`Settings::sidecar_ca`].
+    pub sidecar_ca: Option<publish::SidecarCa>,
 }
 
 impl Context {
@@ -191,6 +193,9 @@ pub struct Settings {
     pub cleanup_timeout: Duration,
     /// Checked before every write: only the leader writes.
     pub leadership: Leadership,
+    /// The ZooKeeper CA the operator writes into each namespace for its sidecars, if asked
+    /// to (`--sidecar-zk-tls-write-ca`).
+    pub sidecar_ca: Option<publish::SidecarCa>,
 }
 
 /// Runs the controller until the process is asked to stop, following `cache`.
@@ -227,6 +232,7 @@ pub async fn run(
         memory: Memory::default(),
         identities: Default::default(),
         leadership: settings.leadership.clone(),
+        sidecar_ca: settings.sidecar_ca.clone(),
     });
 
     // The cache passes on only the changes a reconcile must see (not the operator's own

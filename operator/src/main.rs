@@ -142,6 +142,17 @@ struct RunArgs {
         requires = "sidecar_zk_tls_secret"
     )]
     sidecar_zk_tls_client_cert: bool,
+    /// Write that Secret (key `ca.crt`, the CA of --zk-tls-ca-file) into each namespace
+    /// with a ServiceLog, so its sidecars verify the servers without a Secret of the
+    /// user's there. Server-side apply only; refreshed every 10 minutes.
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_ZK_TLS_WRITE_CA",
+        default_value_t = false,
+        requires_all = ["sidecar_zk_tls_secret", "zk_tls_ca_file"],
+        conflicts_with = "sidecar_zk_tls_client_cert"
+    )]
+    sidecar_zk_tls_write_ca: bool,
     /// Resource requests of the injected sidecar, `name=quantity,…`.
     #[arg(
         long,
@@ -354,6 +365,15 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         identity,
         cleanup_timeout: args.cleanup_timeout,
         leadership,
+        sidecar_ca: args
+            .sidecar_zk_tls_write_ca
+            .then(|| {
+                Some(controller::publish::SidecarCa {
+                    secret: args.sidecar_zk_tls_secret.clone()?,
+                    ca_file: args.zk_tls_ca_file.clone()?,
+                })
+            })
+            .flatten(),
     };
     let run = controller::run(
         client.clone(),

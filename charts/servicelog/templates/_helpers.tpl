@@ -173,15 +173,24 @@ status, Events, and the namespace's ZooKeeper identity Secret (written, never re
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-{{- if .Values.zookeeper.auth.enabled }}
-# Each namespace's ZooKeeper identity, written into its `servicelog-zk-auth` Secret by
-# server-side apply: no get, list or watch on any Secret.
+{{- $tls := .Values.zookeeper.tls }}
+{{- $writeCa := and $tls.enabled $tls.writeCa (not $tls.clientCert) }}
+{{- if or .Values.zookeeper.auth.enabled $writeCa }}
+# Each namespace's ZooKeeper identity (`servicelog-zk-auth`) and, over TLS, the CA its
+# sidecars verify ZooKeeper with, written by server-side apply: no get, list or watch on
+# any Secret.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
 - apiGroups: [""]
   resources: [secrets]
-  resourceNames: [servicelog-zk-auth]
+  resourceNames:
+    {{- if .Values.zookeeper.auth.enabled }}
+    - servicelog-zk-auth
+    {{- end }}
+    {{- if $writeCa }}
+    - {{ $tls.sidecarSecret | default $tls.caSecret }}
+    {{- end }}
   verbs: [patch]
 {{- end }}
 {{- end }}

@@ -139,7 +139,8 @@ impl Identities {
 }
 
 /// Writes `namespace`'s ZooKeeper identity ([`servicelog_api::zkauth`]) into the Secret
-/// the webhook mounts into its sidecars, when ZooKeeper ACLs are on: at the first
+/// the webhook mounts into its sidecars, when ZooKeeper ACLs are on (and the ZooKeeper CA,
+/// when the operator is asked to give it to the sidecars, [`SidecarCa`]): at the first
 /// reconcile of the namespace, and again at the first one after each [`IDENTITY_REFRESH`]
 /// (every resource is reconciled at least every [`super::RESYNC_INTERVAL`]). The operator
 /// only writes this Secret (server-side apply); it never reads one.
@@ -147,12 +148,22 @@ impl Identities {
 /// Notable behaviors: a failure is logged and tried again at the next reconcile of the
 /// namespace; publishing goes on (the sidecars keep routing with what they have).
 pub async fn ensure_identity(ctx: &Context, namespace: &str) {
-    let Some(operator) = ctx.zk.guard().operator() else {
-        return;
-    };
-    if !ctx.identities.due(namespace, Instant::now()) {
+    let operator = ctx.zk.guard().operator();
+    if (operator.is_none() && ctx.sidecar_ca.is_none())
+        || !ctx.identities.due(namespace, Instant::now())
+    {
         return;
     }
+    let ca_written = match &ctx.sidecar_ca {
+        Some(ca) => ensure_ca(ctx, namespace, ca).await,
+        None => true,
+    };
+    let Some(operator) = operator else {
+        if ca_written {
+            ctx.identities.wrote(namespace, Instant::now());
+        }
+        return;
+    };
     let identity = operator.for_namespace(namespace);
     let secret = Secret {
         metadata: ObjectMeta {
@@ -189,11 +200,75 @@ pub async fn ensure_identity(ctx: &Context, namespace: &str) {
     match written {
         Err(NotLeading) => {}
         Ok(Ok(_)) => {
-            ctx.identities.wrote(namespace, Instant::now());
+            if ca_written {
+                ctx.identities.wrote(namespace, Instant::now());
+            }
             tracing::debug!(%namespace, user = %identity.user(), "applied the namespace's ZooKeeper identity Secret");
         }
         Ok(Err(e)) => {
             tracing::warn!(%namespace, error = %e, "cannot write the namespace's ZooKeeper identity Secret; its sidecars cannot read their config until it exists");
+        }
+    }
+}
+
+/// The ZooKeeper CA the operator copies into each namespace for its sidecars: its own
+/// `--zk-tls-ca-file`, into the Secret the webhook mounts (`--sidecar-zk-tls-secret`,
+/// key `ca.crt`), so users need not create that Secret in every namespace. Only the CA:
+/// client certificates (mutual TLS) stay the user's to provide.
+#[derive(Clone, Debug)]
+pub struct SidecarCa {
+    /// The Secret's name in each namespace.
+    pub secret: String,
+    /// Read at every write, so a CA replaced on disk reaches the namespaces at their next
+    /// refresh.
+    pub ca_file: std::path::PathBuf,
+}
+
+/// Applies `ca` into `namespace` (server-side apply, never a read); false when it could
+/// not be written (tried again at the namespace's next reconcile).
+async fn ensure_ca(ctx: &Context, namespace: &str, ca: &SidecarCa) -> bool {
+    let pem = match std::fs::read(&ca.ca_file) {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::warn!(%namespace, file = %ca.ca_file.display(), error = %e, "cannot read the ZooKeeper CA to give the namespace's sidecars");
+            return false;
+        }
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(ca.secret.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "servicelog-operator".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some([(pod::ZK_TLS_CA_KEY.to_owned(), ByteString(pem))].into()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let written = ctx
+        .leadership
+        .write(api.patch(
+            &ca.secret,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        ))
+        .await;
+    match written {
+        Err(NotLeading) => false,
+        Ok(Ok(_)) => {
+            tracing::debug!(%namespace, secret = %ca.secret, "applied the ZooKeeper CA Secret for the namespace's sidecars");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%namespace, secret = %ca.secret, error = %e, "cannot write the ZooKeeper CA Secret; the namespace's sidecars cannot connect over TLS until it exists");
+            false
         }
     }
 }
