@@ -277,14 +277,14 @@ pub enum SyslogProtocol {
     Tcp,
 }
 
-/// One output of the sidecar. Exactly one of `stdout`, `file` or `http`.
+/// One output of the sidecar. Exactly one of `stdout`, `file`, `http` or `otlp`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
     x_kube(
-        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'sink \"' + self.name + '\" sets ' + (has(self.stdout) || has(self.file) || has(self.http) ? (has(self.stdout) ? 'stdout ' : '') + (has(self.file) ? 'file ' : '') + (has(self.http) ? 'http ' : '') : 'none of them ') + '- a sink sets exactly one of stdout, file or http'".into())),
-        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http)").message(kube::core::Message::Expression("'sink \"' + self.name + '\": credentialsSecretRef applies to http sinks only'".into())).field_path(".credentialsSecretRef"),
+        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http), has(self.otlp)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'sink \"' + self.name + '\" sets ' + (has(self.stdout) || has(self.file) || has(self.http) || has(self.otlp) ? (has(self.stdout) ? 'stdout ' : '') + (has(self.file) ? 'file ' : '') + (has(self.http) ? 'http ' : '') + (has(self.otlp) ? 'otlp ' : '') : 'none of them ') + '- a sink sets exactly one of stdout, file, http or otlp'".into())),
+        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http) || has(self.otlp)").message(kube::core::Message::Expression("'sink \"' + self.name + '\": credentialsSecretRef applies to http and otlp sinks only'".into())).field_path(".credentialsSecretRef"),
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -298,10 +298,12 @@ pub struct Sink {
     pub file: Option<FileSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpSink>,
     /// The queue in front of the sink; default in memory, 2 MiB, `whenFull: block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<Buffer>,
-    /// A Secret in the pod's namespace holding credentials for an `http` sink: keys
+    /// A Secret in the pod's namespace holding credentials for an `http` or `otlp` sink: keys
     /// `username` and `password` (basic auth), `token` (bearer), `header.<Name>` (any
     /// header). The webhook mounts it into the sidecar; only its name is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,6 +503,56 @@ pub enum HttpEncoding {
     JsonLines,
     Loki,
     Elasticsearch,
+}
+
+/// OTLP logs over HTTP: events become LogRecords, POSTed as protobuf to
+/// `<endpoint>/v1/logs` (the endpoint as given if it already ends with `/v1/logs`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpSink {
+    /// `http://` or `https://` base URL of the collector, e.g. `http://otel-collector:4318`.
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Non-secret headers sent with every request; credential headers are refused as for
+    /// `http.headers` (they go in `credentialsSecretRef`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Resource attributes sent with every batch besides the pod's (`k8s.namespace.name`,
+    /// `k8s.pod.name`); these win on a clash. Set `service.name` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<OtlpResource>,
+    /// A request is sent when it holds this many bytes of events (default 1 MiB) or its
+    /// first event is `timeout` old (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<HttpBatch>,
+    /// How long one request may take (default `10s`, the OTLP exporters' default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HttpTls>,
+}
+
+/// The OTLP transport; only `http/protobuf` for now.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpResource {
+    /// String attributes of the resource, e.g. `deployment.environment: prod`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// One routing rule: a condition and what to do with the events that meet it.

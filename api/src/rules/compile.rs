@@ -7,7 +7,7 @@
 //! errors.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -24,8 +24,9 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, BufferSync, BufferType, FieldCondition, Format, HttpEncoding, HttpSink,
-        LabelSelector, Level, ServiceLogSpec, Sink, Source, SyslogProtocol, When,
+        Action, BufferSync, BufferType, FieldCondition, Format, HttpBatch, HttpEncoding,
+        HttpSink, HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink, Source,
+        SyslogProtocol, When,
     },
     validate::{
         Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
@@ -460,13 +461,14 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
         sink.stdout.is_some(),
         sink.file.is_some(),
         sink.http.is_some(),
+        sink.otlp.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         1 => {}
-        0 => errors.push(path, "a sink sets exactly one of stdout, file or http"),
+        0 => errors.push(path, "a sink sets exactly one of stdout, file, http or otlp"),
         _ => errors.push(
             path,
-            "a sink sets exactly one of stdout, file or http, not several",
+            "a sink sets exactly one of stdout, file, http or otlp, not several",
         ),
     }
     if let Some(file) = &sink.file
@@ -476,6 +478,9 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
     }
     if let Some(http) = &sink.http {
         check_http(errors, http, &format!("{path}.http"));
+    }
+    if let Some(otlp) = &sink.otlp {
+        check_otlp(errors, otlp, &format!("{path}.otlp"));
     }
     if let Some(buffer) = &sink.buffer
         && buffer.kind == BufferType::Memory
@@ -512,10 +517,10 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
         }
     }
     if let Some(secret) = &sink.credentials_secret_ref {
-        if sink.http.is_none() {
+        if sink.http.is_none() && sink.otlp.is_none() {
             errors.push(
                 format!("{path}.credentialsSecretRef"),
-                "applies to http sinks only",
+                "applies to http and otlp sinks only",
             );
         }
         check_subdomain(
@@ -561,7 +566,50 @@ fn check_http(errors: &mut Errors, http: &HttpSink, path: &str) {
             );
         }
     }
-    if let Some(batch) = &http.batch {
+    check_transport(
+        errors,
+        path,
+        http.batch.as_ref(),
+        http.request_timeout.as_deref(),
+        &http.headers,
+        http.tls.as_ref(),
+    );
+}
+
+fn check_otlp(errors: &mut Errors, otlp: &OtlpSink, path: &str) {
+    if let Err(e) = check_url(&otlp.endpoint) {
+        errors.push(format!("{path}.endpoint"), e);
+    }
+    if let Some(resource) = &otlp.resource {
+        for name in resource.attributes.keys() {
+            if name.is_empty() {
+                errors.push(
+                    format!("{path}.resource.attributes"),
+                    "an attribute name must not be empty",
+                );
+            }
+        }
+    }
+    check_transport(
+        errors,
+        path,
+        otlp.batch.as_ref(),
+        otlp.request_timeout.as_deref(),
+        &otlp.headers,
+        otlp.tls.as_ref(),
+    );
+}
+
+/// What `http` and `otlp` sinks share: batching, timeout, headers, TLS.
+fn check_transport(
+    errors: &mut Errors,
+    path: &str,
+    batch: Option<&HttpBatch>,
+    request_timeout: Option<&str>,
+    headers: &BTreeMap<String, String>,
+    tls: Option<&HttpTls>,
+) {
+    if let Some(batch) = batch {
         if batch
             .max_bytes
             .is_some_and(|b| !(1024..=64 << 20).contains(&b))
@@ -577,12 +625,12 @@ fn check_http(errors: &mut Errors, http: &HttpSink, path: &str) {
             errors.push(format!("{path}.batch.timeout"), e);
         }
     }
-    if let Some(t) = &http.request_timeout
+    if let Some(t) = request_timeout
         && let Err(e) = parse_duration(t)
     {
         errors.push(format!("{path}.requestTimeout"), e);
     }
-    for (name, value) in &http.headers {
+    for (name, value) in headers {
         if let Err(e) = check_header_name(name) {
             errors.push(format!("{path}.headers[{name}]"), e);
         } else if is_credential_header(name) {
@@ -600,7 +648,7 @@ fn check_http(errors: &mut Errors, http: &HttpSink, path: &str) {
             );
         }
     }
-    if let Some(ca) = http.tls.as_ref().and_then(|t| t.ca_file.as_ref())
+    if let Some(ca) = tls.and_then(|t| t.ca_file.as_ref())
         && !ca.starts_with('/')
     {
         errors.push(
