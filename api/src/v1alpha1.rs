@@ -200,6 +200,12 @@ pub struct FileSource {
     /// Joins the lines of one event (a stack trace) into one event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiline: Option<Multiline>,
+    /// With `format: regex`: the pattern (Rust `regex` syntax) whose named captures
+    /// (`(?P<status>\d+)`) become the event's fields, as strings. A line it does not match
+    /// is a text event, `{"message": <line>}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 4096)))]
+    pub regex: Option<String>,
 }
 
 /// Multi-line events: a line matching `startPattern` starts an event; the lines after it
@@ -231,6 +237,8 @@ pub enum Format {
     Json,
     /// The line is `key=value` pairs.
     Logfmt,
+    /// The named captures of the source's `regex` (nginx, apache and other fixed layouts).
+    Regex,
     /// The line is the message.
     #[default]
     Text,
@@ -595,6 +603,90 @@ pub struct Rule {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub continue_: bool,
+    /// Changes made, in order, to the events this rule routes, on their way to this
+    /// rule's sinks only; other rules and `defaultTo` see the event as read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 16)))]
+    pub transform: Vec<Transform>,
+}
+
+/// One change to an event. Exactly one of `set`, `remove`, `rename`, `redact`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
+#[cfg_attr(
+    feature = "kube",
+    x_kube(validation = kube::core::Rule::new("[has(self.set), has(self.remove), has(self.rename), has(self.redact)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'a transform sets exactly one of set, remove, rename, redact'".into())))
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Transform {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetField>,
+    /// The field to remove (dots reach into nested objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename: Option<RenameField>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<Redact>,
+}
+
+/// Sets `field` to `value`: a JSON constant, or a string with `${field}` templates
+/// (`"${http.method} ${http.path}"`; `$$` is a literal `$`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SetField {
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub field: String,
+    #[cfg_attr(feature = "kube", schemars(schema_with = "any_value"))]
+    pub value: serde_json::Value,
+}
+
+#[cfg(feature = "kube")]
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Moves the value of `from` to `to`; nothing happens when `from` is absent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RenameField {
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub from: String,
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub to: String,
+}
+
+/// Replaces what `regex` (or a built-in `pattern`) matches in `field` — the event's
+/// message when absent — with `replacement`. Exactly one of `regex` or `pattern`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Redact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 1024)))]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<RedactPattern>,
+    /// Default `[REDACTED]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+}
+
+/// Built-in `redact` patterns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum RedactPattern {
+    /// `user@example.com`.
+    Email,
+    /// `Bearer <token>` (the token is replaced, `Bearer ` kept).
+    BearerToken,
+    /// 13–19 digits, optionally grouped by spaces or dashes, that pass the Luhn check.
+    CreditCard,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]

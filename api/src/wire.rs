@@ -471,6 +471,7 @@ mod tests {
                     paths: vec!["/var/log/app/*.log".into()],
                     format: Format::Json,
                     multiline: None,
+                    regex: None,
                 }),
                 ..Default::default()
             }],

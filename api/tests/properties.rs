@@ -518,6 +518,7 @@ fn gen_rule() -> impl Strategy<Value = Rule> {
             sample,
             rate_limit: rate.map(|per_second| RateLimit { per_second }),
             continue_,
+            transform: Vec::new(),
         })
 }
 
@@ -552,6 +553,7 @@ fn gen_source() -> impl Strategy<Value = Source> {
                 paths,
                 format,
                 multiline: None,
+                regex: None,
             }),
             syslog: port.map(|port| SyslogSource {
                 port,
@@ -688,6 +690,7 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                         paths: vec![format!("/var/log/s{i}/*.log")],
                         format,
                         multiline: None,
+                        regex: None,
                     }),
                     syslog: syslog.then(|| SyslogSource {
                         port: 5000 + i as u16,
@@ -721,6 +724,7 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                             .filter(|_| routes)
                             .map(|per_second| RateLimit { per_second }),
                         continue_,
+                        transform: Vec::new(),
                     }
                 })
                 .collect(),

@@ -21,6 +21,8 @@ use super::{
     keys::{KeyTable, LEVEL_CANDIDATES, MESSAGE_CANDIDATES, Target},
     limit::{RateLimiter, Sampler, splitmix64},
     matcher::{Cond, FieldTest, Scalar},
+    regex_format::RegexPlan,
+    transform::{self, FieldPath, Step},
 };
 use crate::{
     v1alpha1::{
@@ -98,8 +100,12 @@ const DEFAULT_MESSAGE_FIELDS: [&str; MESSAGE_CANDIDATES] = ["msg", "message"];
 #[derive(Debug)]
 pub(crate) struct SourcePlan {
     pub(crate) format: Format,
-    /// Keys to read: nested for `json`, flat for `logfmt`.
+    /// Keys to read: nested for `json`, flat for `logfmt` and `regex`.
     pub(crate) keys: KeyTable,
+    /// `format: regex`: the pattern and where its captures go.
+    pub(crate) regex: Option<RegexPlan>,
+    /// Where the message is read from, in order: what `redact` without a field changes.
+    pub(crate) message: Vec<FieldPath>,
 }
 
 #[derive(Debug)]
@@ -116,6 +122,8 @@ pub(crate) struct CompiledRule {
     pub(crate) sample: Option<Sampler>,
     pub(crate) rate: Option<RateLimiter>,
     pub(crate) continue_: bool,
+    /// Applied to the copy of each event this rule routes (see `transform.rs`).
+    pub(crate) transforms: Vec<Step>,
 }
 
 /// Distinct field names used by conditions, each with its event slot.
@@ -150,9 +158,16 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
     }
     let mut regexes = RegexBudget::default();
     let mut sources = Names::new("spec.sources", "source");
+    let mut source_regexes = Vec::with_capacity(spec.sources.len());
     for (i, source) in spec.sources.iter().enumerate() {
         sources.check(&mut errors, i, &source.name);
-        check_source(&mut errors, &mut regexes, &spec.sources[..i], source, i);
+        source_regexes.push(check_source(
+            &mut errors,
+            &mut regexes,
+            &spec.sources[..i],
+            source,
+            i,
+        ));
     }
 
     if spec.sinks.len() > MAX_SINKS {
@@ -265,12 +280,25 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
             }
             Some(RateLimiter::new(r.per_second))
         });
+        if drops && !rule.transform.is_empty() {
+            cx.errors.push(
+                format!("{path}.transform"),
+                "transform applies to routing rules, not to action: drop",
+            );
+        }
+        let transforms = transform::compile(
+            &mut cx.errors,
+            &mut cx.regexes,
+            &rule.transform,
+            &format!("{path}.transform"),
+        );
         rules.push(CompiledRule {
             when,
             action,
             sample,
             rate,
             continue_: rule.continue_,
+            transforms,
         });
     }
 
@@ -291,11 +319,13 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
         sources: spec
             .sources
             .iter()
-            .map(|s| plan(s, &fields.names))
+            .zip(source_regexes)
+            .map(|(s, re)| plan(s, &fields.names, re))
             .collect(),
         source_names: spec.sources.iter().map(|s| s.name.clone()).collect(),
         sink_names: spec.sinks.iter().map(|s| s.name.clone()).collect(),
         rule_names: spec.rules.iter().map(|r| r.name.clone()).collect(),
+        transforms: rules.iter().any(|r| !r.transforms.is_empty()),
         rules,
         default_to,
         message_fields,
@@ -377,14 +407,15 @@ fn check_selector(errors: &mut Errors, selector: &LabelSelector) {
     }
 }
 
-/// `earlier` are the sources declared before this one, `i` its index.
+/// `earlier` are the sources declared before this one, `i` its index. Returns the
+/// compiled pattern of a `format: regex` source.
 fn check_source(
     errors: &mut Errors,
     regexes: &mut RegexBudget,
     earlier: &[Source],
     source: &Source,
     i: usize,
-) {
+) -> Option<Regex> {
     let path = format!("spec.sources[{i}]");
     match (&source.file, &source.syslog) {
         (Some(_), Some(_)) => errors.push(
@@ -416,6 +447,10 @@ fn check_source(
             }
         }
     }
+    let pattern = source
+        .file
+        .as_ref()
+        .and_then(|f| check_regex_format(errors, regexes, f, &path));
     if let Some(syslog) = &source.syslog {
         if let Some(address) = &syslog.address
             && let Err(e) = check_syslog_address(address)
@@ -453,6 +488,46 @@ fn check_source(
         {
             errors.push(format!("{path}.{field}"), e);
         }
+    }
+    pattern
+}
+
+/// `format: regex` and its `regex`: one needs the other, and the pattern must name what
+/// it captures.
+fn check_regex_format(
+    errors: &mut Errors,
+    regexes: &mut RegexBudget,
+    file: &crate::v1alpha1::FileSource,
+    path: &str,
+) -> Option<Regex> {
+    match (&file.regex, file.format) {
+        (None, Format::Regex) => {
+            errors.push(
+                format!("{path}.file.regex"),
+                "format: regex needs a regex with named captures, e.g. (?P<status>\\d{3})",
+            );
+            None
+        }
+        (Some(_), format) if format != Format::Regex => {
+            errors.push(
+                format!("{path}.file.regex"),
+                "applies to format: regex only",
+            );
+            None
+        }
+        (Some(pattern), _) => {
+            let rpath = format!("{path}.file.regex");
+            let re = regexes.compile(errors, &rpath, pattern)?;
+            if re.group_info().pattern_names(regex_automata::PatternID::ZERO).all(|n| n.is_none()) {
+                errors.push(
+                    rpath,
+                    "has no named capture: name the parts that become fields, e.g. (?P<status>\\d{3})",
+                );
+                return None;
+            }
+            Some(re)
+        }
+        (None, _) => None,
     }
 }
 
@@ -679,7 +754,7 @@ fn check_subdomain(errors: &mut Errors, path: &str, name: &str) {
 }
 
 /// A field name: dot-separated non-empty segments, at most [`MAX_PATH`] of them.
-fn check_field_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_field_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
@@ -709,7 +784,7 @@ pub fn regex_builder(pattern: &str) -> RegexBuilder {
 /// spent the later patterns are not compiled at all, so a spec far over the budget costs
 /// no more time or memory than one just over it.
 #[derive(Default)]
-struct RegexBudget {
+pub(crate) struct RegexBudget {
     count: usize,
     bytes: usize,
     spent: bool,
@@ -717,7 +792,12 @@ struct RegexBudget {
 
 impl RegexBudget {
     /// Compiles `pattern`, or reports at `path` why it does not compile or does not fit.
-    fn compile(&mut self, errors: &mut Errors, path: &str, pattern: &str) -> Option<Regex> {
+    pub(crate) fn compile(
+        &mut self,
+        errors: &mut Errors,
+        path: &str,
+        pattern: &str,
+    ) -> Option<Regex> {
         if self.spent {
             return None;
         }
@@ -1035,7 +1115,7 @@ impl<'s> Ctx<'s> {
 
 /// The keys a source's lines are searched for: the fields of all conditions (any rule may
 /// see any source's events), and the source's level and message candidates.
-fn plan(source: &Source, fields: &[String]) -> SourcePlan {
+fn plan(source: &Source, fields: &[String], regex: Option<Regex>) -> SourcePlan {
     // A syslog source hands the router each message as a JSON object (see the sidecar's
     // syslog source), so its events have fields like any JSON line.
     let format = match (&source.file, &source.syslog) {
@@ -1044,8 +1124,17 @@ fn plan(source: &Source, fields: &[String]) -> SourcePlan {
         (None, None) => Format::Text,
     };
     let mut keys = KeyTable::default();
+    let message = match &source.message_field {
+        Some(f) => vec![FieldPath::new(f)],
+        None => DEFAULT_MESSAGE_FIELDS.map(FieldPath::new).into(),
+    };
     if format == Format::Text {
-        return SourcePlan { format, keys };
+        return SourcePlan {
+            format,
+            keys,
+            regex: None,
+            message,
+        };
     }
     let mut add = |name: &str, target: Target| {
         let segments: Vec<&str> = name.split('.').collect();
@@ -1091,5 +1180,11 @@ fn plan(source: &Source, fields: &[String]) -> SourcePlan {
             },
         );
     }
-    SourcePlan { format, keys }
+    let regex = regex.and_then(|re| RegexPlan::new(re, &keys));
+    SourcePlan {
+        format,
+        keys,
+        regex,
+        message,
+    }
 }

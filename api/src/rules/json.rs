@@ -396,6 +396,63 @@ pub(crate) fn scan(line: &[u8], root: &KeyTable, found: &mut Found) -> Result<()
     }
 }
 
+/// One member of a top-level object, as ranges into the line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) key: (usize, usize),
+    /// The key has escapes.
+    pub(crate) escaped: bool,
+    /// The value's JSON text (a string with its quotes).
+    pub(crate) value: (usize, usize),
+}
+
+/// Walks `line` as a JSON object like [`scan`], handing each top-level member to `each`:
+/// what the transforms need to rebuild an event, at the scanner's speed.
+pub(crate) fn members(line: &[u8], mut each: impl FnMut(Member)) -> Result<()> {
+    let mut c = Cursor { b: line, i: 0 };
+    let mut found = Found::new();
+    c.ws();
+    if c.next()? != b'{' {
+        return Err(Malformed);
+    }
+    c.ws();
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            if c.next()? != b'"' {
+                return Err(Malformed);
+            }
+            let start = c.i;
+            let (end, escaped) = c.string()?;
+            c.ws();
+            if c.next()? != b':' {
+                return Err(Malformed);
+            }
+            c.ws();
+            let value = c.i;
+            c.value(None, &mut found, 1)?;
+            each(Member {
+                key: (start, end),
+                escaped,
+                value: (value, c.i),
+            });
+            c.ws();
+            match c.next()? {
+                b',' => c.ws(),
+                b'}' => break,
+                _ => return Err(Malformed),
+            }
+        }
+    }
+    c.ws();
+    if c.i == line.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

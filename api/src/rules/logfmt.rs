@@ -24,6 +24,20 @@ fn is_space(b: u8) -> bool {
 }
 
 pub(crate) fn scan(line: &[u8], table: &KeyTable, found: &mut Found) -> Result<(), Malformed> {
+    pairs(line, |key, slot| {
+        if let Some(entry) = table.lookup(key, key_word(key)) {
+            found.store(entry.target, slot);
+        }
+    })
+}
+
+/// Walks `line` as logfmt, handing every pair to `each` (a bare key's slot is
+/// `Bool(true)`); the transforms read whole events through it.
+#[inline]
+pub(crate) fn pairs<'l>(
+    line: &'l [u8],
+    mut each: impl FnMut(&'l [u8], Slot),
+) -> Result<(), Malformed> {
     let mut i = 0;
     let mut pairs = 0usize;
     loop {
@@ -79,9 +93,7 @@ pub(crate) fn scan(line: &[u8], table: &KeyTable, found: &mut Found) -> Result<(
         } else {
             Slot::new(Kind::Bool(true), key_start, i)
         };
-        if let Some(entry) = table.lookup(key, key_word(key)) {
-            found.store(entry.target, slot);
-        }
+        each(key, slot);
     }
     if pairs == 0 {
         return Err(Malformed);

@@ -42,6 +42,8 @@ mod keys;
 mod limit;
 mod logfmt;
 mod matcher;
+mod regex_format;
+mod transform;
 
 use std::time::Instant;
 
@@ -52,10 +54,13 @@ pub use compile::{
 };
 pub use event::{Event, MAX_FIELDS, parse_level};
 pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
+pub use transform::{
+    DEFAULT_REPLACEMENT, FieldValue, Fields, MAX_TEMPLATE_FIELDS, MAX_TRANSFORMS,
+};
 
 use self::{
     compile::{CompiledRule, RuleAction, SourcePlan},
-    event::{Slot, level_of},
+    event::{Esc, Slot, level_of, unescape},
     matcher::all,
 };
 use crate::{
@@ -77,6 +82,8 @@ pub struct Router {
     default_to: SinkSet,
     /// Field ids named `message`: the one field a text event has.
     message_fields: u32,
+    /// Some rule has transforms.
+    transforms: bool,
 }
 
 impl Router {
@@ -153,6 +160,10 @@ impl Router {
         let parsed = match plan.format {
             Format::Json => json::scan(line, &plan.keys, &mut event.found).is_ok(),
             Format::Logfmt => logfmt::scan(line, &plan.keys, &mut event.found).is_ok(),
+            Format::Regex => plan
+                .regex
+                .as_ref()
+                .is_some_and(|re| re.scan(line, &mut event.found)),
             Format::Text => false,
         };
         if parsed {
@@ -197,18 +208,108 @@ impl Router {
     /// this one first, as its field slots are numbered differently; that costs a parse,
     /// nothing else.
     pub fn route(&self, event: &Event<'_>, now: Instant) -> Decision {
+        self.route_transformed(event, now, None)
+    }
+
+    /// True when some rule has transforms: then route with [`Router::route_transformed`].
+    pub fn has_transforms(&self) -> bool {
+        self.transforms
+    }
+
+    /// Like [`Router::route`]; with `transformed`, also fills it (cleared first) with the
+    /// rules whose transforms apply and the sinks that get each one's copy (see
+    /// [`Router::transform`]). Sinks of the decision in none of them get the event as
+    /// read. A sink is in at most one entry: the first rule that routed the event to it
+    /// decides what it gets.
+    pub fn route_transformed(
+        &self,
+        event: &Event<'_>,
+        now: Instant,
+        mut transformed: Option<&mut Vec<(u16, SinkSet)>>,
+    ) -> Decision {
+        if let Some(t) = transformed.as_deref_mut() {
+            t.clear();
+        }
         if event.program == self.id {
-            return self.decide(event, now);
+            return self.decide(event, now, transformed);
         }
         let own = if event.explicit {
             self.event_with_message(event.source, event.line, event.text_message, event.level)
         } else {
             self.parse(event.source, event.line)
         };
-        self.decide(&own, now)
+        self.decide(&own, now, transformed)
     }
 
-    fn decide(&self, event: &Event<'_>, now: Instant) -> Decision {
+    /// The whole event, for the transforms (see [`Fields`]). `event` must come from this
+    /// router's [`Router::parse`] or `event_with_*` (a run never mixes routers).
+    pub fn fields<'a>(&self, event: &Event<'a>) -> Fields<'a> {
+        let plan = self.sources.get(event.source);
+        if event.text || plan.is_none() {
+            return Fields::text(event.text_message);
+        }
+        let line = event.line;
+        let format = plan.map_or(Format::Text, |p| p.format);
+        let parsed = match format {
+            Format::Json => {
+                let mut fields = Fields::new(Format::Json);
+                json::members(line, |m| {
+                    let key = &line[m.key.0..m.key.1];
+                    let key = if m.escaped {
+                        transform_key(unescape(key, Esc::Json))
+                    } else {
+                        String::from_utf8_lossy(key)
+                    };
+                    fields.push(
+                        key,
+                        FieldValue::Json(std::borrow::Cow::Borrowed(&line[m.value.0..m.value.1])),
+                    );
+                })
+                .ok()
+                .map(|()| fields)
+            }
+            Format::Logfmt => {
+                let mut fields = Fields::new(Format::Logfmt);
+                logfmt::pairs(line, |key, slot| {
+                    let key = String::from_utf8_lossy(key);
+                    let value = match event.slot_value(slot) {
+                        event::Value::Bool(_) => {
+                            FieldValue::Json(std::borrow::Cow::Borrowed(b"true"))
+                        }
+                        v => FieldValue::Text(v.text().map_or_else(
+                            || std::borrow::Cow::Borrowed(""),
+                            |t| transform_key(t),
+                        )),
+                    };
+                    fields.push(key, value);
+                })
+                .ok()
+                .map(|()| fields)
+            }
+            Format::Regex => plan
+                .and_then(|p| p.regex.as_ref())
+                .and_then(|re| re.fields(line)),
+            Format::Text => None,
+        };
+        parsed.unwrap_or_else(|| Fields::text(event.text_message))
+    }
+
+    /// Applies rule `rule`'s transforms (an index of [`Router::rule_names`], as
+    /// [`Router::route_transformed`] gives them) to `fields`, an event of source `source`.
+    pub fn transform<'a>(&'a self, rule: u16, source: usize, fields: &mut Fields<'a>) {
+        let Some(r) = self.rules.get(usize::from(rule)) else {
+            return;
+        };
+        let message = self.sources.get(source).map_or(&[][..], |p| &p.message);
+        transform::apply(&r.transforms, message, fields);
+    }
+
+    fn decide(
+        &self,
+        event: &Event<'_>,
+        now: Instant,
+        mut transformed: Option<&mut Vec<(u16, SinkSet)>>,
+    ) -> Decision {
         let mut copies = SinkSet::EMPTY;
         for (i, rule) in self.rules.iter().enumerate() {
             if !all(&rule.when, event) {
@@ -227,6 +328,15 @@ impl Router {
             } else {
                 None
             };
+            if refused.is_none()
+                && !rule.transforms.is_empty()
+                && let Some(t) = transformed.as_deref_mut()
+            {
+                let own = sinks.minus(copies);
+                if !own.is_empty() {
+                    t.push((i as u16, own));
+                }
+            }
             match (refused, rule.continue_) {
                 (None, true) => copies = copies.union(sinks),
                 (Some(_), true) => {}
@@ -246,6 +356,16 @@ impl Router {
             rule: None,
             drop: sinks.is_empty().then_some(DropReason::NoRoute),
         }
+    }
+}
+
+fn transform_key(bytes: std::borrow::Cow<'_, [u8]>) -> std::borrow::Cow<'_, str> {
+    match bytes {
+        std::borrow::Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(match String::from_utf8(v) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }),
     }
 }
 
@@ -335,6 +455,11 @@ impl SinkSet {
 
     pub fn union(self, other: SinkSet) -> SinkSet {
         SinkSet(self.0 | other.0)
+    }
+
+    /// The sinks of `self` not in `other`.
+    pub fn minus(self, other: SinkSet) -> SinkSet {
+        SinkSet(self.0 & !other.0)
     }
 
     pub fn is_empty(&self) -> bool {

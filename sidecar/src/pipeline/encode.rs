@@ -13,8 +13,14 @@
 //!
 //! Whatever the bytes, the output is valid JSON: bytes that are not UTF-8 (such a line is
 //! never parsed as json or logfmt) become U+FFFD, control characters are escaped.
+//!
+//! An event a rule transformed, and a `regex` source's event, is written from its
+//! [`Fields`] instead ([`encode_fields_json`], [`encode_fields_raw`]).
 
-use servicelog_api::{rules::Event, v1alpha1::Format};
+use servicelog_api::{
+    rules::{Event, FieldValue, Fields},
+    v1alpha1::Format,
+};
 
 use crate::json::{json_string, push_json_text};
 
@@ -63,7 +69,8 @@ pub fn encode_json(out: &mut Vec<u8>, event: &Event<'_>, format: Format, meta: &
                 out.extend_from_slice(b"}\n");
                 return;
             }
-            Format::Text => {}
+            // A `regex` event is written from its fields (see [`encode_fields_json`]).
+            Format::Text | Format::Regex => {}
         }
     }
     out.extend_from_slice(b"{\"message\":");
@@ -71,6 +78,92 @@ pub fn encode_json(out: &mut Vec<u8>, event: &Event<'_>, format: Format, meta: &
     out.push(b',');
     out.extend_from_slice(meta);
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends `fields` as one JSON object line, `meta` (the `_servicelog` member) last.
+pub fn encode_fields_json(out: &mut Vec<u8>, fields: &Fields<'_>, meta: &[u8]) {
+    out.push(b'{');
+    push_members(out, fields);
+    if fields.members().next().is_some() {
+        out.push(b',');
+    }
+    out.extend_from_slice(meta);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends what `encoding: raw` writes of a transformed event, newline-terminated: the
+/// line it would have been, as far as its format can say it — a text event's `message`,
+/// a logfmt event's pairs, a `json` (or `regex`) event's object as one JSON line.
+pub fn encode_fields_raw(out: &mut Vec<u8>, fields: &Fields<'_>) {
+    match fields.format() {
+        Format::Text => {
+            let mut members = fields.members();
+            match (members.next(), members.next()) {
+                (Some(("message", FieldValue::Text(t))), None) => out.extend_from_slice(t.as_bytes()),
+                (None, _) => {}
+                _ => json_object(out, fields),
+            }
+        }
+        Format::Logfmt => {
+            for (i, (key, value)) in fields.members().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(key.as_bytes());
+                out.push(b'=');
+                match value {
+                    FieldValue::Text(t) => logfmt_value(out, t.as_bytes()),
+                    FieldValue::Json(raw) => match serde_json::from_slice(raw) {
+                        Ok(serde_json::Value::String(s)) => logfmt_value(out, s.as_bytes()),
+                        _ => logfmt_value(out, raw),
+                    },
+                    FieldValue::Tree(serde_json::Value::String(s)) => {
+                        logfmt_value(out, s.as_bytes());
+                    }
+                    FieldValue::Tree(v) => logfmt_value(out, v.to_string().as_bytes()),
+                }
+            }
+        }
+        Format::Json | Format::Regex => json_object(out, fields),
+    }
+    out.push(b'\n');
+}
+
+fn json_object(out: &mut Vec<u8>, fields: &Fields<'_>) {
+    out.push(b'{');
+    push_members(out, fields);
+    out.push(b'}');
+}
+
+fn push_members(out: &mut Vec<u8>, fields: &Fields<'_>) {
+    for (i, (key, value)) in fields.members().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(out, key.as_bytes());
+        out.push(b':');
+        match value {
+            FieldValue::Json(raw) => push_json_text(out, raw),
+            FieldValue::Text(t) => json_string(out, t.as_bytes()),
+            FieldValue::Tree(v) => {
+                // Writing a Value to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    }
+}
+
+/// A logfmt value, quoted (Go's `%q` escapes) when it must be.
+fn logfmt_value(out: &mut Vec<u8>, v: &[u8]) {
+    let plain = !v.is_empty()
+        && !v
+            .iter()
+            .any(|&b| b <= b' ' || b == b'"' || b == b'=' || b == b'\\' || b == 0x7f);
+    if plain {
+        out.extend_from_slice(v);
+    } else {
+        json_string(out, v);
+    }
 }
 
 /// `key=value` pairs of a logfmt line; a value is `None` for a bare key, and a quoted
@@ -156,6 +249,7 @@ mod tests {
             Format::Json => "json",
             Format::Logfmt => "logfmt",
             Format::Text => "text",
+            Format::Regex => unreachable!("regex events are written from their fields"),
         };
         let r = router(fmt);
         let event = r.parse(0, line.as_bytes());

@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Instant};
 use prometheus_client::metrics::counter::Counter;
 use servicelog_api::{
     Router,
-    rules::{DropReason, Event},
+    rules::{DropReason, Event, Fields, SinkSet},
     v1alpha1::{Format, LineEncoding},
 };
 
@@ -138,6 +138,8 @@ pub struct Batcher {
     counts: Vec<u64>,
     drops: Vec<(Option<u16>, DropReason, u64)>,
     encodings: Vec<LineEncoding>,
+    /// The current event's transforming rules and their sinks.
+    transformed: Vec<(u16, SinkSet)>,
 }
 
 impl Batcher {
@@ -213,16 +215,33 @@ impl<'a> Run<'a> {
     /// first line). `flatten` turns raw newlines inside a structured `written` (a
     /// pretty-printed JSON object; JSON strings cannot hold raw newlines) into spaces, so
     /// it stays one line.
+    ///
+    /// Sinks a transforming rule routed the event to get its transformed copy instead
+    /// (see [`Run::push_transformed`]).
     #[inline]
     pub fn push(&mut self, routed: &Event<'_>, written: &Event<'_>, raw: &[u8], flatten: bool) {
         self.events += 1;
-        let decision = self.router.route(routed, self.now);
         let b = &mut *self.batcher;
+        let transforms = self.router.has_transforms();
+        let decision = if transforms {
+            self.router
+                .route_transformed(routed, self.now, Some(&mut b.transformed))
+        } else {
+            self.router.route(routed, self.now)
+        };
         if let Some(reason) = decision.drop {
             count_drop(&mut b.drops, decision.rule, reason);
             return;
         }
-        for sink in decision.sinks {
+        let mut plain = decision.sinks;
+        if transforms && !b.transformed.is_empty() {
+            for (_, sinks) in &b.transformed {
+                plain = plain.minus(*sinks);
+            }
+            self.push_transformed(written);
+        }
+        let b = &mut *self.batcher;
+        for sink in plain {
             let Some(out) = b.outs.get_mut(sink) else {
                 continue;
             };
@@ -231,6 +250,10 @@ impl<'a> Run<'a> {
             }
             match b.encodings[sink] {
                 LineEncoding::Raw => out.extend_from_slice(raw),
+                LineEncoding::Json if self.format == Format::Regex && !written.is_text() => {
+                    let fields = self.router.fields(written);
+                    encode::encode_fields_json(out, &fields, self.meta);
+                }
                 LineEncoding::Json => {
                     let from = out.len();
                     encode::encode_json(out, written, self.format, self.meta);
@@ -245,6 +268,30 @@ impl<'a> Run<'a> {
                 }
             }
             b.counts[sink] += 1;
+        }
+    }
+
+    /// Writes each transforming rule's copy of `written` to the sinks it routed it to.
+    #[cold]
+    fn push_transformed(&mut self, written: &Event<'_>) {
+        let b = &mut *self.batcher;
+        let router = self.router;
+        for &(rule, sinks) in &b.transformed {
+            let mut fields: Fields<'_> = router.fields(written);
+            router.transform(rule, self.source, &mut fields);
+            for sink in sinks {
+                let Some(out) = b.outs.get_mut(sink) else {
+                    continue;
+                };
+                if out.capacity() == 0 {
+                    *out = self.pipeline.shared.pool.take(self.capacity);
+                }
+                match b.encodings[sink] {
+                    LineEncoding::Raw => encode::encode_fields_raw(out, &fields),
+                    LineEncoding::Json => encode::encode_fields_json(out, &fields, self.meta),
+                }
+                b.counts[sink] += 1;
+            }
         }
     }
 

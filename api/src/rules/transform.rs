@@ -1,0 +1,710 @@
+//! Transforms: what a rule changes in the events it routes (`set`, `remove`, `rename`,
+//! `redact`), compiled once per config with the rest of the spec.
+//!
+//! Routing reads a borrowed [`Event`](super::Event) and never builds a tree. A transform
+//! needs the whole event, so an event a transforming rule routes is first made into
+//! [`Fields`]: its top-level members in the order written, each value still the bytes of
+//! the line (the JSON text of a `json` member, the text of a logfmt pair or a regex
+//! capture) until a transform touches it. A nested object is parsed only when a dotted
+//! path reaches into it. That keeps a rule that sets, renames and redacts a few fields
+//! close to the cost of routing alone.
+//!
+//! # Semantics
+//!
+//! - Each routing rule's transforms apply, in order, to the copy of the event that goes to
+//!   that rule's sinks. Rules never see each other's changes: conditions are evaluated on
+//!   the event as read, a `continue: true` rule's transforms do not reach later rules, and
+//!   `defaultTo` sinks get the event as read. A sink named by several rules that all take
+//!   the event gets it once, from the first of them.
+//! - Paths are dotted like condition fields: in a `json` or text event `a.b` is the
+//!   top-level key `a.b` if there is one, else `b` inside the object `a`; in `logfmt` and
+//!   `regex` events (flat by nature) it is the literal key. `set` creates the objects on its
+//!   way, replacing a non-object there; `remove` and `rename` of an absent field do
+//!   nothing. Duplicate keys of a line all go: `remove` and `redact` treat every
+//!   occurrence, `set` leaves one.
+//! - `redact` applies to strings and numbers (a redacted number becomes a string), and to
+//!   every string and number inside an object or array it names. Without `field` it
+//!   applies to the event's message: the first present of `msg`, `message` (or the
+//!   source's `messageField`); a text event's `message`. Empty matches are not replaced.
+//! - A `${field}` template renders strings as their text, numbers and booleans as written,
+//!   objects and arrays as JSON, and an absent or null field as nothing.
+
+use std::borrow::Cow;
+
+use regex_automata::meta::Regex;
+
+use super::{
+    compile::{RegexBudget, check_field_name},
+    event::{Esc, unescape},
+};
+use crate::{
+    v1alpha1::{Format, Redact, RedactPattern, Transform},
+    validate::Errors,
+};
+
+/// Most transforms one rule may have: each costs time on every event the rule routes.
+pub const MAX_TRANSFORMS: usize = 16;
+
+/// Most `${field}` references in one `set` template.
+pub const MAX_TEMPLATE_FIELDS: usize = 16;
+
+/// What `redact` writes where `replacement` is not given.
+pub const DEFAULT_REPLACEMENT: &str = "[REDACTED]";
+
+/// Addresses a user at a domain with a dotted name: ASCII only, as addresses in logs are.
+const EMAIL: &str = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}";
+/// `Bearer <token>` (RFC 6750's token68 characters); only the token is replaced.
+const BEARER: &str = r"(?i:bearer)[ \t]+[A-Za-z0-9\-._~+/]+=*";
+/// 13 to 19 digits, each group optionally separated by a space or a dash, not part of a
+/// longer run of digits or letters; [`luhn`] then keeps only card numbers.
+const CARD: &str = r"(?-u:\b)[0-9](?:[ \-]?[0-9]){12,18}(?-u:\b)";
+
+/// A field path, split once.
+#[derive(Debug)]
+pub(crate) struct FieldPath {
+    full: Box<str>,
+    segments: Vec<Box<str>>,
+}
+
+impl FieldPath {
+    pub(crate) fn new(name: &str) -> FieldPath {
+        FieldPath {
+            full: name.into(),
+            segments: name.split('.').map(Box::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Piece {
+    Text(Box<str>),
+    Field(FieldPath),
+}
+
+#[derive(Debug)]
+pub(crate) enum SetValue {
+    /// A constant, as JSON text rendered once.
+    Const(Box<[u8]>),
+    Template(Vec<Piece>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Finder {
+    Regex,
+    Bearer,
+    CreditCard,
+}
+
+#[derive(Debug)]
+pub(crate) struct Redactor {
+    re: Regex,
+    finder: Finder,
+    replacement: Box<[u8]>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Step {
+    Set(FieldPath, SetValue),
+    Remove(FieldPath),
+    Rename(FieldPath, FieldPath),
+    /// `None`: the message.
+    Redact(Option<FieldPath>, Redactor),
+}
+
+/// Checks and compiles a rule's `transform` list, reporting under `path`
+/// (`spec.rules[2].transform`).
+pub(crate) fn compile(
+    errors: &mut Errors,
+    regexes: &mut RegexBudget,
+    transforms: &[Transform],
+    path: &str,
+) -> Vec<Step> {
+    if transforms.len() > MAX_TRANSFORMS {
+        errors.push(
+            path,
+            format!(
+                "a rule may have at most {MAX_TRANSFORMS} transforms, got {}",
+                transforms.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut steps = Vec::with_capacity(transforms.len());
+    for (i, t) in transforms.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        let set: Vec<&str> = [
+            ("set", t.set.is_some()),
+            ("remove", t.remove.is_some()),
+            ("rename", t.rename.is_some()),
+            ("redact", t.redact.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+        if set.len() != 1 {
+            let found = if set.is_empty() {
+                "none".to_string()
+            } else {
+                set.join(", ")
+            };
+            errors.push(
+                &path,
+                format!(
+                    "a transform sets exactly one of set, remove, rename, redact (found {found})"
+                ),
+            );
+            continue;
+        }
+        let step = if let Some(s) = &t.set {
+            let field = field(errors, &format!("{path}.set.field"), &s.field);
+            let value = set_value(errors, &format!("{path}.set.value"), &s.value);
+            field.zip(value).map(|(f, v)| Step::Set(f, v))
+        } else if let Some(name) = &t.remove {
+            field(errors, &format!("{path}.remove"), name).map(Step::Remove)
+        } else if let Some(r) = &t.rename {
+            let from = field(errors, &format!("{path}.rename.from"), &r.from);
+            let to = field(errors, &format!("{path}.rename.to"), &r.to);
+            from.zip(to).map(|(f, t)| Step::Rename(f, t))
+        } else if let Some(r) = &t.redact {
+            redact(errors, regexes, &format!("{path}.redact"), r)
+        } else {
+            None
+        };
+        steps.extend(step);
+    }
+    steps
+}
+
+fn field(errors: &mut Errors, path: &str, name: &str) -> Option<FieldPath> {
+    if let Err(e) = check_field_name(name) {
+        errors.push(path, e);
+        return None;
+    }
+    if name == "_servicelog" || name.starts_with("_servicelog.") {
+        errors.push(
+            path,
+            "_servicelog is written by the sidecar (source, pod, namespace, labels) and cannot be changed by a transform",
+        );
+        return None;
+    }
+    Some(FieldPath::new(name))
+}
+
+fn set_value(errors: &mut Errors, path: &str, value: &serde_json::Value) -> Option<SetValue> {
+    let Some(text) = value.as_str().filter(|s| s.contains('$')) else {
+        return serde_json::to_vec(value)
+            .ok()
+            .map(|v| SetValue::Const(v.into()));
+    };
+    match template(text) {
+        Ok(pieces) if pieces.iter().any(|p| matches!(p, Piece::Field(_))) => {
+            Some(SetValue::Template(pieces))
+        }
+        Ok(pieces) => {
+            let text: String = pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Text(t) => &**t,
+                    Piece::Field(_) => "",
+                })
+                .collect();
+            serde_json::to_vec(&text)
+                .ok()
+                .map(|v| SetValue::Const(v.into()))
+        }
+        Err(e) => {
+            errors.push(path, e);
+            None
+        }
+    }
+}
+
+/// `text` split into literal text and `${field}` references; `$$` is a literal `$`, and a
+/// `$` before anything else stays as it is.
+fn template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut fields = 0;
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        literal.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            literal.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let offset = text.len() - rest.len() + at;
+            let Some(end) = r.find('}') else {
+                return Err(format!(
+                    "unclosed ${{ at offset {offset} (a template names a field as ${{name}}; $$ is a literal $)"
+                ));
+            };
+            let name = &r[..end];
+            check_field_name(name).map_err(|e| format!("${{…}} at offset {offset}: {e}"))?;
+            fields += 1;
+            if fields > MAX_TEMPLATE_FIELDS {
+                return Err(format!(
+                    "a template may name at most {MAX_TEMPLATE_FIELDS} fields"
+                ));
+            }
+            if !literal.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut literal).into()));
+            }
+            pieces.push(Piece::Field(FieldPath::new(name)));
+            rest = &r[end + 1..];
+        } else {
+            literal.push('$');
+            rest = after;
+        }
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        pieces.push(Piece::Text(literal.into()));
+    }
+    Ok(pieces)
+}
+
+fn redact(
+    errors: &mut Errors,
+    regexes: &mut RegexBudget,
+    path: &str,
+    r: &Redact,
+) -> Option<Step> {
+    let field = match &r.field {
+        Some(name) => Some(field(errors, &format!("{path}.field"), name)?),
+        None => None,
+    };
+    let (re, finder) = match (&r.regex, r.pattern) {
+        (Some(re), None) => (
+            regexes.compile(errors, &format!("{path}.regex"), re)?,
+            Finder::Regex,
+        ),
+        (None, Some(p)) => {
+            let (pattern, finder) = match p {
+                RedactPattern::Email => (EMAIL, Finder::Regex),
+                RedactPattern::BearerToken => (BEARER, Finder::Bearer),
+                RedactPattern::CreditCard => (CARD, Finder::CreditCard),
+            };
+            (
+                regexes.compile(errors, &format!("{path}.pattern"), pattern)?,
+                finder,
+            )
+        }
+        (Some(_), Some(_)) => {
+            errors.push(path, "a redact sets either regex or pattern, not both");
+            return None;
+        }
+        (None, None) => {
+            errors.push(
+                path,
+                "a redact sets regex or pattern (email, bearerToken, creditCard)",
+            );
+            return None;
+        }
+    };
+    let replacement = r
+        .replacement
+        .as_deref()
+        .unwrap_or(DEFAULT_REPLACEMENT)
+        .as_bytes()
+        .into();
+    Some(Step::Redact(
+        field,
+        Redactor {
+            re,
+            finder,
+            replacement,
+        },
+    ))
+}
+
+impl Redactor {
+    /// `text` with the matches replaced; `None` when nothing matched.
+    fn apply(&self, text: &[u8]) -> Option<String> {
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        for m in self.re.find_iter(text) {
+            let found = &text[m.range()];
+            let start = match self.finder {
+                Finder::Regex => m.start(),
+                Finder::Bearer => {
+                    m.start()
+                        + found
+                            .iter()
+                            .position(|b| *b == b' ' || *b == b'\t')
+                            .map_or(0, |sp| {
+                                sp + found[sp..]
+                                    .iter()
+                                    .take_while(|b| **b == b' ' || **b == b'\t')
+                                    .count()
+                            })
+                }
+                Finder::CreditCard if !luhn(found) => continue,
+                Finder::CreditCard => m.start(),
+            };
+            if start >= m.end() {
+                continue;
+            }
+            let o = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
+            o.extend_from_slice(&text[last..start]);
+            o.extend_from_slice(&self.replacement);
+            last = m.end();
+        }
+        let mut o = out?;
+        o.extend_from_slice(&text[last..]);
+        Some(match String::from_utf8(o) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+}
+
+/// The Luhn checksum of the digits of `text` (separators skipped): card numbers pass,
+/// nine in ten other digit runs of the same length do not.
+fn luhn(text: &[u8]) -> bool {
+    let mut sum = 0u32;
+    let mut double = false;
+    for d in text.iter().rev().filter(|b| b.is_ascii_digit()) {
+        let mut v = u32::from(d - b'0');
+        if double {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+        double = !double;
+    }
+    sum % 10 == 0
+}
+
+/// A value of [`Fields`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    /// JSON text as the line holds it: what the router's scanner accepts, which is not
+    /// always strict JSON (raw control characters in strings), so it is written through a
+    /// repairing writer.
+    Json(Cow<'a, [u8]>),
+    /// Text: a logfmt value, a regex capture, a text event's message, or what a template
+    /// or a redaction made.
+    Text(Cow<'a, str>),
+    /// A value a transform parsed or built.
+    Tree(serde_json::Value),
+}
+
+impl FieldValue<'_> {
+    /// What a template shows of the value.
+    fn text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            FieldValue::Json(raw) => match raw.first()? {
+                b'"' => Some(lossy(unescape(
+                    raw.get(1..raw.len().saturating_sub(1))?,
+                    Esc::Json,
+                ))),
+                b'n' => None,
+                _ => Some(String::from_utf8_lossy(raw)),
+            },
+            FieldValue::Text(s) => Some(Cow::Borrowed(s)),
+            FieldValue::Tree(serde_json::Value::String(s)) => Some(Cow::Borrowed(s)),
+            FieldValue::Tree(serde_json::Value::Null) => None,
+            FieldValue::Tree(v) => Some(Cow::Owned(v.to_string())),
+        }
+    }
+
+    fn into_tree(self) -> serde_json::Value {
+        match self {
+            FieldValue::Json(raw) => serde_json::from_slice(&raw)
+                .unwrap_or_else(|_| serde_json::Value::String(lossy(Cow::Borrowed(&raw)).into())),
+            FieldValue::Text(s) => serde_json::Value::String(s.into_owned()),
+            FieldValue::Tree(v) => v,
+        }
+    }
+
+    /// Redacts in place; false when the value is not one redact applies to.
+    fn redact(&mut self, r: &Redactor) {
+        let redacted = match self {
+            FieldValue::Json(raw) => match raw.first() {
+                Some(b'"') => raw
+                    .get(1..raw.len() - 1)
+                    .and_then(|inner| r.apply(&unescape(inner, Esc::Json))),
+                Some(b'-' | b'0'..=b'9') => r.apply(raw),
+                Some(b'{' | b'[') => {
+                    if let Ok(mut tree) = serde_json::from_slice::<serde_json::Value>(raw) {
+                        redact_tree(&mut tree, r);
+                        *self = FieldValue::Tree(tree);
+                    }
+                    None
+                }
+                _ => None,
+            },
+            FieldValue::Text(s) => r.apply(s.as_bytes()),
+            FieldValue::Tree(t) => {
+                redact_tree(t, r);
+                None
+            }
+        };
+        if let Some(s) = redacted {
+            *self = FieldValue::Text(Cow::Owned(s));
+        }
+    }
+}
+
+fn redact_tree(v: &mut serde_json::Value, r: &Redactor) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let Some(out) = r.apply(s.as_bytes()) {
+                *s = out;
+            }
+        }
+        Value::Number(n) => {
+            if let Some(out) = r.apply(n.to_string().as_bytes()) {
+                *v = Value::String(out);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| redact_tree(i, r)),
+        Value::Object(map) => map.values_mut().for_each(|i| redact_tree(i, r)),
+        Value::Null | Value::Bool(_) => {}
+    }
+}
+
+fn lossy(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match bytes {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        Cow::Owned(v) => Cow::Owned(match String::from_utf8(v) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }),
+    }
+}
+
+/// A whole event, for the transforms and for writing it afterwards (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fields<'a> {
+    pub(crate) members: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// How the event was read: `text` for a text event.
+    pub(crate) format: Format,
+}
+
+impl<'a> Fields<'a> {
+    /// An event of `format` with no fields yet.
+    pub fn new(format: Format) -> Fields<'a> {
+        Fields {
+            members: Vec::new(),
+            format,
+        }
+    }
+
+    /// A text event: `{"message": <message>}`.
+    pub fn text(message: &'a [u8]) -> Fields<'a> {
+        Fields {
+            members: vec![(
+                Cow::Borrowed("message"),
+                FieldValue::Text(String::from_utf8_lossy(message)),
+            )],
+            format: Format::Text,
+        }
+    }
+
+    /// How the event was read (`text` for a text event): what `encoding: raw` writes it as.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The top-level members, in order.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &FieldValue<'a>)> {
+        self.members.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn push(&mut self, key: Cow<'a, str>, value: FieldValue<'a>) {
+        self.members.push((key, value));
+    }
+
+    /// The text of a field (see [`FieldValue`] and the module docs for paths).
+    pub fn get_text(&mut self, name: &str) -> Option<String> {
+        let path = FieldPath::new(name);
+        self.text_at(&path).map(Cow::into_owned)
+    }
+
+    fn flat(&self) -> bool {
+        matches!(self.format, Format::Logfmt | Format::Regex)
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.members.iter().rposition(|(k, _)| k == key)
+    }
+
+    /// The top-level member a dotted path starts in, parsed into a tree.
+    fn tree(&mut self, key: &str) -> Option<&mut serde_json::Value> {
+        let i = self.position(key)?;
+        let v = &mut self.members[i].1;
+        if let FieldValue::Json(raw) = v {
+            if !matches!(raw.first(), Some(b'{')) {
+                return None;
+            }
+            *v = FieldValue::Tree(serde_json::from_slice(raw).ok()?);
+        }
+        match v {
+            FieldValue::Tree(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether `path` names a top-level member (the literal key) rather than a nested one.
+    fn literal(&self, path: &FieldPath) -> bool {
+        self.flat() || path.segments.len() == 1 || self.position(&path.full).is_some()
+    }
+
+    fn text_at(&mut self, path: &FieldPath) -> Option<Cow<'_, str>> {
+        if self.literal(path) {
+            let i = self.position(&path.full)?;
+            return self.members[i].1.text();
+        }
+        let (first, rest) = path.segments.split_first()?;
+        let mut v = &*self.tree(first)?;
+        for seg in rest {
+            v = v.get(&**seg)?;
+        }
+        match v {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Null => None,
+            v => Some(Cow::Owned(v.to_string())),
+        }
+    }
+
+    fn take(&mut self, path: &FieldPath) -> Option<FieldValue<'a>> {
+        if self.literal(path) {
+            let mut taken = None;
+            while let Some(i) = self.position(&path.full) {
+                let (_, v) = self.members.remove(i);
+                taken.get_or_insert(v);
+            }
+            return taken;
+        }
+        let (first, rest) = path.segments.split_first()?;
+        let (last, mid) = rest.split_last()?;
+        let mut v = self.tree(first)?;
+        for seg in mid {
+            v = v.get_mut(&**seg)?;
+        }
+        v.as_object_mut()?.remove(&**last).map(FieldValue::Tree)
+    }
+
+    fn put(&mut self, path: &'a FieldPath, value: FieldValue<'a>) {
+        if self.literal(path) {
+            self.members.retain(|(k, _)| *k != *path.full);
+            self.members.push((Cow::Borrowed(&path.full), value));
+            return;
+        }
+        let Some((first, rest)) = path.segments.split_first() else {
+            return;
+        };
+        if self.tree(first).is_none_or(|t| !t.is_object()) {
+            self.members.retain(|(k, _)| *k != **first);
+            self.members.push((
+                Cow::Borrowed(first),
+                FieldValue::Tree(serde_json::Value::Object(Default::default())),
+            ));
+        }
+        let Some(mut v) = self.tree(first) else {
+            return;
+        };
+        let Some((last, mid)) = rest.split_last() else {
+            return;
+        };
+        for seg in mid {
+            let Some(obj) = v.as_object_mut() else {
+                return;
+            };
+            let next = obj
+                .entry(&**seg)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !next.is_object() {
+                *next = serde_json::Value::Object(Default::default());
+            }
+            v = next;
+        }
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(last.to_string(), value.into_tree());
+        }
+    }
+
+    /// Redacts the field; false when it is absent.
+    fn redact(&mut self, path: &FieldPath, r: &Redactor) -> bool {
+        if self.literal(path) {
+            let mut present = false;
+            for (k, v) in &mut self.members {
+                if *k == *path.full {
+                    v.redact(r);
+                    present = true;
+                }
+            }
+            return present;
+        }
+        let Some((first, rest)) = path.segments.split_first() else {
+            return false;
+        };
+        let Some(mut v) = self.tree(first) else {
+            return false;
+        };
+        for seg in rest {
+            let Some(next) = v.get_mut(&**seg) else {
+                return false;
+            };
+            v = next;
+        }
+        redact_tree(v, r);
+        true
+    }
+}
+
+/// Runs `steps` over `fields`; `message` are the paths the message is read from, in
+/// order (the source's `msg`, `message` or `messageField`).
+pub(crate) fn apply<'a>(steps: &'a [Step], message: &'a [FieldPath], fields: &mut Fields<'a>) {
+    for step in steps {
+        match step {
+            Step::Set(path, SetValue::Const(json)) => {
+                fields.put(path, FieldValue::Json(Cow::Borrowed(json)));
+            }
+            Step::Set(path, SetValue::Template(pieces)) => {
+                let mut text = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => text.push_str(t),
+                        Piece::Field(f) => {
+                            if let Some(v) = fields.text_at(f) {
+                                text.push_str(&v);
+                            }
+                        }
+                    }
+                }
+                fields.put(path, FieldValue::Text(Cow::Owned(text)));
+            }
+            Step::Remove(path) => {
+                fields.take(path);
+            }
+            Step::Rename(from, to) => {
+                if let Some(v) = fields.take(from) {
+                    fields.put(to, v);
+                }
+            }
+            Step::Redact(Some(path), r) => {
+                fields.redact(path, r);
+            }
+            Step::Redact(None, r) => {
+                if fields.format == Format::Text {
+                    fields.redact(&TEXT_MESSAGE, r);
+                } else {
+                    for path in message {
+                        if fields.redact(path, r) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+static TEXT_MESSAGE: std::sync::LazyLock<FieldPath> =
+    std::sync::LazyLock::new(|| FieldPath::new("message"));
