@@ -285,14 +285,14 @@ pub enum SyslogProtocol {
     Tcp,
 }
 
-/// One output of the sidecar. Exactly one of `stdout`, `file`, `http` or `otlp`.
+/// One output of the sidecar. Exactly one of `stdout`, `file`, `http`, `otlp` or `kafka`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
     x_kube(
-        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http), has(self.otlp)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'sink \"' + self.name + '\" sets ' + (has(self.stdout) || has(self.file) || has(self.http) || has(self.otlp) ? (has(self.stdout) ? 'stdout ' : '') + (has(self.file) ? 'file ' : '') + (has(self.http) ? 'http ' : '') + (has(self.otlp) ? 'otlp ' : '') : 'none of them ') + '- a sink sets exactly one of stdout, file, http or otlp'".into())),
-        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http) || has(self.otlp)").message(kube::core::Message::Expression("'sink \"' + self.name + '\": credentialsSecretRef applies to http and otlp sinks only'".into())).field_path(".credentialsSecretRef"),
+        validation = kube::core::Rule::new("[has(self.stdout), has(self.file), has(self.http), has(self.otlp), has(self.kafka)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'sink \"' + self.name + '\" sets ' + (has(self.stdout) || has(self.file) || has(self.http) || has(self.otlp) || has(self.kafka) ? (has(self.stdout) ? 'stdout ' : '') + (has(self.file) ? 'file ' : '') + (has(self.http) ? 'http ' : '') + (has(self.otlp) ? 'otlp ' : '') + (has(self.kafka) ? 'kafka ' : '') : 'none of them ') + '- a sink sets exactly one of stdout, file, http, otlp or kafka'".into())),
+        validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || has(self.http) || has(self.otlp) || has(self.kafka)").message(kube::core::Message::Expression("'sink \"' + self.name + '\": credentialsSecretRef applies to http, otlp and kafka sinks only'".into())).field_path(".credentialsSecretRef"),
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -308,12 +308,16 @@ pub struct Sink {
     pub http: Option<HttpSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
     /// The queue in front of the sink; default in memory, 2 MiB, `whenFull: block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<Buffer>,
     /// A Secret in the pod's namespace holding credentials for an `http` or `otlp` sink: keys
     /// `username` and `password` (basic auth), `token` (bearer), `header.<Name>` (any
-    /// header). The webhook mounts it into the sidecar; only its name is published.
+    /// header); for a `kafka` sink, SASL: `username`, `password` and `mechanism` (`PLAIN`,
+    /// the default, `SCRAM-SHA-256` or `SCRAM-SHA-512`). The webhook mounts it into the
+    /// sidecar; only its name is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
@@ -431,6 +435,74 @@ pub enum LineEncoding {
     Raw,
     /// The event's fields plus `_servicelog: {source, pod, namespace}`.
     Json,
+}
+
+/// A Kafka topic: one record per event, produced with `acks=all`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSink {
+    /// Bootstrap brokers, `host:port`; the others are found from their metadata.
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 16)))]
+    pub brokers: Vec<String>,
+    /// The topic written to; it must exist (the sink does not create it).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 249)))]
+    pub topic: String,
+    /// Event field whose value is the record key (dotted names reach into nested JSON):
+    /// records with the same key go to the same partition (murmur2, as Java clients
+    /// do). Absent, or absent from an event: no key, and each batch goes to the next
+    /// partition in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The record value: the original line (`raw`, the default) or the event as JSON.
+    #[serde(default)]
+    pub encoding: LineEncoding,
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// Only `all`: the sink always waits for every in-sync replica, since the file's
+    /// checkpoint moves on that answer; `1` and `0` are refused.
+    #[serde(default)]
+    pub acks: KafkaAcks,
+    /// A produce request holds at most `maxBytes` of record values per partition (default
+    /// 512 KiB, at most 1 MiB, the broker's default `message.max.bytes`); events wait at
+    /// most `timeout` (default `100ms`) for more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<HttpBatch>,
+    /// TLS to the brokers (the system roots unless `caFile` names a mounted CA bundle);
+    /// absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+}
+
+/// Compression of a Kafka sink's record batches (the codecs the sidecar is built with).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+/// The acknowledgement a Kafka sink waits for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaAcks {
+    /// Every in-sync replica has the records.
+    #[default]
+    All,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// PEM file of the CAs to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// An HTTP endpoint (Loki, Elasticsearch or any JSON-lines receiver).

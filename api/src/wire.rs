@@ -273,6 +273,15 @@ pub struct Instance {
     pub error: Option<String>,
     /// RFC 3339 time of this state.
     pub since: String,
+    /// Sinks that cannot deliver now (an unreachable broker, a topic that does not
+    /// exist, refused credentials), by name, with why; absent when all deliver. Their
+    /// events wait in the buffer meanwhile. Changes do not move `since`.
+    #[serde(
+        default,
+        rename = "sinkErrors",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub sink_errors: std::collections::BTreeMap<String, String>,
 }
 
 impl Instance {
@@ -554,7 +563,7 @@ mod tests {
     #[test]
     fn an_unknown_field_in_the_spec_is_refused_by_its_path() {
         let spec = serde_json::json!({
-            "sinks": [{"name": "out", "kafka": {"topic": "logs"}}],
+            "sinks": [{"name": "out", "pulsar": {"topic": "logs"}}],
             "sources": [{"name": "app", "file": {"paths": ["/a/*.log"]}}],
         });
         let hash = hash_bytes(&canonical_json(&spec).unwrap());
@@ -563,10 +572,10 @@ mod tests {
         let WireError::InvalidSpec(errors) = &err else {
             panic!("expected InvalidSpec, got {err:?}");
         };
-        assert_eq!(errors.0[0].path, "spec.sinks[0].kafka");
+        assert_eq!(errors.0[0].path, "spec.sinks[0].pulsar");
         assert!(
             err.to_string()
-                .contains("spec.sinks[0].kafka: unknown field"),
+                .contains("spec.sinks[0].pulsar: unknown field"),
             "{err}"
         );
     }
@@ -654,9 +663,11 @@ mod tests {
             state: InstanceState::Error,
             error: Some("spec.rules[0].to[0]: unknown sink".into()),
             since: "2026-11-25T00:00:00Z".into(),
+            sink_errors: [("events".to_owned(), "topic \"x\" does not exist".to_owned())].into(),
         };
         let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();
         assert!(s.contains(r#""state":"error""#), "{s}");
+        assert!(s.contains(r#""sinkErrors":{"events":"#), "{s}");
         assert_eq!(Instance::from_slice(s.as_bytes()).unwrap(), i);
     }
 }

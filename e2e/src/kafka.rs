@@ -6,7 +6,12 @@
 //!
 //! Tests get one shared broker from [`crate::TestEnv::kafka`]: started on first use in
 //! the environment's directory and stopped with it. Topics are the tests' own (unique
-//! names), so they can share it.
+//! names), so they can share it. A test that stops the broker ([`Kafka::stop`],
+//! [`Kafka::restart`]) starts one of its own with [`Kafka::start`].
+//!
+//! Besides the plaintext listener ([`Kafka::bootstrap`]) the broker has a SASL_PLAINTEXT
+//! one with the PLAIN mechanism ([`Kafka::sasl_bootstrap`]) that knows one user,
+//! [`SASL_USER`] / [`SASL_PASSWORD`]; no authorizer, so that user may do anything.
 
 use std::{
     fs,
@@ -29,14 +34,23 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 const READY_LINE: &str = "Kafka Server started";
 /// Any 16 bytes, base64url: every broker formats its own fresh log directory.
 const CLUSTER_ID: &str = "c2VydmljZWxvZ3Rlc3QxMg";
+/// The one user of the SASL listener.
+pub const SASL_USER: &str = "servicelog";
+pub const SASL_PASSWORD: &str = "servicelog-test-secret";
 
 /// A running single-node broker, stopped (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Kafka {
     port: u16,
+    sasl_port: u16,
     dir: PathBuf,
     proc: Proc,
     started_in: Duration,
+    /// What [`Kafka::restart`] runs again.
+    env: EnvDir,
+    name: String,
+    classpath: String,
+    properties: PathBuf,
 }
 
 impl Kafka {
@@ -72,7 +86,7 @@ impl Kafka {
         classpath: &str,
         started: Instant,
     ) -> Result<Self, EnvError> {
-        let (port, controller_port) = (free_port()?, free_port()?);
+        let (port, controller_port, sasl_port) = (free_port()?, free_port()?, free_port()?);
         let name = if attempt == 0 {
             label.to_owned()
         } else {
@@ -87,10 +101,16 @@ impl Kafka {
         let config = format!(
             "process.roles=broker,controller\nnode.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},\
+             SASL_PLAINTEXT://127.0.0.1:{sasl_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}\n\
              controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,\
+             SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+             sasl.enabled.mechanisms=PLAIN\n\
+             listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+             org.apache.kafka.common.security.plain.PlainLoginModule required \
+             user_{SASL_USER}=\"{SASL_PASSWORD}\";\n\
              log.dirs={}\nnum.partitions=1\nauto.create.topics.enable=false\n\
              offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
              transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n\
@@ -111,29 +131,55 @@ impl Kafka {
             });
         }
 
-        let mut cmd = java(classpath);
-        cmd.arg("kafka.Kafka").arg(&properties);
-        let mut proc = Proc::spawn(&name, cmd, env)?;
-        let what = format!("the Kafka broker to log {READY_LINE:?} (127.0.0.1:{port})");
-        let log = proc.log_path().to_owned();
-        wait_for(&what, START_TIMEOUT, Duration::from_millis(100), || {
-            if let Some(how) = proc.exited() {
-                return Err(how);
-            }
-            Ok(fs::read_to_string(&log).is_ok_and(|text| text.contains(READY_LINE)))
-        })
-        .map_err(|e| e.with_log(&name, &proc.log_tail(30)))?;
+        let proc = run(env, &name, classpath, &properties, port)?;
         Ok(Self {
             port,
+            sasl_port,
             dir,
             proc,
             started_in: started.elapsed(),
+            env: env.clone(),
+            name,
+            classpath: classpath.to_owned(),
+            properties,
         })
+    }
+
+    /// Stops the broker (SIGTERM, SIGKILL after 15 s), keeping its data: clients see
+    /// it go away until [`Kafka::restart`].
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(15));
+    }
+
+    /// Starts the stopped broker again on the same ports and data, waiting until it
+    /// serves.
+    ///
+    /// Notable errors: as for [`Kafka::start`]; a port taken meanwhile fails it.
+    pub fn restart(&mut self) -> Result<(), EnvError> {
+        self.stop();
+        self.proc = run(
+            &self.env,
+            &self.name,
+            &self.classpath,
+            &self.properties,
+            self.port,
+        )?;
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`, the bootstrap address clients are given.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The SASL_PLAINTEXT listener (mechanism PLAIN, [`SASL_USER`] / [`SASL_PASSWORD`]).
+    pub fn sasl_bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_port)
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// How long [`Kafka::start`] took, the fetch (when it ran) included.
@@ -171,6 +217,32 @@ impl Drop for Kafka {
         // A controlled shutdown of one node takes a second or two; SIGKILL after 15 s.
         self.proc.stop(Duration::from_secs(15));
     }
+}
+
+/// Runs the broker of `properties` and waits (bounded, named on timeout) until it logs
+/// [`READY_LINE`] once more than its log held before (a restart appends to it).
+fn run(
+    env: &EnvDir,
+    name: &str,
+    classpath: &str,
+    properties: &Path,
+    port: u16,
+) -> Result<Proc, EnvError> {
+    let log = env.join("logs").join(format!("{name}.log"));
+    let ready = |text: &str| text.matches(READY_LINE).count();
+    let before = fs::read_to_string(&log).map_or(0, |text| ready(&text));
+    let mut cmd = java(classpath);
+    cmd.arg("kafka.Kafka").arg(properties);
+    let mut proc = Proc::spawn(name, cmd, env)?;
+    let what = format!("the Kafka broker to log {READY_LINE:?} (127.0.0.1:{port})");
+    wait_for(&what, START_TIMEOUT, Duration::from_millis(100), || {
+        if let Some(how) = proc.exited() {
+            return Err(how);
+        }
+        Ok(fs::read_to_string(&log).is_ok_and(|text| ready(&text) > before))
+    })
+    .map_err(|e| e.with_log(name, &proc.log_tail(30)))?;
+    Ok(proc)
 }
 
 /// A small heap (the broker needs ~100 MiB for tests) and a JVM that starts fast.

@@ -166,6 +166,11 @@ impl Topology {
         self.running.load().as_ref().map(|r| r.hash.clone())
     }
 
+    /// Why sinks are not delivering now (see [`sinks::SinkErrors`]).
+    pub fn sink_errors(&self) -> sinks::SinkErrors {
+        self.shared.errors.clone()
+    }
+
     /// Sink threads still running (after [`Topology::clear`], those still draining).
     pub fn sinks_running(&self) -> Vec<String> {
         self.shared.running()

@@ -537,13 +537,17 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
         sink.file.is_some(),
         sink.http.is_some(),
         sink.otlp.is_some(),
+        sink.kafka.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         1 => {}
-        0 => errors.push(path, "a sink sets exactly one of stdout, file, http or otlp"),
+        0 => errors.push(
+            path,
+            "a sink sets exactly one of stdout, file, http, otlp or kafka",
+        ),
         _ => errors.push(
             path,
-            "a sink sets exactly one of stdout, file, http or otlp, not several",
+            "a sink sets exactly one of stdout, file, http, otlp or kafka, not several",
         ),
     }
     if let Some(file) = &sink.file
@@ -556,6 +560,9 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
     }
     if let Some(otlp) = &sink.otlp {
         check_otlp(errors, otlp, &format!("{path}.otlp"));
+    }
+    if let Some(kafka) = &sink.kafka {
+        check_kafka(errors, kafka, &format!("{path}.kafka"));
     }
     if let Some(buffer) = &sink.buffer
         && buffer.kind == BufferType::Memory
@@ -592,10 +599,10 @@ fn check_sink(errors: &mut Errors, sink: &Sink, path: &str) {
         }
     }
     if let Some(secret) = &sink.credentials_secret_ref {
-        if sink.http.is_none() && sink.otlp.is_none() {
+        if sink.http.is_none() && sink.otlp.is_none() && sink.kafka.is_none() {
             errors.push(
                 format!("{path}.credentialsSecretRef"),
-                "applies to http and otlp sinks only",
+                "applies to http, otlp and kafka sinks only",
             );
         }
         check_subdomain(
@@ -765,6 +772,103 @@ pub(crate) fn check_field_name(name: &str) -> Result<(), String> {
     }
     if name.split('.').count() > MAX_PATH {
         return Err(format!("{name:?} has more than {MAX_PATH} dotted segments"));
+    }
+    Ok(())
+}
+
+/// A Kafka sink: brokers as `host:port`, a topic name Kafka accepts, the key a field
+/// name, a batch the broker takes (its `message.max.bytes` is 1 MiB by default).
+fn check_kafka(errors: &mut Errors, kafka: &crate::v1alpha1::KafkaSink, path: &str) {
+    if kafka.brokers.is_empty() {
+        errors.push(format!("{path}.brokers"), "names at least one broker (host:port)");
+    }
+    for (i, broker) in kafka.brokers.iter().enumerate() {
+        if let Err(e) = check_host_port(broker) {
+            errors.push(format!("{path}.brokers[{i}]"), e);
+        }
+    }
+    if let Err(e) = check_topic(&kafka.topic) {
+        errors.push(format!("{path}.topic"), e);
+    }
+    if let Some(key) = &kafka.key
+        && let Err(e) = check_field_name(key)
+    {
+        errors.push(format!("{path}.key"), e);
+    }
+    if let Some(batch) = &kafka.batch {
+        if batch
+            .max_bytes
+            .is_some_and(|b| !(1024..=MAX_KAFKA_BATCH_BYTES).contains(&b))
+        {
+            errors.push(
+                format!("{path}.batch.maxBytes"),
+                "must be between 1024 and 1048576 (1 MiB, the broker's default message.max.bytes)",
+            );
+        }
+        if let Some(t) = &batch.timeout
+            && let Err(e) = parse_duration(t)
+        {
+            errors.push(format!("{path}.batch.timeout"), e);
+        }
+    }
+    if let Some(ca) = kafka.tls.as_ref().and_then(|t| t.ca_file.as_ref())
+        && !ca.starts_with('/')
+    {
+        errors.push(
+            format!("{path}.tls.caFile"),
+            format!("{ca:?} must be an absolute path"),
+        );
+    }
+}
+
+/// The largest `kafka.batch.maxBytes`.
+pub const MAX_KAFKA_BATCH_BYTES: u64 = 1 << 20;
+
+/// `host:port` (`[v6]:port` for IPv6 addresses), as Kafka clients take bootstrap brokers.
+fn check_host_port(broker: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{broker:?} is not host:port ({why})"));
+    if broker.contains("://") {
+        return bad("no scheme: Kafka brokers are given as host:port");
+    }
+    let Some((host, port)) = broker.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return bad("the port is a number from 1 to 65535");
+    }
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.strip_suffix(']') {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => return Ok(()),
+            _ => return bad("an IPv6 address goes in brackets, [::1]:9092"),
+        },
+        None => host,
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok { Ok(()) } else { bad("a DNS name or an IP address before the colon") }
+}
+
+/// Kafka's own rule for topic names.
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("{topic:?} is not a valid Kafka topic name"));
+    }
+    if topic.len() > 249 {
+        return Err(format!("is {} characters long; Kafka allows 249", topic.len()));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{topic:?} contains {c:?}: Kafka topic names use letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }

@@ -417,6 +417,7 @@ mod tests {
             state,
             error: error.map(Into::into),
             since: "2026-11-25T00:00:00Z".into(),
+            sink_errors: Default::default(),
         }
     }
 

@@ -130,6 +130,9 @@ enum Wait {
 /// through the rotation.
 const AUTH_CHECK: Duration = Duration::from_secs(10);
 
+/// How often the sinks' errors are looked at for the instance record.
+const SINK_ERRORS_POLL: Duration = Duration::from_secs(1);
+
 pub struct ZkConfig {
     opts: ZkOptions,
     topology: Topology,
@@ -158,6 +161,8 @@ pub struct ZkConfig {
     auth_in_use: Option<Credentials>,
     /// When to look at the identity file again.
     auth_check_at: tokio::time::Instant,
+    /// The version of the sinks' errors the instance record says.
+    sink_errors_version: u64,
 }
 
 impl ZkConfig {
@@ -178,6 +183,7 @@ impl ZkConfig {
             instance_acl: None,
             auth_in_use: None,
             auth_check_at: tokio::time::Instant::now(),
+            sink_errors_version: 0,
         }
     }
 
@@ -346,6 +352,11 @@ impl ZkConfig {
                 () = tokio::time::sleep_until(self.auth_check_at), if self.opts.auth_file.is_some() => {
                     return Wait::AuthCheck;
                 }
+                () = tokio::time::sleep(SINK_ERRORS_POLL) => {
+                    if self.refresh_sink_errors() {
+                        return Wait::Fired;
+                    }
+                }
                 state = states.changed() => match state {
                     SessionState::Disconnected => {
                         self.metrics.zookeeper_connected.set(0);
@@ -489,13 +500,32 @@ impl ZkConfig {
             .as_ref()
             .is_some_and(|d| d.hash == hash && d.state == state && d.error == error);
         if !unchanged {
+            let (version, sink_errors) = self.topology.sink_errors().snapshot();
+            self.sink_errors_version = version;
             self.desired = Some(Instance {
                 pod: self.opts.pod.clone(),
                 hash,
                 state,
                 error,
                 since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                sink_errors,
             });
+        }
+    }
+
+    /// Puts the sinks' errors in the instance record if they changed; true if it did.
+    fn refresh_sink_errors(&mut self) -> bool {
+        let (version, errors) = self.topology.sink_errors().snapshot();
+        if version == self.sink_errors_version {
+            return false;
+        }
+        self.sink_errors_version = version;
+        match self.desired.as_mut() {
+            Some(record) if record.sink_errors != errors => {
+                record.sink_errors = errors;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -21,9 +21,11 @@
 pub mod buffer;
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod stdout;
 
 use std::{
+    collections::BTreeMap,
     io,
     path::PathBuf,
     sync::{
@@ -60,6 +62,11 @@ pub enum SinkError {
     Http {
         name: String,
         source: http::HttpError,
+    },
+    #[error("sink {name}: {source}")]
+    Kafka {
+        name: String,
+        source: kafka::KafkaError,
     },
 }
 
@@ -167,6 +174,56 @@ pub struct SinkShared {
     pub credentials_dir: PathBuf,
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
     disk_buffers: buffer::DiskRegistry,
+    /// Why sinks are not delivering now, for the instance record.
+    pub errors: SinkErrors,
+}
+
+/// Why each failing sink is not delivering, as its thread last said: the instance
+/// record's `sinkErrors`, so an unknown topic or refused credentials show where the
+/// operator looks, not only in the sidecar's log. A sink clears its entry once it
+/// delivers again or ends; `build` tells a replaced build from its successor.
+#[derive(Debug, Clone, Default)]
+pub struct SinkErrors(Arc<Mutex<SinkErrorsInner>>);
+
+#[derive(Debug, Default)]
+struct SinkErrorsInner {
+    version: u64,
+    by_sink: BTreeMap<String, (u64, String)>,
+}
+
+impl SinkErrors {
+    pub fn set(&self, sink: &str, build: u64, message: &str) {
+        if let Ok(mut inner) = self.0.lock()
+            && inner.by_sink.get(sink) != Some(&(build, message.to_owned()))
+        {
+            inner.by_sink.insert(sink.to_owned(), (build, message.to_owned()));
+            inner.version += 1;
+        }
+    }
+
+    pub fn clear(&self, sink: &str, build: u64) {
+        if let Ok(mut inner) = self.0.lock()
+            && inner.by_sink.get(sink).is_some_and(|(b, _)| *b == build)
+        {
+            inner.by_sink.remove(sink);
+            inner.version += 1;
+        }
+    }
+
+    /// A version that changes with every change, and the messages by sink.
+    pub fn snapshot(&self) -> (u64, BTreeMap<String, String>) {
+        self.0.lock().map_or_else(
+            |_| (0, BTreeMap::new()),
+            |inner| {
+                let errors = inner
+                    .by_sink
+                    .iter()
+                    .map(|(k, (_, m))| (k.clone(), m.clone()))
+                    .collect();
+                (inner.version, errors)
+            },
+        )
+    }
 }
 
 impl SinkShared {
@@ -274,6 +331,19 @@ pub fn build(
             })?;
         // Every http encoding is built from the events' JSON form.
         (Task::Http(Box::new(task)), LineEncoding::Json)
+    } else if let Some(k) = &def.kafka {
+        let task = kafka::KafkaTask::build(
+            def,
+            k,
+            &shared.credentials_dir,
+            metrics,
+            shared.errors.clone(),
+        )
+        .map_err(|source| SinkError::Kafka {
+            name: name.clone(),
+            source,
+        })?;
+        (Task::Kafka(Box::new(task)), k.encoding)
     } else {
         return Err(SinkError::Empty { name });
     };
@@ -297,6 +367,7 @@ pub fn build(
         .spawn(move || match task {
             Task::Write(writer) => run(&thread_name, writer, rx, counter, &thread_metrics),
             Task::Http(task) => task.run(rx),
+            Task::Kafka(task) => task.run(rx),
         })
         .map_err(|source| SinkError::Thread {
             name: name.clone(),
@@ -322,6 +393,7 @@ const STACK: usize = 512 * 1024;
 enum Task {
     Write(Box<dyn Writer>),
     Http(Box<http::HttpTask>),
+    Kafka(Box<kafka::KafkaTask>),
 }
 
 fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter, metrics: &Metrics) {
