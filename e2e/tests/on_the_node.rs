@@ -842,13 +842,14 @@ fn given_zookeeper_unreachable_when_an_annotated_pod_starts_then_the_app_starts_
 }
 
 #[test]
-fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then_it_waits_in_init_naming_the_image()
+fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then_it_runs_without_the_sidecar_and_says_why()
  {
     let installed = installed();
     let env = installed.env;
     let _turn = one_at_a_time();
     let ns = new_namespace(env, "nopull");
     let image = "servicelog.test/not-loaded:1";
+    let extra = format!("{RELEASE}-sidecar-prepull-extra");
     apply(
         env,
         &format!(
@@ -859,43 +860,150 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         ),
     );
     wait_published(env, &ns, "broken");
-    apply(env, &app(&ns, "web", "broken", 1, Some(FS_GROUP)));
-    // A native sidecar is an init container: the kubelet starts the app only once it has
-    // started, so an image that cannot be pulled holds the pod in Init (what Kubernetes
-    // does with any init container). What the user sees: STATUS Init:ErrImagePull or
-    // Init:ImagePullBackOff, and an Event naming the image.
+    // The leader pre-pulls the per-ServiceLog image on every node; the kubelet cannot.
+    until(
+        env,
+        "the operator's pre-pull DaemonSet to try the ServiceLog's image and fail",
+        ROLLOUT,
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            &format!("servicelog.io/prepull-set={extra}"),
+            "-o",
+            "json",
+        ],
+        |text| {
+            serde_json::from_str::<Value>(text).is_ok_and(|pods| {
+                pods["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|pod| {
+                        pod["spec"]["containers"][0]["image"] == image
+                            && pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                                .as_str()
+                                .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+                    })
+                })
+            })
+        },
+    );
+    let manifest = env.dir().join(format!("{}.yaml", unique_name("nopull")));
+    std::fs::write(&manifest, app(&ns, "web", "broken", 1, Some(FS_GROUP)))
+        .expect("writing the app");
+    let out = env
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()
+        .expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The Deployment is admitted; its pod gets the warning (in the ReplicaSet controller's
+    // request, so not printed here) and an Event, and starts without the sidecar.
     let text = until(
         env,
-        "the pod to report that its sidecar's image cannot be pulled",
+        "the app's pod to be Ready without the sidecar",
         ROLLOUT,
         &["get", "pods", "-n", &ns, "-l", "app=web", "-o", "json"],
         |text| {
             serde_json::from_str::<Value>(text).is_ok_and(|pods| {
-                pods["items"][0]["status"]["initContainerStatuses"][0]["state"]["waiting"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+                pods["items"][0]["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
             })
         },
     );
     let pod = &serde_json::from_str::<Value>(&text).expect("JSON")["items"][0];
-    let waiting = &container_status(pod, true, SIDECAR)["state"]["waiting"];
+    let containers: Vec<&Value> = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["spec"]["containers"].as_array().into_iter().flatten())
+        .collect();
     assert!(
-        waiting["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(image)),
-        "the waiting message does not name the image: {waiting}"
+        containers.iter().all(|c| c["name"] != SIDECAR),
+        "the sidecar was injected with an image no node could pull: {containers:?}"
     );
-    let app = container_status(pod, false, "app");
+    let pod_name = name(pod);
+    let events = until(
+        env,
+        "the ServiceLogNotInjected Event naming the image",
+        ROUTING,
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=ServiceLogNotInjected",
+            "-o",
+            "json",
+        ],
+        |text| text.contains(image),
+    );
+    let event = serde_json::from_str::<Value>(&events).expect("JSON")["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|e| e.to_string().contains(image))
+                .cloned()
+        })
+        .expect("an Event naming the image");
+    let note = event["note"]
+        .as_str()
+        .or(event["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     assert!(
-        app["state"].get("running").is_none(),
-        "the app runs before its native sidecar started: {app}"
+        note.contains("ImagePullBackOff") || note.contains("ErrImagePull"),
+        "the Event does not carry the kubelet's reason: {note}"
     );
-    let printed = kubectl(env, &["get", "pods", "-n", &ns, "-l", "app=web"]);
+    // A dry run shows the user the same warning at `kubectl apply`.
+    let pod_manifest = env
+        .dir()
+        .join(format!("{}.yaml", unique_name("nopull-pod")));
+    std::fs::write(
+        &pod_manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: probe, namespace: {ns}, annotations: {{servicelog.io/inject: broken}}}}\n\
+             spec:\n  containers: [{{name: app, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: [/bin/sleep, \"3600\"]}}]\n"
+        ),
+    )
+    .expect("writing a pod");
+    let out = env
+        .kubectl()
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(&pod_manifest)
+        .output()
+        .expect("kubectl apply --dry-run=server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        printed.contains("Init:ErrImagePull") || printed.contains("Init:ImagePullBackOff"),
-        "kubectl get pods does not show the pull failure:\n{printed}"
+        out.status.success() && stderr.contains("Warning: servicelog: sidecar image servicelog.test/not-loaded:1 is not running on any node"),
+        "kubectl apply does not warn about the image: {stderr}"
     );
-    eprintln!("on the node: sidecar image not pullable:\n{printed}{waiting}");
+    eprintln!(
+        "on the node: sidecar image not pullable: pod {pod_name} Ready without the sidecar; kubectl says:\n{stderr}"
+    );
+    // The ServiceLog gone, its image is no longer pre-pulled.
+    kubectl(
+        env,
+        &["delete", "servicelog", "broken", "-n", &ns, "--wait=false"],
+    );
+    until(
+        env,
+        "the per-ServiceLog pre-pull DaemonSet to go with the last ServiceLog that named an image",
+        ROUTING,
+        &["get", "daemonsets", "-n", NAMESPACE, "-o", "name"],
+        |text| !text.contains(&extra),
+    );
 }
 
 /// Seconds from `kubectl apply` of a pod to `kubectl wait --for=condition=Ready` returning

@@ -91,6 +91,24 @@ impl CachedServiceLog {
         })
     }
 
+    /// `spec.sidecar.image`, read without parsing the rest of the spec (the pre-pull
+    /// DaemonSet asks for every resource's every few seconds).
+    pub fn sidecar_image(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Spec {
+            sidecar: Option<Sidecar>,
+        }
+        #[derive(Deserialize)]
+        struct Sidecar {
+            image: Option<String>,
+        }
+        serde_json::from_str::<Spec>(&self.spec)
+            .ok()?
+            .sidecar?
+            .image
+            .filter(|image| !image.is_empty())
+    }
+
     /// Whether the selector matches a pod's labels (no selector matches nothing).
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.as_ref().is_some_and(|s| s.matches(labels))

@@ -11,5 +11,6 @@ pub mod inject;
 pub mod lease;
 pub mod manifests;
 pub mod metrics;
+pub mod prepull;
 pub mod webhook;
 pub mod zk;

@@ -10,6 +10,7 @@ use servicelog_api::wire::Layout;
 use servicelog_operator::{
     controller, crd, lease, manifests,
     metrics::Metrics,
+    prepull,
     zk::{Guard, Zk, ZkConfig},
 };
 
@@ -181,6 +182,11 @@ struct RunArgs {
         default_value = "ghcr.io/servicelog/servicelog-sidecar:0.1.0"
     )]
     sidecar_image: String,
+    /// The chart's sidecar pre-pull DaemonSet in the operator's namespace: inject an image
+    /// only once a pre-pull pod runs it, and keep `<name>-extra` running the images set per
+    /// ServiceLog. Unset: inject without checking.
+    #[arg(long, env = "SERVICELOG_SIDECAR_PREPULL")]
+    sidecar_prepull: Option<String>,
     /// Elect a leader among replicas with a Lease; only the leader reconciles.
     #[arg(long, env = "SERVICELOG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -358,6 +364,15 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or_else(lease::Leadership::always, lease::Elector::leadership);
     zk.start_securing().await;
+    if let Some(name) = &args.sidecar_prepull {
+        tokio::spawn(prepull::keep(
+            client.clone(),
+            args.namespace.clone(),
+            name.clone(),
+            args.sidecar_image.clone(),
+            cache.store(),
+        ));
+    }
     metrics.set_leader(elector.is_some());
     let settings = controller::Settings {
         layout,
@@ -506,6 +521,10 @@ async fn start_webhooks(
             },
         ),
         metrics: metrics.clone(),
+        prepull: args
+            .sidecar_prepull
+            .as_deref()
+            .map(|name| prepull::Gate::start(client.clone(), &args.namespace, name)),
     });
     tokio::spawn(webhook::serve(listener, resolver.clone(), webhook));
 

@@ -44,6 +44,7 @@ use crate::{
     certs::Resolver,
     inject::{self, InjectConfig, Request as InjectRequest, Skip},
     metrics::Metrics,
+    prepull,
 };
 
 /// Largest review body accepted (a pod spec is far smaller).
@@ -70,6 +71,8 @@ pub struct Webhook {
     pub inject: InjectConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Which sidecar images the nodes run; `None` injects without asking.
+    pub prepull: Option<prepull::Gate>,
 }
 
 /// Serves HTTPS on `listener` with the certificate `resolver` holds at each handshake.
@@ -255,6 +258,21 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
             );
         }
     };
+    if let Some(gate) = &webhook.prepull {
+        let image = slog
+            .spec
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.image.as_deref())
+            .unwrap_or(&webhook.inject.image);
+        if let Err(why) = gate.check(image).await {
+            let skip = Skip::ImageNotPulled(why);
+            return (
+                warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
+                "warned",
+            );
+        }
+    }
     let injected = match inject::inject(pod, &namespace, &name, &slog.spec, &webhook.inject) {
         Ok(injected) => injected,
         Err(skip) => {

@@ -66,6 +66,11 @@ struct Cli {
     /// Exit once every file has been read to its end and written (benchmarks).
     #[arg(long, hide = true)]
     exit_on_eof: bool,
+    /// Do nothing until SIGTERM. The chart's pre-pull DaemonSet runs the image this way,
+    /// so every node has it pulled (and kept from image garbage collection) before the
+    /// webhook injects it.
+    #[arg(long, exclusive = true)]
+    hold: bool,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +94,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.hold {
+        return hold();
+    }
     let config = match (cli.config_file, cli.zk_connect, cli.config_znode) {
         (Some(path), _, _) => ConfigSource::File(path),
         (None, Some(connect), Some(znode)) => ConfigSource::ZooKeeper { connect, znode },
@@ -128,4 +136,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("building the tokio runtime")?;
     runtime.block_on(app::run(opts))?;
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, using no more than the runtime's one thread.
+fn hold() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
+        }
+        Ok(())
+    })
 }

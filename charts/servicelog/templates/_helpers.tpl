@@ -130,6 +130,12 @@ The operator's --zk-connect: the embedded StatefulSet's pods, or zookeeper.conne
 {{- end }}
 {{- end }}
 
+{{/* The sidecar pre-pull DaemonSet; the operator's DaemonSet for per-ServiceLog images is
+this name with `-extra`. */}}
+{{- define "servicelog.prepull.name" -}}
+{{- printf "%s-sidecar-prepull" (include "servicelog.fullname" .) | trunc 57 | trimSuffix "-" }}
+{{- end }}
+
 {{/* An image reference from {repository, tag, digest}; the tag defaults to appVersion. */}}
 {{- define "servicelog.image" -}}
 {{- $tag := default .ctx.Chart.AppVersion .image.tag }}
