@@ -85,6 +85,9 @@ pub enum Skip {
         container: String,
         why: String,
     },
+    /// The sidecar image does not run on any node yet (see `prepull`).
+    #[error("{0}")]
+    ImageNotPulled(String),
     #[error("{0}")]
     Internal(String),
 }
