@@ -32,6 +32,10 @@ pub const ZK_TLS_DIR: &str = "/var/run/servicelog/zookeeper-tls";
 pub const ZK_TLS_CA_KEY: &str = "ca.crt";
 pub const ZK_TLS_CERT_KEY: &str = "tls.crt";
 pub const ZK_TLS_KEY_KEY: &str = "tls.key";
+/// Where the webhook mounts the pod's downward-API files in the sidecar: `labels`, the
+/// pod's labels (`key="value"` lines), which the kubelet rewrites when they change.
+pub const PODINFO_DIR: &str = "/var/run/servicelog/podinfo";
+pub const PODINFO_LABELS: &str = "labels";
 /// The sidecar's `/metrics`, `/healthz` and `/readyz` port.
 pub const METRICS_PORT: u16 = 9779;
 /// The sidecar's default metrics address.
@@ -62,6 +66,12 @@ pub mod env {
     pub const ZK_TLS_KEY_FILE: &str = "SERVICELOG_ZK_TLS_KEY_FILE";
     /// Overrides [`super::METRICS_ADDR`].
     pub const METRICS_ADDR: &str = "SERVICELOG_METRICS_ADDR";
+    /// The pod's labels file ([`super::PODINFO_DIR`]/[`super::PODINFO_LABELS`]), for the
+    /// `labels` of `_servicelog`.
+    pub const POD_LABELS_FILE: &str = "SERVICELOG_POD_LABELS_FILE";
+    /// The app containers the sidecar was injected for, comma-separated; with one, it is
+    /// the `container` of `_servicelog`.
+    pub const CONTAINERS: &str = "SERVICELOG_CONTAINERS";
 }
 
 /// The directory a sink's credentials are mounted at.

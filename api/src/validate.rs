@@ -299,6 +299,7 @@ pub const FORBIDDEN_DIRS: &[(&str, &str)] = &[
     ),
     (pod::CREDENTIALS_DIR, "the sinks' mounted credentials"),
     (pod::ZK_AUTH_DIR, "the sidecar's ZooKeeper identity"),
+    (pod::PODINFO_DIR, "the pod's labels, from the downward API"),
 ];
 
 /// Directories of container images a source or sink directory may be neither at nor under:

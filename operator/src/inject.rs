@@ -30,6 +30,8 @@ const STATE_VOLUME: &str = "servicelog-state";
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// An empty volume mounted over [`SERVICE_ACCOUNT_DIR`] in the sidecar alone.
 const NO_TOKEN_VOLUME: &str = "servicelog-no-token";
+/// The pod's labels as a downward-API file, for `_servicelog.labels`.
+const PODINFO_VOLUME: &str = "servicelog-podinfo";
 /// Mode of the Secret files mounted into the sidecar. The kubelet writes them owned by
 /// root, with the pod's fsGroup as their group only when the pod has one; the sidecar runs
 /// as 65532, so 0440 left a pod without fsGroup unable to read its ZooKeeper identity
@@ -250,6 +252,26 @@ pub fn inject(
     let no_token = unique_volume_name(volumes, NO_TOKEN_VOLUME);
     volumes.push(empty_dir(&no_token, "1Mi"));
     sidecar_mounts.push(mount(&no_token, SERVICE_ACCOUNT_DIR, true));
+    // The pod's labels as a file the kubelet keeps current: env vars are fixed at start and
+    // cannot hold every label.
+    let podinfo = unique_volume_name(volumes, PODINFO_VOLUME);
+    volumes.push(Volume {
+        name: podinfo.clone(),
+        downward_api: Some(k8s_openapi::api::core::v1::DownwardAPIVolumeSource {
+            items: Some(vec![k8s_openapi::api::core::v1::DownwardAPIVolumeFile {
+                path: pod::PODINFO_LABELS.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.labels".into(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    sidecar_mounts.push(mount(&podinfo, pod::PODINFO_DIR, true));
+    let app_containers: Vec<String> = pod_spec.containers.iter().map(|c| c.name.clone()).collect();
 
     // Every app container gets the source directories (none of them mounts one: see
     // `shadowed`).
@@ -269,7 +291,19 @@ pub fn inject(
         .as_ref()
         .and_then(|a| a.get(SIDECAR_MODE_ANNOTATION))
         .is_none_or(|m| m != "container");
-    let sidecar = container(config, &overrides, &znode, sidecar_mounts, native);
+    let mut sidecar = container(config, &overrides, &znode, sidecar_mounts, native);
+    sidecar.env.get_or_insert_with(Vec::new).extend([
+        EnvVar {
+            name: pod::env::POD_LABELS_FILE.into(),
+            value: Some(format!("{}/{}", pod::PODINFO_DIR, pod::PODINFO_LABELS)),
+            value_from: None,
+        },
+        EnvVar {
+            name: pod::env::CONTAINERS.into(),
+            value: Some(app_containers.join(",")),
+            value_from: None,
+        },
+    ]);
     let pod_spec = pod
         .spec
         .as_mut()
@@ -709,6 +743,66 @@ defaultTo: [loki]
     }
 
     #[test]
+    fn given_a_pod_when_injected_then_the_sidecar_alone_reads_its_labels_and_knows_its_app_containers()
+     {
+        let two = r#"
+metadata: {name: web, labels: {app: checkout}, annotations: {servicelog.io/inject: checkout}}
+spec:
+  containers: [{name: app, image: busybox}, {name: proxy, image: envoy}]
+"#;
+        let out = inject(&pod(two), "shop", "checkout", &spec(), &config()).unwrap();
+        let ps = out.spec.as_ref().unwrap();
+        let sidecar = &ps.init_containers.as_ref().unwrap()[0];
+        let env = |name: &str| {
+            sidecar
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env(pod::env::POD_LABELS_FILE).as_deref(),
+            Some("/var/run/servicelog/podinfo/labels")
+        );
+        assert_eq!(env(pod::env::CONTAINERS).as_deref(), Some("app,proxy"));
+        let m = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == pod::PODINFO_DIR)
+            .expect("the sidecar mounts the labels");
+        assert_eq!(m.read_only, Some(true));
+        let volume = ps
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        let items = volume
+            .downward_api
+            .as_ref()
+            .and_then(|d| d.items.as_ref())
+            .expect("a downward API volume");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].path, "labels");
+        assert_eq!(
+            items[0].field_ref.as_ref().map(|f| f.field_path.as_str()),
+            Some("metadata.labels")
+        );
+        for app in &ps.containers {
+            assert!(
+                app.volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.mount_path != pod::PODINFO_DIR),
+                "{} does not get the sidecar's podinfo",
+                app.name
+            );
+        }
+    }
+
+    #[test]
     fn a_plain_pod_gets_a_native_sidecar_volumes_env_and_the_marker() {
         let out = inject(&pod(PLAIN), "shop", "checkout", &spec(), &config()).unwrap();
         golden("plain-pod.json", &out);
@@ -733,7 +827,9 @@ defaultTo: [loki]
                 "SERVICELOG_CONFIG_ZNODE",
                 "POD_NAME",
                 "POD_NAMESPACE",
-                "SERVICELOG_STATE_DIR"
+                "SERVICELOG_STATE_DIR",
+                "SERVICELOG_POD_LABELS_FILE",
+                "SERVICELOG_CONTAINERS"
             ]
         );
         let znode = sidecar
@@ -769,7 +865,8 @@ defaultTo: [loki]
                 "/var/log/app",
                 "/var/log/servicelog",
                 STATE_DIR,
-                SERVICE_ACCOUNT_DIR
+                SERVICE_ACCOUNT_DIR,
+                pod::PODINFO_DIR
             ]
         );
         assert_eq!(

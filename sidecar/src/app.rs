@@ -27,7 +27,10 @@ use crate::{
         zk_thread::ZkThread,
     },
     metrics::Metrics,
-    pipeline::Origin,
+    pipeline::{
+        Origin,
+        podinfo::{self, PodLabels},
+    },
     sources::{
         file::{Tailer, TailerLinks, TailerOptions},
         syslog::{Syslog, SyslogLinks},
@@ -53,6 +56,10 @@ pub struct AppOptions {
     pub config: ConfigSource,
     pub pod: String,
     pub namespace: String,
+    /// The downward API's labels file, for `_servicelog.labels`.
+    pub pod_labels_file: Option<PathBuf>,
+    /// The app containers the sidecar was injected for.
+    pub containers: Vec<String>,
     pub state_dir: PathBuf,
     /// Where http sinks' credentials Secrets are mounted (`<dir>/<sink>/`).
     pub credentials_dir: PathBuf,
@@ -97,9 +104,16 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
     })?;
     let metrics = Metrics::new();
     let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+    let labels = PodLabels::new(opts.pod_labels_file.clone());
+    labels.watch(podinfo::POLL);
     let origin = Origin {
         pod: opts.pod.clone(),
         namespace: opts.namespace.clone(),
+        container: match opts.containers.as_slice() {
+            [one] if !one.is_empty() => Some(one.clone()),
+            _ => None,
+        },
+        labels,
     };
     let topology = Topology::new(
         metrics.clone(),

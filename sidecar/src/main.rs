@@ -31,6 +31,14 @@ struct Cli {
     pod_name: String,
     #[arg(long, env = pod::env::POD_NAMESPACE, default_value = "default")]
     pod_namespace: String,
+    /// The pod's labels as the downward API writes them (`key="value"` lines), for
+    /// `_servicelog.labels`; re-read when it changes.
+    #[arg(long, env = pod::env::POD_LABELS_FILE)]
+    pod_labels_file: Option<PathBuf>,
+    /// The app containers the sidecar serves, comma-separated; with exactly one, it is
+    /// `_servicelog.container`.
+    #[arg(long, env = pod::env::CONTAINERS, value_delimiter = ',')]
+    containers: Vec<String>,
     /// Checkpoints and the last-known-good config.
     #[arg(long, env = pod::env::STATE_DIR, default_value = pod::STATE_DIR)]
     state_dir: PathBuf,
@@ -120,6 +128,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         zk_tls,
         pod: cli.pod_name,
         namespace: cli.pod_namespace,
+        pod_labels_file: cli.pod_labels_file,
+        containers: cli.containers,
         state_dir: cli.state_dir,
         credentials_dir: cli.credentials_dir,
         zk_auth_file: cli.zk_auth_file,

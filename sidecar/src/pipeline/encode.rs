@@ -24,8 +24,15 @@ use servicelog_api::{
 
 use crate::json::{json_string, push_json_text};
 
-/// The `"_servicelog":{...}` member for one source, rendered once per pipeline.
-pub fn meta_member(source: &str, pod: &str, namespace: &str) -> Vec<u8> {
+/// The `"_servicelog":{...}` member for one source, rendered once per pipeline (and again
+/// when the pod's labels change): `container` when known, `labels` when the pod has any.
+pub fn meta_member(
+    source: &str,
+    pod: &str,
+    namespace: &str,
+    container: Option<&str>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + source.len() + pod.len() + namespace.len());
     out.extend_from_slice(b"\"_servicelog\":{\"source\":");
     json_string(&mut out, source.as_bytes());
@@ -33,6 +40,22 @@ pub fn meta_member(source: &str, pod: &str, namespace: &str) -> Vec<u8> {
     json_string(&mut out, pod.as_bytes());
     out.extend_from_slice(b",\"namespace\":");
     json_string(&mut out, namespace.as_bytes());
+    if let Some(container) = container {
+        out.extend_from_slice(b",\"container\":");
+        json_string(&mut out, container.as_bytes());
+    }
+    if !labels.is_empty() {
+        out.extend_from_slice(b",\"labels\":{");
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(&mut out, k.as_bytes());
+            out.push(b':');
+            json_string(&mut out, v.as_bytes());
+        }
+        out.push(b'}');
+    }
     out.push(b'}');
     out
 }
@@ -258,7 +281,7 @@ mod tests {
             &mut out,
             &event,
             format,
-            &meta_member("app", "pod-1", "shop"),
+            &meta_member("app", "pod-1", "shop", None, &Default::default()),
         );
         assert_eq!(out.last(), Some(&b'\n'));
         assert_eq!(

@@ -18,8 +18,12 @@
 //! building a pipeline (which sinks to carry over, which to start) is the topology's job.
 
 pub mod encode;
+pub mod podinfo;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
 use prometheus_client::metrics::counter::Counter;
 use servicelog_api::{
@@ -38,13 +42,34 @@ use crate::{
 pub struct Origin {
     pub pod: String,
     pub namespace: String,
+    /// The app container, when the sidecar was injected for exactly one.
+    pub container: Option<String>,
+    /// The pod's labels (none outside Kubernetes).
+    pub labels: Arc<podinfo::PodLabels>,
+}
+
+impl Origin {
+    /// The `_servicelog` member of `source`'s events, with the labels in force.
+    fn meta(&self, source: &str) -> (u64, Arc<[u8]>) {
+        let (generation, labels) = self.labels.snapshot();
+        let meta = encode::meta_member(
+            source,
+            &self.pod,
+            &self.namespace,
+            self.container.as_deref(),
+            &labels,
+        );
+        (generation, meta.into())
+    }
 }
 
 /// What a source's events take along, whatever their run.
 #[derive(Debug)]
 struct SourceOut {
-    /// Its `_servicelog` member (see [`encode::meta_member`]).
-    meta: Vec<u8>,
+    name: String,
+    /// Its `_servicelog` member (see [`encode::meta_member`]), rendered again when the
+    /// pod's labels change, with the labels generation it was rendered at.
+    meta: Mutex<(u64, Arc<[u8]>)>,
     events_in: Counter,
     /// Whether the source can read a run again if a sink fails it (see [`Ack::is_failed`]).
     rereadable: bool,
@@ -63,6 +88,7 @@ pub struct Pipeline {
     /// Where sink buffers come from and go back to.
     shared: Arc<SinkShared>,
     metrics: Metrics,
+    origin: Origin,
 }
 
 impl Pipeline {
@@ -79,7 +105,8 @@ impl Pipeline {
             .source_names()
             .iter()
             .map(|name| SourceOut {
-                meta: encode::meta_member(name, &origin.pod, &origin.namespace),
+                name: name.clone(),
+                meta: Mutex::new(origin.meta(name)),
                 events_in: metrics.source_counter(name),
                 rereadable: true,
             })
@@ -91,7 +118,21 @@ impl Pipeline {
             sources,
             shared,
             metrics: metrics.clone(),
+            origin: origin.clone(),
         }
+    }
+
+    /// Source `source`'s `_servicelog` member, re-rendered first if the labels changed.
+    fn meta(&self, source: usize) -> Arc<[u8]> {
+        let Some(s) = self.sources.get(source) else {
+            return Arc::from(&b""[..]);
+        };
+        let generation = self.origin.labels.generation();
+        let mut meta = s.meta.lock().unwrap_or_else(PoisonError::into_inner);
+        if meta.0 != generation {
+            *meta = self.origin.meta(&s.name);
+        }
+        meta.1.clone()
     }
 
     /// Source `source` cannot read a run again (syslog): a sink that fails one of its
@@ -162,7 +203,7 @@ impl Batcher {
         let router = &pipeline.router;
         Run {
             format: router.source_format(source).unwrap_or(Format::Text),
-            meta: pipeline.sources.get(source).map_or(&[], |s| &s.meta),
+            meta: pipeline.meta(source),
             batcher: self,
             pipeline,
             router,
@@ -181,7 +222,7 @@ pub struct Run<'a> {
     router: &'a Router,
     source: usize,
     format: Format,
-    meta: &'a [u8],
+    meta: Arc<[u8]>,
     capacity: usize,
     now: Instant,
     events: u64,
@@ -252,11 +293,11 @@ impl<'a> Run<'a> {
                 LineEncoding::Raw => out.extend_from_slice(raw),
                 LineEncoding::Json if self.format == Format::Regex && !written.is_text() => {
                     let fields = self.router.fields(written);
-                    encode::encode_fields_json(out, &fields, self.meta);
+                    encode::encode_fields_json(out, &fields, &self.meta);
                 }
                 LineEncoding::Json => {
                     let from = out.len();
-                    encode::encode_json(out, written, self.format, self.meta);
+                    encode::encode_json(out, written, self.format, &self.meta);
                     if flatten && !written.is_text() {
                         let end = out.len() - 1;
                         for c in &mut out[from..end] {
@@ -288,7 +329,7 @@ impl<'a> Run<'a> {
                 }
                 match b.encodings[sink] {
                     LineEncoding::Raw => encode::encode_fields_raw(out, &fields),
-                    LineEncoding::Json => encode::encode_fields_json(out, &fields, self.meta),
+                    LineEncoding::Json => encode::encode_fields_json(out, &fields, &self.meta),
                 }
                 b.counts[sink] += 1;
             }

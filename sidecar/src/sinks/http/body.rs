@@ -80,7 +80,17 @@ impl Encoder {
         action.extend_from_slice(b"}}\n");
         Self {
             encoding,
-            labels: labels.iter().map(|f| (label_name(f), f.clone())).collect(),
+            labels: labels
+                .iter()
+                .map(|f| {
+                    // The pod's labels are named as in Kubernetes, not `_servicelog_labels_…`.
+                    let short = f
+                        .strip_prefix("_servicelog.labels.")
+                        .or_else(|| f.strip_prefix("_servicelog."))
+                        .unwrap_or(f);
+                    (label_name(short), f.clone())
+                })
+                .collect(),
             action,
             last_ns: 0,
         }
@@ -156,15 +166,37 @@ impl Encoder {
     /// Renders the stream's labels, sorted by name: `"name":"value",…`.
     fn stream_key(&self, out: &mut Vec<u8>, event: &[u8], meta: Option<Meta>) {
         let mut labels: Vec<(&str, String)> = Vec::with_capacity(3 + self.labels.len());
+        // `_servicelog.labels.<key>` and `_servicelog.container`: the pod's metadata.
+        let mut pod_labels = Vec::new();
+        for (name, path) in &self.labels {
+            let Some(m) = meta.as_ref() else { break };
+            let value = match path.strip_prefix("_servicelog.") {
+                Some("container") => m.container.clone(),
+                Some(rest) => rest
+                    .strip_prefix("labels.")
+                    .and_then(|key| m.labels.get(key).cloned()),
+                None => None,
+            };
+            if let Some(v) = value {
+                pod_labels.push((name.as_str(), v));
+            }
+        }
         if let Some(m) = meta {
             labels.push(("namespace", m.namespace));
             labels.push(("pod", m.pod));
             labels.push(("source", m.source));
         }
+        for (name, v) in pod_labels {
+            labels.retain(|(n, _)| *n != name);
+            labels.push((name, v));
+        }
         if !self.labels.is_empty()
             && let Ok(value) = serde_json::from_slice::<serde_json::Value>(event)
         {
             for (name, path) in &self.labels {
+                if path.starts_with("_servicelog.") {
+                    continue;
+                }
                 if let Some(v) = field(&value, path).and_then(label_value) {
                     labels.retain(|(n, _)| n != name);
                     labels.push((name, v));
@@ -204,6 +236,10 @@ struct Meta {
     pod: String,
     #[serde(default)]
     namespace: String,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// The event without its trailing `_servicelog` member, and that member.
@@ -496,6 +532,28 @@ mod tests {
     }
 
     #[test]
+    fn given_loki_labels_from_the_pods_metadata_then_streams_carry_them() {
+        let mut enc = Encoder::new(
+            HttpEncoding::Loki,
+            &[
+                "_servicelog.labels.app.kubernetes.io/name".to_owned(),
+                "_servicelog.container".to_owned(),
+                "_servicelog.labels.absent".to_owned(),
+            ],
+            None,
+        );
+        let line = "{\"msg\":\"a\",\"_servicelog\":{\"source\":\"app\",\"pod\":\"web-1\",\"namespace\":\"shop\",\"container\":\"web\",\"labels\":{\"app.kubernetes.io/name\":\"shop\",\"tier\":\"front\"}}}\n";
+        let body = build(&mut enc, &[line.to_owned()]);
+        let v: Value = serde_json::from_slice(&body.data).expect("the body is JSON");
+        assert_eq!(
+            v["streams"][0]["stream"],
+            json!({"namespace":"shop","pod":"web-1","source":"app",
+                   "app_kubernetes_io_name":"shop","container":"web"})
+        );
+        assert_eq!(v["streams"][0]["values"][0][1], r#"{"msg":"a"}"#);
+    }
+
+    #[test]
     fn loki_groups_by_labels_and_strips_servicelog_from_the_line() {
         let mut enc = Encoder::new(
             HttpEncoding::Loki,
@@ -716,7 +774,7 @@ mod tests {
                     let r = router(name);
                     let event = r.parse(0, &line);
                     let mut encoded = Vec::new();
-                    encode_json(&mut encoded, &event, format, &meta_member("app", "pod-1", "shop"));
+                    encode_json(&mut encoded, &event, format, &meta_member("app", "pod-1", "shop", None, &Default::default()));
                     prop_assert_eq!(encoded.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
                     assert_json(&format!("{name}: encoding: json"), &encoded)?;
                     for encoding in [HttpEncoding::JsonLines, HttpEncoding::Loki, HttpEncoding::Elasticsearch] {
