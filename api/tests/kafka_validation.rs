@@ -81,7 +81,9 @@ fn given_an_empty_topic_or_no_brokers_then_both_are_reported() {
 fn given_kafka_and_another_kind_then_the_sink_is_refused() {
     assert_errors(
         "  - name: k\n    stdout: {}\n    kafka: {brokers: [\"k:9092\"], topic: t}\n",
-        &["spec.sinks[0]: a sink sets exactly one of stdout, file, http, otlp or kafka, not several"],
+        &[
+            "spec.sinks[0]: a sink sets exactly one of stdout, file, http, otlp or kafka, not several",
+        ],
     );
 }
 

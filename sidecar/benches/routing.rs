@@ -24,6 +24,14 @@
 //!   `file_to_http`: its lines per CPU-second ÷ the file → file sidecar's, same run
 //!   (issue #7's target: ≥ 0.7).
 //!
+//! - `servicelog-sidecar-kafka`: the same sidecar and rules, the two sinks `kafka` sinks
+//!   (defaults: no compression, 512 KiB batches, 100 ms) to a real broker
+//!   (`servicelog-e2e`'s [`Kafka`], KRaft, one node, on the other core), a fresh
+//!   one-partition topic per sink and run. Every line must be a record once, its value the
+//!   input line (record counts and value bytes read back). Reported as `file_to_kafka`:
+//!   its lines per CPU-second ÷ the file → file sidecar's, same run (issue #21's target:
+//!   ≥ 0.6). The broker's own CPU is not counted, as the http receiver's is not.
+//!
 //! Every run's outputs are counted line by line and must equal the input's counts per
 //! level. A sidecar run that does not fails the benchmark; a contender's is reported as a
 //! failed run (its median is over its good runs). Prints one JSON document on stdout
@@ -33,7 +41,8 @@
 //! `cargo bench -p servicelog-sidecar --bench routing` runs it in full. Environment:
 //! `BENCH_LINES`, `BENCH_RUNS` (3), `BENCH_DIR` (`target/bench/sidecar`), `BENCH_CPU` (the
 //! core to pin to; default the last one; `none` to not pin), `BENCH_CONTENDERS`
-//! (comma-separated subset of `servicelog-sidecar,servicelog-sidecar-http,syslog-ng,rsyslog`,
+//! (comma-separated subset of
+//! `servicelog-sidecar,servicelog-sidecar-http,servicelog-sidecar-kafka,syslog-ng,rsyslog`,
 //! plus `servicelog-sidecar-disk` and `servicelog-sidecar-disk-sync`, the file sinks behind
 //! disk buffers without and with `sync: batch`, not run by default), `BENCH_SYSLOG_NG`
 //! (the binary; default `syslog-ng` on PATH), `BENCH_RSYSLOG_DIR` (a root holding
@@ -63,6 +72,7 @@ const POLL: Duration = Duration::from_millis(20);
 
 const SIDECAR: &str = "servicelog-sidecar";
 const SIDECAR_HTTP: &str = "servicelog-sidecar-http";
+const SIDECAR_KAFKA: &str = "servicelog-sidecar-kafka";
 /// File sinks behind disk buffers, without and with `sync: batch`.
 const SIDECAR_DISK: &str = "servicelog-sidecar-disk";
 const SIDECAR_DISK_SYNC: &str = "servicelog-sidecar-disk-sync";
@@ -75,6 +85,8 @@ const TARGET_IDLE_RSS_MIB: f64 = 8.0;
 const TARGET_LOAD_RSS_MIB: f64 = 32.0;
 /// Issue #7's target: file → http within 70 % of file → file, per CPU-second.
 const TARGET_HTTP_VS_FILE: f64 = 0.7;
+/// Issue #21's target: file → Kafka within 60 % of file → file, per CPU-second.
+const TARGET_KAFKA_VS_FILE: f64 = 0.6;
 
 const MESSAGES: [&str; 20] = [
     "request served",
@@ -278,6 +290,7 @@ enum Kind {
         buffer: &'static str,
     },
     SidecarHttp,
+    SidecarKafka,
     SyslogNg {
         bin: PathBuf,
     },
@@ -567,6 +580,181 @@ fn run_sidecar_http(dir: &Path, w: &Workload, pin: Pin, rx: &receiver::Receiver)
     run
 }
 
+/// The sidecar with its two sinks as kafka sinks to `broker`, each to a topic of its own.
+fn run_sidecar_kafka(dir: &Path, w: &Workload, pin: Pin, broker: &kafka::Broker) -> Run {
+    let run_dir = fresh_dir(dir, SIDECAR_KAFKA);
+    let config = run_dir.join("servicelog.yaml");
+    let (alerts, info) = broker.topics();
+    let bootstrap = broker.bootstrap();
+    let yaml = config_yaml(&w.input, Path::new("/unused"), "")
+        .replace(
+            "file: {path: \"/unused/alerts.log\"}",
+            &format!("kafka: {{brokers: [\"{bootstrap}\"], topic: {alerts}}}"),
+        )
+        .replace(
+            "file: {path: \"/unused/info.log\"}",
+            &format!("kafka: {{brokers: [\"{bootstrap}\"], topic: {info}}}"),
+        );
+    assert!(yaml.contains(&alerts) && yaml.contains(&info), "{yaml}");
+    fs::write(&config, yaml).expect("writing the sidecar's config");
+    let report = run_dir.join("time.txt");
+    let start = Instant::now();
+    let status = pin
+        .command(Path::new("/usr/bin/time"))
+        .arg("-v")
+        .arg("-o")
+        .arg(&report)
+        .arg(BIN)
+        .arg("--config-file")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(run_dir.join("work"))
+        .args(["--pod-name", POD, "--pod-namespace", NAMESPACE])
+        .args(["--metrics-addr", "127.0.0.1:0", "--exit-on-eof"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("running the sidecar under /usr/bin/time (apt-get install time)");
+    let wall_s = start.elapsed().as_secs_f64();
+    let report = fs::read_to_string(&report).expect("reading /usr/bin/time's report");
+    let (got_alerts, got_info) = (broker.read(&alerts), broker.read(&info));
+    let mut run = Run {
+        wall_s,
+        user_s: time_field(&report, "User time (seconds):").unwrap_or(f64::NAN),
+        sys_s: time_field(&report, "System time (seconds):").unwrap_or(f64::NAN),
+        max_rss_kib: time_field(&report, "Maximum resident set size (kbytes):").unwrap_or(0.0)
+            as u64,
+        alerts: got_alerts.0,
+        info: got_info.0,
+        error: (!status.success()).then(|| format!("the sidecar failed: {status}")),
+    };
+    // Each record's value is an input line without its newline.
+    let (want_lines, want_bytes) = (w.expected_lines(), w.expected_bytes());
+    let want_bytes = (want_bytes.0 - want_lines.0, want_bytes.1 - want_lines.1);
+    if run.error.is_none() {
+        run.error = if (got_alerts.0, got_info.0) != want_lines {
+            Some(format!(
+                "records (alerts, info) = ({}, {}), expected {want_lines:?}",
+                got_alerts.0, got_info.0
+            ))
+        } else if (got_alerts.1, got_info.1) != want_bytes {
+            Some(format!(
+                "value bytes (alerts, info) = ({}, {}), expected {want_bytes:?}",
+                got_alerts.1, got_info.1
+            ))
+        } else {
+            None
+        };
+    }
+    run
+}
+
+/// The broker of the kafka runs, and a client to create and read its topics.
+mod kafka {
+    use std::{
+        cell::Cell,
+        path::Path,
+        process::Child,
+        time::{Duration, Instant},
+    };
+
+    use rskafka::client::{
+        Client, ClientBuilder,
+        partition::{OffsetAt, UnknownTopicHandling},
+    };
+    use servicelog_e2e::{kafka::Kafka, procs::EnvDir};
+
+    const WAIT: Duration = Duration::from_secs(120);
+
+    pub struct Broker {
+        kafka: Kafka,
+        client: Client,
+        rt: tokio::runtime::Runtime,
+        run: Cell<u32>,
+        _watchdog: Child,
+        _env: EnvDir,
+    }
+
+    impl Broker {
+        /// Starts a broker in `dir`; the reason if it cannot.
+        pub fn start(dir: &Path) -> Result<Self, String> {
+            let env = EnvDir::create(dir.to_owned()).map_err(|e| e.to_string())?;
+            let watchdog = env.spawn_watchdog().map_err(|e| e.to_string())?;
+            let kafka = Kafka::start(&env, "kafka").map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let client = rt
+                .block_on(ClientBuilder::new(vec![kafka.bootstrap()]).build())
+                .map_err(|e| format!("connecting to the broker: {e}"))?;
+            Ok(Self {
+                kafka,
+                client,
+                rt,
+                run: Cell::new(0),
+                _watchdog: watchdog,
+                _env: env,
+            })
+        }
+
+        pub fn bootstrap(&self) -> String {
+            self.kafka.bootstrap()
+        }
+
+        /// Two new one-partition topics, (alerts, info).
+        pub fn topics(&self) -> (String, String) {
+            let n = self.run.get() + 1;
+            self.run.set(n);
+            let names = (format!("alerts-{n}"), format!("info-{n}"));
+            let controller = self
+                .client
+                .controller_client()
+                .expect("a controller client");
+            for topic in [&names.0, &names.1] {
+                self.rt
+                    .block_on(controller.create_topic(topic.as_str(), 1, 1, 10_000))
+                    .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+            }
+            names
+        }
+
+        /// The records of `topic` and the sum of their values' lengths.
+        pub fn read(&self, topic: &str) -> (u64, u64) {
+            self.rt.block_on(async {
+                let pc = self
+                    .client
+                    .partition_client(topic, 0, UnknownTopicHandling::Retry)
+                    .await
+                    .unwrap_or_else(|e| panic!("a client for {topic}: {e}"));
+                let end = pc
+                    .get_offset(OffsetAt::Latest)
+                    .await
+                    .unwrap_or_else(|e| panic!("the end offset of {topic}: {e}"));
+                let (mut records, mut bytes, mut offset) = (0u64, 0u64, 0i64);
+                let deadline = Instant::now() + WAIT;
+                while offset < end {
+                    assert!(
+                        Instant::now() < deadline,
+                        "reading {topic} up to {end} took over {WAIT:?}"
+                    );
+                    let (batch, _) = pc
+                        .fetch_records(offset, 1..8_000_000, 500)
+                        .await
+                        .unwrap_or_else(|e| panic!("fetching {topic} at {offset}: {e}"));
+                    for r in batch {
+                        records += 1;
+                        bytes += r.record.value.map_or(0, |v| v.len() as u64);
+                        offset = r.offset + 1;
+                    }
+                }
+                (records, bytes)
+            })
+        }
+    }
+}
+
 /// The receiver of the http runs: HTTP/1.1 on 127.0.0.1, counting lines and bytes per
 /// path (`/alerts`, `/info`), answering 204.
 mod receiver {
@@ -785,7 +973,7 @@ fn run_daemon(c: &Contender, dir: &Path, w: &Workload, pin: Pin, ticks: f64) -> 
                 .arg(work.join("rsyslogd.pid"));
             cmd
         }
-        Kind::Sidecar { .. } | Kind::SidecarHttp => {
+        Kind::Sidecar { .. } | Kind::SidecarHttp | Kind::SidecarKafka => {
             unreachable!("the sidecar is not run as a daemon")
         }
     };
@@ -949,7 +1137,9 @@ fn main() {
     let lines = env_num("BENCH_LINES", if full { 2_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
     let wanted: Vec<String> = std::env::var("BENCH_CONTENDERS")
-        .unwrap_or_else(|_| format!("{SIDECAR},{SIDECAR_HTTP},{SYSLOG_NG},{RSYSLOG}"))
+        .unwrap_or_else(|_| {
+            format!("{SIDECAR},{SIDECAR_HTTP},{SIDECAR_KAFKA},{SYSLOG_NG},{RSYSLOG}")
+        })
         .split(',')
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
@@ -998,10 +1188,15 @@ fn main() {
                 kind: Kind::SidecarHttp,
                 version: sidecar_version.clone(),
             }),
+            SIDECAR_KAFKA => Ok(Contender {
+                name: SIDECAR_KAFKA,
+                kind: Kind::SidecarKafka,
+                version: sidecar_version.clone(),
+            }),
             SYSLOG_NG => find_syslog_ng(),
             RSYSLOG => find_rsyslog(),
             other => panic!(
-                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SIDECAR_HTTP}, {SIDECAR_DISK}, {SIDECAR_DISK_SYNC}, {SYSLOG_NG}, {RSYSLOG})"
+                "BENCH_CONTENDERS: unknown contender {other:?} (known: {SIDECAR}, {SIDECAR_HTTP}, {SIDECAR_KAFKA}, {SIDECAR_DISK}, {SIDECAR_DISK_SYNC}, {SYSLOG_NG}, {RSYSLOG})"
             ),
         };
         match found {
@@ -1030,6 +1225,26 @@ fn main() {
         .iter()
         .any(|c| matches!(c.kind, Kind::SidecarHttp))
         .then(receiver::Receiver::start);
+    let broker = if contenders
+        .iter()
+        .any(|c| matches!(c.kind, Kind::SidecarKafka))
+    {
+        eprintln!("bench: starting a Kafka broker");
+        match kafka::Broker::start(&dir.join("kafka")) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                eprintln!("bench: {SIDECAR_KAFKA} is unavailable: {why}");
+                contenders.retain(|c| !matches!(c.kind, Kind::SidecarKafka));
+                unavailable.insert(
+                    SIDECAR_KAFKA.to_owned(),
+                    json!({"status": "unavailable", "reason": why}),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
     for i in 0..runs {
         for (c, results) in contenders.iter().zip(results.iter_mut()) {
@@ -1038,6 +1253,10 @@ fn main() {
                 Kind::SidecarHttp => match &receiver {
                     Some(rx) => run_sidecar_http(&dir, &w, pin, rx),
                     None => unreachable!("the receiver starts when the http contender is wanted"),
+                },
+                Kind::SidecarKafka => match &broker {
+                    Some(b) => run_sidecar_kafka(&dir, &w, pin, b),
+                    None => unreachable!("kafka contenders are dropped when no broker starts"),
                 },
                 _ => run_daemon(c, &dir, &w, pin, ticks),
             };
@@ -1051,7 +1270,10 @@ fn main() {
                 r.max_rss_kib,
                 r.error.as_deref().unwrap_or("ok"),
             );
-            if matches!(c.kind, Kind::Sidecar { .. } | Kind::SidecarHttp) {
+            if matches!(
+                c.kind,
+                Kind::Sidecar { .. } | Kind::SidecarHttp | Kind::SidecarKafka
+            ) {
                 assert!(r.error.is_none(), "the sidecar's run failed: {:?}", r.error);
             }
             results.push(r);
@@ -1106,6 +1328,15 @@ fn main() {
         _ => Value::Null,
     };
     let http_ratio = file_to_http["lines_per_cpu_s"].as_f64();
+    let file_to_kafka = match (med.get(SIDECAR_KAFKA), med.get(SIDECAR)) {
+        (Some(kafka), Some(file)) => json!({
+            "lines_per_cpu_s": ratio(kafka, file, "lines_per_cpu_s"),
+            "lines_per_s": ratio(kafka, file, "lines_per_s"),
+            "max_rss": ratio(kafka, file, "max_rss_kib"),
+        }),
+        _ => Value::Null,
+    };
+    let kafka_ratio = file_to_kafka["lines_per_cpu_s"].as_f64();
     // What `sync: batch` costs a disk-buffered sink: its figures ÷ `sync: none`'s.
     let disk_sync = match (med.get(SIDECAR_DISK_SYNC), med.get(SIDECAR_DISK)) {
         (Some(sync), Some(none)) => json!({
@@ -1131,6 +1362,7 @@ fn main() {
         "contenders": by_name,
         "ratios": ratios,
         "file_to_http": file_to_http,
+        "file_to_kafka": file_to_kafka,
         "disk_sync_vs_none": disk_sync,
         "idle_rss_kib": idle,
         "targets": {
@@ -1142,6 +1374,8 @@ fn main() {
                 "met": load_rss_mib.map(|m| m < TARGET_LOAD_RSS_MIB)},
             "http_vs_file_lines_per_cpu_s": {"target": TARGET_HTTP_VS_FILE, "measured": http_ratio,
                 "met": http_ratio.map(|r| r >= TARGET_HTTP_VS_FILE)},
+            "kafka_vs_file_lines_per_cpu_s": {"target": TARGET_KAFKA_VS_FILE, "measured": kafka_ratio,
+                "met": kafka_ratio.map(|r| r >= TARGET_KAFKA_VS_FILE)},
         },
     });
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

@@ -66,9 +66,12 @@ pub const DEFAULT_MAX_BYTES: u64 = 512 << 10;
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often the topic's partitions are read again while all goes well.
 pub const METADATA_REFRESH: Duration = Duration::from_secs(300);
-/// How long one attempt (connect, metadata, produce) may retry inside `rskafka` before
-/// the sink counts it failed, reports it and backs off itself.
-const ATTEMPT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long connecting (bootstrap, metadata, partition leaders) may take, retries inside
+/// `rskafka` included, before the sink counts it failed, reports it and backs off itself.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Likewise for producing one batch to every partition. A produce cut off by it may
+/// have been written: it is sent again (at least once).
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 static BUILDS: AtomicU64 = AtomicU64::new(0);
@@ -98,7 +101,9 @@ pub enum SaslError {
          Secret was named needs a restart"
     )]
     Missing { dir: String },
-    #[error("{dir}: a kafka sink's Secret holds username and password (and optionally mechanism); {missing} is missing")]
+    #[error(
+        "{dir}: a kafka sink's Secret holds username and password (and optionally mechanism); {missing} is missing"
+    )]
     Incomplete { dir: String, missing: &'static str },
     #[error("reading {path}: {message}")]
     Read { path: String, message: String },
@@ -341,7 +346,13 @@ impl KafkaTask {
             *conn = None;
         }
         if conn.is_none() {
-            *conn = Some(self.runtime.block_on(self.connect())?);
+            let connecting = async { tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await };
+            *conn = Some(self.runtime.block_on(connecting).map_err(|_| Failure {
+                why: format!(
+                    "no connection to the brokers and the topic's partition leaders within {CONNECT_TIMEOUT:?}"
+                ),
+                retry: true,
+            })??);
         }
         let Some(c) = conn.as_ref() else {
             return Err(Failure {
@@ -369,15 +380,23 @@ impl KafkaTask {
         }
         let compression = self.compression;
         let max_bytes = self.max_bytes;
-        let produced = self.runtime.block_on(futures::future::join_all(
-            groups.iter_mut().map(|(p, records)| {
+        let producing =
+            futures::future::join_all(groups.iter_mut().map(|(p, records)| {
                 produce_all(&c.partitions[*p], records, compression, max_bytes)
-            }),
-        ));
+            }));
+        let produced = self
+            .runtime
+            .block_on(async { tokio::time::timeout(PRODUCE_TIMEOUT, producing).await });
         groups.retain(|_, records| !records.is_empty());
-        match produced.into_iter().find_map(Result::err) {
-            None => Ok(()),
-            Some(e) => Err(classify(&e)),
+        match produced {
+            Err(_) => Err(Failure {
+                why: format!("the brokers did not acknowledge within {PRODUCE_TIMEOUT:?}"),
+                retry: true,
+            }),
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                None => Ok(()),
+                Some(e) => Err(classify(&e)),
+            },
         }
     }
 
@@ -388,7 +407,7 @@ impl KafkaTask {
                 init_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(2),
                 base: 2.0,
-                deadline: Some(ATTEMPT_DEADLINE),
+                deadline: Some(CONNECT_TIMEOUT),
             });
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.clone());
@@ -763,7 +782,9 @@ mod tests {
             })
         ));
         fs::write(dir.path().join("password"), "pw").unwrap();
-        assert!(matches!(read_sasl(dir.path()), Ok(SaslConfig::Plain(c)) if c.username == "svc" && c.password == "pw"));
+        assert!(
+            matches!(read_sasl(dir.path()), Ok(SaslConfig::Plain(c)) if c.username == "svc" && c.password == "pw")
+        );
         fs::write(dir.path().join("mechanism"), "SCRAM-SHA-512\n").unwrap();
         assert!(matches!(
             read_sasl(dir.path()),

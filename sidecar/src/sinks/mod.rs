@@ -193,10 +193,11 @@ struct SinkErrorsInner {
 
 impl SinkErrors {
     pub fn set(&self, sink: &str, build: u64, message: &str) {
+        let entry = (build, message.to_owned());
         if let Ok(mut inner) = self.0.lock()
-            && inner.by_sink.get(sink) != Some(&(build, message.to_owned()))
+            && inner.by_sink.get(sink) != Some(&entry)
         {
-            inner.by_sink.insert(sink.to_owned(), (build, message.to_owned()));
+            inner.by_sink.insert(sink.to_owned(), entry);
             inner.version += 1;
         }
     }
