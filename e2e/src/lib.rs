@@ -13,6 +13,7 @@ pub mod control_plane;
 pub mod fleet;
 pub mod kafka;
 pub mod node;
+pub mod otelcol;
 pub mod pod;
 pub mod procs;
 pub mod receiver;

@@ -80,6 +80,8 @@ mod tests {
             "COREDNS_VERSION",
             "NODE_TOOLS_ID",
             "KAFKA_VERSION",
+            "OTELCOL_VERSION",
+            "OTELCOL_TOOLS_ID",
         ] {
             assert!(
                 super::version(key).is_some(),

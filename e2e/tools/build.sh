@@ -6,6 +6,8 @@
 #   build.sh node   kubelet, kube-scheduler, kube-controller-manager, kube-proxy, coredns and a
 #                   static pause  -> ~/.cache/servicelog/tools/<NODE_TOOLS_ID>/bin
 #                   (only `make cluster` and the node test need these)
+#   build.sh otelcol  an OpenTelemetry Collector (otlp receiver, file exporter)
+#                   -> ~/.cache/servicelog/tools/<OTELCOL_TOOLS_ID>/bin (the OTLP sink's tests)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=/dev/null
@@ -15,11 +17,17 @@ set_name="${1:-control-plane}"
 case "$set_name" in
 control-plane) id=$TOOLS_ID; want=(kube-apiserver kubectl etcd helm) ;;
 node) id=$NODE_TOOLS_ID; want=(kubelet kube-scheduler kube-controller-manager kube-proxy coredns pause) ;;
-*) echo "usage: $0 [node]" >&2; exit 2 ;;
+otelcol) id=$OTELCOL_TOOLS_ID; want=(otelcol) ;;
+*) echo "usage: $0 [node|otelcol]" >&2; exit 2 ;;
 esac
 bin="$cache/tools/$id/bin"
 
 have_all() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
+if have_all; then echo "$bin"; exit 0; fi
+# Tests may ask for a set from several processes at once: one builds, the others wait.
+mkdir -p "$cache/tools"
+exec 9>"$cache/tools/$id.lock"
+flock 9
 if have_all; then echo "$bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "build.sh: the Go toolchain is needed to build the test tools (apt-get install golang, or Go >= 1.26)" >&2; exit 1; }
@@ -43,6 +51,9 @@ if [[ $set_name == control-plane ]]; then
   (cd "$here/kube" && go build -ldflags="$kube_ldflags" -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
   step "building helm v$HELM_VERSION"
   (cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
+elif [[ $set_name == otelcol ]]; then
+  step "building the OpenTelemetry Collector v$OTELCOL_VERSION (otlp receiver, file exporter; first time only, ~1-3 min)"
+  (cd "$here/otelcol" && go build -ldflags='-s -w' -o "$tmp/otelcol" .) >&2
 else
   # The same module (and so the same Go build cache) as the control plane's binaries.
   step "building kubelet, kube-scheduler, kube-controller-manager and kube-proxy from k8s.io/kubernetes v$KUBERNETES_VERSION (first time only, ~6 min after the control plane's tools, ~15 cold)"

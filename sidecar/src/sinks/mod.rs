@@ -21,6 +21,7 @@
 pub mod buffer;
 pub mod file;
 pub mod http;
+pub mod otlp;
 pub mod kafka;
 pub mod stdout;
 
@@ -62,6 +63,11 @@ pub enum SinkError {
     Http {
         name: String,
         source: http::HttpError,
+    },
+    #[error("sink {name}: {source}")]
+    Otlp {
+        name: String,
+        source: otlp::OtlpError,
     },
     #[error("sink {name}: {source}")]
     Kafka {
@@ -332,6 +338,16 @@ pub fn build(
             })?;
         // Every http encoding is built from the events' JSON form.
         (Task::Http(Box::new(task)), LineEncoding::Json)
+    } else if let Some(o) = &def.otlp {
+        let task =
+            otlp::OtlpTask::build(def, o, &shared.credentials_dir, metrics).map_err(|source| {
+                SinkError::Otlp {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
+        // LogRecords are built from the events' JSON form.
+        (Task::Otlp(Box::new(task)), LineEncoding::Json)
     } else if let Some(k) = &def.kafka {
         let task = kafka::KafkaTask::build(
             def,
@@ -368,6 +384,7 @@ pub fn build(
         .spawn(move || match task {
             Task::Write(writer) => run(&thread_name, writer, rx, counter, &thread_metrics),
             Task::Http(task) => task.run(rx),
+            Task::Otlp(task) => task.run(rx),
             Task::Kafka(task) => task.run(rx),
         })
         .map_err(|source| SinkError::Thread {
@@ -394,6 +411,7 @@ const STACK: usize = 512 * 1024;
 enum Task {
     Write(Box<dyn Writer>),
     Http(Box<http::HttpTask>),
+    Otlp(Box<otlp::OtlpTask>),
     Kafka(Box<kafka::KafkaTask>),
 }
 

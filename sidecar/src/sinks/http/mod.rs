@@ -231,36 +231,12 @@ impl HttpTask {
             })?,
             None => DEFAULT_REQUEST_TIMEOUT,
         };
-        let headers = http
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                match (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
-                    (Ok(k), Ok(v)) => Ok((k, v)),
-                    _ => Err(HttpError::Header { name: k.clone() }),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let headers = parse_headers(&http.headers)?;
         let credentials = match &def.credentials_secret_ref {
             Some(_) => Some(Credentials::load(&credentials_dir.join(&name))?),
             None => None,
         };
-
-        let mut config = Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(request_timeout))
-            .timeout_recv_body(Some(RESPONSE_BODY_TIMEOUT.min(request_timeout)))
-            .user_agent(concat!("servicelog-sidecar/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections(2)
-            .max_idle_connections_per_host(2);
-        if https {
-            config = config.tls_config(tls_config(http.tls.as_ref())?);
-        }
-        let agent: Agent = config.build().into();
+        let agent = agent(request_timeout, https, http.tls.as_ref())?;
 
         let encoding = http.encoding;
         Ok(Self {
@@ -576,7 +552,7 @@ fn next_run<'a>(
     Some(&rest[..len])
 }
 
-fn gzip(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn gzip(data: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let mut enc = GzEncoder::new(std::mem::take(out), Level::fast());
     // Writing into a Vec cannot fail.
@@ -585,7 +561,7 @@ fn gzip(data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Sleeps `wait`, waking to check `rx.stopped()`; false if it said to stop.
-fn sleep_unless_stopped(wait: Duration, rx: &BufferRx) -> bool {
+pub(crate) fn sleep_unless_stopped(wait: Duration, rx: &BufferRx) -> bool {
     let until = Instant::now() + wait;
     loop {
         let now = Instant::now();
@@ -599,16 +575,55 @@ fn sleep_unless_stopped(wait: Duration, rx: &BufferRx) -> bool {
     }
 }
 
-fn snippet(text: &[u8]) -> String {
+pub(crate) fn snippet(text: &[u8]) -> String {
     let s = String::from_utf8_lossy(&text[..text.len().min(SNIPPET)]);
     s.replace(['\n', '\r'], " ")
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ u64::from(std::process::id()).rotate_left(32)) | 1
+}
+
+/// The configured headers, checked as HTTP.
+pub(crate) fn parse_headers(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, HttpError> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(v)) => Ok((k, v)),
+                _ => Err(HttpError::Header { name: k.clone() }),
+            }
+        })
+        .collect()
+}
+
+/// A sink's blocking client: statuses are answers, not errors; no redirects; the whole
+/// exchange bounded by `request_timeout`; at most two idle connections kept.
+pub(crate) fn agent(
+    request_timeout: Duration,
+    https: bool,
+    tls: Option<&servicelog_api::v1alpha1::HttpTls>,
+) -> Result<Agent, HttpError> {
+    let mut config = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(request_timeout))
+        .timeout_recv_body(Some(RESPONSE_BODY_TIMEOUT.min(request_timeout)))
+        .user_agent(concat!("servicelog-sidecar/", env!("CARGO_PKG_VERSION")))
+        .max_idle_connections(2)
+        .max_idle_connections_per_host(2);
+    if https {
+        config = config.tls_config(tls_config(tls)?);
+    }
+    Ok(config.build().into())
 }
 
 /// The TLS setup of an `https://` sink: `caFile`'s CAs, else the system's.
