@@ -337,3 +337,63 @@ fn given_an_endpoint_answering_400_then_the_batch_is_a_clear_rejection_and_later
         "the 503 batch was not dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_an_endpoint_answering_400_then_the_instance_record_says_so_until_a_batch_goes_through()
+ {
+    let zk = TestZk::start("otlp-400");
+    let client = zk_client(&zk.connect_string()).await;
+    let s = Scratch::new();
+    let logs = s.logs();
+    let rx = Receiver::start();
+    rx.with(|st| st.fail_with = Some(400));
+    let root = format!("/{}", servicelog_e2e::unique_name("t"));
+    let config = format!("{root}/namespaces/shop/checkout/config");
+    let instance_path = format!("{root}/namespaces/shop/checkout/instances/checkout-1");
+    let sinks = otlp_sink(&rx.url(""), "");
+    publish(&client, &config, &envelope(1, &spec(&logs, &sinks, "otel"))).await;
+    let sidecar = Sidecar::start(
+        &s,
+        &[],
+        &[
+            ("SERVICELOG_ZK_CONNECT", &zk.connect_string()),
+            ("SERVICELOG_CONFIG_ZNODE", &config),
+            ("POD_NAME", "checkout-1"),
+            ("POD_NAMESPACE", "shop"),
+        ],
+    );
+    let app = logs.join("app.log");
+    append(&app, &(0..5).map(|i| line(i, "info")).collect::<Vec<_>>());
+    let error = |record: Option<(servicelog_api::wire::Instance, i64)>| {
+        record.and_then(|(r, _)| r.sink_errors.get("otel").cloned())
+    };
+    eventually(
+        "the instance record to name the refusal",
+        Duration::from_secs(30),
+        || async { error(instance(&client, &instance_path).await).is_some() },
+        || sidecar.log_tail(),
+    )
+    .await;
+    let message = error(instance(&client, &instance_path).await).unwrap_or_default();
+    println!("instance record: sinkErrors.otel = {message}");
+    assert!(
+        message.contains("refused a batch of 5 events for good")
+            && message.contains("status 400")
+            && message.contains("/v1/logs"),
+        "the error says what was refused, by whom and how: {message}"
+    );
+
+    rx.with(|st| st.fail_with = None);
+    append(&app, &(5..10).map(|i| line(i, "info")).collect::<Vec<_>>());
+    eventually(
+        "the error cleared once a batch went through",
+        Duration::from_secs(30),
+        || async { error(instance(&client, &instance_path).await).is_none() },
+        || sidecar.log_tail(),
+    )
+    .await;
+    assert_eq!(
+        sidecar.metric(r#"servicelog_events_out_total{sink="otel"}"#),
+        Some(5.0)
+    );
+}

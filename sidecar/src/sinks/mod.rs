@@ -339,13 +339,17 @@ pub fn build(
         // Every http encoding is built from the events' JSON form.
         (Task::Http(Box::new(task)), LineEncoding::Json)
     } else if let Some(o) = &def.otlp {
-        let task =
-            otlp::OtlpTask::build(def, o, &shared.credentials_dir, metrics).map_err(|source| {
-                SinkError::Otlp {
-                    name: name.clone(),
-                    source,
-                }
-            })?;
+        let task = otlp::OtlpTask::build(
+            def,
+            o,
+            &shared.credentials_dir,
+            metrics,
+            shared.errors.clone(),
+        )
+        .map_err(|source| SinkError::Otlp {
+            name: name.clone(),
+            source,
+        })?;
         // LogRecords are built from the events' JSON form.
         (Task::Otlp(Box::new(task)), LineEncoding::Json)
     } else if let Some(k) = &def.kafka {

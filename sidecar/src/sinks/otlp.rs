@@ -22,12 +22,17 @@
 //! forever behind everything else; 401/403 first re-read the mounted credentials and try
 //! again if they changed. A 2xx with a `partial_success` counts its rejected records the
 //! same way and logs the collector's message.
+//!
+//! Why the sink is not delivering also goes in the instance record's `sinkErrors` (see
+//! [`SinkErrors`]): while it retries (the collector down or answering 503), and after a
+//! refusal for good, until a request goes through again.
 
 use std::{
     collections::BTreeMap,
     fmt,
     io::Read,
     path::Path,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,6 +56,7 @@ use ureq::{
 };
 
 use super::{
+    SinkErrors,
     buffer::{BufferRx, Entry, RecvTimeout},
     http::{
         self, DEFAULT_BATCH_TIMEOUT, DEFAULT_MAX_BYTES, HttpError, MAX_RESPONSE,
@@ -324,6 +330,9 @@ enum Attempt {
     CredentialsChanged,
 }
 
+/// Numbers the builds, so a replaced build cannot clear its successor's error.
+static BUILDS: AtomicU64 = AtomicU64::new(0);
+
 /// A built otlp sink, ready to run on its thread.
 pub struct OtlpTask {
     name: String,
@@ -337,6 +346,10 @@ pub struct OtlpTask {
     resource: Vec<KeyValue>,
     metrics: Metrics,
     delivered: Counter,
+    errors: SinkErrors,
+    build: u64,
+    /// Whether this build has an error in `errors`.
+    erred: bool,
     /// The request being sent (protobuf), its gzipped form, and its record count.
     body: Vec<u8>,
     gz: Vec<u8>,
@@ -361,6 +374,7 @@ impl OtlpTask {
         otlp: &OtlpSink,
         credentials_dir: &Path,
         metrics: &Metrics,
+        errors: SinkErrors,
     ) -> Result<Self, OtlpError> {
         let name = def.name.clone();
         let url = logs_url(&otlp.endpoint);
@@ -414,6 +428,9 @@ impl OtlpTask {
             resource,
             delivered: metrics.sink_counter(&name),
             metrics: metrics.clone(),
+            errors,
+            build: BUILDS.fetch_add(1, Ordering::Relaxed),
+            erred: false,
             url,
             agent,
             body: Vec::new(),
@@ -465,10 +482,27 @@ impl OtlpTask {
                 rx.done(entry);
             }
         }
+        self.errors.clear(&self.name, self.build);
         tracing::debug!(sink = %self.name, "otlp sink drained and closed");
     }
 
+    /// Puts why the sink is not delivering in the instance record, or clears it (`None`).
+    fn report(&mut self, error: Option<String>) {
+        match error {
+            Some(message) => {
+                self.errors.set(&self.name, self.build, &message);
+                self.erred = true;
+            }
+            None if self.erred => {
+                self.errors.clear(&self.name, self.build);
+                self.erred = false;
+            }
+            None => {}
+        }
+    }
+
     fn give_up(&self, pending: &[Entry]) {
+        self.errors.clear(&self.name, self.build);
         let events: u64 = pending.iter().map(|e| e.events).sum();
         tracing::warn!(
             sink = %self.name,
@@ -528,6 +562,12 @@ impl OtlpTask {
                     if rejected > 0 {
                         tracing::warn!(sink = %self.name, rejected, reason = %why, "collector refused records of the batch for good (partial success); counted as rejected");
                         self.metrics.sink_dropped(&self.name, "rejected", rejected);
+                        self.report(Some(format!(
+                            "otlp sink {}: {} refused {rejected} of {} records for good (partial success: {why}); they were dropped",
+                            self.name, self.url, self.records
+                        )));
+                    } else {
+                        self.report(None);
                     }
                     if let Some(since) = failing_since {
                         tracing::info!(sink = %self.name, retries, down_for = ?since.elapsed(), "collector took the batch again");
@@ -538,6 +578,10 @@ impl OtlpTask {
                     tracing::warn!(sink = %self.name, events = self.records, reason = %why, "collector refused the batch for good; counted as rejected, not retried");
                     self.metrics
                         .sink_dropped(&self.name, "rejected", self.records);
+                    self.report(Some(format!(
+                        "otlp sink {}: {} refused a batch of {} events for good ({why}); it was dropped",
+                        self.name, self.url, self.records
+                    )));
                     return true;
                 }
                 Attempt::CredentialsChanged => {
@@ -556,6 +600,10 @@ impl OtlpTask {
             );
             if failing_since.is_none() {
                 tracing::warn!(sink = %self.name, error = %why, retry_in = ?wait, "sending failed; retrying with backoff");
+                self.report(Some(format!(
+                    "otlp sink {}: sending to {}: {why}; retrying",
+                    self.name, self.url
+                )));
                 failing_since = Some(Instant::now());
             } else {
                 tracing::debug!(sink = %self.name, error = %why, retry_in = ?wait, retries, "sending failed again");
