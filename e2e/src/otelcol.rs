@@ -27,7 +27,7 @@ use crate::{
 
 /// The collector starts in well under a second here; a loaded CI machine is slower.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// A cold build (module downloads included) took ~3 min here on 2 shared cores.
+/// A cold build (module downloads included) took 2.5-6.6 min here on 2 shared cores.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// What the collector logs once its pipelines run.
 const READY_LINE: &str = "Everything is ready";

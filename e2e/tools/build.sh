@@ -52,7 +52,7 @@ if [[ $set_name == control-plane ]]; then
   step "building helm v$HELM_VERSION"
   (cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
 elif [[ $set_name == otelcol ]]; then
-  step "building the OpenTelemetry Collector v$OTELCOL_VERSION (otlp receiver, file exporter; first time only, ~1-3 min)"
+  step "building the OpenTelemetry Collector v$OTELCOL_VERSION (otlp receiver, file exporter; first time only, ~3-7 min cold, ~35 s with a warm Go cache)"
   (cd "$here/otelcol" && go build -ldflags='-s -w' -o "$tmp/otelcol" .) >&2
 else
   # The same module (and so the same Go build cache) as the control plane's binaries.

@@ -9,9 +9,9 @@
 //!
 //! Batching, TLS, credentials and the client are the http sink's (see [`super::http`]):
 //! entries are held until they add up to `batch.maxBytes` of events (uncompressed JSON) or
-//! the first is `batch.timeout` old, then sent as requests of at most that many events'
-//! bytes, gzipped if asked; a batch's entries are done, in order, once every request of it
-//! is settled. Retries follow the OTLP/HTTP spec: connection errors, timeouts, 429, 502,
+//! the first is `batch.timeout` old, then sent as requests each cut once its events reach
+//! `maxBytes`, gzipped if asked; a batch's entries are done, in order, once every request
+//! of it is settled. Retries follow the OTLP/HTTP spec: connection errors, timeouts, 429, 502,
 //! 503 and 504 are retried with exponential backoff and jitter (100 ms doubling to 30 s;
 //! `Retry-After` in seconds honoured), each counted in `servicelog_sink_retries_total`,
 //! until the request goes through or the buffer says to stop (the entries are then
