@@ -594,6 +594,9 @@ async fn apply(
     if let Some(message) = &plan.rejected {
         ctx.event(obj, EventType::Warning, "Rejected", "Validate", message);
     }
+    let conds: Vec<_> = plan.conds.iter().map(|c| (c.type_, c.ok)).collect();
+    ctx.metrics
+        .servicelog_status(&key.0, &key.1, &conds, plan.status.pods.as_ref());
     let same_config = plan.status.config_hash == old.status.config_hash;
     let since = ctx.memory.rollout_written(&key).map(|t| t.elapsed());
     if let Some(wait) = status::throttle(plan.partway, same_config, since) {
@@ -652,6 +655,7 @@ async fn cleanup(obj: &ServiceLog, ctx: &Context) -> Result<Action, Error> {
         Err(e) => Err(e),
     };
     ctx.memory.forget(&(namespace.clone(), name.clone()));
+    ctx.metrics.forget_servicelog(&namespace, &name);
     match result {
         Ok(()) => {
             ctx.event(

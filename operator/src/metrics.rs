@@ -17,6 +17,22 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    servicelog: String,
+    /// `Valid`, `Published` or `Ready`.
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodsLabels {
+    namespace: String,
+    servicelog: String,
+    /// `matched`, `injected` or `applied`, as in the status' `pods`.
+    state: &'static str,
+}
+
 /// The operator's metrics (names from DESIGN.md).
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +42,11 @@ pub struct Metrics {
     zookeeper_connected: Gauge,
     leader: Gauge,
     events_dropped: Counter,
+    /// The leader's view of each ServiceLog's status, so dashboards and alerts need no
+    /// kube-state-metrics configuration for a custom resource. Set by the reconcile that
+    /// plans the status, removed with the resource.
+    servicelog_condition: Family<ConditionLabels, Gauge>,
+    servicelog_pods: Family<PodsLabels, Gauge>,
     ready: AtomicBool,
 }
 
@@ -72,6 +93,18 @@ impl Metrics {
             "Kubernetes Events not published because the API server fell behind",
             events_dropped.clone(),
         );
+        let servicelog_condition = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "servicelog_servicelog_condition",
+            "1 while the ServiceLog's condition (Valid, Published, Ready) is True, else 0; served by the leader",
+            servicelog_condition.clone(),
+        );
+        let servicelog_pods = Family::<PodsLabels, Gauge>::default();
+        registry.register(
+            "servicelog_servicelog_pods",
+            "Pods of a ServiceLog by state: matched by its selector, injected with its sidecar, applied (acking its configHash); served by the leader",
+            servicelog_pods.clone(),
+        );
         Self {
             registry,
             reconcile_total,
@@ -80,6 +113,8 @@ impl Metrics {
             zookeeper_connected,
             leader,
             events_dropped,
+            servicelog_condition,
+            servicelog_pods,
             ready: AtomicBool::new(false),
         }
     }
@@ -107,6 +142,59 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Records the conditions (`(type, ok)`) and pod counts a reconcile planned for one
+    /// ServiceLog.
+    pub fn servicelog_status(
+        &self,
+        namespace: &str,
+        servicelog: &str,
+        conditions: &[(&'static str, bool)],
+        pods: Option<&servicelog_api::v1alpha1::PodCounts>,
+    ) {
+        for (condition, ok) in conditions {
+            self.servicelog_condition
+                .get_or_create(&ConditionLabels {
+                    namespace: namespace.to_owned(),
+                    servicelog: servicelog.to_owned(),
+                    condition,
+                })
+                .set(i64::from(*ok));
+        }
+        if let Some(pods) = pods {
+            for (state, n) in [
+                ("matched", pods.matched),
+                ("injected", pods.injected),
+                ("applied", pods.applied),
+            ] {
+                self.servicelog_pods
+                    .get_or_create(&PodsLabels {
+                        namespace: namespace.to_owned(),
+                        servicelog: servicelog.to_owned(),
+                        state,
+                    })
+                    .set(i64::from(n));
+            }
+        }
+    }
+
+    /// Drops a deleted ServiceLog's series.
+    pub fn forget_servicelog(&self, namespace: &str, servicelog: &str) {
+        for condition in ["Valid", "Published", "Ready"] {
+            self.servicelog_condition.remove(&ConditionLabels {
+                namespace: namespace.to_owned(),
+                servicelog: servicelog.to_owned(),
+                condition,
+            });
+        }
+        for state in ["matched", "injected", "applied"] {
+            self.servicelog_pods.remove(&PodsLabels {
+                namespace: namespace.to_owned(),
+                servicelog: servicelog.to_owned(),
+                state,
+            });
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -160,6 +248,38 @@ mod tests {
         ] {
             assert!(text.contains(name), "metrics lack {name}:\n{text}");
         }
+    }
+
+    #[test]
+    fn given_a_planned_status_when_rendered_then_conditions_and_pods_are_series_until_forgotten() {
+        let m = Metrics::new();
+        let pods = servicelog_api::v1alpha1::PodCounts {
+            matched: 3,
+            injected: 2,
+            applied: 1,
+            summary: "1/2".into(),
+        };
+        m.servicelog_status(
+            "team",
+            "app",
+            &[("Valid", true), ("Ready", false)],
+            Some(&pods),
+        );
+        let text = m.encode();
+        for want in [
+            r#"servicelog_servicelog_condition{namespace="team",servicelog="app",condition="Valid"} 1"#,
+            r#"servicelog_servicelog_condition{namespace="team",servicelog="app",condition="Ready"} 0"#,
+            r#"servicelog_servicelog_pods{namespace="team",servicelog="app",state="injected"} 2"#,
+            r#"servicelog_servicelog_pods{namespace="team",servicelog="app",state="applied"} 1"#,
+        ] {
+            assert!(text.contains(want), "metrics lack {want}:\n{text}");
+        }
+        m.forget_servicelog("team", "app");
+        let text = m.encode();
+        assert!(
+            !text.contains(r#"servicelog="app""#),
+            "a deleted ServiceLog's series stay:\n{text}"
+        );
     }
 
     #[test]
