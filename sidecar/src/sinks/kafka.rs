@@ -69,6 +69,10 @@ pub const METADATA_REFRESH: Duration = Duration::from_secs(300);
 /// How long connecting (bootstrap, metadata, partition leaders) may take, retries inside
 /// `rskafka` included, before the sink counts it failed, reports it and backs off itself.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `rskafka` retries a request (connect, SASL, metadata, produce) itself before
+/// it returns the error: shorter than the timeouts around it, so the reason (refused
+/// credentials, connection refused) is what the sink reports, not the timeout.
+const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(4);
 /// Likewise for producing one batch to every partition. A produce cut off by it may
 /// have been written: it is sent again (at least once).
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -275,15 +279,14 @@ impl KafkaTask {
     ) -> bool {
         let mut attempt = 0u32;
         let mut last_why: Option<String> = None;
-        // Records per partition, cut once the partition count is known; a partition's
-        // list empties as it is acknowledged.
-        let mut groups: Option<BTreeMap<usize, Vec<Record>>> = None;
-        let mut events = 0u64;
+        // Cut once the partition count is known; a partition's lines leave it as they
+        // are acknowledged.
+        let mut cut: Option<Cut> = None;
         loop {
-            let result = self.attempt(conn, entries, next_partition, &mut groups, &mut events);
+            let result = self.attempt(conn, entries, next_partition, &mut cut);
             match result {
                 Ok(()) => {
-                    self.delivered.inc_by(events);
+                    self.delivered.inc_by(cut.as_ref().map_or(0, |c| c.events));
                     if last_why.is_some() {
                         tracing::info!(sink = %self.name, topic = %self.def.topic, "producing again");
                         self.errors.clear(&self.name, self.build);
@@ -292,9 +295,9 @@ impl KafkaTask {
                 }
                 Err(Failure { why, retry: false }) => {
                     // Whatever is left cannot be delivered by retrying.
-                    let dropped: u64 = groups
-                        .as_ref()
-                        .map_or(events, |g| g.values().map(|r| r.len() as u64).sum());
+                    let dropped: u64 = cut.as_ref().map_or(0, |c| {
+                        c.partitions.values().map(|l| l.len() as u64).sum()
+                    });
                     self.metrics.sink_dropped(&self.name, "rejected", dropped);
                     tracing::error!(sink = %self.name, topic = %self.def.topic, events = dropped, error = %why, "the broker refused records for good; dropped");
                     if last_why.is_some() {
@@ -336,8 +339,7 @@ impl KafkaTask {
         conn: &mut Option<Conn>,
         entries: &[Entry],
         next_partition: &mut usize,
-        groups: &mut Option<BTreeMap<usize, Vec<Record>>>,
-        events: &mut u64,
+        cut: &mut Option<Cut>,
     ) -> Result<(), Failure> {
         if conn
             .as_ref()
@@ -361,11 +363,9 @@ impl KafkaTask {
             });
         };
         let partitions = c.partitions.len();
-        let groups = groups.get_or_insert_with(|| {
-            let (g, n) = self.records(entries, partitions, next_partition);
-            *events = n;
-            g
-        });
+        let cut = cut.get_or_insert_with(|| self.cut(entries, partitions, next_partition));
+        let timestamp = cut.timestamp;
+        let groups = &mut cut.partitions;
         // A partition that went away since the records were cut (the topic was
         // recreated smaller): its records go to the others rather than wait forever.
         let lost: Vec<usize> = groups
@@ -381,8 +381,15 @@ impl KafkaTask {
         let compression = self.compression;
         let max_bytes = self.max_bytes;
         let producing =
-            futures::future::join_all(groups.iter_mut().map(|(p, records)| {
-                produce_all(&c.partitions[*p], records, compression, max_bytes)
+            futures::future::join_all(groups.iter_mut().map(|(p, lines)| {
+                produce_all(
+                    &c.partitions[*p],
+                    lines,
+                    entries,
+                    timestamp,
+                    compression,
+                    max_bytes,
+                )
             }));
         let produced = self
             .runtime
@@ -407,7 +414,7 @@ impl KafkaTask {
                 init_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(2),
                 base: 2.0,
-                deadline: Some(CONNECT_TIMEOUT),
+                deadline: Some(CLIENT_RETRY_DEADLINE),
             });
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.clone());
@@ -452,35 +459,34 @@ impl KafkaTask {
         })
     }
 
-    /// One record per line of `entries`, grouped by partition; and the number of events.
-    fn records(
-        &self,
-        entries: &[Entry],
-        partitions: usize,
-        next_partition: &mut usize,
-    ) -> (BTreeMap<usize, Vec<Record>>, u64) {
+    /// The lines of `entries` by partition.
+    fn cut(&self, entries: &[Entry], partitions: usize, next_partition: &mut usize) -> Cut {
         let sticky = *next_partition % partitions;
         *next_partition = next_partition.wrapping_add(1);
-        let timestamp = chrono::Utc::now();
-        let mut groups: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
-        let mut events = 0u64;
-        for entry in entries {
-            for line in entry.data.split_inclusive(|b| *b == b'\n') {
+        let mut cut = Cut {
+            partitions: BTreeMap::new(),
+            events: 0,
+            timestamp: chrono::Utc::now(),
+        };
+        for (entry, e) in entries.iter().enumerate() {
+            let mut start = 0;
+            for line in e.data.split_inclusive(|b| *b == b'\n') {
                 let value = line.strip_suffix(b"\n").unwrap_or(line);
                 let key = self.key.as_deref().and_then(|path| key_of(value, path));
                 let partition = key
                     .as_deref()
                     .map_or(sticky, |k| partition_for(k, partitions));
-                groups.entry(partition).or_default().push(Record {
+                cut.partitions.entry(partition).or_default().push(Line {
+                    entry,
+                    start,
+                    end: start + value.len(),
                     key,
-                    value: Some(value.to_vec()),
-                    headers: BTreeMap::new(),
-                    timestamp,
                 });
-                events += 1;
+                start += line.len();
+                cut.events += 1;
             }
         }
-        (groups, events)
+        cut
     }
 
     fn random(&mut self) -> u64 {
@@ -492,28 +498,55 @@ impl KafkaTask {
     }
 }
 
-/// Produces `records` to one partition in requests of at most `max_bytes` of values,
-/// one at a time (in order); each acknowledged request leaves `records`.
+/// A batch's lines by partition, kept until every partition acknowledged its own.
+struct Cut {
+    partitions: BTreeMap<usize, Vec<Line>>,
+    events: u64,
+    timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+/// One record to produce: where its value is in the batch's entries, and its key. The
+/// value is copied out only into the request, so a batch is held once.
+struct Line {
+    entry: usize,
+    start: usize,
+    end: usize,
+    key: Option<Vec<u8>>,
+}
+
+/// Produces `lines` to one partition in requests of at most `max_bytes` of keys and
+/// values, one at a time (in order); each acknowledged request leaves `lines`.
 async fn produce_all(
     partition: &PartitionClient,
-    records: &mut Vec<Record>,
+    lines: &mut Vec<Line>,
+    entries: &[Entry],
+    timestamp: chrono::DateTime<chrono::Utc>,
     compression: Compression,
     max_bytes: usize,
 ) -> Result<(), ClientError> {
-    while !records.is_empty() {
+    while !lines.is_empty() {
         let mut bytes = 0;
-        let n = records
+        let n = lines
             .iter()
-            .take_while(|r| {
-                let fits = bytes == 0 || bytes + r.approximate_size() <= max_bytes;
-                bytes += r.approximate_size();
+            .take_while(|l| {
+                let size = l.end - l.start + l.key.as_ref().map_or(0, Vec::len);
+                let fits = bytes == 0 || bytes + size <= max_bytes;
+                bytes += size;
                 fits
             })
             .count()
             .max(1);
-        let chunk: Vec<Record> = records[..n].to_vec();
-        partition.produce(chunk, compression).await?;
-        records.drain(..n);
+        let records = lines[..n]
+            .iter()
+            .map(|l| Record {
+                key: l.key.clone(),
+                value: Some(entries[l.entry].data[l.start..l.end].to_vec()),
+                headers: BTreeMap::new(),
+                timestamp,
+            })
+            .collect();
+        partition.produce(records, compression).await?;
+        lines.drain(..n);
     }
     Ok(())
 }
