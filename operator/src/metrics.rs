@@ -19,7 +19,9 @@ struct ResultLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabels {
-    namespace: String,
+    /// Not `namespace`: Prometheus sets that target label to the operator pod's
+    /// namespace, which would rename this one to `exported_namespace`.
+    servicelog_namespace: String,
     servicelog: String,
     /// `Valid`, `Published` or `Ready`.
     condition: &'static str,
@@ -27,7 +29,7 @@ struct ConditionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PodsLabels {
-    namespace: String,
+    servicelog_namespace: String,
     servicelog: String,
     /// `matched`, `injected` or `applied`, as in the status' `pods`.
     state: &'static str,
@@ -156,7 +158,7 @@ impl Metrics {
         for (condition, ok) in conditions {
             self.servicelog_condition
                 .get_or_create(&ConditionLabels {
-                    namespace: namespace.to_owned(),
+                    servicelog_namespace: namespace.to_owned(),
                     servicelog: servicelog.to_owned(),
                     condition,
                 })
@@ -170,7 +172,7 @@ impl Metrics {
             ] {
                 self.servicelog_pods
                     .get_or_create(&PodsLabels {
-                        namespace: namespace.to_owned(),
+                        servicelog_namespace: namespace.to_owned(),
                         servicelog: servicelog.to_owned(),
                         state,
                     })
@@ -183,14 +185,14 @@ impl Metrics {
     pub fn forget_servicelog(&self, namespace: &str, servicelog: &str) {
         for condition in ["Valid", "Published", "Ready"] {
             self.servicelog_condition.remove(&ConditionLabels {
-                namespace: namespace.to_owned(),
+                servicelog_namespace: namespace.to_owned(),
                 servicelog: servicelog.to_owned(),
                 condition,
             });
         }
         for state in ["matched", "injected", "applied"] {
             self.servicelog_pods.remove(&PodsLabels {
-                namespace: namespace.to_owned(),
+                servicelog_namespace: namespace.to_owned(),
                 servicelog: servicelog.to_owned(),
                 state,
             });
@@ -267,10 +269,10 @@ mod tests {
         );
         let text = m.encode();
         for want in [
-            r#"servicelog_servicelog_condition{namespace="team",servicelog="app",condition="Valid"} 1"#,
-            r#"servicelog_servicelog_condition{namespace="team",servicelog="app",condition="Ready"} 0"#,
-            r#"servicelog_servicelog_pods{namespace="team",servicelog="app",state="injected"} 2"#,
-            r#"servicelog_servicelog_pods{namespace="team",servicelog="app",state="applied"} 1"#,
+            r#"servicelog_servicelog_condition{servicelog_namespace="team",servicelog="app",condition="Valid"} 1"#,
+            r#"servicelog_servicelog_condition{servicelog_namespace="team",servicelog="app",condition="Ready"} 0"#,
+            r#"servicelog_servicelog_pods{servicelog_namespace="team",servicelog="app",state="injected"} 2"#,
+            r#"servicelog_servicelog_pods{servicelog_namespace="team",servicelog="app",state="applied"} 1"#,
         ] {
             assert!(text.contains(want), "metrics lack {want}:\n{text}");
         }
