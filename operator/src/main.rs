@@ -373,7 +373,9 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             cache.store(),
         ));
     }
-    metrics.set_leader(elector.is_some());
+    // Here the lease is held, or there is none to hold (--leader-election=false): either
+    // way this replica reconciles, and alerts on "no leader" must not fire for it.
+    metrics.set_leader(true);
     let settings = controller::Settings {
         layout,
         watch_namespace: args.watch_namespace.clone(),
