@@ -262,15 +262,24 @@ fn given_helm_install_wait_on_the_node_then_both_operators_run_under_the_charts_
     let env = installed.env;
     let _turn = one_at_a_time();
 
-    // Then both replicas are available, under the chart's ServiceAccount, as 65532.
-    let deployment = kubectl_json(
+    // Then both replicas are available, under the chart's ServiceAccount, as 65532 (waited
+    // for: the failover test, which may have had its turn first, deletes the leader).
+    until(
         env,
-        &["get", "deployment", "servicelog-operator", "-n", NAMESPACE],
-    );
-    assert_eq!(
-        deployment["status"]["availableReplicas"], 2,
-        "{}",
-        deployment["status"]
+        "both operator replicas to be available",
+        ROLLOUT,
+        &[
+            "get",
+            "deployment",
+            "servicelog-operator",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ],
+        |text| {
+            serde_json::from_str::<Value>(text).is_ok_and(|d| d["status"]["availableReplicas"] == 2)
+        },
     );
     let pods = kubectl_json(
         env,
@@ -957,6 +966,11 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
                 .cloned()
         })
         .expect("an Event naming the image");
+    // The pod had no name at admission: the Event is about its ReplicaSet.
+    assert_eq!(
+        event["involvedObject"]["kind"], "ReplicaSet",
+        "the Event is not about the pod's controller: {event}"
+    );
     let note = event["note"]
         .as_str()
         .or(event["message"].as_str())

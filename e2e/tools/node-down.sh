@@ -47,6 +47,14 @@ if compgen -G "/run/netns/cni-*" >/dev/null; then
     ino=$(stat -c %i "$ns" 2>/dev/null) || continue
     [[ -n ${inodes[$ino]:-} ]] && pod_netns+=("$ns")
   done
+  # Pods the kubelet was still tearing down when the node stopped (deleted with
+  # --wait=false: their processes gone, containerd's CNI DEL and the namespace's removal
+  # not yet done): namespaces made since this node started that no process is in. Another
+  # node's pod between its namespace's creation and its sandbox's start would look the
+  # same for a moment; its kubelet makes the sandbox again.
+  for ns in /run/netns/cni-*; do
+    [[ $ns -nt $state && -z $(ip netns pids "${ns##*/}" 2>/dev/null) ]] && pod_netns+=("$ns")
+  done
   # Recorded by an earlier, interrupted teardown.
   if [[ -f $env_dir/pod-netns ]]; then
     while read -r ns; do [[ -e $ns ]] && pod_netns+=("$ns"); done <"$env_dir/pod-netns"

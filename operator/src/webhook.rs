@@ -342,17 +342,7 @@ async fn warn(
         return response;
     }
     tracing::warn!(namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()), %skip, "admitted without injection");
-    let reference = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(namespace.to_owned()),
-        name: pod
-            .metadata
-            .name
-            .clone()
-            .or_else(|| pod.metadata.generate_name.clone()),
-        ..Default::default()
-    };
+    let reference = event_reference(pod, namespace);
     let event = Event {
         type_: EventType::Warning,
         reason: "ServiceLogNotInjected".into(),
@@ -364,12 +354,59 @@ async fn warn(
     let recorder = webhook.recorder.clone();
     tokio::spawn(async move {
         if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "cannot publish the webhook event");
+            tracing::warn!(error = %e, "cannot publish the webhook event");
         }
     });
     let mut response = allowed;
     response.warnings.get_or_insert_with(Vec::new).push(message);
     response
+}
+
+/// What a skip's Event is about: the pod, or — when it has no name yet, as every pod a
+/// controller creates (`generateName: web-7854d656c7-`) — its controller (that ReplicaSet,
+/// Job, …), where `kubectl describe` shows it. An Event's name derives from its object's,
+/// and `web-7854d656c7-.…` is not a valid name: such Events were refused by the API server.
+fn event_reference(pod: &Pod, namespace: &str) -> ObjectReference {
+    if let Some(name) = &pod.metadata.name {
+        return ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        };
+    }
+    if let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        return ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(owner.name.clone()),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        };
+    }
+    let name = pod
+        .metadata
+        .generate_name
+        .as_deref()
+        .map(|prefix| prefix.trim_end_matches(['-', '.']))
+        .filter(|prefix| !prefix.is_empty())
+        .unwrap_or("pod");
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    }
 }
 
 /// Reads the review here, and validates its spec on the blocking pool: compiling a spec's
@@ -546,6 +583,35 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_a_pod_without_a_name_then_its_event_is_about_its_controller() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "generateName": "web-7854d656c7-",
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7854d656c7", "uid": "u1", "controller": true}
+                ]
+            }
+        }))
+        .expect("a pod");
+        let reference = event_reference(&pod, "shop");
+        assert_eq!(
+            (
+                reference.kind.as_deref(),
+                reference.name.as_deref(),
+                reference.uid.as_deref()
+            ),
+            (Some("ReplicaSet"), Some("web-7854d656c7"), Some("u1"))
+        );
+        let orphan: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"generateName": "web-"}}))
+                .expect("a pod");
+        assert_eq!(
+            event_reference(&orphan, "shop").name.as_deref(),
+            Some("web")
+        );
+    }
 
     fn review(object: serde_json::Value, kind: (&str, &str, &str), operation: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
