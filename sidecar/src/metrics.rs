@@ -10,7 +10,12 @@ use std::sync::{
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -56,6 +61,27 @@ pub struct ConnectionClosedLabels {
     pub reason: String,
 }
 
+/// `servicelog_build_info`'s labels, the same in both binaries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub binary: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    /// The config hash (`sha256:…`) the ServiceLog's status shows as `configHash`.
+    pub hash: String,
+}
+
+/// A histogram family's constructor.
+type NewHistogram = fn() -> Histogram;
+
+/// Request (or write-and-flush) durations: 1 ms to about 33 s, doubling.
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
@@ -72,6 +98,8 @@ pub struct Metrics {
     pub files_refused: Family<FileRefusedLabels, Counter>,
     /// Lines (or syslog messages) cut at `maxLineBytes`, by source.
     pub lines_truncated: Family<SourceLabels, Counter>,
+    /// Lines that did not parse in their source's format (routed as text events).
+    pub lines_unparsed: Family<SourceLabels, Counter>,
     /// Syslog TCP connections the sidecar closed, by source and reason.
     pub syslog_connections_closed: Family<ConnectionClosedLabels, Counter>,
     pub events_out: Family<SinkLabels, Counter>,
@@ -89,6 +117,19 @@ pub struct Metrics {
     pub buffer_records_corrupt: Family<SinkLabels, Counter>,
     pub config_generation: Gauge,
     pub zookeeper_connected: Gauge,
+    /// Bytes of lines read, by source.
+    pub source_read_bytes: Family<SourceLabels, Counter>,
+    /// Bytes of encoded batches delivered (the sink's own framing, compression and
+    /// protocol overhead not counted), by sink.
+    pub sink_sent_bytes: Family<SinkLabels, Counter>,
+    /// How long one delivery attempt took (a request, or a write and flush), by sink.
+    pub sink_request_duration: Family<SinkLabels, Histogram, NewHistogram>,
+    /// Most bytes a sink's buffer holds.
+    pub buffer_capacity_bytes: Family<SinkLabels, Gauge>,
+    /// 1 for the hash of the config in force.
+    pub config_info: Family<ConfigLabels, Gauge>,
+    /// When the config in force was applied (Unix seconds).
+    pub config_applied_timestamp: Gauge,
     ready: Arc<AtomicBool>,
 }
 
@@ -105,6 +146,7 @@ impl Metrics {
         let syslog_malformed = Family::<SourceLabels, Counter>::default();
         let files_refused = Family::<FileRefusedLabels, Counter>::default();
         let lines_truncated = Family::<SourceLabels, Counter>::default();
+        let lines_unparsed = Family::<SourceLabels, Counter>::default();
         let syslog_connections_closed = Family::<ConnectionClosedLabels, Counter>::default();
         let events_out = Family::<SinkLabels, Counter>::default();
         let events_dropped = Family::<DropLabels, Counter>::default();
@@ -116,6 +158,57 @@ impl Metrics {
         let buffer_records_corrupt = Family::<SinkLabels, Counter>::default();
         let config_generation = Gauge::default();
         let zookeeper_connected = Gauge::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                binary: "sidecar".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        let source_read_bytes = Family::<SourceLabels, Counter>::default();
+        let sink_sent_bytes = Family::<SinkLabels, Counter>::default();
+        let sink_request_duration =
+            Family::<SinkLabels, Histogram, NewHistogram>::new_with_constructor(
+                request_histogram as NewHistogram,
+            );
+        let buffer_capacity_bytes = Family::<SinkLabels, Gauge>::default();
+        let config_info = Family::<ConfigLabels, Gauge>::default();
+        let config_applied_timestamp = Gauge::default();
+        registry.register(
+            "servicelog_build_info",
+            "1, labelled with the binary (operator, sidecar) and its version",
+            build_info,
+        );
+        registry.register(
+            "servicelog_source_read_bytes",
+            "Bytes of lines read (newlines included), by source",
+            source_read_bytes.clone(),
+        );
+        registry.register(
+            "servicelog_sink_sent_bytes",
+            "Bytes of encoded events delivered, by sink (before compression, without protocol framing)",
+            sink_sent_bytes.clone(),
+        );
+        registry.register(
+            "servicelog_sink_request_duration_seconds",
+            "Duration of one delivery attempt, by sink: an HTTP, OTLP or Kafka request, or a file or stdout batch written and flushed (its retries included)",
+            sink_request_duration.clone(),
+        );
+        registry.register(
+            "servicelog_buffer_capacity_bytes",
+            "Most bytes a sink's buffer holds (its maxBytes), beside servicelog_buffer_bytes",
+            buffer_capacity_bytes.clone(),
+        );
+        registry.register(
+            "servicelog_config_info",
+            "1, labelled with the hash of the config in force (the ServiceLog status's configHash)",
+            config_info.clone(),
+        );
+        registry.register(
+            "servicelog_config_applied_timestamp_seconds",
+            "When the config in force was applied, in Unix seconds",
+            config_applied_timestamp.clone(),
+        );
         registry.register(
             "servicelog_events_in",
             "Lines read, by source",
@@ -135,6 +228,11 @@ impl Metrics {
             "servicelog_lines_truncated",
             "Lines (or syslog messages) longer than their source's maxLineBytes, routed cut to that size, by source",
             lines_truncated.clone(),
+        );
+        registry.register(
+            "servicelog_lines_unparsed",
+            "Lines of json, logfmt and regex sources that did not parse in that format (a regex that did not match), routed as text events {\"message\": <line>}, by source",
+            lines_unparsed.clone(),
         );
         registry.register(
             "servicelog_syslog_connections_closed",
@@ -197,6 +295,7 @@ impl Metrics {
             syslog_malformed,
             files_refused,
             lines_truncated,
+            lines_unparsed,
             syslog_connections_closed,
             events_out,
             events_dropped,
@@ -208,6 +307,12 @@ impl Metrics {
             buffer_records_corrupt,
             config_generation,
             zookeeper_connected,
+            source_read_bytes,
+            sink_sent_bytes,
+            sink_request_duration,
+            buffer_capacity_bytes,
+            config_info,
+            config_applied_timestamp,
             ready: Arc::default(),
         }
     }
@@ -234,6 +339,15 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// The counter of `source`'s lines that did not parse in its format.
+    pub fn unparsed_counter(&self, source: &str) -> Counter {
+        self.lines_unparsed
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .clone()
     }
 
     /// One line of `source` cut at `maxLineBytes`.
@@ -323,6 +437,56 @@ impl Metrics {
             .clone()
     }
 
+    /// The counter of bytes `source` read.
+    pub fn source_bytes_counter(&self, source: &str) -> Counter {
+        self.source_read_bytes
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of bytes `sink` delivered.
+    pub fn sent_bytes_counter(&self, sink: &str) -> Counter {
+        self.sink_sent_bytes
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The histogram of `sink`'s delivery attempts.
+    pub fn request_duration(&self, sink: &str) -> Histogram {
+        self.sink_request_duration
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn set_buffer_capacity(&self, sink: &str, bytes: u64) {
+        self.buffer_capacity_bytes
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records the config `hash` as the one in force, applied now.
+    pub fn config_in_force(&self, hash: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.config_applied_timestamp
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
     pub fn config_result(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_applied
@@ -370,7 +534,17 @@ mod tests {
         m.config_generation.set(7);
         m.zookeeper_connected.set(1);
         m.syslog_connection_closed("sys", "evicted");
+        m.sent_bytes_counter("alerts").inc_by(120);
+        m.source_bytes_counter("app").inc_by(300);
+        m.request_duration("alerts").observe(0.003);
+        m.set_buffer_capacity("alerts", 2 << 20);
+        m.config_in_force("sha256:old");
+        m.config_in_force("sha256:abc");
         let text = m.render();
+        assert!(
+            !text.contains("sha256:old"),
+            "a replaced config's hash stays:\n{text}"
+        );
         for want in [
             r#"servicelog_events_in_total{source="app"} 3"#,
             r#"servicelog_events_out_total{sink="alerts"} 1"#,
@@ -379,6 +553,16 @@ mod tests {
             "servicelog_config_generation 7",
             "servicelog_zookeeper_connected 1",
             r#"servicelog_syslog_connections_closed_total{source="sys",reason="evicted"} 1"#,
+            &format!(
+                r#"servicelog_build_info{{binary="sidecar",version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+            r#"servicelog_sink_sent_bytes_total{sink="alerts"} 120"#,
+            r#"servicelog_source_read_bytes_total{source="app"} 300"#,
+            r#"servicelog_sink_request_duration_seconds_bucket{le="0.004",sink="alerts"} 1"#,
+            r#"servicelog_buffer_capacity_bytes{sink="alerts"} 2097152"#,
+            r#"servicelog_config_info{hash="sha256:abc"} 1"#,
+            "servicelog_config_applied_timestamp_seconds ",
         ] {
             assert!(text.contains(want), "metrics text lacks {want:?}:\n{text}");
         }

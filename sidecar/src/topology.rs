@@ -214,6 +214,7 @@ impl Topology {
             sink.activate();
         }
         self.metrics.config_generation.set(running.generation);
+        self.metrics.config_in_force(&running.hash);
         self.files.store(Some(running.files.clone()));
         self.syslog.store(Some(running.syslog.clone()));
         self.running.store(Some(running.clone()));

@@ -56,7 +56,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use servicelog_api::v1alpha1::{Buffer, BufferSync, BufferType, WhenFull};
 
 use super::{Batch, BatchAck, SinkShared};
@@ -159,6 +159,7 @@ pub fn new_pending(
         sink: sink.to_owned(),
         metrics: metrics.clone(),
         shared: shared.clone(),
+        sent: metrics.sent_bytes_counter(sink),
     };
     let policy = Policy {
         max_bytes: def.max_bytes.unwrap_or(match def.kind {
@@ -168,6 +169,7 @@ pub fn new_pending(
         when_full: def.when_full,
         sync: def.sync,
     };
+    metrics.set_buffer_capacity(sink, policy.max_bytes);
     let inner = match def.kind {
         BufferType::Memory => Arc::new(Inner {
             common,
@@ -255,6 +257,8 @@ struct Common {
     sink: String,
     metrics: Metrics,
     shared: Arc<SinkShared>,
+    /// `servicelog_sink_sent_bytes_total`: counted as entries are done (delivered).
+    sent: Counter,
 }
 
 /// What the buffer's definition decides; a disk buffer takes its newest build's.
@@ -753,6 +757,7 @@ impl BufferRx {
     pub fn done(&self, mut entry: Entry) {
         let inner = &*self.inner;
         let ack = entry.ack.take();
+        inner.common.sent.inc_by(entry.data.len() as u64);
         let mut st = inner.lock();
         match (entry.next, inner.disk()) {
             (Some(next), Some(mut disk)) => {

@@ -21,8 +21,8 @@
 pub mod buffer;
 pub mod file;
 pub mod http;
-pub mod otlp;
 pub mod kafka;
+pub mod otlp;
 pub mod stdout;
 
 use std::{
@@ -421,11 +421,15 @@ enum Task {
 
 fn run(name: &str, mut writer: Box<dyn Writer>, rx: BufferRx, counter: Counter, metrics: &Metrics) {
     tracing::debug!(sink = name, "sink started");
+    let duration = metrics.request_duration(name);
     while let Some(entry) = rx.recv() {
         let failed = || metrics.sink_write_error(name);
-        if !write_batch(name, writer.as_mut(), &entry.data, &failed, &|d| {
+        let started = std::time::Instant::now();
+        let written = write_batch(name, writer.as_mut(), &entry.data, &failed, &|d| {
             rx.pause(d)
-        }) {
+        });
+        duration.observe(started.elapsed().as_secs_f64());
+        if !written {
             // Dropping the entry and the buffer gives up what is unwritten (see
             // `buffer`): failed if the sink left the config, else read again at the next
             // start (or, on disk, delivered by the sink's next build).

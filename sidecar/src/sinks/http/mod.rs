@@ -52,7 +52,7 @@ use std::{
 };
 
 use flate2::{Compression as Level, write::GzEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use servicelog_api::{
     v1alpha1::{Compression, HttpSink, Sink},
     validate::parse_duration,
@@ -121,6 +121,7 @@ pub struct HttpTask {
     credentials: Option<Credentials>,
     metrics: Metrics,
     delivered: Counter,
+    request_duration: Histogram,
     /// The request being built or sent, and its gzipped form, reused.
     body: Body,
     gz: Vec<u8>,
@@ -249,6 +250,7 @@ impl HttpTask {
             headers,
             credentials,
             delivered: metrics.sink_counter(&name),
+            request_duration: metrics.request_duration(&name),
             metrics: metrics.clone(),
             url: http.url.clone(),
             agent,
@@ -358,7 +360,11 @@ impl HttpTask {
                 gzip(&self.body.data, &mut self.gz);
                 compressed = true;
             }
-            let (after, why) = match self.attempt() {
+            let started = Instant::now();
+            let attempt = self.attempt();
+            self.request_duration
+                .observe(started.elapsed().as_secs_f64());
+            let (after, why) = match attempt {
                 Attempt::Delivered => {
                     self.delivered.inc_by(self.body.events);
                     if let Some(since) = failing_since {
