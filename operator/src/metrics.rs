@@ -12,6 +12,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// `servicelog_build_info`'s labels, the same in both binaries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    binary: &'static str,
+    version: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -55,6 +62,18 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                binary: "operator",
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "servicelog_build_info",
+            "1, labelled with the binary (operator, sidecar) and its version",
+            build_info,
+        );
         let reconcile_total = Family::<ResultLabel, Counter>::default();
         registry.register(
             "servicelog_reconcile",
@@ -247,6 +266,10 @@ mod tests {
             "servicelog_reconcile_duration_seconds_count 1",
             "servicelog_webhook_duration_seconds_count{result=\"allowed\"} 1",
             "servicelog_zookeeper_connected",
+            &format!(
+                "servicelog_build_info{{binary=\"operator\",version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
         ] {
             assert!(text.contains(name), "metrics lack {name}:\n{text}");
         }
