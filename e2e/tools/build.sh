@@ -8,6 +8,8 @@
 #                   (only `make cluster` and the node test need these)
 #   build.sh otelcol  an OpenTelemetry Collector (otlp receiver, file exporter)
 #                   -> ~/.cache/servicelog/tools/<OTELCOL_TOOLS_ID>/bin (the OTLP sink's tests)
+#   build.sh prometheus  prometheus and promtool
+#                   -> ~/.cache/servicelog/tools/<PROMETHEUS_TOOLS_ID>/bin (dashboard and alert tests)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=/dev/null
@@ -18,7 +20,8 @@ case "$set_name" in
 control-plane) id=$TOOLS_ID; want=(kube-apiserver kubectl etcd helm) ;;
 node) id=$NODE_TOOLS_ID; want=(kubelet kube-scheduler kube-controller-manager kube-proxy coredns pause) ;;
 otelcol) id=$OTELCOL_TOOLS_ID; want=(otelcol) ;;
-*) echo "usage: $0 [node|otelcol]" >&2; exit 2 ;;
+prometheus) id=$PROMETHEUS_TOOLS_ID; want=(prometheus promtool) ;;
+*) echo "usage: $0 [node|otelcol|prometheus]" >&2; exit 2 ;;
 esac
 bin="$cache/tools/$id/bin"
 
@@ -51,6 +54,13 @@ if [[ $set_name == control-plane ]]; then
   (cd "$here/kube" && go build -ldflags="$kube_ldflags" -o "$tmp/" ./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl) >&2
   step "building helm v$HELM_VERSION"
   (cd "$here/helm" && go build -ldflags='-s -w' -o "$tmp/" helm.sh/helm/v3/cmd/helm) >&2
+elif [[ $set_name == prometheus ]]; then
+  # remove_all_sd: static_configs and file_sd only, without the cloud SDKs of the other
+  # discovery plugins. The version prometheus reports (prometheus_build_info,
+  # /api/v1/status/buildinfo) as a release build sets it.
+  step "building prometheus and promtool v$PROMETHEUS_VERSION (first time only, ~8 min on 2 busy cores)"
+  prom_ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
+  (cd "$here/prometheus" && go build -tags remove_all_sd -ldflags="$prom_ldflags" -o "$tmp/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool) >&2
 elif [[ $set_name == otelcol ]]; then
   step "building the OpenTelemetry Collector v$OTELCOL_VERSION (otlp receiver, file exporter; first time only, ~3-7 min cold, ~35 s with a warm Go cache)"
   (cd "$here/otelcol" && go build -ldflags='-s -w' -o "$tmp/otelcol" .) >&2
