@@ -25,7 +25,13 @@ const CLUSTER_SCOPED: [&str; 4] = [
     "ValidatingWebhookConfiguration",
 ];
 /// Kinds whose CRDs the test control plane does not have (cert-manager, Prometheus Operator).
-const FOREIGN_KINDS: [&str; 3] = ["Issuer", "Certificate", "ServiceMonitor"];
+const FOREIGN_KINDS: [&str; 5] = [
+    "Issuer",
+    "Certificate",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+];
 
 fn env() -> &'static TestEnv {
     TestEnv::shared().unwrap_or_else(|e| panic!("the test environment did not start: {e}"))
