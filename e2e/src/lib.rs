@@ -16,6 +16,7 @@ pub mod node;
 pub mod otelcol;
 pub mod pod;
 pub mod procs;
+pub mod prometheus;
 pub mod receiver;
 pub mod run;
 pub mod tools;
