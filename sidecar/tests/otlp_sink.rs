@@ -32,6 +32,10 @@ fn spec(logs: &Path, sinks_yaml: &str, to: &str) -> String {
 }
 
 fn start(s: &Scratch, spec_yaml: &str) -> Sidecar {
+    start_with(s, spec_yaml, &[])
+}
+
+fn start_with(s: &Scratch, spec_yaml: &str, envs: &[(&str, &str)]) -> Sidecar {
     let config = s.path("servicelog.yaml");
     write_config(&config, &manifest(spec_yaml));
     Sidecar::start(
@@ -44,7 +48,7 @@ fn start(s: &Scratch, spec_yaml: &str) -> Sidecar {
             "--pod-namespace",
             "shop",
         ],
-        &[],
+        envs,
     )
 }
 
@@ -288,8 +292,19 @@ fn given_an_endpoint_answering_400_then_the_batch_is_a_clear_rejection_and_later
     let logs = s.logs();
     let rx = Receiver::start();
     rx.with(|st| st.fail_with = Some(400));
-    let sinks = otlp_sink(&rx.url(""), "      compression: gzip\n");
-    let sidecar = start(&s, &spec(&logs, &sinks, "otel"));
+    let creds = s.path("credentials");
+    std::fs::create_dir_all(creds.join("otel")).expect("mkdir");
+    std::fs::write(creds.join("otel/token"), "tok-otlp\n").expect("write");
+    let sinks = otlp_sink(
+        &rx.url(""),
+        "      compression: gzip\n      headers: {X-Scope-OrgID: shop}\n    \
+         credentialsSecretRef: {name: otel-token}\n",
+    );
+    let sidecar = start_with(
+        &s,
+        &spec(&logs, &sinks, "otel"),
+        &[("SERVICELOG_CREDENTIALS_DIR", creds.to_str().expect("UTF-8"))],
+    );
     let app = logs.join("app.log");
     append(&app, &(0..10).map(|i| line(i, "info")).collect::<Vec<_>>());
     let rejected = r#"servicelog_sink_dropped_total{sink="otel",reason="rejected"}"#;
@@ -311,6 +326,11 @@ fn given_an_endpoint_answering_400_then_the_batch_is_a_clear_rejection_and_later
     assert_eq!(r.path, "/v1/logs");
     assert_eq!(r.headers["content-type"], "application/x-protobuf");
     assert_eq!(r.headers["content-encoding"], "gzip");
+    assert_eq!(
+        r.headers["authorization"], "Bearer tok-otlp",
+        "from the mounted Secret"
+    );
+    assert_eq!(r.headers["x-scope-orgid"], "shop");
 
     // A 503 with Retry-After is retried, and the events go through once it clears.
     rx.with(|st| {
