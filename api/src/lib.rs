@@ -5,6 +5,7 @@
 //! - [`rules`]: the rule language compiled into an immutable [`rules::Router`], and the
 //!   borrowed event views the sidecar's hot path routes.
 //! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
+//! - `logging` (feature `logging`): both binaries' logs — format, level, live level changes.
 //! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
 //! - [`zkauth`]: ZooKeeper identities (the operator's, each namespace's, derived) and ACLs.
 //! - `zktls` (feature `zk-tls`): TLS to ZooKeeper — settings, PEM files, handshake diagnosis.
@@ -12,6 +13,8 @@
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod pod;
 pub mod rules;
 #[cfg(feature = "serve")]

@@ -55,6 +55,9 @@ pub struct InjectConfig {
     pub volume_size_limit: String,
     /// TLS to ZooKeeper: the Secret to mount into the sidecar.
     pub zk_tls: Option<SidecarTls>,
+    /// The sidecar's `SERVICELOG_LOG_FORMAT` and `SERVICELOG_LOG_LEVEL`, when set.
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
 }
 
 /// The sidecar's TLS to ZooKeeper: a Secret in the pod's namespace holding the CA
@@ -390,6 +393,18 @@ fn container(
                 env(pod::env::STATE_DIR, STATE_DIR),
             ]
             .into_iter()
+            .chain(
+                config
+                    .log_format
+                    .as_deref()
+                    .map(|f| env(servicelog_api::logging::FORMAT_ENV, f)),
+            )
+            .chain(
+                config
+                    .log_level
+                    .as_deref()
+                    .map(|l| env(servicelog_api::logging::LEVEL_ENV, l)),
+            )
             .chain(config.zk_auth.then(|| {
                 env(
                     pod::env::ZK_AUTH_FILE,
@@ -597,6 +612,8 @@ mod tests {
             limits: [("memory".to_string(), "64Mi".to_string())].into(),
             zk_auth: false,
             volume_size_limit: "1Gi".into(),
+            log_format: None,
+            log_level: None,
             zk_tls: None,
         }
     }

@@ -47,6 +47,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// `json` (the default when stderr is not a terminal) or `text`.
+    #[arg(long, env = servicelog_api::logging::FORMAT_ENV)]
+    log_format: Option<servicelog_api::logging::LogFormat>,
+    /// A tracing filter: `info`, `debug`, `info,kube_runtime=warn` (default: RUST_LOG,
+    /// else `info,kube_runtime=warn`).
+    #[arg(long, env = servicelog_api::logging::LEVEL_ENV)]
+    log_level: Option<String>,
     /// ZooKeeper connect string, e.g. `zk-0:2181,zk-1:2181/chroot`.
     #[arg(long, env = "SERVICELOG_ZK_CONNECT")]
     zk_connect: String,
@@ -175,6 +182,13 @@ struct RunArgs {
         default_value = "1Gi"
     )]
     sidecar_volume_size_limit: String,
+    /// The injected sidecars' log format, `text` (their default) or `json`.
+    #[arg(long, env = "SERVICELOG_SIDECAR_LOG_FORMAT")]
+    sidecar_log_format: Option<servicelog_api::logging::LogFormat>,
+    /// The injected sidecars' log level (a tracing filter; their default `info`); a
+    /// ServiceLog's `spec.sidecar.logLevel` overrides it live.
+    #[arg(long, env = "SERVICELOG_SIDECAR_LOG_LEVEL")]
+    sidecar_log_level: Option<String>,
     /// Image of the injected sidecar.
     #[arg(
         long,
@@ -234,7 +248,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { files } => validate(&files),
         Command::Run(args) => {
-            init_tracing();
+            servicelog_api::logging::init(
+                args.log_format,
+                args.log_level.as_deref(),
+                "info,kube_runtime=warn",
+                true,
+            )?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -268,20 +287,6 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("{checked} ServiceLog(s) valid");
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
     }
 }
 
@@ -514,6 +519,19 @@ async fn start_webhooks(
                 }
             }),
             volume_size_limit: args.sidecar_volume_size_limit.clone(),
+            log_format: args.sidecar_log_format.map(|f| match f {
+                servicelog_api::logging::LogFormat::Json => "json".to_owned(),
+                servicelog_api::logging::LogFormat::Text => "text".to_owned(),
+            }),
+            log_level: args
+                .sidecar_log_level
+                .clone()
+                .map(|level| {
+                    servicelog_api::logging::check_level(&level)
+                        .map(|()| level)
+                        .context("--sidecar-log-level")
+                })
+                .transpose()?,
         },
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),

@@ -71,6 +71,14 @@ struct Cli {
     /// Upper bound on a SIGTERM shutdown (flush sinks, checkpoint).
     #[arg(long, env = "SERVICELOG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// `text` (the default) or `json`.
+    #[arg(long, env = servicelog_api::logging::FORMAT_ENV)]
+    log_format: Option<servicelog_api::logging::LogFormat>,
+    /// A tracing filter: `info`, `debug`, `info,servicelog_sidecar::sinks=debug` (default:
+    /// RUST_LOG, else `info`). A ServiceLog's `spec.sidecar.logLevel` overrides it while
+    /// that config is in force.
+    #[arg(long, env = servicelog_api::logging::LEVEL_ENV)]
+    log_level: Option<String>,
     /// Exit once every file has been read to its end and written (benchmarks).
     #[arg(long, hide = true)]
     exit_on_eof: bool,
@@ -82,17 +90,16 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // Colours only for a person at a terminal: in a pod, `kubectl logs` would show the
-    // escape codes.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Text by default, colours only for a person at a terminal: in a pod, `kubectl logs`
+    // would show the escape codes.
+    if let Err(e) =
+        servicelog_api::logging::init(cli.log_format, cli.log_level.as_deref(), "info", false)
+    {
+        eprintln!("servicelog-sidecar: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

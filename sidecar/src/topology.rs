@@ -35,7 +35,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::{Router, ValidationErrors, wire::Envelope};
+use servicelog_api::{Router, ValidationErrors, v1alpha1::LogLevel, wire::Envelope};
 
 use crate::{
     metrics::Metrics,
@@ -215,6 +215,18 @@ impl Topology {
         }
         self.metrics.config_generation.set(running.generation);
         self.metrics.config_in_force(&running.hash);
+        let level = config
+            .spec
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.log_level)
+            .map(LogLevel::as_str);
+        match servicelog_api::logging::set_level(level) {
+            Ok(true) => tracing::info!(log_level = level.unwrap_or("the --log-level one"), "log level changed by the config"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
+        }
+        tracing::debug!(hash = %running.hash, "config in force");
         self.files.store(Some(running.files.clone()));
         self.syslog.store(Some(running.syslog.clone()));
         self.running.store(Some(running.clone()));
