@@ -133,13 +133,10 @@ pub fn set_level(level: Option<&str>) -> Result<bool, LogError> {
         return Ok(false);
     }
     let new = filter(wanted)?;
-    reload
-        .handle
-        .reload(new)
-        .map_err(|e| LogError::Level {
-            level: wanted.to_owned(),
-            message: e.to_string(),
-        })?;
+    reload.handle.reload(new).map_err(|e| LogError::Level {
+        level: wanted.to_owned(),
+        message: e.to_string(),
+    })?;
     wanted.clone_into(&mut current);
     Ok(true)
 }

@@ -222,7 +222,10 @@ impl Topology {
             .and_then(|s| s.log_level)
             .map(LogLevel::as_str);
         match servicelog_api::logging::set_level(level) {
-            Ok(true) => tracing::info!(log_level = level.unwrap_or("the --log-level one"), "log level changed by the config"),
+            Ok(true) => tracing::info!(
+                log_level = level.unwrap_or("the --log-level one"),
+                "log level changed by the config"
+            ),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
         }

@@ -64,7 +64,12 @@ fn given_json_logs_when_the_config_sets_the_log_level_then_it_changes_live_and_b
         &[],
     );
     let timeout = Duration::from_secs(20);
-    wait_until("the first config", timeout, || applied(&sidecar) == 1, || sidecar.log_tail());
+    wait_until(
+        "the first config",
+        timeout,
+        || applied(&sidecar) == 1,
+        || sidecar.log_tail(),
+    );
     assert!(
         config_in_force_at_debug(&sidecar).is_empty(),
         "debug lines at --log-level info:\n{}",
@@ -88,7 +93,12 @@ fn given_json_logs_when_the_config_sets_the_log_level_then_it_changes_live_and_b
 
     // Back to the --log-level one when the config no longer sets it.
     write_config(&config, &manifest(&spec(&dir, None)));
-    wait_until("the third config", timeout, || applied(&sidecar) == 3, || sidecar.log_tail());
+    wait_until(
+        "the third config",
+        timeout,
+        || applied(&sidecar) == 3,
+        || sidecar.log_tail(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         config_in_force_at_debug(&sidecar).len(),
