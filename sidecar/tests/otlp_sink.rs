@@ -9,6 +9,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     path::Path,
+    process::Child,
     thread,
     time::{Duration, Instant},
 };
@@ -52,9 +53,43 @@ fn start_with(s: &Scratch, spec_yaml: &str, envs: &[(&str, &str)]) -> Sidecar {
     )
 }
 
-fn collector(s: &Scratch) -> Collector {
+/// A collector of the test's own, with a watchdog that stops it should the test process
+/// die without dropping it.
+struct Otel {
+    collector: Collector,
+    watchdog: Child,
+}
+
+impl std::ops::Deref for Otel {
+    type Target = Collector;
+    fn deref(&self) -> &Collector {
+        &self.collector
+    }
+}
+
+impl std::ops::DerefMut for Otel {
+    fn deref_mut(&mut self) -> &mut Collector {
+        &mut self.collector
+    }
+}
+
+impl Drop for Otel {
+    fn drop(&mut self) {
+        self.collector.stop();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+fn collector(s: &Scratch) -> Otel {
     let env = EnvDir::create(s.path("otelcol")).expect("the collector's directory");
-    Collector::start(&env, "otelcol").expect("starting the OpenTelemetry Collector")
+    let watchdog = env.spawn_watchdog().expect("starting the watchdog");
+    let collector =
+        Collector::start(&env, "otelcol").expect("starting the OpenTelemetry Collector");
+    Otel {
+        collector,
+        watchdog,
+    }
 }
 
 fn otlp_sink(endpoint: &str, extra: &str) -> String {
