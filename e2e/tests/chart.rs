@@ -341,7 +341,15 @@ fn given_a_misspelt_value_when_rendered_then_the_schema_rejects_it_by_name() {
 #[test]
 fn given_settings_that_exclude_each_other_when_rendered_then_the_chart_says_what_to_change() {
     let env = env();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--set", "operator.leaderElection.enabled=false"],
+            "operator.replicas > 1 needs operator.leaderElection.enabled",
+        ),
+        (
+            &["--set", "zookeeper.embedded.image.tag="],
+            "zookeeper.embedded.image needs a tag or a digest",
+        ),
         (
             &["--set", "zookeeper.connect=zk:2181"],
             "set zookeeper.embedded.enabled=false",
@@ -554,4 +562,86 @@ async fn given_the_control_plane_when_the_chart_is_installed_and_uninstalled_the
         );
         assert!(gone.trim().is_empty(), "{kind} {name} is still there");
     }
+}
+
+/// The opt-in templated CRD, by the documented path for a cluster whose CRD came from
+/// crds/: adopt it (label and annotate), then `helm install --skip-crds` with
+/// `crds.templated=true` owns it, `helm upgrade` rewrites it, `helm uninstall` keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_crds_templated_when_the_release_adopts_upgrades_and_uninstalls_then_the_crd_follows_and_stays()
+ {
+    let env = env();
+    env.install_crds().unwrap_or_else(|e| panic!("{e}"));
+    let ns = env.create_namespace("chartcrd").await.expect("namespace");
+    let release = unique_name("slcrd");
+    let crd = "crd/servicelogs.servicelog.io";
+    ok(
+        "kubectl label crd",
+        env.kubectl()
+            .args(["label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm"])
+            .output(),
+    );
+    ok(
+        "kubectl annotate crd",
+        env.kubectl()
+            .args(["annotate", "--overwrite", crd])
+            .arg(format!("meta.helm.sh/release-name={release}"))
+            .arg(format!("meta.helm.sh/release-namespace={ns}"))
+            .output(),
+    );
+    let install = |verb: &str, extra: &[&str]| {
+        ok(
+            &format!("helm {verb}"),
+            env.helm()
+                .args([verb, &release])
+                .arg(chart_dir())
+                .args(["--namespace", &ns, "--skip-crds", "--timeout", "60s"])
+                .args(["--set", "webhook.url=https://127.0.0.1:9443"])
+                .args(["--set", "operator.replicas=0"])
+                .args(["--set", "crds.templated=true"])
+                .args(extra)
+                .output(),
+        )
+    };
+    install("install", &[]);
+    let manifest = ok(
+        "helm get manifest",
+        env.helm()
+            .args(["get", "manifest", &release, "--namespace", &ns])
+            .output(),
+    );
+    assert!(
+        objects(&manifest)
+            .iter()
+            .any(|o| o.kind == "CustomResourceDefinition"),
+        "the release does not hold the CRD"
+    );
+    let get = |path: &str| {
+        ok(
+            "kubectl get crd",
+            env.kubectl()
+                .args(["get", crd, "-o"])
+                .arg(format!("jsonpath={path}"))
+                .output(),
+        )
+    };
+    assert_eq!(get("{.metadata.annotations.helm\\.sh/resource-policy}"), "keep");
+    // helm upgrade writes the CRD: a label the release sets shows up on it.
+    install("upgrade", &["--set", "commonLabels.upgraded=yes"]);
+    assert_eq!(
+        get("{.metadata.labels.upgraded}"),
+        "yes",
+        "helm upgrade did not update the CRD"
+    );
+    ok(
+        "helm uninstall",
+        env.helm()
+            .args(["uninstall", &release, "--namespace", &ns, "--wait", "--timeout", "60s"])
+            .output(),
+    );
+    assert_eq!(
+        get("{.metadata.name}"),
+        "servicelogs.servicelog.io",
+        "helm uninstall deleted the CRD"
+    );
 }
