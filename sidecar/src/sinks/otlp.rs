@@ -42,7 +42,7 @@ use opentelemetry_proto::tonic::{
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     resource::v1::Resource,
 };
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::Message;
 use serde_json::{Map, Value};
 use servicelog_api::{
@@ -346,6 +346,7 @@ pub struct OtlpTask {
     resource: Vec<KeyValue>,
     metrics: Metrics,
     delivered: Counter,
+    request_duration: Histogram,
     errors: SinkErrors,
     build: u64,
     /// Whether this build has an error in `errors`.
@@ -427,6 +428,7 @@ impl OtlpTask {
             credentials,
             resource,
             delivered: metrics.sink_counter(&name),
+            request_duration: metrics.request_duration(&name),
             metrics: metrics.clone(),
             errors,
             build: BUILDS.fetch_add(1, Ordering::Relaxed),
@@ -555,7 +557,11 @@ impl OtlpTask {
         let mut retries = 0u32;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let (after, why) = match self.attempt() {
+            let started = Instant::now();
+            let attempt = self.attempt();
+            self.request_duration
+                .observe(started.elapsed().as_secs_f64());
+            let (after, why) = match attempt {
                 Attempt::Delivered { rejected, why } => {
                     let rejected = rejected.min(self.records);
                     self.delivered.inc_by(self.records - rejected);
