@@ -780,7 +780,10 @@ pub(crate) fn check_field_name(name: &str) -> Result<(), String> {
 /// name, a batch the broker takes (its `message.max.bytes` is 1 MiB by default).
 fn check_kafka(errors: &mut Errors, kafka: &crate::v1alpha1::KafkaSink, path: &str) {
     if kafka.brokers.is_empty() {
-        errors.push(format!("{path}.brokers"), "names at least one broker (host:port)");
+        errors.push(
+            format!("{path}.brokers"),
+            "names at least one broker (host:port)",
+        );
     }
     for (i, broker) in kafka.brokers.iter().enumerate() {
         if let Err(e) = check_host_port(broker) {
@@ -833,7 +836,7 @@ fn check_host_port(broker: &str) -> Result<(), String> {
     let Some((host, port)) = broker.rsplit_once(':') else {
         return bad("no port");
     };
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
         return bad("the port is a number from 1 to 65535");
     }
     let host = match host.strip_prefix('[') {
@@ -848,7 +851,11 @@ fn check_host_port(broker: &str) -> Result<(), String> {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if ok { Ok(()) } else { bad("a DNS name or an IP address before the colon") }
+    if ok {
+        Ok(())
+    } else {
+        bad("a DNS name or an IP address before the colon")
+    }
 }
 
 /// Kafka's own rule for topic names.
@@ -860,7 +867,10 @@ fn check_topic(topic: &str) -> Result<(), String> {
         return Err(format!("{topic:?} is not a valid Kafka topic name"));
     }
     if topic.len() > 249 {
-        return Err(format!("is {} characters long; Kafka allows 249", topic.len()));
+        return Err(format!(
+            "is {} characters long; Kafka allows 249",
+            topic.len()
+        ));
     }
     if let Some(c) = topic
         .chars()
