@@ -295,9 +295,9 @@ impl KafkaTask {
                 }
                 Err(Failure { why, retry: false }) => {
                     // Whatever is left cannot be delivered by retrying.
-                    let dropped: u64 = cut.as_ref().map_or(0, |c| {
-                        c.partitions.values().map(|l| l.len() as u64).sum()
-                    });
+                    let dropped: u64 = cut
+                        .as_ref()
+                        .map_or(0, |c| c.partitions.values().map(|l| l.len() as u64).sum());
                     self.metrics.sink_dropped(&self.name, "rejected", dropped);
                     tracing::error!(sink = %self.name, topic = %self.def.topic, events = dropped, error = %why, "the broker refused records for good; dropped");
                     if last_why.is_some() {
@@ -380,17 +380,16 @@ impl KafkaTask {
         }
         let compression = self.compression;
         let max_bytes = self.max_bytes;
-        let producing =
-            futures::future::join_all(groups.iter_mut().map(|(p, lines)| {
-                produce_all(
-                    &c.partitions[*p],
-                    lines,
-                    entries,
-                    timestamp,
-                    compression,
-                    max_bytes,
-                )
-            }));
+        let producing = futures::future::join_all(groups.iter_mut().map(|(p, lines)| {
+            produce_all(
+                &c.partitions[*p],
+                lines,
+                entries,
+                timestamp,
+                compression,
+                max_bytes,
+            )
+        }));
         let produced = self
             .runtime
             .block_on(async { tokio::time::timeout(PRODUCE_TIMEOUT, producing).await });
