@@ -434,6 +434,85 @@ fn given_a_kafka_sink_when_the_broker_is_down_for_30s_under_load_then_nothing_is
     );
 }
 
+#[test]
+fn given_records_over_the_brokers_limit_when_produced_then_a_batch_is_split_and_only_a_record_too_large_is_dropped()
+ {
+    let kafka = shared();
+    let rt = runtime();
+    let admin = rt.block_on(client(&kafka.bootstrap()));
+    let topic = unique_name("big");
+    rt.block_on(create_topic(&admin, &topic, 1));
+    let s = Scratch::new();
+    let logs = s.logs();
+    // Lines up to 4 MiB are read whole; the sink's requests hold up to 1 MiB of values;
+    // the broker takes record batches up to its message.max.bytes (1 MiB + 12 bytes by
+    // default), their framing included.
+    let spec = format!(
+        "sources:\n  - name: app\n    maxLineBytes: 4194304\n    file: {{paths: [\"{}/*.log\"], format: json}}\n\
+         sinks:\n  - name: events\n    kafka: {{brokers: [\"{}\"], topic: {topic}, batch: {{maxBytes: 1048576}}}}\ndefaultTo: [events]\n",
+        logs.display(),
+        kafka.bootstrap(),
+    );
+    let sidecar = start_with_config(&s, &spec, &[]);
+    // Lines 0..4 of 262,140 bytes: 1,048,560 bytes of values fit the sink's request,
+    // not the broker's limit once framed, so that request is split. Line 4 alone is over
+    // the limit.
+    let sized = |seq: u64, len: usize| {
+        let head = format!(r#"{{"level":"info","seq":{seq},"user":"user-1","msg":""#);
+        format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+    };
+    let line = |seq: u64| match seq {
+        0..4 => sized(seq, 262_140),
+        4 => sized(seq, 1_500_000),
+        _ => keyed_line(seq),
+    };
+    let lines: Vec<String> = (0..101).map(line).collect();
+    assert_eq!(lines[0].len(), 262_140);
+    append(&logs.join("app.log"), &lines);
+    let rejected = r#"servicelog_sink_dropped_total{sink="events",reason="rejected"}"#;
+    wait_until(
+        "the oversized record to be counted as rejected",
+        WAIT,
+        || sidecar.metric(rejected).is_some_and(|n| n >= 1.0),
+        || sidecar.log_tail(),
+    );
+    wait_until(
+        "the other 100 lines in the topic",
+        WAIT,
+        || rt.block_on(count_topic(&admin, &topic, 1)) >= 100,
+        || sidecar.log_tail(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let records = rt.block_on(read_topic(&admin, &topic, 1));
+    let values: Vec<String> = records[&0].iter().map(|(_, v)| v.clone()).collect();
+    let want: Vec<String> = (0..101).filter(|s| *s != 4).map(line).collect();
+    assert!(
+        values == want,
+        "{} records; expected the 100 lines but line 4 in order, once each",
+        values.len()
+    );
+    assert_eq!(sidecar.metric(rejected), Some(1.0), "one record dropped");
+    assert_eq!(
+        sidecar.metric(r#"servicelog_events_out_total{sink="events"}"#),
+        Some(100.0),
+        "the dropped record is not counted out"
+    );
+    let logged = fs::read_to_string(&sidecar.log).unwrap_or_default();
+    assert!(
+        logged.contains("the broker refuses a record this large; dropped"),
+        "the drop is logged\n{}",
+        sidecar.log_tail()
+    );
+    assert!(
+        logged.lines().any(
+            |l| l.contains("a request over the broker's limit; splitting it")
+                && l.contains("records=4")
+        ),
+        "the request of lines 0..4 was split\n{}",
+        sidecar.log_tail()
+    );
+}
+
 const POD: &str = "checkout-7d9f-1";
 
 struct Paths {

@@ -20,8 +20,9 @@
 //! the batch unacked and is retried with backoff (100 ms doubling to 30 s, jitter), each
 //! failed attempt counted in `servicelog_sink_write_errors`, logged (a warning the first
 //! time, and again when the reason changes) and set as the sink's error in the instance
-//! record until a delivery goes through. Only a record the broker refuses for its size
-//! (`MessageTooLarge`, `RecordListTooLarge`) is given up: counted in
+//! record until a delivery goes through. A request the broker refuses as too large
+//! (`MessageTooLarge`, `RecordListTooLarge`: over its `message.max.bytes`) is split in
+//! halves until it fits; only a single record it refuses so is given up, counted in
 //! `servicelog_sink_dropped_total{reason="rejected"}`, since no retry can deliver it.
 //! Partitions already written are not written again when another one fails, but a
 //! produce whose answer was lost is: delivery is at least once (`rskafka` has no
@@ -31,6 +32,7 @@
 //! brokers are away is the buffer's bound plus one batch.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     fmt, fs, io,
     path::Path,
@@ -151,11 +153,10 @@ struct Conn {
     read_at: Instant,
 }
 
-/// Why an attempt failed: `retry` unless no retry can help.
+/// Why an attempt failed.
 #[derive(Debug)]
 struct Failure {
     why: String,
-    retry: bool,
 }
 
 impl KafkaTask {
@@ -286,26 +287,15 @@ impl KafkaTask {
             let result = self.attempt(conn, entries, next_partition, &mut cut);
             match result {
                 Ok(()) => {
-                    self.delivered.inc_by(cut.as_ref().map_or(0, |c| c.events));
+                    self.delivered
+                        .inc_by(cut.as_ref().map_or(0, |c| c.events - c.rejected));
                     if last_why.is_some() {
                         tracing::info!(sink = %self.name, topic = %self.def.topic, "producing again");
                         self.errors.clear(&self.name, self.build);
                     }
                     return true;
                 }
-                Err(Failure { why, retry: false }) => {
-                    // Whatever is left cannot be delivered by retrying.
-                    let dropped: u64 = cut
-                        .as_ref()
-                        .map_or(0, |c| c.partitions.values().map(|l| l.len() as u64).sum());
-                    self.metrics.sink_dropped(&self.name, "rejected", dropped);
-                    tracing::error!(sink = %self.name, topic = %self.def.topic, events = dropped, error = %why, "the broker refused records for good; dropped");
-                    if last_why.is_some() {
-                        self.errors.clear(&self.name, self.build);
-                    }
-                    return true;
-                }
-                Err(Failure { why, retry: true }) => {
+                Err(Failure { why }) => {
                     self.metrics.sink_write_error(&self.name);
                     // Read the topic again next time: its leaders or partitions may
                     // have changed, and a reconnect starts from the bootstrap brokers.
@@ -353,19 +343,17 @@ impl KafkaTask {
                 why: format!(
                     "no connection to the brokers and the topic's partition leaders within {CONNECT_TIMEOUT:?}"
                 ),
-                retry: true,
             })??);
         }
         let Some(c) = conn.as_ref() else {
             return Err(Failure {
                 why: "not connected".into(),
-                retry: true,
             });
         };
         let partitions = c.partitions.len();
         let cut = cut.get_or_insert_with(|| self.cut(entries, partitions, next_partition));
         let timestamp = cut.timestamp;
-        let groups = &mut cut.partitions;
+        let mut groups = std::mem::take(&mut cut.partitions);
         // A partition that went away since the records were cut (the topic was
         // recreated smaller): its records go to the others rather than wait forever.
         let lost: Vec<usize> = groups
@@ -378,30 +366,36 @@ impl KafkaTask {
                 groups.entry(p % partitions).or_default().extend(records);
             }
         }
-        let compression = self.compression;
-        let max_bytes = self.max_bytes;
-        let producing = futures::future::join_all(groups.iter_mut().map(|(p, lines)| {
-            produce_all(
-                &c.partitions[*p],
-                lines,
-                entries,
-                timestamp,
-                compression,
-                max_bytes,
-            )
-        }));
+        let rejected = Cell::new(0u64);
+        let request = Request {
+            entries,
+            timestamp,
+            compression: self.compression,
+            max_bytes: self.max_bytes,
+            rejected: &rejected,
+        };
+        let producing = futures::future::join_all(
+            groups
+                .iter_mut()
+                .map(|(p, lines)| request.produce_all(&c.partitions[*p], lines)),
+        );
         let produced = self
             .runtime
             .block_on(async { tokio::time::timeout(PRODUCE_TIMEOUT, producing).await });
         groups.retain(|_, records| !records.is_empty());
+        cut.partitions = groups;
+        if rejected.get() > 0 {
+            self.metrics
+                .sink_dropped(&self.name, "rejected", rejected.get());
+            cut.rejected += rejected.get();
+        }
         match produced {
             Err(_) => Err(Failure {
                 why: format!("the brokers did not acknowledge within {PRODUCE_TIMEOUT:?}"),
-                retry: true,
             }),
             Ok(results) => match results.into_iter().find_map(Result::err) {
                 None => Ok(()),
-                Some(e) => Err(classify(&e)),
+                Some(e) => Err(failure(&e)),
             },
         }
     }
@@ -421,15 +415,14 @@ impl KafkaTask {
         if let Some(sasl) = &self.sasl {
             builder = builder.sasl_config(sasl.clone());
         }
-        let client = builder.build().await.map_err(|e| classify(&e))?;
-        let topics = client.list_topics().await.map_err(|e| classify(&e))?;
+        let client = builder.build().await.map_err(|e| failure(&e))?;
+        let topics = client.list_topics().await.map_err(|e| failure(&e))?;
         let Some(topic) = topics.into_iter().find(|t| t.name == self.def.topic) else {
             return Err(Failure {
                 why: format!(
                     "topic {:?} does not exist (the sink does not create topics)",
                     self.def.topic
                 ),
-                retry: true,
             });
         };
         // Partitions are numbered 0..n; the murmur2 partitioner counts on it.
@@ -440,7 +433,6 @@ impl KafkaTask {
                     "topic {:?} has partitions {:?}, not 0..n",
                     self.def.topic, topic.partitions
                 ),
-                retry: true,
             });
         }
         let mut partitions = Vec::with_capacity(count);
@@ -448,7 +440,7 @@ impl KafkaTask {
             let pc = client
                 .partition_client(self.def.topic.clone(), p, UnknownTopicHandling::Error)
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| failure(&e))?;
             partitions.push(pc);
         }
         tracing::debug!(sink = %self.name, topic = %self.def.topic, partitions = count, "connected");
@@ -465,6 +457,7 @@ impl KafkaTask {
         let mut cut = Cut {
             partitions: BTreeMap::new(),
             events: 0,
+            rejected: 0,
             timestamp: chrono::Utc::now(),
         };
         for (entry, e) in entries.iter().enumerate() {
@@ -501,6 +494,8 @@ impl KafkaTask {
 struct Cut {
     partitions: BTreeMap<usize, Vec<Line>>,
     events: u64,
+    /// Records the broker refused for their size, dropped.
+    rejected: u64,
     timestamp: chrono::DateTime<chrono::Utc>,
 }
 
@@ -513,52 +508,84 @@ struct Line {
     key: Option<Vec<u8>>,
 }
 
-/// Produces `lines` to one partition in requests of at most `max_bytes` of keys and
-/// values, one at a time (in order); each acknowledged request leaves `lines`.
-async fn produce_all(
-    partition: &PartitionClient,
-    lines: &mut Vec<Line>,
-    entries: &[Entry],
+/// What every partition's requests of one attempt share.
+struct Request<'a> {
+    entries: &'a [Entry],
     timestamp: chrono::DateTime<chrono::Utc>,
     compression: Compression,
     max_bytes: usize,
-) -> Result<(), ClientError> {
-    while !lines.is_empty() {
-        let mut bytes = 0;
-        let n = lines
-            .iter()
-            .take_while(|l| {
-                let size = l.end - l.start + l.key.as_ref().map_or(0, Vec::len);
-                let fits = bytes == 0 || bytes + size <= max_bytes;
-                bytes += size;
-                fits
-            })
-            .count()
-            .max(1);
-        let records = lines[..n]
-            .iter()
-            .map(|l| Record {
-                key: l.key.clone(),
-                value: Some(entries[l.entry].data[l.start..l.end].to_vec()),
-                headers: BTreeMap::new(),
-                timestamp,
-            })
-            .collect();
-        partition.produce(records, compression).await?;
-        lines.drain(..n);
-    }
-    Ok(())
+    /// Records the broker refused for their size, counted across partitions.
+    rejected: &'a Cell<u64>,
 }
 
-/// Whether retrying can help, and what to say.
-fn classify(e: &ClientError) -> Failure {
-    let retry = !matches!(
+impl Request<'_> {
+    /// Produces `lines` to one partition in requests of at most `max_bytes` of keys and
+    /// values, one at a time (in order); each acknowledged request leaves `lines`. A
+    /// request the broker refuses as too large (over its `message.max.bytes`) is split in
+    /// halves until it fits; a single record it refuses so is dropped with an error in
+    /// the log, since no retry can deliver it.
+    async fn produce_all(
+        &self,
+        partition: &PartitionClient,
+        lines: &mut Vec<Line>,
+    ) -> Result<(), ClientError> {
+        let mut most = usize::MAX;
+        while !lines.is_empty() {
+            let mut bytes = 0;
+            let n = lines
+                .iter()
+                .take_while(|l| {
+                    let size = l.end - l.start + l.key.as_ref().map_or(0, Vec::len);
+                    let fits = bytes == 0 || bytes + size <= self.max_bytes;
+                    bytes += size;
+                    fits
+                })
+                .count()
+                .clamp(1, most);
+            let records = lines[..n]
+                .iter()
+                .map(|l| Record {
+                    key: l.key.clone(),
+                    value: Some(self.entries[l.entry].data[l.start..l.end].to_vec()),
+                    headers: BTreeMap::new(),
+                    timestamp: self.timestamp,
+                })
+                .collect();
+            match partition.produce(records, self.compression).await {
+                Ok(_) => {
+                    lines.drain(..n);
+                    most = usize::MAX;
+                }
+                Err(e) if too_large(&e) && n > 1 => {
+                    tracing::debug!(topic = %partition.topic(), partition = partition.partition(), records = n, "a request over the broker's limit; splitting it");
+                    most = n / 2;
+                }
+                Err(e) if too_large(&e) => {
+                    let bytes = lines[0].end - lines[0].start;
+                    tracing::error!(topic = %partition.topic(), partition = partition.partition(), bytes, error = %e, "the broker refuses a record this large; dropped");
+                    self.rejected.set(self.rejected.get() + 1);
+                    lines.drain(..1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The broker's answer to a request over its `message.max.bytes`.
+fn too_large(e: &ClientError) -> bool {
+    matches!(
         e,
         ClientError::ServerError {
             protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
             ..
         }
-    );
+    )
+}
+
+/// What to say about a failed request.
+fn failure(e: &ClientError) -> Failure {
     let why = match e {
         ClientError::ServerError {
             protocol_error,
@@ -570,7 +597,7 @@ fn classify(e: &ClientError) -> Failure {
         },
         other => other.to_string(),
     };
-    Failure { why, retry }
+    Failure { why }
 }
 
 /// The key at `path` in `value` when it is a JSON object: a string as its text, any other
