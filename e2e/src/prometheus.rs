@@ -113,7 +113,10 @@ impl Prometheus {
             let port = free_port()?;
             let mut cmd = Command::new(&binary);
             cmd.arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"));
             let name = format!("{label}-{attempt}");
             let mut proc = Proc::spawn(&name, cmd, env)?;
@@ -204,8 +207,16 @@ impl Prometheus {
     pub fn rules(&self) -> Result<BTreeMap<String, String>, EnvError> {
         let data = self.api("the rules", "/api/v1/rules", &[])?;
         let mut out = BTreeMap::new();
-        for group in data["groups"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            for rule in group["rules"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for group in data["groups"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            for rule in group["rules"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 out.insert(
                     rule["name"].as_str().unwrap_or_default().to_owned(),
                     rule["query"].as_str().unwrap_or_default().to_owned(),
