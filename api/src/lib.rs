@@ -4,6 +4,7 @@
 //! - [`validate`]: every problem of a spec, each with its field path.
 //! - [`rules`]: the rule language compiled into an immutable [`rules::Router`], and the
 //!   borrowed event views the sidecar's hot path routes.
+//! - [`quantity`]: byte sizes written as integers or Kubernetes quantities (`256Mi`).
 //! - [`pod`]: the pod contract of the webhook and the sidecar — annotations, env, directories.
 //! - `logging` (feature `logging`): both binaries' logs — format, level, live level changes.
 //! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
@@ -16,6 +17,7 @@
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod pod;
+pub mod quantity;
 pub mod rules;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -160,11 +160,16 @@ pub struct Source {
     /// Field that holds the message, instead of `msg`, `message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_field: Option<String>,
-    /// Longest line (or syslog message) kept whole, in bytes (default 1 MiB, at most
-    /// 16 MiB). A longer one is truncated to this size, counted in
-    /// `servicelog_lines_truncated_total{source}` and logged; the rest of it is skipped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "kube", schemars(range(min = 1024, max = 16777216)))]
+    /// Longest line (or syslog message) kept whole, in bytes (default 1 MiB, at least
+    /// 1 KiB, at most 16 MiB; an integer or a quantity such as `64Ki`). A longer one is
+    /// truncated to this size, counted in `servicelog_lines_truncated_total{source}` and
+    /// logged; the rest of it is skipped.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::quantity::deserialize_opt_bytes"
+    )]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
     pub max_line_bytes: Option<u64>,
 }
 
@@ -330,9 +335,14 @@ pub struct Buffer {
     #[serde(default, rename = "type")]
     pub kind: BufferType,
     /// Most bytes queued (default 2 MiB in memory, 256 MiB on disk); at most 64 MiB in
-    /// memory, 1 GiB on disk, and 1 GiB for all disk buffers of a ServiceLog together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "kube", schemars(range(min = 65536, max = 1073741824)))]
+    /// memory, 1 GiB on disk, and 1 GiB for all disk buffers of a ServiceLog together; an
+    /// integer or a quantity such as `256Mi`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::quantity::deserialize_opt_bytes"
+    )]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub when_full: WhenFull,
@@ -417,8 +427,14 @@ pub struct FileSink {
     pub path: String,
     #[serde(default)]
     pub encoding: LineEncoding,
-    /// Rotate when the file would grow past this many bytes; absent means never.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Rotate when the file would grow past this many bytes (an integer or a quantity such
+    /// as `100Mi`); absent means never.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::quantity::deserialize_opt_bytes"
+    )]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
     pub max_bytes: Option<u64>,
     /// Rotated files kept (`path.1` … `path.N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -555,8 +571,13 @@ pub enum Compression {
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HttpBatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "kube", schemars(range(min = 1024, max = 67108864)))]
+    /// A request's most bytes, 1 KiB to 64 MiB; an integer or a quantity such as `1Mi`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::quantity::deserialize_opt_bytes"
+    )]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
     pub max_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -200,3 +200,62 @@ fn given_a_running_environment_then_its_env_file_exports_what_a_shell_needs() {
     }
     assert!(env.tools().path("kubectl").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_crd_when_byte_sizes_are_quantities_then_the_api_server_keeps_them_and_they_read_as_bytes()
+ {
+    let env = env();
+    install_crds(env);
+    let ns = env.create_namespace("sizes").await.expect("namespace");
+    let manifest = |size: &str| {
+        format!(
+            "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: sizes, namespace: {ns}}}\n\
+             spec:\n  sources: [{{name: app, file: {{paths: [/var/log/app/*.log]}}, maxLineBytes: 64Ki}}]\n  \
+             sinks: [{{name: out, stdout: {{}}, buffer: {{maxBytes: {size}}}}}]\n  defaultTo: [out]\n"
+        )
+    };
+    let file = env.dir().join(format!("{ns}-sizes.yaml"));
+    std::fs::write(&file, manifest("8Mi")).expect("writing the manifest");
+    ok(
+        "kubectl apply (quantities)",
+        env.kubectl().args(["apply", "-f"]).arg(&file).output(),
+    );
+    let stored = ok(
+        "kubectl get slog",
+        env.kubectl()
+            .args([
+                "get",
+                "slog",
+                "sizes",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.sinks[0].buffer.maxBytes}",
+            ])
+            .output(),
+    );
+    assert_eq!(
+        stored, "8Mi",
+        "the API server did not keep what the user wrote"
+    );
+    let api: Api<ServiceLog> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let read = api.get("sizes").await.expect("get ServiceLog");
+    assert_eq!(
+        read.spec.sinks[0].buffer.as_ref().and_then(|b| b.max_bytes),
+        Some(8 << 20)
+    );
+    assert_eq!(read.spec.sources[0].max_line_bytes, Some(64 << 10));
+    // Neither an integer nor a string: the API server's schema refuses it.
+    std::fs::write(&file, manifest("[8]")).expect("writing the manifest");
+    let out = env
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("maxBytes"),
+        "a list as a byte size was accepted or not named: {stderr}"
+    );
+}

@@ -425,6 +425,14 @@ fn check_source(
         (None, None) => errors.push(&path, "a source sets exactly one of file or syslog"),
         _ => {}
     }
+    if let Some(n) = source.max_line_bytes
+        && !(1024..=crate::v1alpha1::MAX_LINE_BYTES as u64).contains(&n)
+    {
+        errors.push(
+            format!("{path}.maxLineBytes"),
+            "must be between 1024 (1Ki) and 16777216 (16Mi)",
+        );
+    }
     if let Some(file) = &source.file {
         if file.paths.is_empty() {
             errors.push(format!("{path}.file.paths"), "must list at least one path");
