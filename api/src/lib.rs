@@ -10,6 +10,7 @@
 //! - `serve` (feature `serve`): the `/metrics`, `/healthz`, `/readyz` server of both binaries.
 //! - [`zkauth`]: ZooKeeper identities (the operator's, each namespace's, derived) and ACLs.
 //! - `zktls` (feature `zk-tls`): TLS to ZooKeeper — settings, PEM files, handshake diagnosis.
+//! - [`rollout`]: staged rollout — which pods are canaries, the checks of `spec.rollout`.
 //! - [`wire`]: the ZooKeeper contract — znode paths, the config envelope, canonical JSON and
 //!   its `sha256:` hash, the instance record.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod logging;
 pub mod pod;
 pub mod quantity;
+pub mod rollout;
 pub mod rules;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -72,6 +72,11 @@ pub struct ServiceLogSpec {
     /// Per-resource override of the injected sidecar's image and resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarOverride>,
+    /// How a change of this spec reaches the pods: in steps, each a share of the pods,
+    /// with automatic rollback. Absent: every pod at once. Not part of the published
+    /// config (docs/architecture.md, "Staged rollout").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// A label selector, `metav1.LabelSelector` without the dependency on Kubernetes types, so
@@ -990,6 +995,9 @@ pub struct ServiceLogStatus {
     pub published_version: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodCounts>,
+    /// The staged rollout in progress or last finished; absent without `spec.rollout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// One per type (a list-map keyed by `type`, as server-side apply expects).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "kube", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])))]
@@ -1025,4 +1033,99 @@ pub struct Condition {
     pub last_transition_time: String,
     pub reason: String,
     pub message: String,
+}
+
+/// `spec.rollout`: a changed spec is published as a candidate beside the stable config
+/// and reaches a growing share of the pods, step by step; the last step promotes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// In order, each with a larger `percent`; after the last one the candidate becomes
+    /// the stable config for every pod.
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 10)))]
+    pub steps: Vec<RolloutStep>,
+    /// Health gates on the canary pods, beyond a rejected config (which always rolls
+    /// back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_on: Option<RollbackOn>,
+    /// Run the candidate in shadow on every pod's live events, writing nowhere, and
+    /// report per-rule match counts before any pod switches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
+}
+
+/// One step of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// Share of the pods that run the candidate in this step, 1 to 100.
+    #[cfg_attr(feature = "kube", schemars(range(min = 1, max = 100)))]
+    pub percent: u32,
+    /// How long the step holds once its pods acked, before the next (`30s`, `5m`,
+    /// at most `24h`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+}
+
+/// Health gates: a canary pod past one of them rolls the candidate back. Each ratio is
+/// over the events the pod handled since it applied the candidate, judged once it has
+/// handled `minEvents`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackOn {
+    /// Share of the events given to sinks that the sinks rejected, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 0.0, max = 1.0)))]
+    pub rejected_ratio: Option<f64>,
+    /// Share of the events read that the rules dropped (`action: drop`, or no route), 0
+    /// to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 0.0, max = 1.0)))]
+    pub dropped_ratio: Option<f64>,
+    /// Events a canary pod must have handled before its ratios count (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_events: Option<u64>,
+}
+
+/// Where a rollout is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+pub enum RolloutPhase {
+    Progressing,
+    Paused,
+    Complete,
+    RolledBack,
+}
+
+/// `status.rollout`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub phase: RolloutPhase,
+    /// The step in force, 1-based (0: the candidate is published, no step started).
+    pub step: u32,
+    /// The config every non-canary pod runs.
+    pub stable_hash: String,
+    /// The config being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_hash: Option<String>,
+    pub canary: CanaryCounts,
+    /// Why the rollout is in this phase (the rejection, the gate that tripped).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// The pods of the step in force.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryCounts {
+    /// Canary pods that ack the candidate.
+    pub applied: u32,
+    /// Pods the step's percent selects.
+    pub total: u32,
 }

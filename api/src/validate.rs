@@ -88,12 +88,24 @@ impl IntoIterator for ValidationErrors {
     }
 }
 
-/// Checks `spec` in full and returns every problem found.
+/// Checks `spec` in full and returns every problem found: the compiler's, then those of
+/// `spec.rollout`, which the operator reads and no sidecar runs.
 ///
 /// Notable behaviors: never panics, whatever the input; the ZooKeeper payload size limit
 /// is not checked here but by [`crate::wire`], which knows the envelope.
 pub fn validate(spec: &ServiceLogSpec) -> Result<(), ValidationErrors> {
-    Router::compile(spec).map(|_| ())
+    let mut problems = match Router::compile(spec) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0,
+    };
+    if let Some(rollout) = &spec.rollout {
+        problems.extend(crate::rollout::check(rollout));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(problems))
+    }
 }
 
 /// Reads a spec from JSON exactly as written: a field this build does not know is an error

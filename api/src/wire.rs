@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! <root>/namespaces/<ns>/<name>/config            persistent: an [`Envelope`]
+//! <root>/namespaces/<ns>/<name>/candidate         persistent, during a staged rollout: a
+//!                                                 [`Candidate`]
 //! <root>/namespaces/<ns>/<name>/instances/<pod>   ephemeral: an [`Instance`]
 //! ```
 //!
@@ -153,17 +155,21 @@ impl Envelope {
     /// can run it) and small enough for a znode. What the operator's reconcile, the
     /// validating webhook and `servicelog-operator validate` all ask.
     ///
+    /// `spec.rollout` is checked but not published: it says how the operator rolls a
+    /// change out, not what a sidecar runs, so changing only it changes no config hash.
+    ///
     /// Notable errors: every validation problem with its field path, and the size as a
     /// problem at `spec`.
     pub fn publishable(
         uid: impl Into<String>,
         generation: i64,
-        spec: ServiceLogSpec,
+        mut spec: ServiceLogSpec,
     ) -> Result<Self, crate::validate::ValidationErrors> {
         let mut problems = match crate::validate::validate(&spec) {
             Ok(()) => Vec::new(),
             Err(errors) => errors.0,
         };
+        spec.rollout = None;
         match Self::new(uid, generation, spec).and_then(|e| e.to_bytes().map(|_| e)) {
             Ok(envelope) if problems.is_empty() => return Ok(envelope),
             Ok(_) => {}
@@ -252,6 +258,151 @@ fn canonical_text(bytes: Vec<u8>) -> Result<Box<str>, WireError> {
         })
 }
 
+/// The data of a `candidate` znode, the sibling of `config` during a staged rollout:
+/// `{"config":{…an Envelope…},"percent":10,"preview":false,"schema":1,"stableHash":"sha256:…","step":1}`.
+///
+/// A pod runs `config` when [`crate::rollout::is_member`] says so for `percent`, unless
+/// `preview`, and only while the config znode's hash is `stableHash`: a candidate left
+/// behind by a stable config edited since (by hand, by a script) is ignored rather than
+/// applied over a change it was never compared with. No candidate znode: no rollout.
+///
+/// The outer fields are read first and the config apart ([`Candidate::config`]), so a
+/// canary can say which candidate it rejected even when the config inside is bad.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Hash of the config znode this candidate is a change of.
+    pub stable_hash: String,
+    /// The step in force, 1-based, for people and logs; membership reads only `percent`.
+    pub step: u32,
+    /// Share of the pods that run the candidate, 0 to 100.
+    pub percent: u32,
+    /// Every pod runs the candidate in shadow (writing nowhere) and no pod switches.
+    pub preview: bool,
+    /// The candidate's hash as its envelope declares it (checked by [`Candidate::config`]).
+    pub hash: String,
+    /// The candidate's envelope, as written.
+    config: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCandidate {
+    config: serde_json::Value,
+    percent: u32,
+    #[serde(default)]
+    preview: bool,
+    schema: u32,
+    stable_hash: String,
+    #[serde(default)]
+    step: u32,
+}
+
+impl Candidate {
+    /// The candidate `config` for the pods of a step of `percent`, over the stable config
+    /// of hash `stable_hash`.
+    pub fn new(
+        stable_hash: impl Into<String>,
+        step: u32,
+        percent: u32,
+        preview: bool,
+        config: &Envelope,
+    ) -> Result<Self, WireError> {
+        let config =
+            serde_json::from_slice(&config.to_bytes()?).map_err(|e| WireError::Malformed {
+                what: "config envelope",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            stable_hash: stable_hash.into(),
+            step,
+            percent: percent.min(100),
+            preview,
+            hash: declared_hash(&config)?,
+            config,
+        })
+    }
+
+    /// The znode payload: canonical JSON.
+    ///
+    /// Notable errors: [`WireError::TooLarge`] past [`MAX_PAYLOAD_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let bytes = canonical_json(&WireCandidate {
+            config: self.config.clone(),
+            percent: self.percent,
+            preview: self.preview,
+            schema: SCHEMA_VERSION,
+            stable_hash: self.stable_hash.clone(),
+            step: self.step,
+        })?;
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Err(WireError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads znode data: the outer fields and the config's declared hash; the config
+    /// itself is read by [`Candidate::config`].
+    ///
+    /// Notable errors: [`WireError::UnsupportedSchema`], [`WireError::Malformed`] (not
+    /// JSON, a missing field, a percent over 100, a config without a hash).
+    pub fn from_slice(data: &[u8]) -> Result<Self, WireError> {
+        let wire: WireCandidate =
+            serde_json::from_slice(data).map_err(|e| WireError::Malformed {
+                what: "candidate",
+                message: e.to_string(),
+            })?;
+        if wire.schema != SCHEMA_VERSION {
+            return Err(WireError::UnsupportedSchema { found: wire.schema });
+        }
+        if wire.percent > 100 {
+            return Err(WireError::Malformed {
+                what: "candidate",
+                message: format!("percent is {}; at most 100", wire.percent),
+            });
+        }
+        Ok(Self {
+            stable_hash: wire.stable_hash,
+            step: wire.step,
+            percent: wire.percent,
+            preview: wire.preview,
+            hash: declared_hash(&wire.config)?,
+            config: wire.config,
+        })
+    }
+
+    /// Whether pod `namespace/pod`, whose config znode has hash `stable_hash`, runs this
+    /// candidate: a member of the step ([`crate::rollout::is_member`]), not in preview, and
+    /// the candidate a change of that stable config.
+    pub fn selects(&self, stable_hash: &str, namespace: &str, pod: &str) -> bool {
+        !self.preview
+            && self.stable_hash == stable_hash
+            && crate::rollout::is_member(&self.hash, namespace, pod, self.percent)
+    }
+
+    /// The candidate's config, checked as a config znode's is ([`Envelope::from_slice`]).
+    pub fn config(&self) -> Result<Envelope, WireError> {
+        let bytes = serde_json::to_vec(&self.config).map_err(|e| WireError::Malformed {
+            what: "candidate config",
+            message: e.to_string(),
+        })?;
+        Envelope::from_slice(&bytes)
+    }
+}
+
+fn declared_hash(config: &serde_json::Value) -> Result<String, WireError> {
+    config
+        .get("hash")
+        .and_then(serde_json::Value::as_str)
+        .map(ToOwned::to_owned)
+        .ok_or_else(|| WireError::Malformed {
+            what: "candidate",
+            message: "config.hash is missing or not a string".into(),
+        })
+}
+
 /// Whether a sidecar runs the config it was given.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -282,6 +433,11 @@ pub struct Instance {
         skip_serializing_if = "std::collections::BTreeMap::is_empty"
     )]
     pub sink_errors: std::collections::BTreeMap<String, String>,
+    /// During a staged rollout, on a canary pod: the hash of the candidate it was asked to
+    /// run. It runs it when `hash` is the same; `state: error` says it rejected it.
+    /// Absent on every other pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
 }
 
 impl Instance {
@@ -340,6 +496,10 @@ impl Layout {
         Ok(format!("{}/config", self.resource(namespace, name)?))
     }
 
+    pub fn candidate(&self, namespace: &str, name: &str) -> Result<String, WireError> {
+        Ok(format!("{}/candidate", self.resource(namespace, name)?))
+    }
+
     pub fn instances(&self, namespace: &str, name: &str) -> Result<String, WireError> {
         Ok(format!("{}/instances", self.resource(namespace, name)?))
     }
@@ -355,16 +515,19 @@ impl Layout {
     /// Notable errors: [`WireError::BadSegment`] for a config path that is not absolute or
     /// does not end in `/config`, or a pod name ZooKeeper cannot hold.
     pub fn instance_for_config(config: &str, pod: &str) -> Result<String, WireError> {
-        let parent = config
-            .strip_suffix("/config")
-            .filter(|p| p.starts_with('/') && !p.ends_with('/') && !p.contains("//"))
-            .ok_or_else(|| WireError::BadSegment {
-                what: "config znode",
-                value: config.to_owned(),
-                why: "it must be an absolute path ending in /config",
-            })?;
+        let parent = config_parent(config)?;
         segment("pod", pod)?;
         Ok(format!("{parent}/instances/{pod}"))
+    }
+
+    /// `…/<name>/candidate` for a config znode `…/<name>/config`: where a sidecar given
+    /// only its config znode looks for a staged rollout's candidate.
+    ///
+    /// Notable errors: [`WireError::BadSegment`] for a config path that is not absolute or
+    /// does not end in `/config`.
+    pub fn candidate_for_config(config: &str) -> Result<String, WireError> {
+        let parent = config_parent(config)?;
+        Ok(format!("{parent}/candidate"))
     }
 
     /// Reads a path back into `(namespace, name, rest)`, for watch events under the root.
@@ -413,6 +576,18 @@ pub enum PathKind<'a> {
     Config,
     Instances,
     Instance(&'a str),
+}
+
+/// `…/<name>` of a config znode `…/<name>/config`.
+fn config_parent(config: &str) -> Result<&str, WireError> {
+    config
+        .strip_suffix("/config")
+        .filter(|p| p.starts_with('/') && !p.ends_with('/') && !p.contains("//"))
+        .ok_or_else(|| WireError::BadSegment {
+            what: "config znode",
+            value: config.to_owned(),
+            why: "it must be an absolute path ending in /config",
+        })
 }
 
 fn segment(what: &'static str, value: &str) -> Result<(), WireError> {
@@ -581,6 +756,30 @@ mod tests {
     }
 
     #[test]
+    fn given_a_spec_with_a_rollout_then_it_is_checked_and_published_without_it() {
+        let plain = Envelope::publishable("u", 1, spec()).unwrap();
+        let mut with = spec();
+        with.rollout = Some(crate::v1alpha1::Rollout {
+            steps: vec![crate::v1alpha1::RolloutStep {
+                percent: 10,
+                pause: Some("1m".into()),
+            }],
+            ..Default::default()
+        });
+        let published = Envelope::publishable("u", 1, with.clone()).unwrap();
+        assert_eq!(
+            published.hash, plain.hash,
+            "the rollout is not part of the config"
+        );
+        assert_eq!(published.spec.rollout, None);
+        assert!(!published.canonical_spec().contains("rollout"));
+
+        with.rollout.as_mut().unwrap().steps[0].percent = 0;
+        let err = Envelope::publishable("u", 1, with).unwrap_err();
+        assert_eq!(err.0[0].path, "spec.rollout.steps[0].percent");
+    }
+
+    #[test]
     fn oversized_envelope_is_refused() {
         let mut big = spec();
         big.sources[0].file.as_mut().unwrap().paths =
@@ -664,10 +863,128 @@ mod tests {
             error: Some("spec.rules[0].to[0]: unknown sink".into()),
             since: "2026-11-25T00:00:00Z".into(),
             sink_errors: [("events".to_owned(), "topic \"x\" does not exist".to_owned())].into(),
+            candidate: Some("sha256:11".into()),
         };
         let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();
         assert!(s.contains(r#""state":"error""#), "{s}");
         assert!(s.contains(r#""sinkErrors":{"events":"#), "{s}");
+        assert!(s.contains(r#""candidate":"sha256:11""#), "{s}");
         assert_eq!(Instance::from_slice(s.as_bytes()).unwrap(), i);
+    }
+
+    #[test]
+    fn given_a_record_without_candidate_then_it_reads_and_writes_as_before() {
+        let old = r#"{"hash":"sha256:00","pod":"p","since":"2026-11-25T00:00:00Z","state":"ok"}"#;
+        let i = Instance::from_slice(old.as_bytes()).unwrap();
+        assert_eq!(i.candidate, None);
+        assert_eq!(String::from_utf8(i.to_bytes().unwrap()).unwrap(), old);
+    }
+
+    #[test]
+    fn given_a_candidate_when_written_and_read_then_it_round_trips_with_its_config() {
+        let stable = Envelope::new("uid-1", 3, spec()).unwrap();
+        let mut changed = spec();
+        changed.default_to.clear();
+        let config = Envelope::new("uid-1", 4, changed).unwrap();
+        let candidate = Candidate::new(&stable.hash, 1, 10, false, &config).unwrap();
+        let bytes = candidate.to_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"config":{"generation":4,"hash":"sha256:"#)
+                && text.ends_with(&format!(
+                    r#""percent":10,"preview":false,"schema":1,"stableHash":"{}","step":1}}"#,
+                    stable.hash
+                )),
+            "not the documented canonical layout: {text}"
+        );
+        let read = Candidate::from_slice(&bytes).unwrap();
+        assert_eq!(read, candidate);
+        assert_eq!(read.hash, config.hash);
+        assert_eq!(read.config().unwrap(), config);
+    }
+
+    #[test]
+    fn given_a_candidate_then_it_selects_its_members_only_over_its_stable_config() {
+        let config = Envelope::new("u", 4, spec()).unwrap();
+        let pods: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
+        let at = |percent, preview| {
+            let c = Candidate::new("sha256:stable", 1, percent, preview, &config).unwrap();
+            pods.iter()
+                .filter(|p| c.selects("sha256:stable", "shop", p))
+                .count()
+        };
+        let expected = pods
+            .iter()
+            .filter(|p| crate::rollout::is_member(&config.hash, "shop", p, 30))
+            .count();
+        assert_eq!(at(30, false), expected);
+        assert!(expected > 0 && expected < 200, "{expected}");
+        assert_eq!(at(100, false), 200);
+        assert_eq!(at(100, true), 0, "a preview switches no pod");
+        let c = Candidate::new("sha256:stable", 1, 100, false, &config).unwrap();
+        assert!(
+            !c.selects("sha256:edited-since", "shop", "web-0"),
+            "a candidate of another stable config is ignored"
+        );
+    }
+
+    #[test]
+    fn given_a_candidate_with_a_bad_config_then_its_hash_is_still_known() {
+        let config = Envelope::new("u", 4, spec()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &Candidate::new("sha256:00", 1, 50, false, &config)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+        )
+        .unwrap();
+        v["config"]["spec"]["defaultTo"] = serde_json::json!([]);
+        let read = Candidate::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(read.hash, config.hash);
+        let err = read.config().unwrap_err();
+        assert!(matches!(err, WireError::HashMismatch { .. }), "got {err:?}");
+    }
+
+    #[test]
+    fn given_malformed_candidates_then_each_is_refused_with_why() {
+        let config = Envelope::new("u", 4, spec()).unwrap();
+        let good: serde_json::Value = serde_json::from_slice(
+            &Candidate::new("sha256:00", 1, 50, false, &config)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+        )
+        .unwrap();
+        let with = |key: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[key] = value;
+            serde_json::to_vec(&v).unwrap()
+        };
+        let err = Candidate::from_slice(&with("percent", serde_json::json!(101))).unwrap_err();
+        assert!(err.to_string().contains("percent is 101"), "{err}");
+        let err = Candidate::from_slice(&with("schema", serde_json::json!(2))).unwrap_err();
+        assert_eq!(err, WireError::UnsupportedSchema { found: 2 });
+        let err = Candidate::from_slice(&with("config", serde_json::json!({}))).unwrap_err();
+        assert!(err.to_string().contains("config.hash"), "{err}");
+        let mut no_stable = good.clone();
+        no_stable.as_object_mut().unwrap().remove("stableHash");
+        let err = Candidate::from_slice(&serde_json::to_vec(&no_stable).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("stableHash"), "{err}");
+        assert!(Candidate::from_slice(b"").is_err());
+    }
+
+    #[test]
+    fn the_candidate_znode_is_the_config_znodes_sibling() {
+        let l = Layout::default();
+        let config = l.config("shop", "checkout").unwrap();
+        assert_eq!(
+            Layout::candidate_for_config(&config).unwrap(),
+            l.candidate("shop", "checkout").unwrap()
+        );
+        assert_eq!(
+            l.candidate("shop", "checkout").unwrap(),
+            "/servicelog/namespaces/shop/checkout/candidate"
+        );
+        assert!(Layout::candidate_for_config("/a/b").is_err());
     }
 }

@@ -398,6 +398,7 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
         error: error.map(Into::into),
         since: "2026-11-25T00:00:00Z".into(),
         sink_errors: Default::default(),
+        candidate: None,
     };
     let path = f.layout.instance(&f.ns, "checkout", "web-0").expect("path");
     let ack = instance(InstanceState::Ok, None).to_bytes().expect("bytes");

@@ -213,6 +213,7 @@ impl StatusDigest {
                 applied,
                 summary: format!("{applied}/{injected}"),
             }),
+            rollout: None,
             conditions,
         }
     }

@@ -146,8 +146,10 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             let zk_opts = ZkOptions {
                 connect: connect.clone(),
                 config_path: znode.clone(),
+                candidate_path: Layout::candidate_for_config(znode)?,
                 instance_path: Layout::instance_for_config(znode, &opts.pod)?,
                 pod: opts.pod.clone(),
+                namespace: opts.namespace.clone(),
                 session_timeout: opts.zk_session_timeout,
                 connect_timeout: opts.zk_connect_timeout,
                 auth_file: opts.zk_auth_file.clone(),

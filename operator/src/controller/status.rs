@@ -418,6 +418,7 @@ mod tests {
             error: error.map(Into::into),
             since: "2026-11-25T00:00:00Z".into(),
             sink_errors: Default::default(),
+            candidate: None,
         }
     }
 
@@ -591,6 +592,7 @@ mod tests {
                 applied,
                 summary: format!("{applied}/{injected}"),
             }),
+            rollout: None,
             conditions: Vec::new(),
         }
     }

@@ -13,6 +13,12 @@
 //! no config is in force and ZooKeeper cannot give one (unreachable, or no config znode),
 //! the sidecar routes with the last-known-good config from the state directory.
 //!
+//! During a staged rollout the config znode's sibling `candidate` holds a changed config
+//! for a share of the pods ([`Candidate`]); it is watched beside the config znode, and a
+//! pod the candidate selects runs it through the same swap, rejection and last-known-good
+//! rules as the config znode's, saying so in its instance record (`candidate`). Every
+//! other pod, and every pod once the candidate is withdrawn, runs the config znode's.
+//!
 //! An instance znode left by an earlier session of the same pod (after a restart, ZooKeeper
 //! keeps it until that session times out) is updated in place and watched; when ZooKeeper
 //! removes it, this session creates its own.
@@ -27,7 +33,7 @@
 use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use servicelog_api::{
-    wire::{Envelope, Instance, InstanceState},
+    wire::{Candidate, Envelope, Instance, InstanceState},
     zkauth::{self, Credentials, RecordAcl},
     zktls::{self, ZkTls},
 };
@@ -49,8 +55,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct ZkOptions {
     pub connect: String,
     pub config_path: String,
+    /// The config znode's sibling `candidate`, read during a staged rollout.
+    pub candidate_path: String,
     pub instance_path: String,
     pub pod: String,
+    /// The pod's namespace: with the pod's name, what decides whether it is a canary.
+    pub namespace: String,
     pub session_timeout: Duration,
     pub connect_timeout: Duration,
     /// The namespace's ZooKeeper identity (`SERVICELOG_ZK_AUTH_FILE`), read again at every
@@ -150,9 +160,17 @@ pub struct ZkConfig {
     to_persist: Option<Envelope>,
     /// Swapped in but the readers not yet told: told after the ack, likewise.
     to_announce: Option<Swapped>,
-    /// The config znode data last handled, so a re-read after a reconnect does not
-    /// re-apply (or re-reject) the same bytes.
+    /// The config znode data last read, so a re-read after a reconnect does not re-apply
+    /// (or re-reject) the same bytes.
     seen: Option<Vec<u8>>,
+    /// The config znode's config, or why it cannot be used; `None` until one was read.
+    stable: Option<Result<Envelope, String>>,
+    /// The candidate znode data last read (`None`: no candidate).
+    candidate_seen: Option<Vec<u8>>,
+    /// The candidate znode, read, or why it cannot be; `None`: no candidate.
+    candidate: Option<Result<Candidate, String>>,
+    /// What was read changed since the config in force was chosen.
+    dirty: bool,
     fell_back: bool,
     /// This session's ACL for the instance record, once read from the config's.
     instance_acl: Option<Vec<Acl>>,
@@ -179,6 +197,10 @@ impl ZkConfig {
             to_persist: None,
             to_announce: None,
             seen: None,
+            stable: None,
+            candidate_seen: None,
+            candidate: None,
+            dirty: false,
             fell_back: false,
             instance_acl: None,
             auth_in_use: None,
@@ -275,24 +297,37 @@ impl ZkConfig {
         let mut states = client.state_watcher();
         // Armed until they fire (`None`: to be read and watched again).
         let mut config_watch = None;
+        let mut candidate_watch = None;
         let mut instance_watch = None;
         loop {
             if let Some(end) = terminated(client) {
                 return end;
             }
-            if config_watch.is_none() {
-                match self.read_config(client).await {
-                    Ok(w) => config_watch = Some(w),
-                    Err(zookeeper_client::Error::NoAuth) => return End::NotAuthorized,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the config znode");
-                        if let Some(end) = self.wait_reconnect(client, &mut states).await {
-                            return end;
-                        }
-                        instance_watch = None;
-                        continue;
-                    }
+            // The candidate first: at start, a canary then swaps once, to the candidate.
+            let read = async {
+                if candidate_watch.is_none() {
+                    candidate_watch = Some(self.read_candidate(client).await?);
                 }
+                if config_watch.is_none() {
+                    config_watch = Some(self.read_config(client).await?);
+                }
+                Ok(())
+            };
+            match read.await {
+                Ok(()) => {}
+                Err(zookeeper_client::Error::NoAuth) => return End::NotAuthorized,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the config and candidate znodes");
+                    if let Some(end) = self.wait_reconnect(client, &mut states).await {
+                        return end;
+                    }
+                    instance_watch = None;
+                    continue;
+                }
+            }
+            if self.dirty && self.stable.is_some() {
+                self.dirty = false;
+                self.choose();
             }
             match self.publish(client, &mut instance_watch).await {
                 Ok(()) => {}
@@ -306,12 +341,17 @@ impl ZkConfig {
                 self.last_good.save(&config);
             }
             let waited = self
-                .wait(client, &mut states, &mut config_watch, &mut instance_watch)
+                .wait(
+                    client,
+                    &mut states,
+                    [&mut config_watch, &mut candidate_watch, &mut instance_watch],
+                )
                 .await;
             match waited {
                 Wait::Fired => {}
                 Wait::Reconnected => {
                     config_watch = None;
+                    candidate_watch = None;
                     instance_watch = None;
                 }
                 Wait::AuthCheck => {
@@ -324,14 +364,13 @@ impl ZkConfig {
         }
     }
 
-    /// Waits for something to re-read: the config changed or the instance znode changed
-    /// (that watch is then spent), or the session reconnected.
+    /// Waits for something to re-read: the config, the candidate or the instance znode
+    /// changed (that watch is then spent), or the session reconnected.
     async fn wait(
         &mut self,
         client: &Client,
         states: &mut zookeeper_client::StateWatcher,
-        config_watch: &mut Option<Watch>,
-        instance_watch: &mut Option<Watch>,
+        [config_watch, candidate_watch, instance_watch]: [&mut Option<Watch>; 3],
     ) -> Wait {
         loop {
             tokio::select! {
@@ -340,6 +379,13 @@ impl ZkConfig {
                         return Wait::Ended(terminated(client).unwrap_or(End::Terminated(event.session_state)));
                     }
                     tracing::debug!(event = ?event.event_type, "config znode changed");
+                    return Wait::Fired;
+                }
+                event = fired(candidate_watch) => {
+                    if event.event_type == EventType::Session {
+                        return Wait::Ended(terminated(client).unwrap_or(End::Terminated(event.session_state)));
+                    }
+                    tracing::debug!(event = ?event.event_type, "candidate znode changed");
                     return Wait::Fired;
                 }
                 event = fired(instance_watch) => {
@@ -442,7 +488,7 @@ impl ZkConfig {
         }
     }
 
-    /// Reads (and applies) the config znode, returning the watch on it.
+    /// Reads the config znode, returning the watch on it.
     async fn read_config(&mut self, client: &Client) -> Result<Watch, zookeeper_client::Error> {
         let path = self.opts.config_path.clone();
         loop {
@@ -466,39 +512,109 @@ impl ZkConfig {
         }
     }
 
+    /// Reads the candidate znode, returning the watch on it (on its creation when there
+    /// is none).
+    async fn read_candidate(&mut self, client: &Client) -> Result<Watch, zookeeper_client::Error> {
+        let path = self.opts.candidate_path.clone();
+        loop {
+            match client.get_and_watch_data(&path).await {
+                Ok((data, _stat, watch)) => {
+                    self.on_candidate(Some(data));
+                    return Ok(watch_of(watch));
+                }
+                Err(zookeeper_client::Error::NoNode) => {
+                    match client.check_and_watch_stat(&path).await? {
+                        (Some(_), _) => continue,
+                        (None, watch) => {
+                            self.on_candidate(None);
+                            return Ok(watch_of(watch));
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn on_config(&mut self, data: Vec<u8>) {
         if self.seen.as_ref() == Some(&data) && self.desired.is_some() {
             return;
         }
-        let result = match Envelope::from_slice(&data) {
+        self.stable = Some(Envelope::from_slice(&data).map_err(|e| {
+            self.metrics.config_result(false);
+            tracing::error!(error = %e, "config znode not applied; the rules in force stay");
+            format!("config znode {}: {e}", self.opts.config_path)
+        }));
+        self.seen = Some(data);
+        self.dirty = true;
+    }
+
+    fn on_candidate(&mut self, data: Option<Vec<u8>>) {
+        if self.candidate_seen == data && self.desired.is_some() {
+            return;
+        }
+        self.candidate = data.as_deref().map(|data| {
+            Candidate::from_slice(data)
+                .map_err(|e| format!("candidate znode {}: {e}", self.opts.candidate_path))
+        });
+        match &self.candidate {
+            Some(Ok(c)) => {
+                tracing::info!(candidate = %c.hash, stable = %c.stable_hash, step = c.step, percent = c.percent, preview = c.preview, "staged rollout: candidate read")
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "staged rollout: the candidate cannot be read; staying on the config znode's config")
+            }
+            None if self.candidate_seen.is_some() => {
+                tracing::info!("staged rollout: candidate withdrawn")
+            }
+            None => {}
+        }
+        self.candidate_seen = data;
+        self.dirty = true;
+    }
+
+    /// Chooses what to run — the candidate on a pod it selects, else the config znode's
+    /// config — swaps it in, and says so in the instance record to be written.
+    fn choose(&mut self) {
+        let Some(stable) = &self.stable else {
+            return;
+        };
+        let (target, canary, candidate_error) = match (stable, &self.candidate) {
+            (Ok(stable), Some(Ok(c)))
+                if c.selects(&stable.hash, &self.opts.namespace, &self.opts.pod) =>
+            {
+                let config = c.config().map_err(|e| {
+                    self.metrics.config_result(false);
+                    tracing::error!(candidate = %c.hash, error = %e, "candidate not applied; the rules in force stay");
+                    format!("candidate znode {}: {e}", self.opts.candidate_path)
+                });
+                (config, Some(c.hash.clone()), None)
+            }
+            (stable, Some(Err(e))) => (stable.clone(), None, Some(e.clone())),
+            (stable, _) => (stable.clone(), None, None),
+        };
+        let result = match target {
             Ok(config) => match self.topology.swap(&config) {
                 Ok(swapped) => {
+                    if canary.is_some() && swapped.is_some() {
+                        tracing::info!(hash = %config.hash, "staged rollout: this pod is a canary and runs the candidate");
+                    }
                     let hash = config.hash.clone();
                     self.to_announce = swapped;
                     self.to_persist = Some(config);
-                    Ok(hash)
+                    candidate_error.map_or(Ok(hash.clone()), |e| Err((hash, e)))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err((self.topology.hash().unwrap_or_default(), e.to_string())),
             },
-            Err(e) => {
-                self.metrics.config_result(false);
-                tracing::error!(error = %e, "config znode not applied; the rules in force stay");
-                Err(format!("config znode {}: {e}", self.opts.config_path))
-            }
+            Err(e) => Err((self.topology.hash().unwrap_or_default(), e)),
         };
-        self.seen = Some(data);
         let (hash, state, error) = match result {
             Ok(hash) => (hash, InstanceState::Ok, None),
-            Err(e) => (
-                self.topology.hash().unwrap_or_default(),
-                InstanceState::Error,
-                Some(e),
-            ),
+            Err((hash, e)) => (hash, InstanceState::Error, Some(e)),
         };
-        let unchanged = self
-            .desired
-            .as_ref()
-            .is_some_and(|d| d.hash == hash && d.state == state && d.error == error);
+        let unchanged = self.desired.as_ref().is_some_and(|d| {
+            d.hash == hash && d.state == state && d.error == error && d.candidate == canary
+        });
         if !unchanged {
             let (version, sink_errors) = self.topology.sink_errors().snapshot();
             self.sink_errors_version = version;
@@ -509,6 +625,7 @@ impl ZkConfig {
                 error,
                 since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 sink_errors,
+                candidate: canary,
             });
         }
     }
