@@ -43,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use rskafka::{
     BackoffConfig,
     client::{
@@ -129,6 +129,7 @@ pub struct KafkaTask {
     sasl: Option<SaslConfig>,
     metrics: Metrics,
     delivered: Counter,
+    request_duration: Histogram,
     errors: SinkErrors,
     /// This build's identity in [`SinkErrors`]: a replaced build's last words do not
     /// clear the error its successor reported.
@@ -205,6 +206,7 @@ impl KafkaTask {
             tls,
             sasl,
             delivered: metrics.sink_counter(&name),
+            request_duration: metrics.request_duration(&name),
             metrics: metrics.clone(),
             errors,
             build: BUILDS.fetch_add(1, Ordering::Relaxed),
@@ -373,6 +375,7 @@ impl KafkaTask {
             compression: self.compression,
             max_bytes: self.max_bytes,
             rejected: &rejected,
+            duration: &self.request_duration,
         };
         let producing = futures::future::join_all(
             groups
@@ -516,6 +519,8 @@ struct Request<'a> {
     max_bytes: usize,
     /// Records the broker refused for their size, counted across partitions.
     rejected: &'a Cell<u64>,
+    /// `servicelog_sink_request_duration_seconds`: each produce request.
+    duration: &'a Histogram,
 }
 
 impl Request<'_> {
@@ -551,7 +556,10 @@ impl Request<'_> {
                     timestamp: self.timestamp,
                 })
                 .collect();
-            match partition.produce(records, self.compression).await {
+            let started = std::time::Instant::now();
+            let produced = partition.produce(records, self.compression).await;
+            self.duration.observe(started.elapsed().as_secs_f64());
+            match produced {
                 Ok(_) => {
                     lines.drain(..n);
                     most = usize::MAX;
