@@ -174,7 +174,10 @@ pub struct Source {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::quantity::deserialize_opt_bytes"
     )]
-    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(schema_with = "crate::quantity::bytes_schema")
+    )]
     pub max_line_bytes: Option<u64>,
 }
 
@@ -347,7 +350,10 @@ pub struct Buffer {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::quantity::deserialize_opt_bytes"
     )]
-    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(schema_with = "crate::quantity::bytes_schema")
+    )]
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub when_full: WhenFull,
@@ -439,7 +445,10 @@ pub struct FileSink {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::quantity::deserialize_opt_bytes"
     )]
-    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(schema_with = "crate::quantity::bytes_schema")
+    )]
     pub max_bytes: Option<u64>,
     /// Rotated files kept (`path.1` … `path.N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -582,7 +591,10 @@ pub struct HttpBatch {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::quantity::deserialize_opt_bytes"
     )]
-    #[cfg_attr(feature = "kube", schemars(schema_with = "crate::quantity::bytes_schema"))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(schema_with = "crate::quantity::bytes_schema")
+    )]
     pub max_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -578,7 +578,12 @@ async fn given_crds_templated_when_the_release_adopts_upgrades_and_uninstalls_th
     ok(
         "kubectl label crd",
         env.kubectl()
-            .args(["label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm"])
+            .args([
+                "label",
+                "--overwrite",
+                crd,
+                "app.kubernetes.io/managed-by=Helm",
+            ])
             .output(),
     );
     ok(
@@ -625,7 +630,10 @@ async fn given_crds_templated_when_the_release_adopts_upgrades_and_uninstalls_th
                 .output(),
         )
     };
-    assert_eq!(get("{.metadata.annotations.helm\\.sh/resource-policy}"), "keep");
+    assert_eq!(
+        get("{.metadata.annotations.helm\\.sh/resource-policy}"),
+        "keep"
+    );
     // helm upgrade writes the CRD: a label the release sets shows up on it.
     install("upgrade", &["--set", "commonLabels.upgraded=yes"]);
     assert_eq!(
@@ -636,7 +644,15 @@ async fn given_crds_templated_when_the_release_adopts_upgrades_and_uninstalls_th
     ok(
         "helm uninstall",
         env.helm()
-            .args(["uninstall", &release, "--namespace", &ns, "--wait", "--timeout", "60s"])
+            .args([
+                "uninstall",
+                &release,
+                "--namespace",
+                &ns,
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
             .output(),
     );
     assert_eq!(
