@@ -32,6 +32,7 @@ pub mod fast;
 pub mod memory;
 pub mod observe;
 pub mod publish;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 

@@ -918,6 +918,7 @@ spec:
                 limits: [("memory".to_string(), "128Mi".to_string())].into(),
                 requests: BTreeMap::new(),
             }),
+            log_level: None,
         });
         let out = inject(&p, "shop", "checkout", &s, &config()).unwrap();
         golden("container-mode-pod.json", &out);
