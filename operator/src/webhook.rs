@@ -425,6 +425,17 @@ async fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
         return (allowed, "allowed");
     };
     let spec = slog.data.get("spec").cloned().unwrap_or_default();
+    // An update that leaves the spec as it is (the operator's finalizer, its removal on
+    // delete, a label) goes through: a spec admitted while this webhook was down must
+    // still get its finalizer, its Valid=False status and its deletion.
+    if req.operation == Operation::Update
+        && req
+            .old_object
+            .as_ref()
+            .is_some_and(|old| old.data.get("spec").cloned().unwrap_or_default() == spec)
+    {
+        return (allowed, "allowed");
+    }
     let job = tokio::task::spawn_blocking(move || problems(&spec));
     match tokio::time::timeout(VALIDATION_DEADLINE, job).await {
         Ok(Ok(problems)) if problems.is_empty() => (allowed, "allowed"),
@@ -614,6 +625,15 @@ mod tests {
     }
 
     fn review(object: serde_json::Value, kind: (&str, &str, &str), operation: &str) -> Vec<u8> {
+        review_update(object, serde_json::Value::Null, kind, operation)
+    }
+
+    fn review_update(
+        object: serde_json::Value,
+        old: serde_json::Value,
+        kind: (&str, &str, &str),
+        operation: &str,
+    ) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -625,10 +645,58 @@ mod tests {
                 "namespace": "shop",
                 "userInfo": {},
                 "object": object,
+                "oldObject": old,
                 "dryRun": false,
             }
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn given_an_invalid_spec_admitted_before_when_an_update_leaves_it_then_it_is_allowed_and_a_spec_change_is_not()
+     {
+        let kind = ("servicelog.io", "v1alpha1", "ServiceLog");
+        let bad = serde_json::json!({
+            "sources": [{"name": "app", "file": {"paths": ["/var/log/*.log"]}}],
+            "sinks": [{"name": "out", "stdout": {}}],
+            "rules": [{"name": "r", "to": ["nowhere"]}],
+        });
+        let object = |finalizers: serde_json::Value, spec: &serde_json::Value| {
+            serde_json::json!({
+                "apiVersion": "servicelog.io/v1alpha1", "kind": "ServiceLog",
+                "metadata": {"name": "x", "namespace": "shop", "finalizers": finalizers},
+                "spec": spec,
+            })
+        };
+        let finalizer = object(serde_json::json!(["servicelog.io/cleanup"]), &bad);
+        let (response, result) = validate_servicelog(&review_update(
+            finalizer.clone(),
+            object(serde_json::json!([]), &bad),
+            kind,
+            "UPDATE",
+        ))
+        .await;
+        assert!(
+            response.allowed,
+            "the finalizer patch of an invalid ServiceLog was refused: {}",
+            response.result.message
+        );
+        assert_eq!(result, "allowed");
+        let mut worse = bad.clone();
+        worse["rules"][0]["to"] = serde_json::json!(["elsewhere"]);
+        let (response, result) = validate_servicelog(&review_update(
+            object(serde_json::json!([]), &worse),
+            finalizer,
+            kind,
+            "UPDATE",
+        ))
+        .await;
+        assert_eq!(result, "denied");
+        assert!(
+            response.result.message.contains("elsewhere"),
+            "{}",
+            response.result.message
+        );
     }
 
     #[tokio::test]
