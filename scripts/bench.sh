@@ -8,6 +8,8 @@
 #                       3 interleaved runs each, pinned to one core; and the sidecar with
 #                       http json_lines sinks to a local receiver (file → http vs file → file)
 #                       and with kafka sinks to a real broker (file → Kafka vs file → file)
+#   2b. transforms      the sidecar file → file with a 3-transform rule set against the same
+#                       rules without transforms: CPU per line, 3 interleaved runs, one core
 #   3. propagation      setData on the config znode → the sidecar's ack, against ZooKeeper's
 #                       own floor (a watcher re-reading the config)
 #   4. operator_scale, webhook   servicelog-bench (release build) on the test control plane
@@ -17,14 +19,14 @@
 # its package is unpacked into ~/.cache/servicelog/contenders/rsyslog), ZooKeeper
 # (scripts/deps.sh) and the control-plane tools (e2e/tools/build.sh).
 #
-# BENCH_SECTIONS=route,routing,propagation,operator picks sections (default all); the
+# BENCH_SECTIONS=route,routing,transforms,propagation,operator picks sections (default all); the
 # BENCH_* variables of sidecar/benches/*.rs pass through.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 CARGO=${CARGO:-cargo}
-sections=",${BENCH_SECTIONS:-route,routing,propagation,operator},"
+sections=",${BENCH_SECTIONS:-route,routing,transforms,propagation,operator},"
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/servicelog/contenders
 out_dir=$root/target/bench
 results=$out_dir/results.json
@@ -194,6 +196,20 @@ if want routing; then
   rm -f "$tmp"
 fi
 
+# --- 2b. transforms ------------------------------------------------------------------------
+if want transforms; then
+  say "2b/4 transforms: 3 transforms per rule vs none (3 interleaved runs, one core)"
+  tmp=$(mktemp)
+  if $CARGO bench -p servicelog-sidecar --bench transforms >"$tmp" \
+    2> >(tee "$logs/transforms.log" >&2); then
+    merge transforms "$tmp"
+  else
+    failed+=(transforms)
+    mark transforms failed "see target/bench/logs/transforms.log"
+  fi
+  rm -f "$tmp"
+fi
+
 # --- 3. propagation ------------------------------------------------------------------------
 if want propagation; then
   say "3/4 config propagation vs ZooKeeper's floor"
@@ -283,6 +299,12 @@ jq -r '
   (.sidecar_routing.targets // null | if . then
     row(""; "target: ≥ 5× syslog-ng per CPU-s"; (.lines_per_cpu_s_vs_syslog_ng.met | tostring); "";
         "") else empty end),
+  (.transforms // {} | . as $t | status($t)[],
+    if $t.none.median and $t.transforms.median then
+      row("transforms"; "3 transforms per rule, ns CPU per line"; ($t.transforms.median.ns_per_line | num(0));
+          "no transforms: \($t.none.median.ns_per_line | num(0))"; ($t.cost_per_line_ratio | x)),
+      row(""; "target: ≤ 1.5× the cost per line"; ($t.target.met | tostring); ""; "")
+    else empty end),
   (.propagation // {} | . as $p | status($p)[],
     if $p.ack_ms then
       row("propagation"; "setData → ack, p50 ms"; ($p.ack_ms.p50 | num(2));

@@ -75,7 +75,10 @@ fn given_nginx_combined_lines_when_parsed_then_captures_are_fields_that_rules_ro
     let rest = r.sink_index("rest").unwrap();
     assert_eq!(route(NGINX[0]).sinks.iter().collect::<Vec<_>>(), [rest]);
     assert_eq!(route(NGINX[1]).sinks.iter().collect::<Vec<_>>(), [errors]);
-    assert!(route(NGINX[2]).is_dropped(), "the Googlebot line is dropped");
+    assert!(
+        route(NGINX[2]).is_dropped(),
+        "the Googlebot line is dropped"
+    );
     assert_eq!(route(NGINX[3]).sinks.iter().collect::<Vec<_>>(), [rest]);
 
     let e = r.parse(0, NGINX[1].as_bytes());
@@ -165,4 +168,29 @@ sinks: [{name: out, stdout: {}}]
         "spec.sources[3].file.regex: regex parse error: unclosed group at offset 0",
     ];
     assert_eq!(got, want, "\ngot:\n{}", got.join("\n"));
+}
+
+#[test]
+fn given_the_nginx_example_then_it_validates_and_routes_a_5xx_with_its_transforms() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/nginx-access.yaml"
+    ))
+    .expect("examples/nginx-access.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("the example is YAML");
+    let spec: ServiceLogSpec =
+        serde_yaml::from_value(doc["spec"].clone()).expect("the example's spec");
+    let r = Router::compile(&spec).unwrap_or_else(|e| panic!("the example is valid: {e}"));
+    let e = r.parse(0, NGINX[1].as_bytes());
+    let mut t = Vec::new();
+    let d = r.route_transformed(&e, Instant::now(), Some(&mut t));
+    assert_eq!(
+        d.sinks.iter().collect::<Vec<_>>(),
+        [r.sink_index("loki").unwrap()]
+    );
+    let mut fields = r.fields(&e);
+    r.transform(t[0].0, 0, &mut fields);
+    let v = to_json(&fields);
+    assert_eq!(v["route"], "POST /api/checkout");
+    assert!(v.get("remote_addr").is_none(), "{v}");
 }

@@ -70,6 +70,22 @@ fn given_set_with_a_constant_and_a_template_when_applied_then_fields_are_set() {
 }
 
 #[test]
+fn given_set_on_a_present_field_then_it_keeps_its_place_and_duplicates_go() {
+    let r = router(
+        "json",
+        "[{set: {field: user, value: x}}, {set: {field: new, value: 1}}]",
+    );
+    let event = r.parse(0, br#"{"user":"a","b":1,"user":"c"}"#);
+    let mut t = Vec::new();
+    r.route_transformed(&event, Instant::now(), Some(&mut t));
+    let mut fields = r.fields(&event);
+    r.transform(t[0].0, 0, &mut fields);
+    let keys: Vec<&str> = fields.members().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["b", "user", "new"]);
+    assert_eq!(to_json(&fields), json!({"b":1,"user":"x","new":1}));
+}
+
+#[test]
 fn given_remove_and_rename_when_applied_then_fields_move_and_go() {
     let r = router(
         "json",
@@ -289,7 +305,9 @@ fn given_redact_regexes_then_they_count_against_the_spec_regex_budget() {
     ));
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].starts_with("spec.rules[48].transform[0].redact.regex: a spec may hold at most 48 regexes"),
+        got[0].starts_with(
+            "spec.rules[48].transform[0].redact.regex: a spec may hold at most 48 regexes"
+        ),
         "{got:?}"
     );
 }

@@ -84,14 +84,8 @@ defaultTo: [rest]
     ];
     std::fs::create_dir_all(logs.join("app")).expect("app log dir");
     std::fs::create_dir_all(logs.join("nginx")).expect("nginx log dir");
-    append(
-        &logs.join("app/app.log"),
-        &app.map(String::from),
-    );
-    append(
-        &logs.join("nginx/access.log"),
-        &nginx.map(String::from),
-    );
+    append(&logs.join("app/app.log"), &app.map(String::from));
+    append(&logs.join("nginx/access.log"), &nginx.map(String::from));
     wait_until(
         "2 tap lines, 1 error, 1 access, 3 rest lines",
         Duration::from_secs(20),
@@ -134,9 +128,18 @@ defaultTo: [rest]
     assert_eq!(access[0]["_servicelog"]["source"], "access");
     // defaultTo gets the lines as read: the info line (the tap is a continue rule), the
     // 200 and the line the pattern does not match.
+    assert_eq!(
+        sidecar.metric(r#"servicelog_lines_unparsed_total{source="access"}"#),
+        Some(1.0),
+        "the line the pattern does not match is counted"
+    );
     let mut rest = read_lines(&out("rest"));
     rest.sort();
-    let mut want = vec![app[0].to_string(), nginx[0].to_string(), nginx[2].to_string()];
+    let mut want = vec![
+        app[0].to_string(),
+        nginx[0].to_string(),
+        nginx[2].to_string(),
+    ];
     want.sort();
     assert_eq!(rest, want);
 }

@@ -526,7 +526,11 @@ fn check_regex_format(
         (Some(pattern), _) => {
             let rpath = format!("{path}.file.regex");
             let re = regexes.compile(errors, &rpath, pattern)?;
-            if re.group_info().pattern_names(regex_automata::PatternID::ZERO).all(|n| n.is_none()) {
+            if re
+                .group_info()
+                .pattern_names(regex_automata::PatternID::ZERO)
+                .all(|n| n.is_none())
+            {
                 errors.push(
                     rpath,
                     "has no named capture: name the parts that become fields, e.g. (?P<status>\\d{3})",

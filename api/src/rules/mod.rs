@@ -45,7 +45,7 @@ mod matcher;
 mod regex_format;
 mod transform;
 
-use std::time::Instant;
+use std::{borrow::Cow, time::Instant};
 
 pub use compile::{
     DEFAULT_DISK_BUFFER_BYTES, MAX_ANY_DEPTH, MAX_ANY_WIDTH, MAX_CONDITIONS, MAX_DISK_BUFFER_BYTES,
@@ -54,9 +54,7 @@ pub use compile::{
 };
 pub use event::{Event, MAX_FIELDS, parse_level};
 pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
-pub use transform::{
-    DEFAULT_REPLACEMENT, FieldValue, Fields, MAX_TEMPLATE_FIELDS, MAX_TRANSFORMS,
-};
+pub use transform::{DEFAULT_REPLACEMENT, FieldValue, Fields, MAX_TEMPLATE_FIELDS, MAX_TRANSFORMS};
 
 use self::{
     compile::{CompiledRule, RuleAction, SourcePlan},
@@ -253,16 +251,20 @@ impl Router {
         let parsed = match format {
             Format::Json => {
                 let mut fields = Fields::new(Format::Json);
+                // Parsed lines are UTF-8 (see `parse`): checked once here, keys are slices.
+                let text = std::str::from_utf8(line).ok();
                 json::members(line, |m| {
-                    let key = &line[m.key.0..m.key.1];
-                    let key = if m.escaped {
-                        transform_key(unescape(key, Esc::Json))
-                    } else {
-                        String::from_utf8_lossy(key)
+                    let raw = &line[m.key.0..m.key.1];
+                    let key = match text.and_then(|t| t.get(m.key.0..m.key.1)) {
+                        _ if m.escaped => transform_key(unescape(raw, Esc::Json)),
+                        Some(k) => Cow::Borrowed(k),
+                        None => String::from_utf8_lossy(raw),
                     };
-                    fields.push(
+                    fields.push_member(
+                        line,
                         key,
-                        FieldValue::Json(std::borrow::Cow::Borrowed(&line[m.value.0..m.value.1])),
+                        FieldValue::Json(Cow::Borrowed(&line[m.value.0..m.value.1])),
+                        &line[m.key.0 - 1..m.value.1],
                     );
                 })
                 .ok()
@@ -273,13 +275,8 @@ impl Router {
                 logfmt::pairs(line, |key, slot| {
                     let key = String::from_utf8_lossy(key);
                     let value = match event.slot_value(slot) {
-                        event::Value::Bool(_) => {
-                            FieldValue::Json(std::borrow::Cow::Borrowed(b"true"))
-                        }
-                        v => FieldValue::Text(v.text().map_or_else(
-                            || std::borrow::Cow::Borrowed(""),
-                            |t| transform_key(t),
-                        )),
+                        event::Value::Bool(_) => FieldValue::Json(Cow::Borrowed(b"true")),
+                        v => FieldValue::Text(v.text().map_or(Cow::Borrowed(""), transform_key)),
                     };
                     fields.push(key, value);
                 })
@@ -359,10 +356,10 @@ impl Router {
     }
 }
 
-fn transform_key(bytes: std::borrow::Cow<'_, [u8]>) -> std::borrow::Cow<'_, str> {
+fn transform_key(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
     match bytes {
-        std::borrow::Cow::Borrowed(b) => String::from_utf8_lossy(b),
-        std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(match String::from_utf8(v) {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        Cow::Owned(v) => Cow::Owned(match String::from_utf8(v) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         }),

@@ -264,12 +264,7 @@ fn template(text: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn redact(
-    errors: &mut Errors,
-    regexes: &mut RegexBudget,
-    path: &str,
-    r: &Redact,
-) -> Option<Step> {
+fn redact(errors: &mut Errors, regexes: &mut RegexBudget, path: &str, r: &Redact) -> Option<Step> {
     let field = match &r.field {
         Some(name) => Some(field(errors, &format!("{path}.field"), name)?),
         None => None,
@@ -375,7 +370,7 @@ fn luhn(text: &[u8]) -> bool {
         sum += v;
         double = !double;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A value of [`Fields`].
@@ -397,10 +392,7 @@ impl FieldValue<'_> {
     fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             FieldValue::Json(raw) => match raw.first()? {
-                b'"' => Some(lossy(unescape(
-                    raw.get(1..raw.len().saturating_sub(1))?,
-                    Esc::Json,
-                ))),
+                b'"' => Some(lossy(json_text(raw.get(1..raw.len().saturating_sub(1))?))),
                 b'n' => None,
                 _ => Some(String::from_utf8_lossy(raw)),
             },
@@ -420,32 +412,47 @@ impl FieldValue<'_> {
         }
     }
 
-    /// Redacts in place; false when the value is not one redact applies to.
-    fn redact(&mut self, r: &Redactor) {
+    /// Redacts in place; false when nothing changed (values redact does not apply to, null
+    /// and booleans, stay).
+    fn redact(&mut self, r: &Redactor) -> bool {
         let redacted = match self {
             FieldValue::Json(raw) => match raw.first() {
                 Some(b'"') => raw
                     .get(1..raw.len() - 1)
-                    .and_then(|inner| r.apply(&unescape(inner, Esc::Json))),
+                    .and_then(|inner| r.apply(&json_text(inner))),
                 Some(b'-' | b'0'..=b'9') => r.apply(raw),
                 Some(b'{' | b'[') => {
-                    if let Ok(mut tree) = serde_json::from_slice::<serde_json::Value>(raw) {
-                        redact_tree(&mut tree, r);
-                        *self = FieldValue::Tree(tree);
-                    }
-                    None
+                    let Ok(mut tree) = serde_json::from_slice::<serde_json::Value>(raw) else {
+                        return false;
+                    };
+                    redact_tree(&mut tree, r);
+                    *self = FieldValue::Tree(tree);
+                    return true;
                 }
                 _ => None,
             },
             FieldValue::Text(s) => r.apply(s.as_bytes()),
             FieldValue::Tree(t) => {
                 redact_tree(t, r);
-                None
+                return true;
             }
         };
-        if let Some(s) = redacted {
-            *self = FieldValue::Text(Cow::Owned(s));
+        match redacted {
+            Some(s) => {
+                *self = FieldValue::Text(Cow::Owned(s));
+                true
+            }
+            None => false,
         }
+    }
+}
+
+/// The text of a JSON string's contents (without quotes); borrowed when it has no escapes.
+fn json_text(inner: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\\', inner).is_none() {
+        Cow::Borrowed(inner)
+    } else {
+        unescape(inner, Esc::Json)
     }
 }
 
@@ -478,31 +485,41 @@ fn lossy(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
     }
 }
 
+/// Key, value, and the member's `"key":value` text while it is as the line holds it.
+pub(crate) type Member<'a> = (Cow<'a, str>, FieldValue<'a>, Option<&'a [u8]>);
+
 /// A whole event, for the transforms and for writing it afterwards (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fields<'a> {
-    pub(crate) members: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// Key, value, and for a member as the line holds it (untouched), its `"key":value`
+    /// text: writing copies that rather than encoding key and value again.
+    pub(crate) members: Vec<Member<'a>>,
     /// How the event was read: `text` for a text event.
     pub(crate) format: Format,
+    /// The line a `json` event's members are in.
+    pub(crate) line: Option<&'a [u8]>,
 }
 
 impl<'a> Fields<'a> {
     /// An event of `format` with no fields yet.
-    pub fn new(format: Format) -> Fields<'a> {
+    pub(crate) fn new(format: Format) -> Fields<'a> {
         Fields {
-            members: Vec::new(),
+            members: Vec::with_capacity(16),
             format,
+            line: None,
         }
     }
 
     /// A text event: `{"message": <message>}`.
-    pub fn text(message: &'a [u8]) -> Fields<'a> {
+    pub(crate) fn text(message: &'a [u8]) -> Fields<'a> {
         Fields {
             members: vec![(
                 Cow::Borrowed("message"),
                 FieldValue::Text(String::from_utf8_lossy(message)),
+                None,
             )],
             format: Format::Text,
+            line: None,
         }
     }
 
@@ -513,17 +530,36 @@ impl<'a> Fields<'a> {
 
     /// The top-level members, in order.
     pub fn members(&self) -> impl Iterator<Item = (&str, &FieldValue<'a>)> {
-        self.members.iter().map(|(k, v)| (&**k, v))
+        self.members.iter().map(|(k, v, _)| (&**k, v))
     }
 
-    pub fn push(&mut self, key: Cow<'a, str>, value: FieldValue<'a>) {
-        self.members.push((key, value));
+    /// The top-level members with, for those still as the line holds them, their
+    /// `"key":value` text (JSON as the router's scanner accepts it: see [`FieldValue::Json`]).
+    pub fn written_members(
+        &self,
+    ) -> impl Iterator<Item = (&str, &FieldValue<'a>, Option<&'a [u8]>)> {
+        self.members.iter().map(|(k, v, raw)| (&**k, v, *raw))
     }
 
-    /// The text of a field (see [`FieldValue`] and the module docs for paths).
-    pub fn get_text(&mut self, name: &str) -> Option<String> {
-        let path = FieldPath::new(name);
-        self.text_at(&path).map(Cow::into_owned)
+    /// The line a `json` event was read from.
+    pub fn line(&self) -> Option<&'a [u8]> {
+        self.line
+    }
+
+    pub(crate) fn push(&mut self, key: Cow<'a, str>, value: FieldValue<'a>) {
+        self.members.push((key, value, None));
+    }
+
+    /// A member of `line` (a `json` event's), `whole` its `"key":value` text.
+    pub(crate) fn push_member(
+        &mut self,
+        line: &'a [u8],
+        key: Cow<'a, str>,
+        value: FieldValue<'a>,
+        whole: &'a [u8],
+    ) {
+        self.line = Some(line);
+        self.members.push((key, value, Some(whole)));
     }
 
     fn flat(&self) -> bool {
@@ -531,13 +567,14 @@ impl<'a> Fields<'a> {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.members.iter().rposition(|(k, _)| k == key)
+        self.members.iter().rposition(|(k, _, _)| k == key)
     }
 
     /// The top-level member a dotted path starts in, parsed into a tree.
     fn tree(&mut self, key: &str) -> Option<&mut serde_json::Value> {
         let i = self.position(key)?;
-        let v = &mut self.members[i].1;
+        let (_, v, raw) = &mut self.members[i];
+        *raw = None;
         if let FieldValue::Json(raw) = v {
             if !matches!(raw.first(), Some(b'{')) {
                 return None;
@@ -576,7 +613,7 @@ impl<'a> Fields<'a> {
         if self.literal(path) {
             let mut taken = None;
             while let Some(i) = self.position(&path.full) {
-                let (_, v) = self.members.remove(i);
+                let (_, v, _) = self.members.remove(i);
                 taken.get_or_insert(v);
             }
             return taken;
@@ -592,18 +629,30 @@ impl<'a> Fields<'a> {
 
     fn put(&mut self, path: &'a FieldPath, value: FieldValue<'a>) {
         if self.literal(path) {
-            self.members.retain(|(k, _)| *k != *path.full);
-            self.members.push((Cow::Borrowed(&path.full), value));
+            // In place of the last occurrence (a new field goes last); earlier duplicates go.
+            match self.position(&path.full) {
+                Some(last) => {
+                    self.members[last].1 = value;
+                    self.members[last].2 = None;
+                    let mut i = 0;
+                    self.members.retain(|(k, _, _)| {
+                        i += 1;
+                        i - 1 == last || *k != *path.full
+                    });
+                }
+                None => self.members.push((Cow::Borrowed(&path.full), value, None)),
+            }
             return;
         }
         let Some((first, rest)) = path.segments.split_first() else {
             return;
         };
         if self.tree(first).is_none_or(|t| !t.is_object()) {
-            self.members.retain(|(k, _)| *k != **first);
+            self.members.retain(|(k, _, _)| *k != **first);
             self.members.push((
                 Cow::Borrowed(first),
                 FieldValue::Tree(serde_json::Value::Object(Default::default())),
+                None,
             ));
         }
         let Some(mut v) = self.tree(first) else {
@@ -633,9 +682,11 @@ impl<'a> Fields<'a> {
     fn redact(&mut self, path: &FieldPath, r: &Redactor) -> bool {
         if self.literal(path) {
             let mut present = false;
-            for (k, v) in &mut self.members {
+            for (k, v, raw) in &mut self.members {
                 if *k == *path.full {
-                    v.redact(r);
+                    if v.redact(r) {
+                        *raw = None;
+                    }
                     present = true;
                 }
             }

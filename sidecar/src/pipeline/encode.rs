@@ -22,7 +22,7 @@ use servicelog_api::{
     v1alpha1::Format,
 };
 
-use crate::json::{json_string, push_json_text};
+use crate::json::{is_strict, json_string, push_json_text};
 
 /// The `"_servicelog":{...}` member for one source, rendered once per pipeline (and again
 /// when the pod's labels change): `container` when known, `labels` when the pod has any.
@@ -122,7 +122,9 @@ pub fn encode_fields_raw(out: &mut Vec<u8>, fields: &Fields<'_>) {
         Format::Text => {
             let mut members = fields.members();
             match (members.next(), members.next()) {
-                (Some(("message", FieldValue::Text(t))), None) => out.extend_from_slice(t.as_bytes()),
+                (Some(("message", FieldValue::Text(t))), None) => {
+                    out.extend_from_slice(t.as_bytes())
+                }
                 (None, _) => {}
                 _ => json_object(out, fields),
             }
@@ -159,9 +161,15 @@ fn json_object(out: &mut Vec<u8>, fields: &Fields<'_>) {
 }
 
 fn push_members(out: &mut Vec<u8>, fields: &Fields<'_>) {
-    for (i, (key, value)) in fields.members().enumerate() {
+    // Members as the line holds them are copied whole, unless the line needs repairs.
+    let copy = fields.line().is_some_and(is_strict);
+    for (i, (key, value, written)) in fields.written_members().enumerate() {
         if i > 0 {
             out.push(b',');
+        }
+        if let Some(text) = written.filter(|_| copy) {
+            out.extend_from_slice(text);
+            continue;
         }
         json_string(out, key.as_bytes());
         out.push(b':');
@@ -335,6 +343,70 @@ mod tests {
         );
         let v = encode(Format::Json, r#"{"k\\ud800":"\\"}"#);
         assert_eq!(v["k\\ud800"], "\\", "an escaped backslash is not an escape");
+    }
+
+    /// `line` of a source in `format`, transformed by one rule's `transform`, written as
+    /// (raw, json).
+    fn transformed(format: &str, transform: &str, line: &str) -> (String, serde_json::Value) {
+        let yaml = format!(
+            "sources: [{{name: app, file: {{paths: [/x/*.log], format: {format}}}}}]\n\
+             sinks: [{{name: out, stdout: {{}}}}]\n\
+             rules: [{{name: r, to: [out], transform: {transform}}}]\n"
+        );
+        let r = Router::compile(&serde_yaml::from_str(&yaml).unwrap()).unwrap();
+        let event = r.parse(0, line.as_bytes());
+        let mut fields = r.fields(&event);
+        r.transform(0, 0, &mut fields);
+        let mut raw = Vec::new();
+        encode_fields_raw(&mut raw, &fields);
+        let mut json = Vec::new();
+        encode_fields_json(
+            &mut json,
+            &fields,
+            &meta_member("app", "p", "ns", None, &Default::default()),
+        );
+        assert_eq!(json.last(), Some(&b'\n'));
+        (
+            String::from_utf8(raw).unwrap(),
+            serde_json::from_slice(&json)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json))),
+        )
+    }
+
+    #[test]
+    fn given_transformed_events_then_raw_writes_them_in_their_own_format() {
+        let (raw, json) = transformed(
+            "json",
+            "[{set: {field: env, value: prod}}]",
+            r#"{"a": 1, "msg":"x"}"#,
+        );
+        assert_eq!(
+            raw, "{\"a\": 1,\"msg\":\"x\",\"env\":\"prod\"}\n",
+            "untouched members as written"
+        );
+        assert_eq!(json["env"], "prod");
+        assert_eq!(json["_servicelog"]["source"], "app");
+        let (raw, _) = transformed(
+            "logfmt",
+            "[{redact: {regex: 'pw=\\S+'}}]",
+            r#"level=info msg="login pw=x ok" flag"#,
+        );
+        assert_eq!(raw, "level=info msg=\"login [REDACTED] ok\" flag=true\n");
+        let (raw, json) = transformed("text", "[{redact: {regex: '\\d+'}}]", "card 1234 used");
+        assert_eq!(raw, "card [REDACTED] used\n");
+        assert_eq!(json["message"], "card [REDACTED] used");
+        let (raw, _) = transformed("text", "[{set: {field: k, value: v}}]", "plain");
+        assert_eq!(
+            raw, "{\"message\":\"plain\",\"k\":\"v\"}\n",
+            "a text event with fields added is an object"
+        );
+    }
+
+    #[test]
+    fn given_a_transformed_line_with_raw_control_characters_then_the_output_is_repaired_json() {
+        let (raw, json) = transformed("json", "[{remove: b}]", "{\"a\":\"tab\there\",\"b\":1}");
+        assert_eq!(raw, "{\"a\":\"tab\\there\"}\n");
+        assert_eq!(json["a"], "tab\there");
     }
 
     #[test]

@@ -71,6 +71,8 @@ struct SourceOut {
     /// pod's labels change, with the labels generation it was rendered at.
     meta: Mutex<(u64, Arc<[u8]>)>,
     events_in: Counter,
+    /// Lines that did not parse in the source's format.
+    unparsed: Counter,
     /// Whether the source can read a run again if a sink fails it (see [`Ack::is_failed`]).
     rereadable: bool,
 }
@@ -108,6 +110,7 @@ impl Pipeline {
                 name: name.clone(),
                 meta: Mutex::new(origin.meta(name)),
                 events_in: metrics.source_counter(name),
+                unparsed: metrics.unparsed_counter(name),
                 rereadable: true,
             })
             .collect();
@@ -211,6 +214,7 @@ impl Batcher {
             capacity,
             now: Instant::now(),
             events: 0,
+            unparsed: 0,
         }
     }
 }
@@ -226,6 +230,7 @@ pub struct Run<'a> {
     capacity: usize,
     now: Instant,
     events: u64,
+    unparsed: u64,
 }
 
 impl<'a> Run<'a> {
@@ -247,6 +252,9 @@ impl<'a> Run<'a> {
     #[inline]
     pub fn push_line(&mut self, line: &[u8], with_nl: &[u8]) {
         let event = self.router.parse(self.source, line);
+        if event.is_text() && self.format != Format::Text {
+            self.unparsed += 1;
+        }
         self.push(&event, &event, with_nl, false);
     }
 
@@ -368,6 +376,9 @@ impl<'a> Run<'a> {
         let pipeline = self.pipeline;
         if let Some(s) = pipeline.sources.get(self.source) {
             s.events_in.inc_by(self.events);
+            if self.unparsed > 0 {
+                s.unparsed.inc_by(self.unparsed);
+            }
         }
         for (rule, reason, n) in b.drops.drain(..) {
             let rule = rule

@@ -196,10 +196,7 @@ mod tests {
     fn given_a_malformed_line_then_it_is_reported_and_the_others_kept() {
         let (labels, errors) = parse("app=\"checkout\"\nbroken\ntier=\"web\nx=\"\\q\"\n");
         assert_eq!(labels.len(), 1);
-        assert_eq!(
-            errors.iter().map(|e| e.line).collect::<Vec<_>>(),
-            [2, 3, 4]
-        );
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 3, 4]);
     }
 
     #[test]
