@@ -518,4 +518,76 @@ async fn given_a_canary_when_the_candidate_is_bad_then_it_stays_on_stable_and_sa
         |_| Runs::stable(&edited.hash),
     )
     .await;
+
+    // A preview over the edited config: no pod switches.
+    let candidate = Candidate::new(&edited.hash, 0, 100, true, &good).expect("a candidate");
+    publish_bytes(
+        &client,
+        &p.candidate,
+        &candidate.to_bytes().expect("encoding"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_fleet(
+        &client,
+        &p.instances,
+        &pods,
+        "the pod still on stable under a preview",
+        |_| Runs::stable(&edited.hash),
+    )
+    .await;
+
+    // A candidate znode that cannot be read: the pod stays on stable and says why.
+    publish_bytes(&client, &p.candidate, b"{\"schema\":1}").await;
+    let start = Instant::now();
+    let record = loop {
+        if let Some((r, _)) = instance(&client, &record_path).await
+            && r.state == InstanceState::Error
+        {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for the pod to report the unreadable candidate\n{}",
+            pods[0].sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record.hash, edited.hash, "the stable config stays in force");
+    assert_eq!(record.candidate, None, "membership is unknown");
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("candidate znode") && e.contains("missing field")),
+        "the error names the candidate znode: {:?}",
+        record.error
+    );
+}
+
+/// Given a ServiceLog file with `spec.rollout`, when the sidecar runs it with
+/// `--config-file`, then it routes by the spec as written: there is no fleet to stage.
+#[test]
+fn given_a_config_file_with_a_rollout_then_the_sidecar_runs_its_spec() {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let config = s.path("servicelog.yaml");
+    let spec = format!(
+        "{}rollout:\n  steps: [{{percent: 10, pause: 1m}}, {{percent: 50}}]\n",
+        spec_to(&logs, &a, &b, "b")
+    );
+    write_config(&config, &manifest(&spec));
+    let sidecar = Sidecar::start(&s, &["--config-file", config.to_str().unwrap()], &[]);
+    append(
+        &logs.join("app.log"),
+        &(0..20).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    wait_until(
+        "20 lines in b",
+        Duration::from_secs(20),
+        || count_lines(&b) >= 20,
+        || sidecar.log_tail(),
+    );
+    assert_eq!(count_lines(&a), 0);
 }
