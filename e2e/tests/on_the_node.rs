@@ -857,7 +857,34 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
     let env = installed.env;
     let _turn = one_at_a_time();
     let ns = new_namespace(env, "nopull");
-    let image = "servicelog.test/not-loaded:1";
+    // A tag of the sidecar's own repository (the images the operator allows by default)
+    // that no registry serves here: a typo'd tag.
+    let image = "ghcr.io/servicelog/servicelog-sidecar:0.0.0-missing";
+    // An image of another repository is refused at `kubectl apply`: pre-pulled images run
+    // on every node, so a namespace's editor does not choose them.
+    let foreign = env.dir().join(format!("{}.yaml", unique_name("foreign")));
+    std::fs::write(
+        &foreign,
+        format!(
+            "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: foreign, namespace: {ns}}}\n\
+             spec:\n  sources: [{{name: app, file: {{paths: [/var/log/app/*.log]}}}}]\n  \
+             sinks: [{{name: console, stdout: {{}}}}]\n  defaultTo: [console]\n  \
+             sidecar: {{image: \"docker.io/library/busybox:1\"}}\n"
+        ),
+    )
+    .expect("writing a ServiceLog");
+    let out = env
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&foreign)
+        .output()
+        .expect("kubectl apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("spec.sidecar.image: sidecar image docker.io/library/busybox:1 is not one the operator allows"),
+        "a foreign sidecar image was not refused at apply: {stderr}"
+    );
     let extra = format!("{RELEASE}-sidecar-prepull-extra");
     apply(
         env,
@@ -1000,7 +1027,10 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         .expect("kubectl apply --dry-run=server");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && stderr.contains("Warning: servicelog: sidecar image servicelog.test/not-loaded:1 is not running on any node"),
+        out.status.success()
+            && stderr.contains(&format!(
+                "Warning: servicelog: sidecar image {image} is not pulled on any node"
+            )),
         "kubectl apply does not warn about the image: {stderr}"
     );
     eprintln!(

@@ -201,6 +201,16 @@ struct RunArgs {
     /// ServiceLog. Unset: inject without checking.
     #[arg(long, env = "SERVICELOG_SIDECAR_PREPULL")]
     sidecar_prepull: Option<String>,
+    /// With --sidecar-prepull: the image prefixes a ServiceLog's `spec.sidecar.image` may
+    /// start with (comma-separated); default the --sidecar-image repository. Pre-pulled
+    /// images run on every node, so tenants do not choose them freely.
+    #[arg(
+        long,
+        env = "SERVICELOG_SIDECAR_ALLOWED_IMAGES",
+        value_delimiter = ',',
+        requires = "sidecar_prepull"
+    )]
+    sidecar_allowed_images: Vec<String>,
     /// Elect a leader among replicas with a Lease; only the leader reconciles.
     #[arg(long, env = "SERVICELOG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -322,7 +332,22 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => kube::Api::namespaced(client.clone(), ns),
         None => kube::Api::all(client.clone()),
     });
-    start_webhooks(&args, &client, &layout, &guard, &metrics, cache.store()).await?;
+    let prepull_gate = args.sidecar_prepull.as_deref().map(|name| {
+        (
+            prepull::Gate::start(client.clone(), &args.namespace, name),
+            prepull::Allowed::new(&args.sidecar_allowed_images, &args.sidecar_image),
+        )
+    });
+    start_webhooks(
+        &args,
+        &client,
+        &layout,
+        &guard,
+        &metrics,
+        cache.store(),
+        prepull_gate.clone(),
+    )
+    .await?;
 
     let (zk, triggers) = Zk::start(ZkConfig {
         connect: args.zk_connect.clone(),
@@ -340,7 +365,29 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    metrics.set_ready(true);
+    match &prepull_gate {
+        // Ready once the nodes have the default sidecar image: during a `helm upgrade` to
+        // a new one, the old replicas go on injecting the image the nodes have until then.
+        Some((gate, _)) => {
+            let (gate, image, metrics) =
+                (gate.clone(), args.sidecar_image.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let mut logged = false;
+                loop {
+                    match gate.check(&image).await {
+                        Ok(()) => break metrics.set_ready(true),
+                        Err(why) if !logged => {
+                            tracing::info!(%why, "not ready until a pre-pull pod has pulled the sidecar image");
+                            logged = true;
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        None => metrics.set_ready(true),
+    }
 
     let lease_config = lease::LeaseConfig {
         namespace: args.namespace.clone(),
@@ -369,12 +416,13 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or_else(lease::Leadership::always, lease::Elector::leadership);
     zk.start_securing().await;
-    if let Some(name) = &args.sidecar_prepull {
+    if let (Some(name), Some((_, allowed))) = (&args.sidecar_prepull, &prepull_gate) {
         tokio::spawn(prepull::keep(
             client.clone(),
             args.namespace.clone(),
             name.clone(),
             args.sidecar_image.clone(),
+            allowed.clone(),
             cache.store(),
         ));
     }
@@ -457,6 +505,7 @@ async fn start_webhooks(
     guard: &Guard,
     metrics: &Arc<Metrics>,
     servicelogs: kube::runtime::reflector::Store<servicelog_operator::cache::CachedServiceLog>,
+    prepull_gate: Option<(prepull::Gate, prepull::Allowed)>,
 ) -> anyhow::Result<()> {
     use servicelog_operator::{certs, inject::InjectConfig, webhook};
 
@@ -541,10 +590,7 @@ async fn start_webhooks(
             },
         ),
         metrics: metrics.clone(),
-        prepull: args
-            .sidecar_prepull
-            .as_deref()
-            .map(|name| prepull::Gate::start(client.clone(), &args.namespace, name)),
+        prepull: prepull_gate.clone(),
     });
     tokio::spawn(webhook::serve(listener, resolver.clone(), webhook));
 

@@ -5,25 +5,38 @@
 //! typo, a registry down, a pull secret missing — would hold every injected pod in
 //! `Init:ImagePullBackOff`, and servicelog would block the deploy it was only meant to
 //! observe. So the chart runs the sidecar image, idle (`servicelog-sidecar --hold`), in a
-//! DaemonSet on every node, and the webhook injects an image only once a container of a
-//! pre-pull pod runs it ([`Gate`]): proof that the reference exists and that the nodes can
-//! pull it. Until then the pod is admitted without the sidecar, with a warning and an
-//! Event, like every other skip. Running (rather than pulling and exiting) also keeps the
-//! image in use, out of the kubelet's image garbage collection.
+//! DaemonSet on every node, and the webhook injects an image only once a pre-pull pod has
+//! pulled it ([`Gate`]): proof that the reference exists and that nodes can pull it. Until
+//! then the pod is admitted without the sidecar, with a warning and an Event, like every
+//! other skip. Running (rather than pulling and exiting) also keeps the image in use, out
+//! of the kubelet's image garbage collection. A proof is remembered — a DaemonSet rollout
+//! replacing its pods does not close the gate — until a pre-pull pod reports that it cannot
+//! pull the image.
 //!
 //! Images set per ServiceLog (`spec.sidecar.image`) get the same treatment from a second
 //! DaemonSet the leader keeps ([`keep`]): the chart's pod template with one container per
-//! such image, owned by the chart's DaemonSet so `helm uninstall` removes both.
+//! such image, owned by the chart's DaemonSet so `helm uninstall` removes both. Those pods
+//! run in the operator's namespace on every node, so only images the operator allows
+//! ([`Allowed`], `--sidecar-allowed-images`; by default the default image's repository)
+//! are pre-pulled or injected: a namespace's editor cannot make every node run an image of
+//! their choosing.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::{DaemonSet, DaemonSetSpec},
+        apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
         core::v1::{Container, Pod},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -49,13 +62,62 @@ pub const MAX_EXTRA_IMAGES: usize = 16;
 const LISTING_WAIT: Duration = Duration::from_secs(2);
 /// How often the leader compares the images in use with its DaemonSet.
 const KEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the leader applies its DaemonSet even when nothing seems to have changed.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(60);
 const FIELD_MANAGER: &str = "servicelog-operator";
 
-/// Which sidecar images the nodes run, from the pre-pull pods' container statuses.
+/// Which sidecar images the nodes have pulled, from the pre-pull pods' container statuses.
 #[derive(Clone)]
 pub struct Gate {
     pods: Store<Pod>,
     name: String,
+    /// Images a pre-pull pod has pulled since this process started.
+    proven: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The sidecar images the operator injects and pre-pulls: those starting with one of its
+/// prefixes.
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    prefixes: Vec<String>,
+}
+
+impl Allowed {
+    /// `prefixes`, or when there are none the repository of `default_image` (any tag or
+    /// digest of it).
+    pub fn new(prefixes: &[String], default_image: &str) -> Self {
+        let prefixes: Vec<String> = prefixes
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if !prefixes.is_empty() {
+            return Self { prefixes };
+        }
+        let repository = default_image
+            .split_once('@')
+            .map_or(default_image, |(repo, _)| repo);
+        // A tag is what follows the last ':' after the last '/' (a registry may have a port).
+        let repository = match repository.rfind(':') {
+            Some(colon) if colon > repository.rfind('/').unwrap_or(0) => &repository[..colon],
+            _ => repository,
+        };
+        Self {
+            prefixes: vec![format!("{repository}:"), format!("{repository}@")],
+        }
+    }
+
+    /// `Ok` if `image` may be injected; else why not, naming the flag.
+    pub fn check(&self, image: &str) -> Result<(), String> {
+        if self.prefixes.iter().any(|p| image.starts_with(p.as_str())) {
+            Ok(())
+        } else {
+            Err(format!(
+                "sidecar image {image} is not one the operator allows (--sidecar-allowed-images, chart operator.sidecar.allowedImages: {}); the pod runs without the servicelog sidecar",
+                self.prefixes.join(", ")
+            ))
+        }
+    }
 }
 
 impl Gate {
@@ -79,10 +141,11 @@ impl Gate {
         Self {
             pods,
             name: name.to_owned(),
+            proven: Arc::default(),
         }
     }
 
-    /// `Ok` once a pre-pull pod runs `image`; otherwise why not, for the warning.
+    /// `Ok` once a pre-pull pod has pulled `image`; otherwise why not, for the warning.
     pub async fn check(&self, image: &str) -> Result<(), String> {
         if tokio::time::timeout(LISTING_WAIT, self.pods.wait_until_ready())
             .await
@@ -94,17 +157,51 @@ impl Gate {
             ));
         }
         let pods = self.pods.state();
-        evaluate(pods.iter().map(AsRef::as_ref), image, &self.name)
+        let mut proven = self
+            .proven
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match evaluate(pods.iter().map(AsRef::as_ref), image) {
+            Evidence::Pulled => {
+                proven.insert(image.to_owned());
+                Ok(())
+            }
+            Evidence::None if proven.contains(image) => Ok(()),
+            evidence => {
+                proven.remove(image);
+                Err(refusal(image, &self.name, evidence))
+            }
+        }
     }
 }
 
-/// Whether a container running `image` is ready in one of `pods`, else the first pull
-/// problem seen for it (the kubelet's reason and message), else that none runs it.
-fn evaluate<'a>(
-    pods: impl Iterator<Item = &'a Pod>,
-    image: &str,
-    name: &str,
-) -> Result<(), String> {
+/// What the pre-pull pods say of an image.
+#[derive(Debug, PartialEq, Eq)]
+enum Evidence {
+    /// A container with it has an image ID: some node pulled it.
+    Pulled,
+    /// None has pulled it; the first pull problem reported (the kubelet's reason and
+    /// message).
+    Failing(String),
+    /// No pre-pull pod has a container status for it.
+    None,
+}
+
+fn refusal(image: &str, name: &str, evidence: Evidence) -> String {
+    let cause = match evidence {
+        Evidence::Failing(problem) => problem,
+        _ => format!(
+            "no pod of the pre-pull DaemonSets {name}[-extra] has pulled it yet; at most {MAX_EXTRA_IMAGES} images set per ServiceLog are pre-pulled"
+        ),
+    };
+    format!(
+        "sidecar image {image} is not pulled on any node ({cause}); the pod runs without the servicelog sidecar, so that an image that cannot be pulled never holds it in Init — re-create it once the image is pulled"
+    )
+}
+
+/// What `pods` say of `image`: pulled by one of them (its container has an image ID, even
+/// if it is not running), else the first pull problem one reports, else nothing.
+fn evaluate<'a>(pods: impl Iterator<Item = &'a Pod>, image: &str) -> Evidence {
     let mut problem = None;
     for pod in pods {
         let Some(spec) = &pod.spec else { continue };
@@ -121,8 +218,8 @@ fn evaluate<'a>(
             let Some(status) = statuses.iter().find(|s| s.name == container.name) else {
                 continue;
             };
-            if status.ready {
-                return Ok(());
+            if !status.image_id.is_empty() {
+                return Evidence::Pulled;
             }
             if problem.is_none()
                 && let Some(waiting) = status.state.as_ref().and_then(|s| s.waiting.as_ref())
@@ -141,21 +238,21 @@ fn evaluate<'a>(
             }
         }
     }
-    let cause = problem
-        .unwrap_or_else(|| format!("no pod of the pre-pull DaemonSets {name}[-extra] runs it yet"));
-    Err(format!(
-        "sidecar image {image} is not running on any node ({cause}); the pod runs without the servicelog sidecar, so that an image that cannot be pulled never holds it in Init — re-create it once the image is pulled"
-    ))
+    problem.map_or(Evidence::None, Evidence::Failing)
 }
 
-/// The per-ServiceLog images, sorted, without the default one, at most
-/// [`MAX_EXTRA_IMAGES`] (the first in sort order).
-fn extra_images(servicelogs: &Store<CachedServiceLog>, default_image: &str) -> BTreeSet<String> {
+/// The per-ServiceLog images the operator allows, sorted, without the default one, at
+/// most [`MAX_EXTRA_IMAGES`] (the first in sort order).
+fn extra_images(
+    servicelogs: &Store<CachedServiceLog>,
+    default_image: &str,
+    allowed: &Allowed,
+) -> BTreeSet<String> {
     let mut images: BTreeSet<String> = servicelogs
         .state()
         .iter()
         .filter_map(|slog| slog.sidecar_image())
-        .filter(|image| image != default_image)
+        .filter(|image| image != default_image && allowed.check(image).is_ok())
         .collect();
     while images.len() > MAX_EXTRA_IMAGES {
         images.pop_last();
@@ -212,32 +309,56 @@ fn extra_daemonset(chart: &DaemonSet, images: &BTreeSet<String>) -> Option<Daemo
                 match_expressions: None,
             },
             template,
-            update_strategy: chart_spec.update_strategy.clone(),
+            // Every pod replaced at once: with the chart's surge, a pod holding an image
+            // that cannot be pulled never became Ready and stalled every later change on
+            // its first node. Proofs are remembered, so the brief gap closes no gate.
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::String("100%".into())),
+                }),
+            }),
             ..Default::default()
         }),
         status: None,
     })
 }
 
-/// On the leader: keeps `<name>-extra` running every per-ServiceLog sidecar image, or
-/// absent when there is none. Failures are logged and retried at the next interval.
+/// On the leader: keeps `<name>-extra` running every allowed per-ServiceLog sidecar
+/// image, or absent when there is none — after the first full listing of ServiceLogs (an
+/// empty cache would delete it), on every change, and every [`REPAIR_INTERVAL`] in any case
+/// (a deleted `-extra`, or a chart DaemonSet re-created or changed by `helm upgrade`).
+/// Failures are logged and retried at the next interval.
 pub async fn keep(
     client: Client,
     namespace: String,
     name: String,
     default_image: String,
+    allowed: Allowed,
     servicelogs: Store<CachedServiceLog>,
 ) {
+    if servicelogs.wait_until_ready().await.is_err() {
+        tracing::warn!(
+            "the ServiceLog cache ended; the per-ServiceLog sidecar images are not pre-pulled"
+        );
+        return;
+    }
     let api = Api::<DaemonSet>::namespaced(client, &namespace);
     let extra = format!("{name}-extra");
-    let mut applied: Option<BTreeSet<String>> = None;
+    let mut applied: Option<(BTreeSet<String>, tokio::time::Instant)> = None;
     loop {
-        let images = extra_images(&servicelogs, &default_image);
-        if applied.as_ref() != Some(&images) {
+        let images = extra_images(&servicelogs, &default_image, &allowed);
+        let due = applied
+            .as_ref()
+            .is_none_or(|(done, at)| *done != images || at.elapsed() >= REPAIR_INTERVAL);
+        if due {
             match apply(&api, &name, &extra, &images).await {
                 Ok(()) => {
-                    tracing::info!(daemonset = %extra, images = ?images, "sidecar pre-pull images kept");
-                    applied = Some(images);
+                    if applied.as_ref().is_none_or(|(done, _)| *done != images) {
+                        tracing::info!(daemonset = %extra, images = ?images, "sidecar pre-pull images kept");
+                    }
+                    applied = Some((images, tokio::time::Instant::now()));
                 }
                 Err(e) => {
                     tracing::warn!(daemonset = %extra, error = %e, "cannot keep the per-ServiceLog sidecar images pre-pulled")
@@ -291,18 +412,19 @@ mod tests {
         serde_yaml::from_str(yaml).expect("a pod")
     }
 
-    const RUNNING: &str = r#"
+    // Pulled and crash-looping (an image without `--hold`, say): pulled is what counts.
+    const PULLED: &str = r#"
 metadata: {name: pre-a, labels: {servicelog.io/prepull: slog-sidecar-prepull}}
 spec:
   nodeName: node-1
   containers: [{name: sidecar, image: "ghcr.io/x/sidecar:1"}]
 status:
   containerStatuses:
-  - {name: sidecar, image: "ghcr.io/x/sidecar:1", imageID: "", ready: true, restartCount: 0, state: {running: {}}}
+  - {name: sidecar, image: "ghcr.io/x/sidecar:1", imageID: "ghcr.io/x/sidecar@sha256:0123", ready: false, restartCount: 3, state: {waiting: {reason: CrashLoopBackOff}}}
 "#;
 
     const BACKOFF: &str = r#"
-metadata: {name: pre-b}
+metadata: {name: pre-b, labels: {servicelog.io/prepull: slog-sidecar-prepull}}
 spec:
   nodeName: node-2
   containers: [{name: sidecar-0, image: "ghcr.io/x/typo:1"}]
@@ -317,17 +439,21 @@ status:
 "#;
 
     #[test]
-    fn given_a_ready_prepull_container_with_the_image_then_it_may_be_injected() {
-        let pods = [pod(RUNNING), pod(BACKOFF)];
-        assert_eq!(evaluate(pods.iter(), "ghcr.io/x/sidecar:1", "slog"), Ok(()));
+    fn given_a_prepull_container_that_pulled_the_image_then_it_may_be_injected() {
+        let pods = [pod(PULLED), pod(BACKOFF)];
+        assert_eq!(
+            evaluate(pods.iter(), "ghcr.io/x/sidecar:1"),
+            Evidence::Pulled
+        );
     }
 
     #[test]
     fn given_an_image_in_pull_backoff_then_the_reason_names_the_node_and_the_kubelets_message() {
-        let pods = [pod(RUNNING), pod(BACKOFF)];
-        let why = evaluate(pods.iter(), "ghcr.io/x/typo:1", "slog").unwrap_err();
+        let pods = [pod(PULLED), pod(BACKOFF)];
+        let evidence = evaluate(pods.iter(), "ghcr.io/x/typo:1");
+        let why = refusal("ghcr.io/x/typo:1", "slog", evidence);
         assert!(
-            why.contains("sidecar image ghcr.io/x/typo:1 is not running on any node"),
+            why.contains("sidecar image ghcr.io/x/typo:1 is not pulled on any node"),
             "{why}"
         );
         assert!(
@@ -339,12 +465,65 @@ status:
 
     #[test]
     fn given_no_prepull_pod_with_the_image_then_it_is_not_injected() {
-        let pods = [pod(RUNNING)];
-        let why = evaluate(pods.iter(), "ghcr.io/x/other:2", "slog").unwrap_err();
+        let pods = [pod(PULLED)];
+        let evidence = evaluate(pods.iter(), "ghcr.io/x/other:2");
+        assert_eq!(evidence, Evidence::None);
+        let why = refusal("ghcr.io/x/other:2", "slog", evidence);
         assert!(
-            why.contains("no pod of the pre-pull DaemonSets slog[-extra] runs it yet"),
+            why.contains("no pod of the pre-pull DaemonSets slog[-extra] has pulled it yet"),
             "{why}"
         );
+    }
+
+    #[tokio::test]
+    async fn given_a_proof_when_the_pods_are_replaced_then_it_holds_until_a_pull_fails() {
+        let (pods, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(pod(PULLED)));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let gate = Gate {
+            pods,
+            name: "slog".into(),
+            proven: Arc::default(),
+        };
+        assert_eq!(gate.check("ghcr.io/x/sidecar:1").await, Ok(()));
+        // A rollout: the pod goes, its successor has no status yet.
+        writer.apply_watcher_event(&watcher::Event::Delete(pod(PULLED)));
+        assert_eq!(gate.check("ghcr.io/x/sidecar:1").await, Ok(()));
+        // A successor that cannot pull it any more revokes the proof.
+        let failing = PULLED
+            .replace(
+                "imageID: \"ghcr.io/x/sidecar@sha256:0123\"",
+                "imageID: \"\"",
+            )
+            .replace(
+                "{reason: CrashLoopBackOff}",
+                "{reason: ErrImagePull, message: gone}",
+            );
+        writer.apply_watcher_event(&watcher::Event::Apply(pod(&failing)));
+        let why = gate.check("ghcr.io/x/sidecar:1").await.unwrap_err();
+        assert!(why.contains("ErrImagePull: gone"), "{why}");
+    }
+
+    #[test]
+    fn given_no_allowed_images_then_only_the_default_repository_is() {
+        let allowed = Allowed::new(&[], "registry:5000/servicelog/sidecar:0.1.0");
+        assert_eq!(
+            allowed.check("registry:5000/servicelog/sidecar:0.2.0"),
+            Ok(())
+        );
+        assert_eq!(
+            allowed.check("registry:5000/servicelog/sidecar@sha256:abcd"),
+            Ok(())
+        );
+        let why = allowed
+            .check("registry:5000/servicelog/sidecar-evil:1")
+            .unwrap_err();
+        assert!(why.contains("--sidecar-allowed-images"), "{why}");
+        assert!(allowed.check("docker.io/miner:1").is_err());
+        let listed = Allowed::new(&["mirror.example/".into()], "ghcr.io/x/sidecar:1");
+        assert_eq!(listed.check("mirror.example/team/sidecar:1"), Ok(()));
+        assert!(listed.check("ghcr.io/x/sidecar:1").is_err());
     }
 
     #[test]

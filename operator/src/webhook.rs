@@ -71,8 +71,9 @@ pub struct Webhook {
     pub inject: InjectConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Which sidecar images the nodes run; `None` injects without asking.
-    pub prepull: Option<prepull::Gate>,
+    /// Which sidecar images are allowed and which the nodes have pulled; `None` injects
+    /// any image without asking.
+    pub prepull: Option<(prepull::Gate, prepull::Allowed)>,
 }
 
 /// Serves HTTPS on `listener` with the certificate `resolver` holds at each handshake.
@@ -172,7 +173,8 @@ async fn route(req: Request<hyper::body::Incoming>, webhook: &Webhook) -> Respon
     let (response, result) = if path == "/mutate-pods" {
         mutate(&body, webhook).await
     } else {
-        validate_servicelog(&body).await
+        let allowed = webhook.prepull.as_ref().map(|(_, allowed)| allowed);
+        validate_servicelog(&body, allowed, &webhook.inject.image).await
     };
     webhook.metrics.webhook_answered(result, started.elapsed());
     json(&response.into_review())
@@ -258,14 +260,22 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
             );
         }
     };
-    if let Some(gate) = &webhook.prepull {
+    if let Some((gate, permitted)) = &webhook.prepull {
         let image = slog
             .spec
             .sidecar
             .as_ref()
             .and_then(|s| s.image.as_deref())
             .unwrap_or(&webhook.inject.image);
-        if let Err(why) = gate.check(image).await {
+        let checked = if image == webhook.inject.image {
+            gate.check(image).await
+        } else {
+            match permitted.check(image) {
+                Ok(()) => gate.check(image).await,
+                Err(why) => Err(why),
+            }
+        };
+        if let Err(why) = checked {
             let skip = Skip::ImageNotPulled(why);
             return (
                 warn(webhook, allowed, pod, &namespace, &skip, req.dry_run).await,
@@ -412,7 +422,13 @@ fn event_reference(pod: &Pod, namespace: &str) -> ObjectReference {
 /// Reads the review here, and validates its spec on the blocking pool: compiling a spec's
 /// regexes can take a good part of a second (the spec budget bounds it), which must not
 /// hold an async worker. Past [`VALIDATION_DEADLINE`] the spec is refused.
-async fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
+/// `permitted`: with the pre-pull gate on, a `spec.sidecar.image` other than
+/// `default_image` must be one the operator allows.
+async fn validate_servicelog(
+    body: &[u8],
+    permitted: Option<&prepull::Allowed>,
+    default_image: &str,
+) -> (AdmissionResponse, &'static str) {
     let req: AdmissionRequest<DynamicObject> = match parse(body) {
         Ok(req) => req,
         Err(response) => return (*response, "invalid"),
@@ -436,7 +452,23 @@ async fn validate_servicelog(body: &[u8]) -> (AdmissionResponse, &'static str) {
     {
         return (allowed, "allowed");
     }
-    let job = tokio::task::spawn_blocking(move || problems(&spec));
+    let image = spec
+        .pointer("/sidecar/image")
+        .and_then(serde_json::Value::as_str)
+        .filter(|image| *image != default_image)
+        .map(str::to_owned);
+    let refused_image = match (permitted, image) {
+        (Some(permitted), Some(image)) => permitted
+            .check(&image)
+            .err()
+            .map(|why| format!("spec.sidecar.image: {why}")),
+        _ => None,
+    };
+    let job = tokio::task::spawn_blocking(move || {
+        let mut problems = problems(&spec);
+        problems.extend(refused_image);
+        problems
+    });
     match tokio::time::timeout(VALIDATION_DEADLINE, job).await {
         Ok(Ok(problems)) if problems.is_empty() => (allowed, "allowed"),
         Ok(Ok(problems)) => (allowed.deny(problems.join("; ")), "denied"),
@@ -595,6 +627,47 @@ fn base64(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    async fn validate_servicelog_for_test(body: &[u8]) -> (AdmissionResponse, &'static str) {
+        validate_servicelog(body, None, "").await
+    }
+
+    #[tokio::test]
+    async fn given_the_prepull_gate_when_a_spec_names_an_image_not_allowed_then_it_is_denied_at_its_path()
+     {
+        let slog = serde_json::json!({
+            "apiVersion": "servicelog.io/v1alpha1",
+            "kind": "ServiceLog",
+            "metadata": {"name": "x", "namespace": "shop"},
+            "spec": {
+                "sources": [{"name": "app", "file": {"paths": ["/var/log/app/*.log"]}}],
+                "sinks": [{"name": "out", "stdout": {}}],
+                "defaultTo": ["out"],
+                "sidecar": {"image": "docker.io/miner:1"}
+            }
+        });
+        let body = review(slog, ("servicelog.io", "v1alpha1", "ServiceLog"), "CREATE");
+        let allowed = prepull::Allowed::new(&[], "ghcr.io/servicelog/servicelog-sidecar:0.1.0");
+        let (response, result) = validate_servicelog(
+            &body,
+            Some(&allowed),
+            "ghcr.io/servicelog/servicelog-sidecar:0.1.0",
+        )
+        .await;
+        assert_eq!(result, "denied");
+        assert!(
+            response.result.message.contains(
+                "spec.sidecar.image: sidecar image docker.io/miner:1 is not one the operator allows"
+            ),
+            "{}",
+            response.result.message
+        );
+        let (_, result) = validate_servicelog(&body, None, "").await;
+        assert_eq!(
+            result, "allowed",
+            "without the gate any image is the tenant's own business"
+        );
+    }
+
     #[test]
     fn given_a_pod_without_a_name_then_its_event_is_about_its_controller() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -669,7 +742,7 @@ mod tests {
             })
         };
         let finalizer = object(serde_json::json!(["servicelog.io/cleanup"]), &bad);
-        let (response, result) = validate_servicelog(&review_update(
+        let (response, result) = validate_servicelog_for_test(&review_update(
             finalizer.clone(),
             object(serde_json::json!([]), &bad),
             kind,
@@ -684,7 +757,7 @@ mod tests {
         assert_eq!(result, "allowed");
         let mut worse = bad.clone();
         worse["rules"][0]["to"] = serde_json::json!(["elsewhere"]);
-        let (response, result) = validate_servicelog(&review_update(
+        let (response, result) = validate_servicelog_for_test(&review_update(
             object(serde_json::json!([]), &worse),
             finalizer,
             kind,
@@ -710,7 +783,7 @@ mod tests {
                 "rules": [{"name": "r", "when": {"message": {"regex": "("}}, "to": ["nowhere"]}],
             }
         });
-        let (response, result) = validate_servicelog(&review(
+        let (response, result) = validate_servicelog_for_test(&review(
             slog,
             ("servicelog.io", "v1alpha1", "ServiceLog"),
             "CREATE",
@@ -728,7 +801,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_review_gets_an_invalid_response_not_a_500() {
-        let (response, result) = validate_servicelog(b"{\"not\": \"a review\"").await;
+        let (response, result) = validate_servicelog_for_test(b"{\"not\": \"a review\"").await;
         assert_eq!(result, "invalid");
         assert!(!response.allowed);
         let review = serde_json::to_value(response.into_review()).unwrap();

@@ -119,8 +119,8 @@ pub struct Metrics {
     pub zookeeper_connected: Gauge,
     /// Bytes of lines read, by source.
     pub source_read_bytes: Family<SourceLabels, Counter>,
-    /// Bytes of encoded batches delivered (the sink's own framing, compression and
-    /// protocol overhead not counted), by sink.
+    /// Bytes of encoded batches a sink is done with — delivered, or refused for good —
+    /// (the sink's own framing, compression and protocol overhead not counted), by sink.
     pub sink_sent_bytes: Family<SinkLabels, Counter>,
     /// How long one delivery attempt took (a request, or a write and flush), by sink.
     pub sink_request_duration: Family<SinkLabels, Histogram, NewHistogram>,
@@ -186,7 +186,7 @@ impl Metrics {
         );
         registry.register(
             "servicelog_sink_sent_bytes",
-            "Bytes of encoded events delivered, by sink (before compression, without protocol framing)",
+            "Bytes of encoded events a sink is done with, by sink (before compression, without protocol framing): delivered, or refused for good by the receiver (see servicelog_sink_dropped_total{reason=\"rejected\"})",
             sink_sent_bytes.clone(),
         );
         registry.register(
