@@ -549,18 +549,24 @@ async fn apply(
     // A publish that failed is reported in status, then retried with the resource's
     // backoff (as an error of its category), not at a fixed pace.
     let mut failure = None;
+    // With `spec.rollout`, a change waits in the candidate znode while the stable config
+    // stays published, and `status.rollout` says where it is.
+    let mut staged = None;
     let (validity, observed) = match validate::check(obj, unparsed) {
         Err(problems) => (Err(problems), None),
         Ok(envelope) => {
             publish::ensure_identity(ctx, &key.0).await;
-            let outcome = match publish::publish_config(ctx, obj, &key, &envelope).await {
+            let last = old.status.rollout.as_ref();
+            let done = rollout::publish(ctx, obj, &key, &envelope, last).await;
+            staged = done.rollout;
+            let outcome = match done.published {
                 // A newer generation is in the cache and already in ZooKeeper; its own
                 // reconcile writes the status.
                 Ok(Published::Superseded { .. }) => {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
                 Ok(published) => PublishOutcome::Published {
-                    hash: envelope.hash.clone(),
+                    hash: done.hash,
                     version: published.version(),
                     path: ctx.layout.config(&key.0, &key.1).unwrap_or_default(),
                 },
@@ -586,12 +592,19 @@ async fn apply(
         }
     };
 
-    let plan = status::plan(&Findings {
+    let mut plan = status::plan(&Findings {
         generation: obj.metadata.generation,
         old: &old.status,
         validity: validity.as_ref().map_err(Vec::as_slice),
         observed: observed.as_ref(),
     });
+    let mut staged_requeue = None;
+    if let Some((rollout_status, requeue)) = staged {
+        plan.status.rollout = Some(rollout_status);
+        staged_requeue = requeue;
+    } else if obj.spec.rollout.is_none() {
+        plan.status.rollout = None;
+    }
     if let Some(message) = &plan.rejected {
         ctx.event(obj, EventType::Warning, "Rejected", "Validate", message);
     }
@@ -612,9 +625,13 @@ async fn apply(
     if let Some(e) = failure {
         return Err(Error::Zk(e));
     }
-    Ok(match plan.next {
-        Next::AwaitChange => Action::await_change(),
-        Next::Requeue(after) => Action::requeue(after),
+    let after = match plan.next {
+        Next::AwaitChange => None,
+        Next::Requeue(after) => Some(after),
+    };
+    Ok(match after.into_iter().chain(staged_requeue).min() {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
     })
 }
 

@@ -139,6 +139,10 @@ pub async fn prepublish(obj: &CachedServiceLog, ctx: &Context) {
     };
     let name = obj.name_any();
     let (obj, unparsed) = expand(obj);
+    // A change under `spec.rollout` goes out step by step, from the reconcile.
+    if obj.spec.rollout.is_some() {
+        return;
+    }
     let Ok(envelope) = check(&obj, unparsed.as_deref()) else {
         return;
     };

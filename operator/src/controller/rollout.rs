@@ -11,9 +11,229 @@ use std::time::{Duration, SystemTime};
 
 use servicelog_api::{
     rollout,
-    v1alpha1::{CanaryCounts, Rollout, RolloutPhase, RolloutStatus},
-    wire::{Candidate, Instance, InstanceState},
+    v1alpha1::{CanaryCounts, Rollout, RolloutPhase, RolloutStatus, ServiceLog},
+    wire::{Candidate, Envelope, Instance, InstanceState},
+    zkauth::Node,
 };
+use zookeeper_client::{Acls, CreateMode};
+
+use super::{
+    Context,
+    memory::Key,
+    publish::{PublishError, publish_config},
+};
+use crate::zk::{Published, ZkError};
+
+/// What the reconcile does with a resource that has `spec.rollout`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Staged {
+    /// Publish the config as without a rollout: nothing was published yet, or the config
+    /// znode already is this spec (promoted, or never changed). `status.rollout` to report,
+    /// if any.
+    AsUsual(Option<RolloutStatus>),
+    /// The stable config stays in the config znode while the candidate rolls out.
+    Rolling {
+        /// Hash and data version of the config znode.
+        stable_hash: String,
+        version: i32,
+        status: RolloutStatus,
+        /// Look again then (a pause ends, a step was just written); `None`: when a record
+        /// changes.
+        requeue: Option<Duration>,
+    },
+}
+
+/// What the reconcile's publish step did.
+pub struct Publish {
+    pub published: Result<Published, PublishError>,
+    /// Hash of the config in the config znode: the stable one while a rollout is partway.
+    pub hash: String,
+    /// `status.rollout`, and when to look again (`None`: when something changes).
+    pub rollout: Option<(RolloutStatus, Option<Duration>)>,
+}
+
+/// The reconcile's publish step: the config znode as without a rollout, or, while a
+/// change of a resource with `spec.rollout` rolls out, the rollout's next write
+/// ([`advance`]) with the stable config left where it is.
+pub async fn publish(
+    ctx: &Context,
+    obj: &ServiceLog,
+    key: &Key,
+    envelope: &Envelope,
+    last: Option<&RolloutStatus>,
+) -> Publish {
+    match advance(ctx, obj, key, envelope, last).await {
+        Ok(Staged::AsUsual(status)) => Publish {
+            published: publish_config(ctx, obj, key, envelope).await,
+            hash: envelope.hash.clone(),
+            rollout: status.map(|s| (s, None)),
+        },
+        Ok(Staged::Rolling {
+            stable_hash,
+            version,
+            status,
+            requeue,
+        }) => Publish {
+            published: Ok(Published::Unchanged { version }),
+            hash: stable_hash,
+            rollout: Some((status, requeue)),
+        },
+        Err(e) => Publish {
+            published: Err(e),
+            hash: envelope.hash.clone(),
+            rollout: None,
+        },
+    }
+}
+
+/// Reads the config and candidate znodes and the instance records, [`plan`]s, and makes
+/// the write the plan asks for (each version-checked, as the leader).
+///
+/// Notable errors: ZooKeeper unavailable or a write refused — the reconcile reports it and
+/// retries; nothing advances meanwhile.
+pub async fn advance(
+    ctx: &Context,
+    obj: &ServiceLog,
+    key: &Key,
+    envelope: &Envelope,
+    last: Option<&RolloutStatus>,
+) -> Result<Staged, PublishError> {
+    let Some(spec_rollout) = obj.spec.rollout.as_ref() else {
+        return Ok(Staged::AsUsual(None));
+    };
+    let (namespace, name) = (key.0.as_str(), key.1.as_str());
+    let bad_path = |e: servicelog_api::wire::WireError| ZkError::Unavailable(e.to_string());
+    let config_path = ctx.layout.config(namespace, name).map_err(bad_path)?;
+    let candidate_path = ctx.layout.candidate(namespace, name).map_err(bad_path)?;
+    let client = ctx.zk.client()?;
+    ctx.zk.authorize(&client, namespace).await?;
+    let (stable, version) = match client.get_data(&config_path).await {
+        Ok((data, stat)) => match Envelope::from_slice(&data) {
+            Ok(stable) => (stable, stat.version),
+            // Unreadable: drift repair puts this spec there.
+            Err(_) => return Ok(Staged::AsUsual(None)),
+        },
+        Err(zookeeper_client::Error::NoNode) => return Ok(Staged::AsUsual(None)),
+        Err(e) => {
+            return Err(ZkError::Op {
+                op: "get",
+                path: config_path,
+                source: e,
+            }
+            .into());
+        }
+    };
+    let (candidate, candidate_stat) = match client.get_data(&candidate_path).await {
+        Ok((data, stat)) => (Candidate::from_slice(&data).ok(), Some(stat)),
+        Err(zookeeper_client::Error::NoNode) => (None, None),
+        Err(e) => {
+            return Err(ZkError::Op {
+                op: "get",
+                path: candidate_path,
+                source: e,
+            }
+            .into());
+        }
+    };
+    let instances: Vec<(String, Instance)> = ctx
+        .zk
+        .instances(namespace, name)?
+        .into_iter()
+        .filter_map(|(pod, record)| record.ok().map(|r| (pod, r)))
+        .collect();
+    let now = SystemTime::now();
+    let found = Found {
+        rollout: spec_rollout,
+        namespace,
+        desired: &envelope.hash,
+        stable: &stable.hash,
+        candidate: candidate.as_ref(),
+        candidate_written: candidate_stat.as_ref().map(|s| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(s.mtime).unwrap_or(0))
+        }),
+        instances: &instances,
+        last,
+        now,
+    };
+    let (action, mut status) = plan(&found);
+    let candidate_version = candidate_stat.as_ref().map(|s| s.version);
+    let op = |op: &'static str, path: &str| {
+        let path = path.to_owned();
+        move |source| ZkError::Op { op, path, source }
+    };
+    let requeue = match action {
+        Action::Wait => None,
+        Action::WaitUntil(at) => Some(at.duration_since(now).unwrap_or_default()),
+        Action::WriteCandidate { step, percent } => {
+            let data = Candidate::new(&stable.hash, step, percent, spec_rollout.preview, envelope)
+                .and_then(|c| c.to_bytes())
+                .map_err(bad_path)?;
+            let write = async {
+                match candidate_version {
+                    Some(v) => client
+                        .set_data(&candidate_path, &data, Some(v))
+                        .await
+                        .map(|_| ()),
+                    None => {
+                        let acl = ctx.zk.guard().acl(Some(namespace), Node::Config);
+                        let mode = CreateMode::Persistent.with_acls(Acls::new(&acl));
+                        client
+                            .create(&candidate_path, &data, &mode)
+                            .await
+                            .map(|_| ())
+                    }
+                }
+            };
+            ctx.leadership
+                .write(write)
+                .await?
+                .map_err(op("write", &candidate_path))?;
+            tracing::info!(servicelog = %format!("{namespace}/{name}"), step, percent, candidate = %envelope.hash, "staged rollout: step written");
+            Some(Duration::from_secs(1))
+        }
+        Action::Promote => {
+            let data = envelope.to_bytes().map_err(bad_path)?;
+            let mut multi = client.new_multi_writer();
+            multi
+                .add_set_data(&config_path, &data, Some(version))
+                .map_err(op("set", &config_path))?;
+            multi
+                .add_delete(&candidate_path, candidate_version)
+                .map_err(op("delete", &candidate_path))?;
+            ctx.leadership
+                .write(multi.commit())
+                .await?
+                .map_err(|e| ZkError::Unavailable(format!("promoting {candidate_path}: {e}")))?;
+            tracing::info!(servicelog = %format!("{namespace}/{name}"), hash = %envelope.hash, "staged rollout: candidate promoted");
+            ctx.memory.set_published(key, &envelope.hash);
+            status.phase = RolloutPhase::Complete;
+            status.stable_hash = envelope.hash.clone();
+            status.candidate_hash = None;
+            return Ok(Staged::AsUsual(Some(status)));
+        }
+        Action::Withdraw => {
+            match ctx
+                .leadership
+                .write(client.delete(&candidate_path, candidate_version))
+                .await?
+            {
+                Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                Err(e) => return Err(op("delete", &candidate_path)(e).into()),
+            }
+            tracing::warn!(servicelog = %format!("{namespace}/{name}"), reason = %status.reason, "staged rollout: candidate withdrawn");
+            None
+        }
+    };
+    if status.phase == RolloutPhase::Complete {
+        return Ok(Staged::AsUsual(Some(status)));
+    }
+    Ok(Staged::Rolling {
+        stable_hash: stable.hash,
+        version,
+        status,
+        requeue,
+    })
+}
 
 /// What the reconcile found for one ServiceLog with `spec.rollout`.
 #[derive(Clone, Copy, Debug)]
