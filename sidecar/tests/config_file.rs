@@ -103,6 +103,38 @@ fn given_the_design_rules_when_lines_are_written_then_each_reaches_the_sink_its_
         sidecar.metric(r#"servicelog_config_applied_total{result="ok"}"#),
         Some(1.0)
     );
+    let read: usize = input.iter().map(|l| l.len() + 1).sum();
+    assert_eq!(
+        sidecar.metric(r#"servicelog_source_read_bytes_total{source="app"}"#),
+        Some(read as f64),
+        "the bytes read, newlines included"
+    );
+    let sent: usize = [2, 3, 5, 1, 4].iter().map(|&i| input[i].len() + 1).sum();
+    wait_until(
+        "the sinks' bytes",
+        Duration::from_secs(5),
+        || {
+            sidecar
+                .metric(r#"servicelog_sink_sent_bytes_total{sink="alerts"}"#)
+                .unwrap_or(0.0)
+                + sidecar
+                    .metric(r#"servicelog_sink_sent_bytes_total{sink="rest"}"#)
+                    .unwrap_or(0.0)
+                == sent as f64
+        },
+        || {
+            sidecar
+                .http_get("/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default()
+        },
+    );
+    assert!(
+        sidecar
+            .metric(r#"servicelog_sink_request_duration_seconds_count{sink="alerts"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "no write of the alerts sink timed"
+    );
     assert_eq!(sidecar.http_get("/readyz").map(|r| r.0), Some(200));
     assert_eq!(sidecar.http_get("/healthz").map(|r| r.0), Some(200));
 

@@ -71,6 +71,8 @@ struct SourceOut {
     /// pod's labels change, with the labels generation it was rendered at.
     meta: Mutex<(u64, Arc<[u8]>)>,
     events_in: Counter,
+    /// `servicelog_source_read_bytes_total`: the raw bytes of its events.
+    read_bytes: Counter,
     /// Lines that did not parse in the source's format.
     unparsed: Counter,
     /// Whether the source can read a run again if a sink fails it (see [`Ack::is_failed`]).
@@ -110,6 +112,7 @@ impl Pipeline {
                 name: name.clone(),
                 meta: Mutex::new(origin.meta(name)),
                 events_in: metrics.source_counter(name),
+                read_bytes: metrics.source_bytes_counter(name),
                 unparsed: metrics.unparsed_counter(name),
                 rereadable: true,
             })
@@ -214,6 +217,7 @@ impl Batcher {
             capacity,
             now: Instant::now(),
             events: 0,
+            bytes: 0,
             unparsed: 0,
         }
     }
@@ -230,6 +234,8 @@ pub struct Run<'a> {
     capacity: usize,
     now: Instant,
     events: u64,
+    /// Raw bytes of the events pushed (newlines included).
+    bytes: u64,
     unparsed: u64,
 }
 
@@ -270,6 +276,7 @@ impl<'a> Run<'a> {
     #[inline]
     pub fn push(&mut self, routed: &Event<'_>, written: &Event<'_>, raw: &[u8], flatten: bool) {
         self.events += 1;
+        self.bytes += raw.len() as u64;
         let b = &mut *self.batcher;
         let transforms = self.router.has_transforms();
         let decision = if transforms {
@@ -376,6 +383,7 @@ impl<'a> Run<'a> {
         let pipeline = self.pipeline;
         if let Some(s) = pipeline.sources.get(self.source) {
             s.events_in.inc_by(self.events);
+            s.read_bytes.inc_by(self.bytes);
             if self.unparsed > 0 {
                 s.unparsed.inc_by(self.unparsed);
             }
