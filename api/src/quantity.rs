@@ -5,7 +5,8 @@
 use serde::{Deserialize, Deserializer, de};
 
 /// The byte count `text` names: digits with an optional fraction and an optional suffix —
-/// binary `Ki Mi Gi Ti Pi Ei` (powers of 1024) or decimal `k M G T P E` (powers of 1000).
+/// binary `Ki Mi Gi Ti Pi Ei` (powers of 1024), decimal `k M G T P E` (powers of 1000) or
+/// a decimal exponent `e6` / `E6`.
 /// A fractional result is rounded up, as Kubernetes does.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let bad = || {
@@ -32,6 +33,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "Ti" => 1 << 40,
         "Pi" => 1 << 50,
         "Ei" => 1 << 60,
+        exponent if exponent.len() > 1 && exponent.starts_with(['e', 'E']) => exponent[1..]
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| 10u64.checked_pow(n))
+            .ok_or_else(bad)?,
         _ => return Err(bad()),
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -102,6 +108,8 @@ mod tests {
             ("1.5Gi", 3 << 29),
             ("0.5Ki", 512),
             ("1.0001k", 1_001),
+            ("1e6", 1_000_000),
+            ("2E3", 2_000),
         ] {
             assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
         }
@@ -116,7 +124,8 @@ mod tests {
             "1.2.3Mi",
             "-1",
             "1 Mi x",
-            "1e6",
+            "1e",
+            "1e99",
             "20000000000Ei",
         ] {
             let err = parse_bytes(text).expect_err(text);
