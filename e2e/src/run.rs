@@ -189,6 +189,11 @@ impl Operator {
         http_get(self.metrics_port, "/metrics").unwrap_or_default()
     }
 
+    /// The `/metrics` port on 127.0.0.1 (for a Prometheus to scrape).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// The webhook's HTTPS port on 127.0.0.1.
     pub fn webhook_port(&self) -> u16 {
         self.webhook_port
