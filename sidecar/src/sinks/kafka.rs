@@ -61,6 +61,7 @@ use servicelog_api::{
 use super::{
     SinkErrors,
     buffer::{BufferRx, Entry, RecvTimeout},
+    http::{backoff, seed, sleep_unless_stopped},
 };
 use crate::metrics::Metrics;
 
@@ -78,8 +79,6 @@ const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(4);
 /// Likewise for producing one batch to every partition. A produce cut off by it may
 /// have been written: it is sent again (at least once).
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 static BUILDS: AtomicU64 = AtomicU64::new(0);
 
 /// Problems with a kafka sink's definition or its mounted files.
@@ -663,39 +662,6 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
-/// The wait before retry number `attempt` (0-based): a random point in the upper half of
-/// the doubling backoff.
-fn backoff(attempt: u32, random: u64) -> Duration {
-    let cap = FIRST_BACKOFF
-        .saturating_mul(1 << attempt.min(16))
-        .min(MAX_BACKOFF);
-    let half = cap / 2;
-    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_nanos(random % nanos)
-}
-
-/// Sleeps `wait`, waking to check `rx.stopped()`; false if it said to stop.
-fn sleep_unless_stopped(wait: Duration, rx: &BufferRx) -> bool {
-    let until = Instant::now() + wait;
-    loop {
-        let now = Instant::now();
-        if now >= until {
-            return true;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(100)));
-        if rx.stopped() {
-            return false;
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (t ^ u64::from(std::process::id()).rotate_left(32)) | 1
-}
-
 /// SASL from the mounted Secret: `username`, `password`, `mechanism` (default `PLAIN`).
 fn read_sasl(dir: &Path) -> Result<SaslConfig, SaslError> {
     if !dir.is_dir() {
@@ -861,16 +827,5 @@ mod tests {
         let err = read_sasl(dir.path()).unwrap_err();
         assert!(err.to_string().contains("\"GSSAPI\" is not PLAIN"), "{err}");
         assert!(!err.to_string().contains("pw"));
-    }
-
-    #[test]
-    fn backoff_stays_within_its_bounds() {
-        for attempt in 0..40 {
-            let cap = (FIRST_BACKOFF * 2u32.pow(attempt.min(16))).min(MAX_BACKOFF);
-            for random in [0, 7, u64::MAX] {
-                let d = backoff(attempt, random);
-                assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
-            }
-        }
     }
 }
