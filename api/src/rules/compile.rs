@@ -26,9 +26,9 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, BufferSync, BufferType, FieldCondition, Format, HttpBatch, HttpEncoding,
-        HttpSink, HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink, Source,
-        SyslogProtocol, When,
+        Action, BufferSync, BufferType, FieldCondition, Format, HttpBatch, HttpEncoding, HttpSink,
+        HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink, Source, SyslogProtocol,
+        When,
     },
     validate::{
         Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
