@@ -312,9 +312,69 @@ async fn given_a_rollout_when_canaries_ack_then_it_is_promoted_and_when_one_reje
         Some(&promoted),
         "the stable config stays"
     );
+    // A record changing (the rejecter back on stable) makes the operator look again.
+    f.record(&rejecter, &promoted, InstanceState::Ok, None)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         f.candidate().await.is_none(),
         "a rolled-back candidate is not tried again"
+    );
+}
+
+/// Given a rollout partway, when `spec.rollout` is removed, then the change goes to every
+/// pod at once and the candidate znode is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_rollout_partway_when_spec_rollout_is_removed_then_the_change_is_published_at_once()
+{
+    let f = Fixture::new().await;
+    let slog: ServiceLog = serde_yaml::from_str(SERVICELOG).expect("the test ServiceLog");
+    f.api
+        .create(&PostParams::default(), &slog)
+        .await
+        .expect("create ServiceLog");
+    let stable = f
+        .wait_status("the first config published", |s| s.config_hash.is_some())
+        .await
+        .config_hash
+        .expect("configHash");
+    for pod in pods() {
+        f.record(&pod, &stable, InstanceState::Ok, None).await;
+    }
+    f.patch_rule_to("b").await;
+    let candidate = f
+        .wait_zk("the candidate znode", async || f.candidate().await)
+        .await;
+    f.wait_status("status.rollout Progressing", |s| {
+        s.rollout
+            .as_ref()
+            .is_some_and(|r| r.phase == RolloutPhase::Progressing)
+    })
+    .await;
+
+    let patch = serde_json::json!({"spec": {"rollout": null}});
+    let patched = f
+        .api
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.spec.rollout, None, "the patch removes spec.rollout");
+    f.wait_zk(
+        "the change published at once and the candidate removed",
+        async || {
+            (f.config_hash().await.as_ref() == Some(&candidate.hash)
+                && f.candidate().await.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    let status = f
+        .wait_status("configHash of the change", |s| {
+            s.config_hash.as_ref() == Some(&candidate.hash)
+        })
+        .await;
+    assert_eq!(
+        status.rollout, None,
+        "no rollout to report without spec.rollout"
     );
 }

@@ -44,7 +44,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use servicelog_api::{
     FieldError, ValidationErrors, parse_spec,
-    v1alpha1::{Condition, LabelSelector, PodCounts, ServiceLog, ServiceLogSpec, ServiceLogStatus},
+    v1alpha1::{
+        Condition, LabelSelector, PodCounts, RolloutStatus, ServiceLog, ServiceLogSpec,
+        ServiceLogStatus,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -157,6 +160,9 @@ struct StatusDigest {
     /// One line per condition: type, status, lastTransitionTime, observedGeneration (or
     /// empty), separated by tabs.
     conditions: Box<str>,
+    /// `status.rollout` whole (only resources with `spec.rollout` have one): the staged
+    /// rollout resumes from it, and a rolled-back candidate is not retried.
+    rollout: Option<Box<RolloutStatus>>,
 }
 
 impl StatusDigest {
@@ -183,6 +189,7 @@ impl StatusDigest {
                 .map(|p| [p.matched, p.injected, p.applied]),
             config_hash: status.config_hash.as_deref().map(Into::into),
             conditions: conditions.into_boxed_str(),
+            rollout: status.rollout.clone().map(Box::new),
         }
     }
 
@@ -213,7 +220,7 @@ impl StatusDigest {
                 applied,
                 summary: format!("{applied}/{injected}"),
             }),
-            rollout: None,
+            rollout: self.rollout.as_deref().cloned(),
             conditions,
         }
     }

@@ -43,6 +43,25 @@ pub enum Staged {
     },
 }
 
+/// Deletes the candidate znode, whatever its version; gone already is done.
+async fn withdraw(ctx: &Context, key: &Key) -> Result<(), PublishError> {
+    let path = ctx
+        .layout
+        .candidate(&key.0, &key.1)
+        .map_err(|e| ZkError::Unavailable(e.to_string()))?;
+    let client = ctx.zk.client()?;
+    ctx.zk.authorize(&client, &key.0).await?;
+    match ctx.leadership.write(client.delete(&path, None)).await? {
+        Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
+        Err(source) => Err(ZkError::Op {
+            op: "delete",
+            path,
+            source,
+        }
+        .into()),
+    }
+}
+
 /// What the reconcile's publish step did.
 pub struct Publish {
     pub published: Result<Published, PublishError>,
@@ -99,6 +118,11 @@ pub async fn advance(
     last: Option<&RolloutStatus>,
 ) -> Result<Staged, PublishError> {
     let Some(spec_rollout) = obj.spec.rollout.as_ref() else {
+        if last.is_some_and(|r| r.phase == RolloutPhase::Progressing) {
+            // `spec.rollout` removed mid-way: the change goes to every pod at once, and the
+            // candidate (which sidecars would ignore, its stable config replaced) goes.
+            withdraw(ctx, key).await?;
+        }
         return Ok(Staged::AsUsual(None));
     };
     let (namespace, name) = (key.0.as_str(), key.1.as_str());
