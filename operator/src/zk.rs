@@ -220,15 +220,33 @@ impl Zk {
     /// every new session ([`secure`]). A standby never does: during a rolling update that
     /// rotates the identity, replicas with the old and the new identities would otherwise
     /// take the tree from each other, and the last to connect could lock the others out.
+    ///
+    /// Not connected yet: the session being set up may have passed its own check of the
+    /// flag already (it checks before reading the instance records, and is marked
+    /// connected after), so a task secures the tree once it is connected. A lost race
+    /// here left a tree open until the next session (seen in CI under load).
     pub async fn start_securing(&self) {
         self.securing
             .store(true, std::sync::atomic::Ordering::Release);
-        let Ok(client) = self.client() else {
-            return; // the next session secures the tree
-        };
-        if let Err(e) = secure(&client, &self.layout, &self.guard).await {
-            tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; trying again at the next session");
+        if let Ok(client) = self.client() {
+            if let Err(e) = secure(&client, &self.layout, &self.guard).await {
+                tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; trying again at the next session");
+            }
+            return;
         }
+        let zk = self.clone();
+        tokio::spawn(async move {
+            let mut connected = zk.connected.clone();
+            if connected.wait_for(|c| *c).await.is_err() {
+                return;
+            }
+            let Ok(client) = zk.client() else {
+                return; // disconnected again: the next session secures the tree
+            };
+            if let Err(e) = secure(&client, &zk.layout, &zk.guard).await {
+                tracing::warn!(error = %e, "cannot set the ACLs of the existing znodes; trying again at the next session");
+            }
+        });
     }
 
     /// Adds `namespace`'s identity to the session, once: sidecars create their instance
