@@ -160,7 +160,7 @@ async fn given_the_crd_when_the_delivery_example_is_applied_then_its_fields_surv
         .expect_err("the API server accepted credentials on a stdout sink");
     assert!(
         err.to_string()
-            .contains("credentialsSecretRef applies to http and otlp sinks only"),
+            .contains("credentialsSecretRef applies to http, otlp and kafka sinks only"),
         "{err}"
     );
 }
