@@ -12,7 +12,7 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::{
     EnvError,
     procs::{EnvDir, Proc, free_port, wait_for},
-    tools, workspace_dir,
+    tools,
 };
 
 /// The collector starts in well under a second here; a loaded CI machine is slower.
@@ -276,50 +276,11 @@ fn locate() -> Result<PathBuf, EnvError> {
 }
 
 fn build(bin: &Path) -> Result<(), EnvError> {
-    if Command::new("go").arg("version").output().is_err() {
-        return Err(EnvError::Missing {
-            what: "go, which builds the OpenTelemetry Collector of the OTLP tests".into(),
-            hint: "apt-get install golang (or run `make deps`)".into(),
-        });
-    }
-    let script = workspace_dir().join("e2e/tools/build.sh");
-    let log_dir = tools::cache_dir().join("tools");
-    fs::create_dir_all(&log_dir).map_err(|e| EnvError::io("creating the tools dir", e))?;
-    let log_path = log_dir.join("otelcol-build.log");
-    let log = fs::File::create(&log_path)
-        .map_err(|e| EnvError::io(format!("creating {}", log_path.display()), e))?;
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("otelcol")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| EnvError::io(format!("running {}", script.display()), e))?;
-    let what = "e2e/tools/build.sh to build the OpenTelemetry Collector from its Go modules";
-    let waited = wait_for(
-        what,
+    tools::build_set(
+        "otelcol",
+        "the OpenTelemetry Collector of the OTLP tests from its Go modules",
+        &["otelcol"],
+        bin,
         BUILD_TIMEOUT,
-        Duration::from_millis(200),
-        || match child.try_wait() {
-            Ok(None) => Ok(false),
-            Ok(Some(status)) if status.success() => Ok(true),
-            Ok(Some(status)) => Err(format!("it exited with {status}")),
-            Err(e) => Err(format!("it cannot be waited for: {e}")),
-        },
-    );
-    if waited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    waited.map_err(|e| e.with_log("build.sh otelcol", &crate::procs::log_tail(&log_path, 20)))?;
-    if !bin.join("otelcol").is_file() {
-        return Err(EnvError::Missing {
-            what: format!("otelcol in {}", bin.display()),
-            hint: format!(
-                "build.sh otelcol did not complete; see {}",
-                log_path.display()
-            ),
-        });
-    }
-    Ok(())
+    )
 }

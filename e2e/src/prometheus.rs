@@ -14,7 +14,7 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::{
     EnvError,
     procs::{EnvDir, Proc, free_port, wait_for},
-    tools, workspace_dir,
+    tools,
 };
 
 /// Prometheus is ready in about a second here; a loaded CI machine is slower.
@@ -401,59 +401,13 @@ fn locate(name: &str) -> Result<PathBuf, EnvError> {
 }
 
 fn build(bin: &Path) -> Result<(), EnvError> {
-    if Command::new("go").arg("version").output().is_err() {
-        return Err(EnvError::Missing {
-            what: "go, which builds the Prometheus of the dashboard and alert tests".into(),
-            hint: "apt-get install golang (or run `make deps`)".into(),
-        });
-    }
-    let script = workspace_dir().join("e2e/tools/build.sh");
-    let log_dir = tools::cache_dir().join("tools");
-    fs::create_dir_all(&log_dir).map_err(|e| EnvError::io("creating the tools dir", e))?;
-    let log_path = log_dir.join("prometheus-build.log");
-    let log = fs::File::create(&log_path)
-        .map_err(|e| EnvError::io(format!("creating {}", log_path.display()), e))?;
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("prometheus")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| EnvError::io(format!("running {}", script.display()), e))?;
-    let what = "e2e/tools/build.sh to build Prometheus and promtool from their Go module";
-    let waited = wait_for(
-        what,
+    tools::build_set(
+        "prometheus",
+        "Prometheus and promtool of the dashboard and alert tests from their Go module",
+        &["prometheus", "promtool"],
+        bin,
         BUILD_TIMEOUT,
-        Duration::from_millis(200),
-        || match child.try_wait() {
-            Ok(None) => Ok(false),
-            Ok(Some(status)) if status.success() => Ok(true),
-            Ok(Some(status)) => Err(format!("it exited with {status}")),
-            Err(e) => Err(format!("it cannot be waited for: {e}")),
-        },
-    );
-    if waited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    waited.map_err(|e| {
-        e.with_log(
-            "build.sh prometheus",
-            &crate::procs::log_tail(&log_path, 20),
-        )
-    })?;
-    for name in ["prometheus", "promtool"] {
-        if !bin.join(name).is_file() {
-            return Err(EnvError::Missing {
-                what: format!("{name} in {}", bin.display()),
-                hint: format!(
-                    "build.sh prometheus did not complete; see {}",
-                    log_path.display()
-                ),
-            });
-        }
-    }
-    Ok(())
+    )
 }
 
 #[cfg(test)]
