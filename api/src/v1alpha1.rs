@@ -143,12 +143,13 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
-/// One input of the sidecar. Exactly one of `file` or `syslog`.
+/// One input of the sidecar (or, for `containerLogs`, of the node agent). Exactly one of
+/// `file`, `syslog` or `containerLogs`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(kube::KubeSchema))]
 #[cfg_attr(
     feature = "kube",
-    x_kube(validation = kube::core::Rule::new("[has(self.file), has(self.syslog)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'source \"' + self.name + '\" sets ' + (has(self.file) ? 'both file and syslog' : 'neither file nor syslog') + ': a source sets exactly one of file or syslog'".into())))
+    x_kube(validation = kube::core::Rule::new("[has(self.file), has(self.syslog), has(self.containerLogs)].filter(x, x).size() == 1").message(kube::core::Message::Expression("'source \"' + self.name + '\" sets ' + (has(self.file) || has(self.syslog) || has(self.containerLogs) ? (has(self.file) ? 'file ' : '') + (has(self.syslog) ? 'syslog ' : '') + (has(self.containerLogs) ? 'containerLogs ' : '') : 'none of them ') + '- a source sets exactly one of file, syslog or containerLogs'".into())))
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
@@ -159,6 +160,8 @@ pub struct Source {
     pub file: Option<FileSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_logs: Option<ContainerLogsSource>,
     /// Field that holds the level, instead of `level`, `severity`, `lvl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level_field: Option<String>,
@@ -273,6 +276,43 @@ pub struct SyslogSource {
     /// `127.0.0.1`, not `localhost`, which may resolve to `::1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+}
+
+/// What the pod's containers print to stdout and stderr, as the kubelet writes it to
+/// `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<restart>.log`, read by the
+/// servicelog node agent on the pod's node (no sidecar, no volume in the pod).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerLogsSource {
+    /// The containers whose output is read (default: every app container of the pod;
+    /// init containers and the servicelog sidecar only when named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
+    pub containers: Vec<String>,
+    /// `stdout`, `stderr` (default: both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 2)))]
+    pub streams: Vec<ContainerStream>,
+    /// How each printed line becomes an event: `json`, `logfmt` or `text` (the default).
+    #[serde(default)]
+    pub format: Format,
+}
+
+impl ContainerLogsSource {
+    /// Whether `stream` is read: listed, or no stream is listed.
+    pub fn reads(&self, stream: ContainerStream) -> bool {
+        self.streams.is_empty() || self.streams.contains(&stream)
+    }
+}
+
+/// A container's output stream, as the kubelet's log files name it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStream {
+    Stdout,
+    Stderr,
 }
 
 /// Where a syslog source listens unless its `address` says otherwise: loopback only.

@@ -654,6 +654,65 @@ mod tests {
     }
 
     #[test]
+    fn given_container_logs_sources_when_validated_then_each_problem_names_its_field() {
+        let spec = |source: serde_json::Value| {
+            parse_spec(&serde_json::json!({
+                "sources": [source],
+                "sinks": [{"name": "out", "stdout": {}}],
+                "defaultTo": ["out"],
+            }))
+            .expect("parses")
+        };
+        let paths = |source: serde_json::Value| match validate(&spec(source)) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.path.clone()).collect::<Vec<_>>(),
+        };
+        let defaults = spec(serde_json::json!({"name": "out", "containerLogs": {}}));
+        let logs = defaults.sources[0].container_logs.clone().expect("containerLogs");
+        assert!(
+            logs.containers.is_empty()
+                && logs.reads(crate::v1alpha1::ContainerStream::Stdout)
+                && logs.reads(crate::v1alpha1::ContainerStream::Stderr),
+            "every container, both streams by default: {logs:?}"
+        );
+        assert_eq!(validate(&defaults), Ok(()));
+        assert_eq!(
+            paths(serde_json::json!({"name": "app", "containerLogs":
+                {"containers": ["app", "side-car"], "streams": ["stderr"], "format": "json"}})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            paths(serde_json::json!({"name": "app", "containerLogs":
+                {"containers": ["app", "App", "app", ""], "streams": ["stdout", "stdout"],
+                 "format": "regex"}})),
+            [
+                "spec.sources[0].containerLogs.containers[1]",
+                "spec.sources[0].containerLogs.containers[2]",
+                "spec.sources[0].containerLogs.containers[3]",
+                "spec.sources[0].containerLogs.streams[1]",
+                "spec.sources[0].containerLogs.format",
+            ]
+        );
+        let both = validate(&spec(serde_json::json!({"name": "app",
+            "file": {"paths": ["/var/log/app/*.log"]}, "containerLogs": {}})))
+        .expect_err("file and containerLogs");
+        assert_eq!(both.0[0].path, "spec.sources[0]");
+        assert!(
+            both.0[0].message.contains("not file and containerLogs"),
+            "{both}"
+        );
+        let unknown = parse_spec(&serde_json::json!({
+            "sources": [{"name": "app", "containerLogs": {"streams": ["stdin"]}}],
+            "sinks": [{"name": "out", "stdout": {}}],
+        }))
+        .expect_err("stdin is no stream");
+        assert_eq!(
+            unknown.0[0].path, "spec.sources[0].containerLogs.streams[0]",
+            "{unknown}"
+        );
+    }
+
+    #[test]
     fn parse_spec_names_unknown_fields_and_type_errors_by_path() {
         let ok = serde_json::json!({
             "sources": [{"name": "app", "file": {"paths": ["/a/*.log"]}}],

@@ -559,6 +559,7 @@ fn gen_source() -> impl Strategy<Value = Source> {
                 port,
                 ..SyslogSource::default()
             }),
+            container_logs: None,
             level_field,
             max_line_bytes: None,
             message_field,
@@ -696,6 +697,7 @@ fn valid_spec() -> impl Strategy<Value = ServiceLogSpec> {
                         port: 5000 + i as u16,
                         ..SyslogSource::default()
                     }),
+                    container_logs: None,
                     level_field: level_field.map(str::to_string),
                     max_line_bytes: None,
                     message_field: message_field.map(str::to_string),

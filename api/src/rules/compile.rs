@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, BufferSync, BufferType, FieldCondition, Format, HttpBatch, HttpEncoding, HttpSink,
+        Action, BufferSync, BufferType, ContainerLogsSource, FieldCondition, Format, HttpBatch, HttpEncoding, HttpSink,
         HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink, Source, SyslogProtocol,
         When,
     },
@@ -417,13 +417,25 @@ fn check_source(
     i: usize,
 ) -> Option<Regex> {
     let path = format!("spec.sources[{i}]");
-    match (&source.file, &source.syslog) {
-        (Some(_), Some(_)) => errors.push(
+    let kinds = [
+        source.file.is_some().then_some("file"),
+        source.syslog.is_some().then_some("syslog"),
+        source.container_logs.is_some().then_some("containerLogs"),
+    ];
+    let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
+    match kinds.as_slice() {
+        [_] => {}
+        [] => errors.push(
             &path,
-            "a source sets exactly one of file or syslog, not both",
+            "a source sets exactly one of file, syslog or containerLogs",
         ),
-        (None, None) => errors.push(&path, "a source sets exactly one of file or syslog"),
-        _ => {}
+        several => errors.push(
+            &path,
+            format!(
+                "a source sets exactly one of file, syslog or containerLogs, not {}",
+                several.join(" and ")
+            ),
+        ),
     }
     if let Some(n) = source.max_line_bytes
         && !(1024..=crate::v1alpha1::MAX_LINE_BYTES as u64).contains(&n)
@@ -487,6 +499,9 @@ fn check_source(
             );
         }
     }
+    if let Some(logs) = &source.container_logs {
+        check_container_logs(errors, logs, &path);
+    }
     for (field, value) in [
         ("levelField", &source.level_field),
         ("messageField", &source.message_field),
@@ -498,6 +513,47 @@ fn check_source(
         }
     }
     pattern
+}
+
+/// A `containerLogs` source: container names as Kubernetes allows them (DNS labels),
+/// each once; each stream once; no `format: regex` (it has no `regex` to go with it).
+fn check_container_logs(errors: &mut Errors, logs: &ContainerLogsSource, path: &str) {
+    for (j, name) in logs.containers.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !valid {
+            errors.push(
+                format!("{path}.containerLogs.containers[{j}]"),
+                format!(
+                    "{name:?} is not a container name (lowercase letters, digits and '-', at most 63)"
+                ),
+            );
+        } else if let Some(first) = logs.containers[..j].iter().position(|c| c == name) {
+            errors.push(
+                format!("{path}.containerLogs.containers[{j}]"),
+                format!("{name:?} is listed already at containers[{first}]"),
+            );
+        }
+    }
+    for (j, stream) in logs.streams.iter().enumerate() {
+        if let Some(first) = logs.streams[..j].iter().position(|s| s == stream) {
+            errors.push(
+                format!("{path}.containerLogs.streams[{j}]"),
+                format!("listed already at streams[{first}]"),
+            );
+        }
+    }
+    if logs.format == Format::Regex {
+        errors.push(
+            format!("{path}.containerLogs.format"),
+            "format: regex is offered for file sources only; use json, logfmt or text",
+        );
+    }
 }
 
 /// `format: regex` and its `regex`: one needs the other, and the pattern must name what
@@ -1244,10 +1300,11 @@ impl<'s> Ctx<'s> {
 fn plan(source: &Source, fields: &[String], regex: Option<Regex>) -> SourcePlan {
     // A syslog source hands the router each message as a JSON object (see the sidecar's
     // syslog source), so its events have fields like any JSON line.
-    let format = match (&source.file, &source.syslog) {
-        (Some(f), _) => f.format,
-        (None, Some(_)) => Format::Json,
-        (None, None) => Format::Text,
+    let format = match (&source.file, &source.syslog, &source.container_logs) {
+        (Some(f), _, _) => f.format,
+        (None, Some(_), _) => Format::Json,
+        (None, None, Some(c)) => c.format,
+        (None, None, None) => Format::Text,
     };
     let mut keys = KeyTable::default();
     let message = match &source.message_field {
