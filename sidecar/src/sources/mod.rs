@@ -1,5 +1,6 @@
-//! Where events come from: files on a volume shared with the application ([`file`](mod@file)) and
-//! syslog senders ([`syslog`]).
+//! Where events come from: files on a volume shared with the application ([`file`](mod@file)),
+//! syslog senders ([`syslog`]) and, in the node agent, the kubelet's container log files
+//! ([`cri`], read by the file reader).
 //!
 //! A source reads, takes the pipeline in force for each run of what it read (a file chunk,
 //! a batch of syslog messages) and hands the run's lines or events to a
@@ -9,5 +10,6 @@
 //! the topology and handed over with the pipeline that routes it.
 
 pub mod checkpoint;
+pub mod cri;
 pub mod file;
 pub mod syslog;
