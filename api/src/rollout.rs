@@ -25,6 +25,65 @@ pub const MAX_STEPS: usize = 10;
 /// `servicelog.io/rollout` annotation), not a timer's.
 pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a step's canaries have to run the candidate unless
+/// `spec.rollout.progressDeadline` says otherwise.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The annotation through which a person steers a rollout on the ServiceLog.
+pub const ANNOTATION: &str = "servicelog.io/rollout";
+
+/// What a person asks of a rollout through [`ANNOTATION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Hold the step in force: no pod joins the candidate, nothing is promoted, until
+    /// the annotation is `resume` (or removed). A rejection still rolls back.
+    Pause,
+    /// Go on after a pause; the step's progress deadline starts again.
+    Resume,
+    /// Make the candidate the stable config now, whatever the steps and acks.
+    Promote,
+    /// Roll the candidate back now.
+    Abort,
+}
+
+impl Command {
+    /// The annotation's value as a command.
+    ///
+    /// Notable errors: any value other than `pause`, `resume`, `promote`, `abort`, with
+    /// the annotation named.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "pause" => Ok(Self::Pause),
+            "resume" => Ok(Self::Resume),
+            "promote" => Ok(Self::Promote),
+            "abort" => Ok(Self::Abort),
+            other => Err(format!(
+                "annotation {ANNOTATION}={other:?} is not one of pause, resume, promote, abort; ignored"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// `spec.rollout.progressDeadline` as a duration ([`DEFAULT_PROGRESS_DEADLINE`] when
+/// absent or unreadable, which validation refuses before it gets here).
+pub fn progress_deadline(rollout: &Rollout) -> Duration {
+    rollout
+        .progress_deadline
+        .as_deref()
+        .and_then(|text| parse_pause(Some(text)).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
+}
+
 /// Events a canary must have handled before the health gates judge it, unless
 /// `rollbackOn.minEvents` says otherwise.
 pub const DEFAULT_MIN_EVENTS: u64 = 100;
@@ -104,6 +163,16 @@ pub(crate) fn check(rollout: &Rollout) -> Vec<FieldError> {
         previous = previous.max(step.percent);
         if let Err(e) = parse_pause(step.pause.as_deref()) {
             problems.push(FieldError::new(format!("{path}.pause"), e));
+        }
+    }
+    if let Some(text) = rollout.progress_deadline.as_deref() {
+        match parse_pause(Some(text)) {
+            Ok(d) if d.is_zero() => problems.push(FieldError::new(
+                "spec.rollout.progressDeadline",
+                format!("{text:?} is zero; leave it out for the default of 10m"),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(FieldError::new("spec.rollout.progressDeadline", e)),
         }
     }
     if let Some(gates) = &rollout.rollback_on {
@@ -260,6 +329,33 @@ mod tests {
         let too_many = check(&rollout(&many));
         assert_eq!(too_many.len(), 1, "{too_many:?}");
         assert!(too_many[0].message.contains("at most 10"), "{too_many:?}");
+    }
+
+    #[test]
+    fn given_a_bad_progress_deadline_then_it_is_refused_by_name_and_absent_is_ten_minutes() {
+        let mut r = rollout(&[(10, None)]);
+        assert_eq!(progress_deadline(&r), DEFAULT_PROGRESS_DEADLINE);
+        r.progress_deadline = Some("90s".into());
+        assert_eq!(check(&r), vec![]);
+        assert_eq!(progress_deadline(&r), Duration::from_secs(90));
+        for bad in ["soon", "0s", "25h"] {
+            r.progress_deadline = Some(bad.into());
+            let problems = check(&r);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].path, "spec.rollout.progressDeadline");
+        }
+    }
+
+    #[test]
+    fn given_annotation_values_then_the_four_commands_parse_and_others_name_the_annotation() {
+        for c in [Command::Pause, Command::Resume, Command::Promote, Command::Abort] {
+            assert_eq!(Command::parse(c.as_str()), Ok(c));
+        }
+        let e = Command::parse("rollback").expect_err("not a command");
+        assert!(
+            e.contains(ANNOTATION) && e.contains("rollback"),
+            "the error names the annotation and the value: {e}"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
         printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
         printcolumn = r#"{"name":"Published","type":"string","jsonPath":".status.conditions[?(@.type==\"Published\")].status"}"#,
         printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.pods.summary","description":"Pods that applied the current config / pods injected"}"#,
+        printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.summary","description":"Staged rollout: phase, step/steps, canaries that run the candidate / canaries"}"#,
         printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.pods.matched","priority":1,"description":"Pods the selector matches"}"#,
         printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.pods.injected","priority":1,"description":"Pods carrying the sidecar"}"#,
         printcolumn = r#"{"name":"Hash","type":"string","jsonPath":".status.configHash","priority":1,"description":"Hash of the published config"}"#,
@@ -1105,6 +1106,10 @@ pub struct Rollout {
     /// report per-rule match counts before any pod switches.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preview: bool,
+    /// How long a step's canaries have to run the candidate (`5m`, at most `24h`;
+    /// default `10m`); past it the candidate is rolled back, naming the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
 }
 
 /// One step of a rollout.
@@ -1169,6 +1174,9 @@ pub struct RolloutStatus {
     /// Why the rollout is in this phase (the rejection, the gate that tripped).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// `phase step/steps applied/total`, for the printer column.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary: String,
 }
 
 /// The pods of the step in force.

@@ -123,13 +123,15 @@ impl CachedServiceLog {
     }
 
     /// Whether going from `self` to `new` changes anything a reconcile decides on: the
-    /// spec (generation), the finalizers, the deletion, or the object itself (uid).
+    /// spec (generation), the finalizers, the deletion, the object itself (uid), or the
+    /// rollout annotation (the only annotation kept).
     pub fn reconcile_differs(&self, new: &Self) -> bool {
         let (a, b) = (&self.metadata, &new.metadata);
         a.uid != b.uid
             || a.generation != b.generation
             || a.finalizers != b.finalizers
             || a.deletion_timestamp.is_some() != b.deletion_timestamp.is_some()
+            || a.annotations != b.annotations
     }
 }
 
@@ -286,6 +288,16 @@ struct WireMeta {
     generation: Option<i64>,
     finalizers: Option<Vec<String>>,
     deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    annotations: WireAnnotations,
+}
+
+/// Of the annotations, only the one a person steers a staged rollout with; the others
+/// (`kubectl`'s last-applied copy of the whole object among them) are skipped unread.
+#[derive(Default, Deserialize)]
+struct WireAnnotations {
+    #[serde(rename = "servicelog.io/rollout")]
+    rollout: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for CachedServiceLog {
@@ -311,6 +323,9 @@ impl<'de> Deserialize<'de> for CachedServiceLog {
                 generation: m.generation,
                 finalizers: m.finalizers,
                 deletion_timestamp: m.deletion_timestamp,
+                annotations: m.annotations.rollout.map(|command| {
+                    BTreeMap::from([(servicelog_api::rollout::ANNOTATION.to_owned(), command)])
+                }),
                 ..ObjectMeta::default()
             },
             spec,
@@ -649,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_differs_on_generation_finalizers_deletion_and_uid_only() {
+    fn reconcile_differs_on_generation_finalizers_deletion_uid_and_the_rollout_annotation_only() {
         let base = serde_json::json!({
             "metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 1,
                          "resourceVersion": "1"},
@@ -658,12 +673,17 @@ mod tests {
         let a = parse(base.clone());
         let mut status_only = base.clone();
         status_only["metadata"]["resourceVersion"] = "2".into();
+        status_only["metadata"]["annotations"] = serde_json::json!({"note": "not kept"});
         status_only["status"]["configHash"] = "h".into();
         assert!(!a.reconcile_differs(&parse(status_only)));
         for (pointer, value) in [
             ("generation", serde_json::json!(2)),
             ("uid", serde_json::json!("v")),
             ("finalizers", serde_json::json!(["f"])),
+            (
+                "annotations",
+                serde_json::json!({"servicelog.io/rollout": "pause"}),
+            ),
             (
                 "deletionTimestamp",
                 serde_json::json!("2026-01-01T00:00:00Z"),

@@ -600,6 +600,7 @@ async fn apply(
     });
     let mut staged_requeue = None;
     if let Some((rollout_status, requeue)) = staged {
+        rollout::hold_ready(&mut plan.conds, &rollout_status);
         plan.status.rollout = Some(rollout_status);
         staged_requeue = requeue;
     } else if obj.spec.rollout.is_none() {

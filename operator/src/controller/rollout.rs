@@ -9,8 +9,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::EventType,
+};
 use servicelog_api::{
-    rollout,
+    rollout::{self, Command},
     v1alpha1::{CanaryCounts, Rollout, RolloutPhase, RolloutStatus, ServiceLog},
     wire::{Candidate, Envelope, Instance, InstanceState},
     zkauth::Node,
@@ -21,6 +26,7 @@ use super::{
     Context,
     memory::Key,
     publish::{PublishError, publish_config},
+    status::{Cond, READY},
 };
 use crate::zk::{Published, ZkError};
 
@@ -73,7 +79,11 @@ pub struct Publish {
 
 /// The reconcile's publish step: the config znode as without a rollout, or, while a
 /// change of a resource with `spec.rollout` rolls out, the rollout's next write
-/// ([`advance`]) with the stable config left where it is.
+/// ([`advance`]) with the stable config left where it is. Posts the rollout's Events and
+/// clears a [`rollout::ANNOTATION`] command once done.
+///
+/// ZooKeeper unreachable mid-rollout pauses it (`Paused`, the reason naming ZooKeeper):
+/// nothing can be read or written, the pods keep what they run, nothing is rolled back.
 pub async fn publish(
     ctx: &Context,
     obj: &ServiceLog,
@@ -81,7 +91,11 @@ pub async fn publish(
     envelope: &Envelope,
     last: Option<&RolloutStatus>,
 ) -> Publish {
-    match advance(ctx, obj, key, envelope, last).await {
+    let command = obj
+        .annotations()
+        .get(rollout::ANNOTATION)
+        .map(|value| Command::parse(value));
+    let done = match advance(ctx, obj, key, envelope, last, command.as_ref()).await {
         Ok(Staged::AsUsual(status)) => Publish {
             published: publish_config(ctx, obj, key, envelope).await,
             hash: envelope.hash.clone(),
@@ -97,11 +111,200 @@ pub async fn publish(
             hash: stable_hash,
             rollout: Some((status, requeue)),
         },
-        Err(e) => Publish {
-            published: Err(e),
-            hash: envelope.hash.clone(),
-            rollout: None,
-        },
+        Err(e) => {
+            let held = match &e {
+                PublishError::Zk(zk) => last.filter(|l| partway(l.phase)).map(|l| {
+                    let mut held = l.clone();
+                    held.phase = RolloutPhase::Paused;
+                    held.reason = format!(
+                        "ZooKeeper unavailable ({zk}); step {} holds, every pod keeps what it runs",
+                        l.step
+                    );
+                    let steps = obj.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
+                    held.summary = summary(&held, steps);
+                    (held, None)
+                }),
+                PublishError::NotLeading(_) => None,
+            };
+            Publish {
+                published: Err(e),
+                hash: envelope.hash.clone(),
+                rollout: held,
+            }
+        }
+    };
+    if let Some((status, _)) = &done.rollout {
+        for (type_, reason, note) in events(last, status) {
+            ctx.event(obj, type_, reason, "Rollout", &note);
+        }
+        let finished = !partway(status.phase);
+        let cleared = match command {
+            Some(Ok(Command::Resume)) => true,
+            Some(Ok(Command::Promote | Command::Abort)) => finished,
+            _ => false,
+        };
+        if cleared && done.published.is_ok() {
+            clear_annotation(ctx, obj, key).await;
+        }
+    }
+    done
+}
+
+fn partway(phase: RolloutPhase) -> bool {
+    matches!(phase, RolloutPhase::Progressing | RolloutPhase::Paused)
+}
+
+/// The Events a change of `status.rollout` from `last` to `now` is worth: a new step, a
+/// pause and its end, the promotion, the rollback with its reason, a bad annotation.
+pub fn events(
+    last: Option<&RolloutStatus>,
+    now: &RolloutStatus,
+) -> Vec<(EventType, &'static str, String)> {
+    let same_candidate = last.is_some_and(|l| l.candidate_hash == now.candidate_hash);
+    let was = last.filter(|_| same_candidate).map(|l| l.phase);
+    let candidate = now.candidate_hash.as_deref().unwrap_or("");
+    let mut events = Vec::new();
+    match now.phase {
+        RolloutPhase::Progressing
+            if was == Some(RolloutPhase::Paused) && last.is_some_and(|l| l.step == now.step) =>
+        {
+            events.push((
+                EventType::Normal,
+                "RolloutResumed",
+                format!("step {} of {candidate} goes on", now.step),
+            ));
+        }
+        RolloutPhase::Progressing
+            if !matches!(was, Some(RolloutPhase::Progressing | RolloutPhase::Paused))
+                || last.is_some_and(|l| l.step != now.step) =>
+        {
+            events.push((
+                EventType::Normal,
+                "RolloutStep",
+                format!(
+                    "step {}: {} canary pods run {candidate} (stable {})",
+                    now.step, now.canary.total, now.stable_hash
+                ),
+            ));
+        }
+        RolloutPhase::Paused if was != Some(RolloutPhase::Paused) => {
+            events.push((EventType::Normal, "RolloutPaused", now.reason.clone()));
+        }
+        RolloutPhase::Complete
+            if last.is_some_and(|l| partway(l.phase))
+                && last.and_then(|l| l.candidate_hash.as_deref())
+                    == Some(now.stable_hash.as_str()) =>
+        {
+            let mut note = format!("{} is the stable config of every pod", now.stable_hash);
+            if !now.reason.is_empty() {
+                note = format!("{note} ({})", now.reason);
+            }
+            events.push((EventType::Normal, "RolloutPromoted", note));
+        }
+        RolloutPhase::RolledBack if was != Some(RolloutPhase::RolledBack) => {
+            events.push((
+                EventType::Warning,
+                "RolloutRolledBack",
+                format!(
+                    "{candidate} withdrawn, every pod runs {}: {}",
+                    now.stable_hash, now.reason
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if now
+        .reason
+        .starts_with(&format!("annotation {}", rollout::ANNOTATION))
+        && last.is_none_or(|l| l.reason != now.reason)
+    {
+        events.push((
+            EventType::Warning,
+            "RolloutAnnotationInvalid",
+            now.reason.clone(),
+        ));
+    }
+    events
+}
+
+/// Removes [`rollout::ANNOTATION`] once its command is done, only if it still says what
+/// was acted on (a person's newer command stays).
+async fn clear_annotation(ctx: &Context, obj: &ServiceLog, key: &Key) {
+    let Some(value) = obj.annotations().get(rollout::ANNOTATION) else {
+        return;
+    };
+    let path = json_patch::jsonptr::PointerBuf::from_tokens([
+        "metadata",
+        "annotations",
+        rollout::ANNOTATION,
+    ]);
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: path.clone(),
+            value: value.clone().into(),
+        }),
+        json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+    ]);
+    let api: Api<ServiceLog> = Api::namespaced(ctx.client.clone(), &key.0);
+    match ctx
+        .leadership
+        .write(api.patch(&key.1, &PatchParams::default(), &Patch::Json::<()>(patch)))
+        .await
+    {
+        Ok(Ok(_)) => {
+            tracing::info!(servicelog = %format!("{}/{}", key.0, key.1), command = %value, "staged rollout: annotation command done, cleared");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(servicelog = %format!("{}/{}", key.0, key.1), error = %e, "cannot clear the rollout annotation; the next reconcile tries again");
+        }
+        Err(_) => {}
+    }
+}
+
+/// Ready while a rollout is partway or rolled back: `False`, as the spec asked for is not
+/// what every pod runs (`RollingOut` / `RolloutPaused` / `RolledBack`, the message saying
+/// where the rollout is). `None` once complete: Ready is then about the config as always.
+pub fn ready(status: &RolloutStatus) -> Option<Cond> {
+    let candidate = status.candidate_hash.as_deref().unwrap_or("");
+    let c = &status.canary;
+    match status.phase {
+        RolloutPhase::Complete => None,
+        RolloutPhase::Progressing => Some(Cond::new(
+            READY,
+            false,
+            "RollingOut",
+            format!(
+                "staged rollout at step {}: {}/{} canaries run {candidate}, the other pods {}",
+                status.step, c.applied, c.total, status.stable_hash
+            ),
+        )),
+        RolloutPhase::Paused => Some(Cond::new(
+            READY,
+            false,
+            "RolloutPaused",
+            format!(
+                "staged rollout paused at step {}: {}",
+                status.step, status.reason
+            ),
+        )),
+        RolloutPhase::RolledBack => Some(Cond::new(
+            READY,
+            false,
+            "RolledBack",
+            format!(
+                "{candidate} rolled back, every pod runs {}: {}",
+                status.stable_hash, status.reason
+            ),
+        )),
+    }
+}
+
+/// Puts [`ready`]'s condition in place of the Ready condition `conds` has, if any.
+pub fn hold_ready(conds: &mut [Cond], status: &RolloutStatus) {
+    if let Some(held) = ready(status)
+        && let Some(c) = conds.iter_mut().find(|c| c.type_ == READY)
+    {
+        *c = held;
     }
 }
 
@@ -116,6 +319,7 @@ pub async fn advance(
     key: &Key,
     envelope: &Envelope,
     last: Option<&RolloutStatus>,
+    command: Option<&Result<Command, String>>,
 ) -> Result<Staged, PublishError> {
     let Some(spec_rollout) = obj.spec.rollout.as_ref() else {
         if last.is_some_and(|r| r.phase == RolloutPhase::Progressing) {
@@ -177,6 +381,8 @@ pub async fn advance(
         }),
         instances: &instances,
         last,
+        command,
+        deadline: rollout::progress_deadline(spec_rollout),
         now,
     };
     let (action, mut status) = plan(&found);
@@ -233,6 +439,7 @@ pub async fn advance(
             status.phase = RolloutPhase::Complete;
             status.stable_hash = envelope.hash.clone();
             status.candidate_hash = None;
+            status.summary = summary(&status, spec_rollout.steps.len());
             return Ok(Staged::AsUsual(Some(status)));
         }
         Action::Withdraw => {
@@ -277,6 +484,11 @@ pub struct Found<'a> {
     /// `status.rollout` as last written: a candidate it says was rolled back is not
     /// tried again until the spec changes.
     pub last: Option<&'a RolloutStatus>,
+    /// The [`rollout::ANNOTATION`] on the resource, read (`Err`: a value that is no
+    /// command, with why).
+    pub command: Option<&'a Result<Command, String>>,
+    /// How long a step's canaries have to run the candidate.
+    pub deadline: Duration,
     pub now: SystemTime,
 }
 
@@ -285,7 +497,7 @@ pub struct Found<'a> {
 pub enum Action {
     /// Nothing to write; look again when a record changes.
     Wait,
-    /// Nothing to write; look again at this time (a step's pause ends).
+    /// Nothing to write; look again at this time (a step's pause or deadline ends).
     WaitUntil(SystemTime),
     /// Write the candidate znode for step `step` (1-based) of `percent`.
     WriteCandidate { step: u32, percent: u32 },
@@ -297,6 +509,17 @@ pub enum Action {
 
 /// The next action and the status to report.
 pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
+    let (action, mut status) = decide(f);
+    status.summary = summary(&status, f.rollout.steps.len());
+    if status.reason.is_empty()
+        && let Some(Err(bad)) = f.command
+    {
+        status.reason = bad.clone();
+    }
+    (action, status)
+}
+
+fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
     let steps = &f.rollout.steps;
     let status = |phase, step, canary, reason: String| RolloutStatus {
         phase,
@@ -305,7 +528,9 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
         candidate_hash: (f.desired != f.stable).then(|| f.desired.to_owned()),
         canary,
         reason,
+        summary: String::new(),
     };
+    let command = f.command.as_ref().and_then(|c| c.as_ref().ok()).copied();
     if f.desired == f.stable {
         let action = if f.candidate.is_some() {
             Action::Withdraw
@@ -334,6 +559,7 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
         };
         return (action, last.clone());
     }
+    let by = |c: Command| format!("{}={}", rollout::ANNOTATION, c.as_str());
     let Some(candidate) = f
         .candidate
         .filter(|c| c.hash == f.desired && c.stable_hash == f.stable)
@@ -345,17 +571,67 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
             applied: 0,
             total: count(total),
         };
-        return (
-            Action::WriteCandidate { step: 1, percent },
-            status(RolloutPhase::Progressing, 1, counts, String::new()),
-        );
+        return match command {
+            Some(c @ Command::Abort) => (
+                Action::Wait,
+                status(
+                    RolloutPhase::RolledBack,
+                    0,
+                    CanaryCounts::default(),
+                    format!("aborted by {} before any pod ran it", by(c)),
+                ),
+            ),
+            Some(c @ Command::Pause) => (
+                Action::Wait,
+                status(
+                    RolloutPhase::Paused,
+                    0,
+                    CanaryCounts::default(),
+                    format!("paused by {}; no pod runs the candidate yet", by(c)),
+                ),
+            ),
+            _ => (
+                Action::WriteCandidate { step: 1, percent },
+                status(RolloutPhase::Progressing, 1, counts, String::new()),
+            ),
+        };
     };
     let step = candidate.step.clamp(1, count(steps.len()).max(1));
+    let steps_text = format!("step {step}/{}", steps.len());
+    match command {
+        Some(c @ Command::Abort) => {
+            return (
+                Action::Withdraw,
+                status(
+                    RolloutPhase::RolledBack,
+                    step,
+                    CanaryCounts::default(),
+                    format!("aborted by {} at {steps_text}", by(c)),
+                ),
+            );
+        }
+        Some(c @ Command::Promote) => {
+            return (
+                Action::Promote,
+                status(
+                    RolloutPhase::Progressing,
+                    step,
+                    CanaryCounts::default(),
+                    format!("promoted by {} at {steps_text}", by(c)),
+                ),
+            );
+        }
+        _ => {}
+    }
     let want_percent = steps
         .get(usize::try_from(step - 1).unwrap_or(0))
         .map_or(100, |s| s.percent);
-    if candidate.percent != want_percent {
-        // The steps were edited mid-rollout: this step as the spec says it now.
+    let paused = command == Some(Command::Pause);
+    let resumed = !paused && f.last.is_some_and(|l| l.phase == RolloutPhase::Paused);
+    if candidate.percent != want_percent || resumed {
+        // The steps were edited mid-rollout: this step as the spec says it now. Or the
+        // rollout goes on after a pause: the same step written again, so that its
+        // progress deadline (from the znode's mtime) starts again.
         return (
             Action::WriteCandidate {
                 step,
@@ -371,10 +647,12 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
     }
     let mut total = 0;
     let mut applied = 0;
+    let mut late = Vec::new();
     let mut last_ack = f.candidate_written;
     for (pod, record) in members(f, candidate.percent) {
         total += 1;
         if record.candidate.as_deref() != Some(f.desired) {
+            late.push(pod);
             continue;
         }
         if record.state == InstanceState::Error {
@@ -393,16 +671,43 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
             applied += 1;
             let acked = humantime::parse_rfc3339(&record.since).ok();
             last_ack = last_ack.max(acked);
+        } else {
+            late.push(pod);
         }
     }
     let counts = CanaryCounts {
         applied,
         total: count(total),
     };
-    if usize::try_from(applied).unwrap_or(0) < total {
+    if paused {
         return (
             Action::Wait,
-            status(RolloutPhase::Progressing, step, counts, String::new()),
+            status(
+                RolloutPhase::Paused,
+                step,
+                counts,
+                format!("paused by {} at {steps_text}", by(Command::Pause)),
+            ),
+        );
+    }
+    if !late.is_empty() {
+        let deadline = f.candidate_written.unwrap_or(f.now) + f.deadline;
+        if f.now < deadline {
+            return (
+                Action::WaitUntil(deadline),
+                status(RolloutPhase::Progressing, step, counts, String::new()),
+            );
+        }
+        let reason = format!(
+            "progress deadline {} passed at {steps_text}: {} of {} canaries do not run the candidate: {}",
+            humantime::format_duration(f.deadline),
+            late.len(),
+            total,
+            named(&late)
+        );
+        return (
+            Action::Withdraw,
+            status(RolloutPhase::RolledBack, step, counts, reason),
         );
     }
     let pause = steps
@@ -435,6 +740,38 @@ pub fn plan(f: &Found<'_>) -> (Action, RolloutStatus) {
         Action::Promote,
         status(RolloutPhase::Progressing, step, counts, String::new()),
     )
+}
+
+/// Pod names for a reason: the first [`NAMED_PODS`], then how many more.
+fn named(pods: &[&str]) -> String {
+    let mut text = pods
+        .iter()
+        .take(NAMED_PODS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pods.len() > NAMED_PODS {
+        text.push_str(&format!(" and {} more", pods.len() - NAMED_PODS));
+    }
+    text
+}
+
+/// Pods a reason names at most (a condition message is capped at 1 KiB anyway).
+const NAMED_PODS: usize = 10;
+
+/// The printer column: `Progressing 1/3 4/5`, `Paused 2/3 9/10`, `Complete 3/3`,
+/// `RolledBack 1/3`.
+pub fn summary(status: &RolloutStatus, steps: usize) -> String {
+    let c = &status.canary;
+    match status.phase {
+        RolloutPhase::Progressing | RolloutPhase::Paused => format!(
+            "{:?} {}/{steps} {}/{}",
+            status.phase, status.step, c.applied, c.total
+        ),
+        RolloutPhase::Complete | RolloutPhase::RolledBack => {
+            format!("{:?} {}/{steps}", status.phase, status.step)
+        }
+    }
 }
 
 /// The pods with a record that a step of `percent` selects.
@@ -544,6 +881,8 @@ mod tests {
             candidate_written: Some(t(0)),
             instances,
             last: None,
+            command: None,
+            deadline: rollout::DEFAULT_PROGRESS_DEADLINE,
             now,
         }
     }
@@ -576,7 +915,7 @@ mod tests {
     }
 
     #[test]
-    fn given_a_step_partly_acked_then_it_waits_and_counts() {
+    fn given_a_step_partly_acked_then_it_waits_until_the_deadline_and_counts() {
         let r = spec_rollout(&[(40, None), (100, None)]);
         let c = candidate(1, 40);
         let mut instances = records(40, InstanceState::Ok, t(10));
@@ -586,7 +925,10 @@ mod tests {
             .expect("a member");
         instances[first_member].1.hash = STABLE.into();
         let (action, status) = plan(&found(&r, Some(&c), &instances, t(20)));
-        assert_eq!(action, Action::Wait);
+        assert_eq!(
+            action,
+            Action::WaitUntil(t(0) + rollout::DEFAULT_PROGRESS_DEADLINE)
+        );
         assert_eq!(status.canary.total, members_of(40));
         assert_eq!(status.canary.applied, members_of(40) - 1);
     }
@@ -667,5 +1009,222 @@ mod tests {
                 percent: 25
             }
         );
+    }
+
+    #[test]
+    fn given_canaries_that_never_ack_when_the_deadline_passes_then_it_rolls_back_naming_them() {
+        let r = spec_rollout(&[(40, None)]);
+        let c = candidate(1, 40);
+        let mut instances = records(0, InstanceState::Ok, t(0));
+        let mut f = found(&r, Some(&c), &instances, t(30));
+        f.deadline = Duration::from_secs(60);
+        let (action, status) = plan(&f);
+        assert_eq!(
+            action,
+            Action::WaitUntil(t(60)),
+            "look again at the deadline"
+        );
+        assert_eq!(status.phase, RolloutPhase::Progressing);
+        f.now = t(61);
+        let (action, status) = plan(&f);
+        assert_eq!(action, Action::Withdraw);
+        assert_eq!(status.phase, RolloutPhase::RolledBack);
+        let first = pods()
+            .into_iter()
+            .find(|p| rollout::is_member(NEW, NS, p, 40))
+            .expect("a member");
+        assert!(
+            status.reason.contains("progress deadline 1m")
+                && status.reason.contains(&first)
+                && status
+                    .reason
+                    .contains(&format!("{} of {}", members_of(40), members_of(40))),
+            "{}",
+            status.reason
+        );
+        // Acked in time: no rollback, whatever the time.
+        instances = records(40, InstanceState::Ok, t(10));
+        let mut f = found(&r, Some(&c), &instances, t(600));
+        f.deadline = Duration::from_secs(60);
+        assert_eq!(plan(&f).0, Action::Promote);
+    }
+
+    #[test]
+    fn given_the_pause_annotation_then_the_step_holds_without_deadline_and_resume_restarts_its_clock()
+     {
+        let r = spec_rollout(&[(20, None), (60, None)]);
+        let c = candidate(1, 20);
+        let instances = records(20, InstanceState::Ok, t(10));
+        let pause = Ok(Command::Pause);
+        let mut f = found(&r, Some(&c), &instances, t(10_000));
+        f.command = Some(&pause);
+        let (action, paused) = plan(&f);
+        assert_eq!(action, Action::Wait, "acked, but held");
+        assert_eq!(paused.phase, RolloutPhase::Paused);
+        assert!(
+            paused.reason.contains("servicelog.io/rollout=pause"),
+            "{}",
+            paused.reason
+        );
+        assert_eq!(
+            paused.summary,
+            format!("Paused 1/2 {0}/{0}", members_of(20))
+        );
+        // Paused before the change started: no pod gets it.
+        let (action, status) = plan(&Found {
+            candidate: None,
+            ..f
+        });
+        assert_eq!(
+            (action, status.phase, status.step),
+            (Action::Wait, RolloutPhase::Paused, 0)
+        );
+        // Annotation gone after a pause: the same step written again (a new mtime).
+        let mut f = found(&r, Some(&c), &instances, t(10_000));
+        f.last = Some(&paused);
+        let (action, status) = plan(&f);
+        assert_eq!(
+            action,
+            Action::WriteCandidate {
+                step: 1,
+                percent: 20
+            }
+        );
+        assert_eq!(status.phase, RolloutPhase::Progressing);
+    }
+
+    #[test]
+    fn given_promote_or_abort_annotations_then_the_candidate_is_promoted_or_withdrawn_now() {
+        let r = spec_rollout(&[(20, Some("1h")), (60, None)]);
+        let c = candidate(1, 20);
+        let instances = records(0, InstanceState::Ok, t(0));
+        let promote = Ok(Command::Promote);
+        let mut f = found(&r, Some(&c), &instances, t(1));
+        f.command = Some(&promote);
+        let (action, status) = plan(&f);
+        assert_eq!(action, Action::Promote, "no ack needed");
+        assert!(
+            status
+                .reason
+                .contains("promoted by servicelog.io/rollout=promote at step 1/2")
+        );
+        let abort = Ok(Command::Abort);
+        f.command = Some(&abort);
+        let (action, status) = plan(&f);
+        assert_eq!(action, Action::Withdraw);
+        assert_eq!(status.phase, RolloutPhase::RolledBack);
+        assert!(
+            status
+                .reason
+                .contains("aborted by servicelog.io/rollout=abort")
+        );
+        // Aborted before it started: remembered as rolled back, nothing written.
+        let (action, status) = plan(&Found {
+            candidate: None,
+            ..f
+        });
+        assert_eq!(
+            (action, status.phase),
+            (Action::Wait, RolloutPhase::RolledBack)
+        );
+    }
+
+    #[test]
+    fn given_a_bad_annotation_then_the_rollout_goes_on_and_the_reason_names_the_annotation() {
+        let r = spec_rollout(&[(20, None)]);
+        let instances = records(0, InstanceState::Ok, t(0));
+        let bad = Command::parse("stop");
+        let mut f = found(&r, None, &instances, t(1));
+        f.command = Some(&bad);
+        let (action, status) = plan(&f);
+        assert_eq!(
+            action,
+            Action::WriteCandidate {
+                step: 1,
+                percent: 20
+            }
+        );
+        assert!(
+            status.reason.contains("servicelog.io/rollout=\"stop\""),
+            "{}",
+            status.reason
+        );
+        let posted = events(None, &status);
+        assert!(
+            posted
+                .iter()
+                .any(|(t, r, _)| *t == EventType::Warning && *r == "RolloutAnnotationInvalid"),
+            "{posted:?}"
+        );
+        assert!(
+            events(Some(&status), &status).is_empty(),
+            "once, not per reconcile"
+        );
+    }
+
+    #[test]
+    fn given_status_transitions_then_each_step_promotion_and_rollback_is_one_event() {
+        let r = spec_rollout(&[(20, None), (60, None)]);
+        let instances = records(0, InstanceState::Ok, t(0));
+        let (_, step1) = plan(&found(&r, None, &instances, t(1)));
+        let reasons = |last: Option<&RolloutStatus>, now: &RolloutStatus| -> Vec<&'static str> {
+            events(last, now).into_iter().map(|(_, r, _)| r).collect()
+        };
+        assert_eq!(reasons(None, &step1), ["RolloutStep"]);
+        assert!(reasons(Some(&step1), &step1).is_empty());
+        let step2 = RolloutStatus {
+            step: 2,
+            ..step1.clone()
+        };
+        assert_eq!(reasons(Some(&step1), &step2), ["RolloutStep"]);
+        let paused = RolloutStatus {
+            phase: RolloutPhase::Paused,
+            ..step2.clone()
+        };
+        assert_eq!(reasons(Some(&step2), &paused), ["RolloutPaused"]);
+        assert_eq!(reasons(Some(&paused), &step2), ["RolloutResumed"]);
+        let complete = RolloutStatus {
+            phase: RolloutPhase::Complete,
+            stable_hash: NEW.into(),
+            candidate_hash: None,
+            ..step2.clone()
+        };
+        assert_eq!(reasons(Some(&step2), &complete), ["RolloutPromoted"]);
+        assert!(reasons(Some(&complete), &complete).is_empty());
+        let back = RolloutStatus {
+            phase: RolloutPhase::RolledBack,
+            reason: "pod web-1 rejected".into(),
+            ..step2.clone()
+        };
+        let e = events(Some(&step2), &back);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (EventType::Warning, "RolloutRolledBack"));
+        assert!(e[0].2.contains("pod web-1 rejected"), "{}", e[0].2);
+        assert!(reasons(Some(&back), &back).is_empty());
+    }
+
+    #[test]
+    fn given_a_rollout_partway_or_rolled_back_then_ready_is_false_and_complete_leaves_it() {
+        let r = spec_rollout(&[(20, None)]);
+        let instances = records(0, InstanceState::Ok, t(0));
+        let (_, progressing) = plan(&found(&r, None, &instances, t(1)));
+        let mut conds = vec![Cond::new(READY, true, "Applied", "all 50 sidecars run it")];
+        hold_ready(&mut conds, &progressing);
+        assert_eq!((conds[0].ok, conds[0].reason), (false, "RollingOut"));
+        for (phase, reason) in [
+            (RolloutPhase::Paused, "RolloutPaused"),
+            (RolloutPhase::RolledBack, "RolledBack"),
+        ] {
+            let s = RolloutStatus {
+                phase,
+                ..progressing.clone()
+            };
+            assert_eq!(ready(&s).map(|c| (c.ok, c.reason)), Some((false, reason)));
+        }
+        let done = RolloutStatus {
+            phase: RolloutPhase::Complete,
+            ..progressing
+        };
+        assert_eq!(ready(&done), None);
     }
 }
