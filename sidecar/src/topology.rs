@@ -42,6 +42,7 @@ use crate::{
     pipeline::{Feed, Origin, Pipeline},
     sinks::{self, SinkError, SinkHandle, SinkShared},
     sources::{
+        cri::PodLogs,
         file::{FileSourceSpec, FileSources, MultilineError},
         syslog::{BindError, Listener, SyslogSourceSpec, SyslogSources},
     },
@@ -109,6 +110,9 @@ pub struct Topology {
     /// The id of the pipeline in force (0: none), for the syslog listeners to follow.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     next_id: Arc<AtomicU64>,
+    /// The pod's container log files, in the node agent; a sidecar has none and does not
+    /// read `containerLogs` sources.
+    pod_logs: Option<Arc<PodLogs>>,
 }
 
 impl Topology {
@@ -134,7 +138,14 @@ impl Topology {
             wake,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             next_id: Arc::new(AtomicU64::new(1)),
+            pod_logs: None,
         }
+    }
+
+    /// For the node agent: `containerLogs` sources read `logs`.
+    pub fn with_pod_logs(mut self, logs: PodLogs) -> Self {
+        self.pod_logs = Some(Arc::new(logs));
+        self
     }
 
     /// Where the file reader takes its sources and pipeline for each chunk.
@@ -278,6 +289,15 @@ impl Topology {
                     def,
                     s.max_line_bytes(),
                 )?);
+            }
+            if let (Some(def), Some(logs)) = (&s.container_logs, &self.pod_logs) {
+                files.push(FileSourceSpec::container_logs(
+                    &s.name,
+                    index,
+                    def,
+                    logs,
+                    s.max_line_bytes(),
+                ));
             }
             if let Some(def) = &s.syslog {
                 // A socket whose port, protocol and address did not change stays open,

@@ -21,9 +21,14 @@
 //! that is neither format is not the application's output: it is not routed, and the
 //! caller counts and reports the [`MalformedLine`] (file, line, what is wrong).
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+};
 
 use servicelog_api::v1alpha1::{ContainerLogsSource, ContainerStream};
+
+use crate::{metrics::Metrics, pipeline::Run};
 
 /// What is wrong with a record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +189,46 @@ impl CriSpec {
     }
 }
 
+/// Where one pod's container logs are (the node agent's view of a pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLogs {
+    /// `/var/log/pods/<namespace>_<pod>_<uid>`.
+    pub dir: PathBuf,
+    /// The pod's app containers: what a source without `containers` reads.
+    pub containers: Vec<String>,
+}
+
+impl PodLogs {
+    /// The kubelet's directory of pod `namespace/pod` (`uid`) under `root`
+    /// (`/var/log/pods`).
+    pub fn dir(root: &Path, namespace: &str, pod: &str, uid: &str) -> PathBuf {
+        root.join(format!("{namespace}_{pod}_{uid}"))
+    }
+
+    /// The file patterns of `def`, two per container: `*.log` (`0.log`, and `1.log`
+    /// after a restart) and the rotated `*.log.<time>` (`0.log.20261207-173000`, which
+    /// ends in a digit) — never its compressed `….gz`. With the rotated ones matched, a
+    /// file renamed before the reader first looked (an agent that starts or restarts
+    /// after a rotation) is read too, and is finished when the kubelet compresses it.
+    pub fn patterns(&self, def: &ContainerLogsSource) -> Vec<String> {
+        let containers = if def.containers.is_empty() {
+            &self.containers
+        } else {
+            &def.containers
+        };
+        containers
+            .iter()
+            .flat_map(|c| {
+                let dir = self.dir.join(c);
+                [
+                    dir.join("*.log").display().to_string(),
+                    dir.join("*.log.*[0-9]").display().to_string(),
+                ]
+            })
+            .collect()
+    }
+}
+
 /// A line in progress: the parts so far.
 #[derive(Debug, Default)]
 struct Partial {
@@ -214,6 +259,8 @@ pub struct Decoder {
     lines: u64,
     /// A joined line handed out by the last [`Decoder::feed`].
     joined: Vec<u8>,
+    /// A malformed record of this file was logged.
+    reported: bool,
 }
 
 fn slot(stream: ContainerStream) -> usize {
@@ -230,6 +277,7 @@ impl Decoder {
             partial: [None, None],
             lines: 0,
             joined: Vec::new(),
+            reported: false,
         }
     }
 
@@ -339,6 +387,66 @@ impl Decoder {
     pub fn reset(&mut self) {
         self.partial = [None, None];
     }
+}
+
+/// Routes the application lines of the records in `data` (whole records, each ending in
+/// a newline, the first at file offset `base` of `path`) into `run`; returns how many
+/// were cut at the line limit. Malformed records are counted in
+/// `servicelog_lines_unparsed_total{source}` and the first of each file is logged.
+pub fn route(
+    run: &mut Run<'_>,
+    decoder: &mut Decoder,
+    spec: CriSpec,
+    data: &[u8],
+    base: u64,
+    path: &str,
+    (source, metrics): (&str, &Metrics),
+) -> usize {
+    let mut truncated = 0;
+    let mut malformed = 0;
+    let mut raw = Vec::new();
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', data) {
+        match decoder.feed(spec, &data[start..nl], base + start as u64, path) {
+            Ok(Some(line)) => {
+                truncated += usize::from(line.truncated);
+                push(run, &mut raw, line.text);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                malformed += 1;
+                if !decoder.reported {
+                    decoder.reported = true;
+                    tracing::warn!(source, error = %e, "not a container runtime log record: not routed (counted in servicelog_lines_unparsed_total; logged once per file)");
+                }
+            }
+        }
+        start = nl + 1;
+    }
+    if malformed > 0 {
+        metrics.unparsed_counter(source).inc_by(malformed);
+    }
+    truncated
+}
+
+/// Routes the lines `decoder` has in progress as they are: their file ends without the
+/// rest (the container died mid-line, or the file was rotated away or truncated).
+pub fn route_unfinished(run: &mut Run<'_>, decoder: &mut Decoder) -> usize {
+    let mut raw = Vec::new();
+    let mut truncated = 0;
+    for line in decoder.finish() {
+        truncated += usize::from(line.truncated);
+        push(run, &mut raw, line.text);
+    }
+    truncated
+}
+
+/// `encoding: raw` sinks get the application's line and a newline, not the record.
+fn push(run: &mut Run<'_>, raw: &mut Vec<u8>, text: &[u8]) {
+    raw.clear();
+    raw.extend_from_slice(text);
+    raw.push(b'\n');
+    run.push_line(text, raw);
 }
 
 #[cfg(test)]

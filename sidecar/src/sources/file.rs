@@ -42,6 +42,13 @@
 //! a sink gave up unwritten (the sink was replaced by a config change) makes its file read
 //! again from its last checkpoint, into the sinks now in force.
 //!
+//! # Container logs
+//!
+//! A `containerLogs` source (in the node agent) is a file source over the kubelet's files
+//! of the pod's containers ([`cri::PodLogs::patterns`]) whose lines are container runtime
+//! records: [`cri`] turns them into the application's lines, and a line whose last part
+//! has not come yet holds the checkpoint at its first part, like a multi-line event.
+//!
 //! # Multi-line events
 //!
 //! A source with `multiline` joins lines into events before routing: a line matching
@@ -82,13 +89,16 @@ use std::{
 use arc_swap::ArcSwapOption;
 use servicelog_api::{
     rules::regex_builder,
-    v1alpha1::{FileSource, Format, Multiline},
+    v1alpha1::{ContainerLogsSource, FileSource, Format, Multiline},
     validate::{glob_dir, parse_duration},
 };
 
 use inotify::{Inotify, WatchDescriptor, WatchMask};
 
-use super::checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, read_at};
+use super::{
+    checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, read_at},
+    cri::{self, CriSpec, Decoder, PodLogs},
+};
 use crate::pipeline::{Ack, Batcher, Feed, Parked, Run};
 
 /// Bytes read from a file at a time.
@@ -111,6 +121,9 @@ pub struct FileSourceSpec {
     pub multiline: Option<Arc<MultilineSpec>>,
     /// `maxLineBytes`: longer lines are cut to this.
     pub max_line: usize,
+    /// A `containerLogs` source: the files are the kubelet's, each line a record of the
+    /// container runtime ([`cri`]).
+    pub cri: Option<CriSpec>,
 }
 
 impl FileSourceSpec {
@@ -132,7 +145,29 @@ impl FileSourceSpec {
             paths: def.paths.clone(),
             multiline,
             max_line,
+            cri: None,
         })
+    }
+}
+
+impl FileSourceSpec {
+    /// The `containerLogs` source `name` (router source `index`): the kubelet's files of
+    /// its containers in `logs`.
+    pub fn container_logs(
+        name: &str,
+        index: usize,
+        def: &ContainerLogsSource,
+        logs: &PodLogs,
+        max_line: usize,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            index,
+            paths: logs.patterns(def),
+            multiline: None,
+            max_line,
+            cri: Some(CriSpec::new(def)),
+        }
     }
 }
 
@@ -243,6 +278,8 @@ struct Tracked {
     cut_at: u64,
     /// When a truncated line was last logged (once a minute per file).
     truncated_logged: Option<Instant>,
+    /// Of a `containerLogs` source: the lines in progress.
+    cri: Option<Decoder>,
     /// Done with (deleted or rotated away, idle): its held line was routed; it is dropped
     /// once its batches are acknowledged.
     finishing: bool,
@@ -759,6 +796,7 @@ impl Tailer {
                 skipping: false,
                 cut_at: 0,
                 truncated_logged: None,
+                cri: None,
                 finishing: false,
             },
         );
@@ -861,6 +899,7 @@ impl Tailer {
         tracing::info!(path = %t.path.display(), size = len, offset = t.pos, "file truncated (copytruncate?); reading it from the start");
         self.emit_partial(id, files);
         self.flush_pending(id, files);
+        self.flush_cri(id, files);
         let Some(t) = self.files.get_mut(&id) else {
             return Ok(true);
         };
@@ -951,6 +990,34 @@ impl Tailer {
         });
     }
 
+    /// Routes the container lines `id` holds in progress as they are (its file will not
+    /// complete them).
+    fn flush_cri(&mut self, id: FileId, files: &FileSources) {
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let Some(spec) = t.spec(files) else {
+            return;
+        };
+        let Some(decoder) = t.cri.as_mut().filter(|d| d.held_from().is_some()) else {
+            return;
+        };
+        let mut run = self
+            .scratch
+            .batcher
+            .run(&files.pipeline, spec.index, 64 << 10);
+        for _ in 0..cri::route_unfinished(&mut run, decoder) {
+            files.pipeline.metrics().line_truncated(&spec.name);
+        }
+        let ack = run.finish_parking(self.parked.entry(id).or_default());
+        let offset = if t.skipping { t.cut_at } else { t.routed_to() };
+        self.inflight.entry(id).or_default().push_back(InFlight {
+            ack,
+            epoch: t.epoch,
+            offset,
+        });
+    }
+
     /// Completes the multi-line events whose file gave no new line for their timeout.
     fn flush_timed_out(&mut self, files: &FileSources) {
         let mut due = Vec::new();
@@ -1002,8 +1069,21 @@ impl Tailer {
             .scratch
             .batcher
             .run(&files.pipeline, spec.index, CHUNK + CHUNK / 4);
-        match spec.multiline.as_deref() {
-            None => {
+        match (spec.cri, spec.multiline.as_deref()) {
+            (Some(records), _) => {
+                let decoder = t.cri.get_or_insert_with(|| Decoder::new(max_line));
+                let metrics = (spec.name.as_str(), files.pipeline.metrics());
+                cut = cri::route(
+                    &mut run,
+                    decoder,
+                    records,
+                    data,
+                    base,
+                    &t.path_text,
+                    metrics,
+                );
+            }
+            (None, None) => {
                 // The source's multiline went away with a config swap.
                 if let Some(mut pending) = t.pending.take() {
                     emit_event(&mut run, &mut pending);
@@ -1022,7 +1102,7 @@ impl Tailer {
                     start = nl + 1;
                 }
             }
-            Some(ml) => {
+            (None, Some(ml)) => {
                 let now = Instant::now();
                 let mut start = 0;
                 for nl in memchr::memchr_iter(b'\n', data) {
@@ -1042,6 +1122,12 @@ impl Tailer {
             }
         }
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
+        // Nor past a container's line whose last part is still to come.
+        let offset = t
+            .cri
+            .as_ref()
+            .and_then(Decoder::held_from)
+            .map_or(offset, |held| held.min(offset));
         self.inflight
             .entry(id)
             .or_default()
@@ -1116,6 +1202,7 @@ impl Tailer {
         t.epoch += 1;
         t.partial.clear();
         t.pending = None;
+        t.cri = None;
         t.skipping = false;
         t.finishing = false;
         t.idle_since = None;
@@ -1160,6 +1247,7 @@ impl Tailer {
                 if let Some(f) = &files {
                     self.emit_partial(id, f);
                     self.flush_pending(id, f);
+                    self.flush_cri(id, f);
                 }
             }
             // Kept open until the sinks have everything read from it, so a restart in the
