@@ -128,7 +128,15 @@ pub fn request(pod: &Pod) -> Result<Request, Skip> {
     Ok(Request::Inject(name.clone()))
 }
 
-/// The pod with the sidecar for ServiceLog `name` in `namespace` injected.
+/// Whether pods of `spec` get the sidecar: not when every source is `containerLogs`, which
+/// the node agent reads from the kubelet's files on the pod's node.
+pub fn needs_sidecar(spec: &ServiceLogSpec) -> bool {
+    spec.sources.iter().any(|s| s.container_logs.is_none())
+}
+
+/// The pod with the sidecar for ServiceLog `name` in `namespace` injected — or, when it
+/// needs none ([`needs_sidecar`]), only marked injected (the status's `injected` count):
+/// no container, volume or ZooKeeper label, so it runs under any Pod Security level.
 pub fn inject(
     pod: &Pod,
     namespace: &str,
@@ -137,6 +145,13 @@ pub fn inject(
     config: &InjectConfig,
 ) -> Result<Pod, Skip> {
     let mut pod = pod.clone();
+    if !needs_sidecar(spec) {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(INJECTED_ANNOTATION.into(), name.into());
+        return Ok(pod);
+    }
     let pod_spec = pod
         .spec
         .as_mut()
@@ -658,6 +673,34 @@ spec:
             "{} differs from the injected pod; rerun with UPDATE_GOLDEN=1 after checking:\n{got}",
             path.display()
         );
+    }
+
+    #[test]
+    fn given_a_service_log_of_container_logs_only_then_the_pod_is_only_marked_and_gets_no_sidecar()
+    {
+        let agent_only: ServiceLogSpec = serde_yaml::from_str(
+            "sources: [{name: out, containerLogs: {}}, {name: err, containerLogs: {streams: [stderr]}}]\n\
+             sinks: [{name: console, stdout: {}}]\ndefaultTo: [console]\n",
+        )
+        .unwrap();
+        assert!(!needs_sidecar(&agent_only));
+        let before = pod(PLAIN);
+        let after = inject(&before, "shop", "checkout", &agent_only, &config()).unwrap();
+        let mut expected = before.clone();
+        expected
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(INJECTED_ANNOTATION.into(), "checkout".into());
+        assert_eq!(after, expected, "only the injected annotation is added");
+
+        let mut mixed = spec();
+        mixed.sources.extend(agent_only.sources);
+        assert!(needs_sidecar(&mixed), "a file or syslog source needs the sidecar");
+        let after = inject(&before, "shop", "checkout", &mixed, &config()).unwrap();
+        let init = after.spec.unwrap().init_containers.unwrap_or_default();
+        assert_eq!(init[0].name, SIDECAR_CONTAINER);
     }
 
     #[test]

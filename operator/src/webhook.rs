@@ -260,7 +260,10 @@ async fn mutate(body: &[u8], webhook: &Webhook) -> (AdmissionResponse, &'static 
             );
         }
     };
-    if let Some((gate, permitted)) = &webhook.prepull {
+    // A pod the node agent serves alone runs no sidecar image.
+    if let Some((gate, permitted)) = &webhook.prepull
+        && inject::needs_sidecar(&slog.spec)
+    {
         let image = slog
             .spec
             .sidecar
