@@ -697,7 +697,10 @@ spec:
 
         let mut mixed = spec();
         mixed.sources.extend(agent_only.sources);
-        assert!(needs_sidecar(&mixed), "a file or syslog source needs the sidecar");
+        assert!(
+            needs_sidecar(&mixed),
+            "a file or syslog source needs the sidecar"
+        );
         let after = inject(&before, "shop", "checkout", &mixed, &config()).unwrap();
         let init = after.spec.unwrap().init_containers.unwrap_or_default();
         assert_eq!(init[0].name, SIDECAR_CONTAINER);

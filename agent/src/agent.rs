@@ -1,0 +1,332 @@
+//! The agent's loop: pods of this node come and go (a field-selected pod watch), configs
+//! change (one ZooKeeper watch per ServiceLog), and each change is applied to the pods it
+//! concerns, each answering in its `instances/<pod>` record.
+//!
+//! A pod's deletion drains it: its files are read to their end and acknowledged by its
+//! sinks (up to the drain timeout), then its reader and sinks stop, its record is removed
+//! and its state dir (checkpoints, buffers, last good config) deleted.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future::Future};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    runtime::watcher::{self, Event},
+};
+use servicelog_api::wire::{Instance, InstanceState, Layout, WireError};
+use servicelog_sidecar::metrics::Metrics;
+use tokio::{sync::mpsc, task::JoinHandle};
+use zookeeper_client::Client;
+
+use crate::{
+    pods::{self, ServedPod},
+    run::{Paths, PodRun, RunError},
+    zk::{self, ConfigUpdate, ZkError},
+};
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The node whose pods are served.
+    pub node: String,
+    pub zk_connect: String,
+    pub zk_root: String,
+    pub zk_session_timeout: Duration,
+    pub zk_connect_timeout: Duration,
+    pub paths: Paths,
+    /// How long a deleted pod's files may take to be read and delivered.
+    pub drain_timeout: Duration,
+    /// Upper bound on stopping the pipelines at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Zk(#[from] ZkError),
+    #[error(transparent)]
+    Path(#[from] WireError),
+    #[error("the ZooKeeper session ended: {0}")]
+    SessionEnded(String),
+    #[error("the pod watch ended")]
+    WatchEnded,
+}
+
+/// A ServiceLog with pods on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceLogKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+struct Watched {
+    task: JoinHandle<()>,
+    latest: Option<ConfigUpdate>,
+    /// Its pods, by uid.
+    pods: BTreeSet<String>,
+}
+
+struct Agent {
+    opts: AgentOptions,
+    layout: Layout,
+    client: Client,
+    metrics: Metrics,
+    pods: HashMap<String, PodRun>,
+    watched: HashMap<ServiceLogKey, Watched>,
+    configs: mpsc::UnboundedSender<(ServiceLogKey, ConfigUpdate)>,
+    /// Pods listed since the watch (re)started, to drop those that went meanwhile.
+    listing: Option<HashSet<String>>,
+    draining: Vec<JoinHandle<()>>,
+}
+
+/// Runs the agent until `shutdown` completes or something fails for good.
+pub async fn run(
+    opts: AgentOptions,
+    kube: kube::Client,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let layout = Layout::new(&opts.zk_root)?;
+    let client = zk::connect(
+        &opts.zk_connect,
+        opts.zk_session_timeout,
+        opts.zk_connect_timeout,
+    )
+    .await?;
+    let (configs, mut updates) = mpsc::unbounded_channel();
+    let pods_api: Api<Pod> = Api::all(kube);
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node));
+    let mut events = watcher::watcher(pods_api, config).boxed();
+    let mut agent = Agent {
+        opts,
+        layout,
+        client,
+        metrics,
+        pods: HashMap::new(),
+        watched: HashMap::new(),
+        configs,
+        listing: None,
+        draining: Vec::new(),
+    };
+    tracing::info!(node = %agent.opts.node, "watching this node's pods");
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            event = events.next() => match event {
+                Some(Ok(event)) => agent.pod_event(event).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the pod watch failed; it retries");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => break Err(AgentError::WatchEnded),
+            },
+            Some((key, update)) = updates.recv() => {
+                if let ConfigUpdate::SessionEnded(why) = update {
+                    break Err(AgentError::SessionEnded(why));
+                }
+                agent.config_update(key, update).await;
+            }
+        }
+    };
+    agent.shutdown().await;
+    result
+}
+
+impl Agent {
+    async fn pod_event(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Init => self.listing = Some(HashSet::new()),
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(uid.clone());
+                }
+                match pods::served(&pod) {
+                    Some(served) => self.serve(served).await,
+                    None => self.forget(&uid),
+                }
+            }
+            Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    self.forget(uid);
+                }
+            }
+            Event::InitDone => {
+                let Some(listed) = self.listing.take() else {
+                    return;
+                };
+                let gone: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.forget(&uid);
+                }
+            }
+        }
+    }
+
+    /// Starts serving `pod` if it is new, and applies its ServiceLog's config when known.
+    async fn serve(&mut self, pod: ServedPod) {
+        if self.pods.contains_key(&pod.uid) {
+            return;
+        }
+        let key = ServiceLogKey {
+            namespace: pod.namespace.clone(),
+            name: pod.service_log.clone(),
+        };
+        let run = match PodRun::start(pod, &self.opts.paths, &self.metrics) {
+            Ok(run) => run,
+            Err(e @ (RunError::StateDir { .. } | RunError::Reader { .. })) => {
+                tracing::error!(error = %e, "cannot serve the pod");
+                return;
+            }
+        };
+        let uid = run.pod.uid.clone();
+        self.pods.insert(uid.clone(), run);
+        let watched = match self.watched.get_mut(&key) {
+            Some(w) => w,
+            None => {
+                let Ok(path) = self.layout.config(&key.namespace, &key.name) else {
+                    tracing::warn!(namespace = %key.namespace, name = %key.name, "not a ServiceLog name");
+                    return;
+                };
+                let task = tokio::spawn(zk::watch_config(
+                    self.client.clone(),
+                    path,
+                    key.clone(),
+                    self.configs.clone(),
+                ));
+                self.watched.entry(key.clone()).or_insert(Watched {
+                    task,
+                    latest: None,
+                    pods: BTreeSet::new(),
+                })
+            }
+        };
+        watched.pods.insert(uid.clone());
+        if let Some(update) = watched.latest.clone() {
+            self.answer(&uid, &key, &update).await;
+        }
+    }
+
+    async fn config_update(&mut self, key: ServiceLogKey, update: ConfigUpdate) {
+        let Some(watched) = self.watched.get_mut(&key) else {
+            return; // its last pod went while the update was on its way
+        };
+        watched.latest = Some(update.clone());
+        let uids: Vec<String> = watched.pods.iter().cloned().collect();
+        for uid in uids {
+            self.answer(&uid, &key, &update).await;
+        }
+    }
+
+    /// Applies `update` to pod `uid` and writes its record. A pod with a sidecar gets its
+    /// record from the sidecar, not from here.
+    async fn answer(&mut self, uid: &str, key: &ServiceLogKey, update: &ConfigUpdate) {
+        let Some(run) = self.pods.get(uid) else {
+            return;
+        };
+        let (state, error) = match update {
+            ConfigUpdate::Config(config) => match run.apply(config) {
+                Ok(_) => (InstanceState::Ok, None),
+                Err(e) => (InstanceState::Error, Some(e.to_string())),
+            },
+            ConfigUpdate::Unreadable(why) => (InstanceState::Error, Some(why.clone())),
+            ConfigUpdate::Missing | ConfigUpdate::SessionEnded(_) => return,
+        };
+        if run.pod.has_sidecar {
+            return;
+        }
+        let record = Instance {
+            pod: run.pod.name.clone(),
+            hash: run.hash().unwrap_or_default(),
+            state,
+            error,
+            since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            sink_errors: Default::default(),
+            candidate: None,
+        };
+        let (Ok(config), Ok(path)) = (
+            self.layout.config(&key.namespace, &key.name),
+            self.layout
+                .instance(&key.namespace, &key.name, &run.pod.name),
+        ) else {
+            return;
+        };
+        if let Err(e) = zk::write_record(&self.client, &config, &path, &record).await {
+            tracing::warn!(error = %e, "writing the instance record");
+        }
+    }
+
+    /// Stops serving pod `uid` (deleted, gone from the node, or no longer annotated): its
+    /// files drained, its record and state removed, in the background.
+    fn forget(&mut self, uid: &str) {
+        let Some(run) = self.pods.remove(uid) else {
+            return;
+        };
+        let key = ServiceLogKey {
+            namespace: run.pod.namespace.clone(),
+            name: run.pod.service_log.clone(),
+        };
+        if let Some(w) = self.watched.get_mut(&key) {
+            w.pods.remove(uid);
+            if w.pods.is_empty() {
+                w.task.abort();
+                self.watched.remove(&key);
+            }
+        }
+        let record = (!run.pod.has_sidecar)
+            .then(|| {
+                self.layout
+                    .instance(&key.namespace, &key.name, &run.pod.name)
+                    .ok()
+            })
+            .flatten();
+        let client = self.client.clone();
+        let drain = self.opts.drain_timeout;
+        self.draining.retain(|t| !t.is_finished());
+        self.draining.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while !run.drained() && started.elapsed() < drain {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !run.drained() {
+                tracing::warn!(pod = %run.pod.name, timeout = ?drain, "the pod's files were not all delivered in time; dropping them");
+            }
+            let name = run.pod.name.clone();
+            let state: PathBuf = run.stop(drain).await;
+            if let Some(path) = record
+                && let Err(e) = zk::delete_record(&client, &path).await
+            {
+                tracing::warn!(error = %e, "removing the instance record");
+            }
+            if let Err(e) = std::fs::remove_dir_all(&state) {
+                tracing::warn!(path = %state.display(), error = %e, "removing the pod's state");
+            }
+            tracing::info!(pod = %name, "pod drained and forgotten");
+        }));
+    }
+
+    /// Stops every pipeline (checkpoints stay for the next start); the records go with the
+    /// session.
+    async fn shutdown(self) {
+        let timeout = self.opts.shutdown_timeout;
+        for w in self.watched.values() {
+            w.task.abort();
+        }
+        for task in self.draining {
+            let _ = tokio::time::timeout(timeout, task).await;
+        }
+        let stops = self.pods.into_values().map(|run| run.stop(timeout));
+        futures::future::join_all(stops).await;
+        drop(self.client);
+    }
+}

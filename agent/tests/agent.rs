@@ -1,0 +1,325 @@
+//! The agent against the real API server and a real ZooKeeper (the e2e `TestEnv`), with a
+//! temporary directory standing in for `/var/log/pods`: CRI files written as containerd
+//! writes them for pods that exist in the API server, bound to nodes by `spec.nodeName`.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use servicelog_agent::{
+    agent::{self, AgentOptions},
+    run::Paths,
+};
+use servicelog_api::{
+    ServiceLogSpec,
+    wire::{Envelope, Instance, InstanceState, Layout},
+};
+use servicelog_e2e::{TestEnv, unique_name};
+use servicelog_sidecar::{metrics::Metrics, sources::cri::PodLogs};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn env() -> &'static TestEnv {
+    TestEnv::shared().unwrap_or_else(|e| panic!("the test environment did not start: {e}"))
+}
+
+async fn wait_for<T>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A JSON log line with a sequence number and a level.
+fn line(seq: u64, level: &str) -> String {
+    format!(r#"{{"level":"{level}","seq":{seq},"msg":"served"}}"#)
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Appends `lines` as containerd writes a container's stdout.
+fn print(file: &Path, lines: &[String]) {
+    fs::create_dir_all(file.parent().expect("a directory")).expect("creating the log dir");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("opening the container log");
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(&format!("2026-12-07T17:27:32.123456789Z stdout F {l}\n"));
+    }
+    f.write_all(buf.as_bytes()).expect("writing");
+}
+
+fn spec(dir: &Path, rules: serde_json::Value) -> ServiceLogSpec {
+    let spec = serde_json::json!({
+        "sources": [{"name": "stdout", "containerLogs": {"format": "json"}}],
+        "sinks": [
+            {"name": "out", "file": {"path": dir.join("out.log")}},
+            {"name": "alerts", "file": {"path": dir.join("alerts.log")}},
+        ],
+        "rules": rules,
+        "defaultTo": ["out"],
+    });
+    servicelog_api::validate::parse_spec(&spec)
+        .unwrap_or_else(|e| panic!("test spec does not parse: {e}\n{spec}"))
+}
+
+async fn publish(zk: &Client, path: &str, envelope: &Envelope) {
+    let data = envelope.to_bytes().expect("encoding the config");
+    match zk.check_stat(path).await.expect("stat config") {
+        Some(stat) => {
+            zk.set_data(path, &data, Some(stat.version))
+                .await
+                .expect("updating the config");
+        }
+        None => {
+            zk.create(
+                path,
+                &data,
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .expect("creating the config");
+        }
+    }
+}
+
+async fn record(zk: &Client, path: &str) -> Option<Instance> {
+    let (data, _) = zk.get_data(path).await.ok()?;
+    Some(Instance::from_slice(&data).expect("a record"))
+}
+
+async fn bound_pod(pods: &Api<Pod>, name: &str, node: &str) -> String {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {"servicelog.io/inject": "checkout"}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
+    }))
+    .expect("a pod");
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("creating the pod");
+    created.metadata.uid.expect("a uid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_live_changes_and_drains_on_delete()
+ {
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env.create_namespace("agent").await.expect("a namespace");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+        .await
+        .expect("a ZooKeeper client");
+    let root = format!("/{}", unique_name("agent"));
+    let layout = Layout::new(&root).expect("a layout");
+    let config = layout.config(&ns, "checkout").expect("a path");
+    for dir in [
+        root.clone(),
+        layout.namespaces(),
+        format!("{}/{ns}", layout.namespaces()),
+        layout.resource(&ns, "checkout").expect("a path"),
+        layout.instances(&ns, "checkout").expect("a path"),
+    ] {
+        zk.create(
+            &dir,
+            &[],
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await
+        .expect("creating the tree");
+    }
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let sinks = tmp.path().join("sinks");
+    fs::create_dir_all(&sinks).expect("sinks dir");
+    let (out, alerts) = (sinks.join("out.log"), sinks.join("alerts.log"));
+    let v1 = Envelope::new(
+        "uid-1",
+        1,
+        spec(
+            &sinks,
+            serde_json::json!([{"name": "alerts", "when": {"level": {"atLeast": "warn"}}, "to": ["alerts"]}]),
+        ),
+    )
+    .expect("v1");
+    publish(&zk, &config, &v1).await;
+
+    let here = bound_pod(&pods, "web-a", "node-a").await;
+    let there = bound_pod(&pods, "web-b", "node-b").await;
+    let log_root = tmp.path().join("pods");
+    let file = |name: &str, uid: &str| {
+        PodLogs::dir(&log_root, &ns, name, uid)
+            .join("app")
+            .join("0.log")
+    };
+    print(&file("web-a", &here), &[line(0, "info"), line(1, "error")]);
+    print(&file("web-b", &there), &[line(100, "info")]);
+
+    let state = tmp.path().join("state");
+    let opts = AgentOptions {
+        node: "node-a".into(),
+        zk_connect: env.zk_connect(),
+        zk_root: root.clone(),
+        zk_session_timeout: Duration::from_secs(10),
+        zk_connect_timeout: Duration::from_secs(5),
+        paths: Paths {
+            log_root: log_root.clone(),
+            state_dir: state.clone(),
+            credentials_dir: state.join("credentials"),
+        },
+        drain_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let sinks_now = || {
+        format!(
+            "out: {:?}\nalerts: {:?}",
+            read_lines(&out),
+            read_lines(&alerts)
+        )
+    };
+
+    // Routed by the rules: info to out, error to alerts; the other node's pod not read.
+    wait_for("web-a's lines routed", sinks_now, async || {
+        (read_lines(&out).len() == 1 && read_lines(&alerts).len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(read_lines(&out), [line(0, "info")]);
+    assert_eq!(read_lines(&alerts), [line(1, "error")]);
+    let here_record = layout.instance(&ns, "checkout", "web-a").expect("a path");
+    let there_record = layout.instance(&ns, "checkout", "web-b").expect("a path");
+    let acked = wait_for("web-a's record acking v1", String::new, async || {
+        record(&zk, &here_record)
+            .await
+            .filter(|r| r.hash == v1.hash)
+    })
+    .await;
+    assert_eq!(
+        (acked.pod.as_str(), acked.state),
+        ("web-a", InstanceState::Ok)
+    );
+    assert!(
+        record(&zk, &there_record).await.is_none(),
+        "a pod of another node has no record from this agent"
+    );
+
+    // A live rule change: everything to alerts, acked by the pod.
+    let v2 = Envelope::new(
+        "uid-1",
+        2,
+        spec(
+            &sinks,
+            serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["alerts"]}]),
+        ),
+    )
+    .expect("v2");
+    publish(&zk, &config, &v2).await;
+    wait_for("web-a's record acking v2", String::new, async || {
+        record(&zk, &here_record)
+            .await
+            .filter(|r| r.hash == v2.hash && r.state == InstanceState::Ok)
+    })
+    .await;
+    print(&file("web-a", &here), &[line(2, "info")]);
+    wait_for("line 2 in alerts (the new rule)", sinks_now, async || {
+        (read_lines(&alerts).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(read_lines(&alerts)[1], line(2, "info"));
+    assert_eq!(read_lines(&out).len(), 1, "nothing more to out under v2");
+
+    // A config that does not compile: rejected, the pod keeps v2 and says why.
+    let bad = Envelope::new(
+        "uid-1",
+        3,
+        spec(
+            &sinks,
+            serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["nowhere"]}]),
+        ),
+    )
+    .expect("bad");
+    publish(&zk, &config, &bad).await;
+    let rejected = wait_for(
+        "web-a's record rejecting generation 3",
+        String::new,
+        async || {
+            record(&zk, &here_record)
+                .await
+                .filter(|r| r.state == InstanceState::Error)
+        },
+    )
+    .await;
+    assert_eq!(
+        rejected.hash, v2.hash,
+        "the rules in force stay: {rejected:?}"
+    );
+    assert!(
+        rejected
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("nowhere")),
+        "the error names the unknown sink: {rejected:?}"
+    );
+
+    // Deleted: what the pod printed last is delivered, then its record and state go.
+    print(&file("web-a", &here), &[line(3, "info"), line(4, "info")]);
+    pods.delete("web-a", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deleting the pod");
+    let pod_state: PathBuf = state.join("pods").join(&here);
+    wait_for(
+        "web-a's record and state removed",
+        || {
+            format!(
+                "{}\n{:?}",
+                sinks_now(),
+                fs::read_dir(&pod_state).map(|d| d.count())
+            )
+        },
+        async || (record(&zk, &here_record).await.is_none() && !pod_state.exists()).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        read_lines(&alerts)[2..],
+        [line(3, "info"), line(4, "info")],
+        "the lines printed before the deletion are delivered before the pod is dropped"
+    );
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}
