@@ -13,12 +13,16 @@ use std::{
 };
 
 use futures::{StreamExt, future::Future};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api,
     runtime::watcher::{self, Event},
 };
-use servicelog_api::wire::{Instance, InstanceState, Layout, WireError};
+use servicelog_api::{
+    pod::{ZK_AUTH_KEY, ZK_AUTH_SECRET},
+    wire::{Instance, InstanceState, Layout, WireError},
+    zkauth::Credentials,
+};
 use servicelog_sidecar::metrics::Metrics;
 use tokio::{sync::mpsc, task::JoinHandle};
 use zookeeper_client::Client;
@@ -42,6 +46,9 @@ pub struct AgentOptions {
     pub drain_timeout: Duration,
     /// Upper bound on stopping the pipelines at shutdown.
     pub shutdown_timeout: Duration,
+    /// ZooKeeper ACLs are on: add the identity of each namespace with a served pod (its
+    /// `servicelog-zk-auth` Secret) to the session.
+    pub namespace_identities: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,9 @@ struct Agent {
     opts: AgentOptions,
     layout: Layout,
     client: Client,
+    kube: kube::Client,
+    /// The namespace identities added to the session.
+    identities: HashMap<String, Credentials>,
     metrics: Metrics,
     pods: HashMap<String, PodRun>,
     watched: HashMap<ServiceLogKey, Watched>,
@@ -98,13 +108,15 @@ pub async fn run(
     )
     .await?;
     let (configs, mut updates) = mpsc::unbounded_channel();
-    let pods_api: Api<Pod> = Api::all(kube);
+    let pods_api: Api<Pod> = Api::all(kube.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node));
     let mut events = watcher::watcher(pods_api, config).boxed();
     let mut agent = Agent {
         opts,
         layout,
         client,
+        kube,
+        identities: HashMap::new(),
         metrics,
         pods: HashMap::new(),
         watched: HashMap::new(),
@@ -191,6 +203,7 @@ impl Agent {
         };
         let uid = run.pod.uid.clone();
         self.pods.insert(uid.clone(), run);
+        self.add_identity(&key.namespace).await;
         let watched = match self.watched.get_mut(&key) {
             Some(w) => w,
             None => {
@@ -214,6 +227,51 @@ impl Agent {
         watched.pods.insert(uid.clone());
         if let Some(update) = watched.latest.clone() {
             self.answer(&uid, &key, &update).await;
+        }
+    }
+
+    /// Adds `namespace`'s ZooKeeper identity to the session once, when ACLs are on. A
+    /// missing Secret is logged: that namespace's configs stay unreadable (its pods run on
+    /// their last good rules) until the next pod of it is served.
+    async fn add_identity(&mut self, namespace: &str) {
+        if !self.opts.namespace_identities || self.identities.contains_key(namespace) {
+            return;
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), namespace);
+        let text = match secrets.get(ZK_AUTH_SECRET).await {
+            Ok(secret) => secret
+                .data
+                .and_then(|d| d.get(ZK_AUTH_KEY).cloned())
+                .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned()),
+            Err(e) => {
+                tracing::warn!(namespace, error = %e, "reading the namespace's ZooKeeper identity");
+                return;
+            }
+        };
+        let parsed = text.as_deref().map(Credentials::parse);
+        let identity = match parsed {
+            Some(Ok(identity)) => identity,
+            Some(Err(e)) => {
+                tracing::warn!(namespace, error = %e, "the namespace's ZooKeeper identity does not parse");
+                return;
+            }
+            None => {
+                tracing::warn!(
+                    namespace,
+                    secret = ZK_AUTH_SECRET,
+                    key = ZK_AUTH_KEY,
+                    "the namespace's ZooKeeper identity Secret has no identity"
+                );
+                return;
+            }
+        };
+        match zk::add_identity(&self.client, &identity).await {
+            Ok(()) => {
+                self.identities.insert(namespace.to_owned(), identity);
+            }
+            Err(e) => {
+                tracing::warn!(namespace, error = %e, "adding the namespace's ZooKeeper identity")
+            }
         }
     }
 
@@ -261,7 +319,8 @@ impl Agent {
         ) else {
             return;
         };
-        if let Err(e) = zk::write_record(&self.client, &config, &path, &record).await {
+        let identity = self.identities.get(&key.namespace);
+        if let Err(e) = zk::write_record(&self.client, &config, &path, &record, identity).await {
             tracing::warn!(error = %e, "writing the instance record");
         }
     }

@@ -49,6 +49,10 @@ struct Cli {
     /// How long a deleted pod's files may take to be read and delivered.
     #[arg(long, env = "SERVICELOG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// ZooKeeper ACLs are on: read each served namespace's identity (its
+    /// `servicelog-zk-auth` Secret) and add it to the session.
+    #[arg(long, env = "SERVICELOG_ZK_NAMESPACE_IDENTITIES")]
+    zk_namespace_identities: bool,
     /// Upper bound on a SIGTERM shutdown.
     #[arg(long, env = "SERVICELOG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -92,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         drain_timeout: cli.drain_timeout,
         shutdown_timeout: cli.shutdown_timeout,
+        namespace_identities: cli.zk_namespace_identities,
     };
     // One thread for the control plane: each pod's reader and sinks have threads of
     // their own.

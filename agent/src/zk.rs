@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use servicelog_api::{
     wire::{Envelope, Instance, WireError},
-    zkauth::{self, RecordAcl},
+    zkauth::{self, Credentials, RecordAcl},
 };
 use tokio::sync::mpsc::UnboundedSender;
-use zookeeper_client::{Acls, Client, CreateMode, EventType};
+use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, EventType, Permission};
 
 /// The ZooKeeper side failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -148,12 +148,15 @@ fn ended(e: &zookeeper_client::Error, path: &str, send: &impl Fn(ConfigUpdate) -
 }
 
 /// Writes `record` at `path` (an `instances/<pod>` znode), ephemeral and owned by this
-/// session; `config` is the config znode whose ACL says whether records are open.
+/// session; `config` is the config znode whose ACL says whether records are open. A
+/// closed record is its namespace's `identity`'s alone — not the session's `auth` ACL,
+/// which would name every namespace identity the agent holds.
 pub async fn write_record(
     client: &Client,
     config: &str,
     path: &str,
     record: &Instance,
+    identity: Option<&Credentials>,
 ) -> Result<(), ZkError> {
     let znode = |source| ZkError::Znode {
         path: path.to_owned(),
@@ -173,9 +176,17 @@ pub async fn write_record(
             });
         }
     };
-    let acls = match acl {
-        RecordAcl::Open => Acls::anyone_all(),
-        RecordAcl::Authenticated => Acls::creator_all(),
+    let own;
+    let acls = match (acl, identity) {
+        (RecordAcl::Open, _) => Acls::anyone_all(),
+        (RecordAcl::Authenticated, Some(id)) => {
+            own = [Acl::new(
+                Permission::ALL,
+                AuthId::new(zkauth::DIGEST, &id.acl_id()),
+            )];
+            Acls::new(&own)
+        }
+        (RecordAcl::Authenticated, None) => Acls::creator_all(),
     };
     let options = CreateMode::Ephemeral.with_acls(acls);
     for _ in 0..3 {
@@ -205,6 +216,18 @@ pub async fn write_record(
         }
     }
     Err(znode(zookeeper_client::Error::NodeExists))
+}
+
+/// Adds `identity` to the session: from now on it reads what that namespace's sidecars
+/// read and writes their records.
+pub async fn add_identity(client: &Client, identity: &Credentials) -> Result<(), ZkError> {
+    client
+        .auth(zkauth::DIGEST, &identity.auth_bytes())
+        .await
+        .map_err(|source| ZkError::Znode {
+            path: format!("(addAuth {})", identity.user()),
+            source,
+        })
 }
 
 /// Removes the record at `path`; a missing one is success.

@@ -197,6 +197,7 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         },
         drain_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(5),
+        namespace_identities: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
@@ -316,6 +317,151 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         "the lines printed before the deletion are delivered before the pod is dropped"
     );
 
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}
+
+/// `zkauth` permission bits as the client's.
+fn permission(bits: i32) -> zookeeper_client::Permission {
+    use servicelog_api::zkauth::perms;
+    use zookeeper_client::Permission as P;
+    [
+        (perms::READ, P::READ),
+        (perms::WRITE, P::WRITE),
+        (perms::CREATE, P::CREATE),
+        (perms::DELETE, P::DELETE),
+        (perms::ADMIN, P::ADMIN),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .fold(P::NONE, |all, (_, p)| all | p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the_namespace_identity_and_the_record_is_that_identitys()
+ {
+    use servicelog_api::zkauth::{self, Credentials, Node};
+    use zookeeper_client::{Acl, AuthId};
+
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env
+        .create_namespace("agent-acl")
+        .await
+        .expect("a namespace");
+    let operator = Credentials::digest("servicelog-operator", unique_name("pw"));
+    let tenant = operator.for_namespace(&ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "servicelog-zk-auth"},
+        "stringData": {"auth": tenant.to_line()},
+    }))
+    .expect("a secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(kube.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the identity Secret");
+    // As the operator: its identity, and the namespace's to read the records.
+    let zk = Client::connector()
+        .with_auth(zkauth::DIGEST, &operator.auth_bytes())
+        .with_auth(zkauth::DIGEST, &tenant.auth_bytes())
+        .connect(&env.zk_connect())
+        .await
+        .expect("the operator's ZooKeeper client");
+    let acl = |namespace: Option<&str>, node| -> Vec<Acl> {
+        zkauth::acl(&operator, namespace, node)
+            .into_iter()
+            .map(|(bits, scheme, id)| Acl::new(permission(bits), AuthId::new(scheme, &id)))
+            .collect()
+    };
+    let root = format!("/{}", unique_name("agent-acl"));
+    let layout = Layout::new(&root).expect("a layout");
+    for (dir, node_acl) in [
+        (root.clone(), acl(None, Node::Directory)),
+        (layout.namespaces(), acl(None, Node::Directory)),
+        (
+            format!("{}/{ns}", layout.namespaces()),
+            acl(Some(&ns), Node::Directory),
+        ),
+        (
+            layout.resource(&ns, "checkout").expect("a path"),
+            acl(Some(&ns), Node::Directory),
+        ),
+        (
+            layout.instances(&ns, "checkout").expect("a path"),
+            acl(Some(&ns), Node::Instances),
+        ),
+    ] {
+        zk.create(
+            &dir,
+            &[],
+            &CreateMode::Persistent.with_acls(Acls::new(&node_acl)),
+        )
+        .await
+        .expect("creating the tree");
+    }
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let out = tmp.path().join("out.log");
+    let v1 = Envelope::new("uid-1", 1, spec(tmp.path(), serde_json::json!([]))).expect("v1");
+    let config = layout.config(&ns, "checkout").expect("a path");
+    let config_acl = acl(Some(&ns), Node::Config);
+    zk.create(
+        &config,
+        &v1.to_bytes().expect("encoding"),
+        &CreateMode::Persistent.with_acls(Acls::new(&config_acl)),
+    )
+    .await
+    .expect("publishing the config");
+
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let uid = bound_pod(&pods, "web-a", "node-a").await;
+    let log_root = tmp.path().join("pods");
+    print(
+        &PodLogs::dir(&log_root, &ns, "web-a", &uid)
+            .join("app")
+            .join("0.log"),
+        &[line(0, "info")],
+    );
+    let state = tmp.path().join("state");
+    let opts = AgentOptions {
+        node: "node-a".into(),
+        zk_connect: env.zk_connect(),
+        zk_root: root.clone(),
+        zk_session_timeout: Duration::from_secs(10),
+        zk_connect_timeout: Duration::from_secs(5),
+        paths: Paths {
+            log_root,
+            state_dir: state.clone(),
+            credentials_dir: state.join("credentials"),
+        },
+        drain_timeout: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(5),
+        namespace_identities: true,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let path = layout.instance(&ns, "checkout", "web-a").expect("a path");
+    wait_for(
+        "the record acking v1, read with the namespace's identity",
+        || format!("out: {:?}", read_lines(&out)),
+        async || record(&zk, &path).await.filter(|r| r.hash == v1.hash),
+    )
+    .await;
+    assert_eq!(read_lines(&out), [line(0, "info")]);
+    let (record_acl, _) = zk.get_acl(&path).await.expect("the record's ACL");
+    assert_eq!(
+        record_acl,
+        [Acl::new(
+            zookeeper_client::Permission::ALL,
+            AuthId::new(zkauth::DIGEST, &tenant.acl_id())
+        )],
+        "the record is the namespace identity's alone, not every identity the agent holds"
+    );
     let _ = stop.send(());
     let result = tokio::time::timeout(WAIT, agent)
         .await
