@@ -311,6 +311,7 @@ impl Agent {
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             sink_errors: Default::default(),
             candidate: None,
+            health: None,
         };
         let (Ok(config), Ok(path)) = (
             self.layout.config(&key.namespace, &key.name),

@@ -348,7 +348,12 @@ mod tests {
 
     #[test]
     fn given_annotation_values_then_the_four_commands_parse_and_others_name_the_annotation() {
-        for c in [Command::Pause, Command::Resume, Command::Promote, Command::Abort] {
+        for c in [
+            Command::Pause,
+            Command::Resume,
+            Command::Promote,
+            Command::Abort,
+        ] {
             assert_eq!(Command::parse(c.as_str()), Ok(c));
         }
         let e = Command::parse("rollback").expect_err("not a command");
@@ -365,6 +370,7 @@ mod tests {
             rejected_ratio: Some(1.5),
             dropped_ratio: Some(0.5),
             min_events: None,
+            quiet_sinks: false,
         });
         let problems = check(&r);
         assert_eq!(problems.len(), 1, "{problems:?}");

@@ -1145,6 +1145,11 @@ pub struct RollbackOn {
     /// Events a canary pod must have handled before its ratios count (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_events: Option<u64>,
+    /// Roll back when a sink that received events under the stable config receives none
+    /// under the candidate once the canaries handled `minEvents` (a new rule that
+    /// swallows what another used to route).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_sinks: bool,
 }
 
 /// Where a rollout is.

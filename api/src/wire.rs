@@ -438,6 +438,37 @@ pub struct Instance {
     /// Absent on every other pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,
+    /// On a canary pod during a staged rollout: what the config it runs did since it was
+    /// applied, for the operator's health gates. Absent on every other pod. Changes do not
+    /// move `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// What a sidecar's config in force did since it was applied (a canary's
+/// [`Instance::health`]): a few numbers per sink, kept small as every change is a write
+/// that the operator reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Events read.
+    pub events: u64,
+    /// Of those, dropped by the rules: `action: drop`, sampling, rate limits, no route.
+    pub dropped: u64,
+    /// By sink: events delivered, and rejected for good by the receiver.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sinks: std::collections::BTreeMap<String, SinkHealth>,
+    /// By sink: events delivered under the config in force before this one, for as long as
+    /// it ran in this process — what "a sink that goes quiet" is measured against.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sinks_before: std::collections::BTreeMap<String, u64>,
+}
+
+/// One sink's counts in [`Health`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkHealth {
+    pub delivered: u64,
+    pub rejected: u64,
 }
 
 impl Instance {
@@ -864,8 +895,25 @@ mod tests {
             since: "2026-11-25T00:00:00Z".into(),
             sink_errors: [("events".to_owned(), "topic \"x\" does not exist".to_owned())].into(),
             candidate: Some("sha256:11".into()),
+            health: Some(Health {
+                events: 10,
+                dropped: 1,
+                sinks: [(
+                    "events".to_owned(),
+                    SinkHealth {
+                        delivered: 8,
+                        rejected: 1,
+                    },
+                )]
+                .into(),
+                sinks_before: [("events".to_owned(), 90)].into(),
+            }),
         };
         let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();
+        assert!(
+            s.contains(r#""health":{"dropped":1,"events":10,"sinks":{"events":{"delivered":8,"rejected":1}},"sinksBefore":{"events":90}}"#),
+            "{s}"
+        );
         assert!(s.contains(r#""state":"error""#), "{s}");
         assert!(s.contains(r#""sinkErrors":{"events":"#), "{s}");
         assert!(s.contains(r#""candidate":"sha256:11""#), "{s}");
@@ -877,6 +925,7 @@ mod tests {
         let old = r#"{"hash":"sha256:00","pod":"p","since":"2026-11-25T00:00:00Z","state":"ok"}"#;
         let i = Instance::from_slice(old.as_bytes()).unwrap();
         assert_eq!(i.candidate, None);
+        assert_eq!(i.health, None);
         assert_eq!(String::from_utf8(i.to_bytes().unwrap()).unwrap(), old);
     }
 

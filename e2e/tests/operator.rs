@@ -399,6 +399,7 @@ async fn given_pods_and_instance_acks_then_status_counts_matched_injected_and_ap
         since: "2026-11-25T00:00:00Z".into(),
         sink_errors: Default::default(),
         candidate: None,
+        health: None,
     };
     let path = f.layout.instance(&f.ns, "checkout", "web-0").expect("path");
     let ack = instance(InstanceState::Ok, None).to_bytes().expect("bytes");

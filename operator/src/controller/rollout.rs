@@ -7,7 +7,7 @@
 //! each ack's time in its record's `since`, so a new leader resumes a rollout — a pause
 //! included — where the old one was.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kube::{
     Api, ResourceExt,
@@ -16,8 +16,8 @@ use kube::{
 };
 use servicelog_api::{
     rollout::{self, Command},
-    v1alpha1::{CanaryCounts, Rollout, RolloutPhase, RolloutStatus, ServiceLog},
-    wire::{Candidate, Envelope, Instance, InstanceState},
+    v1alpha1::{CanaryCounts, RollbackOn, Rollout, RolloutPhase, RolloutStatus, ServiceLog},
+    wire::{Candidate, Envelope, Health, Instance, InstanceState},
     zkauth::Node,
 };
 use zookeeper_client::{Acls, CreateMode};
@@ -29,6 +29,10 @@ use super::{
     status::{Cond, READY},
 };
 use crate::zk::{Published, ZkError};
+
+/// While canaries are pending and no record changed for this long, their records are read
+/// again from ZooKeeper (and the resource looked at again after twice this).
+const ACK_REFRESH: Duration = Duration::from_secs(1);
 
 /// What the reconcile does with a resource that has `spec.rollout`.
 #[derive(Clone, Debug, PartialEq)]
@@ -363,6 +367,17 @@ pub async fn advance(
             .into());
         }
     };
+    let waiting = last
+        .is_some_and(|l| l.phase == RolloutPhase::Progressing && l.canary.applied < l.canary.total);
+    let quiet = |t: Option<Instant>| t.is_none_or(|t| t.elapsed() >= ACK_REFRESH);
+    if waiting && quiet(ctx.zk.instances_updated(namespace, name)) {
+        // The watch's copy may have missed acks across a reconnect (ZOOKEEPER-4698), and
+        // the plan would wait for them until the deadline: while canaries are pending and
+        // the watch is quiet, their records are read again.
+        if let Err(e) = ctx.zk.refresh_instances(&ctx.layout, namespace, name).await {
+            tracing::debug!(error = %e, "staged rollout: re-reading the instance records");
+        }
+    }
     let instances: Vec<(String, Instance)> = ctx
         .zk
         .instances(namespace, name)?
@@ -393,6 +408,11 @@ pub async fn advance(
     };
     let requeue = match action {
         Action::Wait => None,
+        Action::WaitUntil(at) if status.canary.applied < status.canary.total => Some(
+            at.duration_since(now)
+                .unwrap_or_default()
+                .min(ACK_REFRESH * 2),
+        ),
         Action::WaitUntil(at) => Some(at.duration_since(now).unwrap_or_default()),
         Action::WriteCandidate { step, percent } => {
             let data = Candidate::new(&stable.hash, step, percent, spec_rollout.preview, envelope)
@@ -538,13 +558,19 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
             Action::Wait
         };
         let done = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+        // How it completed (promoted by a person, say) stays said.
+        let reason = f
+            .last
+            .filter(|l| l.phase == RolloutPhase::Complete && l.stable_hash == f.stable)
+            .map(|l| l.reason.clone())
+            .unwrap_or_default();
         return (
             action,
             status(
                 RolloutPhase::Complete,
                 done,
                 CanaryCounts::default(),
-                String::new(),
+                reason,
             ),
         );
     }
@@ -648,6 +674,7 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
     let mut total = 0;
     let mut applied = 0;
     let mut late = Vec::new();
+    let mut healths = Vec::new();
     let mut last_ack = f.candidate_written;
     for (pod, record) in members(f, candidate.percent) {
         total += 1;
@@ -669,6 +696,9 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         }
         if record.hash == f.desired {
             applied += 1;
+            if let Some(health) = &record.health {
+                healths.push((pod, health));
+            }
             let acked = humantime::parse_rfc3339(&record.since).ok();
             last_ack = last_ack.max(acked);
         } else {
@@ -679,6 +709,19 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         applied,
         total: count(total),
     };
+    if let Some(gates) = &f.rollout.rollback_on
+        && let Some(reason) = tripped(gates, &healths)
+    {
+        return (
+            Action::Withdraw,
+            status(
+                RolloutPhase::RolledBack,
+                step,
+                counts,
+                format!("{reason} at {steps_text}"),
+            ),
+        );
+    }
     if paused {
         return (
             Action::Wait,
@@ -740,6 +783,86 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         Action::Promote,
         status(RolloutPhase::Progressing, step, counts, String::new()),
     )
+}
+
+/// The first health gate the canaries' counters trip, as a reason naming the gate by its
+/// field, the numbers and the pods past it; `None` while they handled fewer than
+/// `minEvents` events together.
+pub fn tripped(gates: &RollbackOn, canaries: &[(&str, &Health)]) -> Option<String> {
+    let min = gates.min_events.unwrap_or(rollout::DEFAULT_MIN_EVENTS);
+    let events: u64 = canaries.iter().map(|(_, h)| h.events).sum();
+    if canaries.is_empty() || events < min.max(1) {
+        return None;
+    }
+    let ratio = |part: u64, whole: u64| part as f64 / whole.max(1) as f64;
+    let gate = |field: &str| format!("health gate spec.rollout.rollbackOn.{field}");
+    if let Some(limit) = gates.dropped_ratio {
+        let dropped: u64 = canaries.iter().map(|(_, h)| h.dropped).sum();
+        let r = ratio(dropped, events);
+        if r > limit {
+            let pods: Vec<&str> = canaries
+                .iter()
+                .filter(|(_, h)| ratio(h.dropped, h.events) > limit)
+                .map(|(pod, _)| *pod)
+                .collect();
+            return Some(format!(
+                "{} {limit}: the canaries dropped {dropped} of {events} events ({r:.3}; pods {})",
+                gate("droppedRatio"),
+                named(&pods)
+            ));
+        }
+    }
+    if let Some(limit) = gates.rejected_ratio {
+        let (mut rejected, mut handed) = (0, 0);
+        for (_, h) in canaries {
+            for s in h.sinks.values() {
+                rejected += s.rejected;
+                handed += s.delivered + s.rejected;
+            }
+        }
+        let r = ratio(rejected, handed);
+        if handed > 0 && r > limit {
+            let pods: Vec<&str> = canaries
+                .iter()
+                .filter(|(_, h)| {
+                    let rejected: u64 = h.sinks.values().map(|s| s.rejected).sum();
+                    let handed: u64 = h.sinks.values().map(|s| s.delivered + s.rejected).sum();
+                    ratio(rejected, handed) > limit
+                })
+                .map(|(pod, _)| *pod)
+                .collect();
+            return Some(format!(
+                "{} {limit}: the sinks rejected {rejected} of {handed} events ({r:.3}; pods {})",
+                gate("rejectedRatio"),
+                named(&pods)
+            ));
+        }
+    }
+    if gates.quiet_sinks {
+        let mut before: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (_, h) in canaries {
+            for (sink, n) in &h.sinks_before {
+                let now = h.sinks.get(sink).map_or(0, |s| s.delivered + s.rejected);
+                let e = before.entry(sink).or_default();
+                e.0 += n;
+                e.1 += now;
+            }
+        }
+        if let Some((sink, (was, _))) = before.iter().find(|(_, (was, now))| *was > 0 && *now == 0)
+        {
+            let pods: Vec<&str> = canaries
+                .iter()
+                .filter(|(_, h)| h.sinks_before.get(*sink).is_some_and(|n| *n > 0))
+                .map(|(pod, _)| *pod)
+                .collect();
+            return Some(format!(
+                "{}: sink {sink:?} received {was} events under the stable config and none of {events} under the candidate (pods {})",
+                gate("quietSinks"),
+                named(&pods)
+            ));
+        }
+    }
+    None
 }
 
 /// Pod names for a reason: the first [`NAMED_PODS`], then how many more.
@@ -852,6 +975,7 @@ mod tests {
                     since: rfc3339(acked),
                     sink_errors: Default::default(),
                     candidate: member.then(|| NEW.into()),
+                    health: None,
                 };
                 (pod, record)
             })
@@ -1226,5 +1350,75 @@ mod tests {
             ..progressing
         };
         assert_eq!(ready(&done), None);
+    }
+
+    fn health(events: u64, dropped: u64, sink: (u64, u64), before: u64) -> Health {
+        Health {
+            events,
+            dropped,
+            sinks: [(
+                "a".to_owned(),
+                servicelog_api::wire::SinkHealth {
+                    delivered: sink.0,
+                    rejected: sink.1,
+                },
+            )]
+            .into(),
+            sinks_before: [("a".to_owned(), before)].into(),
+        }
+    }
+
+    #[test]
+    fn given_canary_counters_then_each_gate_trips_past_its_limit_and_not_before_min_events() {
+        let gates = RollbackOn {
+            rejected_ratio: Some(0.1),
+            dropped_ratio: Some(0.5),
+            min_events: Some(100),
+            quiet_sinks: true,
+        };
+        let healthy = health(80, 10, (70, 0), 500);
+        let dropping = health(80, 70, (10, 0), 500);
+        assert_eq!(
+            tripped(&gates, &[("web-1", &healthy), ("web-2", &healthy)]),
+            None
+        );
+        assert_eq!(
+            tripped(&gates, &[("web-1", &dropping)]),
+            None,
+            "80 events < minEvents 100: not judged yet"
+        );
+        assert_eq!(
+            tripped(&gates, &[("web-1", &healthy), ("web-2", &dropping)]),
+            None,
+            "80 of 160 dropped is 0.5: at the limit, not past it"
+        );
+        let reason =
+            tripped(&gates, &[("web-2", &dropping), ("web-3", &dropping)]).expect("tripped");
+        assert!(
+            reason.contains("spec.rollout.rollbackOn.droppedRatio 0.5")
+                && reason.contains("140 of 160")
+                && reason.contains("web-2, web-3"),
+            "{reason}"
+        );
+        let rejecting = health(100, 0, (50, 50), 500);
+        let reason = tripped(&gates, &[("web-4", &rejecting)]).expect("tripped");
+        assert!(
+            reason.contains("rejectedRatio 0.1")
+                && reason.contains("50 of 100")
+                && reason.contains("web-4"),
+            "{reason}"
+        );
+        let quiet = health(200, 0, (0, 0), 500);
+        let reason = tripped(&gates, &[("web-5", &quiet)]).expect("tripped");
+        assert!(
+            reason.contains("quietSinks") && reason.contains("\"a\"") && reason.contains("web-5"),
+            "{reason}"
+        );
+        let never = health(200, 0, (0, 0), 0);
+        assert_eq!(
+            tripped(&gates, &[("web-6", &never)]),
+            None,
+            "quiet before too"
+        );
     }
 }

@@ -419,6 +419,7 @@ mod tests {
             since: "2026-11-25T00:00:00Z".into(),
             sink_errors: Default::default(),
             candidate: None,
+            health: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`Topology`] and saves the ones it swapped in as last-known-good.
 
 pub mod file;
+pub mod health;
 pub mod last_good;
 pub mod zk;
 pub mod zk_thread;

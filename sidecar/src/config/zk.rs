@@ -42,7 +42,7 @@ use zookeeper_client::{
     WatchedEvent,
 };
 
-use super::last_good::LastGood;
+use super::{health, last_good::LastGood};
 use crate::{
     metrics::Metrics,
     topology::{Swapped, Topology},
@@ -181,6 +181,10 @@ pub struct ZkConfig {
     auth_check_at: tokio::time::Instant,
     /// The version of the sinks' errors the instance record says.
     sink_errors_version: u64,
+    /// Counts what the config in force does, for a canary's record.
+    health: Option<health::Tracker>,
+    /// When a canary's record is next refreshed with its counters.
+    health_at: tokio::time::Instant,
 }
 
 impl ZkConfig {
@@ -206,6 +210,8 @@ impl ZkConfig {
             auth_in_use: None,
             auth_check_at: tokio::time::Instant::now(),
             sink_errors_version: 0,
+            health: None,
+            health_at: tokio::time::Instant::now(),
         }
     }
 
@@ -397,6 +403,12 @@ impl ZkConfig {
                 }
                 () = tokio::time::sleep_until(self.auth_check_at), if self.opts.auth_file.is_some() => {
                     return Wait::AuthCheck;
+                }
+                () = tokio::time::sleep_until(self.health_at), if self.is_canary() => {
+                    self.health_at = tokio::time::Instant::now() + health::INTERVAL;
+                    if self.refresh_health() {
+                        return Wait::Fired;
+                    }
                 }
                 () = tokio::time::sleep(SINK_ERRORS_POLL) => {
                     if self.refresh_sink_errors() {
@@ -612,10 +624,30 @@ impl ZkConfig {
             Ok(hash) => (hash, InstanceState::Ok, None),
             Err((hash, e)) => (hash, InstanceState::Error, Some(e)),
         };
+        let running = self.topology.running();
+        if let Some(running) = running.as_deref()
+            && self
+                .health
+                .as_ref()
+                .is_none_or(|t| t.hash() != running.hash)
+        {
+            self.health = Some(health::Tracker::start(
+                &self.metrics,
+                running,
+                self.health.as_ref(),
+            ));
+        }
         let unchanged = self.desired.as_ref().is_some_and(|d| {
             d.hash == hash && d.state == state && d.error == error && d.candidate == canary
         });
         if !unchanged {
+            let health = match (&canary, &self.health, running.as_deref()) {
+                (Some(_), Some(tracker), Some(running)) if running.hash == hash => {
+                    self.health_at = tokio::time::Instant::now() + health::INTERVAL;
+                    Some(tracker.health(&self.metrics, running))
+                }
+                _ => None,
+            };
             let (version, sink_errors) = self.topology.sink_errors().snapshot();
             self.sink_errors_version = version;
             self.desired = Some(Instance {
@@ -626,8 +658,36 @@ impl ZkConfig {
                 since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 sink_errors,
                 candidate: canary,
+                health,
             });
         }
+    }
+
+    /// Whether this pod runs a candidate (its record then carries its health).
+    fn is_canary(&self) -> bool {
+        self.desired
+            .as_ref()
+            .is_some_and(|d| d.candidate.is_some() && d.state == InstanceState::Ok)
+    }
+
+    /// Puts a canary's counters in its instance record if they changed; true if they did.
+    fn refresh_health(&mut self) -> bool {
+        let (Some(tracker), Some(running), Some(record)) = (
+            self.health.as_ref(),
+            self.topology.running(),
+            self.desired.as_mut(),
+        ) else {
+            return false;
+        };
+        if running.hash != record.hash || record.candidate.is_none() {
+            return false;
+        }
+        let now = Some(tracker.health(&self.metrics, &running));
+        if record.health == now {
+            return false;
+        }
+        record.health = now;
+        true
     }
 
     /// Puts the sinks' errors in the instance record if they changed; true if it did.
