@@ -8,10 +8,11 @@
 //! events can be lost across a reconnect.
 //!
 //! The same watch keeps an in-memory copy of every sidecar's instance record: each change
-//! is read once (pipelined on the session, applied in the order ZooKeeper answers) and the
-//! controller computes rollouts from the copy. A rule change acked by 100 sidecars is then
-//! 100 reads, not 100 reconciles each re-reading all 100 records. After every (re)connect
-//! the copy is rebuilt from a scan before the controller is told to resync.
+//! is read once (in multi-reads that gather the changes reported while the previous read
+//! was in flight, applied in the order ZooKeeper answers) and the controller computes
+//! rollouts from the copy. A rule change acked by 1,000 sidecars is then a few dozen
+//! requests, not 1,000 reconciles each re-reading all 1,000 records. After every
+//! (re)connect the copy is rebuilt from a scan before the controller is told to resync.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -27,8 +28,8 @@ use servicelog_api::{
 };
 use tokio::sync::{mpsc, watch};
 use zookeeper_client::{
-    Acl, Acls, AddWatchMode, AuthId, Client, CreateMode, CreateOptions, EventType, Permission,
-    SessionState,
+    Acl, Acls, AddWatchMode, AuthId, Client, CreateMode, CreateOptions, EventType, MultiReadResult,
+    Permission, SessionState,
 };
 
 /// What went wrong talking to ZooKeeper, by category.
@@ -100,6 +101,8 @@ pub struct Zk {
     connected: watch::Receiver<bool>,
     last_error: Arc<RwLock<String>>,
     instances: Arc<RwLock<InstanceCache>>,
+    /// When the watch last changed each resource's records in the copy.
+    updated: Arc<RwLock<HashMap<(String, String), std::time::Instant>>>,
     guard: Arc<Guard>,
     /// Namespaces whose identity this session holds (see [`Zk::authorize`]).
     authorized: Arc<Mutex<HashSet<String>>>,
@@ -202,6 +205,7 @@ impl Zk {
             connected,
             last_error: Arc::new(RwLock::new("not connected yet".into())),
             instances: Arc::default(),
+            updated: Arc::default(),
             guard: Arc::new(config.guard.clone()),
             authorized: Arc::default(),
             securing: Arc::default(),
@@ -370,7 +374,31 @@ impl Zk {
         }
     }
 
+    /// When the watch last changed a record of the resource in the copy, if it did: acks
+    /// still arriving mean the watch works and no re-read is needed.
+    pub fn instances_updated(&self, namespace: &str, name: &str) -> Option<std::time::Instant> {
+        self.updated
+            .read()
+            .ok()?
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
     fn update_instance(&self, update: InstanceUpdate) {
+        if let Ok(mut updated) = self.updated.write() {
+            match &update {
+                InstanceUpdate::RemoveAll { key } => {
+                    updated.remove(key);
+                }
+                InstanceUpdate::Set { key, .. } | InstanceUpdate::Remove { key, .. } => {
+                    if let Some(at) = updated.get_mut(key) {
+                        *at = std::time::Instant::now();
+                    } else {
+                        updated.insert(key.clone(), std::time::Instant::now());
+                    }
+                }
+            }
+        }
         let Ok(mut cache) = self.instances.write() else {
             return;
         };
@@ -380,7 +408,7 @@ impl Zk {
                 pod,
                 zxid,
                 record,
-            } => keep_newer(cache.entry(key).or_default(), pod, zxid, record),
+            } => keep_newer(cache.entry(key).or_default(), pod, zxid, *record),
             InstanceUpdate::Remove { key, pod } => {
                 if let Some(pods) = cache.get_mut(&key) {
                     pods.remove(&pod);
@@ -518,15 +546,28 @@ async fn supervise(
         let _ = connected.send(true);
         let _ = triggers.send(Trigger::ResyncAll);
         // Reads of changed instance records, answered (and applied) in the order sent.
-        let mut reads: FuturesOrdered<BoxFuture<'static, (Option<InstanceUpdate>, String)>> =
-            FuturesOrdered::new();
+        let mut reads: FuturesOrdered<BoxFuture<'_, Answer>> = FuturesOrdered::new();
+        // Changed records not asked for yet, and the multi-reads in flight.
+        let mut changed = Changed::default();
         loop {
             let event = tokio::select! {
                 event = watcher.changed() => event,
-                Some((update, path)) = reads.next(), if !reads.is_empty() => {
-                    if let Some(update) = update {
+                Some((read, updates)) = reads.next(), if !reads.is_empty() => {
+                    if read {
+                        tracing::debug!(records = updates.len(), "instance records read");
+                        if changed.answered() {
+                            changed.flush(&client, &mut reads);
+                        }
+                    }
+                    let mut told = HashSet::new();
+                    for (update, path) in updates {
+                        let Some(update) = update else { continue };
+                        let key = update.key().clone();
                         zk.update_instance(update);
-                        let _ = triggers.send(Trigger::Path(path));
+                        // One trigger per resource and batch: the reconcile reads the copy.
+                        if told.insert(key) {
+                            let _ = triggers.send(Trigger::Path(path));
+                        }
                     }
                     continue;
                 }
@@ -544,6 +585,7 @@ async fn supervise(
                         tracing::info!("ZooKeeper reconnected; resyncing");
                         // Events may have been lost while disconnected: read everything.
                         reads = FuturesOrdered::new();
+                        changed = Changed::default();
                         if let Err(e) = rescan(&client, &config.layout, &zk).await {
                             tracing::warn!(error = %e, "cannot re-read the instance records; starting a new session");
                             break;
@@ -565,46 +607,32 @@ async fn supervise(
                     let deleted = event.event_type == EventType::NodeDeleted;
                     match parsed.kind {
                         PathKind::Instance(pod) if deleted => {
+                            // After every read asked for before it.
+                            changed.flush(&client, &mut reads);
                             let update = InstanceUpdate::Remove {
                                 key,
                                 pod: pod.to_owned(),
                             };
                             reads.push_back(
-                                futures::future::ready((Some(update), event.path)).boxed(),
+                                futures::future::ready((false, vec![(Some(update), event.path)]))
+                                    .boxed(),
                             );
                         }
                         PathKind::Instance(pod) => {
                             if let Err(e) = zk.authorize(&client, parsed.namespace).await {
                                 tracing::warn!(error = %e, "cannot add a namespace's identity to the session");
                             }
-                            let pod = pod.to_owned();
-                            // Sent now, so it is answered after every earlier request.
-                            let read = client.get_data(&event.path);
-                            reads.push_back(
-                                async move {
-                                    let update = match read.await {
-                                        Ok((data, stat)) => Some(InstanceUpdate::Set {
-                                            key,
-                                            pod,
-                                            zxid: stat.mzxid,
-                                            record: parse_instance(&data),
-                                        }),
-                                        Err(zookeeper_client::Error::NoNode) => {
-                                            Some(InstanceUpdate::Remove { key, pod })
-                                        }
-                                        // Connection trouble: the rescan after the
-                                        // reconnect reads it again.
-                                        Err(_) => None,
-                                    };
-                                    (update, event.path)
-                                }
-                                .boxed(),
-                            );
+                            changed.push(key, pod.to_owned(), event.path);
+                            if changed.idle() {
+                                changed.flush(&client, &mut reads);
+                            }
                         }
                         PathKind::Resource | PathKind::Instances if deleted => {
+                            changed.flush(&client, &mut reads);
                             let update = InstanceUpdate::RemoveAll { key };
                             reads.push_back(
-                                futures::future::ready((Some(update), event.path)).boxed(),
+                                futures::future::ready((false, vec![(Some(update), event.path)]))
+                                    .boxed(),
                             );
                         }
                         // The operator creates these directories with the config; that
@@ -975,7 +1003,8 @@ enum InstanceUpdate {
         key: (String, String),
         pod: String,
         zxid: i64,
-        record: InstanceRecord,
+        /// Boxed: a parsed record is several times the size of the other variants.
+        record: Box<InstanceRecord>,
     },
     Remove {
         key: (String, String),
@@ -984,6 +1013,101 @@ enum InstanceUpdate {
     RemoveAll {
         key: (String, String),
     },
+}
+
+impl InstanceUpdate {
+    fn key(&self) -> &(String, String) {
+        match self {
+            Self::Set { key, .. } | Self::Remove { key, .. } | Self::RemoveAll { key } => key,
+        }
+    }
+}
+
+/// Updates to the copy, in order, and whether they are a multi-read's answer.
+type Answer = (bool, Vec<(Option<InstanceUpdate>, String)>);
+
+/// Instance records in one multi-read at most: about 300 bytes each in the answer.
+const READ_BATCH: usize = 128;
+
+/// Instance records whose change the watch reported and that are not read yet.
+///
+/// A rule change across 1,000 pods is 1,000 acks within a second. Each is read, but not
+/// each on its own: the first change is asked for at once, and the ones reported while
+/// that read is in flight wait for it and go together as one multi-read (ZooKeeper 3.6+),
+/// so the operator and ZooKeeper handle a few dozen requests instead of 1,000, and no
+/// record waits longer than one read's round trip for its turn.
+#[derive(Default)]
+struct Changed {
+    waiting: Vec<((String, String), String, String)>,
+    /// Multi-reads sent and not answered.
+    in_flight: usize,
+}
+
+impl Changed {
+    fn push(&mut self, key: (String, String), pod: String, path: String) {
+        // A record reported twice before its read is read once.
+        if !self.waiting.iter().any(|(_, _, p)| *p == path) {
+            self.waiting.push((key, pod, path));
+        }
+    }
+
+    /// Nothing in flight: a change is asked for at once.
+    fn idle(&self) -> bool {
+        self.in_flight == 0
+    }
+
+    /// A multi-read was answered; whether the waiting ones should go now.
+    fn answered(&mut self) -> bool {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight == 0 && !self.waiting.is_empty()
+    }
+
+    /// Sends every waiting record's read, [`READ_BATCH`] to a request, in order; the
+    /// answers come back through `reads` in the order sent.
+    fn flush<'c>(&mut self, client: &'c Client, reads: &mut FuturesOrdered<BoxFuture<'c, Answer>>) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for batch in waiting.chunks(READ_BATCH) {
+            let mut multi = client.new_multi_reader();
+            let batch: Vec<_> = batch
+                .iter()
+                .filter(|(_, _, path)| multi.add_get_data(path).is_ok())
+                .cloned()
+                .collect();
+            // Sent now, so it is answered after every earlier request.
+            let answer = multi.commit();
+            self.in_flight += 1;
+            reads.push_back(
+                async move {
+                    let results = answer.await;
+                    let updates = batch
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (key, pod, path))| {
+                            let update = match results.as_ref().map(|r| r.get(i)) {
+                                Ok(Some(MultiReadResult::Data { data, stat })) => {
+                                    Some(InstanceUpdate::Set {
+                                        key,
+                                        pod,
+                                        zxid: stat.mzxid,
+                                        record: Box::new(parse_instance(data)),
+                                    })
+                                }
+                                Ok(Some(MultiReadResult::Error {
+                                    err: zookeeper_client::Error::NoNode,
+                                })) => Some(InstanceUpdate::Remove { key, pod }),
+                                // Connection trouble: the rescan after the reconnect
+                                // reads it again.
+                                _ => None,
+                            };
+                            (update, path)
+                        })
+                        .collect();
+                    (true, updates)
+                }
+                .boxed(),
+            );
+        }
+    }
 }
 
 fn parse_instance(data: &[u8]) -> InstanceRecord {
@@ -1056,4 +1180,63 @@ async fn rescan(client: &Client, layout: &Layout, zk: &Zk) -> Result<(), ZkError
     }
     zk.replace_instances(fresh);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> (String, String) {
+        ("shop".into(), "checkout".into())
+    }
+
+    #[test]
+    fn given_changes_while_a_read_is_in_flight_then_they_wait_for_it_and_go_once_each() {
+        let mut changed = Changed::default();
+        assert!(
+            changed.idle(),
+            "nothing sent yet: the first change goes at once"
+        );
+        changed.push(key(), "a".into(), "/i/a".into());
+        // What `flush` does to the bookkeeping, without a session.
+        changed.waiting.clear();
+        changed.in_flight = 1;
+        assert!(!changed.idle(), "a read is in flight: later changes wait");
+        for (pod, path) in [("b", "/i/b"), ("c", "/i/c"), ("b", "/i/b")] {
+            changed.push(key(), pod.into(), path.into());
+        }
+        let waiting: Vec<&str> = changed.waiting.iter().map(|(_, _, p)| p.as_str()).collect();
+        assert_eq!(
+            waiting,
+            ["/i/b", "/i/c"],
+            "a record reported twice is read once"
+        );
+        assert!(
+            changed.answered(),
+            "the read in flight was answered: the waiting ones go now"
+        );
+        changed.waiting.clear();
+        assert!(
+            !changed.answered(),
+            "nothing waits and nothing is in flight"
+        );
+        assert!(changed.idle());
+    }
+
+    #[test]
+    fn given_a_newer_record_when_an_older_read_lands_then_the_newer_stays() {
+        let record = |hash: &str| -> InstanceRecord {
+            parse_instance(
+                format!(
+                    r#"{{"pod":"a","hash":"{hash}","state":"ok","since":"2026-12-07T00:00:00Z"}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let mut pods = BTreeMap::new();
+        keep_newer(&mut pods, "a".into(), 20, record("sha256:new"));
+        keep_newer(&mut pods, "a".into(), 10, record("sha256:old"));
+        let kept = pods["a"].record.as_ref().map(|i| i.hash.clone());
+        assert_eq!(kept.as_deref(), Ok("sha256:new"));
+    }
 }
