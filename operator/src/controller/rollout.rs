@@ -591,6 +591,9 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         .filter(|c| c.hash == f.desired && c.stable_hash == f.stable)
     else {
         // A new change (or one over a stable config edited since): its first step.
+        if let Some(held) = preview(f, None, command) {
+            return held;
+        }
         let percent = steps.first().map_or(100, |s| s.percent);
         let total = members(f, percent).count();
         let counts = CanaryCounts {
@@ -622,6 +625,9 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
             ),
         };
     };
+    if let Some(held) = preview(f, Some(candidate), command) {
+        return held;
+    }
     let step = candidate.step.clamp(1, count(steps.len()).max(1));
     let steps_text = format!("step {step}/{}", steps.len());
     match command {
@@ -654,9 +660,9 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         .map_or(100, |s| s.percent);
     let paused = command == Some(Command::Pause);
     let resumed = !paused && f.last.is_some_and(|l| l.phase == RolloutPhase::Paused);
-    if candidate.percent != want_percent || resumed {
-        // The steps were edited mid-rollout: this step as the spec says it now. Or the
-        // rollout goes on after a pause: the same step written again, so that its
+    if candidate.percent != want_percent || candidate.preview || resumed {
+        // The steps were edited mid-rollout (or preview turned off): this step as the
+        // spec says it now. Or the rollout goes on after a pause: the same step written again, so that its
         // progress deadline (from the znode's mtime) starts again.
         return (
             Action::WriteCandidate {
@@ -863,6 +869,37 @@ pub fn tripped(gates: &RollbackOn, canaries: &[(&str, &Health)]) -> Option<Strin
         }
     }
     None
+}
+
+/// With `spec.rollout.preview`, the change is published as a preview candidate (which no
+/// pod runs) and the rollout holds, `Paused` at step 0, until `preview` is set to false
+/// (then step 1 is written over it); `abort` and `promote` act as on any step.
+fn preview(
+    f: &Found<'_>,
+    candidate: Option<&Candidate>,
+    command: Option<Command>,
+) -> Option<(Action, RolloutStatus)> {
+    if !f.rollout.preview || matches!(command, Some(Command::Abort | Command::Promote)) {
+        return None;
+    }
+    let status = RolloutStatus {
+        phase: RolloutPhase::Paused,
+        step: 0,
+        stable_hash: f.stable.to_owned(),
+        candidate_hash: Some(f.desired.to_owned()),
+        canary: CanaryCounts::default(),
+        reason:
+            "preview: no pod runs the change; set spec.rollout.preview to false to start the steps"
+                .into(),
+        summary: String::new(),
+    };
+    let percent = f.rollout.steps.first().map_or(100, |s| s.percent);
+    let action = if candidate.is_some_and(|c| c.preview) {
+        Action::Wait
+    } else {
+        Action::WriteCandidate { step: 1, percent }
+    };
+    Some((action, status))
 }
 
 /// Pod names for a reason: the first [`NAMED_PODS`], then how many more.
@@ -1419,6 +1456,40 @@ mod tests {
             tripped(&gates, &[("web-6", &never)]),
             None,
             "quiet before too"
+        );
+    }
+
+    #[test]
+    fn given_preview_then_the_candidate_is_written_for_no_pod_and_held_until_preview_is_off() {
+        let mut r = spec_rollout(&[(20, None)]);
+        r.preview = true;
+        let instances = records(0, InstanceState::Ok, t(0));
+        let (action, status) = plan(&found(&r, None, &instances, t(1)));
+        assert_eq!(
+            action,
+            Action::WriteCandidate {
+                step: 1,
+                percent: 20
+            }
+        );
+        assert_eq!((status.phase, status.step), (RolloutPhase::Paused, 0));
+        assert!(status.reason.contains("preview"), "{}", status.reason);
+        let data = format!(
+            r#"{{"config":{{"hash":"{NEW}"}},"percent":20,"preview":true,"schema":1,"stableHash":"{STABLE}","step":1}}"#
+        );
+        let shadow = Candidate::from_slice(data.as_bytes()).expect("a candidate");
+        let mut f = found(&r, Some(&shadow), &instances, t(10_000));
+        assert_eq!(plan(&f).0, Action::Wait, "held, no deadline");
+        let off = spec_rollout(&[(20, None)]);
+        f.rollout = &off;
+        f.last = Some(&status);
+        assert_eq!(
+            plan(&f).0,
+            Action::WriteCandidate {
+                step: 1,
+                percent: 20
+            },
+            "preview off: step 1"
         );
     }
 }
