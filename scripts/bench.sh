@@ -12,7 +12,9 @@
 #                       rules without transforms: CPU per line, 3 interleaved runs, one core
 #   3. propagation      setData on the config znode → the sidecar's ack, against ZooKeeper's
 #                       own floor (a watcher re-reading the config)
-#   4. operator_scale, webhook   servicelog-bench (release build) on the test control plane
+#   4. operator_scale, webhook, fleet   servicelog-bench (release build) on the test control
+#                       plane; the fleet at 100 and 1,000 sidecar processes beside ZooKeeper's
+#                       floor at the same N (BENCH_FLEET_SIZES=100,1000; `ulimit -n` ≥ 4096)
 #
 # Installs what it needs on a fresh Debian machine: `time`, `jq`, syslog-ng (Debian's
 # syslog-ng-core, without starting its service), rsyslog (it conflicts with syslog-ng, so
@@ -229,13 +231,15 @@ fi
 if want operator; then
   say "4/4 operator scale and webhook (servicelog-bench)"
   bash scripts/deps.sh
+  # The fleet's 1,000 sidecars, and as many ZooKeeper sessions of the bench's own.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   if bash e2e/tools/build.sh >/dev/null &&
     $CARGO build --release -p servicelog-operator -p servicelog-sidecar -p servicelog-e2e --bins &&
     "$target_dir/release/servicelog-bench" 2>&1 | tee "$logs/operator.log" >&2; then
     :
   else
-    failed+=(operator_scale webhook)
-    for k in operator_scale webhook; do
+    failed+=(operator_scale webhook fleet)
+    for k in operator_scale webhook fleet; do
       mark "$k" failed "see target/bench/logs/operator.log"
     done
   fi
@@ -317,6 +321,14 @@ jq -r '
       row("operator scale"; "\($o.servicelogs) ServiceLogs → znodes, s"; ($o.znodes_published_s | num(1)); ""; ""),
       row(""; "→ statuses, s"; ($o.statuses_published_s | num(1)); ""; ""),
       row(""; "operator peak RSS, MiB"; ($o.operator_peak_rss_mib | num(1)); ""; "")
+    else empty end),
+  (to_entries[] | select(.key | test("^fleet")) | .value | . as $f | status($f)[],
+    if $f.sidecars then
+      row("fleet \($f.sidecars)"; "client patch → applied N/N, p50 / p99 ms";
+          "\($f.client_patch_to_applied_p50_ms | num(0)) / \($f.client_patch_to_applied_p99_ms | num(0))";
+          "ZooKeeper floor: \($f.zookeeper_floor_p50_ms | num(0)) / \($f.zookeeper_floor_p99_ms | num(0))"; ""),
+      row(""; "kubectl patch → applied N/N, p50 / p99 ms";
+          "\($f.patch_to_applied_p50_ms | num(0)) / \($f.patch_to_applied_p99_ms | num(0))"; ""; "")
     else empty end),
   (.webhook // {} | . as $w | status($w)[],
     if $w.requests then

@@ -2,11 +2,15 @@
 //! webhook) and N sidecar processes run from those pods. Used by the fleet test and by
 //! `make bench` to measure `kubectl patch` → `applied N/N`, and the same change sent by a
 //! kube client (without the 60–100 ms of starting `kubectl` on a busy machine).
+//!
+//! At 1,000 sidecars the start is paced: a batch of pods at a time, each batch waited for
+//! until its sidecars hold ZooKeeper sessions (their instance records exist), so a slow
+//! start says which pods it waited for instead of timing out on the whole fleet.
 
 use std::{
     io::Write,
     process::Stdio,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::{StreamExt, stream::BoxStream};
@@ -16,7 +20,10 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     runtime::watcher,
 };
-use servicelog_api::v1alpha1::{ServiceLog, ServiceLogStatus};
+use servicelog_api::{
+    v1alpha1::{ServiceLog, ServiceLogStatus},
+    wire::Layout,
+};
 
 use crate::{
     EnvError, TestEnv, pod,
@@ -43,14 +50,43 @@ spec:
   defaultTo: [out]
 "#;
 
+/// Pods created and sidecars started before waiting for their sessions.
+const START_BATCH: usize = 100;
+/// How long one batch of sidecars gets to create their instance records.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// A running fleet.
 pub struct Fleet {
     pub namespace: String,
     pub client: kube::Client,
     pub operator: Operator,
     pub sidecars: Vec<pod::Running>,
+    /// The bench's own ZooKeeper session, for counting and reading instance records.
+    pub zk: zookeeper_client::Client,
+    /// The operator's znode layout (its own root).
+    pub layout: Layout,
     env: &'static TestEnv,
     patches: u32,
+    /// Each sidecar's pod and container, to start it again on a port clash.
+    specs: Vec<(Pod, k8s_openapi::api::core::v1::Container)>,
+    /// Starts again after a port clash, per sidecar.
+    restarts: Vec<u32>,
+}
+
+/// Starts of one sidecar whose metrics port was taken between choosing and binding it
+/// (another process on this machine got it first): at 1,000 sidecars, a few a run.
+const PORT_CLASH_RESTARTS: u32 = 3;
+
+/// One rule change and when it happened, by the wall clock (ZooKeeper's `mtime`s are
+/// comparable with it on this machine).
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    /// From just before the patch to the status saying `applied N/N`.
+    pub elapsed: Duration,
+    /// Just before the patch (or `kubectl`) was sent.
+    pub sent_at: SystemTime,
+    /// When the watch delivered the status saying `applied N/N`.
+    pub seen_at: SystemTime,
 }
 
 impl Fleet {
@@ -68,20 +104,32 @@ impl Fleet {
             webhook: true,
             extra_args: vec![],
         };
+        let layout = Layout::new(&options.zk_root).map_err(|e| EnvError::Failed {
+            what: "the fleet's ZooKeeper root".into(),
+            detail: e.to_string(),
+        })?;
         let operator = tokio::task::block_in_place(|| Operator::start(env, &options))?;
         let client = env.client().await?;
+        let zk = crate::zookeeper::connect(&env.zk_connect()).await?;
         let mut fleet = Self {
             namespace,
             client,
             operator,
             sidecars: Vec::new(),
+            zk,
+            layout,
             env,
             patches: 0,
+            specs: Vec::new(),
+            restarts: Vec::new(),
         };
         fleet.kubectl_apply(SERVICELOG)?;
         let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.namespace);
         let binary = bin_dir()?.join("servicelog-sidecar");
         for i in 0..size {
+            if i > 0 && i % START_BATCH == 0 {
+                fleet.wait_sessions(i - START_BATCH, i).await?;
+            }
             let mut p: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": format!("fleet-{i}"), "labels": {"app": "fleet"},
                              "annotations": {"servicelog.io/inject": "fleet"}},
@@ -102,7 +150,12 @@ impl Fleet {
             fleet
                 .sidecars
                 .push(pod::run(env.env_dir(), &created, &container, &binary)?);
+            fleet.specs.push((created, container));
+            fleet.restarts.push(0);
         }
+        fleet
+            .wait_sessions(size.saturating_sub(1) / START_BATCH * START_BATCH, size)
+            .await?;
         let hash = fleet
             .wait(Duration::from_secs(60), "the first config", |s| {
                 s.config_hash.is_some()
@@ -111,9 +164,103 @@ impl Fleet {
             .config_hash
             .unwrap_or_default();
         fleet
-            .wait_applied(&hash, size, Duration::from_secs(120))
+            .wait_applied(&hash, size, Duration::from_secs(60 + size as u64 / 10))
             .await?;
         Ok(fleet)
+    }
+
+    /// The config znode's path.
+    pub fn config_path(&self) -> String {
+        self.layout
+            .config(&self.namespace, "fleet")
+            .unwrap_or_default()
+    }
+
+    /// The `instances/` znode's path.
+    pub fn instances_path(&self) -> String {
+        self.layout
+            .instances(&self.namespace, "fleet")
+            .unwrap_or_default()
+    }
+
+    /// Waits until pods `fleet-{from}` … `fleet-{to - 1}` have instance records: their
+    /// sidecars hold sessions. Names the ones still missing when it gives up.
+    async fn wait_sessions(&mut self, from: usize, to: usize) -> Result<(), EnvError> {
+        let path = self.instances_path();
+        let deadline = Instant::now() + BATCH_TIMEOUT;
+        loop {
+            let children = match self.zk.get_children(&path).await {
+                Ok((children, _)) => children,
+                Err(zookeeper_client::Error::NoNode) => Vec::new(),
+                Err(e) => return Err(EnvError::Kube(format!("listing {path}: {e}"))),
+            };
+            let have: std::collections::HashSet<String> = children.into_iter().collect();
+            let missing: Vec<usize> = (from..to)
+                .filter(|i| !have.contains(&format!("fleet-{i}")))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let mut exited = Vec::new();
+            for &i in &missing {
+                let Some(how) = self.sidecars.get_mut(i).and_then(|s| s.proc.exited()) else {
+                    continue;
+                };
+                let clash = self.sidecars[i]
+                    .proc
+                    .log_tail(5)
+                    .contains("Address already in use");
+                if clash && self.restarts[i] < PORT_CLASH_RESTARTS {
+                    // `pod::run` chooses a new port.
+                    self.restarts[i] += 1;
+                    let binary = bin_dir()?.join("servicelog-sidecar");
+                    let (pod, container) = &self.specs[i];
+                    self.sidecars[i] = pod::run(self.env.env_dir(), pod, container, &binary)?;
+                    continue;
+                }
+                exited.push(format!("fleet-{i} {how}"));
+            }
+            if !exited.is_empty() || Instant::now() > deadline {
+                let first = missing[0];
+                return Err(EnvError::Timeout {
+                    what: format!(
+                        "sidecars of pods fleet-{from}..fleet-{} to create their instance records in {path}",
+                        to - 1
+                    ),
+                    waited: BATCH_TIMEOUT,
+                    detail: format!(
+                        "; {} missing (first fleet-{first}); exited: {exited:?}\n--- fleet-{first} ---\n{}",
+                        missing.len(),
+                        self.sidecars
+                            .get(first)
+                            .map(|s| s.proc.log_tail(20))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every sidecar: all are signalled first, then each is waited for (one by one,
+    /// 1,000 graceful stops would take minutes).
+    pub fn stop(mut self) {
+        let pids: Vec<String> = self
+            .sidecars
+            .iter()
+            .filter_map(|s| s.proc.pid())
+            .map(|p| p.to_string())
+            .collect();
+        for chunk in pids.chunks(200) {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .args(chunk)
+                .stderr(Stdio::null())
+                .status();
+        }
+        for mut s in self.sidecars.drain(..) {
+            s.proc.stop(Duration::from_secs(5));
+        }
     }
 
     fn kubectl_apply(&self, yaml: &str) -> Result<(), EnvError> {
@@ -212,13 +359,13 @@ impl Fleet {
     /// Changes a rule with `kubectl patch` and returns the time until the status says
     /// every sidecar applied it, from just before `kubectl` is started.
     pub async fn patch_and_wait(&mut self) -> Result<Duration, EnvError> {
-        self.patch_and_wait_via(Via::Kubectl).await
+        Ok(self.patch_and_wait_via(Via::Kubectl).await?.elapsed)
     }
 
     /// Changes a rule `via` kubectl or a kube client and returns the time until the status
     /// says every sidecar applied it, from just before `kubectl` is started or the request
     /// is sent.
-    pub async fn patch_and_wait_via(&mut self, via: Via) -> Result<Duration, EnvError> {
+    pub async fn patch_and_wait_via(&mut self, via: Via) -> Result<Change, EnvError> {
         self.patches += 1;
         let api = Api::<ServiceLog>::namespaced(self.client.clone(), &self.namespace);
         // Follow the ServiceLog from before the change, so the clock stops at the status
@@ -250,7 +397,7 @@ impl Fleet {
                 let patch = format!(
                     r#"[{{"op":"replace","path":"/spec/rules/0/name","value":"{rule_name}"}}]"#
                 );
-                let started = Instant::now();
+                let started = (Instant::now(), SystemTime::now());
                 let out = self
                     .env
                     .kubectl()
@@ -280,7 +427,7 @@ impl Fleet {
                     .map_err(|e| EnvError::Kube(e.to_string()))?;
                 rules[0]["name"] = rule_name.into();
                 let patch = serde_json::json!({"spec": {"rules": rules}});
-                let started = Instant::now();
+                let started = (Instant::now(), SystemTime::now());
                 api.patch("fleet", &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map_err(|e| EnvError::Kube(format!("patching ServiceLog fleet: {e}")))?;
@@ -291,7 +438,7 @@ impl Fleet {
         let n = u32::try_from(size).unwrap_or(u32::MAX);
         self.wait_on(
             &mut stream,
-            Duration::from_secs(60),
+            Duration::from_secs(60 + size as u64 / 10),
             &format!("applied {size}/{size} after patch {}", self.patches),
             |s| {
                 s.config_hash.is_some()
@@ -300,7 +447,11 @@ impl Fleet {
             },
         )
         .await?;
-        Ok(started.elapsed())
+        Ok(Change {
+            elapsed: started.0.elapsed(),
+            sent_at: started.1,
+            seen_at: SystemTime::now(),
+        })
     }
 }
 

@@ -392,6 +392,11 @@ impl ZooKeeper {
         )
     }
 
+    /// Server `index`'s process id, while it runs (for the bench's RSS figures).
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index].proc.as_ref().and_then(Proc::pid)
+    }
+
     pub fn data_dir(&self, index: usize) -> &Path {
         &self.nodes[index].dir
     }
