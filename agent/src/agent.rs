@@ -90,6 +90,8 @@ struct Agent {
     configs: mpsc::UnboundedSender<(ServiceLogKey, ConfigUpdate)>,
     /// Pods listed since the watch (re)started, to drop those that went meanwhile.
     listing: Option<HashSet<String>>,
+    /// The first listing is done: state dirs of pods no longer here have been removed.
+    swept: bool,
     draining: Vec<JoinHandle<()>>,
 }
 
@@ -122,6 +124,7 @@ pub async fn run(
         watched: HashMap::new(),
         configs,
         listing: None,
+        swept: false,
         draining: Vec::new(),
     };
     tracing::info!(node = %agent.opts.node, "watching this node's pods");
@@ -180,6 +183,10 @@ impl Agent {
                     .collect();
                 for uid in gone {
                     self.forget(&uid);
+                }
+                if !self.swept {
+                    self.swept = true;
+                    self.sweep_state();
                 }
             }
         }
@@ -323,6 +330,28 @@ impl Agent {
         let identity = self.identities.get(&key.namespace);
         if let Err(e) = zk::write_record(&self.client, &config, &path, &record, identity).await {
             tracing::warn!(error = %e, "writing the instance record");
+        }
+    }
+
+    /// Removes the state dirs of pods that are not served any more (deleted while the
+    /// agent was down: the kubelet has removed their files too, so there is nothing left
+    /// to drain).
+    fn sweep_state(&self) {
+        let dir = self.opts.paths.state_dir.join("pods");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if self.pods.contains_key(&uid) {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(uid, "removed the state of a pod no longer on this node"),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "removing a gone pod's state")
+                }
+            }
         }
     }
 

@@ -184,6 +184,10 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     print(&file("web-b", &there), &[line(100, "info")]);
 
     let state = tmp.path().join("state");
+    // A pod deleted while the agent was down left its state behind.
+    let stale = state.join("pods").join("0000-gone");
+    fs::create_dir_all(&stale).expect("a stale state dir");
+    fs::write(stale.join("checkpoints.json"), "{}").expect("a stale checkpoint");
     let opts = AgentOptions {
         node: "node-a".into(),
         zk_connect: env.zk_connect(),
@@ -233,6 +237,10 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     assert!(
         record(&zk, &there_record).await.is_none(),
         "a pod of another node has no record from this agent"
+    );
+    assert!(
+        !stale.exists() && state.join("pods").join(&here).exists(),
+        "the state of a pod gone while the agent was down is removed, a served pod's kept"
     );
 
     // A live rule change: everything to alerts, acked by the pod.
