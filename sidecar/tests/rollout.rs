@@ -591,3 +591,86 @@ fn given_a_config_file_with_a_rollout_then_the_sidecar_runs_its_spec() {
     );
     assert_eq!(count_lines(&a), 0);
 }
+
+/// Given one pod on the stable config that delivered 50 lines to sink `a`, when it becomes
+/// a canary of a candidate routing everything to `b` and 30 more lines come, then its
+/// record's health says exactly that: 30 events, none dropped, 30 delivered by `b`, none
+/// by `a`, and `a` delivered 50 under the config before; a stable pod's record has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_canary_when_lines_flow_then_its_record_counts_them_since_the_candidate() {
+    let zk = TestZk::start("rollout-health");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let app = logs.join("app.log");
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let stable = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &stable).await;
+    let pods = vec![start_pod("web-0", &zk.connect_string(), &p.config)];
+    wait_fleet(&client, &p.instances, &pods, "the pod on stable", |_| {
+        Runs::stable(&stable.hash)
+    })
+    .await;
+    append_seqs(&app, 0..50);
+    wait_line_count(&a, 50, &pods[0]).await;
+    let record_path = format!("{}/web-0", p.instances);
+    let (record, _) = instance(&client, &record_path).await.expect("a record");
+    assert_eq!(record.health, None, "a stable pod's record has no health");
+
+    let to_b = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    write_candidate(&client, &p.candidate, &stable, 100, 1, &to_b).await;
+    wait_fleet(
+        &client,
+        &p.instances,
+        &pods,
+        "the canary on the candidate",
+        |_| Runs::canary(&to_b.hash),
+    )
+    .await;
+    append_seqs(&app, 50..80);
+    wait_line_count(&b, 30, &pods[0]).await;
+    let start = Instant::now();
+    let health = loop {
+        if let Some((r, _)) = instance(&client, &record_path).await
+            && let Some(h) = r.health.filter(|h| h.events == 30)
+        {
+            break h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the record to count 30 events (refreshed every 5 s)\n{}",
+            pods[0].sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(health.dropped, 0);
+    let sink = |name: &str| health.sinks.get(name).copied().unwrap_or_default();
+    assert_eq!((sink("b").delivered, sink("b").rejected), (30, 0));
+    assert_eq!(sink("a").delivered, 0, "a gets nothing under the candidate");
+    assert_eq!(
+        health.sinks_before.get("a"),
+        Some(&50),
+        "a delivered 50 under the config before"
+    );
+}
+
+/// Waits until `path` holds at least `n` lines.
+async fn wait_line_count(path: &Path, n: usize, pod: &Pod) {
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if lines >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {n} lines in {} (found {lines})\n{}",
+            path.display(),
+            pod.sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
