@@ -224,13 +224,24 @@ impl Fixture {
         Some(Candidate::from_slice(&data).expect("the candidate znode is readable"))
     }
 
-    async fn wait_zk<T>(&self, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    async fn wait_zk<T>(&self, what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+        self.wait_zk_every(what, Duration::from_millis(100), check)
+            .await
+    }
+
+    /// [`Fixture::wait_zk`], looking every `every`.
+    async fn wait_zk_every<T>(
+        &self,
+        what: &str,
+        every: Duration,
+        mut check: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::time::Instant::now() < deadline {
             if let Some(found) = check().await {
                 return found;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(every).await;
         }
         panic!(
             "timed out after {WAIT:?} waiting for {what}\n--- operator log ---\n{}",
@@ -815,7 +826,7 @@ struct Sidecars {
 }
 
 impl Sidecars {
-    async fn start(f: &Fixture) -> Self {
+    async fn start(f: &Fixture, size: usize) -> Self {
         let env = TestEnv::shared().expect("env");
         let client = env.client().await.expect("client");
         let api: Api<Pod> = Api::namespaced(client, &f.ns);
@@ -829,7 +840,7 @@ impl Sidecars {
             stop: Arc::new(AtomicBool::new(false)),
             writer: None,
         };
-        for i in 0..FLEET_PODS {
+        for i in 0..size {
             let name = format!("checkout-5f7c-{i:02}");
             let mut p: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name, "labels": {"app": "checkout"},
@@ -1064,7 +1075,7 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
         .await
         .config_hash
         .expect("configHash");
-    let mut sidecars = Sidecars::start(&f).await;
+    let mut sidecars = Sidecars::start(&f, FLEET_PODS).await;
     let pods = sidecars.pods.clone();
     f.wait_status("every sidecar on the first config", |s| {
         s.pods
@@ -1161,4 +1172,165 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
         on_other > 0,
         "C's canaries routed to other while they ran it"
     );
+}
+
+const BENCH: &str = r#"
+apiVersion: servicelog.io/v1alpha1
+kind: ServiceLog
+metadata: {name: checkout}
+spec:
+  selector: {matchLabels: {app: checkout}}
+  sources:
+    - name: app
+      file: {paths: ["/var/log/app/*.log"], format: json}
+  sinks:
+    - name: out
+      file: {path: /var/log/servicelog/out.log}
+  rules:
+    - name: all
+      to: [out]
+  rollout:
+    steps: [{percent: 10, pause: 1h}, {percent: 100}]
+"#;
+
+/// `kubectl patch` → step 1 applied on its canaries, and `kubectl patch` of a change the
+/// canaries reject → every canary back on the stable config, the candidate withdrawn; p50
+/// and max over the rounds, with `SERVICELOG_BENCH_ROLLOUT_PODS` sidecars (default 100).
+/// Run: `cargo test -p servicelog-e2e --test rollout bench -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand or make bench"]
+async fn bench_rollout_step_and_rollback_latency() {
+    let size: usize = std::env::var("SERVICELOG_BENCH_ROLLOUT_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let rounds = 20;
+    // Each look reads the candidate znode and the canaries' records (about 10 reads).
+    const POLL: Duration = Duration::from_millis(5);
+    let env =
+        TestEnv::shared().unwrap_or_else(|e| panic!("the test environment did not start: {e}"));
+    let f = Fixture::with_zookeeper(&env.zk_connect(), true).await;
+    let slog: ServiceLog = serde_yaml::from_str(BENCH).expect("the bench ServiceLog");
+    f.api
+        .create(&PostParams::default(), &slog)
+        .await
+        .expect("create ServiceLog");
+    f.wait_status("the first config published", |s| s.config_hash.is_some())
+        .await;
+    let started = std::time::Instant::now();
+    let sidecars = Sidecars::start(&f, size).await;
+    let pods = sidecars.pods.clone();
+    let mut stable = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while tokio::time::Instant::now() < deadline {
+        let s = f
+            .api
+            .get("checkout")
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default();
+        if s.pods.as_ref().is_some_and(|p| p.applied as usize == size) {
+            stable = s.config_hash.unwrap_or_default();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !stable.is_empty(),
+        "the {size} sidecars did not all apply the first config"
+    );
+    eprintln!("{size} sidecars up in {:?}", started.elapsed());
+    let patch = |sinks: serde_json::Value| {
+        let body = serde_json::json!({"spec": {"sinks": sinks}}).to_string();
+        let out = env
+            .kubectl()
+            .args([
+                "-n",
+                &f.ns,
+                "patch",
+                "servicelog",
+                "checkout",
+                "--type=merge",
+                "-p",
+                &body,
+            ])
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl patch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let sink = |name: &str| serde_json::json!({"name": name, "file": {"path": format!("/var/log/servicelog/{name}.log")}});
+    let (mut to_step, mut to_back) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // A good change: step 1 applied on its canaries (read from their records).
+        let t0 = std::time::Instant::now();
+        patch(serde_json::json!([
+            sink("out"),
+            sink(&format!("spare{round}"))
+        ]));
+        let good = f
+            .wait_zk_every("the good candidate", POLL, async || {
+                f.candidate()
+                    .await
+                    .filter(|c| c.stable_hash == stable && !c.preview)
+            })
+            .await;
+        let members: Vec<String> = pods
+            .iter()
+            .filter(|p| rollout::is_member(&good.hash, &f.ns, p, 10))
+            .cloned()
+            .collect();
+        f.wait_zk_every("step 1 applied on its canaries", POLL, async || {
+            (f.running(&members, &good.hash).await.len() == members.len()).then_some(())
+        })
+        .await;
+        to_step.push(t0.elapsed());
+        // A rejected change: every canary back on stable, the candidate withdrawn.
+        let t0 = std::time::Instant::now();
+        patch(serde_json::json!([
+            sink("out"),
+            sink(&format!("spare{round}")),
+            {"name": "broken", "file": {"path": "/var/log/servicelog/out.log/broken.log"}},
+        ]));
+        let bad = f
+            .wait_zk_every("the bad candidate", POLL, async || {
+                f.candidate().await.filter(|c| c.hash != good.hash)
+            })
+            .await;
+        let canaries: Vec<String> = pods
+            .iter()
+            .filter(|p| rollout::is_member(&bad.hash, &f.ns, p, 10))
+            .cloned()
+            .collect();
+        f.wait_zk(
+            "every canary back on stable, the candidate withdrawn",
+            async || {
+                let back = f.running(&canaries, &stable).await.len() == canaries.len();
+                (back && f.candidate().await.is_none()).then_some(())
+            },
+        )
+        .await;
+        to_back.push(t0.elapsed());
+        eprintln!(
+            "round {round}: step 1 on {} canaries in {:?}; rolled back on {} canaries in {:?}",
+            members.len(),
+            to_step[round],
+            canaries.len(),
+            to_back[round]
+        );
+    }
+    let summary = |mut v: Vec<Duration>| {
+        v.sort();
+        format!("p50 {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1])
+    };
+    eprintln!(
+        "{size} sidecars, {rounds} rounds: kubectl patch -> step 1 applied: {}; kubectl patch -> rolled back: {}",
+        summary(to_step),
+        summary(to_back)
+    );
+    drop(sidecars);
 }
