@@ -462,6 +462,20 @@ pub struct Health {
     /// it ran in this process — what "a sink that goes quiet" is measured against.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sinks_before: std::collections::BTreeMap<String, u64>,
+    /// During a preview, on every pod: per rule, events the config in force and the
+    /// candidate (run in shadow) decided since the shadow started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
+}
+
+/// A preview's per-rule counts in [`Health`]; events no rule decided count as
+/// `(default)`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preview {
+    /// The candidate's hash.
+    pub hash: String,
+    pub stable: std::collections::BTreeMap<String, u64>,
+    pub candidate: std::collections::BTreeMap<String, u64>,
 }
 
 /// One sink's counts in [`Health`].
@@ -907,6 +921,7 @@ mod tests {
                 )]
                 .into(),
                 sinks_before: [("events".to_owned(), 90)].into(),
+                preview: None,
             }),
         };
         let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();

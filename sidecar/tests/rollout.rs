@@ -674,3 +674,96 @@ async fn wait_line_count(path: &Path, n: usize, pod: &Pod) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Given a pod on the stable config (rule `all` to `a`), when a preview candidate (rule
+/// `errors` to `b`, nothing else routed) is published and 40 info lines come, then the pod
+/// keeps running the stable config, `b` gets nothing, and its record counts per rule what
+/// each config decided: stable `all` 40, candidate `(default)` 40 and `errors` 0; when the
+/// preview is withdrawn the counts go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_preview_when_lines_flow_then_the_record_counts_both_configs_per_rule_and_nothing_is_written()
+ {
+    let zk = TestZk::start("rollout-preview");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let app = logs.join("app.log");
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let stable = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &stable).await;
+    let pods = vec![start_pod("web-0", &zk.connect_string(), &p.config)];
+    wait_fleet(&client, &p.instances, &pods, "the pod on stable", |_| {
+        Runs::stable(&stable.hash)
+    })
+    .await;
+
+    let errors_only = spec_to(&logs, &a, &b, "b").replace(
+        "  - name: all\n    to: [b]\n",
+        "  - name: errors\n    when: {level: {atLeast: error}}\n    to: [b]\n",
+    );
+    assert!(errors_only.contains("name: errors"), "{errors_only}");
+    let preview = envelope(2, &errors_only);
+    let candidate = Candidate::new(&stable.hash, 1, 10, true, &preview).expect("a candidate");
+    publish_bytes(&client, &p.candidate, &candidate.to_bytes().expect("bytes")).await;
+    let record_path = format!("{}/web-0", p.instances);
+    // The shadow starts when the candidate is read: wait for the record to say so.
+    let start = Instant::now();
+    loop {
+        if let Some((r, _)) = instance(&client, &record_path).await
+            && r.health.as_ref().is_some_and(|h| h.preview.is_some())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the preview in the record\n{}",
+            pods[0].sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    append_seqs(&app, 0..40);
+    wait_line_count(&a, 40, &pods[0]).await;
+    let start = Instant::now();
+    let (record, counts) = loop {
+        if let Some((r, _)) = instance(&client, &record_path).await
+            && let Some(p) = r.health.as_ref().and_then(|h| h.preview.clone())
+            && p.stable.get("all") == Some(&40)
+        {
+            break (r, p);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the record to count 40 events (refreshed every 5 s)\n{}",
+            pods[0].sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(record.hash, stable.hash, "a preview switches no pod");
+    assert_eq!(record.candidate, None);
+    assert_eq!(counts.hash, preview.hash);
+    assert_eq!(counts.stable.get("(default)"), Some(&0));
+    assert_eq!(counts.candidate.get("errors"), Some(&0));
+    assert_eq!(counts.candidate.get("(default)"), Some(&40));
+    assert_eq!(
+        std::fs::read_to_string(&b).unwrap_or_default(),
+        "",
+        "the shadow writes nowhere"
+    );
+
+    client
+        .delete(&p.candidate, None)
+        .await
+        .expect("withdrawing the preview");
+    let start = Instant::now();
+    while instance(&client, &record_path)
+        .await
+        .is_some_and(|(r, _)| r.health.is_some())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the preview's counts to go"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1402,6 +1402,7 @@ mod tests {
             )]
             .into(),
             sinks_before: [("a".to_owned(), before)].into(),
+            preview: None,
         }
     }
 

@@ -170,6 +170,7 @@ impl Tracker {
             dropped,
             sinks,
             sinks_before: self.before.clone(),
+            preview: None,
         }
     }
 }

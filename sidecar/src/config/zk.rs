@@ -30,10 +30,11 @@
 //! what can wait for the ack — telling the reader threads, the log line, the
 //! last-known-good file — does.
 
-use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
+use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use servicelog_api::{
-    wire::{Candidate, Envelope, Instance, InstanceState},
+    Router,
+    wire::{Candidate, Envelope, Health, Instance, InstanceState, Preview},
     zkauth::{self, Credentials, RecordAcl},
     zktls::{self, ZkTls},
 };
@@ -45,7 +46,8 @@ use zookeeper_client::{
 use super::{health, last_good::LastGood};
 use crate::{
     metrics::Metrics,
-    topology::{Swapped, Topology},
+    pipeline::shadow::Shadow,
+    topology::{Running, Swapped, Topology},
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -637,17 +639,19 @@ impl ZkConfig {
                 self.health.as_ref(),
             ));
         }
+        if let Some(running) = running.as_deref() {
+            self.sync_shadow(running);
+        }
         let unchanged = self.desired.as_ref().is_some_and(|d| {
             d.hash == hash && d.state == state && d.error == error && d.candidate == canary
         });
         if !unchanged {
-            let health = match (&canary, &self.health, running.as_deref()) {
-                (Some(_), Some(tracker), Some(running)) if running.hash == hash => {
-                    self.health_at = tokio::time::Instant::now() + health::INTERVAL;
-                    Some(tracker.health(&self.metrics, running))
-                }
-                _ => None,
-            };
+            let health = running
+                .as_deref()
+                .and_then(|running| self.health_of(running, &hash, canary.is_some()));
+            if health.is_some() {
+                self.health_at = tokio::time::Instant::now() + health::INTERVAL;
+            }
             let (version, sink_errors) = self.topology.sink_errors().snapshot();
             self.sink_errors_version = version;
             self.desired = Some(Instance {
@@ -660,34 +664,103 @@ impl ZkConfig {
                 candidate: canary,
                 health,
             });
+        } else {
+            // A preview started or ended: the same answer, with or without its counts.
+            self.refresh_health();
         }
     }
 
-    /// Whether this pod runs a candidate (its record then carries its health).
+    /// Whether this pod runs a candidate or a preview's shadow (its record then carries its
+    /// health).
     fn is_canary(&self) -> bool {
         self.desired
             .as_ref()
             .is_some_and(|d| d.candidate.is_some() && d.state == InstanceState::Ok)
+            || self
+                .topology
+                .running()
+                .is_some_and(|r| r.pipeline.shadow.load().is_some())
+    }
+
+    /// The health a record routing with `hash` carries: on a canary, or on any pod while a
+    /// preview runs in shadow (with its per-rule counts); else none.
+    fn health_of(&self, running: &Running, hash: &str, canary: bool) -> Option<Health> {
+        let tracker = self.health.as_ref()?;
+        let shadow = running.pipeline.shadow.load_full();
+        if running.hash != hash || !(canary || shadow.is_some()) {
+            return None;
+        }
+        let mut health = tracker.health(&self.metrics, running);
+        health.preview = shadow.map(|s| {
+            let (stable, candidate) = s.counts();
+            Preview {
+                hash: s.hash.clone(),
+                stable,
+                candidate,
+            }
+        });
+        Some(health)
     }
 
     /// Puts a canary's counters in its instance record if they changed; true if they did.
     fn refresh_health(&mut self) -> bool {
-        let (Some(tracker), Some(running), Some(record)) = (
-            self.health.as_ref(),
-            self.topology.running(),
-            self.desired.as_mut(),
-        ) else {
+        let Some(running) = self.topology.running() else {
             return false;
         };
-        if running.hash != record.hash || record.candidate.is_none() {
+        let Some(record) = self.desired.as_ref() else {
             return false;
-        }
-        let now = Some(tracker.health(&self.metrics, &running));
+        };
+        let now = self.health_of(&running, &record.hash, record.candidate.is_some());
+        let Some(record) = self.desired.as_mut() else {
+            return false;
+        };
         if record.health == now {
             return false;
         }
         record.health = now;
         true
+    }
+
+    /// Runs a preview candidate in shadow beside the config in force (the config znode's)
+    /// while there is one, and stops it otherwise; a candidate that does not compile is
+    /// not previewed (a step would reject it).
+    fn sync_shadow(&self, running: &Running) {
+        let want = match (&self.stable, &self.candidate) {
+            (Some(Ok(stable)), Some(Ok(c)))
+                if c.preview && c.stable_hash == stable.hash && running.hash == stable.hash =>
+            {
+                Some(c)
+            }
+            _ => None,
+        };
+        let have = running.pipeline.shadow.load_full();
+        match (want, have) {
+            (Some(c), Some(s)) if s.hash == c.hash => {}
+            (Some(c), _) => {
+                let compiled = c
+                    .config()
+                    .map_err(|e| e.to_string())
+                    .and_then(|config| Router::compile(&config.spec).map_err(|e| e.to_string()));
+                match compiled {
+                    Ok(router) => {
+                        tracing::info!(candidate = %c.hash, "staged rollout: previewing the candidate in shadow");
+                        running.pipeline.shadow.store(Some(Arc::new(Shadow::new(
+                            c.hash.clone(),
+                            router,
+                            &running.pipeline.router,
+                        ))));
+                    }
+                    Err(e) => {
+                        tracing::warn!(candidate = %c.hash, error = %e, "staged rollout: the preview candidate does not compile; not previewed");
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                tracing::info!("staged rollout: preview ended");
+                running.pipeline.shadow.store(None);
+            }
+            (None, None) => {}
+        }
     }
 
     /// Puts the sinks' errors in the instance record if they changed; true if it did.

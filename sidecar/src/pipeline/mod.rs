@@ -19,6 +19,7 @@
 
 pub mod encode;
 pub mod podinfo;
+pub mod shadow;
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -93,6 +94,8 @@ pub struct Pipeline {
     shared: Arc<SinkShared>,
     metrics: Metrics,
     origin: Origin,
+    /// A staged rollout's preview in shadow, while one runs (see [`shadow`]).
+    pub shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
 }
 
 impl Pipeline {
@@ -125,6 +128,7 @@ impl Pipeline {
             shared,
             metrics: metrics.clone(),
             origin: origin.clone(),
+            shadow: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -219,6 +223,7 @@ impl Batcher {
             events: 0,
             bytes: 0,
             unparsed: 0,
+            shadow: pipeline.shadow.load_full(),
         }
     }
 }
@@ -237,6 +242,7 @@ pub struct Run<'a> {
     /// Raw bytes of the events pushed (newlines included).
     bytes: u64,
     unparsed: u64,
+    shadow: Option<Arc<shadow::Shadow>>,
 }
 
 impl<'a> Run<'a> {
@@ -285,6 +291,9 @@ impl<'a> Run<'a> {
         } else {
             self.router.route(routed, self.now)
         };
+        if let Some(shadow) = &self.shadow {
+            shadow.observe(routed, &decision, self.now);
+        }
         if let Some(reason) = decision.drop {
             count_drop(&mut b.drops, decision.rule, reason);
             return;
