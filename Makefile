@@ -22,7 +22,7 @@ release:
 static:
 	@CARGO=$(CARGO) bash docker/static.sh
 
-## images: the operator and sidecar images (what docker/Dockerfile builds: static binaries,
+## images: the operator, sidecar and agent images (what docker/Dockerfile builds: static binaries,
 ## uid 65532, CA certificates, /etc/passwd, OCI labels) as archives in target/images/, built
 ## without a registry or Docker, and loaded into the running `make cluster` node under the
 ## chart's default references (ghcr.io/servicelog/servicelog-*:<appVersion>); with them the

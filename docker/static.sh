@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo=${CARGO:-cargo}
 out=target/static
-bins=(servicelog-operator servicelog-sidecar)
+bins=(servicelog-operator servicelog-sidecar servicelog-agent)
 
 has_musl_target() { rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; }
 

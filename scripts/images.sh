@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make images`: the operator and sidecar images, and a ZooKeeper image for the chart's
+# `make images`: the operator, sidecar and node agent images, and a ZooKeeper image for the chart's
 # embedded StatefulSet, built without a registry or a Docker engine, as archives in
 # target/images/ (each an OCI layout plus docker-archive's
 # manifest.json: `docker load`, `kind load image-archive`, `skopeo copy oci-archive:`,
@@ -67,7 +67,14 @@ build() {
     LABELS='{"org.opencontainers.image.title":"servicelog-sidecar","org.opencontainers.image.description":"Routes a pod'"'"'s logs by the rules in its ZooKeeper znode",'"$labels"'}' \
     bash e2e/tools/images/oci-image.sh "$out/servicelog-sidecar.tar" \
     "$registry/servicelog-sidecar:$version" "$work/sidecar"
-  for image in operator sidecar; do
+  cp -a "$base" "$work/agent"
+  install -m 0755 target/static/servicelog-agent "$work/agent/usr/local/bin/servicelog-agent"
+  ENTRYPOINT='["/usr/local/bin/servicelog-agent"]' IMAGE_USER='"65532:65532"' \
+    IMAGE_ENV="$env" EXPOSED_PORTS='{"9779/tcp":{}}' \
+    LABELS='{"org.opencontainers.image.title":"servicelog-agent","org.opencontainers.image.description":"Routes what a node'"'"'s containers print by their ServiceLog rules",'"$labels"'}' \
+    bash e2e/tools/images/oci-image.sh "$out/servicelog-agent.tar" \
+    "$registry/servicelog-agent:$version" "$work/agent"
+  for image in operator sidecar agent; do
     echo "images: $out/servicelog-$image.tar  $registry/servicelog-$image:$version  $(du -h "$out/servicelog-$image.tar" | cut -f1)"
   done
 
@@ -81,7 +88,7 @@ load() {
     echo "images: no cluster running (make cluster); the archives stay in $out/"
     return 0
   fi
-  for archive in servicelog-operator servicelog-sidecar zookeeper; do
+  for archive in servicelog-operator servicelog-sidecar servicelog-agent zookeeper; do
     bash scripts/cluster.sh load "$out/$archive.tar"
   done
 }

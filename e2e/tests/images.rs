@@ -1,5 +1,5 @@
-//! `make images` and `docker/Dockerfile` describe the same two images: for each of the
-//! operator and the sidecar, the archive in `target/images/` (built by
+//! `make images` and `docker/Dockerfile` describe the same three images: for each of the
+//! operator, the sidecar and the node agent, the archive in `target/images/` (built by
 //! `scripts/images.sh build`, which `make test` runs first) has the Dockerfile stage's
 //! user, entrypoint, command, exposed ports and labels, the binary the stage copies, and
 //! the distroless files the binary relies on (the nonroot user in /etc/passwd, the CA
@@ -356,6 +356,12 @@ fn given_the_dockerfile_when_the_operator_image_is_built_without_docker_then_bot
 fn given_the_dockerfile_when_the_sidecar_image_is_built_without_docker_then_both_describe_the_same_image()
  {
     same_image("sidecar");
+}
+
+#[test]
+fn given_the_dockerfile_when_the_agent_image_is_built_without_docker_then_both_describe_the_same_image()
+ {
+    same_image("agent");
 }
 
 #[test]
