@@ -1182,6 +1182,22 @@ pub struct RolloutStatus {
     /// `phase step/steps applied/total`, for the printer column.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
+    /// During a preview: events each rule decided, summed over the pods' shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewCounts>,
+}
+
+/// A preview's per-rule counts over the pods (`(default)`: events no rule decided).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewCounts {
+    /// Pods whose counts are summed.
+    pub pods: u32,
+    /// By rule of the config in force.
+    pub stable: BTreeMap<String, u64>,
+    /// By rule of the candidate.
+    pub candidate: BTreeMap<String, u64>,
 }
 
 /// The pods of the step in force.

@@ -16,7 +16,9 @@ use kube::{
 };
 use servicelog_api::{
     rollout::{self, Command},
-    v1alpha1::{CanaryCounts, RollbackOn, Rollout, RolloutPhase, RolloutStatus, ServiceLog},
+    v1alpha1::{
+        CanaryCounts, PreviewCounts, RollbackOn, Rollout, RolloutPhase, RolloutStatus, ServiceLog,
+    },
     wire::{Candidate, Envelope, Health, Instance, InstanceState},
     zkauth::Node,
 };
@@ -549,6 +551,7 @@ fn decide(f: &Found<'_>) -> (Action, RolloutStatus) {
         canary,
         reason,
         summary: String::new(),
+        preview: None,
     };
     let command = f.command.as_ref().and_then(|c| c.as_ref().ok()).copied();
     if f.desired == f.stable {
@@ -888,11 +891,17 @@ fn preview(
         stable_hash: f.stable.to_owned(),
         candidate_hash: Some(f.desired.to_owned()),
         canary: CanaryCounts::default(),
-        reason:
-            "preview: no pod runs the change; set spec.rollout.preview to false to start the steps"
-                .into(),
+        reason: String::new(),
         summary: String::new(),
+        preview: None,
     };
+    let mut status = status;
+    let counts = preview_counts(f);
+    status.reason = format!(
+        "preview: no pod runs the change; {}; set spec.rollout.preview to false to start the steps",
+        preview_text(&counts)
+    );
+    status.preview = Some(counts);
     let percent = f.rollout.steps.first().map_or(100, |s| s.percent);
     let action = if candidate.is_some_and(|c| c.preview) {
         Action::Wait
@@ -900,6 +909,50 @@ fn preview(
         Action::WriteCandidate { step: 1, percent }
     };
     Some((action, status))
+}
+
+/// The preview's per-rule counts summed over the records that report the candidate.
+fn preview_counts(f: &Found<'_>) -> PreviewCounts {
+    let mut counts = PreviewCounts::default();
+    for (_, record) in f.instances {
+        let Some(p) = record
+            .health
+            .as_ref()
+            .and_then(|h| h.preview.as_ref())
+            .filter(|p| p.hash == f.desired)
+        else {
+            continue;
+        };
+        counts.pods += 1;
+        for (into, from) in [
+            (&mut counts.stable, &p.stable),
+            (&mut counts.candidate, &p.candidate),
+        ] {
+            for (rule, n) in from {
+                *into.entry(rule.clone()).or_default() += n;
+            }
+        }
+    }
+    counts
+}
+
+/// `events per rule on 3 pods: stable all 120 → candidate (default) 110, errors 10`.
+fn preview_text(c: &PreviewCounts) -> String {
+    if c.pods == 0 {
+        return "no pod reported its shadow's counts yet".into();
+    }
+    let list = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(rule, n)| format!("{rule} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "events per rule on {} pods: stable {} → candidate {}",
+        c.pods,
+        list(&c.stable),
+        list(&c.candidate)
+    )
 }
 
 /// Pod names for a reason: the first [`NAMED_PODS`], then how many more.
@@ -1475,6 +1528,29 @@ mod tests {
         );
         assert_eq!((status.phase, status.step), (RolloutPhase::Paused, 0));
         assert!(status.reason.contains("preview"), "{}", status.reason);
+        let mut reporting = records(0, InstanceState::Ok, t(0));
+        for (_, r) in reporting.iter_mut().take(2) {
+            r.health = Some(Health {
+                preview: Some(servicelog_api::wire::Preview {
+                    hash: NEW.into(),
+                    stable: [("all".to_owned(), 60)].into(),
+                    candidate: [("(default)".to_owned(), 55), ("errors".to_owned(), 5)].into(),
+                }),
+                ..Health::default()
+            });
+        }
+        let (_, counted) = plan(&found(&r, None, &reporting, t(1)));
+        let counts = counted.preview.expect("preview counts");
+        assert_eq!(counts.pods, 2);
+        assert_eq!(counts.stable.get("all"), Some(&120));
+        assert_eq!(counts.candidate.get("errors"), Some(&10));
+        assert!(
+            counted
+                .reason
+                .contains("stable all 120 → candidate (default) 110, errors 10"),
+            "{}",
+            counted.reason
+        );
         let data = format!(
             r#"{{"config":{{"hash":"{NEW}"}},"percent":20,"preview":true,"schema":1,"stableHash":"{STABLE}","step":1}}"#
         );
