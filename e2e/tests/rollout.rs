@@ -1161,6 +1161,47 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
     })
     .await;
 
+    // D: a preview — every pod counts per rule in shadow, none switches.
+    f.patch_spec(serde_json::json!({
+        "rules": [
+            {"name": "errors", "when": {"level": {"atLeast": "error"}}, "to": ["other"]},
+            {"name": "all", "to": ["out"]},
+        ],
+        "rollout": {"preview": true},
+    }))
+    .await;
+    let status = f
+        .wait_status("the preview counted on every pod", |s| {
+            s.rollout.as_ref().is_some_and(|r| {
+                r.phase == RolloutPhase::Paused
+                    && r.preview.as_ref().is_some_and(|p| {
+                        p.pods as usize == FLEET_PODS
+                            && p.candidate.get("all").is_some_and(|n| *n > 0)
+                    })
+            })
+        })
+        .await;
+    let rollout = status.rollout.expect("rollout");
+    let counts = rollout.preview.expect("preview");
+    assert_eq!(counts.candidate.get("errors"), Some(&0), "info lines only");
+    assert!(
+        counts.stable.get("all").is_some_and(|n| *n > 0),
+        "{counts:?}"
+    );
+    assert!(
+        rollout
+            .reason
+            .contains("events per rule on 10 pods: stable")
+            && rollout.reason.contains("errors 0"),
+        "the reason shows the counts: {}",
+        rollout.reason
+    );
+    assert_eq!(
+        f.running(&pods, &a).await.len(),
+        FLEET_PODS,
+        "a preview switches no pod"
+    );
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     let written = sidecars.stop_writing();
     assert!(written > 100, "lines flowed throughout: {written}");
