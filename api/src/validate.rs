@@ -668,7 +668,10 @@ mod tests {
             Err(errors) => errors.iter().map(|e| e.path.clone()).collect::<Vec<_>>(),
         };
         let defaults = spec(serde_json::json!({"name": "out", "containerLogs": {}}));
-        let logs = defaults.sources[0].container_logs.clone().expect("containerLogs");
+        let logs = defaults.sources[0]
+            .container_logs
+            .clone()
+            .expect("containerLogs");
         assert!(
             logs.containers.is_empty()
                 && logs.reads(crate::v1alpha1::ContainerStream::Stdout)

@@ -102,14 +102,7 @@ pub fn push_json_text(out: &mut Vec<u8>, text: &[u8]) {
 
 /// True when `text` (JSON the router's scanner accepted) needs none of
 /// [`push_json_text`]'s repairs: no control character, no escaped surrogate.
-pub fn is_strict(text: &[u8]) -> bool {
-    // In chunks without early exit, so the compiler vectorises the scan.
-    !text
-        .chunks(32)
-        .any(|c| c.iter().fold(false, |any, &b| any | (b < 0x20)))
-        && !memchr::memchr_iter(b'\\', text)
-            .any(|i| text.get(i + 1) == Some(&b'u') && matches!(text.get(i + 2), Some(b'd' | b'D')))
-}
+pub use servicelog_api::rules::is_strict_json as is_strict;
 
 /// A byte inside a JSON string, escaped if it is a control character.
 fn push_string_byte(out: &mut Vec<u8>, b: u8) {

@@ -26,9 +26,9 @@ use super::{
 };
 use crate::{
     v1alpha1::{
-        Action, BufferSync, BufferType, ContainerLogsSource, FieldCondition, Format, HttpBatch, HttpEncoding, HttpSink,
-        HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink, Source, SyslogProtocol,
-        When,
+        Action, BufferSync, BufferType, ContainerLogsSource, FieldCondition, Format, HttpBatch,
+        HttpEncoding, HttpSink, HttpTls, LabelSelector, Level, OtlpSink, ServiceLogSpec, Sink,
+        Source, SyslogProtocol, When,
     },
     validate::{
         Errors, ValidationErrors, check_header_name, check_name, check_sink_path,
@@ -124,6 +124,8 @@ pub(crate) struct CompiledRule {
     pub(crate) continue_: bool,
     /// Applied to the copy of each event this rule routes (see `transform.rs`).
     pub(crate) transforms: Vec<Step>,
+    /// The top-level keys `transforms` may read or change.
+    pub(crate) touched: transform::Touched,
 }
 
 /// Distinct field names used by conditions, each with its event slot.
@@ -298,6 +300,7 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
             sample,
             rate,
             continue_: rule.continue_,
+            touched: transform::Touched::of(&transforms),
             transforms,
         });
     }
@@ -314,14 +317,32 @@ pub(crate) fn compile(spec: &ServiceLogSpec) -> Result<Router, ValidationErrors>
         .filter(|(_, n)| *n == "message")
         .fold(0u32, |m, (i, _)| m | (1 << i));
 
+    let mut sources: Vec<SourcePlan> = spec
+        .sources
+        .iter()
+        .zip(source_regexes)
+        .map(|(s, re)| plan(s, &fields.names, re))
+        .collect();
+    for rule in &mut rules {
+        rule.touched
+            .add_messages(sources.iter().flat_map(|s| &s.message));
+    }
+    // The JSON scan marks the members transforms look at as it routes (`Target::touched`).
+    for source in sources.iter_mut().filter(|s| s.format == Format::Json) {
+        for key in rules.iter().flat_map(|r| r.touched.keys()) {
+            source.keys.insert(
+                &[key],
+                Target {
+                    touched: true,
+                    ..Target::default()
+                },
+            );
+        }
+    }
+
     Ok(Router {
         id: NEXT_PROGRAM.fetch_add(1, Ordering::Relaxed),
-        sources: spec
-            .sources
-            .iter()
-            .zip(source_regexes)
-            .map(|(s, re)| plan(s, &fields.names, re))
-            .collect(),
+        sources,
         source_names: spec.sources.iter().map(|s| s.name.clone()).collect(),
         sink_names: spec.sinks.iter().map(|s| s.name.clone()).collect(),
         rule_names: spec.rules.iter().map(|r| r.name.clone()).collect(),

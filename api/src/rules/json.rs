@@ -143,8 +143,15 @@ impl Cursor<'_> {
     }
 
     /// With the cursor just after the `{` of an object at `depth` that `table` describes:
-    /// reads its members, storing the wanted values, and moves past its `}`.
-    fn object(&mut self, table: &KeyTable, found: &mut Found, depth: usize) -> Result<()> {
+    /// reads its members, storing the wanted values (and, given `members`, every member's
+    /// ranges), and moves past its `}`.
+    fn object(
+        &mut self,
+        table: &KeyTable,
+        found: &mut Found,
+        depth: usize,
+        mut members: Option<&mut Vec<Member>>,
+    ) -> Result<()> {
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
@@ -168,7 +175,12 @@ impl Cursor<'_> {
             } else {
                 table.lookup(key, key_word_at(self.b, start, key.len()))
             };
+            let value = self.i;
             self.value(wanted, found, depth)?;
+            if let Some(m) = members.as_deref_mut() {
+                let touched = wanted.is_some_and(|e| e.target.touched);
+                m.push(Member::new((start, end), escaped, (value, self.i), touched));
+            }
             self.ws();
             match self.next()? {
                 b',' => self.ws(),
@@ -198,7 +210,7 @@ impl Cursor<'_> {
                     found.store(e.target, Slot::new(Kind::Composite, start, start));
                 }
                 return match wanted.and_then(|e| e.child.as_deref()) {
-                    Some(child) if open == b'{' => self.object(child, found, depth + 1),
+                    Some(child) if open == b'{' => self.object(child, found, depth + 1, None),
                     _ => self.skip_container(open == b'{', depth + 1),
                 };
             }
@@ -380,14 +392,32 @@ pub(crate) fn is_number(text: &[u8]) -> bool {
     c.number().is_ok() && c.i == text.len()
 }
 
-/// Walks `line` as a JSON object, storing the values `root` asks for into `found`.
-pub(crate) fn scan(line: &[u8], root: &KeyTable, found: &mut Found) -> Result<()> {
+/// True when `text` (JSON this scanner accepted) is strict JSON as well: no raw control
+/// character, no escaped UTF-16 surrogate. Such text can be copied to any JSON output as
+/// it is; other text needs repairs (the sidecar's `push_json_text`).
+pub fn is_strict(text: &[u8]) -> bool {
+    // In chunks without early exit, so the compiler vectorises the scan.
+    !text
+        .chunks(32)
+        .any(|c| c.iter().fold(false, |any, &b| any | (b < 0x20)))
+        && !memchr::memchr_iter(b'\\', text)
+            .any(|i| text.get(i + 1) == Some(&b'u') && matches!(text.get(i + 2), Some(b'd' | b'D')))
+}
+
+/// Walks `line` as a JSON object, storing the values `root` asks for into `found`, and,
+/// given `members`, the ranges of every top-level member (as [`members`] gives them).
+pub(crate) fn scan(
+    line: &[u8],
+    root: &KeyTable,
+    found: &mut Found,
+    members: Option<&mut Vec<Member>>,
+) -> Result<()> {
     let mut c = Cursor { b: line, i: 0 };
     c.ws();
     if c.next()? != b'{' {
         return Err(Malformed);
     }
-    c.object(root, found, 1)?;
+    c.object(root, found, 1, members)?;
     c.ws();
     if c.i == line.len() {
         Ok(())
@@ -399,11 +429,42 @@ pub(crate) fn scan(line: &[u8], root: &KeyTable, found: &mut Found) -> Result<()
 /// One member of a top-level object, as ranges into the line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Member {
-    pub(crate) key: (usize, usize),
+    /// The key's text (without its quotes).
+    key: (u32, u32),
     /// The key has escapes.
     pub(crate) escaped: bool,
+    /// Recorded by the routing scan ([`scan`]): some rule's transforms read or change this
+    /// key (see [`super::keys::Target::touched`]). [`members`] leaves it false.
+    pub(crate) touched: bool,
     /// The value's JSON text (a string with its quotes).
-    pub(crate) value: (usize, usize),
+    value: (u32, u32),
+}
+
+impl Member {
+    /// Offsets fit in `u32`: [`Router::parse`](super::Router::parse) reads no longer line
+    /// as JSON (and the sidecar's line limit is far below). Kept small, as a line's members
+    /// are recorded while it is routed.
+    fn new(key: (usize, usize), escaped: bool, value: (usize, usize), touched: bool) -> Member {
+        Member {
+            key: (key.0 as u32, key.1 as u32),
+            escaped,
+            touched,
+            value: (value.0 as u32, value.1 as u32),
+        }
+    }
+
+    pub(crate) fn key(&self) -> std::ops::Range<usize> {
+        self.key.0 as usize..self.key.1 as usize
+    }
+
+    pub(crate) fn value(&self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+
+    /// The member's `"key":value` text.
+    pub(crate) fn whole(&self) -> std::ops::Range<usize> {
+        self.key.0 as usize - 1..self.value.1 as usize
+    }
 }
 
 /// Walks `line` as a JSON object like [`scan`], handing each top-level member to `each`:
@@ -432,11 +493,7 @@ pub(crate) fn members(line: &[u8], mut each: impl FnMut(Member)) -> Result<()> {
             c.ws();
             let value = c.i;
             c.value(None, &mut found, 1)?;
-            each(Member {
-                key: (start, end),
-                escaped,
-                value: (value, c.i),
-            });
+            each(Member::new((start, end), escaped, (value, c.i), false));
             c.ws();
             match c.next()? {
                 b',' => c.ws(),
@@ -476,7 +533,7 @@ mod tests {
     fn values(line: &str, paths: &[&str]) -> Option<Vec<Option<String>>> {
         let t = table(paths);
         let mut f = Found::new();
-        scan(line.as_bytes(), &t, &mut f).ok()?;
+        scan(line.as_bytes(), &t, &mut f, None).ok()?;
         Some(
             (0..paths.len())
                 .map(|i| {
@@ -578,7 +635,7 @@ mod tests {
             let t = table(&["a"]);
             let mut f = Found::new();
             assert_eq!(
-                scan(bad.as_bytes(), &t, &mut f),
+                scan(bad.as_bytes(), &t, &mut f, None),
                 Err(Malformed),
                 "{bad:?} should be malformed"
             );
@@ -601,7 +658,7 @@ mod tests {
             let t = table(&["a"]);
             let mut f = Found::new();
             assert_eq!(
-                scan(ok.as_bytes(), &t, &mut f),
+                scan(ok.as_bytes(), &t, &mut f, None),
                 Ok(()),
                 "{ok:?} should parse"
             );
@@ -612,14 +669,20 @@ mod tests {
     fn nesting_is_bounded() {
         let deep_ok = format!("{{\"a\":{}{}}}", "[".repeat(126), "]".repeat(126));
         let t = table(&["a"]);
-        assert_eq!(scan(deep_ok.as_bytes(), &t, &mut Found::new()), Ok(()));
+        assert_eq!(
+            scan(deep_ok.as_bytes(), &t, &mut Found::new(), None),
+            Ok(())
+        );
         let too_deep = format!("{{\"a\":{}{}}}", "[".repeat(128), "]".repeat(128));
         assert_eq!(
-            scan(too_deep.as_bytes(), &t, &mut Found::new()),
+            scan(too_deep.as_bytes(), &t, &mut Found::new(), None),
             Err(Malformed)
         );
         let huge = format!("{{\"a\":{}", "[".repeat(100_000));
-        assert_eq!(scan(huge.as_bytes(), &t, &mut Found::new()), Err(Malformed));
+        assert_eq!(
+            scan(huge.as_bytes(), &t, &mut Found::new(), None),
+            Err(Malformed)
+        );
     }
 
     #[test]
@@ -631,7 +694,7 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(line).is_ok());
             assert_eq!(
-                scan(line.as_bytes(), &table(&["a"]), &mut Found::new()),
+                scan(line.as_bytes(), &table(&["a"]), &mut Found::new(), None),
                 Ok(())
             );
         }

@@ -19,6 +19,10 @@ pub(crate) struct Target {
     pub(crate) field: Option<u8>,
     pub(crate) level: Option<u8>,
     pub(crate) message: Option<u8>,
+    /// A top-level key some rule's transforms read or change: the scan marks its member
+    /// (see [`super::json::Member`]), so building the event for the transforms need not
+    /// compare keys again.
+    pub(crate) touched: bool,
 }
 
 impl Target {
@@ -26,6 +30,7 @@ impl Target {
         self.field = self.field.or(other.field);
         self.level = self.level.or(other.level);
         self.message = self.message.or(other.message);
+        self.touched |= other.touched;
     }
 }
 

@@ -53,8 +53,12 @@ pub use compile::{
     REGEX_CACHE_LIMIT, regex_builder,
 };
 pub use event::{Event, MAX_FIELDS, parse_level};
-pub use json::{MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS};
-pub use transform::{DEFAULT_REPLACEMENT, FieldValue, Fields, MAX_TEMPLATE_FIELDS, MAX_TRANSFORMS};
+pub use json::{
+    MAX_DEPTH as MAX_JSON_DEPTH, MAX_PATH as MAX_FIELD_SEGMENTS, is_strict as is_strict_json,
+};
+pub use transform::{
+    DEFAULT_REPLACEMENT, FieldValue, Fields, MAX_TEMPLATE_FIELDS, MAX_TRANSFORMS, Spare,
+};
 
 use self::{
     compile::{CompiledRule, RuleAction, SourcePlan},
@@ -82,6 +86,26 @@ pub struct Router {
     message_fields: u32,
     /// Some rule has transforms.
     transforms: bool,
+}
+
+/// The top-level members of the `json` line [`Router::parse_keeping`] read last, so that
+/// [`Router::fields_for`] does not scan it a second time. Reused from line to line.
+#[derive(Debug, Default)]
+pub struct Members {
+    /// The router and the line (its address and length) the list is of.
+    of: Option<(u64, usize, usize)>,
+    list: Vec<json::Member>,
+}
+
+impl Members {
+    fn key(router: u64, line: &[u8]) -> (u64, usize, usize) {
+        (router, line.as_ptr() as usize, line.len())
+    }
+
+    /// The members of `event`'s line, if they are the ones kept.
+    fn of(&self, event: &Event<'_>) -> Option<&[json::Member]> {
+        (self.of == Some(Members::key(event.program, event.line))).then_some(&self.list[..])
+    }
 }
 
 impl Router {
@@ -143,6 +167,30 @@ impl Router {
     ///   of the top-level object (flattened loggers); in logfmt they are literal keys.
     /// - Duplicate keys: the last occurrence wins.
     pub fn parse<'a>(&self, source: usize, line: &'a [u8]) -> Event<'a> {
+        self.parse_with(source, line, None)
+    }
+
+    /// Like [`Router::parse`], keeping a `json` line's top-level members in `members`
+    /// for [`Router::fields_for`], which then does not scan the line again.
+    pub fn parse_keeping<'a>(
+        &self,
+        source: usize,
+        line: &'a [u8],
+        members: &mut Members,
+    ) -> Event<'a> {
+        self.parse_with(source, line, Some(members))
+    }
+
+    fn parse_with<'a>(
+        &self,
+        source: usize,
+        line: &'a [u8],
+        mut members: Option<&mut Members>,
+    ) -> Event<'a> {
+        if let Some(m) = members.as_deref_mut() {
+            m.of = None;
+            m.list.clear();
+        }
         // One event, filled in place and returned from every path: it is a few hundred
         // bytes, and copying it would cost more than the rest of the setup.
         let mut event = Event::text(self.id, source, line, line, self.message_fields);
@@ -156,7 +204,14 @@ impl Router {
             return event;
         }
         let parsed = match plan.format {
-            Format::Json => json::scan(line, &plan.keys, &mut event.found).is_ok(),
+            Format::Json => {
+                let list = members.as_deref_mut().map(|m| &mut m.list);
+                let ok = json::scan(line, &plan.keys, &mut event.found, list).is_ok();
+                if let Some(m) = members.filter(|_| ok) {
+                    m.of = Some(Members::key(self.id, line));
+                }
+                ok
+            }
             Format::Logfmt => logfmt::scan(line, &plan.keys, &mut event.found).is_ok(),
             Format::Regex => plan
                 .regex
@@ -242,6 +297,32 @@ impl Router {
     /// The whole event, for the transforms (see [`Fields`]). `event` must come from this
     /// router's [`Router::parse`] or `event_with_*` (a run never mixes routers).
     pub fn fields<'a>(&self, event: &Event<'a>) -> Fields<'a> {
+        self.build_fields(event, None, &mut Spare::default(), None)
+    }
+
+    /// The event as rule `rule`'s transforms need it, in the allocation of a [`Fields`]
+    /// written before: like [`Router::fields`], except that in a strict JSON line the
+    /// members the rule's transforms never look at stay runs of the line (see
+    /// [`Fields::members`]), written back as they are. `members`, when they are of
+    /// `event`'s line (see [`Router::parse_keeping`]), spare a second scan of it.
+    pub fn fields_for<'a>(
+        &self,
+        rule: u16,
+        event: &Event<'a>,
+        spare: &mut Spare,
+        members: &Members,
+    ) -> Fields<'a> {
+        let touched = self.rules.get(usize::from(rule)).map(|r| &r.touched);
+        self.build_fields(event, touched, spare, members.of(event))
+    }
+
+    fn build_fields<'a>(
+        &self,
+        event: &Event<'a>,
+        touched: Option<&transform::Touched>,
+        spare: &mut Spare,
+        members: Option<&[json::Member]>,
+    ) -> Fields<'a> {
         let plan = self.sources.get(event.source);
         if event.text || plan.is_none() {
             return Fields::text(event.text_message);
@@ -250,28 +331,60 @@ impl Router {
         let format = plan.map_or(Format::Text, |p| p.format);
         let parsed = match format {
             Format::Json => {
-                let mut fields = Fields::new(Format::Json);
-                // Parsed lines are UTF-8 (see `parse`): checked once here, keys are slices.
-                let text = std::str::from_utf8(line).ok();
-                json::members(line, |m| {
-                    let raw = &line[m.key.0..m.key.1];
-                    let key = match text.and_then(|t| t.get(m.key.0..m.key.1)) {
-                        _ if m.escaped => transform_key(unescape(raw, Esc::Json)),
-                        Some(k) => Cow::Borrowed(k),
-                        None => String::from_utf8_lossy(raw),
+                let mut fields = Fields::new_in(Format::Json, spare);
+                fields.strict = json::is_strict(line);
+                let group = touched.filter(|_| fields.strict);
+                // Members the routing scan kept come marked (`json::Member::touched`).
+                let kept = members.is_some();
+                // The span of untouched members not pushed yet.
+                let mut run: Option<(usize, usize)> = None;
+                let mut each = |m: json::Member| {
+                    let raw = &line[m.key()];
+                    let whole = m.whole();
+                    let key = || {
+                        if m.escaped {
+                            unescape(raw, Esc::Json)
+                        } else {
+                            Cow::Borrowed(raw)
+                        }
                     };
+                    let untouched = match group {
+                        None => false,
+                        Some(_) if kept => !m.touched,
+                        Some(t) => !t.has(&key()),
+                    };
+                    if untouched {
+                        run = Some(
+                            run.map_or((whole.start, whole.end), |(start, _)| (start, whole.end)),
+                        );
+                        return;
+                    }
+                    if let Some((start, end)) = run.take() {
+                        fields.push_run(line, &line[start..end]);
+                    }
                     fields.push_member(
                         line,
-                        key,
-                        FieldValue::Json(Cow::Borrowed(&line[m.value.0..m.value.1])),
-                        &line[m.key.0 - 1..m.value.1],
+                        transform_key(key()),
+                        FieldValue::Json(Cow::Borrowed(&line[m.value()])),
+                        &line[whole],
                     );
+                };
+                let scanned = match members {
+                    Some(list) => {
+                        list.iter().copied().for_each(&mut each);
+                        Ok(())
+                    }
+                    None => json::members(line, &mut each),
+                };
+                scanned.ok().map(|()| {
+                    if let Some((start, end)) = run {
+                        fields.push_run(line, &line[start..end]);
+                    }
+                    fields
                 })
-                .ok()
-                .map(|()| fields)
             }
             Format::Logfmt => {
-                let mut fields = Fields::new(Format::Logfmt);
+                let mut fields = Fields::new_in(Format::Logfmt, spare);
                 logfmt::pairs(line, |key, slot| {
                     let key = String::from_utf8_lossy(key);
                     let value = match event.slot_value(slot) {

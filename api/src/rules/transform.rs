@@ -6,8 +6,11 @@
 //! [`Fields`]: its top-level members in the order written, each value still the bytes of
 //! the line (the JSON text of a `json` member, the text of a logfmt pair or a regex
 //! capture) until a transform touches it. A nested object is parsed only when a dotted
-//! path reaches into it. That keeps a rule that sets, renames and redacts a few fields
-//! close to the cost of routing alone.
+//! path reaches into an existing one (a new one is written as JSON text). In the
+//! pipeline ([`Router::fields_for`](super::Router::fields_for)) the members come from the
+//! routing scan, which marks those some transform names ([`Touched`]); the others stay
+//! runs of the line, copied whole. That keeps a rule that sets, renames and redacts a few
+//! fields close to the cost of routing alone.
 //!
 //! # Semantics
 //!
@@ -64,13 +67,24 @@ const CARD: &str = r"(?-u:\b)[0-9](?:[ \-]?[0-9]){12,18}(?-u:\b)";
 pub(crate) struct FieldPath {
     full: Box<str>,
     segments: Vec<Box<str>>,
+    /// `{"b":{"c":` for `a.b.c`: the JSON a new object made for the path starts with.
+    nested: Box<[u8]>,
 }
 
 impl FieldPath {
     pub(crate) fn new(name: &str) -> FieldPath {
+        let segments: Vec<Box<str>> = name.split('.').map(Box::from).collect();
+        let mut nested = Vec::new();
+        for seg in segments.iter().skip(1) {
+            nested.push(b'{');
+            // Writing a string to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut nested, &**seg);
+            nested.push(b':');
+        }
         FieldPath {
             full: name.into(),
-            segments: name.split('.').map(Box::from).collect(),
+            segments,
+            nested: nested.into(),
         }
     }
 }
@@ -83,8 +97,12 @@ pub(crate) enum Piece {
 
 #[derive(Debug)]
 pub(crate) enum SetValue {
-    /// A constant, as JSON text rendered once.
-    Const(Box<[u8]>),
+    /// A constant, as JSON text rendered once, and the member it makes of a top-level
+    /// field (`"env":"prod"`), copied whole into JSON output.
+    Const {
+        json: Box<[u8]>,
+        member: Box<[u8]>,
+    },
     Template(Vec<Piece>),
 }
 
@@ -109,6 +127,94 @@ pub(crate) enum Step {
     Rename(FieldPath, FieldPath),
     /// `None`: the message.
     Redact(Option<FieldPath>, Redactor),
+}
+
+/// The top-level keys a rule's transforms may read or change. Every other member of an
+/// event stays as the line holds it, so [`Router::fields_for`](super::Router::fields_for)
+/// keeps runs of them as one piece of the line instead of one member each.
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    keys: Vec<Box<str>>,
+    /// Bit `n` set: some key is `n` bytes long (64 and longer share bit 63). Most members
+    /// of a line are ruled out by their length alone.
+    lengths: u64,
+    /// Bit `b` set: some key starts with byte `b` (non-ASCII bytes share bit 127).
+    firsts: u128,
+    /// Some `redact` without `field`: the sources' message fields are read too.
+    message: bool,
+}
+
+impl Touched {
+    pub(crate) fn of(steps: &[Step]) -> Touched {
+        let mut touched = Touched::default();
+        for step in steps {
+            match step {
+                Step::Set(path, SetValue::Const { .. }) | Step::Remove(path) => touched.add(path),
+                Step::Set(path, SetValue::Template(pieces)) => {
+                    touched.add(path);
+                    for piece in pieces {
+                        if let Piece::Field(f) = piece {
+                            touched.add(f);
+                        }
+                    }
+                }
+                Step::Rename(from, to) => {
+                    touched.add(from);
+                    touched.add(to);
+                }
+                Step::Redact(Some(path), _) => touched.add(path),
+                Step::Redact(None, _) => touched.message = true,
+            }
+        }
+        touched
+    }
+
+    /// Adds the message fields of the sources (every source's: a key touched in vain
+    /// only stays a member of its own) if some `redact` reads the message.
+    pub(crate) fn add_messages<'p>(&mut self, paths: impl Iterator<Item = &'p FieldPath>) {
+        if self.message {
+            paths.for_each(|p| self.add(p));
+        }
+    }
+
+    /// A path reaches the member named as a whole (`a.b`, a top-level key with a dot) or
+    /// the one its first segment names (`a`).
+    fn add(&mut self, path: &FieldPath) {
+        let first = path.segments.first().map_or(&*path.full, |s| &**s);
+        for key in [&*path.full, first] {
+            if !self.keys.iter().any(|k| **k == *key) {
+                self.lengths |= length_bit(key.len());
+                self.firsts |= first_bit(key.as_bytes());
+                self.keys.push(key.into());
+            }
+        }
+    }
+
+    /// The keys, each a whole top-level key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &**k)
+    }
+
+    /// Whether a member with the key `key` (unescaped) may be read or changed.
+    pub(crate) fn has(&self, key: &[u8]) -> bool {
+        self.lengths & length_bit(key.len()) != 0
+            && self.firsts & first_bit(key) != 0
+            && self.keys.iter().any(|k| k.as_bytes() == key)
+    }
+}
+
+/// `a == b`, deciding most unequal keys by their length and first byte, without a call.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+fn first_bit(key: &[u8]) -> u128 {
+    key.first().map_or(0, |b| 1 << b.min(&127))
 }
 
 /// Checks and compiles a rule's `transform` list, reporting under `path`
@@ -158,7 +264,21 @@ pub(crate) fn compile(
         let step = if let Some(s) = &t.set {
             let field = field(errors, &format!("{path}.set.field"), &s.field);
             let value = set_value(errors, &format!("{path}.set.value"), &s.value);
-            field.zip(value).map(|(f, v)| Step::Set(f, v))
+            field.zip(value).map(|(f, v)| {
+                let v = match v {
+                    SetValue::Const { json, .. } => {
+                        let mut member = serde_json::to_vec(&*f.full).unwrap_or_default();
+                        member.push(b':');
+                        member.extend_from_slice(&json);
+                        SetValue::Const {
+                            json,
+                            member: member.into(),
+                        }
+                    }
+                    v => v,
+                };
+                Step::Set(f, v)
+            })
         } else if let Some(name) = &t.remove {
             field(errors, &format!("{path}.remove"), name).map(Step::Remove)
         } else if let Some(r) = &t.rename {
@@ -192,9 +312,7 @@ fn field(errors: &mut Errors, path: &str, name: &str) -> Option<FieldPath> {
 
 fn set_value(errors: &mut Errors, path: &str, value: &serde_json::Value) -> Option<SetValue> {
     let Some(text) = value.as_str().filter(|s| s.contains('$')) else {
-        return serde_json::to_vec(value)
-            .ok()
-            .map(|v| SetValue::Const(v.into()));
+        return serde_json::to_vec(value).ok().map(constant);
     };
     match template(text) {
         Ok(pieces) if pieces.iter().any(|p| matches!(p, Piece::Field(_))) => {
@@ -208,14 +326,20 @@ fn set_value(errors: &mut Errors, path: &str, value: &serde_json::Value) -> Opti
                     Piece::Field(_) => "",
                 })
                 .collect();
-            serde_json::to_vec(&text)
-                .ok()
-                .map(|v| SetValue::Const(v.into()))
+            serde_json::to_vec(&text).ok().map(constant)
         }
         Err(e) => {
             errors.push(path, e);
             None
         }
+    }
+}
+
+/// A constant's JSON text; its member text is made with the field (see `compile`).
+fn constant(json: Vec<u8>) -> SetValue {
+    SetValue::Const {
+        json: json.into(),
+        member: Box::default(),
     }
 }
 
@@ -498,16 +622,54 @@ pub struct Fields<'a> {
     pub(crate) format: Format,
     /// The line a `json` event's members are in.
     pub(crate) line: Option<&'a [u8]>,
+    /// The line is strict JSON (see [`is_strict`](super::json::is_strict)): members as
+    /// it holds them can be copied to JSON output without repairs.
+    pub(crate) strict: bool,
+}
+
+/// The member list of a written [`Fields`], kept so that the next event's is built
+/// without allocating (see [`Router::fields_reusing`](super::Router::fields_reusing)).
+#[derive(Debug, Default)]
+pub struct Spare(Vec<Member<'static>>);
+
+impl Spare {
+    fn take<'a>(&mut self) -> Vec<Member<'a>> {
+        recycle(std::mem::take(&mut self.0))
+    }
+}
+
+/// `members` emptied and retyped for another line's lifetime: the same layout, so
+/// collecting in place keeps the allocation.
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "the iterator yields nothing; it only retypes the empty Vec in place"
+)]
+fn recycle<'a, 'b>(mut members: Vec<Member<'a>>) -> Vec<Member<'b>> {
+    members.clear();
+    members.into_iter().filter_map(|_| None).collect()
 }
 
 impl<'a> Fields<'a> {
     /// An event of `format` with no fields yet.
     pub(crate) fn new(format: Format) -> Fields<'a> {
+        Fields::new_in(format, &mut Spare::default())
+    }
+
+    /// Like [`Fields::new`], in `spare`'s allocation.
+    pub(crate) fn new_in(format: Format, spare: &mut Spare) -> Fields<'a> {
+        let mut members = spare.take();
+        members.reserve(16);
         Fields {
-            members: Vec::with_capacity(16),
+            members,
             format,
             line: None,
+            strict: false,
         }
+    }
+
+    /// Gives the member list back for the next event's [`Fields`].
+    pub fn into_spare(self) -> Spare {
+        Spare(recycle(self.members))
     }
 
     /// A text event: `{"message": <message>}`.
@@ -520,6 +682,7 @@ impl<'a> Fields<'a> {
             )],
             format: Format::Text,
             line: None,
+            strict: false,
         }
     }
 
@@ -528,7 +691,17 @@ impl<'a> Fields<'a> {
         self.format
     }
 
-    /// The top-level members, in order.
+    /// The line a `json` event was read from is strict JSON: the members it holds as they
+    /// are can be copied to JSON output whole.
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// The top-level members, in order. In [`Fields`] built for a rule
+    /// ([`Router::fields_for`](super::Router::fields_for)), members none of its transforms
+    /// looks at may come as runs: one member with an empty key whose value is the members'
+    /// text as the line holds it (`"a":1,"b":2`), which [`Fields::written_members`] gives
+    /// as written text too.
     pub fn members(&self) -> impl Iterator<Item = (&str, &FieldValue<'a>)> {
         self.members.iter().map(|(k, v, _)| (&**k, v))
     }
@@ -562,12 +735,23 @@ impl<'a> Fields<'a> {
         self.members.push((key, value, Some(whole)));
     }
 
+    /// Members of `line` that no transform looks at, `text` their `"a":1,"b":2` text
+    /// (see [`Fields::members`]).
+    pub(crate) fn push_run(&mut self, line: &'a [u8], text: &'a [u8]) {
+        self.line = Some(line);
+        self.members.push((
+            Cow::Borrowed(""),
+            FieldValue::Json(Cow::Borrowed(text)),
+            Some(text),
+        ));
+    }
+
     fn flat(&self) -> bool {
         matches!(self.format, Format::Logfmt | Format::Regex)
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.members.iter().rposition(|(k, _, _)| k == key)
+        self.members.iter().rposition(|(k, _, _)| same(k, key))
     }
 
     /// The top-level member a dotted path starts in, parsed into a tree.
@@ -611,10 +795,13 @@ impl<'a> Fields<'a> {
 
     fn take(&mut self, path: &FieldPath) -> Option<FieldValue<'a>> {
         if self.literal(path) {
+            // Every occurrence goes; the value is the last one's.
             let mut taken = None;
-            while let Some(i) = self.position(&path.full) {
-                let (_, v, _) = self.members.remove(i);
-                taken.get_or_insert(v);
+            for i in (0..self.members.len()).rev() {
+                if same(&self.members[i].0, &path.full) {
+                    let (_, v, _) = self.members.remove(i);
+                    taken.get_or_insert(v);
+                }
             }
             return taken;
         }
@@ -628,19 +815,28 @@ impl<'a> Fields<'a> {
     }
 
     fn put(&mut self, path: &'a FieldPath, value: FieldValue<'a>) {
+        self.put_written(path, value, &[]);
+    }
+
+    /// Like `put`; `member`, unless empty, is the `"key":value` text a top-level member
+    /// made of `path` and `value` is written as.
+    fn put_written(&mut self, path: &'a FieldPath, value: FieldValue<'a>, member: &'a [u8]) {
+        let written = Some(member).filter(|m| !m.is_empty());
         if self.literal(path) {
             // In place of the last occurrence (a new field goes last); earlier duplicates go.
             match self.position(&path.full) {
                 Some(last) => {
                     self.members[last].1 = value;
-                    self.members[last].2 = None;
+                    self.members[last].2 = written;
                     let mut i = 0;
                     self.members.retain(|(k, _, _)| {
                         i += 1;
-                        i - 1 == last || *k != *path.full
+                        i - 1 == last || !same(k, &path.full)
                     });
                 }
-                None => self.members.push((Cow::Borrowed(&path.full), value, None)),
+                None => self
+                    .members
+                    .push((Cow::Borrowed(&path.full), value, written)),
             }
             return;
         }
@@ -648,12 +844,19 @@ impl<'a> Fields<'a> {
             return;
         };
         if self.tree(first).is_none_or(|t| !t.is_object()) {
-            self.members.retain(|(k, _, _)| *k != **first);
-            self.members.push((
-                Cow::Borrowed(first),
-                FieldValue::Tree(serde_json::Value::Object(Default::default())),
-                None,
-            ));
+            self.members.retain(|(k, _, _)| !same(k, first));
+            // A new object is written as its JSON text, without a tree (`{"id":123}`),
+            // unless the value is line text that needs repairs a tree would make.
+            let object = if self.strict || !matches!(value, FieldValue::Json(_)) {
+                FieldValue::Json(Cow::Owned(nested_json(path, &value)))
+            } else {
+                FieldValue::Tree(serde_json::Value::Object(Default::default()))
+            };
+            let done = matches!(object, FieldValue::Json(_));
+            self.members.push((Cow::Borrowed(first), object, None));
+            if done {
+                return;
+            }
         }
         let Some(mut v) = self.tree(first) else {
             return;
@@ -683,7 +886,7 @@ impl<'a> Fields<'a> {
         if self.literal(path) {
             let mut present = false;
             for (k, v, raw) in &mut self.members {
-                if *k == *path.full {
+                if same(k, &path.full) {
                     if v.redact(r) {
                         *raw = None;
                     }
@@ -709,13 +912,33 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `{"b":{"c":value}}` for the path `a.b.c`: what `put` makes of a path through objects
+/// that do not exist yet.
+fn nested_json(path: &FieldPath, value: &FieldValue<'_>) -> Vec<u8> {
+    let depth = path.segments.len() - 1;
+    let mut text = Vec::with_capacity(path.nested.len() + 16 + depth);
+    text.extend_from_slice(&path.nested);
+    match value {
+        FieldValue::Json(raw) => text.extend_from_slice(raw),
+        // Writing a string or a Value to a Vec cannot fail.
+        FieldValue::Text(t) => {
+            let _ = serde_json::to_writer(&mut text, &**t);
+        }
+        FieldValue::Tree(v) => {
+            let _ = serde_json::to_writer(&mut text, v);
+        }
+    }
+    text.extend(std::iter::repeat_n(b'}', depth));
+    text
+}
+
 /// Runs `steps` over `fields`; `message` are the paths the message is read from, in
 /// order (the source's `msg`, `message` or `messageField`).
 pub(crate) fn apply<'a>(steps: &'a [Step], message: &'a [FieldPath], fields: &mut Fields<'a>) {
     for step in steps {
         match step {
-            Step::Set(path, SetValue::Const(json)) => {
-                fields.put(path, FieldValue::Json(Cow::Borrowed(json)));
+            Step::Set(path, SetValue::Const { json, member }) => {
+                fields.put_written(path, FieldValue::Json(Cow::Borrowed(json)), member);
             }
             Step::Set(path, SetValue::Template(pieces)) => {
                 let mut text = String::new();

@@ -22,7 +22,7 @@ use servicelog_api::{
     v1alpha1::Format,
 };
 
-use crate::json::{is_strict, json_string, push_json_text};
+use crate::json::{json_string, push_json_text};
 
 /// The `"_servicelog":{...}` member for one source, rendered once per pipeline (and again
 /// when the pod's labels change): `container` when known, `labels` when the pod has any.
@@ -162,7 +162,7 @@ fn json_object(out: &mut Vec<u8>, fields: &Fields<'_>) {
 
 fn push_members(out: &mut Vec<u8>, fields: &Fields<'_>) {
     // Members as the line holds them are copied whole, unless the line needs repairs.
-    let copy = fields.line().is_some_and(is_strict);
+    let copy = fields.strict();
     for (i, (key, value, written)) in fields.written_members().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -262,7 +262,10 @@ fn unescape_logfmt(v: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 #[cfg(test)]
 mod tests {
-    use servicelog_api::{Router, ServiceLogSpec};
+    use servicelog_api::{
+        Router, ServiceLogSpec,
+        rules::{Members, Spare},
+    };
 
     use super::*;
 
@@ -354,17 +357,50 @@ mod tests {
              rules: [{{name: r, to: [out], transform: {transform}}}]\n"
         );
         let r = Router::compile(&serde_yaml::from_str(&yaml).unwrap()).unwrap();
+        let meta = meta_member("app", "p", "ns", None, &Default::default());
+        let write = |fields: &Fields<'_>| {
+            let (mut raw, mut json) = (Vec::new(), Vec::new());
+            encode_fields_raw(&mut raw, fields);
+            encode_fields_json(&mut json, fields, &meta);
+            (raw, json)
+        };
+        // The whole event, every member its own.
         let event = r.parse(0, line.as_bytes());
         let mut fields = r.fields(&event);
         r.transform(0, 0, &mut fields);
-        let mut raw = Vec::new();
-        encode_fields_raw(&mut raw, &fields);
-        let mut json = Vec::new();
-        encode_fields_json(
-            &mut json,
-            &fields,
-            &meta_member("app", "p", "ns", None, &Default::default()),
-        );
+        let (raw, json) = write(&fields);
+        // The pipeline's way: members kept by the routing scan, untouched ones as runs,
+        // in a reused allocation; and the same without the kept members (a second scan).
+        let mut members = Members::default();
+        let mut spare = Spare::default();
+        for keep in [true, false] {
+            let event = if keep {
+                r.parse_keeping(0, line.as_bytes(), &mut members)
+            } else {
+                r.parse(0, line.as_bytes())
+            };
+            for _ in 0..2 {
+                let mut fast = r.fields_for(0, &event, &mut spare, &members);
+                r.transform(0, 0, &mut fast);
+                // Runs keep the spaces between their members; nothing else differs.
+                let same = |a: &[u8], b: &[u8]| match (
+                    serde_json::from_slice::<serde_json::Value>(a),
+                    serde_json::from_slice::<serde_json::Value>(b),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => a == b,
+                };
+                let (fast_raw, fast_json) = write(&fast);
+                assert!(
+                    same(&fast_raw, &raw) && same(&fast_json, &json),
+                    "kept: {keep}: {} / {}",
+                    String::from_utf8_lossy(&fast_raw),
+                    String::from_utf8_lossy(&raw)
+                );
+                assert_eq!(fast_raw.iter().filter(|b| **b == b'\n').count(), 1);
+                spare = fast.into_spare();
+            }
+        }
         assert_eq!(json.last(), Some(&b'\n'));
         (
             String::from_utf8(raw).unwrap(),
@@ -399,6 +435,44 @@ mod tests {
         assert_eq!(
             raw, "{\"message\":\"plain\",\"k\":\"v\"}\n",
             "a text event with fields added is an object"
+        );
+    }
+
+    #[test]
+    fn given_lines_transforms_reach_into_in_every_way_then_runs_of_untouched_members_write_the_same()
+     {
+        let cases = [
+            // rename into a new nested object; a constant; the message redacted
+            (
+                "[{set: {field: env, value: prod}}, {rename: {from: user_id, to: user.id}}, {redact: {pattern: email}}]",
+                r#"{"ts":1,"msg":"to a@b.io","user_id":7,"x":[1,{"y":2}],"z":null}"#,
+            ),
+            // into an object the line has, and a literal dotted key the line has
+            (
+                "[{set: {field: user.id, value: 1}}, {set: {field: a.b, value: 2}}]",
+                r#"{"user":{"name":"n"},"a.b":0,"k":"v"}"#,
+            ),
+            // duplicates, escaped keys, whitespace between members
+            (
+                r#"[{remove: d}, {set: {field: "e\u00e9", value: 1}}, {set: {field: t, value: '${d}-${k}'}}]"#,
+                r#"{ "d" : 1 , "k":"v", "d":2, "e\u00e9":0,"\u0064":3 }"#,
+            ),
+            // nothing touched is in the line; every member touched
+            ("[{remove: nope}]", r#"{"a":1,"b":2}"#),
+            ("[{remove: a}, {remove: b}]", r#"{"a":1,"b":2}"#),
+            ("[{set: {field: a, value: 1}}]", "{}"),
+        ];
+        for (transform, line) in cases {
+            transformed("json", transform, line);
+        }
+        let (raw, _) = transformed(
+            "json",
+            "[{rename: {from: user_id, to: user.id}}, {set: {field: env, value: prod}}]",
+            r#"{"a":1,"user_id":7,"b":"x"}"#,
+        );
+        assert_eq!(
+            raw,
+            "{\"a\":1,\"b\":\"x\",\"user\":{\"id\":7},\"env\":\"prod\"}\n"
         );
     }
 

@@ -29,7 +29,7 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 use servicelog_api::{
     Router,
-    rules::{DropReason, Event, Fields, SinkSet},
+    rules::{DropReason, Event, Fields, Members, SinkSet, Spare},
     v1alpha1::{Format, LineEncoding},
 };
 
@@ -191,6 +191,10 @@ pub struct Batcher {
     encodings: Vec<LineEncoding>,
     /// The current event's transforming rules and their sinks.
     transformed: Vec<(u16, SinkSet)>,
+    /// The last transformed event's member list, for the next one's.
+    spare: Spare,
+    /// The members of the line [`Run::push_line`] parsed last, when some rule transforms.
+    members: Members,
 }
 
 impl Batcher {
@@ -263,7 +267,12 @@ impl<'a> Run<'a> {
     /// `with_nl` is the line with its newline, what `raw` sinks write.
     #[inline]
     pub fn push_line(&mut self, line: &[u8], with_nl: &[u8]) {
-        let event = self.router.parse(self.source, line);
+        let event = if self.router.has_transforms() {
+            self.router
+                .parse_keeping(self.source, line, &mut self.batcher.members)
+        } else {
+            self.router.parse(self.source, line)
+        };
         if event.is_text() && self.format != Format::Text {
             self.unparsed += 1;
         }
@@ -342,7 +351,7 @@ impl<'a> Run<'a> {
         let b = &mut *self.batcher;
         let router = self.router;
         for &(rule, sinks) in &b.transformed {
-            let mut fields: Fields<'_> = router.fields(written);
+            let mut fields: Fields<'_> = router.fields_for(rule, written, &mut b.spare, &b.members);
             router.transform(rule, self.source, &mut fields);
             for sink in sinks {
                 let Some(out) = b.outs.get_mut(sink) else {
@@ -357,6 +366,7 @@ impl<'a> Run<'a> {
                 }
                 b.counts[sink] += 1;
             }
+            b.spare = fields.into_spare();
         }
     }
 
