@@ -1,0 +1,587 @@
+//! The node agent (issue #22) as a user runs it, on the real node of `make cluster`: the
+//! chart installed with `agent.enabled` (its DaemonSet reading the node kubelet's pod log
+//! directory), a Deployment that prints numbered JSON lines to stdout, and a ServiceLog
+//! whose `containerLogs` source routes them by rules to an HTTP receiver pod (the agent's
+//! root file system is read-only, and `kubectl logs receiver` shows each delivered line).
+//!
+//! Every error line goes to the receiver under every rule of the story, so the numbers a
+//! pod printed must arrive each exactly once, from 1 on, through a live rule change and a
+//! restart of the agent.
+//!
+//! Like `on_the_node.rs`, the tests share one cluster and one release (`installed`), and
+//! ZooKeeper is the environment's.
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Output},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use servicelog_e2e::{TestEnv, node::BUSYBOX_IMAGE, unique_name, workspace_dir};
+
+const RELEASE: &str = "servicelog";
+const NAMESPACE: &str = "servicelog-system";
+const RECEIVER_IMAGE: &str = "servicelog.test/receiver:1";
+const AGENT_SELECTOR: &str = "app.kubernetes.io/component=agent";
+const ROLLOUT: Duration = Duration::from_secs(180);
+const ROUTING: Duration = Duration::from_secs(60);
+
+static INSTALLED: OnceLock<&'static TestEnv> = OnceLock::new();
+
+/// The tests take turns: one restarts the agent, which the others would feel.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The cluster with the images loaded and the chart installed with the agent, whose
+/// hostPaths are the node's: its kubelet's pod log directory and a state directory inside
+/// the environment (removed with it).
+fn installed() -> &'static TestEnv {
+    INSTALLED.get_or_init(|| {
+        let env =
+            TestEnv::shared_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
+        let node = env.node().expect("a cluster has a node");
+        for name in ["operator", "sidecar", "agent"] {
+            let archive = workspace_dir().join(format!("target/images/servicelog-{name}.tar"));
+            assert!(
+                archive.is_file(),
+                "{} is missing: run `make images-build` (make test does)",
+                archive.display()
+            );
+            node.load_image(&archive)
+                .unwrap_or_else(|e| panic!("loading {}: {e}", archive.display()));
+        }
+        let receiver = env.dir().join("receiver.tar");
+        ok(
+            "building the receiver image",
+            Command::new("bash")
+                .arg(workspace_dir().join("e2e/tools/images/receiver-image.sh"))
+                .arg(&receiver)
+                .arg(env!("CARGO_BIN_EXE_servicelog-receiver"))
+                .output(),
+        );
+        node.load_image(&receiver)
+            .unwrap_or_else(|e| panic!("loading the receiver image: {e}"));
+
+        let zk = env
+            .zk_connect_for_pods()
+            .expect("a cluster's ZooKeeper has an address for pods");
+        let pod_logs = node.dir().join("pod-logs");
+        let state = env.dir().join("agent-state");
+        ok(
+            "helm install --wait (agent.enabled)",
+            env.helm()
+                .args(["install", RELEASE])
+                .arg(workspace_dir().join("charts/servicelog"))
+                .args(["--namespace", NAMESPACE, "--create-namespace"])
+                .args(["--wait", "--timeout", "180s"])
+                .args(["--set", "zookeeper.embedded.enabled=false"])
+                .args(["--set", &format!("zookeeper.connect={zk}")])
+                .args(["--set", "agent.enabled=true"])
+                .args(["--set", &format!("agent.podLogsDir={}", pod_logs.display())])
+                .args(["--set", &format!("agent.stateDir={}", state.display())])
+                .output(),
+        );
+        env
+    })
+}
+
+fn ok(what: &str, out: std::io::Result<Output>) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn kubectl(env: &TestEnv, args: &[&str]) -> String {
+    ok(
+        &format!("kubectl {}", args.join(" ")),
+        env.kubectl().args(args).output(),
+    )
+}
+
+fn apply(env: &TestEnv, manifest: &str) -> Output {
+    let file = env.dir().join(format!("{}.yaml", unique_name("apply")));
+    std::fs::write(&file, manifest).expect("writing a manifest");
+    env.kubectl()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("running kubectl apply")
+}
+
+fn apply_ok(env: &TestEnv, manifest: &str) {
+    ok("kubectl apply", Ok(apply(env, manifest)));
+}
+
+/// Runs `kubectl args` until `check` accepts its stdout; fails naming `what` with the last
+/// output and the agent's log.
+fn until(
+    env: &TestEnv,
+    what: &str,
+    timeout: Duration,
+    args: &[&str],
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let out = env.kubectl().args(args).output();
+        let (stdout, stderr) = match &out {
+            Ok(o) => (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ),
+            Err(e) => (String::new(), e.to_string()),
+        };
+        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
+            return stdout;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{}\n{stderr}\n--- agent ---\n{}",
+                args.join(" "),
+                tail(&stdout, 30),
+                agent_logs(env)
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn agent_logs(env: &TestEnv) -> String {
+    env.kubectl()
+        .args(["logs", "-n", NAMESPACE, "--tail=30", "--prefix"])
+        .args(["-l", AGENT_SELECTOR])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn new_namespace(env: &TestEnv, prefix: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(env.create_namespace(prefix))
+        .unwrap_or_else(|e| panic!("creating a namespace: {e}"))
+}
+
+/// Errors always go to the receiver; info lines too when `info_to_receiver`; the rest is
+/// dropped (`defaultTo: []`).
+fn servicelog(ns: &str, info_to_receiver: bool) -> String {
+    let level = if info_to_receiver { "info" } else { "error" };
+    format!(
+        r#"apiVersion: servicelog.io/v1alpha1
+kind: ServiceLog
+metadata: {{name: stdout-app, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: stdout-app}}}}
+  sources:
+    - name: app
+      containerLogs: {{containers: [app], streams: [stdout], format: json}}
+  sinks:
+    - name: receiver
+      http:
+        url: http://receiver.{ns}.svc.cluster.local:8080/ingest
+        encoding: json_lines
+        batch: {{timeout: 200ms}}
+  rules:
+    - name: to-receiver
+      when: {{level: {{atLeast: {level}}}}}
+      to: [receiver]
+  defaultTo: []
+"#
+    )
+}
+
+fn receiver(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: receiver, namespace: {ns}, labels: {{app: receiver}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsNonRoot: true, runAsUser: 1000}}
+  containers:
+    - name: receiver
+      image: {RECEIVER_IMAGE}
+      imagePullPolicy: Never
+      ports: [{{containerPort: 8080}}]
+      readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: receiver, namespace: {ns}}}
+spec:
+  selector: {{app: receiver}}
+  ports: [{{port: 8080, targetPort: 8080}}]
+"#
+    )
+}
+
+/// Prints an info and an error line to stdout five times a second, numbered from 1.
+fn app(ns: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: stdout-app, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: stdout-app}}}}
+  template:
+    metadata:
+      labels: {{app: stdout-app}}
+      annotations: {{servicelog.io/inject: stdout-app}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      securityContext: {{runAsNonRoot: true, runAsUser: 1000}}
+      containers:
+        - name: app
+          image: {BUSYBOX_IMAGE}
+          imagePullPolicy: Never
+          command:
+            - /bin/sh
+            - -c
+            - |
+              i=0
+              while true; do
+                i=$((i+1))
+                echo "{{\"level\":\"info\",\"msg\":\"agent-info $HOSTNAME $i\"}}"
+                echo "{{\"level\":\"error\",\"msg\":\"agent-error $HOSTNAME $i\"}}"
+                sleep 0.2
+              done
+"#
+    )
+}
+
+fn deployment_pods(env: &TestEnv, ns: &str) -> Vec<Value> {
+    let text = kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "app=stdout-app",
+            "-o",
+            "json",
+        ],
+    );
+    let list: Value = serde_json::from_str(&text).expect("kubectl get pods -o json");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn name(pod: &Value) -> String {
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// How many times the receiver got each number of `kind` (`agent-error`, `agent-info`)
+/// from `pod`.
+fn received(env: &TestEnv, ns: &str, kind: &str, pod: &str) -> BTreeMap<u64, usize> {
+    let logs = kubectl(env, &["logs", "-n", ns, "receiver"]);
+    let prefix = format!("{kind} {pod} ");
+    let mut seen = BTreeMap::new();
+    for line in logs.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(n) = event["msg"]
+            .as_str()
+            .and_then(|m| m.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        *seen.entry(n).or_default() += 1;
+    }
+    seen
+}
+
+/// Every number from 1 to the highest one received, each exactly once.
+fn assert_exactly_once(seen: &BTreeMap<u64, usize>, what: &str) {
+    let max = seen.keys().next_back().copied().unwrap_or(0);
+    let missing: Vec<u64> = (1..=max).filter(|n| !seen.contains_key(n)).collect();
+    let twice: Vec<(&u64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "{what}: up to {max}, missing {missing:?}, more than once {twice:?}"
+    );
+}
+
+/// Waits until the receiver holds `pod`'s error lines up to at least `at_least`.
+fn errors_reach(env: &TestEnv, ns: &str, pod: &str, at_least: u64) {
+    let start = Instant::now();
+    loop {
+        let seen = received(env, ns, "agent-error", pod);
+        if seen.keys().next_back().is_some_and(|max| *max >= at_least) {
+            return;
+        }
+        assert!(
+            start.elapsed() < ROUTING,
+            "timed out after {ROUTING:?} waiting for {pod}'s error line {at_least} at the receiver (has up to {:?}); agent:\n{}",
+            seen.keys().next_back(),
+            agent_logs(env)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until the ServiceLog's status counts `pods` pods acking its current spec.
+fn applied_everywhere(env: &TestEnv, ns: &str, pods: usize) {
+    until(
+        env,
+        &format!("ServiceLog stdout-app to be applied by {pods}/{pods} pods at its generation"),
+        ROUTING,
+        &["get", "servicelog", "stdout-app", "-n", ns, "-o", "json"],
+        |text| {
+            let Ok(slog) = serde_json::from_str::<Value>(text) else {
+                return false;
+            };
+            slog["status"]["observedGeneration"] == slog["metadata"]["generation"]
+                && slog["status"]["pods"]["applied"] == pods
+                && slog["status"]["pods"]["matched"] == pods
+        },
+    );
+}
+
+fn agent_pod(env: &TestEnv) -> String {
+    kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            AGENT_SELECTOR,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+}
+
+/// Brings the story up in `ns`: the receiver, the ServiceLog (errors only), the Deployment;
+/// returns its pods once they run.
+fn story(env: &TestEnv, ns: &str, replicas: u32) -> Vec<String> {
+    apply_ok(env, &receiver(ns));
+    apply_ok(env, &servicelog(ns, false));
+    apply_ok(env, &app(ns, replicas));
+    ok(
+        "kubectl rollout status",
+        env.kubectl()
+            .args(["rollout", "status", "deployment/stdout-app", "-n", ns])
+            .args(["--timeout=180s"])
+            .output(),
+    );
+    until(
+        env,
+        "the receiver to be Ready",
+        ROLLOUT,
+        &[
+            "get",
+            "pod",
+            "receiver",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ],
+        |ready| ready == "true",
+    );
+    deployment_pods(env, ns).iter().map(name).collect()
+}
+
+#[test]
+fn given_the_agent_on_the_node_when_a_deployment_prints_to_stdout_then_its_lines_are_routed_once_through_a_live_rule_change_and_an_agent_restart()
+ {
+    let env = installed();
+    let _turn = one_at_a_time();
+    let ns = new_namespace(env, "agent-story");
+    let pods = story(env, &ns, 2);
+    assert_eq!(pods.len(), 2, "the Deployment's pods: {pods:?}");
+
+    // The pods got no sidecar (their ServiceLog has only containerLogs), only the mark.
+    for pod in deployment_pods(env, &ns) {
+        let pod_name = name(&pod);
+        let containers: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(containers, ["app"], "{pod_name}: {}", pod["spec"]);
+        assert!(
+            pod["spec"]["initContainers"].is_null(),
+            "{pod_name} has init containers: {}",
+            pod["spec"]["initContainers"]
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["servicelog.io/injected"], "stdout-app",
+            "{pod_name}: {}",
+            pod["metadata"]["annotations"]
+        );
+    }
+
+    // Errors reach the receiver from the first line on; info lines do not (yet).
+    for pod in &pods {
+        errors_reach(env, &ns, pod, 10);
+        assert_exactly_once(&received(env, &ns, "agent-error", pod), pod);
+        let info = received(env, &ns, "agent-info", pod);
+        assert!(
+            info.is_empty(),
+            "{pod}: info lines before the rule said so: {info:?}"
+        );
+    }
+    applied_everywhere(env, &ns, 2);
+
+    // When the rule is changed live, then the agent acks it for each pod and info lines
+    // arrive too, each once.
+    let old_hash = kubectl(
+        env,
+        &[
+            "get",
+            "servicelog",
+            "stdout-app",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.configHash}",
+        ],
+    );
+    apply_ok(env, &servicelog(&ns, true));
+    applied_everywhere(env, &ns, 2);
+    let new_hash = kubectl(
+        env,
+        &[
+            "get",
+            "servicelog",
+            "stdout-app",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.configHash}",
+        ],
+    );
+    assert_ne!(
+        old_hash, new_hash,
+        "the rule change published no new config"
+    );
+    for pod in &pods {
+        until(
+            env,
+            &format!("{pod}'s info lines at the receiver after the rule change"),
+            ROUTING,
+            &["logs", "-n", &ns, "receiver"],
+            |logs| logs.contains(&format!("agent-info {pod} ")),
+        );
+    }
+
+    // When the agent's pod is deleted, then its successor goes on from the checkpoints:
+    // nothing lost, nothing twice.
+    let agent = agent_pod(env);
+    let before: BTreeMap<&String, u64> = pods
+        .iter()
+        .map(|p| {
+            let max = received(env, &ns, "agent-error", p)
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
+            (p, max)
+        })
+        .collect();
+    kubectl(
+        env,
+        &["delete", "pod", "-n", NAMESPACE, &agent, "--wait=true"],
+    );
+    until(
+        env,
+        "a new agent pod to be Ready",
+        ROLLOUT,
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            AGENT_SELECTOR,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].ready}{end}",
+        ],
+        |out| matches!(out.split_whitespace().collect::<Vec<_>>().as_slice(), [name, "true"] if *name != agent),
+    );
+    for pod in &pods {
+        // Lines printed while no agent ran, and after.
+        errors_reach(env, &ns, pod, before[pod] + 25);
+        assert_exactly_once(&received(env, &ns, "agent-error", pod), pod);
+        let info = received(env, &ns, "agent-info", pod);
+        let twice: Vec<_> = info.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{pod}: info lines more than once: {twice:?}"
+        );
+    }
+    applied_everywhere(env, &ns, 2);
+}
+
+#[test]
+fn given_a_baseline_enforced_namespace_when_a_pod_prints_to_stdout_then_the_agent_serves_it() {
+    let env = installed();
+    let _turn = one_at_a_time();
+    let ns = new_namespace(env, "agent-baseline");
+    kubectl(
+        env,
+        &[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=baseline",
+        ],
+    );
+    // The namespace does enforce baseline: a hostPath pod (what a sidecar reading the
+    // kubelet's files would need) is refused.
+    let refused = apply(
+        env,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hostpath, namespace: {ns}}}
+spec:
+  containers: [{{name: c, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: [sleep, "3600"],
+    volumeMounts: [{{name: logs, mountPath: /var/log/pods, readOnly: true}}]}}]
+  volumes: [{{name: logs, hostPath: {{path: /var/log/pods}}}}]
+"#
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("baseline"),
+        "expected baseline to refuse a hostPath pod, got ({}): {stderr}",
+        refused.status
+    );
+
+    let pods = story(env, &ns, 1);
+    assert_eq!(pods.len(), 1, "the Deployment's pods: {pods:?}");
+    errors_reach(env, &ns, &pods[0], 10);
+    assert_exactly_once(&received(env, &ns, "agent-error", &pods[0]), &pods[0]);
+    applied_everywhere(env, &ns, 1);
+}
