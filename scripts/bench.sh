@@ -10,6 +10,9 @@
 #                       and with kafka sinks to a real broker (file → Kafka vs file → file)
 #   2b. transforms      the sidecar file → file with a 3-transform rule set against the same
 #                       rules without transforms: CPU per line, 3 interleaved runs, one core
+#   2c. agent           the node agent on one pod's CRI file against the sidecar on the same
+#                       lines in a plain file: CPU per line, 3 interleaved runs, one core; its
+#                       RSS serving 100 pods (real API server and ZooKeeper, temp /var/log/pods)
 #   3. propagation      setData on the config znode → the sidecar's ack, against ZooKeeper's
 #                       own floor (a watcher re-reading the config)
 #   4. operator_scale, webhook, fleet   servicelog-bench (release build) on the test control
@@ -21,14 +24,14 @@
 # its package is unpacked into ~/.cache/servicelog/contenders/rsyslog), ZooKeeper
 # (scripts/deps.sh) and the control-plane tools (e2e/tools/build.sh).
 #
-# BENCH_SECTIONS=route,routing,transforms,propagation,operator picks sections (default all); the
+# BENCH_SECTIONS=route,routing,transforms,agent,propagation,operator picks sections (default all); the
 # BENCH_* variables of sidecar/benches/*.rs pass through.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 CARGO=${CARGO:-cargo}
-sections=",${BENCH_SECTIONS:-route,routing,transforms,propagation,operator},"
+sections=",${BENCH_SECTIONS:-route,routing,transforms,agent,propagation,operator},"
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/servicelog/contenders
 out_dir=$root/target/bench
 results=$out_dir/results.json
@@ -212,6 +215,22 @@ if want transforms; then
   rm -f "$tmp"
 fi
 
+# --- 2c. agent -----------------------------------------------------------------------------
+if want agent; then
+  say "2c/4 node agent: CRI → file vs the sidecar's file → file (3 interleaved runs, one core), RSS with 100 pods"
+  bash scripts/deps.sh
+  tmp=$(mktemp)
+  if bash e2e/tools/build.sh >/dev/null &&
+    $CARGO build --release -p servicelog-sidecar --bin servicelog-sidecar &&
+    $CARGO bench -p servicelog-agent --bench agent >"$tmp" 2> >(tee "$logs/agent.log" >&2); then
+    merge agent "$tmp"
+  else
+    failed+=(agent)
+    mark agent failed "see target/bench/logs/agent.log"
+  fi
+  rm -f "$tmp"
+fi
+
 # --- 3. propagation ------------------------------------------------------------------------
 if want propagation; then
   say "3/4 config propagation vs ZooKeeper's floor"
@@ -308,6 +327,15 @@ jq -r '
       row("transforms"; "3 transforms per rule, ns CPU per line"; ($t.transforms.median.ns_per_line | num(0));
           "no transforms: \($t.none.median.ns_per_line | num(0))"; ($t.cost_per_line_ratio | x)),
       row(""; "target: ≤ 1.5× the cost per line"; ($t.target.met | tostring); ""; "")
+    else empty end),
+  (.agent // {} | . as $a | status($a)[],
+    if $a.agent_cri.median and $a.sidecar_file.median then
+      row("node agent"; "CRI → file, lines per CPU-second"; ($a.agent_cri.median.lines_per_cpu_s | num(0));
+          "sidecar file → file: \($a.sidecar_file.median.lines_per_cpu_s | num(0))"; ($a.agent_vs_sidecar_lines_per_cpu_s | x))
+    else empty end,
+    if $a.pods then
+      row(""; "RSS serving \($a.pods.pods) pods, MiB"; ($a.pods.rss_mib | num(1));
+          "one sidecar, warm: \($a.sidecar_file.warm_rss_mib | num(1))"; "")
     else empty end),
   (.propagation // {} | . as $p | status($p)[],
     if $p.ack_ms then
