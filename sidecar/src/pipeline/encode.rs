@@ -174,6 +174,8 @@ fn push_members(out: &mut Vec<u8>, fields: &Fields<'_>) {
         json_string(out, key.as_bytes());
         out.push(b':');
         match value {
+            // JSON text of a strict line, or made strict by the transforms: no repairs.
+            FieldValue::Json(raw) if copy => out.extend_from_slice(raw),
             FieldValue::Json(raw) => push_json_text(out, raw),
             FieldValue::Text(t) => json_string(out, t.as_bytes()),
             FieldValue::Tree(v) => {
