@@ -124,6 +124,7 @@ mod tests {
                 "Valid",
                 "Published",
                 "Applied",
+                "Rollout",
                 "Matched",
                 "Injected",
                 "Hash",
@@ -151,7 +152,7 @@ mod tests {
         for needle in [
             "x-kubernetes-validations",
             "a rule has either to or action: drop",
-            "a source sets exactly one of file or syslog",
+            "a source sets exactly one of file, syslog or containerLogs",
             "messageExpression",
             "x-kubernetes-list-type: map",
         ] {
