@@ -25,7 +25,7 @@
 //! names all three.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{
         Arc,
@@ -35,7 +35,11 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use servicelog_api::{Router, ValidationErrors, v1alpha1::LogLevel, wire::Envelope};
+use servicelog_api::{
+    Router, ValidationErrors,
+    v1alpha1::{LogLevel, Sink, StdoutSink},
+    wire::Envelope,
+};
 
 use crate::{
     metrics::Metrics,
@@ -47,6 +51,30 @@ use crate::{
         syslog::{BindError, Listener, SyslogSourceSpec, SyslogSources},
     },
 };
+
+/// The sinks that `containerLogs` events can reach: `defaultTo` and the sinks of every rule
+/// whose `when.source` is absent or names a `containerLogs` source. Conservative: a rule
+/// whose `any` branches name only other sources still counts.
+fn reached_by_container_logs(config: &Envelope) -> HashSet<&str> {
+    let spec = &config.spec;
+    let container_logs: HashSet<&str> = spec
+        .sources
+        .iter()
+        .filter(|s| s.container_logs.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    if container_logs.is_empty() {
+        return HashSet::new();
+    }
+    let mut reached: HashSet<&str> = spec.default_to.iter().map(String::as_str).collect();
+    for rule in &spec.rules {
+        let source = rule.when.as_ref().and_then(|w| w.source.as_deref());
+        if source.is_none_or(|s| container_logs.contains(s)) {
+            reached.extend(rule.to.iter().flatten().map(String::as_str));
+        }
+    }
+    reached
+}
 
 /// One config, running: its pipeline and what its sources read.
 #[derive(Debug)]
@@ -69,6 +97,12 @@ pub enum ApplyError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Multiline(#[from] MultilineError),
+    /// Node agent only: the agent runs as root with the node's pod logs and every pod's
+    /// state dir at hand, so a path chosen by a tenant is never opened by it.
+    #[error(
+        "spec.sinks[{index}].file: a file sink cannot be served by the node agent (it runs as root on the node); sink {name:?} is reached by containerLogs events: route them to a network sink, or read the files with the pod's sidecar"
+    )]
+    AgentFileSink { index: usize, name: String },
 }
 
 /// A config put in force by [`Topology::swap`] that the file reader and the syslog
@@ -269,9 +303,34 @@ impl Topology {
                 running.insert(s.name.as_str(), s);
             }
         }
+        let reached = self
+            .pod_logs
+            .as_ref()
+            .map(|_| reached_by_container_logs(config));
         // The router numbers sinks in declaration order, so `sinks[i]` is sink index `i`.
         let mut sinks = Vec::with_capacity(config.spec.sinks.len());
-        for def in &config.spec.sinks {
+        for (index, def) in config.spec.sinks.iter().enumerate() {
+            // In the node agent a file sink is refused when containerLogs events reach it,
+            // and otherwise stands in as a stdout sink that nothing is routed to (the
+            // pod's sidecar serves it): the agent opens no path a tenant chose.
+            let placeholder;
+            let def = match &reached {
+                Some(reached) if def.file.is_some() => {
+                    if reached.contains(def.name.as_str()) {
+                        return Err(ApplyError::AgentFileSink {
+                            index,
+                            name: def.name.clone(),
+                        });
+                    }
+                    placeholder = Sink {
+                        name: def.name.clone(),
+                        stdout: Some(StdoutSink::default()),
+                        ..Sink::default()
+                    };
+                    &placeholder
+                }
+                _ => def,
+            };
             match running.get(def.name.as_str()) {
                 Some(handle) if handle.def == *def => sinks.push(Arc::clone(handle)),
                 // Sinks started here and not swapped in end when `sinks` is dropped.
@@ -282,6 +341,11 @@ impl Topology {
         let mut files = Vec::new();
         let mut syslog = Vec::new();
         for (index, s) in config.spec.sources.iter().enumerate() {
+            // The node agent reads containerLogs sources only: file and syslog sources are
+            // the pod's sidecar's (as root, the agent would read any namespace's files).
+            if self.pod_logs.is_some() && s.container_logs.is_none() {
+                continue;
+            }
             if let Some(def) = &s.file {
                 files.push(FileSourceSpec::new(
                     &s.name,
@@ -552,6 +616,88 @@ mod tests {
             text.contains(r#"servicelog_sink_dropped_total{sink="out",reason="sink_retired"} 1"#),
             "the syslog batch is counted dropped:\n{text}"
         );
+    }
+
+    /// The node agent's topology over `dir`, serving pod logs under `dir/pod`.
+    fn agent_topology(dir: &tempfile::TempDir) -> (Topology, Receiver<()>) {
+        let (topo, wake) = topology(dir);
+        let logs = PodLogs {
+            dir: dir.path().join("pod"),
+            containers: vec!["app".into()],
+        };
+        (topo.with_pod_logs(logs), wake)
+    }
+
+    #[test]
+    fn given_the_node_agent_when_a_config_has_file_and_syslog_sources_then_only_container_logs_are_read()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (topo, _wake) = agent_topology(&dir);
+        let other = dir.path().join("other.log");
+        std::fs::write(&other, "another namespace's line\n").unwrap();
+        let unused = dir.path().join("unused.log");
+        // Taken: binding it would reject the config.
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let cfg = config(&format!(
+            "sources: [{{name: stdout, containerLogs: {{}}}}, {{name: files, file: {{paths: [{}]}}}}, \
+                       {{name: sys, syslog: {{port: {port}}}}}]\n\
+             sinks: [{{name: out, stdout: {{}}}}, {{name: local, file: {{path: {}}}}}]\n\
+             rules: [{{name: mine, when: {{source: files}}, to: [local]}}]\n\
+             defaultTo: [out]\n",
+            other.display(),
+            unused.display()
+        ));
+        assert!(topo.apply(&cfg).unwrap());
+        let running = topo.running().unwrap();
+        let read: Vec<&str> = running
+            .files
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(read, ["stdout"], "the file source is the sidecar's");
+        assert!(running.syslog.sources.is_empty(), "no syslog port is bound");
+        assert!(
+            !unused.exists(),
+            "a file sink no containerLogs event reaches is not opened"
+        );
+        drop(taken);
+    }
+
+    #[test]
+    fn given_the_node_agent_when_container_logs_reach_a_file_sink_then_the_config_is_refused_naming_the_sink()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (topo, _wake) = agent_topology(&dir);
+        let target = dir.path().join("other-pod-checkpoints");
+        for (why, routing) in [
+            ("by defaultTo", "defaultTo: [grab]\n".to_owned()),
+            (
+                "by a rule on the source",
+                "rules: [{name: r, when: {source: stdout}, to: [grab]}]\ndefaultTo: [out]\n"
+                    .to_owned(),
+            ),
+            (
+                "by a rule on every source",
+                "rules: [{name: r, to: [grab]}]\ndefaultTo: [out]\n".to_owned(),
+            ),
+        ] {
+            let cfg = config(&format!(
+                "sources: [{{name: stdout, containerLogs: {{}}}}]\n\
+                 sinks: [{{name: out, stdout: {{}}}}, {{name: grab, file: {{path: {}}}}}]\n{routing}",
+                target.display()
+            ));
+            let err = topo.apply(&cfg).unwrap_err().to_string();
+            assert!(
+                err.starts_with(
+                    "spec.sinks[1].file: a file sink cannot be served by the node agent"
+                ) && err.contains("\"grab\""),
+                "{why}: {err}"
+            );
+            assert!(!target.exists(), "{why}: the path was opened");
+        }
+        assert_eq!(topo.hash(), None, "nothing was put in force");
     }
 
     #[test]
