@@ -120,6 +120,9 @@ pub struct Event<'a> {
     pub(crate) found: Found,
     /// Fields named `message`, which a text event has (its message) and nothing else.
     pub(crate) message_fields: u32,
+    /// Set by [`crate::rules::Router::parse_keeping`]: which [`crate::rules::Members`] kept
+    /// this line's members, and at which of its parses (see `Members::of`).
+    pub(crate) kept: Option<(u64, u64)>,
 }
 
 impl<'a> Event<'a> {
@@ -141,6 +144,7 @@ impl<'a> Event<'a> {
             message: Slot::ABSENT,
             found: Found::new(),
             message_fields,
+            kept: None,
         }
     }
 

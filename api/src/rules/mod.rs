@@ -45,7 +45,11 @@ mod matcher;
 mod regex_format;
 mod transform;
 
-use std::{borrow::Cow, time::Instant};
+use std::{
+    borrow::Cow,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 pub use compile::{
     DEFAULT_DISK_BUFFER_BYTES, MAX_ANY_DEPTH, MAX_ANY_WIDTH, MAX_CONDITIONS, MAX_DISK_BUFFER_BYTES,
@@ -90,21 +94,36 @@ pub struct Router {
 
 /// The top-level members of the `json` line [`Router::parse_keeping`] read last, so that
 /// [`Router::fields_for`] does not scan it a second time. Reused from line to line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Members {
-    /// The router and the line (its address and length) the list is of.
-    of: Option<(u64, usize, usize)>,
+    /// Unique per `Members` of the process.
+    id: u64,
+    /// How many lines it was given; the event of the last one carries this number.
+    parses: u64,
+    /// The list is of the event with `kept == Some((id, parses))` (when its line parsed).
+    valid: bool,
     list: Vec<json::Member>,
 }
 
-impl Members {
-    fn key(router: u64, line: &[u8]) -> (u64, usize, usize) {
-        (router, line.as_ptr() as usize, line.len())
-    }
+static NEXT_MEMBERS: AtomicU64 = AtomicU64::new(1);
 
-    /// The members of `event`'s line, if they are the ones kept.
+impl Default for Members {
+    fn default() -> Members {
+        Members {
+            id: NEXT_MEMBERS.fetch_add(1, Ordering::Relaxed),
+            parses: 0,
+            valid: false,
+            list: Vec::new(),
+        }
+    }
+}
+
+impl Members {
+    /// The members of `event`'s line, if `event` is the one this kept them for. An event
+    /// from [`Router::parse`], from another `Members` or from an earlier line never is,
+    /// whatever address its line has.
     fn of(&self, event: &Event<'_>) -> Option<&[json::Member]> {
-        (self.of == Some(Members::key(event.program, event.line))).then_some(&self.list[..])
+        (self.valid && event.kept == Some((self.id, self.parses))).then_some(&self.list[..])
     }
 }
 
@@ -188,7 +207,8 @@ impl Router {
         mut members: Option<&mut Members>,
     ) -> Event<'a> {
         if let Some(m) = members.as_deref_mut() {
-            m.of = None;
+            m.parses += 1;
+            m.valid = false;
             m.list.clear();
         }
         // One event, filled in place and returned from every path: it is a few hundred
@@ -208,7 +228,8 @@ impl Router {
                 let list = members.as_deref_mut().map(|m| &mut m.list);
                 let ok = json::scan(line, &plan.keys, &mut event.found, list).is_ok();
                 if let Some(m) = members.filter(|_| ok) {
-                    m.of = Some(Members::key(self.id, line));
+                    m.valid = true;
+                    event.kept = Some((m.id, m.parses));
                 }
                 ok
             }
@@ -303,8 +324,9 @@ impl Router {
     /// The event as rule `rule`'s transforms need it, in the allocation of a [`Fields`]
     /// written before: like [`Router::fields`], except that in a strict JSON line the
     /// members the rule's transforms never look at stay runs of the line (see
-    /// [`Fields::members`]), written back as they are. `members`, when they are of
-    /// `event`'s line (see [`Router::parse_keeping`]), spare a second scan of it.
+    /// [`Fields::members`]), written back as they are. `members`, when they were kept for
+    /// `event` itself (by this router's [`Router::parse_keeping`]), spare a second scan of
+    /// its line; for any other event they are not used.
     pub fn fields_for<'a>(
         &self,
         rule: u16,
@@ -313,7 +335,9 @@ impl Router {
         members: &Members,
     ) -> Fields<'a> {
         let touched = self.rules.get(usize::from(rule)).map(|r| &r.touched);
-        self.build_fields(event, touched, spare, members.of(event))
+        // The marks are this router's: a list kept by another would mislead.
+        let kept = members.of(event).filter(|_| event.program == self.id);
+        self.build_fields(event, touched, spare, kept)
     }
 
     fn build_fields<'a>(
@@ -654,6 +678,48 @@ mod tests {
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 5, 63]);
         assert_eq!(s.len(), 3);
         assert!(s.contains(63) && !s.contains(64) && !s.contains(1));
+    }
+
+    /// The members a line's parse kept are used for that event only: not for another
+    /// line later read into the same buffer (same address, same length), nor for an event
+    /// of `parse`, nor for one another router parsed.
+    #[test]
+    fn given_members_kept_for_a_line_then_no_other_event_uses_them() {
+        let yaml = "sources: [{name: app, file: {paths: [/x/*.log], format: json}}]\n\
+                    sinks: [{name: out, stdout: {}}]\n\
+                    rules: [{name: r, to: [out], transform: [{remove: aaaa}]}]\n";
+        let spec: ServiceLogSpec = serde_yaml::from_str(yaml).unwrap();
+        let (r, other) = (
+            Router::compile(&spec).unwrap(),
+            Router::compile(&spec).unwrap(),
+        );
+        let mut buf = br#"{"aaaa":"secret-of-A!!!","b":1}"#.to_vec();
+        let mut members = Members::default();
+        let mut spare = Spare::default();
+        let names = |f: &Fields<'_>| f.members().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+        {
+            let event = r.parse_keeping(0, &buf, &mut members);
+            let mut fields = r.fields_for(0, &event, &mut spare, &members);
+            r.transform(0, 0, &mut fields);
+            assert_eq!(names(&fields), [""], "b as a run, aaaa removed");
+        }
+        // Another line, read into the same buffer: the list kept for the first must not
+        // be taken for it (its ranges would cut this line at the wrong places).
+        let b = br#"{"x":"hello!!!","level":"info"}"#;
+        assert_eq!(b.len(), buf.len());
+        buf.copy_from_slice(b);
+        let fresh = |r: &Router, e: &Event<'_>| {
+            let f = r.fields_for(0, e, &mut Spare::default(), &Members::default());
+            format!("{f:?}")
+        };
+        let event = r.parse(0, &buf);
+        let fields = r.fields_for(0, &event, &mut spare, &members);
+        assert_eq!(format!("{fields:?}"), fresh(&r, &event));
+        assert_eq!(names(&fields), [""], "x and level as one run");
+        // An event another router parsed and kept: its marks are not this router's.
+        let kept = other.parse_keeping(0, &buf, &mut members);
+        let fields = r.fields_for(0, &kept, &mut spare, &members);
+        assert_eq!(format!("{fields:?}"), fresh(&r, &kept));
     }
 
     #[test]
