@@ -294,7 +294,9 @@ impl Agent {
     }
 
     /// Applies `update` to pod `uid` and writes its record. A pod with a sidecar gets its
-    /// record from the sidecar, not from here.
+    /// record from the sidecar, not from here: the agent's failure to apply (its
+    /// containerLogs sources then stay on the rules in force) is only in the agent's log
+    /// and in `servicelog_config_applied_total{result="error"}`.
     async fn answer(&mut self, uid: &str, key: &ServiceLogKey, update: &ConfigUpdate) {
         let Some(run) = self.pods.get(uid) else {
             return;
@@ -302,7 +304,18 @@ impl Agent {
         let (state, error) = match update {
             ConfigUpdate::Config(config) => match run.apply(config) {
                 Ok(_) => (InstanceState::Ok, None),
-                Err(e) => (InstanceState::Error, Some(e.to_string())),
+                Err(e) => {
+                    tracing::warn!(
+                        namespace = %key.namespace,
+                        pod = %run.pod.name,
+                        service_log = %key.name,
+                        sidecar = run.pod.has_sidecar,
+                        hash = %config.hash,
+                        error = %e,
+                        "the node agent cannot apply the pod's config; its containerLogs stay on the rules in force"
+                    );
+                    (InstanceState::Error, Some(e.to_string()))
+                }
             },
             ConfigUpdate::Unreadable(why) => (InstanceState::Error, Some(why.clone())),
             ConfigUpdate::Missing | ConfigUpdate::SessionEnded(_) => return,

@@ -22,7 +22,7 @@ use servicelog_api::{
     ServiceLogSpec,
     wire::{Envelope, Instance, InstanceState, Layout},
 };
-use servicelog_e2e::{TestEnv, unique_name};
+use servicelog_e2e::{TestEnv, receiver::Receiver, unique_name};
 use servicelog_sidecar::{metrics::Metrics, sources::cri::PodLogs};
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -56,10 +56,20 @@ fn line(seq: u64, level: &str) -> String {
     format!(r#"{{"level":"{level}","seq":{seq},"msg":"served"}}"#)
 }
 
-fn read_lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .map(|s| s.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
+/// The `seq` of every line `rx` took, in the order taken.
+fn seqs(rx: &Receiver) -> Vec<u64> {
+    rx.requests()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .flat_map(|r| r.body.split(|&b| b == b'\n').filter(|l| !l.is_empty()))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("a body line is not JSON ({e}): {l:?}"));
+            v["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a line without seq: {v}"))
+        })
+        .collect()
 }
 
 /// Appends `lines` as containerd writes a container's stdout.
@@ -77,12 +87,13 @@ fn print(file: &Path, lines: &[String]) {
     f.write_all(buf.as_bytes()).expect("writing");
 }
 
-fn spec(dir: &Path, rules: serde_json::Value) -> ServiceLogSpec {
+/// Network sinks: the node agent refuses file sinks reached by containerLogs events.
+fn spec(out: &Receiver, alerts: &Receiver, rules: serde_json::Value) -> ServiceLogSpec {
     let spec = serde_json::json!({
         "sources": [{"name": "stdout", "containerLogs": {"format": "json"}}],
         "sinks": [
-            {"name": "out", "file": {"path": dir.join("out.log")}},
-            {"name": "alerts", "file": {"path": dir.join("alerts.log")}},
+            {"name": "out", "http": {"url": out.url("/out"), "batch": {"timeout": "100ms"}}},
+            {"name": "alerts", "http": {"url": alerts.url("/alerts"), "batch": {"timeout": "100ms"}}},
         ],
         "rules": rules,
         "defaultTo": ["out"],
@@ -158,14 +169,13 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         .expect("creating the tree");
     }
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let sinks = tmp.path().join("sinks");
-    fs::create_dir_all(&sinks).expect("sinks dir");
-    let (out, alerts) = (sinks.join("out.log"), sinks.join("alerts.log"));
+    let (out, alerts) = (Receiver::start(), Receiver::start());
     let v1 = Envelope::new(
         "uid-1",
         1,
         spec(
-            &sinks,
+            &out,
+            &alerts,
             serde_json::json!([{"name": "alerts", "when": {"level": {"atLeast": "warn"}}, "to": ["alerts"]}]),
         ),
     )
@@ -207,21 +217,15 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
         let _ = stopped.await;
     }));
-    let sinks_now = || {
-        format!(
-            "out: {:?}\nalerts: {:?}",
-            read_lines(&out),
-            read_lines(&alerts)
-        )
-    };
+    let sinks_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out), seqs(&alerts));
 
     // Routed by the rules: info to out, error to alerts; the other node's pod not read.
     wait_for("web-a's lines routed", sinks_now, async || {
-        (read_lines(&out).len() == 1 && read_lines(&alerts).len() == 1).then_some(())
+        (seqs(&out).len() == 1 && seqs(&alerts).len() == 1).then_some(())
     })
     .await;
-    assert_eq!(read_lines(&out), [line(0, "info")]);
-    assert_eq!(read_lines(&alerts), [line(1, "error")]);
+    assert_eq!(seqs(&out), [0]);
+    assert_eq!(seqs(&alerts), [1]);
     let here_record = layout.instance(&ns, "checkout", "web-a").expect("a path");
     let there_record = layout.instance(&ns, "checkout", "web-b").expect("a path");
     let acked = wait_for("web-a's record acking v1", String::new, async || {
@@ -248,7 +252,8 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         "uid-1",
         2,
         spec(
-            &sinks,
+            &out,
+            &alerts,
             serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["alerts"]}]),
         ),
     )
@@ -262,18 +267,19 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     .await;
     print(&file("web-a", &here), &[line(2, "info")]);
     wait_for("line 2 in alerts (the new rule)", sinks_now, async || {
-        (read_lines(&alerts).len() == 2).then_some(())
+        (seqs(&alerts).len() == 2).then_some(())
     })
     .await;
-    assert_eq!(read_lines(&alerts)[1], line(2, "info"));
-    assert_eq!(read_lines(&out).len(), 1, "nothing more to out under v2");
+    assert_eq!(seqs(&alerts)[1], 2);
+    assert_eq!(seqs(&out).len(), 1, "nothing more to out under v2");
 
     // A config that does not compile: rejected, the pod keeps v2 and says why.
     let bad = Envelope::new(
         "uid-1",
         3,
         spec(
-            &sinks,
+            &out,
+            &alerts,
             serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["nowhere"]}]),
         ),
     )
@@ -301,6 +307,42 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         "the error names the unknown sink: {rejected:?}"
     );
 
+    // A file sink reached by the pod's stdout: refused (the agent is root on the node),
+    // the path never opened, the reason in the pod's record.
+    let grab = tmp.path().join("grab.log");
+    let mut with_file = spec(&out, &alerts, serde_json::json!([]));
+    with_file.sinks.push(
+        serde_json::from_value(serde_json::json!({"name": "grab", "file": {"path": grab}}))
+            .expect("a file sink"),
+    );
+    with_file.default_to = vec!["grab".into()];
+    let file_sink = Envelope::new("uid-1", 4, with_file).expect("file sink");
+    publish(&zk, &config, &file_sink).await;
+    let refused = wait_for(
+        "web-a's record refusing the file sink",
+        String::new,
+        async || {
+            record(&zk, &here_record).await.filter(|r| {
+                r.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("file sink cannot be served"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        (refused.state, refused.hash.as_str()),
+        (InstanceState::Error, v2.hash.as_str()),
+        "refused, the rules in force stay: {refused:?}"
+    );
+    assert!(
+        refused.error.as_deref().is_some_and(|e| e
+            .starts_with("spec.sinks[2].file: a file sink cannot be served by the node agent")
+            && e.contains("\"grab\"")),
+        "the error names the sink: {refused:?}"
+    );
+    assert!(!grab.exists(), "the file sink's path was opened");
+
     // Deleted: what the pod printed last is delivered, then its record and state go.
     print(&file("web-a", &here), &[line(3, "info"), line(4, "info")]);
     pods.delete("web-a", &DeleteParams::default().grace_period(0))
@@ -320,8 +362,8 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     )
     .await;
     assert_eq!(
-        read_lines(&alerts)[2..],
-        [line(3, "info"), line(4, "info")],
+        seqs(&alerts)[2..],
+        [3, 4],
         "the lines printed before the deletion are delivered before the pod is dropped"
     );
 
@@ -412,8 +454,8 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
         .expect("creating the tree");
     }
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let out = tmp.path().join("out.log");
-    let v1 = Envelope::new("uid-1", 1, spec(tmp.path(), serde_json::json!([]))).expect("v1");
+    let (out, alerts) = (Receiver::start(), Receiver::start());
+    let v1 = Envelope::new("uid-1", 1, spec(&out, &alerts, serde_json::json!([]))).expect("v1");
     let config = layout.config(&ns, "checkout").expect("a path");
     let config_acl = acl(Some(&ns), Node::Config);
     zk.create(
@@ -456,11 +498,17 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
     let path = layout.instance(&ns, "checkout", "web-a").expect("a path");
     wait_for(
         "the record acking v1, read with the namespace's identity",
-        || format!("out: {:?}", read_lines(&out)),
+        || format!("out: {:?}", seqs(&out)),
         async || record(&zk, &path).await.filter(|r| r.hash == v1.hash),
     )
     .await;
-    assert_eq!(read_lines(&out), [line(0, "info")]);
+    wait_for(
+        "line 0 in out",
+        || format!("out: {:?}", seqs(&out)),
+        async || (!seqs(&out).is_empty()).then_some(()),
+    )
+    .await;
+    assert_eq!(seqs(&out), [0]);
     let (record_acl, _) = zk.get_acl(&path).await.expect("the record's ACL");
     assert_eq!(
         record_acl,
