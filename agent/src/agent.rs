@@ -346,23 +346,42 @@ impl Agent {
         }
     }
 
-    /// Removes the state dirs of pods that are not served any more (deleted while the
-    /// agent was down: the kubelet has removed their files too, so there is nothing left
-    /// to drain).
-    fn sweep_state(&self) {
+    /// Settles the state dirs of pods that are not served any more (deleted while the
+    /// agent was down). One whose `<ns>_<pod>_<uid>` log dir is still there is drained on
+    /// its last good config like a pod deleted now (its record went with the old session);
+    /// the others are removed: the kubelet removed their files, nothing is left to read.
+    fn sweep_state(&mut self) {
         let dir = self.opts.paths.state_dir.join("pods");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        for entry in entries.flatten() {
-            let uid = entry.file_name().to_string_lossy().into_owned();
-            if self.pods.contains_key(&uid) {
-                continue;
+        let gone: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .filter(|(uid, _)| !self.pods.contains_key(uid))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let logs = pods::log_dirs(&self.opts.paths.log_root);
+        for (uid, path) in gone {
+            if let Some(pod) = logs.get(&uid) {
+                match PodRun::start(pod.clone(), &self.opts.paths, &self.metrics) {
+                    Ok(run) => {
+                        tracing::info!(namespace = %pod.namespace, pod = %pod.name, "draining the files of a pod deleted while the agent was down");
+                        self.pods.insert(uid.clone(), run);
+                        self.forget(&uid);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot drain a pod deleted while the agent was down")
+                    }
+                }
             }
-            match std::fs::remove_dir_all(entry.path()) {
+            match std::fs::remove_dir_all(&path) {
                 Ok(()) => tracing::info!(uid, "removed the state of a pod no longer on this node"),
                 Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "removing a gone pod's state")
+                    tracing::warn!(path = %path.display(), error = %e, "removing a gone pod's state")
                 }
             }
         }

@@ -6,6 +6,8 @@
 //! a pod whose ServiceLog has none gets a pipeline that reads nothing, and its sidecar
 //! (not the agent) writes its instance record.
 
+use std::{collections::HashMap, path::Path};
+
 use k8s_openapi::api::core::v1::Pod;
 use servicelog_api::pod::{INJECT_ANNOTATION, SIDECAR_CONTAINER};
 
@@ -50,6 +52,46 @@ pub fn served(pod: &Pod) -> Option<ServedPod> {
             .collect(),
         has_sidecar,
     })
+}
+
+/// The pods whose log dirs are under `root` (`<ns>_<pod>_<uid>`: namespace and pod names
+/// hold no `_`), by uid, as served pods without a ServiceLog: what a pod deleted while the
+/// agent was down is drained as. Its containers are its log dir's subdirs.
+pub fn log_dirs(root: &Path) -> HashMap<String, ServedPod> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '_');
+        let (Some(namespace), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let mut containers: Vec<String> = std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|c| c.path().is_dir())
+            .map(|c| c.file_name().to_string_lossy().into_owned())
+            .filter(|c| c != SIDECAR_CONTAINER)
+            .collect();
+        containers.sort();
+        found.insert(
+            uid.to_owned(),
+            ServedPod {
+                namespace: namespace.to_owned(),
+                name: pod.to_owned(),
+                uid: uid.to_owned(),
+                service_log: String::new(),
+                containers,
+                // No record to write or remove: it went with the old session.
+                has_sidecar: true,
+            },
+        );
+    }
+    found
 }
 
 #[cfg(test)]

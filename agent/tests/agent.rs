@@ -23,7 +23,7 @@ use servicelog_api::{
     wire::{Envelope, Instance, InstanceState, Layout},
 };
 use servicelog_e2e::{TestEnv, receiver::Receiver, unique_name};
-use servicelog_sidecar::{metrics::Metrics, sources::cri::PodLogs};
+use servicelog_sidecar::{config::last_good::LastGood, metrics::Metrics, sources::cri::PodLogs};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -198,6 +198,23 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     let stale = state.join("pods").join("0000-gone");
     fs::create_dir_all(&stale).expect("a stale state dir");
     fs::write(stale.join("checkpoints.json"), "{}").expect("a stale checkpoint");
+    // Another, whose files the kubelet still keeps: drained on its last good config.
+    let gone_rx = Receiver::start();
+    let gone_state = state.join("pods").join("1111-gone");
+    let gone_spec: ServiceLogSpec = servicelog_api::validate::parse_spec(&serde_json::json!({
+        "sources": [{"name": "stdout", "containerLogs": {"format": "json"}}],
+        "sinks": [{"name": "out", "http": {"url": gone_rx.url("/gone"), "batch": {"timeout": "100ms"}}}],
+        "defaultTo": ["out"],
+    }))
+    .expect("the gone pod's spec");
+    fs::create_dir_all(&gone_state).expect("the gone pod's state dir");
+    LastGood::new(&gone_state).save(&Envelope::new("uid-0", 1, gone_spec).expect("its config"));
+    print(
+        &PodLogs::dir(&log_root, &ns, "web-gone", "1111-gone")
+            .join("app")
+            .join("0.log"),
+        &[line(50, "info"), line(51, "info")],
+    );
     let opts = AgentOptions {
         node: "node-a".into(),
         zk_connect: env.zk_connect(),
@@ -246,6 +263,13 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         !stale.exists() && state.join("pods").join(&here).exists(),
         "the state of a pod gone while the agent was down is removed, a served pod's kept"
     );
+    wait_for(
+        "the files of the pod deleted while the agent was down drained, its state removed",
+        || format!("gone: {:?}", seqs(&gone_rx)),
+        async || (seqs(&gone_rx).len() == 2 && !gone_state.exists()).then_some(()),
+    )
+    .await;
+    assert_eq!(seqs(&gone_rx), [50, 51]);
 
     // A live rule change: everything to alerts, acked by the pod.
     let v2 = Envelope::new(
