@@ -193,23 +193,43 @@ impl Agent {
     }
 
     /// Starts serving `pod` if it is new, and applies its ServiceLog's config when known.
+    /// A served pod whose annotation now names another ServiceLog moves to it: its reader,
+    /// checkpoints and rules in force stay until that ServiceLog's config applies, and the
+    /// old ServiceLog's record of it is removed.
     async fn serve(&mut self, pod: ServedPod) {
-        if self.pods.contains_key(&pod.uid) {
-            return;
-        }
         let key = ServiceLogKey {
             namespace: pod.namespace.clone(),
             name: pod.service_log.clone(),
         };
-        let run = match PodRun::start(pod, &self.opts.paths, &self.metrics) {
-            Ok(run) => run,
-            Err(e @ (RunError::StateDir { .. } | RunError::Reader { .. })) => {
-                tracing::error!(error = %e, "cannot serve the pod");
-                return;
+        let uid = pod.uid.clone();
+        match self.pods.get_mut(&uid) {
+            Some(run) if run.pod.service_log == pod.service_log => return,
+            Some(run) => {
+                let old = ServiceLogKey {
+                    namespace: run.pod.namespace.clone(),
+                    name: std::mem::replace(&mut run.pod.service_log, pod.service_log.clone()),
+                };
+                let (name, has_sidecar) = (run.pod.name.clone(), run.pod.has_sidecar);
+                tracing::info!(namespace = %key.namespace, pod = %name, from = %old.name, to = %key.name, "the pod names another ServiceLog");
+                self.unwatch(&old, &uid);
+                if !has_sidecar
+                    && let Ok(path) = self.layout.instance(&old.namespace, &old.name, &name)
+                    && let Err(e) = zk::delete_record(&self.client, &path).await
+                {
+                    tracing::warn!(error = %e, "removing the old ServiceLog's instance record");
+                }
             }
-        };
-        let uid = run.pod.uid.clone();
-        self.pods.insert(uid.clone(), run);
+            None => {
+                let run = match PodRun::start(pod, &self.opts.paths, &self.metrics) {
+                    Ok(run) => run,
+                    Err(e @ (RunError::StateDir { .. } | RunError::Reader { .. })) => {
+                        tracing::error!(error = %e, "cannot serve the pod");
+                        return;
+                    }
+                };
+                self.pods.insert(uid.clone(), run);
+            }
+        }
         self.add_identity(&key.namespace).await;
         let watched = match self.watched.get_mut(&key) {
             Some(w) => w,
@@ -397,13 +417,7 @@ impl Agent {
             namespace: run.pod.namespace.clone(),
             name: run.pod.service_log.clone(),
         };
-        if let Some(w) = self.watched.get_mut(&key) {
-            w.pods.remove(uid);
-            if w.pods.is_empty() {
-                w.task.abort();
-                self.watched.remove(&key);
-            }
-        }
+        self.unwatch(&key, uid);
         let record = (!run.pod.has_sidecar)
             .then(|| {
                 self.layout
@@ -434,6 +448,17 @@ impl Agent {
             }
             tracing::info!(pod = %name, "pod drained and forgotten");
         }));
+    }
+
+    /// Takes pod `uid` off `key`'s pods; the ServiceLog's watch ends with its last pod.
+    fn unwatch(&mut self, key: &ServiceLogKey, uid: &str) {
+        if let Some(w) = self.watched.get_mut(key) {
+            w.pods.remove(uid);
+            if w.pods.is_empty() {
+                w.task.abort();
+                self.watched.remove(key);
+            }
+        }
     }
 
     /// Stops every pipeline (checkpoints stay for the next start); the records go with the

@@ -12,7 +12,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use servicelog_agent::{
     agent::{self, AgentOptions},
@@ -367,6 +367,49 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
     );
     assert!(!grab.exists(), "the file sink's path was opened");
 
+    // The pod's annotation now names another ServiceLog: served by it, the old record gone.
+    let moved = Receiver::start();
+    for dir in [
+        layout.resource(&ns, "payments").expect("a path"),
+        layout.instances(&ns, "payments").expect("a path"),
+    ] {
+        zk.create(
+            &dir,
+            &[],
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await
+        .expect("creating the tree");
+    }
+    let payments =
+        Envelope::new("uid-2", 1, spec(&moved, &moved, serde_json::json!([]))).expect("payments");
+    publish(
+        &zk,
+        &layout.config(&ns, "payments").expect("a path"),
+        &payments,
+    )
+    .await;
+    pods.patch(
+        "web-a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"annotations": {"servicelog.io/inject": "payments"}}
+        })),
+    )
+    .await
+    .expect("annotating the pod");
+    let moved_record = layout.instance(&ns, "payments", "web-a").expect("a path");
+    wait_for("web-a's record under payments", String::new, async || {
+        record(&zk, &moved_record)
+            .await
+            .filter(|r| r.hash == payments.hash && r.state == InstanceState::Ok)
+    })
+    .await;
+    assert!(
+        record(&zk, &here_record).await.is_none(),
+        "the old ServiceLog's record of the pod is removed"
+    );
+
     // Deleted: what the pod printed last is delivered, then its record and state go.
     print(&file("web-a", &here), &[line(3, "info"), line(4, "info")]);
     pods.delete("web-a", &DeleteParams::default().grace_period(0))
@@ -377,16 +420,17 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         "web-a's record and state removed",
         || {
             format!(
-                "{}\n{:?}",
+                "{}\nmoved: {:?}\n{:?}",
                 sinks_now(),
+                seqs(&moved),
                 fs::read_dir(&pod_state).map(|d| d.count())
             )
         },
-        async || (record(&zk, &here_record).await.is_none() && !pod_state.exists()).then_some(()),
+        async || (record(&zk, &moved_record).await.is_none() && !pod_state.exists()).then_some(()),
     )
     .await;
     assert_eq!(
-        seqs(&alerts)[2..],
+        seqs(&moved),
         [3, 4],
         "the lines printed before the deletion are delivered before the pod is dropped"
     );
