@@ -117,6 +117,8 @@ pub(crate) enum Finder {
 pub(crate) struct Redactor {
     re: Regex,
     finder: Finder,
+    /// A byte every match holds (`@` for `email`): text without it is not searched.
+    needle: Option<u8>,
     replacement: Box<[u8]>,
 }
 
@@ -432,6 +434,7 @@ fn redact(errors: &mut Errors, regexes: &mut RegexBudget, path: &str, r: &Redact
         Redactor {
             re,
             finder,
+            needle: (r.regex.is_none() && r.pattern == Some(RedactPattern::Email)).then_some(b'@'),
             replacement,
         },
     ))
@@ -440,6 +443,12 @@ fn redact(errors: &mut Errors, regexes: &mut RegexBudget, path: &str, r: &Redact
 impl Redactor {
     /// `text` with the matches replaced; `None` when nothing matched.
     fn apply(&self, text: &[u8]) -> Option<String> {
+        if self
+            .needle
+            .is_some_and(|b| memchr::memchr(b, text).is_none())
+        {
+            return None;
+        }
         let mut out: Option<Vec<u8>> = None;
         let mut last = 0;
         for m in self.re.find_iter(text) {
