@@ -19,7 +19,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Scratch, assert_exactly_once, line, read_lines, wait_until};
+use common::{Scratch, line, wait_until};
+use servicelog_e2e::receiver::Receiver;
 use servicelog_sidecar::{
     metrics::Metrics,
     pipeline::Origin,
@@ -193,13 +194,46 @@ impl Drop for PodReader {
     }
 }
 
-fn spec(out: &Path, source: &str) -> String {
+/// An http sink: the node agent refuses file sinks that containerLogs events reach.
+fn spec(out: &Receiver, source: &str) -> String {
     format!(
         "sources: [{{name: stdout, containerLogs: {source}}}]\n\
-         sinks: [{{name: out, file: {{path: {}}}}}]\n\
+         sinks: [{{name: out, http: {{url: \"{}\", batch: {{timeout: 100ms}}}}}}]\n\
          defaultTo: [out]\n",
-        out.display()
+        out.url("/out")
     )
+}
+
+/// The lines `rx` took, in order, as the app printed them: without the `_servicelog`
+/// member (source, pod, namespace) the http sink appends to each JSON line.
+fn received(rx: &Receiver) -> Vec<String> {
+    rx.requests()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .flat_map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .map(|l| match l.rfind(",\"_servicelog\":") {
+                    Some(at) => format!("{}}}", &l[..at]),
+                    None => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every seq in `0..n` taken exactly once, and no other.
+fn exactly_once(rx: &Receiver, n: u64) {
+    let counts = rx.taken_seqs();
+    let wrong: Vec<(&u64, &usize)> = counts
+        .iter()
+        .filter(|(s, c)| **c != 1 || **s >= n)
+        .collect();
+    let missing: Vec<u64> = (0..n).filter(|s| !counts.contains_key(s)).collect();
+    assert!(
+        wrong.is_empty() && missing.is_empty(),
+        "expected every line 0..{n} exactly once: missing {missing:?}, wrong counts {wrong:?}"
+    );
 }
 
 fn pod_logs(kubelet: &Kubelet) -> PodLogs {
@@ -213,7 +247,7 @@ fn pod_logs(kubelet: &Kubelet) -> PodLogs {
 fn given_cri_records_when_read_then_sinks_get_the_applications_lines_with_parts_joined() {
     let s = Scratch::new();
     let kubelet = Kubelet::new(&s.path("pods"));
-    let out = s.path("out.log");
+    let out = Receiver::start();
     // stderr is not read; the sidecar container's output is not an app container's.
     let reader = PodReader::start(
         &s.state(),
@@ -245,10 +279,10 @@ fn given_cri_records_when_read_then_sinks_get_the_applications_lines_with_parts_
     wait_until(
         "3 lines in the sink",
         WAIT,
-        || read_lines(&out).len() >= 3,
-        || format!("{:?}", read_lines(&out)),
+        || received(&out).len() >= 3,
+        || format!("{:?}", received(&out)),
     );
-    let lines = read_lines(&out);
+    let lines = received(&out);
     assert_eq!(
         lines.len(),
         3,
@@ -278,7 +312,7 @@ fn given_cri_records_when_read_then_sinks_get_the_applications_lines_with_parts_
 fn given_kubelet_rotation_and_a_container_restart_then_every_line_is_read_once_and_gz_never() {
     let s = Scratch::new();
     let kubelet = Kubelet::new(&s.path("pods"));
-    let out = s.path("out.log");
+    let out = Receiver::start();
     let reader = PodReader::start(
         &s.state(),
         pod_logs(&kubelet),
@@ -292,8 +326,8 @@ fn given_kubelet_rotation_and_a_container_restart_then_every_line_is_read_once_a
     wait_until(
         "lines 0..200 in the sink",
         WAIT,
-        || read_lines(&out).len() >= 200,
-        || format!("{} lines", read_lines(&out).len()),
+        || received(&out).len() >= 200,
+        || format!("{} lines", received(&out).len()),
     );
     // The next rotation compresses the older one (never read: not `*.log`).
     let second = kubelet.rotate("app", 0, "20261207-174000");
@@ -304,23 +338,23 @@ fn given_kubelet_rotation_and_a_container_restart_then_every_line_is_read_once_a
     wait_until(
         "lines 0..300 in the sink",
         WAIT,
-        || read_lines(&out).len() >= 300,
-        || format!("{} lines", read_lines(&out).len()),
+        || received(&out).len() >= 300,
+        || format!("{} lines", received(&out).len()),
     );
     kubelet.compress(&second);
     kubelet.print("app", 1, &batch(300, 310));
     wait_until(
         "lines 0..310 in the sink",
         WAIT,
-        || read_lines(&out).len() >= 310,
-        || format!("{} lines", read_lines(&out).len()),
+        || received(&out).len() >= 310,
+        || format!("{} lines", received(&out).len()),
     );
     // Long enough for a .gz to have been read, had it matched: its bytes would be
     // malformed records, counted.
     std::thread::sleep(Duration::from_millis(500));
     let unparsed = reader.metric("servicelog_lines_unparsed_total{source=\"stdout\"}");
     reader.stop();
-    assert_exactly_once(&[&out], 310);
+    exactly_once(&out, 310);
     assert_eq!(unparsed.unwrap_or(0.0), 0.0, "a .gz file was read");
 }
 
@@ -328,7 +362,7 @@ fn given_kubelet_rotation_and_a_container_restart_then_every_line_is_read_once_a
 fn given_a_restart_with_a_line_in_progress_then_the_line_comes_whole_once_and_nothing_repeats() {
     let s = Scratch::new();
     let kubelet = Kubelet::new(&s.path("pods"));
-    let out = s.path("out.log");
+    let out = Receiver::start();
     let source = "{format: json}";
     let reader = PodReader::start(&s.state(), pod_logs(&kubelet), &spec(&out, source));
     kubelet.print(
@@ -342,12 +376,12 @@ fn given_a_restart_with_a_line_in_progress_then_the_line_comes_whole_once_and_no
     wait_until(
         "lines 0..50 in the sink",
         WAIT,
-        || read_lines(&out).len() >= 50,
-        || format!("{} lines", read_lines(&out).len()),
+        || received(&out).len() >= 50,
+        || format!("{} lines", received(&out).len()),
     );
     reader.stop();
     assert_eq!(
-        read_lines(&out).len(),
+        received(&out).len(),
         50,
         "the line in progress is held at shutdown"
     );
@@ -362,10 +396,10 @@ fn given_a_restart_with_a_line_in_progress_then_the_line_comes_whole_once_and_no
     wait_until(
         "lines 0..60 in the sink",
         WAIT,
-        || read_lines(&out).len() >= 60,
-        || format!("{} lines", read_lines(&out).len()),
+        || received(&out).len() >= 60,
+        || format!("{} lines", received(&out).len()),
     );
     std::thread::sleep(Duration::from_millis(300));
     reader.stop();
-    assert_exactly_once(&[&out], 60);
+    exactly_once(&out, 60);
 }
