@@ -377,6 +377,8 @@ impl Cluster {
             .args(["--zk-root", &self.root, "--metrics-addr", "127.0.0.1:0"])
             .arg("--log-root")
             .arg(log_root)
+            // The bench writes to file sinks, like the sidecar it is measured against.
+            .arg("--allow-file-sinks")
             .arg("--state-dir")
             .arg(state)
             .env("KUBECONFIG", self.env.kubeconfig())

@@ -53,6 +53,11 @@ struct Cli {
     /// `servicelog-zk-auth` Secret) and add it to the session.
     #[arg(long, env = "SERVICELOG_ZK_NAMESPACE_IDENTITIES")]
     zk_namespace_identities: bool,
+    /// Serve `file` sinks that container logs reach, which are otherwise refused (the
+    /// agent runs as root on the node and must not write where a tenant says). For
+    /// benchmarks and tests outside a cluster only; the chart never sets it.
+    #[arg(long, env = "SERVICELOG_ALLOW_FILE_SINKS")]
+    allow_file_sinks: bool,
     /// Upper bound on a SIGTERM shutdown.
     #[arg(long, env = "SERVICELOG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -92,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         paths: Paths {
             log_root: cli.log_root,
             credentials_dir: cli.state_dir.join("credentials"),
+            allow_file_sinks: cli.allow_file_sinks,
             state_dir: cli.state_dir,
         },
         drain_timeout: cli.drain_timeout,

@@ -44,6 +44,9 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// Where sinks' credentials would be mounted (none in this increment).
     pub credentials_dir: PathBuf,
+    /// Serve file sinks reached by container logs (see [`PodLogs::allow_file_sinks`]):
+    /// benchmarks and tests only.
+    pub allow_file_sinks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,7 @@ impl PodRun {
         .with_pod_logs(PodLogs {
             dir: log_dir.clone(),
             containers: pod.containers.clone(),
+            allow_file_sinks: paths.allow_file_sinks,
         });
         let last_good = LastGood::new(&state_dir);
         match last_good.load() {

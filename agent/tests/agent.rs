@@ -224,6 +224,7 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         paths: Paths {
             log_root: log_root.clone(),
             state_dir: state.clone(),
+            allow_file_sinks: false,
             credentials_dir: state.join("credentials"),
         },
         drain_timeout: Duration::from_secs(10),
@@ -553,6 +554,7 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
         paths: Paths {
             log_root,
             state_dir: state.clone(),
+            allow_file_sinks: false,
             credentials_dir: state.join("credentials"),
         },
         drain_timeout: Duration::from_secs(5),

@@ -315,7 +315,10 @@ impl Topology {
             // pod's sidecar serves it): the agent opens no path a tenant chose.
             let placeholder;
             let def = match &reached {
-                Some(reached) if def.file.is_some() => {
+                Some(reached)
+                    if def.file.is_some()
+                        && !self.pod_logs.as_ref().is_some_and(|l| l.allow_file_sinks) =>
+                {
                     if reached.contains(def.name.as_str()) {
                         return Err(ApplyError::AgentFileSink {
                             index,
@@ -624,6 +627,7 @@ mod tests {
         let logs = PodLogs {
             dir: dir.path().join("pod"),
             containers: vec!["app".into()],
+            allow_file_sinks: false,
         };
         (topo.with_pod_logs(logs), wake)
     }

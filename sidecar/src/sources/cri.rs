@@ -196,6 +196,9 @@ pub struct PodLogs {
     pub dir: PathBuf,
     /// The pod's app containers: what a source without `containers` reads.
     pub containers: Vec<String>,
+    /// File sinks reached by container logs are served rather than refused: only for
+    /// benchmarks and tests outside a cluster (the agent's `--allow-file-sinks`).
+    pub allow_file_sinks: bool,
 }
 
 impl PodLogs {
