@@ -240,6 +240,7 @@ fn pod_logs(kubelet: &Kubelet) -> PodLogs {
     PodLogs {
         dir: kubelet.pod_dir.clone(),
         containers: vec!["app".into()],
+        allow_file_sinks: false,
     }
 }
 
