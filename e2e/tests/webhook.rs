@@ -216,7 +216,11 @@ const REFUSALS: &[(&str, &str, &[&str])] = &[
     (
         "a source with both file and syslog",
         "",
-        &["spec.sources[1]", "\"both\"", "both file and syslog"],
+        &[
+            "spec.sources[1]",
+            "\"both\"",
+            "sets file syslog - a source sets exactly one of",
+        ],
     ),
     (
         "a sink with two kinds",
