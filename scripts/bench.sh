@@ -18,20 +18,25 @@
 #   4. operator_scale, webhook, fleet   servicelog-bench (release build) on the test control
 #                       plane; the fleet at 100 and 1,000 sidecar processes beside ZooKeeper's
 #                       floor at the same N (BENCH_FLEET_SIZES=100,1000; `ulimit -n` ≥ 4096)
+#   5. rollout          servicelog-bench rollout: a staged rollout on the fleet of 100 and 1,000
+#                       sidecars (BENCH_ROLLOUT_SIZES=100,1000, BENCH_ROLLOUT_ROUNDS=20):
+#                       kubectl patch → step 1 applied on its canaries, and → a rejected
+#                       change rolled back on every canary, p50/p99; ZooKeeper's and the
+#                       operator's memory, the operator's CPU
 #
 # Installs what it needs on a fresh Debian machine: `time`, `jq`, syslog-ng (Debian's
 # syslog-ng-core, without starting its service), rsyslog (it conflicts with syslog-ng, so
 # its package is unpacked into ~/.cache/servicelog/contenders/rsyslog), ZooKeeper
 # (scripts/deps.sh) and the control-plane tools (e2e/tools/build.sh).
 #
-# BENCH_SECTIONS=route,routing,transforms,agent,propagation,operator picks sections (default all); the
+# BENCH_SECTIONS=route,routing,transforms,agent,propagation,operator,rollout picks sections (default all); the
 # BENCH_* variables of sidecar/benches/*.rs pass through.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 CARGO=${CARGO:-cargo}
-sections=",${BENCH_SECTIONS:-route,routing,transforms,agent,propagation,operator},"
+sections=",${BENCH_SECTIONS:-route,routing,transforms,agent,propagation,operator,rollout},"
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/servicelog/contenders
 out_dir=$root/target/bench
 results=$out_dir/results.json
@@ -264,6 +269,21 @@ if want operator; then
   fi
 fi
 
+# --- 5. staged rollout ----------------------------------------------------------------------
+if want rollout; then
+  say "5/5 staged rollout on the fleet (servicelog-bench rollout)"
+  bash scripts/deps.sh
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if bash e2e/tools/build.sh >/dev/null &&
+    $CARGO build --release -p servicelog-operator -p servicelog-sidecar -p servicelog-e2e --bins &&
+    "$target_dir/release/servicelog-bench" rollout 2>&1 | tee "$logs/rollout.log" >&2; then
+    :
+  else
+    failed+=(rollout)
+    mark rollout failed "see target/bench/logs/rollout.log"
+  fi
+fi
+
 # --- the table -----------------------------------------------------------------------------
 jq -r '
   def num(d): if type == "number" then (. * pow(10; d) | round / pow(10; d) | tostring) else "–" end;
@@ -357,6 +377,16 @@ jq -r '
           "ZooKeeper floor: \($f.zookeeper_floor_p50_ms | num(0)) / \($f.zookeeper_floor_p99_ms | num(0))"; ""),
       row(""; "kubectl patch → applied N/N, p50 / p99 ms";
           "\($f.patch_to_applied_p50_ms | num(0)) / \($f.patch_to_applied_p99_ms | num(0))"; ""; "")
+    else empty end),
+  (to_entries[] | select(.key | test("^rollout")) | .value | . as $r | status($r)[],
+    if $r.sidecars then
+      row("rollout \($r.sidecars)"; "patch → step 1 on canaries, p50 / p99 ms";
+          "\($r.patch_to_step1_applied_p50_ms | num(0)) / \($r.patch_to_step1_applied_p99_ms | num(0))";
+          "\($r.step_canaries) canaries, \($r.rounds) changes"; ""),
+      row(""; "patch → rolled back, p50 / p99 ms";
+          "\($r.patch_to_rolled_back_p50_ms | num(0)) / \($r.patch_to_rolled_back_p99_ms | num(0))"; ""; ""),
+      row(""; "ZooKeeper RSS with the fleet, MiB"; ($r.zookeeper_rss_mib_with_fleet | num(0));
+          "before: \($r.zookeeper_rss_mib_before | num(0))"; "")
     else empty end),
   (.webhook // {} | . as $w | status($w)[],
     if $w.requests then

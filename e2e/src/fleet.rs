@@ -31,7 +31,9 @@ use crate::{
     unique_name,
 };
 
-const SERVICELOG: &str = r#"
+/// The fleet's ServiceLog. Variants (e.g. with `spec.rollout`) append to its `spec`, which
+/// ends the text, and keep its name and selector.
+pub const SERVICELOG: &str = r#"
 apiVersion: servicelog.io/v1alpha1
 kind: ServiceLog
 metadata: {name: fleet}
@@ -93,6 +95,15 @@ impl Fleet {
     /// Starts the operator, the ServiceLog, `size` pods and their sidecars, and waits until
     /// every sidecar applied the first config.
     pub async fn start(env: &'static TestEnv, size: usize) -> Result<Self, EnvError> {
+        Self::start_with(env, size, SERVICELOG).await
+    }
+
+    /// [`Fleet::start`] with another ServiceLog `fleet` selecting `app: fleet` (YAML).
+    pub async fn start_with(
+        env: &'static TestEnv,
+        size: usize,
+        servicelog: &str,
+    ) -> Result<Self, EnvError> {
         env.install_crds()?;
         let namespace = env.create_namespace("fleet").await?;
         let options = OperatorOptions {
@@ -123,7 +134,7 @@ impl Fleet {
             specs: Vec::new(),
             restarts: Vec::new(),
         };
-        fleet.kubectl_apply(SERVICELOG)?;
+        fleet.kubectl_apply(servicelog)?;
         let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.namespace);
         let binary = bin_dir()?.join("servicelog-sidecar");
         for i in 0..size {
@@ -174,6 +185,21 @@ impl Fleet {
         self.layout
             .config(&self.namespace, "fleet")
             .unwrap_or_default()
+    }
+
+    /// The candidate znode's path (a staged rollout's).
+    pub fn candidate_path(&self) -> String {
+        self.layout
+            .candidate(&self.namespace, "fleet")
+            .unwrap_or_default()
+    }
+
+    /// The pods' names, in start order.
+    pub fn pod_names(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .filter_map(|(p, _)| p.metadata.name.clone())
+            .collect()
     }
 
     /// The `instances/` znode's path.

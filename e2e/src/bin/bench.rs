@@ -8,6 +8,10 @@
 //! - `fleet`: 100 and 1,000 sidecar processes (`BENCH_FLEET_SIZES=100,1000`) on one
 //!   ServiceLog; rule change → `applied N/N`, sent by `kubectl patch` and by a kube client,
 //!   beside ZooKeeper's floor at the same N, with a breakdown of each change.
+//! - `rollout` (only when named: `servicelog-bench rollout`, `make bench` section
+//!   `rollout`): the fleet of 100 and 1,000 sidecars (`BENCH_ROLLOUT_SIZES=100,1000`) under
+//!   a staged rollout; `kubectl patch` → step 1 applied on its canaries, and `kubectl patch`
+//!   of a change the canaries reject → every canary back on stable, the candidate withdrawn.
 //!
 //! Results are appended to `target/bench/results.json` (one object per section) and
 //! printed as a table. Run through `make bench` (release build).
@@ -78,6 +82,28 @@ async fn main() -> anyhow::Result<()> {
                 (format!("fleet_{size}"), 10)
             };
             results.insert(key, fleet(env, size, changes).await?);
+        }
+    }
+    // Not in the default set: `make bench` runs it as its own section.
+    if args.iter().any(|a| a == "rollout") {
+        let sizes = std::env::var("BENCH_ROLLOUT_SIZES").unwrap_or_else(|_| "100,1000".into());
+        let rounds: usize = match std::env::var("BENCH_ROLLOUT_ROUNDS") {
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("BENCH_ROLLOUT_ROUNDS: {v:?} is not a number"))?,
+            Err(_) => 20,
+        };
+        for size in sizes.split(',').filter(|s| !s.trim().is_empty()) {
+            let size: usize = size
+                .trim()
+                .parse()
+                .with_context(|| format!("BENCH_ROLLOUT_SIZES: {size:?} is not a number"))?;
+            let key = if size == 100 {
+                "rollout".to_owned()
+            } else {
+                format!("rollout_{size}")
+            };
+            results.insert(key, rollout(env, size, rounds).await?);
         }
     }
     let out = workspace_dir().join("target/bench");
@@ -261,6 +287,219 @@ async fn fleet(
         "zookeeper_live_heap_mib_with_fleet_and_floor": zk_heap_floor,
         "zookeeper_connections_before": zk_connections_before,
         "zookeeper_connections_with_fleet_and_floor": zk_connections,
+    }))
+}
+
+/// A staged rollout on a fleet of `size` sidecars (steps 10 % held an hour, then 100 %),
+/// `rounds` times (fewer when the rounds pass 5 minutes, at least 10): a good change by
+/// `kubectl patch` (a sink added) → its step-1 canaries run the candidate, read from
+/// their instance records; then a change the canaries reject (a file sink under a file)
+/// → every canary of that candidate back on the stable hash and the candidate znode gone.
+/// Both clocks start just before `kubectl` starts. Beside them: ZooKeeper's RSS with and
+/// without the fleet's sessions, the operator's CPU and RSS during the rounds.
+async fn rollout(
+    env: &'static TestEnv,
+    size: usize,
+    rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use servicelog_api::{
+        rollout::is_member,
+        wire::{Candidate, Instance},
+    };
+    check_limits(size)?;
+    const BUDGET: Duration = Duration::from_secs(300);
+    const WAIT: Duration = Duration::from_secs(60);
+    let zk_pid = env.zookeeper().pid(0).context("ZooKeeper's pid")?;
+    let zk_rss_before = rss_mib(zk_pid).1;
+    let zk_heap_before = java_live_heap_mib(zk_pid);
+    eprintln!("rollout: starting {size} pods and sidecars");
+    let started = Instant::now();
+    let servicelog = format!(
+        "{}  rollout:\n    steps: [{{percent: 10, pause: 1h}}, {{percent: 100}}]\n",
+        servicelog_e2e::fleet::SERVICELOG
+    );
+    let fleet = servicelog_e2e::fleet::Fleet::start_with(env, size, &servicelog).await?;
+    let start_s = started.elapsed().as_secs_f64();
+    eprintln!("rollout: {size} sidecars applied the first config after {start_s:.1}s");
+    let zk_rss_fleet = rss_mib(zk_pid).1;
+    let zk_heap_fleet = java_live_heap_mib(zk_pid);
+    let operator_pid = fleet.operator.pid().context("operator pid")?;
+    let pods = fleet.pod_names();
+    let zk = &fleet.zk;
+    let candidate_path = fleet.candidate_path();
+    let instances = fleet.instances_path();
+    let stable = servicelog_api::wire::Envelope::from_slice(
+        &zk.get_data(&fleet.config_path())
+            .await
+            .context("reading the fleet's config znode")?
+            .0,
+    )?
+    .hash;
+    let candidate = async || -> anyhow::Result<Option<Candidate>> {
+        match zk.get_data(&candidate_path).await {
+            Ok((data, _)) => Ok(Some(Candidate::from_slice(&data)?)),
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {candidate_path}")),
+        }
+    };
+    // How many of `pods` have an instance record routing with `hash` (read at once).
+    let on = async |pods: &[String], hash: &str| -> anyhow::Result<usize> {
+        let reads = pods
+            .iter()
+            .map(|p| zk.get_data(&format!("{instances}/{p}")));
+        let records = futures::future::try_join_all(reads)
+            .await
+            .context("reading the canaries' instance records")?;
+        Ok(records
+            .iter()
+            .filter(|(data, _)| Instance::from_slice(data).is_ok_and(|r| r.hash == hash))
+            .count())
+    };
+    // Polls `check` every 5 ms until it holds, failing after WAIT with `what`.
+    async fn until<T>(
+        what: &str,
+        mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = check().await? {
+                return Ok(found);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {WAIT:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let patch = |sinks: serde_json::Value| -> anyhow::Result<()> {
+        let body = serde_json::json!({"spec": {"sinks": sinks}}).to_string();
+        let out = env
+            .kubectl()
+            .args(["-n", &fleet.namespace, "patch", "servicelog", "fleet"])
+            .args(["--type=merge", "-p", &body])
+            .output()
+            .context("running kubectl patch")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl patch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let sink = |name: &str| serde_json::json!({"name": name, "file": {"path": format!("/var/log/servicelog/{name}.log")}});
+    let (mut to_step, mut to_back) = (Vec::new(), Vec::new());
+    let (mut step_canaries, mut back_canaries) = (0, 0);
+    let operator_cpu = cpu_s(operator_pid);
+    let mut operator_peak_rss = 0.0f64;
+    let wall = Instant::now();
+    for round in 0..rounds {
+        if round >= 10 && wall.elapsed() > BUDGET {
+            break;
+        }
+        let t0 = Instant::now();
+        patch(serde_json::json!([sink("out"), sink(&format!("spare{round}"))]))?;
+        let good = until("the good change's candidate", async || {
+            Ok(candidate()
+                .await?
+                .filter(|c| c.stable_hash == stable && !c.preview))
+        })
+        .await?;
+        let members: Vec<String> = pods
+            .iter()
+            .filter(|p| is_member(&good.hash, &fleet.namespace, p, 10))
+            .cloned()
+            .collect();
+        until(
+            &format!("step 1 applied on its {} canaries", members.len()),
+            async || Ok((on(&members, &good.hash).await? == members.len()).then_some(())),
+        )
+        .await?;
+        to_step.push(t0.elapsed());
+        step_canaries = members.len();
+
+        let t0 = Instant::now();
+        patch(serde_json::json!([
+            sink("out"),
+            sink(&format!("spare{round}")),
+            {"name": "broken", "file": {"path": "/var/log/servicelog/out.log/broken.log"}},
+        ]))?;
+        let bad = until("the rejected change's candidate", async || {
+            Ok(candidate().await?.filter(|c| c.hash != good.hash))
+        })
+        .await?;
+        let canaries: Vec<String> = pods
+            .iter()
+            .filter(|p| is_member(&bad.hash, &fleet.namespace, p, 10))
+            .cloned()
+            .collect();
+        until(
+            &format!(
+                "all {} canaries back on stable, the candidate withdrawn",
+                canaries.len()
+            ),
+            async || {
+                let back = on(&canaries, &stable).await? == canaries.len();
+                Ok((back && candidate().await?.is_none()).then_some(()))
+            },
+        )
+        .await?;
+        to_back.push(t0.elapsed());
+        back_canaries = canaries.len();
+        operator_peak_rss = operator_peak_rss.max(rss_mib(operator_pid).1);
+        eprintln!(
+            "rollout {size}: round {round}: step 1 on {} canaries in {:?}; rolled back on {} in {:?}",
+            members.len(),
+            to_step[round],
+            canaries.len(),
+            to_back[round]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wall = wall.elapsed().as_secs_f64();
+    let operator_cpu = cpu_s(operator_pid) - operator_cpu;
+    let (operator_hwm, operator_rss) = rss_mib(operator_pid);
+    let zk_rss_end = rss_mib(zk_pid).1;
+    fleet.stop();
+    let pct = |times: &[Duration], p: f64| {
+        let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        percentile(&mut ms, p)
+    };
+    let changes = (to_step.len() + to_back.len()) as f64;
+    let rounds = to_step.len();
+    println!(
+        "rollout {size:>4}   kubectl patch → step 1 applied on its {step_canaries} canaries: p50 {:.0} ms, p99 {:.0} ms; kubectl patch → rejected change rolled back on all {back_canaries} canaries: p50 {:.0} ms, p99 {:.0} ms; {rounds} changes each",
+        pct(&to_step, 0.5),
+        pct(&to_step, 0.99),
+        pct(&to_back, 0.5),
+        pct(&to_back, 0.99),
+    );
+    println!(
+        "rollout {size:>4}   operator CPU {:.1} ms per change ({:.2} cores over the rounds), RSS {operator_rss:.1} MiB (peak {:.1}); ZooKeeper RSS {zk_rss_before:.0} → {zk_rss_fleet:.0} MiB with {size} sessions ({zk_rss_end:.0} after the rounds), live heap {zk_heap_before:.1} → {zk_heap_fleet:.1} MiB",
+        operator_cpu * 1000.0 / changes,
+        operator_cpu / wall,
+        operator_hwm.max(operator_peak_rss),
+    );
+    Ok(serde_json::json!({
+        "sidecars": size,
+        "rounds": rounds,
+        "start_s": start_s,
+        "step_canaries": step_canaries,
+        "rollback_canaries": back_canaries,
+        "patch_to_step1_applied_p50_ms": pct(&to_step, 0.5),
+        "patch_to_step1_applied_p99_ms": pct(&to_step, 0.99),
+        "patch_to_step1_applied_max_ms": pct(&to_step, 1.0),
+        "patch_to_rolled_back_p50_ms": pct(&to_back, 0.5),
+        "patch_to_rolled_back_p99_ms": pct(&to_back, 0.99),
+        "patch_to_rolled_back_max_ms": pct(&to_back, 1.0),
+        "operator_cpu_ms_per_change": operator_cpu * 1000.0 / changes,
+        "operator_cpu_cores_during_rounds": operator_cpu / wall,
+        "operator_rss_mib": operator_rss,
+        "operator_peak_rss_mib": operator_hwm.max(operator_peak_rss),
+        "zookeeper_rss_mib_before": zk_rss_before,
+        "zookeeper_rss_mib_with_fleet": zk_rss_fleet,
+        "zookeeper_rss_mib_after_rounds": zk_rss_end,
+        "zookeeper_live_heap_mib_before": zk_heap_before,
+        "zookeeper_live_heap_mib_with_fleet": zk_heap_fleet,
     }))
 }
 
