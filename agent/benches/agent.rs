@@ -379,6 +379,8 @@ impl Cluster {
             .arg(log_root)
             // The bench writes to file sinks, like the sidecar it is measured against.
             .arg("--allow-file-sinks")
+            // Throughput is measured: no per-pod read rate limit.
+            .args(["--pod-rate-limit", "0"])
             .arg("--state-dir")
             .arg(state)
             .env("KUBECONFIG", self.env.kubeconfig())

@@ -23,7 +23,7 @@ use servicelog_api::{
     wire::{Instance, InstanceState, Layout, WireError},
     zkauth::Credentials,
 };
-use servicelog_sidecar::metrics::Metrics;
+use servicelog_sidecar::{metrics::Metrics, sources::file::ReadRate};
 use tokio::{sync::mpsc, task::JoinHandle};
 use zookeeper_client::Client;
 
@@ -49,6 +49,9 @@ pub struct AgentOptions {
     /// ZooKeeper ACLs are on: add the identity of each namespace with a served pod (its
     /// `servicelog-zk-auth` Secret) to the session.
     pub namespace_identities: bool,
+    /// Each pod's read rate (`--pod-rate-limit`): a pod printing faster waits in its
+    /// files, the others go on.
+    pub pod_rate: Option<ReadRate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,13 +223,14 @@ impl Agent {
                 }
             }
             None => {
-                let run = match PodRun::start(pod, &self.opts.paths, &self.metrics) {
-                    Ok(run) => run,
-                    Err(e @ (RunError::StateDir { .. } | RunError::Reader { .. })) => {
-                        tracing::error!(error = %e, "cannot serve the pod");
-                        return;
-                    }
-                };
+                let run =
+                    match PodRun::start(pod, &self.opts.paths, self.opts.pod_rate, &self.metrics) {
+                        Ok(run) => run,
+                        Err(e @ (RunError::StateDir { .. } | RunError::Reader { .. })) => {
+                            tracing::error!(error = %e, "cannot serve the pod");
+                            return;
+                        }
+                    };
                 self.pods.insert(uid.clone(), run);
             }
         }
@@ -386,7 +390,12 @@ impl Agent {
         let logs = pods::log_dirs(&self.opts.paths.log_root);
         for (uid, path) in gone {
             if let Some(pod) = logs.get(&uid) {
-                match PodRun::start(pod.clone(), &self.opts.paths, &self.metrics) {
+                match PodRun::start(
+                    pod.clone(),
+                    &self.opts.paths,
+                    self.opts.pod_rate,
+                    &self.metrics,
+                ) {
                     Ok(run) => {
                         tracing::info!(namespace = %pod.namespace, pod = %pod.name, "draining the files of a pod deleted while the agent was down");
                         self.pods.insert(uid.clone(), run);

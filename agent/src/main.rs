@@ -2,7 +2,7 @@
 //! print by their ServiceLog rules.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{num::NonZeroU32, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,7 +11,7 @@ use servicelog_agent::{
     run::Paths,
 };
 use servicelog_api::pod;
-use servicelog_sidecar::metrics::Metrics;
+use servicelog_sidecar::{metrics::Metrics, sources::file::ReadRate};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +58,15 @@ struct Cli {
     /// benchmarks and tests outside a cluster only; the chart never sets it.
     #[arg(long, env = "SERVICELOG_ALLOW_FILE_SINKS")]
     allow_file_sinks: bool,
+    /// Lines a second each pod's files are read at most (0: no limit). A pod printing
+    /// faster is read behind (nothing dropped: the rest waits in its files, which the
+    /// kubelet's rotation bounds) and does not slow the other pods.
+    #[arg(long, env = "SERVICELOG_POD_RATE_LIMIT", default_value_t = 10_000)]
+    pod_rate_limit: u32,
+    /// Lines a pod may have read at once above its rate after a quiet time (default: one
+    /// second's worth).
+    #[arg(long, env = "SERVICELOG_POD_RATE_BURST")]
+    pod_rate_burst: Option<NonZeroU32>,
     /// Upper bound on a SIGTERM shutdown.
     #[arg(long, env = "SERVICELOG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -103,6 +112,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
         shutdown_timeout: cli.shutdown_timeout,
         namespace_identities: cli.zk_namespace_identities,
+        pod_rate: NonZeroU32::new(cli.pod_rate_limit).map(|per_second| ReadRate {
+            per_second,
+            burst: cli.pod_rate_burst.unwrap_or(per_second),
+        }),
     };
     // One thread for the control plane: each pod's reader and sinks have threads of
     // their own.

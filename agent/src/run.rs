@@ -28,7 +28,7 @@ use servicelog_sidecar::{
     sources::{
         checkpoint::Checkpoints,
         cri::PodLogs,
-        file::{Tailer, TailerLinks, TailerOptions},
+        file::{ReadRate, Tailer, TailerLinks, TailerOptions},
     },
     topology::{ApplyError, Topology},
 };
@@ -73,8 +73,14 @@ pub struct PodRun {
 }
 
 impl PodRun {
-    /// Starts reading `pod`'s files, on its last good config if it has one.
-    pub fn start(pod: ServedPod, paths: &Paths, metrics: &Metrics) -> Result<Self, RunError> {
+    /// Starts reading `pod`'s files, on its last good config if it has one, at most at
+    /// `rate` lines a second.
+    pub fn start(
+        pod: ServedPod,
+        paths: &Paths,
+        rate: Option<ReadRate>,
+        metrics: &Metrics,
+    ) -> Result<Self, RunError> {
         let state_dir = paths.state_dir.join("pods").join(&pod.uid);
         fs::create_dir_all(&state_dir).map_err(|source| RunError::StateDir {
             path: state_dir.clone(),
@@ -115,7 +121,10 @@ impl PodRun {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let tailer = Tailer::new(
-            TailerOptions::new(state_dir.clone()),
+            TailerOptions {
+                rate,
+                ..TailerOptions::new(state_dir.clone())
+            },
             TailerLinks {
                 current: topology.files(),
                 stop: stop.clone(),

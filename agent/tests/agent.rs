@@ -5,6 +5,7 @@
 use std::{
     fs::{self, OpenOptions},
     io::Write,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -23,7 +24,11 @@ use servicelog_api::{
     wire::{Envelope, Instance, InstanceState, Layout},
 };
 use servicelog_e2e::{TestEnv, receiver::Receiver, unique_name};
-use servicelog_sidecar::{config::last_good::LastGood, metrics::Metrics, sources::cri::PodLogs};
+use servicelog_sidecar::{
+    config::last_good::LastGood,
+    metrics::Metrics,
+    sources::{cri::PodLogs, file::ReadRate},
+};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -127,9 +132,15 @@ async fn record(zk: &Client, path: &str) -> Option<Instance> {
     Some(Instance::from_slice(&data).expect("a record"))
 }
 
+/// Pod `name` on `node`, served by ServiceLog `checkout`.
 async fn bound_pod(pods: &Api<Pod>, name: &str, node: &str) -> String {
+    pod_of(pods, name, node, "checkout").await
+}
+
+/// Pod `name` on `node`, annotated for ServiceLog `service_log`; its uid.
+async fn pod_of(pods: &Api<Pod>, name: &str, node: &str, service_log: &str) -> String {
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "annotations": {"servicelog.io/inject": "checkout"}},
+        "metadata": {"name": name, "annotations": {"servicelog.io/inject": service_log}},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
     }))
     .expect("a pod");
@@ -230,6 +241,7 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         drain_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(5),
         namespace_identities: false,
+        pod_rate: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
@@ -560,6 +572,7 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
         drain_timeout: Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(5),
         namespace_identities: true,
+        pod_rate: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
@@ -587,6 +600,195 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
             AuthId::new(zkauth::DIGEST, &tenant.acl_id())
         )],
         "the record is the namespace identity's alone, not every identity the agent holds"
+    );
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}
+
+/// The ZooKeeper tree under a fresh root for `service_logs` of `ns`, each published with
+/// its config; the layout.
+async fn publish_tree(zk: &Client, ns: &str, service_logs: &[(&str, &Envelope)]) -> Layout {
+    let root = format!("/{}", unique_name("agent"));
+    let layout = Layout::new(&root).expect("a layout");
+    let mut dirs = vec![
+        root,
+        layout.namespaces(),
+        format!("{}/{ns}", layout.namespaces()),
+    ];
+    for (name, _) in service_logs {
+        dirs.push(layout.resource(ns, name).expect("a path"));
+        dirs.push(layout.instances(ns, name).expect("a path"));
+    }
+    for dir in dirs {
+        zk.create(
+            &dir,
+            &[],
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await
+        .expect("creating the tree");
+    }
+    for (name, config) in service_logs {
+        publish(zk, &layout.config(ns, name).expect("a path"), config).await;
+    }
+    layout
+}
+
+/// The agent's options for node `node-a`, state and logs under `dir`.
+fn options(env: &TestEnv, layout: &Layout, dir: &Path, pod_rate: Option<ReadRate>) -> AgentOptions {
+    let state = dir.join("state");
+    AgentOptions {
+        node: "node-a".into(),
+        zk_connect: env.zk_connect(),
+        zk_root: layout.root().to_owned(),
+        zk_session_timeout: Duration::from_secs(10),
+        zk_connect_timeout: Duration::from_secs(5),
+        paths: Paths {
+            log_root: dir.join("pods"),
+            credentials_dir: state.join("credentials"),
+            state_dir: state,
+            allow_file_sinks: false,
+        },
+        drain_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(5),
+        namespace_identities: false,
+        pod_rate,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_pod_rate_limit_when_one_pod_prints_far_over_it_then_a_quiet_pods_lines_are_not_held_back_and_the_noisy_pod_loses_nothing()
+ {
+    const RATE: u32 = 2_000;
+    // Ten seconds' worth at the rate; its 256 KiB chunks hold more lines than the burst.
+    const NOISY: u64 = 20_000;
+    const QUIET: u64 = 15;
+    // The quiet pod's lines go through a 100 ms poll and a 100 ms batch.
+    const BOUND: Duration = Duration::from_millis(1_500);
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env
+        .create_namespace("agent-rate")
+        .await
+        .expect("a namespace");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+        .await
+        .expect("a ZooKeeper client");
+    let (noisy_rx, quiet_rx) = (Receiver::start(), Receiver::start());
+    let noisy_v1 = Envelope::new(
+        "uid-n",
+        1,
+        spec(&noisy_rx, &noisy_rx, serde_json::json!([])),
+    )
+    .expect("noisy");
+    let quiet_v1 = Envelope::new(
+        "uid-q",
+        1,
+        spec(&quiet_rx, &quiet_rx, serde_json::json!([])),
+    )
+    .expect("quiet");
+    let layout = publish_tree(&zk, &ns, &[("noisy", &noisy_v1), ("quiet", &quiet_v1)]).await;
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let opts = options(
+        env,
+        &layout,
+        tmp.path(),
+        NonZeroU32::new(RATE).map(|r| ReadRate {
+            per_second: r,
+            burst: r,
+        }),
+    );
+    let log = |name: &str, uid: &str| {
+        PodLogs::dir(&opts.paths.log_root, &ns, name, uid)
+            .join("app")
+            .join("0.log")
+    };
+    let noisy = log("noisy", &pod_of(&pods, "noisy", "node-a", "noisy").await);
+    let quiet = log("quiet", &pod_of(&pods, "quiet", "node-a", "quiet").await);
+    print(&quiet, &[line(0, "info")]);
+    print(&noisy, &[]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let counts = || {
+        format!(
+            "noisy: {} lines, quiet: {:?}",
+            seqs(&noisy_rx).len(),
+            seqs(&quiet_rx)
+        )
+    };
+    wait_for(
+        "both pods served (the quiet pod's first line)",
+        counts,
+        async || (seqs(&quiet_rx) == [0]).then_some(()),
+    )
+    .await;
+
+    let started = tokio::time::Instant::now();
+    print(
+        &noisy,
+        &(0..NOISY).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    let mut slowest = Duration::ZERO;
+    for seq in 1..=QUIET {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        print(&quiet, &[line(seq, "info")]);
+        let printed = tokio::time::Instant::now();
+        loop {
+            if seqs(&quiet_rx).contains(&seq) {
+                break;
+            }
+            assert!(
+                printed.elapsed() < Duration::from_secs(10),
+                "timed out waiting for the quiet pod's line {seq}; {}",
+                counts()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest = slowest.max(printed.elapsed());
+    }
+    let noisy_meanwhile = seqs(&noisy_rx).len() as u64;
+    assert!(
+        slowest <= BOUND,
+        "a quiet pod's line took {slowest:?} (bound {BOUND:?}) while the noisy pod printed {NOISY} lines at once"
+    );
+    assert!(
+        noisy_meanwhile < NOISY,
+        "the noisy pod is read at its rate, still behind when the quiet pod's lines are through: {noisy_meanwhile} of {NOISY} delivered after {:?}",
+        started.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (seqs(&noisy_rx).len() as u64) < NOISY {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the noisy pod's {NOISY} lines; {}",
+            counts()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let mut got = seqs(&noisy_rx);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..NOISY).collect::<Vec<_>>(),
+        "every noisy line exactly once"
+    );
+    // The burst at once, then the rate.
+    let floor = Duration::from_secs_f64((NOISY - u64::from(RATE)) as f64 / f64::from(RATE));
+    assert!(
+        took >= floor.mul_f64(0.9),
+        "{NOISY} lines took {took:?}: faster than {RATE} lines/s (at least {floor:?})"
+    );
+    eprintln!(
+        "rate limit {RATE}/s: {NOISY} noisy lines in {took:?} ({:.0} lines/s); the quiet pod's slowest line {slowest:?}",
+        NOISY as f64 / took.as_secs_f64()
     );
     let _ = stop.send(());
     let result = tokio::time::timeout(WAIT, agent)

@@ -42,6 +42,15 @@
 //! a sink gave up unwritten (the sink was replaced by a config change) makes its file read
 //! again from its last checkpoint, into the sinks now in force.
 //!
+//! # Read rate
+//!
+//! With [`TailerOptions::rate`] (the node agent's `--pod-rate-limit`, one reader per pod)
+//! the lines read are paced by a token bucket: before a chunk's lines are routed the reader
+//! waits for as many tokens (a burst at once, then the rate). It waits, it never drops: what
+//! is not read yet stays in the files, the checkpoints stay exact, and acks keep being
+//! committed while it waits. The wait holds back only this reader's files, so one pod
+//! printing faster than its rate cannot delay another pod's lines.
+//!
 //! # Container logs
 //!
 //! A `containerLogs` source (in the node agent) is a file source over the kubelet's files
@@ -73,6 +82,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fs::{self, File},
     io::{self, Read, Seek, SeekFrom},
+    num::NonZeroU32,
     os::{
         fd::AsRawFd,
         unix::fs::{MetadataExt, OpenOptionsExt},
@@ -87,6 +97,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
+use governor::{DefaultDirectRateLimiter, Quota, clock::Clock};
 use servicelog_api::{
     rules::regex_builder,
     v1alpha1::{ContainerLogsSource, FileSource, Format, Multiline},
@@ -225,6 +236,16 @@ pub struct TailerOptions {
     pub drain_timeout: Duration,
     /// Tell `eof` once every file has been read to its end and acked (for benchmarks).
     pub exit_on_eof: bool,
+    /// Lines read per second at most (see the module docs, "Read rate"); `None` reads as
+    /// fast as the sinks take.
+    pub rate: Option<ReadRate>,
+}
+
+/// A read rate: `per_second` lines a second, up to `burst` at once after a quiet time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRate {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
 }
 
 impl TailerOptions {
@@ -236,6 +257,7 @@ impl TailerOptions {
             rotate_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(8),
             exit_on_eof: false,
+            rate: None,
         }
     }
 }
@@ -421,6 +443,10 @@ pub struct Tailer {
     /// Whether the checkpoints of files rotated out of their globs were looked for (once,
     /// at the first scan).
     recovered: bool,
+    /// Paces the lines read, with [`TailerOptions::rate`].
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// When waiting for the rate limit was last logged (once a minute).
+    throttled_logged: Option<Instant>,
 }
 
 enum Progress {
@@ -431,6 +457,9 @@ enum Progress {
 impl Tailer {
     pub fn new(opts: TailerOptions, links: TailerLinks) -> Self {
         let checkpoints = Checkpoints::load(&opts.state_dir);
+        let limiter = opts.rate.map(|r| {
+            DefaultDirectRateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst))
+        });
         Self {
             opts,
             links,
@@ -448,6 +477,51 @@ impl Tailer {
             refused: HashSet::new(),
             watch: Watch::new(),
             recovered: false,
+            limiter,
+            throttled_logged: None,
+        }
+    }
+
+    /// Waits until `lines` more lines may be routed under the read rate, committing acks
+    /// meanwhile (a commit may make a file be read again: the caller checks its epoch).
+    /// Returns early when the reader is asked to stop: the lines are then routed anyway.
+    fn throttle(&mut self, mut lines: usize) {
+        let Some(burst) = self.opts.rate.map(|r| r.burst.get()) else {
+            return;
+        };
+        while lines > 0 {
+            let n = lines.min(burst as usize) as u32;
+            let wait = match &self.limiter {
+                Some(limiter) => match NonZeroU32::new(n).map(|n| limiter.check_n(n)) {
+                    Some(Ok(Err(not_until))) => {
+                        Some(not_until.wait_time_from(limiter.clock().now()))
+                    }
+                    // Allowed (or more than the burst, which `n` never is).
+                    _ => None,
+                },
+                None => None,
+            };
+            let Some(wait) = wait else {
+                lines -= n as usize;
+                continue;
+            };
+            if self.links.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if self
+                .throttled_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                self.throttled_logged = Some(Instant::now());
+                tracing::info!(
+                    lines_per_second = self.opts.rate.map_or(0, |r| r.per_second.get()),
+                    "reading at the rate limit: the rest waits in the files (logged once a minute)"
+                );
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(50)));
+            self.unpark_all();
+            self.commit();
+            self.flush_checkpoints(false);
         }
     }
 
@@ -882,6 +956,13 @@ impl Tailer {
         }
         let offset = t.routed_to();
         let epoch = t.epoch;
+        if self.limiter.is_some() {
+            let lines = memchr::memchr_iter(b'\n', &self.scratch.buf[..complete]).count();
+            self.throttle(lines);
+            if self.files.get(&id).is_none_or(|t| t.epoch != epoch) {
+                return Ok(Progress::Data); // read again from its checkpoint meanwhile
+            }
+        }
         self.route(id, files, complete, base, offset, epoch);
         Ok(Progress::Data)
     }
