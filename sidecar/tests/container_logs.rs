@@ -404,3 +404,71 @@ fn given_a_restart_with_a_line_in_progress_then_the_line_comes_whole_once_and_no
     reader.stop();
     exactly_once(&out, 60);
 }
+
+#[test]
+fn given_a_restart_while_a_stdout_line_is_in_progress_then_the_stderr_lines_routed_meanwhile_are_not_sent_again()
+ {
+    let s = Scratch::new();
+    let kubelet = Kubelet::new(&s.path("pods"));
+    let out = Receiver::start();
+    let source = "{format: json}";
+    let reader = PodReader::start(&s.state(), pod_logs(&kubelet), &spec(&out, source));
+    kubelet.print(
+        "app",
+        0,
+        &(0..10).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    // stdout's line 20 is split; stderr prints lines 10..20 while its end has not come.
+    let split = line(20, "info");
+    let (head, tail) = split.split_at(15);
+    let mut records = vec![format!("stdout P {head}")];
+    records.extend((10..20).map(|i| format!("stderr F {}", line(i, "error"))));
+    kubelet.write("app", 0, &records);
+    wait_until(
+        "lines 0..20 in the sink (stdout's split line held)",
+        WAIT,
+        || received(&out).len() >= 20,
+        || format!("{:?}", received(&out)),
+    );
+    reader.stop();
+    assert_eq!(
+        received(&out).len(),
+        20,
+        "the split line is held at shutdown"
+    );
+    let checkpoints = fs::read_to_string(s.state().join("checkpoints.json"))
+        .expect("the checkpoints are written at shutdown");
+    assert!(
+        checkpoints.contains("\"streams\""),
+        "the checkpoint is held at the split line and records each stream's progress: {checkpoints}"
+    );
+
+    kubelet.write(
+        "app",
+        0,
+        &[
+            format!("stdout F {tail}"),
+            format!("stderr F {}", line(21, "error")),
+        ],
+    );
+    kubelet.print(
+        "app",
+        0,
+        &(22..30).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    let reader = PodReader::start(&s.state(), pod_logs(&kubelet), &spec(&out, source));
+    wait_until(
+        "lines 0..30 in the sink",
+        WAIT,
+        || received(&out).len() >= 30,
+        || format!("{} lines", received(&out).len()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    reader.stop();
+    exactly_once(&out, 30);
+    assert!(
+        received(&out).contains(&split),
+        "the split line comes whole: {:?}",
+        received(&out)
+    );
+}

@@ -82,6 +82,18 @@ pub struct Entry {
     /// can be found and finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Of a container log file whose `offset` is held at a line of one stream still in
+    /// progress: how far each stream's records are delivered, so a restart does not send
+    /// the other stream's lines after `offset` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Streams>,
+}
+
+/// File offsets up to which each stream's records of a container log file are delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streams {
+    pub stdout: u64,
+    pub stderr: u64,
 }
 
 impl Entry {
@@ -248,6 +260,7 @@ mod tests {
             fingerprint: Fingerprint::of(b"{\"a\":1}\n"),
             before: None,
             source: None,
+            streams: None,
         });
         c.flush(true).unwrap();
         let c2 = Checkpoints::load(dir.path());
@@ -265,6 +278,7 @@ mod tests {
             fingerprint,
             before: None,
             source: None,
+            streams: None,
         }
     }
 

@@ -17,7 +17,10 @@
 //! The file reader ([`super::file`]) follows the files (rotation by rename, restarts'
 //! new files, checkpoints) and hands each file line to this file's [`Decoder`], which
 //! gives back the application's lines. A line in progress holds the file's checkpoint at
-//! its first part ([`Decoder::held_from`]), so a restart reads it again whole. A record
+//! its first part ([`Decoder::held_from`]), so a restart reads it again whole; the
+//! checkpoint then also says how far each stream is delivered ([`Decoder::streams`]), and
+//! the restarted decoder skips the other stream's records up to there
+//! ([`Decoder::resuming`]), so they are not sent twice. A record
 //! that is neither format is not the application's output: it is not routed, and the
 //! caller counts and reports the [`MalformedLine`] (file, line, what is wrong).
 
@@ -28,6 +31,7 @@ use std::{
 
 use servicelog_api::v1alpha1::{ContainerLogsSource, ContainerStream};
 
+use super::checkpoint::Streams;
 use crate::{metrics::Metrics, pipeline::Run};
 
 /// What is wrong with a record.
@@ -264,6 +268,9 @@ pub struct Decoder {
     joined: Vec<u8>,
     /// A malformed record of this file was logged.
     reported: bool,
+    /// Resumed from a checkpoint held at a line in progress: each stream's records before
+    /// its offset here were delivered already.
+    resume: Option<Streams>,
 }
 
 fn slot(stream: ContainerStream) -> usize {
@@ -275,12 +282,19 @@ fn slot(stream: ContainerStream) -> usize {
 
 impl Decoder {
     pub fn new(max_line: usize) -> Self {
+        Self::resuming(max_line, None)
+    }
+
+    /// A decoder of a file read again from a checkpoint that recorded `delivered`
+    /// ([`Decoder::streams`]): a stream's records before its offset are skipped.
+    pub fn resuming(max_line: usize, delivered: Option<Streams>) -> Self {
         Self {
             max_line,
             partial: [None, None],
             lines: 0,
             joined: Vec::new(),
             reported: false,
+            resume: delivered,
         }
     }
 
@@ -306,6 +320,15 @@ impl Decoder {
         })?;
         if !spec.reads(r.stream) {
             return Ok(None);
+        }
+        if let Some(delivered) = self.resume {
+            let to = match r.stream {
+                ContainerStream::Stdout => delivered.stdout,
+                ContainerStream::Stderr => delivered.stderr,
+            };
+            if at < to {
+                return Ok(None);
+            }
         }
         let max = self.max_line;
         let held = &mut self.partial[slot(r.stream)];
@@ -352,6 +375,21 @@ impl Decoder {
     /// progress (a restart reads it again whole), or `None` when no line is in progress.
     pub fn held_from(&self) -> Option<u64> {
         self.partial.iter().flatten().map(|p| p.start).min()
+    }
+
+    /// With a line in progress, how far each stream is delivered once the records up to
+    /// `routed_to` are: a stream with a line in progress to its first part, the other to
+    /// `routed_to`. `None` when no line is in progress (`routed_to` says it all).
+    pub fn streams(&self, routed_to: u64) -> Option<Streams> {
+        let [stdout, stderr] = &self.partial;
+        if stdout.is_none() && stderr.is_none() {
+            return None;
+        }
+        let to = |p: &Option<Partial>| p.as_ref().map_or(routed_to, |p| p.start.min(routed_to));
+        Some(Streams {
+            stdout: to(stdout),
+            stderr: to(stderr),
+        })
     }
 
     /// The lines in progress, as they are (the file ends without their last part: the
@@ -671,6 +709,51 @@ mod tests {
         let lines: Vec<String> = d.finish().iter().map(show).collect();
         assert_eq!(lines, ["out:out", "err:half"]);
         assert_eq!(d.held_from(), None);
+    }
+
+    #[test]
+    fn given_a_stdout_line_in_progress_when_resumed_from_its_checkpoint_then_stderr_lines_already_delivered_are_skipped()
+     {
+        let records = [
+            format!("{T} stdout P hea"),
+            format!("{T} stderr F err 1"),
+            format!("{T} stderr F err 2"),
+            format!("{T} stdout F d"),
+            format!("{T} stderr F err 3"),
+        ];
+        let at: Vec<u64> = records
+            .iter()
+            .scan(0, |pos, r| {
+                let here = *pos;
+                *pos += r.len() as u64 + 1;
+                Some(here)
+            })
+            .collect();
+        let mut d = Decoder::new(1024);
+        for i in 0..3 {
+            assert!(d.feed(BOTH, records[i].as_bytes(), at[i], "f").is_ok());
+        }
+        let delivered = d.streams(at[3]);
+        assert_eq!(
+            delivered,
+            Some(Streams {
+                stdout: at[0],
+                stderr: at[3]
+            }),
+            "stdout held at its part, stderr delivered through its two lines"
+        );
+        // Restarted: read again from the held part.
+        let mut again = Decoder::resuming(1024, delivered);
+        let lines: Vec<String> = (0..5)
+            .filter_map(|i| {
+                again
+                    .feed(BOTH, records[i].as_bytes(), at[i], "f")
+                    .expect("parses")
+                    .map(|l| show(&l))
+            })
+            .collect();
+        assert_eq!(lines, ["out:head", "err:err 3"]);
+        assert_eq!(Decoder::new(8).streams(at[3]), None, "nothing in progress");
     }
 
     proptest::proptest! {

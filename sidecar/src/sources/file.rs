@@ -56,7 +56,9 @@
 //! A `containerLogs` source (in the node agent) is a file source over the kubelet's files
 //! of the pod's containers ([`cri::PodLogs::patterns`]) whose lines are container runtime
 //! records: [`cri`] turns them into the application's lines, and a line whose last part
-//! has not come yet holds the checkpoint at its first part, like a multi-line event.
+//! has not come yet holds the checkpoint at its first part, like a multi-line event. The
+//! checkpoint then records how far each stream is delivered, so the other stream's lines
+//! routed meanwhile are skipped, not sent again, when a restart reads from that part.
 //!
 //! # Multi-line events
 //!
@@ -107,7 +109,7 @@ use servicelog_api::{
 use inotify::{Inotify, WatchDescriptor, WatchMask};
 
 use super::{
-    checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, read_at},
+    checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, Streams, read_at},
     cri::{self, CriSpec, Decoder, PodLogs},
 };
 use crate::pipeline::{Ack, Batcher, Feed, Parked, Run};
@@ -302,6 +304,9 @@ struct Tracked {
     truncated_logged: Option<Instant>,
     /// Of a `containerLogs` source: the lines in progress.
     cri: Option<Decoder>,
+    /// Read from a checkpoint held at a line in progress: how far each stream was
+    /// delivered, for the decoder made at the first chunk.
+    resume: Option<Streams>,
     /// Done with (deleted or rotated away, idle): its held line was routed; it is dropped
     /// once its batches are acknowledged.
     finishing: bool,
@@ -339,6 +344,8 @@ struct InFlight {
     ack: Ack,
     epoch: u64,
     offset: u64,
+    /// With a container's line in progress: how far each stream is delivered.
+    streams: Option<Streams>,
 }
 
 /// inotify on the sources' directories: files created or renamed into them trigger a scan.
@@ -818,6 +825,7 @@ impl Tailer {
         }
         let mut start = 0;
         let mut before = None;
+        let mut resume = None;
         // What the file starts with now: a checkpoint written before its first read still
         // fits it after a restart.
         let mut fingerprint = Fingerprint::of(&read_at(&file, 0, FINGERPRINT_BYTES));
@@ -826,6 +834,7 @@ impl Tailer {
                 start = cp.offset;
                 fingerprint = cp.fingerprint;
                 before = cp.before;
+                resume = cp.streams;
             } else if !reachable {
                 return None;
             } else {
@@ -850,6 +859,7 @@ impl Tailer {
             fingerprint,
             before,
             source: Some(source.to_owned()),
+            streams: resume,
         });
         self.files.insert(
             id,
@@ -871,6 +881,7 @@ impl Tailer {
                 cut_at: 0,
                 truncated_logged: None,
                 cri: None,
+                resume,
                 finishing: false,
             },
         );
@@ -998,7 +1009,9 @@ impl Tailer {
             fingerprint: Fingerprint::default(),
             before: None,
             source: Some(t.source.clone()),
+            streams: None,
         });
+        t.resume = None;
         Ok(true)
     }
 
@@ -1068,6 +1081,7 @@ impl Tailer {
             ack,
             epoch: t.epoch,
             offset,
+            streams: None,
         });
     }
 
@@ -1096,6 +1110,7 @@ impl Tailer {
             ack,
             epoch: t.epoch,
             offset,
+            streams: None,
         });
     }
 
@@ -1152,7 +1167,9 @@ impl Tailer {
             .run(&files.pipeline, spec.index, CHUNK + CHUNK / 4);
         match (spec.cri, spec.multiline.as_deref()) {
             (Some(records), _) => {
-                let decoder = t.cri.get_or_insert_with(|| Decoder::new(max_line));
+                let decoder = t
+                    .cri
+                    .get_or_insert_with(|| Decoder::resuming(max_line, t.resume.take()));
                 let metrics = (spec.name.as_str(), files.pipeline.metrics());
                 cut = cri::route(
                     &mut run,
@@ -1203,16 +1220,20 @@ impl Tailer {
             }
         }
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
-        // Nor past a container's line whose last part is still to come.
+        // Nor past a container's line whose last part is still to come: the other
+        // stream's progress is kept beside it.
+        let streams = t.cri.as_ref().and_then(|d| d.streams(offset));
         let offset = t
             .cri
             .as_ref()
             .and_then(Decoder::held_from)
             .map_or(offset, |held| held.min(offset));
-        self.inflight
-            .entry(id)
-            .or_default()
-            .push_back(InFlight { ack, epoch, offset });
+        self.inflight.entry(id).or_default().push_back(InFlight {
+            ack,
+            epoch,
+            offset,
+            streams,
+        });
     }
 
     /// Records, per file, the offsets of the batches every sink has acked, in sending
@@ -1244,7 +1265,13 @@ impl Tailer {
                 }
                 last = queue.pop_front();
             }
-            let Some(InFlight { epoch, offset, .. }) = last else {
+            let Some(InFlight {
+                epoch,
+                offset,
+                streams,
+                ..
+            }) = last
+            else {
                 continue;
             };
             match self.files.get(&id) {
@@ -1256,6 +1283,7 @@ impl Tailer {
                     fingerprint: t.fingerprint,
                     before: Some(Fingerprint::before(&t.file, offset)),
                     source: Some(t.source.clone()),
+                    streams,
                 }),
                 Some(_) => {}
                 None => self.checkpoints.advance(id, offset),
@@ -1277,13 +1305,17 @@ impl Tailer {
         if t.epoch != epoch {
             return; // truncated or re-read since
         }
-        let offset = self.checkpoints.get(id).map_or(0, |e| e.offset);
+        let (offset, resume) = self
+            .checkpoints
+            .get(id)
+            .map_or((0, None), |e| (e.offset, e.streams));
         // What waits to be sent is read again too.
         self.parked.remove(&id);
         t.epoch += 1;
         t.partial.clear();
         t.pending = None;
         t.cri = None;
+        t.resume = resume;
         t.skipping = false;
         t.finishing = false;
         t.idle_since = None;
