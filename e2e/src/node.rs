@@ -17,6 +17,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -806,6 +807,28 @@ fn write_cni_config(dir: &Path) -> Result<(), EnvError> {
     write_json(&dir.join("cni/net.d/10-servicelog.conflist"), &config)
 }
 
+/// The kubelet's container log rotation, for the nodes started after
+/// [`rotate_container_logs`] (the kubelet's defaults otherwise: 10Mi, 5 files, checked every
+/// 10s).
+#[derive(Clone, Debug)]
+pub struct LogRotation {
+    /// `containerLogMaxSize`, e.g. `1Mi`.
+    pub max_size: String,
+    /// `containerLogMaxFiles` (at least 2), the live file included.
+    pub max_files: u32,
+    /// `containerLogMonitorInterval` (at least 3s), e.g. `3s`.
+    pub monitor_interval: String,
+}
+
+static LOG_ROTATION: OnceLock<LogRotation> = OnceLock::new();
+
+/// Makes the nodes this process starts from now on rotate containers' logs as `rotation`
+/// says (a test of rotation on the node calls it before its cluster starts). False when a
+/// rotation was set already: the first one stays.
+pub fn rotate_container_logs(rotation: LogRotation) -> bool {
+    LOG_ROTATION.set(rotation).is_ok()
+}
+
 fn kubelet_config(
     dir: &Path,
     containerd_sock: &Path,
@@ -816,7 +839,7 @@ fn kubelet_config(
     // Pods with dnsPolicy Default get this; ClusterFirst pods get the cluster DNS. The
     // node has no upstream resolver to offer.
     let _ = fs::write(&resolv, "# no upstream resolver inside the test node\n");
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         // This kernel mounts cgroup v1; kubelet 1.37 refuses it unless told otherwise.
@@ -857,7 +880,13 @@ fn kubelet_config(
         "serverTLSBootstrap": false,
         "protectKernelDefaults": false,
         "registerNode": true,
-    })
+    });
+    if let Some(r) = LOG_ROTATION.get() {
+        config["containerLogMaxSize"] = r.max_size.clone().into();
+        config["containerLogMaxFiles"] = r.max_files.into();
+        config["containerLogMonitorInterval"] = r.monitor_interval.clone().into();
+    }
+    config
 }
 
 fn corefile_text(kubeconfig: &Path) -> String {

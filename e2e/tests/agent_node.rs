@@ -9,10 +9,16 @@
 //! restart of the agent.
 //!
 //! Like `on_the_node.rs`, the tests share one cluster and one release (`installed`), and
-//! ZooKeeper is the environment's.
+//! ZooKeeper is the environment's. The node's kubelet rotates container logs at 1 MiB
+//! (checked every 3 s), so a pod printing fast has its files rotated several times while
+//! the agent reads them; the receiver's own output rotates too, so what it received is
+//! read from all of its files on the node (rotated and compressed ones included), not from
+//! `kubectl logs`, which shows only the live file.
 
 use std::{
     collections::BTreeMap,
+    io::Read,
+    path::PathBuf,
     process::{Command, Output},
     sync::OnceLock,
     thread,
@@ -20,7 +26,11 @@ use std::{
 };
 
 use serde_json::Value;
-use servicelog_e2e::{TestEnv, node::BUSYBOX_IMAGE, unique_name, workspace_dir};
+use servicelog_e2e::{
+    TestEnv,
+    node::{BUSYBOX_IMAGE, LogRotation},
+    unique_name, workspace_dir,
+};
 
 const RELEASE: &str = "servicelog";
 const NAMESPACE: &str = "servicelog-system";
@@ -45,6 +55,12 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// the environment (removed with it).
 fn installed() -> &'static TestEnv {
     INSTALLED.get_or_init(|| {
+        servicelog_e2e::node::rotate_container_logs(LogRotation {
+            max_size: "1Mi".into(),
+            // Nothing is deleted during the tests: the receiver's files are the evidence.
+            max_files: 100,
+            monitor_interval: "3s".into(),
+        });
         let env =
             TestEnv::shared_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
         let node = env.node().expect("a cluster has a node");
@@ -296,10 +312,73 @@ fn name(pod: &Value) -> String {
         .to_owned()
 }
 
+/// The receiver container's log files on the node: the live one, the rotated ones and the
+/// compressed ones (a rotated file and its `.gz` both there, while the kubelet compresses
+/// it, count once).
+fn receiver_files(env: &TestEnv, ns: &str) -> Vec<PathBuf> {
+    let root = env.node().expect("a node").dir().join("pod-logs");
+    let prefix = format!("{ns}_receiver_");
+    let Some(pod_dir) = std::fs::read_dir(&root).ok().and_then(|d| {
+        d.flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    }) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(pod_dir.path().join("receiver"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|f| !f.to_string_lossy().ends_with(".tmp"));
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    files.retain(|f| {
+        let name = f.to_string_lossy();
+        name.strip_suffix(".gz")
+            .is_none_or(|plain| !names.iter().any(|n| n == plain))
+    });
+    files.sort();
+    files
+}
+
+/// What the receiver printed (each line a body line it took), from its files on the node.
+/// Read again when a rotation renamed a file meanwhile.
+fn receiver_output(env: &TestEnv, ns: &str) -> String {
+    loop {
+        let files = receiver_files(env, ns);
+        let mut text = String::new();
+        for file in &files {
+            let Ok(mut f) = std::fs::File::open(file) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            let read = if file.to_string_lossy().ends_with(".gz") {
+                flate2::read::GzDecoder::new(f).read_to_end(&mut bytes)
+            } else {
+                f.read_to_end(&mut bytes)
+            };
+            if read.is_err() {
+                continue;
+            }
+            for record in String::from_utf8_lossy(&bytes).lines() {
+                // `<time> <stream> <tag> <message>`: the receiver's lines are short, never
+                // split.
+                if let Some(message) = record.splitn(4, ' ').nth(3) {
+                    text.push_str(message);
+                    text.push('\n');
+                }
+            }
+        }
+        if receiver_files(env, ns) == files {
+            return text;
+        }
+    }
+}
+
 /// How many times the receiver got each number of `kind` (`agent-error`, `agent-info`)
 /// from `pod`.
 fn received(env: &TestEnv, ns: &str, kind: &str, pod: &str) -> BTreeMap<u64, usize> {
-    let logs = kubectl(env, &["logs", "-n", ns, "receiver"]);
+    let logs = receiver_output(env, ns);
     let prefix = format!("{kind} {pod} ");
     let mut seen = BTreeMap::new();
     for line in logs.lines() {
@@ -584,4 +663,204 @@ spec:
     errors_reach(env, &ns, &pods[0], 10);
     assert_exactly_once(&received(env, &ns, "agent-error", &pods[0]), &pods[0]);
     applied_everywhere(env, &ns, 1);
+}
+
+/// Prints `lines` numbered error lines (~250 bytes a record) as fast as a shell loop
+/// does, in bursts of 100 every 0.1 s, then sleeps.
+fn fast_app(ns: &str, lines: u64) -> String {
+    let pad = "x".repeat(150);
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: stdout-app, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: stdout-app}}}}
+  template:
+    metadata:
+      labels: {{app: stdout-app}}
+      annotations: {{servicelog.io/inject: stdout-app}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      securityContext: {{runAsNonRoot: true, runAsUser: 1000}}
+      containers:
+        - name: app
+          image: {BUSYBOX_IMAGE}
+          imagePullPolicy: Never
+          command:
+            - /bin/sh
+            - -c
+            - |
+              i=0
+              while [ $i -lt {lines} ]; do
+                j=0
+                while [ $j -lt 100 ]; do
+                  i=$((i+1)); j=$((j+1))
+                  echo "{{\"level\":\"error\",\"msg\":\"agent-error $HOSTNAME $i\",\"pad\":\"{pad}\"}}"
+                done
+                sleep 0.1
+              done
+              sleep 3600
+"#
+    )
+}
+
+/// The files of `pod`'s container `app` on the node whose names say the kubelet rotated
+/// them (`0.log.<time>`, and `.gz` once compressed).
+fn rotated_files(env: &TestEnv, ns: &str, pod: &str) -> Vec<String> {
+    let root = env.node().expect("a node").dir().join("pod-logs");
+    let prefix = format!("{ns}_{pod}_");
+    std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .flat_map(|e| {
+            std::fs::read_dir(e.path().join("app"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".log.") && !n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn given_a_pod_printing_fast_when_the_kubelet_rotates_its_log_and_the_agent_is_killed_then_every_line_arrives_and_duplicates_are_bounded()
+ {
+    const LINES: u64 = 30_000;
+    // What the agent may send again after a SIGKILL: the batches in flight and what was
+    // acknowledged since the last checkpoint write (every 100 ms or 1 MiB).
+    const DUPLICATES_BOUND: usize = 2_000;
+    let env = installed();
+    let _turn = one_at_a_time();
+    let ns = new_namespace(env, "agent-rotation");
+    apply_ok(env, &receiver(&ns));
+    apply_ok(env, &servicelog(&ns, false));
+    apply_ok(env, &fast_app(&ns, LINES));
+    ok(
+        "kubectl rollout status",
+        env.kubectl()
+            .args(["rollout", "status", "deployment/stdout-app", "-n", &ns])
+            .args(["--timeout=180s"])
+            .output(),
+    );
+    let pods: Vec<String> = deployment_pods(env, &ns).iter().map(name).collect();
+    let [pod] = pods.as_slice() else {
+        panic!("one pod expected: {pods:?}");
+    };
+    let started = Instant::now();
+
+    // When the kubelet rotates the pod's log (1 MiB, ~4 s of its output) while the agent
+    // reads it, then what arrived so far is every line once.
+    errors_reach(env, &ns, pod, 12_000);
+    let rotated_before_kill = rotated_files(env, &ns, pod);
+    assert!(
+        rotated_before_kill.len() >= 2,
+        "the kubelet rotated {pod}'s log at least twice by line 12000: {rotated_before_kill:?}"
+    );
+    assert_exactly_once(
+        &received(env, &ns, "agent-error", pod),
+        &format!("{pod} across {} rotations", rotated_before_kill.len()),
+    );
+
+    // When the agent is killed (SIGKILL: no shutdown, no final checkpoint) mid-stream,
+    // then its restarted container goes on from the checkpoints: nothing lost, and what
+    // is sent twice is bounded.
+    let agent = agent_pod(env);
+    let container = kubectl(
+        env,
+        &[
+            "get",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &agent,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ],
+    );
+    let id = container
+        .strip_prefix("containerd://")
+        .unwrap_or_else(|| panic!("a containerd container id: {container:?}"));
+    let node = env.node().expect("a node");
+    ok(
+        "ctr task kill -s SIGKILL (the agent's container)",
+        Command::new("ctr")
+            .arg("-a")
+            .arg(node.containerd_socket())
+            .args(["-n", "k8s.io", "task", "kill", "-s", "SIGKILL", id])
+            .output(),
+    );
+    let killed_at = received(env, &ns, "agent-error", pod)
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0);
+    until(
+        env,
+        "the agent's container restarted after the SIGKILL and Ready",
+        ROLLOUT,
+        &[
+            "get",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &agent,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+        ],
+        |out| matches!(out.split_whitespace().collect::<Vec<_>>().as_slice(), [n, "true"] if *n != "0"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let seen = loop {
+        let seen = received(env, &ns, "agent-error", pod);
+        if seen.len() as u64 >= LINES {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {pod}'s {LINES} lines at the receiver (has {}, up to {:?}); agent:\n{}",
+            seen.len(),
+            seen.keys().next_back(),
+            agent_logs(env)
+        );
+        thread::sleep(Duration::from_secs(1));
+    };
+    let took = started.elapsed();
+    let missing: Vec<u64> = (1..=LINES).filter(|n| !seen.contains_key(n)).collect();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    let twice: Vec<u64> = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    let rotated = rotated_files(env, &ns, pod);
+    eprintln!(
+        "{pod}: {LINES} lines in {took:?} across {} rotations of its log; SIGKILL at line ~{killed_at}; {duplicates} sent twice ({:?}..={:?})",
+        rotated.len(),
+        twice.first(),
+        twice.last()
+    );
+    assert!(
+        missing.is_empty(),
+        "{pod}: lines lost across the rotations and the SIGKILL: {} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert!(
+        seen.keys().all(|n| (1..=LINES).contains(n)),
+        "{pod}: numbers it never printed"
+    );
+    assert!(
+        duplicates <= DUPLICATES_BOUND,
+        "{pod}: {duplicates} lines sent twice after the SIGKILL (bound {DUPLICATES_BOUND}): {:?}..={:?}",
+        twice.first(),
+        twice.last()
+    );
+    assert!(
+        rotated.len() >= 4,
+        "the kubelet rotated {pod}'s log at least 4 times: {rotated:?}"
+    );
 }
