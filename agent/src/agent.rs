@@ -2,6 +2,11 @@
 //! change (one ZooKeeper watch per ServiceLog), and each change is applied to the pods it
 //! concerns, each answering in its `instances/<pod>` record.
 //!
+//! During a staged rollout the ServiceLog's `candidate` znode is watched beside its config:
+//! each pod the candidate selects ([`Candidate::selects`], the same deterministic choice
+//! a sidecar makes) runs the candidate and says so in its record (`candidate`); the
+//! others, and every pod once the candidate is withdrawn, run the config znode's.
+//!
 //! A pod's deletion drains it: its files are read to their end and acknowledged by its
 //! sinks (up to the drain timeout), then its reader and sinks stop, its record is removed
 //! and its state dir (checkpoints, buffers, last good config) deleted.
@@ -20,7 +25,7 @@ use kube::{
 };
 use servicelog_api::{
     pod::{ZK_AUTH_KEY, ZK_AUTH_SECRET},
-    wire::{Instance, InstanceState, Layout, WireError},
+    wire::{Candidate, Instance, InstanceState, Layout, WireError},
     zkauth::Credentials,
 };
 use servicelog_sidecar::{metrics::Metrics, sources::file::ReadRate};
@@ -74,8 +79,11 @@ pub struct ServiceLogKey {
 }
 
 struct Watched {
-    task: JoinHandle<()>,
+    /// The config znode's watch and the candidate znode's.
+    tasks: [JoinHandle<()>; 2],
     latest: Option<ConfigUpdate>,
+    /// The staged rollout's candidate, or why it cannot be read.
+    candidate: Option<Result<Box<Candidate>, String>>,
     /// Its pods, by uid.
     pods: BTreeSet<String>,
 }
@@ -238,27 +246,37 @@ impl Agent {
         let watched = match self.watched.get_mut(&key) {
             Some(w) => w,
             None => {
-                let Ok(path) = self.layout.config(&key.namespace, &key.name) else {
+                let (Ok(path), Ok(candidate)) = (
+                    self.layout.config(&key.namespace, &key.name),
+                    self.layout.candidate(&key.namespace, &key.name),
+                ) else {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, "not a ServiceLog name");
                     return;
                 };
-                let task = tokio::spawn(zk::watch_config(
-                    self.client.clone(),
-                    path,
-                    key.clone(),
-                    self.configs.clone(),
-                ));
+                let tasks = [
+                    tokio::spawn(zk::watch_config(
+                        self.client.clone(),
+                        path,
+                        key.clone(),
+                        self.configs.clone(),
+                    )),
+                    tokio::spawn(zk::watch_candidate(
+                        self.client.clone(),
+                        candidate,
+                        key.clone(),
+                        self.configs.clone(),
+                    )),
+                ];
                 self.watched.entry(key.clone()).or_insert(Watched {
-                    task,
+                    tasks,
                     latest: None,
+                    candidate: None,
                     pods: BTreeSet::new(),
                 })
             }
         };
         watched.pods.insert(uid.clone());
-        if let Some(update) = watched.latest.clone() {
-            self.answer(&uid, &key, &update).await;
-        }
+        self.answer(&uid, &key).await;
     }
 
     /// Adds `namespace`'s ZooKeeper identity to the session once, when ACLs are on. A
@@ -310,39 +328,93 @@ impl Agent {
         let Some(watched) = self.watched.get_mut(&key) else {
             return; // its last pod went while the update was on its way
         };
-        watched.latest = Some(update.clone());
+        match update {
+            ConfigUpdate::Candidate(candidate) => {
+                match &candidate {
+                    Some(Ok(c)) => {
+                        tracing::info!(namespace = %key.namespace, service_log = %key.name, candidate = %c.hash, step = c.step, percent = c.percent, preview = c.preview, "staged rollout: candidate read")
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(namespace = %key.namespace, service_log = %key.name, error = %e, "staged rollout: the candidate cannot be read; the pods stay on the config znode's config")
+                    }
+                    None if watched.candidate.is_some() => {
+                        tracing::info!(namespace = %key.namespace, service_log = %key.name, "staged rollout: candidate withdrawn")
+                    }
+                    None => {}
+                }
+                watched.candidate = candidate;
+            }
+            update => watched.latest = Some(update),
+        }
         let uids: Vec<String> = watched.pods.iter().cloned().collect();
         for uid in uids {
-            self.answer(&uid, &key, &update).await;
+            self.answer(&uid, &key).await;
         }
     }
 
-    /// Applies `update` to pod `uid` and writes its record. A pod with a sidecar gets its
-    /// record from the sidecar, not from here: the agent's failure to apply (its
-    /// containerLogs sources then stay on the rules in force) is only in the agent's log
-    /// and in `servicelog_config_applied_total{result="error"}`.
-    async fn answer(&mut self, uid: &str, key: &ServiceLogKey, update: &ConfigUpdate) {
-        let Some(run) = self.pods.get(uid) else {
+    /// Applies what `key`'s znodes say to pod `uid` — the candidate when it selects the
+    /// pod, else the config — and writes its record. A pod with a sidecar gets its record
+    /// from the sidecar, not from here: the agent's failure to apply (its containerLogs
+    /// sources then stay on the rules in force) is only in the agent's log and in
+    /// `servicelog_config_applied_total{result="error"}`.
+    async fn answer(&mut self, uid: &str, key: &ServiceLogKey) {
+        let (Some(run), Some(watched)) = (self.pods.get(uid), self.watched.get(key)) else {
             return;
         };
+        let Some(update) = &watched.latest else {
+            return; // the config znode not read yet
+        };
+        let mut canary = None;
         let (state, error) = match update {
-            ConfigUpdate::Config(config) => match run.apply(config) {
-                Ok(_) => (InstanceState::Ok, None),
-                Err(e) => {
-                    tracing::warn!(
-                        namespace = %key.namespace,
-                        pod = %run.pod.name,
-                        service_log = %key.name,
-                        sidecar = run.pod.has_sidecar,
-                        hash = %config.hash,
-                        error = %e,
-                        "the node agent cannot apply the pod's config; its containerLogs stay on the rules in force"
-                    );
-                    (InstanceState::Error, Some(e.to_string()))
+            ConfigUpdate::Config(stable) => {
+                let (target, candidate_error) = match &watched.candidate {
+                    Some(Ok(c)) if c.selects(&stable.hash, &key.namespace, &run.pod.name) => {
+                        canary = Some(c.hash.clone());
+                        let config = c.config().map(Box::new).map_err(|e| {
+                            format!(
+                                "candidate znode {}: {e}",
+                                self.layout
+                                    .candidate(&key.namespace, &key.name)
+                                    .unwrap_or_default()
+                            )
+                        });
+                        (config, None)
+                    }
+                    Some(Err(e)) => (Ok(stable.clone()), Some(e.clone())),
+                    _ => (Ok(stable.clone()), None),
+                };
+                match target.map(|config| (run.apply(&config), config)) {
+                    Ok((Ok(swapped), config)) => {
+                        if swapped && canary.is_some() {
+                            tracing::info!(namespace = %key.namespace, pod = %run.pod.name, hash = %config.hash, "staged rollout: this pod is a canary and runs the candidate");
+                        }
+                        match candidate_error {
+                            None => (InstanceState::Ok, None),
+                            Some(e) => (InstanceState::Error, Some(e)),
+                        }
+                    }
+                    Ok((Err(e), config)) => {
+                        tracing::warn!(
+                            namespace = %key.namespace,
+                            pod = %run.pod.name,
+                            service_log = %key.name,
+                            sidecar = run.pod.has_sidecar,
+                            hash = %config.hash,
+                            error = %e,
+                            "the node agent cannot apply the pod's config; its containerLogs stay on the rules in force"
+                        );
+                        (InstanceState::Error, Some(e.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::error!(namespace = %key.namespace, pod = %run.pod.name, error = %e, "candidate not applied; the rules in force stay");
+                        (InstanceState::Error, Some(e))
+                    }
                 }
-            },
+            }
             ConfigUpdate::Unreadable(why) => (InstanceState::Error, Some(why.clone())),
-            ConfigUpdate::Missing | ConfigUpdate::SessionEnded(_) => return,
+            ConfigUpdate::Missing | ConfigUpdate::SessionEnded(_) | ConfigUpdate::Candidate(_) => {
+                return;
+            }
         };
         if run.pod.has_sidecar {
             return;
@@ -354,7 +426,7 @@ impl Agent {
             error,
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             sink_errors: Default::default(),
-            candidate: None,
+            candidate: canary,
             health: None,
         };
         let (Ok(config), Ok(path)) = (
@@ -464,7 +536,7 @@ impl Agent {
         if let Some(w) = self.watched.get_mut(key) {
             w.pods.remove(uid);
             if w.pods.is_empty() {
-                w.task.abort();
+                w.tasks.iter().for_each(JoinHandle::abort);
                 self.watched.remove(key);
             }
         }
@@ -475,7 +547,7 @@ impl Agent {
     async fn shutdown(self) {
         let timeout = self.opts.shutdown_timeout;
         for w in self.watched.values() {
-            w.task.abort();
+            w.tasks.iter().for_each(JoinHandle::abort);
         }
         for task in self.draining {
             let _ = tokio::time::timeout(timeout, task).await;

@@ -1,8 +1,9 @@
-//! The agent's ZooKeeper side: one session, one config watch per ServiceLog that has pods
-//! on the node, and the pods' `instances/<pod>` records.
+//! The agent's ZooKeeper side: one session, one config watch (and one watch of its
+//! sibling `candidate`, for staged rollouts) per ServiceLog that has pods on the node, and
+//! the pods' `instances/<pod>` records.
 //!
-//! A watch is a task that reads the config znode with a data watch, sends what it read to
-//! the agent, and reads again when the watch fires; a missing znode is waited for with an
+//! A watch is a task that reads its znode with a data watch, sends what it read to the
+//! agent, and reads again when the watch fires; a missing znode is waited for with an
 //! exists-watch. The records are ephemeral, owned by the agent's session: when the agent
 //! dies they go, as a sidecar's go with its pod. A record left by an earlier session of the
 //! agent (a restart within the session timeout) is replaced, not rewritten, so it does not
@@ -16,7 +17,7 @@
 use std::time::Duration;
 
 use servicelog_api::{
-    wire::{Envelope, Instance, WireError},
+    wire::{Candidate, Envelope, Instance, WireError},
     zkauth::{self, Credentials, RecordAcl},
 };
 use tokio::sync::mpsc::UnboundedSender;
@@ -72,6 +73,9 @@ pub enum ConfigUpdate {
     Unreadable(String),
     /// No config znode (yet, or any more): the pods keep their rules.
     Missing,
+    /// The `candidate` znode: a staged rollout's candidate, or why it cannot be read;
+    /// `None` when there is none (withdrawn, or no rollout).
+    Candidate(Option<Result<Box<Candidate>, String>>),
     /// The session ended: the agent stops.
     SessionEnded(String),
 }
@@ -84,15 +88,48 @@ pub async fn watch_config<K: Clone>(
     key: K,
     tx: UnboundedSender<(K, ConfigUpdate)>,
 ) {
+    watch(client, path, key, tx, |path, data| match data {
+        Some(data) => match Envelope::from_slice(data) {
+            Ok(envelope) => ConfigUpdate::Config(Box::new(envelope)),
+            Err(e) => ConfigUpdate::Unreadable(format!("{path}: {e}")),
+        },
+        None => ConfigUpdate::Missing,
+    })
+    .await;
+}
+
+/// Watches candidate znode `path` (a staged rollout's) until the task is aborted, sending
+/// each new state with `key` to `tx`.
+pub async fn watch_candidate<K: Clone>(
+    client: Client,
+    path: String,
+    key: K,
+    tx: UnboundedSender<(K, ConfigUpdate)>,
+) {
+    watch(client, path, key, tx, |path, data| {
+        ConfigUpdate::Candidate(data.map(|data| {
+            Candidate::from_slice(data)
+                .map(Box::new)
+                .map_err(|e| format!("candidate znode {path}: {e}"))
+        }))
+    })
+    .await;
+}
+
+/// Watches znode `path`, sending `read(path, its data)` (`None`: no znode) each time it
+/// changes.
+async fn watch<K: Clone>(
+    client: Client,
+    path: String,
+    key: K,
+    tx: UnboundedSender<(K, ConfigUpdate)>,
+    read: impl Fn(&str, Option<&[u8]>) -> ConfigUpdate,
+) {
     let send = |u: ConfigUpdate| tx.send((key.clone(), u)).is_ok();
     loop {
         let fired = match client.get_and_watch_data(&path).await {
             Ok((data, _, watcher)) => {
-                let update = match Envelope::from_slice(&data) {
-                    Ok(envelope) => ConfigUpdate::Config(Box::new(envelope)),
-                    Err(e) => ConfigUpdate::Unreadable(format!("{path}: {e}")),
-                };
-                if !send(update) {
+                if !send(read(&path, Some(&data))) {
                     return;
                 }
                 watcher.changed().await
@@ -101,7 +138,7 @@ pub async fn watch_config<K: Clone>(
                 match client.check_and_watch_stat(&path).await {
                     Ok((Some(_), _)) => continue,
                     Ok((None, watcher)) => {
-                        if !send(ConfigUpdate::Missing) {
+                        if !send(read(&path, None)) {
                             return;
                         }
                         watcher.changed().await
@@ -143,7 +180,7 @@ fn ended(e: &zookeeper_client::Error, path: &str, send: &impl Fn(ConfigUpdate) -
         send(ConfigUpdate::SessionEnded(format!("{path}: {e}")));
         return true;
     }
-    tracing::warn!(path, error = %e, "reading the config znode; retrying");
+    tracing::warn!(path, error = %e, "reading the znode; retrying");
     false
 }
 

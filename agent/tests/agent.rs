@@ -797,3 +797,174 @@ async fn given_a_pod_rate_limit_when_one_pod_prints_far_over_it_then_a_quiet_pod
         .expect("the agent task");
     assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_that_pod_switches_the_other_stays_and_both_run_the_stable_config_once_it_is_withdrawn()
+ {
+    use servicelog_api::{rollout::is_member, wire::Candidate};
+
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env
+        .create_namespace("agent-rollout")
+        .await
+        .expect("a namespace");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+        .await
+        .expect("a ZooKeeper client");
+    // The stable config sends everything to one receiver, the candidate to another: where
+    // a pod's lines arrive says which config it runs.
+    let (stable_rx, candidate_rx) = (Receiver::start(), Receiver::start());
+    let stable = Envelope::new(
+        "uid-1",
+        1,
+        spec(&stable_rx, &stable_rx, serde_json::json!([])),
+    )
+    .expect("stable");
+    let changed = Envelope::new(
+        "uid-1",
+        2,
+        spec(&candidate_rx, &candidate_rx, serde_json::json!([])),
+    )
+    .expect("candidate");
+    // Pod names the 50% step puts on either side, as every sidecar and agent computes it.
+    let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
+    let canary = names
+        .iter()
+        .find(|n| is_member(&changed.hash, &ns, n, 50))
+        .expect("a member among 200 names")
+        .clone();
+    let steady = names
+        .iter()
+        .find(|n| !is_member(&changed.hash, &ns, n, 50))
+        .expect("a non-member among 200 names")
+        .clone();
+    let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let opts = options(env, &layout, tmp.path(), None);
+    let mut files = Vec::new();
+    for name in [&canary, &steady] {
+        let uid = pod_of(&pods, name, "node-a", "checkout").await;
+        files.push(
+            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
+                .join("app")
+                .join("0.log"),
+        );
+    }
+    let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
+    print(&canary_log, &[line(100, "info")]);
+    print(&steady_log, &[line(200, "info")]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let where_now = || {
+        format!(
+            "stable: {:?}\ncandidate: {:?}",
+            seqs(&stable_rx),
+            seqs(&candidate_rx)
+        )
+    };
+    let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");
+    for pod in [&canary, &steady] {
+        wait_for(
+            &format!("{pod}'s record acking the stable config"),
+            where_now,
+            async || {
+                record(&zk, &record_of(pod))
+                    .await
+                    .filter(|r| r.hash == stable.hash && r.candidate.is_none())
+            },
+        )
+        .await;
+    }
+    wait_for(
+        "both pods' first lines at the stable receiver",
+        where_now,
+        async || (seqs(&stable_rx).len() == 2).then_some(()),
+    )
+    .await;
+
+    // A 50% step: the canary switches to the candidate and says so; the other stays.
+    let candidate_path = layout.candidate(&ns, "checkout").expect("a path");
+    let step = Candidate::new(stable.hash.clone(), 1, 50, false, &changed).expect("a candidate");
+    zk.create(
+        &candidate_path,
+        &step.to_bytes().expect("encoding the candidate"),
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("creating the candidate znode");
+    let switched = wait_for(
+        &format!("{canary}'s record running the candidate"),
+        where_now,
+        async || {
+            record(&zk, &record_of(&canary))
+                .await
+                .filter(|r| r.hash == changed.hash)
+        },
+    )
+    .await;
+    assert_eq!(
+        (switched.state, switched.candidate.as_deref()),
+        (InstanceState::Ok, Some(changed.hash.as_str())),
+        "the canary's record names the candidate: {switched:?}"
+    );
+    print(&canary_log, &[line(101, "info")]);
+    print(&steady_log, &[line(201, "info")]);
+    wait_for(
+        "line 101 at the candidate's receiver",
+        where_now,
+        async || seqs(&candidate_rx).contains(&101).then_some(()),
+    )
+    .await;
+    wait_for("line 201 at the stable receiver", where_now, async || {
+        seqs(&stable_rx).contains(&201).then_some(())
+    })
+    .await;
+    let kept = record(&zk, &record_of(&steady))
+        .await
+        .expect("the other pod's record");
+    assert_eq!(
+        (kept.hash.as_str(), kept.candidate.as_deref()),
+        (stable.hash.as_str(), None),
+        "the pod the step does not select stays on the stable config: {kept:?}"
+    );
+    assert_eq!(
+        seqs(&candidate_rx),
+        [101],
+        "only the canary runs the candidate"
+    );
+
+    // Withdrawn (a rollback): the canary runs the stable config again.
+    zk.delete(&candidate_path, None)
+        .await
+        .expect("withdrawing the candidate");
+    wait_for(
+        &format!("{canary}'s record back on the stable config"),
+        where_now,
+        async || {
+            record(&zk, &record_of(&canary))
+                .await
+                .filter(|r| r.hash == stable.hash && r.candidate.is_none())
+        },
+    )
+    .await;
+    print(&canary_log, &[line(102, "info")]);
+    wait_for("line 102 at the stable receiver", where_now, async || {
+        seqs(&stable_rx).contains(&102).then_some(())
+    })
+    .await;
+    let mut at_stable = seqs(&stable_rx);
+    at_stable.sort_unstable();
+    assert_eq!(at_stable, [100, 102, 200, 201], "{}", where_now());
+    assert_eq!(seqs(&candidate_rx), [101], "{}", where_now());
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}
