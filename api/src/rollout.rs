@@ -371,6 +371,7 @@ mod tests {
             dropped_ratio: Some(0.5),
             min_events: None,
             quiet_sinks: false,
+            quiet_rules: false,
         });
         let problems = check(&r);
         assert_eq!(problems.len(), 1, "{problems:?}");

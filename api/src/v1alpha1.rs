@@ -1150,6 +1150,12 @@ pub struct RollbackOn {
     /// swallows what another used to route).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quiet_sinks: bool,
+    /// Roll back when a rule that decided events under the stable config decides none
+    /// under the candidate once the canaries handled `minEvents` (a new `drop` that
+    /// swallows everything before it). Rules are matched by name; one the candidate
+    /// removed or renamed is not judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_rules: bool,
 }
 
 /// Where a rollout is.
@@ -1163,7 +1169,7 @@ pub enum RolloutPhase {
 }
 
 /// `status.rollout`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
@@ -1188,16 +1194,23 @@ pub struct RolloutStatus {
 }
 
 /// A preview's per-rule counts over the pods (`(default)`: events no rule decided).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewCounts {
     /// Pods whose counts are summed.
     pub pods: u32,
-    /// By rule of the config in force.
+    /// By rule of the config in force: events since each pod's shadow started.
     pub stable: BTreeMap<String, u64>,
     /// By rule of the candidate.
     pub candidate: BTreeMap<String, u64>,
+    /// By rule of the config in force: events per second over the pods (each pod's count
+    /// over the time its shadow ran, summed), to 2 decimals.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stable_per_second: BTreeMap<String, f64>,
+    /// By rule of the candidate, likewise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub candidate_per_second: BTreeMap<String, f64>,
 }
 
 /// The pods of the step in force.

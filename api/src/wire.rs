@@ -462,6 +462,15 @@ pub struct Health {
     /// it ran in this process — what "a sink that goes quiet" is measured against.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sinks_before: std::collections::BTreeMap<String, u64>,
+    /// By rule (`(default)`: events no rule decided): events the config in force decided
+    /// since it was applied. Canaries only; the gate `quietRules` compares it with
+    /// `rulesBefore`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rules: std::collections::BTreeMap<String, u64>,
+    /// By rule: events the config in force before this one decided, for as long as it ran
+    /// in this process.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rules_before: std::collections::BTreeMap<String, u64>,
     /// During a preview, on every pod: per rule, events the config in force and the
     /// candidate (run in shadow) decided since the shadow started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -471,11 +480,15 @@ pub struct Health {
 /// A preview's per-rule counts in [`Health`]; events no rule decided count as
 /// `(default)`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct Preview {
     /// The candidate's hash.
     pub hash: String,
     pub stable: std::collections::BTreeMap<String, u64>,
     pub candidate: std::collections::BTreeMap<String, u64>,
+    /// How long the shadow has been counting, in ms: the counts over it are rates.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// One sink's counts in [`Health`].

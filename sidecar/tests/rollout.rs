@@ -653,6 +653,62 @@ async fn given_a_canary_when_lines_flow_then_its_record_counts_them_since_the_ca
         Some(&50),
         "a delivered 50 under the config before"
     );
+    let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        pairs.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect()
+    };
+    assert_eq!(
+        health.rules,
+        counts(&[("all", 30), ("(default)", 0)]),
+        "per rule since the candidate"
+    );
+    assert_eq!(
+        health.rules_before,
+        counts(&[("all", 50), ("(default)", 0)]),
+        "per rule under the config before"
+    );
+
+    // A candidate whose new first rule swallows everything: `all` decides nothing now.
+    let swallowing = spec_to(&logs, &a, &b, "b").replace(
+        "rules:\n",
+        "rules:\n  - name: drop-everything\n    action: drop\n",
+    );
+    assert!(swallowing.contains("drop-everything"), "{swallowing}");
+    let swallowing = envelope(3, &swallowing);
+    write_candidate(&client, &p.candidate, &stable, 100, 1, &swallowing).await;
+    wait_fleet(
+        &client,
+        &p.instances,
+        &pods,
+        "the canary on the swallowing candidate",
+        |_| Runs::canary(&swallowing.hash),
+    )
+    .await;
+    append_seqs(&app, 80..100);
+    let start = Instant::now();
+    let health = loop {
+        if let Some((r, _)) = instance(&client, &record_path).await
+            && r.hash == swallowing.hash
+            && let Some(h) = r.health.filter(|h| h.events == 20)
+        {
+            break h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the record to count 20 events under the swallowing candidate\n{}",
+            pods[0].sidecar.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(health.dropped, 20);
+    assert_eq!(
+        health.rules,
+        counts(&[("drop-everything", 20), ("all", 0), ("(default)", 0)])
+    );
+    assert_eq!(
+        health.rules_before,
+        counts(&[("all", 30), ("(default)", 0)]),
+        "the config before is the first candidate"
+    );
 }
 
 /// Waits until `path` holds at least `n` lines.
@@ -705,6 +761,7 @@ async fn given_a_preview_when_lines_flow_then_the_record_counts_both_configs_per
     assert!(errors_only.contains("name: errors"), "{errors_only}");
     let preview = envelope(2, &errors_only);
     let candidate = Candidate::new(&stable.hash, 1, 10, true, &preview).expect("a candidate");
+    let started = Instant::now();
     publish_bytes(&client, &p.candidate, &candidate.to_bytes().expect("bytes")).await;
     let record_path = format!("{}/web-0", p.instances);
     // The shadow starts when the candidate is read: wait for the record to say so.
@@ -745,6 +802,12 @@ async fn given_a_preview_when_lines_flow_then_the_record_counts_both_configs_per
     assert_eq!(counts.stable.get("(default)"), Some(&0));
     assert_eq!(counts.candidate.get("errors"), Some(&0));
     assert_eq!(counts.candidate.get("(default)"), Some(&40));
+    assert!(
+        counts.elapsed_ms > 0 && u128::from(counts.elapsed_ms) < started.elapsed().as_millis(),
+        "the shadow counted for {} ms, started within the {} ms since the candidate was written",
+        counts.elapsed_ms,
+        started.elapsed().as_millis()
+    );
     assert_eq!(
         std::fs::read_to_string(&b).unwrap_or_default(),
         "",

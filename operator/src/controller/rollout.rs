@@ -871,8 +871,39 @@ pub fn tripped(gates: &RollbackOn, canaries: &[(&str, &Health)]) -> Option<Strin
             ));
         }
     }
+    if gates.quiet_rules {
+        // Per rule the candidate has (a removed or renamed one is not judged): what it
+        // decided under the stable config and under the candidate, over the canaries.
+        let mut rules: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (_, h) in canaries {
+            for (rule, now) in &h.rules {
+                let e = rules.entry(rule).or_default();
+                e.0 += h.rules_before.get(rule).copied().unwrap_or(0);
+                e.1 += now;
+            }
+        }
+        if let Some((rule, (was, _))) = rules
+            .iter()
+            .find(|(rule, (was, now))| **rule != DEFAULT_RULE && *was > 0 && *now == 0)
+        {
+            let pods: Vec<&str> = canaries
+                .iter()
+                .filter(|(_, h)| h.rules_before.get(*rule).is_some_and(|n| *n > 0))
+                .map(|(pod, _)| *pod)
+                .collect();
+            return Some(format!(
+                "{}: rule {rule:?} decided {was} events under the stable config and none of {events} under the candidate (pods {})",
+                gate("quietRules"),
+                named(&pods)
+            ));
+        }
+    }
     None
 }
+
+/// The name the sidecars' per-rule counts give events no rule decided; `defaultTo` is not
+/// a rule, so `quietRules` does not judge it.
+const DEFAULT_RULE: &str = "(default)";
 
 /// With `spec.rollout.preview`, the change is published as a preview candidate (which no
 /// pod runs) and the rollout holds, `Paused` at step 0, until `preview` is set to false
@@ -911,7 +942,9 @@ fn preview(
     Some((action, status))
 }
 
-/// The preview's per-rule counts summed over the records that report the candidate.
+/// The preview's per-rule counts summed over the records that report the candidate, and
+/// their rates: each pod's count over the time its shadow ran, summed over the pods (the
+/// fleet's events per second; a pod that does not say how long it counted adds none).
 fn preview_counts(f: &Found<'_>) -> PreviewCounts {
     let mut counts = PreviewCounts::default();
     for (_, record) in f.instances {
@@ -924,35 +957,86 @@ fn preview_counts(f: &Found<'_>) -> PreviewCounts {
             continue;
         };
         counts.pods += 1;
-        for (into, from) in [
-            (&mut counts.stable, &p.stable),
-            (&mut counts.candidate, &p.candidate),
+        let seconds = p.elapsed_ms as f64 / 1000.0;
+        for (into, rates, from) in [
+            (&mut counts.stable, &mut counts.stable_per_second, &p.stable),
+            (
+                &mut counts.candidate,
+                &mut counts.candidate_per_second,
+                &p.candidate,
+            ),
         ] {
             for (rule, n) in from {
                 *into.entry(rule.clone()).or_default() += n;
+                if p.elapsed_ms > 0 {
+                    *rates.entry(rule.clone()).or_default() += *n as f64 / seconds;
+                }
             }
         }
+    }
+    for rate in counts
+        .stable_per_second
+        .values_mut()
+        .chain(counts.candidate_per_second.values_mut())
+    {
+        *rate = (*rate * 100.0).round() / 100.0;
     }
     counts
 }
 
-/// `events per rule on 3 pods: stable all 120 → candidate (default) 110, errors 10`.
+/// `rules on 3 pods, stable → candidate: all 120/s → –, errors 0/s → 4,300/s`: each rule
+/// of either config, `–` where a config does not have it; counts where no pod said how
+/// long it counted.
 fn preview_text(c: &PreviewCounts) -> String {
     if c.pods == 0 {
         return "no pod reported its shadow's counts yet".into();
     }
-    let list = |m: &std::collections::BTreeMap<String, u64>| {
-        m.iter()
-            .map(|(rule, n)| format!("{rule} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let rates = !c.stable_per_second.is_empty() || !c.candidate_per_second.is_empty();
+    let value = |rates_of: &std::collections::BTreeMap<String, f64>,
+                 counts_of: &std::collections::BTreeMap<String, u64>,
+                 rule: &str| {
+        if rates {
+            rates_of
+                .get(rule)
+                .map_or_else(|| "–".to_owned(), |r| format!("{}/s", per_second(*r)))
+        } else {
+            counts_of
+                .get(rule)
+                .map_or_else(|| "–".to_owned(), ToString::to_string)
+        }
     };
-    format!(
-        "events per rule on {} pods: stable {} → candidate {}",
-        c.pods,
-        list(&c.stable),
-        list(&c.candidate)
-    )
+    let rules: std::collections::BTreeSet<&String> =
+        c.stable.keys().chain(c.candidate.keys()).collect();
+    let list = rules
+        .iter()
+        .map(|rule| {
+            format!(
+                "{rule} {} → {}",
+                value(&c.stable_per_second, &c.stable, rule),
+                value(&c.candidate_per_second, &c.candidate, rule)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unit = if rates { "rules" } else { "events per rule" };
+    format!("{unit} on {} pods, stable → candidate: {list}", c.pods)
+}
+
+/// A rate for people: `4,300` (whole from 10 up, thousands separated), `2.5`, `0`.
+fn per_second(rate: f64) -> String {
+    let text = format!("{rate:.1}");
+    if text.len() < 4 {
+        return text.strip_suffix(".0").unwrap_or(&text).to_owned();
+    }
+    let whole = format!("{:.0}", rate);
+    let mut out = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Pod names for a reason: the first [`NAMED_PODS`], then how many more.
@@ -1455,8 +1539,68 @@ mod tests {
             )]
             .into(),
             sinks_before: [("a".to_owned(), before)].into(),
+            rules: Default::default(),
+            rules_before: Default::default(),
             preview: None,
         }
+    }
+
+    #[test]
+    fn given_a_rule_that_decided_events_under_stable_when_it_decides_none_under_the_candidate_then_quiet_rules_trips()
+     {
+        let gates = RollbackOn {
+            min_events: Some(100),
+            quiet_rules: true,
+            ..RollbackOn::default()
+        };
+        let canary = |before: &[(&str, u64)], now: &[(&str, u64)]| Health {
+            events: now.iter().map(|(_, n)| n).sum(),
+            rules: now.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+            rules_before: before.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+            ..health(0, 0, (0, 0), 0)
+        };
+        let before = [("drop-all", 0), ("errors", 30), ("(default)", 70)];
+        let swallowed = canary(
+            &before,
+            &[("drop-all", 60), ("errors", 0), ("(default)", 0)],
+        );
+        assert_eq!(
+            tripped(&gates, &[("web-1", &swallowed)]),
+            None,
+            "60 events < minEvents 100: not judged yet"
+        );
+        let reason =
+            tripped(&gates, &[("web-1", &swallowed), ("web-2", &swallowed)]).expect("tripped");
+        assert!(
+            reason.contains("spec.rollout.rollbackOn.quietRules")
+                && reason.contains("rule \"errors\" decided 60 events")
+                && reason.contains("none of 120")
+                && reason.contains("web-1, web-2"),
+            "{reason}"
+        );
+        let healthy = canary(
+            &before,
+            &[("drop-all", 0), ("errors", 1), ("(default)", 119)],
+        );
+        assert_eq!(
+            tripped(&gates, &[("web-1", &healthy), ("web-2", &swallowed)]),
+            None,
+            "the rule still decides events on one canary: not quiet over the canaries"
+        );
+        let renamed = canary(&before, &[("errors-v2", 0), ("(default)", 120)]);
+        assert_eq!(
+            tripped(&gates, &[("web-3", &renamed)]),
+            None,
+            "a rule the candidate does not have is not judged, nor is (default)"
+        );
+        let off = RollbackOn {
+            quiet_rules: false,
+            ..gates
+        };
+        assert_eq!(
+            tripped(&off, &[("web-1", &swallowed), ("web-2", &swallowed)]),
+            None
+        );
     }
 
     #[test]
@@ -1466,6 +1610,7 @@ mod tests {
             dropped_ratio: Some(0.5),
             min_events: Some(100),
             quiet_sinks: true,
+            quiet_rules: false,
         };
         let healthy = health(80, 10, (70, 0), 500);
         let dropping = health(80, 70, (10, 0), 500);
@@ -1514,6 +1659,21 @@ mod tests {
     }
 
     #[test]
+    fn given_rates_then_they_read_as_people_write_them() {
+        for (rate, text) in [
+            (0.0, "0"),
+            (0.04, "0"),
+            (2.5, "2.5"),
+            (9.96, "10"),
+            (120.0, "120"),
+            (4300.4, "4,300"),
+            (1_234_567.0, "1,234,567"),
+        ] {
+            assert_eq!(per_second(rate), text, "{rate}");
+        }
+    }
+
+    #[test]
     fn given_preview_then_the_candidate_is_written_for_no_pod_and_held_until_preview_is_off() {
         let mut r = spec_rollout(&[(20, None)]);
         r.preview = true;
@@ -1528,13 +1688,15 @@ mod tests {
         );
         assert_eq!((status.phase, status.step), (RolloutPhase::Paused, 0));
         assert!(status.reason.contains("preview"), "{}", status.reason);
+        // Two pods counted the same events, one over 2 s and one over 3 s.
         let mut reporting = records(0, InstanceState::Ok, t(0));
-        for (_, r) in reporting.iter_mut().take(2) {
+        for ((_, r), elapsed_ms) in reporting.iter_mut().zip([2000, 3000]) {
             r.health = Some(Health {
                 preview: Some(servicelog_api::wire::Preview {
                     hash: NEW.into(),
                     stable: [("all".to_owned(), 60)].into(),
                     candidate: [("(default)".to_owned(), 55), ("errors".to_owned(), 5)].into(),
+                    elapsed_ms,
                 }),
                 ..Health::default()
             });
@@ -1544,10 +1706,31 @@ mod tests {
         assert_eq!(counts.pods, 2);
         assert_eq!(counts.stable.get("all"), Some(&120));
         assert_eq!(counts.candidate.get("errors"), Some(&10));
+        assert_eq!(
+            counts.stable_per_second.get("all"),
+            Some(&50.0),
+            "30/s + 20/s"
+        );
+        assert_eq!(counts.candidate_per_second.get("errors"), Some(&4.17));
+        assert_eq!(counts.candidate_per_second.get("(default)"), Some(&45.83));
         assert!(
-            counted
-                .reason
-                .contains("stable all 120 → candidate (default) 110, errors 10"),
+            counted.reason.contains(
+                "rules on 2 pods, stable → candidate: (default) – → 46/s, all 50/s → –, errors – → 4.2/s"
+            ),
+            "{}",
+            counted.reason
+        );
+        // A record that does not say how long it counted: counts, no rates.
+        for (_, r) in &mut reporting {
+            if let Some(p) = r.health.as_mut().and_then(|h| h.preview.as_mut()) {
+                p.elapsed_ms = 0;
+            }
+        }
+        let (_, counted) = plan(&found(&r, None, &reporting, t(1)));
+        assert!(
+            counted.reason.contains(
+                "events per rule on 2 pods, stable → candidate: (default) – → 110, all 120 → –, errors – → 10"
+            ),
             "{}",
             counted.reason
         );

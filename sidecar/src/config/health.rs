@@ -7,6 +7,11 @@
 //! [`INTERVAL`], only on a canary); the record carries the difference. The counters are
 //! the process's, so a sink of the same name in the config before is counted from the
 //! swap on, and what the config before delivered per sink is kept as `sinksBefore`.
+//!
+//! Per rule, the pipeline counts what each rule decided (no metric does: a label per rule
+//! on every event's counter would cost more than the one add the pipeline makes), since
+//! it was built; what the config before decided is kept as `rulesBefore`, for the gate
+//! `quietRules`.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -17,6 +22,7 @@ use servicelog_api::{
 
 use crate::{
     metrics::{DropLabels, Metrics, SinkDropLabels, SinkLabels, SourceLabels},
+    pipeline::shadow::RuleCounts,
     topology::Running,
 };
 
@@ -130,6 +136,11 @@ pub struct Tracker {
     base: Counters,
     /// Per sink, what the config before delivered while it ran here.
     before: BTreeMap<String, u64>,
+    /// The per-rule counts of the pipeline it started with: the next tracker's
+    /// `rulesBefore`.
+    rules: std::sync::Arc<RuleCounts>,
+    /// Per rule, what the config before decided while it ran here.
+    rules_before: BTreeMap<String, u64>,
 }
 
 impl Tracker {
@@ -155,6 +166,8 @@ impl Tracker {
             hash: running.hash.clone(),
             base,
             before,
+            rules: running.pipeline.matched.clone(),
+            rules_before: previous.map(|p| p.rules.snapshot()).unwrap_or_default(),
         }
     }
 
@@ -170,6 +183,8 @@ impl Tracker {
             dropped,
             sinks,
             sinks_before: self.before.clone(),
+            rules: running.pipeline.matched.snapshot(),
+            rules_before: self.rules_before.clone(),
             preview: None,
         }
     }

@@ -34,7 +34,7 @@ use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use servicelog_api::{
     Router,
-    wire::{Candidate, Envelope, Health, Instance, InstanceState, Preview},
+    wire::{Candidate, Envelope, Health, Instance, InstanceState},
     zkauth::{self, Credentials, RecordAcl},
     zktls::{self, ZkTls},
 };
@@ -691,14 +691,7 @@ impl ZkConfig {
             return None;
         }
         let mut health = tracker.health(&self.metrics, running);
-        health.preview = shadow.map(|s| {
-            let (stable, candidate) = s.counts();
-            Preview {
-                hash: s.hash.clone(),
-                stable,
-                candidate,
-            }
-        });
+        health.preview = shadow.map(|s| s.preview());
         Some(health)
     }
 

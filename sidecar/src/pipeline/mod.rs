@@ -96,6 +96,9 @@ pub struct Pipeline {
     origin: Origin,
     /// A staged rollout's preview in shadow, while one runs (see [`shadow`]).
     pub shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
+    /// Events each rule decided since this pipeline was built (a canary's health); shared
+    /// so a health tracker can keep them past the pipeline.
+    pub matched: Arc<shadow::RuleCounts>,
 }
 
 impl Pipeline {
@@ -120,6 +123,7 @@ impl Pipeline {
                 rereadable: true,
             })
             .collect();
+        let matched = Arc::new(shadow::RuleCounts::new(&router));
         Self {
             id,
             router,
@@ -129,6 +133,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             origin: origin.clone(),
             shadow: arc_swap::ArcSwapOption::empty(),
+            matched,
         }
     }
 
@@ -188,6 +193,8 @@ pub struct Batcher {
     outs: Vec<Vec<u8>>,
     counts: Vec<u64>,
     drops: Vec<(Option<u16>, DropReason, u64)>,
+    /// The run's events per deciding rule, indexed like [`Pipeline::matched`].
+    matched: Vec<u64>,
     encodings: Vec<LineEncoding>,
     /// The current event's transforming rules and their sinks.
     transformed: Vec<(u16, SinkSet)>,
@@ -214,6 +221,8 @@ impl Batcher {
         self.encodings.clear();
         self.encodings
             .extend(pipeline.sinks.iter().map(|h| h.encoding));
+        self.matched.clear();
+        self.matched.resize(pipeline.matched.slots(), 0);
         let router = &pipeline.router;
         Run {
             format: router.source_format(source).unwrap_or(Format::Text),
@@ -302,6 +311,10 @@ impl<'a> Run<'a> {
         };
         if let Some(shadow) = &self.shadow {
             shadow.observe(routed, &decision, self.now);
+        }
+        let slot = shadow::RuleCounts::slot(b.matched.len(), decision.rule);
+        if let Some(n) = b.matched.get_mut(slot) {
+            *n += 1;
         }
         if let Some(reason) = decision.drop {
             count_drop(&mut b.drops, decision.rule, reason);
@@ -413,6 +426,7 @@ impl<'a> Run<'a> {
                 .map_or("default", String::as_str);
             pipeline.metrics.dropped(rule, reason.as_str(), n);
         }
+        pipeline.matched.add(&mut b.matched);
         let sinks = pipeline.sinks.len();
         let targets = b.outs[..sinks].iter().filter(|o| !o.is_empty()).count();
         let ack = Arc::new(match pipeline.sources.get(self.source) {

@@ -1,10 +1,13 @@
-//! A staged rollout's preview: the candidate's router run in shadow on the live events,
-//! writing nowhere, counting per rule what it and the router in force decide.
+//! Per-rule counts: what each rule of a router decided. Every pipeline keeps one for its
+//! own router (a canary's `health.rules`), and a staged rollout's preview keeps two: the
+//! candidate's router run in shadow on the live events, writing nowhere, beside the router
+//! in force.
 //!
-//! Only while a preview runs does the pipeline hold a [`Shadow`]; each run loads it once,
-//! and without one an event pays one untaken branch. With one, an event is routed a second
-//! time (re-read by the candidate's router, whose field slots differ) and two relaxed
-//! atomic adds are made.
+//! A pipeline's counts cost an event one add into its run's array; the run adds them to
+//! the shared atomics once, when it finishes. Only while a preview runs does the pipeline
+//! hold a [`Shadow`]; each run loads it once, and without one an event pays one untaken
+//! branch. With one, an event is routed a second time (re-read by the candidate's router,
+//! whose field slots differ) and two relaxed atomic adds are made.
 
 use std::{
     collections::BTreeMap,
@@ -15,11 +18,70 @@ use std::{
 use servicelog_api::{
     Router,
     rules::{Decision, Event},
+    wire::Preview,
 };
 
 /// The name the counts give events no rule decided (routed by `defaultTo` or dropped as
 /// unrouted).
 pub const DEFAULT: &str = "(default)";
+
+/// Events decided per rule of one router, then those no rule decided ([`DEFAULT`]).
+#[derive(Debug)]
+pub struct RuleCounts {
+    names: Vec<String>,
+    slots: Box<[AtomicU64]>,
+}
+
+impl RuleCounts {
+    pub fn new(router: &Router) -> Self {
+        Self {
+            names: router.rule_names().to_vec(),
+            slots: (0..=router.rule_names().len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Slots a run counts into, one per rule and one for [`DEFAULT`]: see
+    /// [`RuleCounts::slot`] and [`RuleCounts::add`].
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot of the deciding rule `rule` (an index of the router's rules) in an array
+    /// of [`RuleCounts::slots`].
+    #[inline]
+    pub fn slot(len: usize, rule: Option<u16>) -> usize {
+        rule.map_or(len.saturating_sub(1), usize::from)
+    }
+
+    #[inline]
+    fn bump(&self, rule: Option<u16>) {
+        if let Some(n) = self.slots.get(Self::slot(self.slots.len(), rule)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a run's counts (indexed like the slots) and zeroes them.
+    pub fn add(&self, run: &mut [u64]) {
+        for (slot, n) in self.slots.iter().zip(run) {
+            if *n > 0 {
+                slot.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// By rule name ([`DEFAULT`] for none), rules that decided nothing included.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .chain([DEFAULT])
+            .zip(&self.slots)
+            .map(|(name, n)| (name.to_owned(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
 
 /// The candidate's router and the per-rule counts of both.
 #[derive(Debug)]
@@ -27,61 +89,40 @@ pub struct Shadow {
     /// The candidate's hash.
     pub hash: String,
     router: Router,
-    /// Indexed by the router in force's rule, then one for [`DEFAULT`].
-    stable: Vec<AtomicU64>,
-    /// Likewise for the candidate's rules.
-    candidate: Vec<AtomicU64>,
-    /// The rule names of the router in force, for [`Shadow::counts`].
-    stable_rules: Vec<String>,
+    stable: RuleCounts,
+    candidate: RuleCounts,
+    started: Instant,
 }
 
 impl Shadow {
     /// A shadow of `candidate` (hash `hash`) beside `stable`, the router in force.
     pub fn new(hash: String, candidate: Router, stable: &Router) -> Self {
-        let slots = |r: &Router| {
-            (0..=r.rule_names().len())
-                .map(|_| AtomicU64::new(0))
-                .collect()
-        };
         Self {
             hash,
-            stable: slots(stable),
-            candidate: slots(&candidate),
-            stable_rules: stable.rule_names().to_vec(),
+            stable: RuleCounts::new(stable),
+            candidate: RuleCounts::new(&candidate),
             router: candidate,
+            started: Instant::now(),
         }
     }
 
     /// Counts what the router in force decided for `event` and what the candidate decides.
     #[inline]
     pub fn observe(&self, event: &Event<'_>, decided: &Decision, now: Instant) {
-        bump(&self.stable, decided.rule);
+        self.stable.bump(decided.rule);
         let shadow = self.router.route(event, now);
-        bump(&self.candidate, shadow.rule);
+        self.candidate.bump(shadow.rule);
     }
 
-    /// Events decided by each rule since the shadow started: `(stable, candidate)`, by
-    /// rule name ([`DEFAULT`] for none), rules that decided nothing included.
-    pub fn counts(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-        let named = |names: &[String], slots: &[AtomicU64]| {
-            names
-                .iter()
-                .map(String::as_str)
-                .chain([DEFAULT])
-                .zip(slots)
-                .map(|(name, n)| (name.to_owned(), n.load(Ordering::Relaxed)))
-                .collect()
-        };
-        (
-            named(&self.stable_rules, &self.stable),
-            named(self.router.rule_names(), &self.candidate),
-        )
-    }
-}
-
-fn bump(slots: &[AtomicU64], rule: Option<u16>) {
-    let i = rule.map_or(slots.len() - 1, usize::from);
-    if let Some(n) = slots.get(i) {
-        n.fetch_add(1, Ordering::Relaxed);
+    /// Events decided by each rule since the shadow started, for the instance record: by
+    /// rule name ([`DEFAULT`] for none), rules that decided nothing included, with the
+    /// time they took (which makes them rates).
+    pub fn preview(&self) -> Preview {
+        Preview {
+            hash: self.hash.clone(),
+            stable: self.stable.snapshot(),
+            candidate: self.candidate.snapshot(),
+            elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
     }
 }
