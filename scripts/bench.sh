@@ -382,7 +382,7 @@ jq -r '
     if $r.sidecars then
       row("rollout \($r.sidecars)"; "patch → step 1 on canaries, p50 / p99 ms";
           "\($r.patch_to_step1_applied_p50_ms | num(0)) / \($r.patch_to_step1_applied_p99_ms | num(0))";
-          "\($r.step_canaries) canaries, \($r.rounds) changes"; ""),
+          "\($r.step_canaries_min)–\($r.step_canaries_max) canaries, \($r.rounds) changes"; ""),
       row(""; "patch → rolled back, p50 / p99 ms";
           "\($r.patch_to_rolled_back_p50_ms | num(0)) / \($r.patch_to_rolled_back_p99_ms | num(0))"; ""; ""),
       row(""; "ZooKeeper RSS with the fleet, MiB"; ($r.zookeeper_rss_mib_with_fleet | num(0));

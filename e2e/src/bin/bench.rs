@@ -388,7 +388,9 @@ async fn rollout(
     };
     let sink = |name: &str| serde_json::json!({"name": name, "file": {"path": format!("/var/log/servicelog/{name}.log")}});
     let (mut to_step, mut to_back) = (Vec::new(), Vec::new());
-    let (mut step_canaries, mut back_canaries) = (0, 0);
+    // Canaries per round, min and max (a step's share of the pods varies with the hash).
+    let (mut step_canaries, mut back_canaries) = ((usize::MAX, 0), (usize::MAX, 0));
+    let span = |(lo, hi): (usize, usize), n: usize| (lo.min(n), hi.max(n));
     let operator_cpu = cpu_s(operator_pid);
     let mut operator_peak_rss = 0.0f64;
     let wall = Instant::now();
@@ -397,7 +399,10 @@ async fn rollout(
             break;
         }
         let t0 = Instant::now();
-        patch(serde_json::json!([sink("out"), sink(&format!("spare{round}"))]))?;
+        patch(serde_json::json!([
+            sink("out"),
+            sink(&format!("spare{round}"))
+        ]))?;
         let good = until("the good change's candidate", async || {
             Ok(candidate()
                 .await?
@@ -415,7 +420,7 @@ async fn rollout(
         )
         .await?;
         to_step.push(t0.elapsed());
-        step_canaries = members.len();
+        step_canaries = span(step_canaries, members.len());
 
         let t0 = Instant::now();
         patch(serde_json::json!([
@@ -444,7 +449,7 @@ async fn rollout(
         )
         .await?;
         to_back.push(t0.elapsed());
-        back_canaries = canaries.len();
+        back_canaries = span(back_canaries, canaries.len());
         operator_peak_rss = operator_peak_rss.max(rss_mib(operator_pid).1);
         eprintln!(
             "rollout {size}: round {round}: step 1 on {} canaries in {:?}; rolled back on {} in {:?}",
@@ -467,9 +472,13 @@ async fn rollout(
     let changes = (to_step.len() + to_back.len()) as f64;
     let rounds = to_step.len();
     println!(
-        "rollout {size:>4}   kubectl patch → step 1 applied on its {step_canaries} canaries: p50 {:.0} ms, p99 {:.0} ms; kubectl patch → rejected change rolled back on all {back_canaries} canaries: p50 {:.0} ms, p99 {:.0} ms; {rounds} changes each",
+        "rollout {size:>4}   kubectl patch → step 1 applied on its {}–{} canaries: p50 {:.0} ms, p99 {:.0} ms; kubectl patch → rejected change rolled back on all {}–{} canaries: p50 {:.0} ms, p99 {:.0} ms; {rounds} changes each",
+        step_canaries.0,
+        step_canaries.1,
         pct(&to_step, 0.5),
         pct(&to_step, 0.99),
+        back_canaries.0,
+        back_canaries.1,
         pct(&to_back, 0.5),
         pct(&to_back, 0.99),
     );
@@ -483,8 +492,10 @@ async fn rollout(
         "sidecars": size,
         "rounds": rounds,
         "start_s": start_s,
-        "step_canaries": step_canaries,
-        "rollback_canaries": back_canaries,
+        "step_canaries_min": step_canaries.0,
+        "step_canaries_max": step_canaries.1,
+        "rollback_canaries_min": back_canaries.0,
+        "rollback_canaries_max": back_canaries.1,
         "patch_to_step1_applied_p50_ms": pct(&to_step, 0.5),
         "patch_to_step1_applied_p99_ms": pct(&to_step, 0.99),
         "patch_to_step1_applied_max_ms": pct(&to_step, 1.0),
