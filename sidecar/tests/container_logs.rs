@@ -26,7 +26,7 @@ use servicelog_sidecar::{
     pipeline::Origin,
     sources::{
         cri::PodLogs,
-        file::{Tailer, TailerLinks, TailerOptions},
+        file::{ReadRate, Tailer, TailerLinks, TailerOptions},
     },
     topology::Topology,
 };
@@ -122,6 +122,11 @@ struct PodReader {
 
 impl PodReader {
     fn start(state: &Path, logs: PodLogs, spec_yaml: &str) -> Self {
+        Self::start_at(state, logs, spec_yaml, None)
+    }
+
+    /// Reading at most at `rate` lines a second, as the agent's `--pod-rate-limit`.
+    fn start_at(state: &Path, logs: PodLogs, spec_yaml: &str, rate: Option<ReadRate>) -> Self {
         fs::create_dir_all(state).expect("creating the state dir");
         let metrics = Metrics::new();
         let (wake, wake_rx) = channel();
@@ -144,6 +149,7 @@ impl PodReader {
         let mut opts = TailerOptions::new(state.to_owned());
         opts.rotate_grace = Duration::from_millis(300);
         opts.rescan = Duration::from_millis(200);
+        opts.rate = rate;
         let tailer = Tailer::new(
             opts,
             TailerLinks {
@@ -471,4 +477,61 @@ fn given_a_restart_while_a_stdout_line_is_in_progress_then_the_stderr_lines_rout
         "the split line comes whole: {:?}",
         received(&out)
     );
+}
+
+#[test]
+fn given_a_read_rate_when_the_reader_is_stopped_while_it_waits_then_a_restart_delivers_every_line_once()
+ {
+    const LINES: u64 = 5_000;
+    let s = Scratch::new();
+    let kubelet = Kubelet::new(&s.path("pods"));
+    let out = Receiver::start();
+    let source = "{format: json}";
+    let rate = ReadRate {
+        per_second: std::num::NonZeroU32::new(2_000).expect("non-zero"),
+        burst: std::num::NonZeroU32::new(500).expect("non-zero"),
+    };
+    kubelet.print(
+        "app",
+        0,
+        &(0..LINES).map(|i| line(i, "info")).collect::<Vec<_>>(),
+    );
+    let started = std::time::Instant::now();
+    let reader = PodReader::start_at(
+        &s.state(),
+        pod_logs(&kubelet),
+        &spec(&out, source),
+        Some(rate),
+    );
+    wait_until(
+        "the first lines in the sink",
+        WAIT,
+        || !received(&out).is_empty(),
+        String::new,
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let read_for = started.elapsed();
+    let paced = received(&out).len() as u64;
+    // The burst, then the rate; plus one chunk let through by the stop below.
+    let most = 500 + (2_000.0 * read_for.as_secs_f64()) as u64;
+    assert!(
+        paced <= most,
+        "{paced} lines delivered after {read_for:?}: more than the burst and the rate allow ({most})"
+    );
+    reader.stop();
+    let at_stop = received(&out).len() as u64;
+    assert!(
+        at_stop < LINES,
+        "the reader was paced: {at_stop} of {LINES} lines when stopped"
+    );
+    let reader = PodReader::start(&s.state(), pod_logs(&kubelet), &spec(&out, source));
+    wait_until(
+        "every line in the sink",
+        WAIT,
+        || received(&out).len() as u64 >= LINES,
+        || format!("{} lines", received(&out).len()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    reader.stop();
+    exactly_once(&out, LINES);
 }

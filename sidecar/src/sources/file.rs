@@ -46,9 +46,11 @@
 //!
 //! With [`TailerOptions::rate`] (the node agent's `--pod-rate-limit`, one reader per pod)
 //! the lines read are paced by a token bucket: before a chunk's lines are routed the reader
-//! waits for as many tokens (a burst at once, then the rate). It waits, it never drops: what
-//! is not read yet stays in the files, the checkpoints stay exact, and acks keep being
-//! committed while it waits. The wait holds back only this reader's files, so one pod
+//! waits for as many tokens (a burst at once, then the rate), so lines go out a chunk at a
+//! time at the rate on average. It waits, it never drops: what is not read yet stays in the
+//! files, the checkpoints stay exact, and acks keep being committed while it waits. Asked
+//! to stop while it waits, it does not route that chunk: the checkpoint stays before it and
+//! the next start reads it. The wait holds back only this reader's files, so one pod
 //! printing faster than its rate cannot delay another pod's lines.
 //!
 //! # Container logs
@@ -491,10 +493,10 @@ impl Tailer {
 
     /// Waits until `lines` more lines may be routed under the read rate, committing acks
     /// meanwhile (a commit may make a file be read again: the caller checks its epoch).
-    /// Returns early when the reader is asked to stop: the lines are then routed anyway.
-    fn throttle(&mut self, mut lines: usize) {
+    /// False when the reader is asked to stop meanwhile: the lines are then not routed.
+    fn throttle(&mut self, mut lines: usize) -> bool {
         let Some(burst) = self.opts.rate.map(|r| r.burst.get()) else {
-            return;
+            return true;
         };
         while lines > 0 {
             let n = lines.min(burst as usize) as u32;
@@ -513,7 +515,7 @@ impl Tailer {
                 continue;
             };
             if self.links.stop.load(Ordering::Relaxed) {
-                return;
+                return false;
             }
             if self
                 .throttled_logged
@@ -530,6 +532,7 @@ impl Tailer {
             self.commit();
             self.flush_checkpoints(false);
         }
+        true
     }
 
     fn batches_in_flight(&self) -> usize {
@@ -969,9 +972,10 @@ impl Tailer {
         let epoch = t.epoch;
         if self.limiter.is_some() {
             let lines = memchr::memchr_iter(b'\n', &self.scratch.buf[..complete]).count();
-            self.throttle(lines);
-            if self.files.get(&id).is_none_or(|t| t.epoch != epoch) {
-                return Ok(Progress::Data); // read again from its checkpoint meanwhile
+            // Stopping (read again at the next start, from the checkpoint before it), or
+            // read again from its checkpoint meanwhile.
+            if !self.throttle(lines) || self.files.get(&id).is_none_or(|t| t.epoch != epoch) {
+                return Ok(Progress::Data);
             }
         }
         self.route(id, files, complete, base, offset, epoch);
