@@ -1189,11 +1189,19 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
         "{counts:?}"
     );
     assert!(
+        counts
+            .stable_per_second
+            .get("all")
+            .is_some_and(|r| *r > 0.0)
+            && counts.candidate_per_second.get("errors") == Some(&0.0),
+        "rates beside the counts: {counts:?}"
+    );
+    assert!(
         rollout
             .reason
-            .contains("events per rule on 10 pods: stable")
-            && rollout.reason.contains("errors 0"),
-        "the reason shows the counts: {}",
+            .contains("rules on 10 pods, stable → candidate:")
+            && rollout.reason.contains("errors – → 0/s"),
+        "the reason shows the rates: {}",
         rollout.reason
     );
     assert_eq!(
@@ -1215,7 +1223,7 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
     );
 }
 
-const BENCH: &str = r#"
+const SWALLOW: &str = r#"
 apiVersion: servicelog.io/v1alpha1
 kind: ServiceLog
 metadata: {name: checkout}
@@ -1227,151 +1235,169 @@ spec:
   sinks:
     - name: out
       file: {path: /var/log/servicelog/out.log}
+    - name: other
+      file: {path: /var/log/servicelog/other.log}
   rules:
     - name: all
       to: [out]
   rollout:
-    steps: [{percent: 10, pause: 1h}, {percent: 100}]
+    steps: [{percent: 50, pause: 1h}]
+    rollbackOn: {quietRules: true, minEvents: 50}
 "#;
 
-/// `kubectl patch` → step 1 applied on its canaries, and `kubectl patch` of a change the
-/// canaries reject → every canary back on the stable config, the candidate withdrawn; p50
-/// and max over the rounds, with `SERVICELOG_BENCH_ROLLOUT_PODS` sidecars (default 100).
-/// Run: `cargo test -p servicelog-e2e --test rollout bench -- --ignored --nocapture`.
+/// Given ten injected pods with real sidecars and lines flowing, when a change puts a
+/// `drop` that swallows everything above the rule that routed every line, then the
+/// quiet-rule gate rolls it back and names the rule; when a change of the same kind comes
+/// with `droppedRatio` as its gate, that gate rolls it back. Every pod delivers every line
+/// once, but for the lines each change's canaries dropped while they ran it: one unbroken
+/// run per change on each of its canaries, none on any other pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run by hand or make bench"]
-async fn bench_rollout_step_and_rollback_latency() {
-    let size: usize = std::env::var("SERVICELOG_BENCH_ROLLOUT_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let rounds = 20;
-    // Each look reads the candidate znode and the canaries' records (about 10 reads).
-    const POLL: Duration = Duration::from_millis(5);
+async fn given_real_sidecars_when_a_drop_swallows_everything_then_a_gate_rolls_it_back_and_only_its_canaries_miss_lines_while_they_ran_it()
+ {
     let env =
         TestEnv::shared().unwrap_or_else(|e| panic!("the test environment did not start: {e}"));
     let f = Fixture::with_zookeeper(&env.zk_connect(), true).await;
-    let slog: ServiceLog = serde_yaml::from_str(BENCH).expect("the bench ServiceLog");
+    let slog: ServiceLog = serde_yaml::from_str(SWALLOW).expect("the test ServiceLog");
     f.api
         .create(&PostParams::default(), &slog)
         .await
         .expect("create ServiceLog");
-    f.wait_status("the first config published", |s| s.config_hash.is_some())
-        .await;
-    let started = std::time::Instant::now();
-    let sidecars = Sidecars::start(&f, size).await;
+    let stable = f
+        .wait_status("the first config published", |s| s.config_hash.is_some())
+        .await
+        .config_hash
+        .expect("configHash");
+    let mut sidecars = Sidecars::start(&f, FLEET_PODS).await;
     let pods = sidecars.pods.clone();
-    let mut stable = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while tokio::time::Instant::now() < deadline {
-        let s = f
+    f.wait_status("every sidecar on the first config", |s| {
+        s.pods
+            .as_ref()
+            .is_some_and(|p| p.applied as usize == FLEET_PODS)
+    })
+    .await;
+    sidecars.write();
+    // The stable config decides lines on every pod before a change comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let swallow = |rule: &str| {
+        serde_json::json!([
+            {"name": rule, "action": "drop"},
+            {"name": "all", "to": ["out"]},
+        ])
+    };
+    let mut canaries_of = Vec::new();
+    for (change, gate, rollout) in [
+        (
+            "drop-everything",
+            "quietRules",
+            serde_json::json!({"steps": [{"percent": 50, "pause": "1h"}],
+                               "rollbackOn": {"quietRules": true, "minEvents": 50}}),
+        ),
+        (
+            "drop-everything-again",
+            "droppedRatio 0.5",
+            serde_json::json!({"steps": [{"percent": 50, "pause": "1h"}],
+                               "rollbackOn": {"droppedRatio": 0.5, "quietRules": null}}),
+        ),
+    ] {
+        let before = f
             .api
             .get("checkout")
             .await
             .expect("get")
             .status
-            .unwrap_or_default();
-        if s.pods.as_ref().is_some_and(|p| p.applied as usize == size) {
-            stable = s.config_hash.unwrap_or_default();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        !stable.is_empty(),
-        "the {size} sidecars did not all apply the first config"
-    );
-    eprintln!("{size} sidecars up in {:?}", started.elapsed());
-    let patch = |sinks: serde_json::Value| {
-        let body = serde_json::json!({"spec": {"sinks": sinks}}).to_string();
-        let out = env
-            .kubectl()
-            .args([
-                "-n",
-                &f.ns,
-                "patch",
-                "servicelog",
-                "checkout",
-                "--type=merge",
-                "-p",
-                &body,
-            ])
-            .output()
-            .expect("kubectl");
+            .and_then(|s| s.rollout)
+            .and_then(|r| r.candidate_hash);
+        f.patch_spec(serde_json::json!({"rules": swallow(change), "rollout": rollout}))
+            .await;
+        let status = f
+            .wait_status(&format!("{change} rolled back by {gate}"), |s| {
+                s.rollout.as_ref().is_some_and(|r| {
+                    r.phase == RolloutPhase::RolledBack
+                        && r.candidate_hash.is_some()
+                        && r.candidate_hash != before
+                })
+            })
+            .await;
+        let rollout = status.rollout.expect("rollout");
         assert!(
-            out.status.success(),
-            "kubectl patch: {}",
-            String::from_utf8_lossy(&out.stderr)
+            rollout
+                .reason
+                .contains(&format!("spec.rollout.rollbackOn.{gate}")),
+            "{change}: the reason names the gate: {}",
+            rollout.reason
         );
-    };
-    let sink = |name: &str| serde_json::json!({"name": name, "file": {"path": format!("/var/log/servicelog/{name}.log")}});
-    let (mut to_step, mut to_back) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        // A good change: step 1 applied on its canaries (read from their records).
-        let t0 = std::time::Instant::now();
-        patch(serde_json::json!([
-            sink("out"),
-            sink(&format!("spare{round}"))
-        ]));
-        let good = f
-            .wait_zk_every("the good candidate", POLL, async || {
-                f.candidate()
-                    .await
-                    .filter(|c| c.stable_hash == stable && !c.preview)
-            })
-            .await;
-        let members: Vec<String> = pods
+        if gate == "quietRules" {
+            assert!(
+                rollout.reason.contains("rule \"all\"") && rollout.reason.contains("none of"),
+                "the reason names the rule that went quiet: {}",
+                rollout.reason
+            );
+        }
+        let hash = rollout.candidate_hash.expect("candidate");
+        let canaries: BTreeSet<String> = pods
             .iter()
-            .filter(|p| rollout::is_member(&good.hash, &f.ns, p, 10))
+            .filter(|p| rollout::is_member(&hash, &f.ns, p, 50))
             .cloned()
             .collect();
-        f.wait_zk_every("step 1 applied on its canaries", POLL, async || {
-            (f.running(&members, &good.hash).await.len() == members.len()).then_some(())
-        })
-        .await;
-        to_step.push(t0.elapsed());
-        // A rejected change: every canary back on stable, the candidate withdrawn.
-        let t0 = std::time::Instant::now();
-        patch(serde_json::json!([
-            sink("out"),
-            sink(&format!("spare{round}")),
-            {"name": "broken", "file": {"path": "/var/log/servicelog/out.log/broken.log"}},
-        ]));
-        let bad = f
-            .wait_zk_every("the bad candidate", POLL, async || {
-                f.candidate().await.filter(|c| c.hash != good.hash)
-            })
-            .await;
-        let canaries: Vec<String> = pods
-            .iter()
-            .filter(|p| rollout::is_member(&bad.hash, &f.ns, p, 10))
-            .cloned()
-            .collect();
+        assert!(!canaries.is_empty(), "{change} had canaries");
         f.wait_zk(
-            "every canary back on stable, the candidate withdrawn",
-            async || {
-                let back = f.running(&canaries, &stable).await.len() == canaries.len();
-                (back && f.candidate().await.is_none()).then_some(())
-            },
+            &format!("every pod back on stable after {change}"),
+            async || (f.running(&pods, &stable).await.len() == FLEET_PODS).then_some(()),
         )
         .await;
-        to_back.push(t0.elapsed());
-        eprintln!(
-            "round {round}: step 1 on {} canaries in {:?}; rolled back on {} canaries in {:?}",
-            members.len(),
-            to_step[round],
-            canaries.len(),
-            to_back[round]
-        );
+        assert!(f.candidate().await.is_none(), "{change} withdrawn");
+        canaries_of.push(canaries);
     }
-    let summary = |mut v: Vec<Duration>| {
-        v.sort();
-        format!("p50 {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1])
-    };
-    eprintln!(
-        "{size} sidecars, {rounds} rounds: kubectl patch -> step 1 applied: {}; kubectl patch -> rolled back: {}",
-        summary(to_step),
-        summary(to_back)
-    );
-    drop(sidecars);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = sidecars.stop_writing();
+    let last = written as u64 - 1;
+    // Per pod the file source delivers in order: once the last line is out, every line
+    // that will be is.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let behind: Vec<&String> = pods
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !sidecars.delivered(*i)["out"].contains(&last))
+            .map(|(_, p)| p)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for line {last} on {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        let delivered = sidecars.delivered(i);
+        assert!(
+            delivered["other"].is_empty(),
+            "{pod}: nothing routes to other"
+        );
+        let out = &delivered["out"];
+        let distinct: BTreeSet<u64> = out.iter().copied().collect();
+        assert_eq!(distinct.len(), out.len(), "{pod} delivered a line twice");
+        let missing: Vec<u64> = (0..written as u64)
+            .filter(|s| !distinct.contains(s))
+            .collect();
+        let runs = missing.windows(2).filter(|w| w[1] != w[0] + 1).count()
+            + usize::from(!missing.is_empty());
+        let canary_of = canaries_of.iter().filter(|c| c.contains(pod)).count();
+        assert!(
+            runs <= canary_of,
+            "{pod} (a canary of {canary_of} changes) lost lines outside the changes it ran: {} missing in {runs} runs: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(40)]
+        );
+        if canary_of == 0 {
+            assert!(
+                missing.is_empty(),
+                "{pod} was no canary and lost {missing:?}"
+            );
+        }
+    }
 }
