@@ -1162,6 +1162,10 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
     .await;
 
     // D: a preview — every pod counts per rule in shadow, none switches.
+    let (written_before, previewed) = (
+        sidecars.written.load(Ordering::SeqCst),
+        std::time::Instant::now(),
+    );
     f.patch_spec(serde_json::json!({
         "rules": [
             {"name": "errors", "when": {"level": {"atLeast": "error"}}, "to": ["other"]},
@@ -1203,6 +1207,23 @@ async fn given_real_sidecars_when_changes_roll_out_then_steps_take_their_share_a
             && rollout.reason.contains("errors – → 0/s"),
         "the reason shows the rates: {}",
         rollout.reason
+    );
+    // The rate against the workload: every pod gets the writer's lines, all decided by
+    // `all`. Over a few refreshes, so one record's first seconds do not decide it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rate = f
+        .api
+        .get("checkout")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.rollout?.preview?.stable_per_second.get("all").copied())
+        .expect("a rate for rule all");
+    let written = sidecars.written.load(Ordering::SeqCst) - written_before;
+    let workload = (written * FLEET_PODS) as f64 / previewed.elapsed().as_secs_f64();
+    assert!(
+        rate > workload * 0.5 && rate < workload * 1.5,
+        "rule all decided {rate}/s over the pods; the writer wrote {workload:.0}/s over them"
     );
     assert_eq!(
         f.running(&pods, &a).await.len(),
