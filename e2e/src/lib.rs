@@ -9,6 +9,7 @@
 //! drop, and by a watchdog when the owning process dies without dropping (see [`procs`]).
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod control_plane;
 pub mod fleet;
 pub mod kafka;

@@ -12,6 +12,7 @@
 //! on drop or by the watchdog when the owning process died.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsStr,
     fs,
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -977,6 +978,16 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
             let fstype = fields.get(sep + 1)?;
             (*fstype == "cgroup" || *fstype == "cgroup2").then(|| PathBuf::from(fields[4]))
         })
+        .collect()
+}
+
+/// The names of the network namespaces `ip netns` lists (`/run/netns`).
+pub fn netns_names() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 

@@ -19,7 +19,7 @@ use std::{
     collections::BTreeMap,
     io::Read,
     path::PathBuf,
-    process::{Command, Output},
+    process::Command,
     sync::OnceLock,
     thread,
     time::{Duration, Instant},
@@ -28,14 +28,15 @@ use std::{
 use serde_json::Value;
 use servicelog_e2e::{
     TestEnv,
+    chart::{
+        self, NAMESPACE, RECEIVER_IMAGE, apply, apply_ok, image_archive, kubectl, new_namespace, ok,
+    },
     node::{BUSYBOX_IMAGE, LogRotation},
-    unique_name, workspace_dir,
 };
 
-const RELEASE: &str = "servicelog";
-const NAMESPACE: &str = "servicelog-system";
-const RECEIVER_IMAGE: &str = "servicelog.test/receiver:1";
 const AGENT_SELECTOR: &str = "app.kubernetes.io/component=agent";
+/// The chart components whose logs a timed-out wait prints.
+const LOGS: &[&str] = &["agent"];
 const ROLLOUT: Duration = Duration::from_secs(180);
 const ROUTING: Duration = Duration::from_secs(60);
 
@@ -63,140 +64,26 @@ fn installed() -> &'static TestEnv {
         });
         let env =
             TestEnv::shared_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
-        let node = env.node().expect("a cluster has a node");
-        for name in ["operator", "sidecar", "agent"] {
-            let archive = workspace_dir().join(format!("target/images/servicelog-{name}.tar"));
-            assert!(
-                archive.is_file(),
-                "{} is missing: run `make images-build` (make test does)",
-                archive.display()
-            );
-            node.load_image(&archive)
-                .unwrap_or_else(|e| panic!("loading {}: {e}", archive.display()));
-        }
-        let receiver = env.dir().join("receiver.tar");
-        ok(
-            "building the receiver image",
-            Command::new("bash")
-                .arg(workspace_dir().join("e2e/tools/images/receiver-image.sh"))
-                .arg(&receiver)
-                .arg(env!("CARGO_BIN_EXE_servicelog-receiver"))
-                .output(),
-        );
-        node.load_image(&receiver)
-            .unwrap_or_else(|e| panic!("loading the receiver image: {e}"));
+        let archives =
+            ["operator", "sidecar", "agent"].map(|c| image_archive(&format!("servicelog-{c}")));
+        chart::load_images(env, archives.iter().map(PathBuf::as_path));
+        chart::load_receiver_image(env, env!("CARGO_BIN_EXE_servicelog-receiver"));
 
-        let zk = env
-            .zk_connect_for_pods()
-            .expect("a cluster's ZooKeeper has an address for pods");
-        let pod_logs = node.dir().join("pod-logs");
+        let pod_logs = env
+            .node()
+            .expect("a cluster has a node")
+            .dir()
+            .join("pod-logs");
         let state = env.dir().join("agent-state");
-        ok(
-            "helm install --wait (agent.enabled)",
-            env.helm()
-                .args(["install", RELEASE])
-                .arg(workspace_dir().join("charts/servicelog"))
-                .args(["--namespace", NAMESPACE, "--create-namespace"])
-                .args(["--wait", "--timeout", "180s"])
-                .args(["--set", "zookeeper.embedded.enabled=false"])
-                .args(["--set", &format!("zookeeper.connect={zk}")])
-                .args(["--set", "agent.enabled=true"])
-                .args(["--set", &format!("agent.podLogsDir={}", pod_logs.display())])
-                .args(["--set", &format!("agent.stateDir={}", state.display())])
-                .output(),
-        );
+        let mut sets = chart::environment_zookeeper(env);
+        sets.extend([
+            "agent.enabled=true".into(),
+            format!("agent.podLogsDir={}", pod_logs.display()),
+            format!("agent.stateDir={}", state.display()),
+        ]);
+        chart::helm_install(env, "180s", &sets);
         env
     })
-}
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn kubectl(env: &TestEnv, args: &[&str]) -> String {
-    ok(
-        &format!("kubectl {}", args.join(" ")),
-        env.kubectl().args(args).output(),
-    )
-}
-
-fn apply(env: &TestEnv, manifest: &str) -> Output {
-    let file = env.dir().join(format!("{}.yaml", unique_name("apply")));
-    std::fs::write(&file, manifest).expect("writing a manifest");
-    env.kubectl()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .expect("running kubectl apply")
-}
-
-fn apply_ok(env: &TestEnv, manifest: &str) {
-    ok("kubectl apply", Ok(apply(env, manifest)));
-}
-
-/// Runs `kubectl args` until `check` accepts its stdout; fails naming `what` with the last
-/// output and the agent's log.
-fn until(
-    env: &TestEnv,
-    what: &str,
-    timeout: Duration,
-    args: &[&str],
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let start = Instant::now();
-    loop {
-        let out = env.kubectl().args(args).output();
-        let (stdout, stderr) = match &out {
-            Ok(o) => (
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            ),
-            Err(e) => (String::new(), e.to_string()),
-        };
-        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
-            return stdout;
-        }
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{}\n{stderr}\n--- agent ---\n{}",
-                args.join(" "),
-                tail(&stdout, 30),
-                agent_logs(env)
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn agent_logs(env: &TestEnv) -> String {
-    env.kubectl()
-        .args(["logs", "-n", NAMESPACE, "--tail=30", "--prefix"])
-        .args(["-l", AGENT_SELECTOR])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-fn new_namespace(env: &TestEnv, prefix: &str) -> String {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(env.create_namespace(prefix))
-        .unwrap_or_else(|e| panic!("creating a namespace: {e}"))
 }
 
 /// Errors always go to the receiver; info lines too when `info_to_receiver`; the rest is
@@ -420,7 +307,7 @@ fn errors_reach(env: &TestEnv, ns: &str, pod: &str, at_least: u64) {
             start.elapsed() < ROUTING,
             "timed out after {ROUTING:?} waiting for {pod}'s error line {at_least} at the receiver (has up to {:?}); agent:\n{}",
             seen.keys().next_back(),
-            agent_logs(env)
+            chart::component_logs(env, "agent")
         );
         thread::sleep(Duration::from_millis(500));
     }
@@ -428,8 +315,9 @@ fn errors_reach(env: &TestEnv, ns: &str, pod: &str, at_least: u64) {
 
 /// Waits until the ServiceLog's status counts `pods` pods acking its current spec.
 fn applied_everywhere(env: &TestEnv, ns: &str, pods: usize) {
-    until(
+    chart::until(
         env,
+        LOGS,
         &format!("ServiceLog stdout-app to be applied by {pods}/{pods} pods at its generation"),
         ROUTING,
         &["get", "servicelog", "stdout-app", "-n", ns, "-o", "json"],
@@ -473,8 +361,9 @@ fn story(env: &TestEnv, ns: &str, replicas: u32) -> Vec<String> {
             .args(["--timeout=180s"])
             .output(),
     );
-    until(
+    chart::until(
         env,
+        LOGS,
         "the receiver to be Ready",
         ROLLOUT,
         &[
@@ -565,8 +454,9 @@ fn given_the_agent_on_the_node_when_a_deployment_prints_to_stdout_then_its_lines
         "the rule change published no new config"
     );
     for pod in &pods {
-        until(
+        chart::until(
             env,
+            LOGS,
             &format!("{pod}'s info lines at the receiver after the rule change"),
             ROUTING,
             &["logs", "-n", &ns, "receiver"],
@@ -592,8 +482,9 @@ fn given_the_agent_on_the_node_when_a_deployment_prints_to_stdout_then_its_lines
         env,
         &["delete", "pod", "-n", NAMESPACE, &agent, "--wait=true"],
     );
-    until(
+    chart::until(
         env,
+        LOGS,
         "a new agent pod to be Ready",
         ROLLOUT,
         &[
@@ -798,8 +689,9 @@ fn given_a_pod_printing_fast_when_the_kubelet_rotates_its_log_and_the_agent_is_k
         .next_back()
         .copied()
         .unwrap_or(0);
-    until(
+    chart::until(
         env,
+        LOGS,
         "the agent's container restarted after the SIGKILL and Ready",
         ROLLOUT,
         &[
@@ -824,7 +716,7 @@ fn given_a_pod_printing_fast_when_the_kubelet_rotates_its_log_and_the_agent_is_k
             "timed out waiting for {pod}'s {LINES} lines at the receiver (has {}, up to {:?}); agent:\n{}",
             seen.len(),
             seen.keys().next_back(),
-            agent_logs(env)
+            chart::component_logs(env, "agent")
         );
         thread::sleep(Duration::from_secs(1));
     };

@@ -10,101 +10,26 @@
 use std::{
     collections::BTreeSet,
     fs,
-    path::Path,
-    process::{Command, Output},
-    thread,
-    time::{Duration, Instant},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
 };
 
 use serde_json::Value;
-use servicelog_e2e::{TestEnv, node, node::BUSYBOX_IMAGE, unique_name, workspace_dir};
+use servicelog_e2e::{
+    TestEnv,
+    chart::{self, NAMESPACE, apply_ok, container_pid, image_archive, kubectl, kubectl_json, ok},
+    node::{self, BUSYBOX_IMAGE, netns_names},
+    unique_name,
+};
 
-const RELEASE: &str = "servicelog";
-const NAMESPACE: &str = "servicelog-system";
 const ZK_POD: &str = "servicelog-zookeeper-0";
 /// The uid and gid of the chart's zookeeper.embedded.podSecurityContext.
 const ZK_UID: u32 = 1000;
+/// The chart components whose logs a timed-out wait prints.
+const LOGS: &[&str] = &["zookeeper", "operator"];
 const ROLLOUT: Duration = Duration::from_secs(180);
 const ROUTING: Duration = Duration::from_secs(60);
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn kubectl(env: &TestEnv, args: &[&str]) -> String {
-    ok(
-        &format!("kubectl {}", args.join(" ")),
-        env.kubectl().args(args).output(),
-    )
-}
-
-fn kubectl_json(env: &TestEnv, args: &[&str]) -> Value {
-    let text = kubectl(env, &[args, &["-o", "json"]].concat());
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("kubectl {args:?}: not JSON: {e}"))
-}
-
-fn apply(env: &TestEnv, manifest: &str) {
-    let file = env.dir().join(format!("{}.yaml", unique_name("apply")));
-    fs::write(&file, manifest).expect("writing a manifest");
-    ok(
-        "kubectl apply",
-        env.kubectl().args(["apply", "-f"]).arg(&file).output(),
-    );
-}
-
-/// Runs `kubectl args` until `check` accepts its stdout; fails naming `what` with the last
-/// output and the logs of ZooKeeper and the operator.
-fn until(
-    env: &TestEnv,
-    what: &str,
-    timeout: Duration,
-    args: &[&str],
-    check: impl Fn(&str) -> bool,
-) {
-    let start = Instant::now();
-    loop {
-        let out = env.kubectl().args(args).output();
-        let stdout = out
-            .as_ref()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
-            return;
-        }
-        if start.elapsed() > timeout {
-            let logs = |selector: &str| {
-                env.kubectl()
-                    .args([
-                        "logs",
-                        "-n",
-                        NAMESPACE,
-                        "--tail=20",
-                        "--prefix",
-                        "-l",
-                        selector,
-                    ])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}\n--- zookeeper ---\n{}\n--- operator ---\n{}",
-                args.join(" "),
-                logs("app.kubernetes.io/component=zookeeper"),
-                logs("app.kubernetes.io/component=operator"),
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-}
 
 /// The reference `make images` gave the ZooKeeper archive (its OCI index's
 /// io.containerd.image.name), split into the chart's repository and tag.
@@ -131,27 +56,6 @@ fn archive_reference(archive: &Path) -> (String, String) {
         .rsplit_once(':')
         .unwrap_or_else(|| panic!("{reference}: no tag"));
     (repository.to_owned(), tag.to_owned())
-}
-
-/// The host PID of a running container, through the node's containerd.
-fn container_pid(env: &TestEnv, container_id: &str) -> u32 {
-    let id = container_id
-        .strip_prefix("containerd://")
-        .unwrap_or(container_id);
-    let out = ok(
-        "ctr tasks ls",
-        Command::new("ctr")
-            .arg("-a")
-            .arg(env.node().expect("a node").containerd_socket())
-            .args(["-n", "k8s.io", "tasks", "ls"])
-            .output(),
-    );
-    out.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("container {id} has no running task:\n{out}"))
 }
 
 /// A second-resolution RFC 3339 time of the API server, as seconds since the epoch.
@@ -259,57 +163,27 @@ fn traces(env_dir: &Path, netns: &BTreeSet<String>, cgroup: &str) -> Vec<String>
     left
 }
 
-fn netns_names() -> BTreeSet<String> {
-    fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_sidecar_applies_the_config_from_it_as_non_root()
  {
-    let mut archives = Vec::new();
-    for name in ["servicelog-operator", "servicelog-sidecar", "zookeeper"] {
-        let archive = workspace_dir().join(format!("target/images/{name}.tar"));
-        assert!(
-            archive.is_file(),
-            "{} is missing: run `make images-build` (make test does)",
-            archive.display()
-        );
-        archives.push(archive);
-    }
+    let archives = ["servicelog-operator", "servicelog-sidecar", "zookeeper"].map(image_archive);
     let (zk_repository, zk_tag) = archive_reference(&archives[2]);
     let netns_before = netns_names();
     let env = TestEnv::start_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
-    let node = env.node().expect("a cluster has a node");
-    for archive in &archives {
-        node.load_image(archive)
-            .unwrap_or_else(|e| panic!("loading {}: {e}", archive.display()));
-    }
+    chart::load_images(&env, archives.iter().map(PathBuf::as_path));
 
     // Given the chart with its embedded ZooKeeper, from the image built here, on an emptyDir.
-    let started = Instant::now();
-    ok(
-        "helm install --wait",
-        env.helm()
-            .args(["install", RELEASE])
-            .arg(workspace_dir().join("charts/servicelog"))
-            .args(["--namespace", NAMESPACE, "--create-namespace"])
-            .args(["--wait", "--timeout", "240s"])
-            .args(["--set", "zookeeper.embedded.enabled=true"])
-            .args(["--set", "zookeeper.embedded.persistence.enabled=false"])
-            .args([
-                "--set",
-                &format!("zookeeper.embedded.image.repository={zk_repository}"),
-            ])
-            .args(["--set", &format!("zookeeper.embedded.image.tag={zk_tag}")])
-            .args(["--set", "zookeeper.embedded.image.pullPolicy=Never"])
-            .output(),
+    let helm_install = chart::helm_install(
+        &env,
+        "240s",
+        &[
+            "zookeeper.embedded.enabled=true".into(),
+            "zookeeper.embedded.persistence.enabled=false".into(),
+            format!("zookeeper.embedded.image.repository={zk_repository}"),
+            format!("zookeeper.embedded.image.tag={zk_tag}"),
+            "zookeeper.embedded.image.pullPolicy=Never".into(),
+        ],
     );
-    let helm_install = started.elapsed();
 
     // Then ZooKeeper is Ready, never restarted, and runs as the chart's non-root user.
     let pod = kubectl_json(&env, &["get", "pod", ZK_POD, "-n", NAMESPACE]);
@@ -385,20 +259,22 @@ fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_
     // When an annotated pod runs with a ServiceLog for it.
     let ns = unique_name("embedded-zk");
     kubectl(&env, &["create", "namespace", &ns]);
-    until(
+    chart::until(
         &env,
+        LOGS,
         &format!("the default ServiceAccount of {ns}"),
         Duration::from_secs(30),
         &["get", "serviceaccount", "default", "-n", &ns, "-o", "name"],
         |out| !out.trim().is_empty(),
     );
-    apply(&env, &servicelog(&ns));
-    apply(&env, &app(&ns));
+    apply_ok(&env, &servicelog(&ns));
+    apply_ok(&env, &app(&ns));
 
     // Then its sidecar applies the config it reads from the embedded ZooKeeper (1/1) and
     // routes the app's lines.
-    until(
+    chart::until(
         &env,
+        LOGS,
         "ServiceLog checkout to be applied by 1/1 pods at its generation",
         ROLLOUT,
         &["get", "servicelog", "checkout", "-n", &ns, "-o", "json"],
@@ -409,8 +285,9 @@ fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_
             })
         },
     );
-    until(
+    chart::until(
         &env,
+        LOGS,
         "the app's lines in the sidecar's stdout",
         ROUTING,
         &["logs", "-n", &ns, "checkout", "-c", "servicelog-sidecar"],
@@ -425,7 +302,7 @@ fn given_the_embedded_zookeeper_on_the_node_when_an_annotated_pod_runs_then_its_
 
     // When the cluster is stopped, then nothing of it is left on the machine.
     let env_dir = env.dir().to_owned();
-    let cgroup = node.cgroup_name().to_owned();
+    let cgroup = env.node().expect("a node").cgroup_name().to_owned();
     let ours: BTreeSet<String> = netns_names().difference(&netns_before).cloned().collect();
     assert!(
         !traces(&env_dir, &ours, &cgroup).is_empty(),

@@ -11,7 +11,7 @@ use std::{
     collections::BTreeSet,
     fs,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -20,7 +20,8 @@ use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use servicelog_e2e::{
     TestEnv, base_dir,
-    node::{self, BUSYBOX_IMAGE, NODE_NAME},
+    chart::{self, ok},
+    node::{self, BUSYBOX_IMAGE, NODE_NAME, netns_names},
     procs,
     tools::Tools,
 };
@@ -31,50 +32,6 @@ const POD_READY_TIMEOUT: &str = "120s";
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where containerd 1.6 puts its shims' sockets, whatever its state directory.
 const SHIM_SOCKETS: &str = "/run/containerd/s";
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Runs `kubectl args` until its output satisfies `check`, or fails naming `what` with
-/// the last output.
-fn kubectl_until(
-    env: &TestEnv,
-    what: &str,
-    timeout: Duration,
-    args: &[&str],
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let start = Instant::now();
-    loop {
-        let out = env.kubectl().args(args).output();
-        let (stdout, stderr) = match &out {
-            Ok(o) => (
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            ),
-            Err(e) => (String::new(), e.to_string()),
-        };
-        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
-            return stdout;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}\n{stderr}\n{}",
-            args.join(" "),
-            env.diagnostics()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn manifest(ns: &str) -> String {
     format!(
@@ -183,10 +140,6 @@ fn traces(env_dir: &Path, netns_names: &BTreeSet<String>, cgroup: &str, sock: &P
     }
 }
 
-fn netns_names() -> BTreeSet<String> {
-    dir_entries("/run/netns")
-}
-
 fn dir_entries(dir: &str) -> BTreeSet<String> {
     fs::read_dir(dir)
         .into_iter()
@@ -256,8 +209,9 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
     );
 
     // Then `kubectl logs` returns what the container printed.
-    kubectl_until(
+    chart::until(
         &env,
+        &[],
         "`kubectl logs hello` to show the container's output",
         Duration::from_secs(30),
         &["logs", "-n", &ns, "hello"],
@@ -273,8 +227,9 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
             .output(),
     );
     let fqdn = format!("web.{ns}.svc.cluster.local");
-    kubectl_until(
+    chart::until(
         &env,
+        &[],
         &format!("{fqdn} to resolve to {service_ip} through CoreDNS from pod client"),
         NETWORK_TIMEOUT,
         &["exec", "-n", &ns, "client", "--", "nslookup", &fqdn],
@@ -284,8 +239,9 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
     // And the Service IP reaches the web pod through kube-proxy. (A request by hand with
     // nc: Debian's static busybox `wget` crashes.)
     let get = |addr: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr}");
-    kubectl_until(
+    chart::until(
         &env,
+        &[],
         &format!("http://{service_ip}/ (Service web) to answer from pod client"),
         NETWORK_TIMEOUT,
         &[
@@ -303,8 +259,9 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
 
     // And pods reach the API server through the kubernetes Service (a plain HTTP request
     // to its TLS port gets Go's "HTTP request to an HTTPS server" answer) and ZooKeeper.
-    kubectl_until(
+    chart::until(
         &env,
+        &[],
         "the API server to answer through the kubernetes Service (10.96.0.1:443) from pod client",
         NETWORK_TIMEOUT,
         &[
@@ -323,8 +280,9 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
         .zk_connect_for_pods()
         .expect("ZooKeeper's address for pods");
     let (zk_host, zk_port) = zk.split_once(':').expect("host:port");
-    kubectl_until(
+    chart::until(
         &env,
+        &[],
         &format!("ZooKeeper at {zk} to answer ruok from pod client"),
         NETWORK_TIMEOUT,
         &[

@@ -14,27 +14,28 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Output},
     sync::OnceLock,
-    thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use servicelog_e2e::{
     TestEnv,
+    chart::{
+        self, NAMESPACE, RECEIVER_IMAGE, RELEASE, apply_ok, container_pid, image_archive, kubectl,
+        kubectl_json, new_namespace, ok, tail,
+    },
     node::{BUSYBOX_IMAGE, POD_SUBNET},
-    unique_name, workspace_dir,
+    unique_name,
 };
 
-const RELEASE: &str = "servicelog";
-const NAMESPACE: &str = "servicelog-system";
-const RECEIVER_IMAGE: &str = "servicelog.test/receiver:1";
 const SIDECAR: &str = "servicelog-sidecar";
 /// The app's user and the group the pod's fsGroup gives both containers: the sidecar
 /// (65532) reads the app's 0640 files through the group (docs/install.md, file permissions).
 const APP_UID: u32 = 1000;
 const FS_GROUP: u32 = 2000;
+/// The chart components whose logs a timed-out wait prints.
+const LOGS: &[&str] = &["operator"];
 const ROLLOUT: Duration = Duration::from_secs(180);
 const ROUTING: Duration = Duration::from_secs(60);
 
@@ -62,45 +63,12 @@ fn installed() -> &'static Installed {
     INSTALLED.get_or_init(|| {
         let env =
             TestEnv::shared_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
-        let node = env.node().expect("a cluster has a node");
-        for name in ["operator", "sidecar"] {
-            let archive = workspace_dir().join(format!("target/images/servicelog-{name}.tar"));
-            assert!(
-                archive.is_file(),
-                "{} is missing: run `make images-build` (make test does)",
-                archive.display()
-            );
-            node.load_image(&archive)
-                .unwrap_or_else(|e| panic!("loading {}: {e}", archive.display()));
-        }
-        let receiver = env.dir().join("receiver.tar");
-        ok(
-            "building the receiver image",
-            Command::new("bash")
-                .arg(workspace_dir().join("e2e/tools/images/receiver-image.sh"))
-                .arg(&receiver)
-                .arg(env!("CARGO_BIN_EXE_servicelog-receiver"))
-                .output(),
-        );
-        node.load_image(&receiver)
-            .unwrap_or_else(|e| panic!("loading the receiver image: {e}"));
+        let archives = ["operator", "sidecar"].map(|c| image_archive(&format!("servicelog-{c}")));
+        chart::load_images(env, archives.iter().map(PathBuf::as_path));
+        chart::load_receiver_image(env, env!("CARGO_BIN_EXE_servicelog-receiver"));
 
-        let zk = env
-            .zk_connect_for_pods()
-            .expect("a cluster's ZooKeeper has an address for pods");
         let started = Instant::now();
-        ok(
-            "helm install --wait",
-            env.helm()
-                .args(["install", RELEASE])
-                .arg(workspace_dir().join("charts/servicelog"))
-                .args(["--namespace", NAMESPACE, "--create-namespace"])
-                .args(["--wait", "--timeout", "180s"])
-                .args(["--set", "zookeeper.embedded.enabled=false"])
-                .args(["--set", &format!("zookeeper.connect={zk}")])
-                .output(),
-        );
-        let helm_install = started.elapsed();
+        let helm_install = chart::helm_install(env, "180s", &chart::environment_zookeeper(env));
         eprintln!("on the node: helm install --wait took {helm_install:?}");
         Installed {
             env,
@@ -108,96 +76,6 @@ fn installed() -> &'static Installed {
             started,
         }
     })
-}
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn kubectl(env: &TestEnv, args: &[&str]) -> String {
-    ok(
-        &format!("kubectl {}", args.join(" ")),
-        env.kubectl().args(args).output(),
-    )
-}
-
-fn kubectl_json(env: &TestEnv, args: &[&str]) -> Value {
-    let text = kubectl(env, &[args, &["-o", "json"]].concat());
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("kubectl {args:?}: not JSON: {e}"))
-}
-
-fn apply(env: &TestEnv, manifest: &str) {
-    let file = env.dir().join(format!("{}.yaml", unique_name("apply")));
-    std::fs::write(&file, manifest).expect("writing a manifest");
-    ok(
-        "kubectl apply",
-        env.kubectl().args(["apply", "-f"]).arg(&file).output(),
-    );
-}
-
-/// Runs `kubectl args` until `check` accepts its stdout; fails naming `what` with the last
-/// output and the operator's log.
-fn until(
-    env: &TestEnv,
-    what: &str,
-    timeout: Duration,
-    args: &[&str],
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let start = Instant::now();
-    loop {
-        let out = env.kubectl().args(args).output();
-        let (stdout, stderr) = match &out {
-            Ok(o) => (
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            ),
-            Err(e) => (String::new(), e.to_string()),
-        };
-        if out.as_ref().is_ok_and(|o| o.status.success()) && check(&stdout) {
-            return stdout;
-        }
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{}\n{stderr}\n--- operator ---\n{}",
-                args.join(" "),
-                tail(&stdout, 30),
-                operator_logs(env)
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn operator_logs(env: &TestEnv) -> String {
-    env.kubectl()
-        .args(["logs", "-n", NAMESPACE, "--tail=20", "--prefix"])
-        .args(["-l", "app.kubernetes.io/component=operator"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-fn new_namespace(env: &TestEnv, prefix: &str) -> String {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(env.create_namespace(prefix))
-        .unwrap_or_else(|e| panic!("creating a namespace: {e}"))
 }
 
 fn lease_holder(env: &TestEnv) -> String {
@@ -213,30 +91,6 @@ fn lease_holder(env: &TestEnv) -> String {
             "jsonpath={.spec.holderIdentity}",
         ],
     )
-}
-
-/// The host PID of a running container (from `containerd://<id>`), through the node's
-/// containerd: the test runs on the machine, so `/proc/<pid>/root` is the container's
-/// file system as its process sees it.
-fn container_pid(env: &TestEnv, container_id: &str) -> u32 {
-    let id = container_id
-        .strip_prefix("containerd://")
-        .unwrap_or(container_id);
-    let node = env.node().expect("a node");
-    let out = ok(
-        "ctr tasks ls",
-        Command::new("ctr")
-            .arg("-a")
-            .arg(node.containerd_socket())
-            .args(["-n", "k8s.io", "tasks", "ls"])
-            .output(),
-    );
-    out.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("container {id} has no running task:\n{out}"))
 }
 
 fn container_status<'a>(pod: &'a Value, init: bool, name: &str) -> &'a Value {
@@ -264,8 +118,9 @@ fn given_helm_install_wait_on_the_node_then_both_operators_run_under_the_charts_
 
     // Then both replicas are available, under the chart's ServiceAccount, as 65532 (waited
     // for: the failover test, which may have had its turn first, deletes the leader).
-    until(
+    chart::until(
         env,
+        LOGS,
         "both operator replicas to be available",
         ROLLOUT,
         &[
@@ -339,8 +194,9 @@ fn given_helm_install_wait_on_the_node_then_both_operators_run_under_the_charts_
         "mutatingwebhookconfiguration",
         "validatingwebhookconfiguration",
     ] {
-        until(
+        chart::until(
             env,
+            LOGS,
             &format!("the {kind}'s caBundle"),
             ROLLOUT,
             &[
@@ -495,8 +351,9 @@ fn name(pod: &Value) -> String {
 
 /// Waits until the ServiceLog's status says every injected pod acked the current spec.
 fn applied_everywhere(env: &TestEnv, ns: &str, pods: usize) {
-    until(
+    chart::until(
         env,
+        LOGS,
         &format!("ServiceLog checkout to be applied by {pods}/{pods} pods at its generation"),
         ROUTING,
         &["get", "servicelog", "checkout", "-n", ns, "-o", "json"],
@@ -517,23 +374,25 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
     let env = installed.env;
     let _turn = one_at_a_time();
     let ns = new_namespace(env, "story");
-    apply(env, &receiver(&ns));
-    apply(env, &servicelog(&ns, "error"));
+    apply_ok(env, &receiver(&ns));
+    apply_ok(env, &servicelog(&ns, "error"));
     let applied_at = Instant::now();
-    apply(env, &app(&ns, "checkout", "checkout", 2, Some(FS_GROUP)));
+    apply_ok(env, &app(&ns, "checkout", "checkout", 2, Some(FS_GROUP)));
 
     // The sidecar's stdout carries the app's info lines: the first routed line.
     let pods_now = |env| pods(env, &ns, "checkout");
-    until(
+    chart::until(
         env,
+        LOGS,
         "the checkout pods to exist",
         ROLLOUT,
         &["get", "pods", "-n", &ns, "-l", "app=checkout", "-o", "name"],
         |out| out.lines().count() == 2,
     );
     let first = name(&pods_now(env)[0]);
-    until(
+    chart::until(
         env,
+        LOGS,
         &format!("an info line of {first} in its sidecar's stdout"),
         ROLLOUT,
         &["logs", "-n", &ns, &first, "-c", SIDECAR],
@@ -576,15 +435,17 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
             started(app)
         );
         // Stdout sink: the app's info lines; HTTP sink: its error lines.
-        until(
+        chart::until(
             env,
+            LOGS,
             &format!("{pod_name}'s info lines in its sidecar's stdout"),
             ROUTING,
             &["logs", "-n", &ns, &pod_name, "-c", SIDECAR],
             |logs| logs.contains(&format!("story-info {pod_name} ")),
         );
-        until(
+        chart::until(
             env,
+            LOGS,
             &format!("{pod_name}'s error lines at the receiver"),
             ROUTING,
             &["logs", "-n", &ns, "receiver"],
@@ -632,8 +493,9 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
         printed.contains("2/2"),
         "kubectl get servicelog:\n{printed}"
     );
-    until(
+    chart::until(
         env,
+        LOGS,
         "info lines at the receiver after the patch",
         ROUTING,
         &["logs", "-n", &ns, "receiver"],
@@ -648,8 +510,9 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
         &["delete", "pod", &leader, "-n", NAMESPACE, "--wait=false"],
     );
     let takeover = Instant::now();
-    until(
+    chart::until(
         env,
+        LOGS,
         "another operator pod to take the Lease",
         ROUTING,
         &[
@@ -756,8 +619,9 @@ impl Drop for ZooKeeperCutOff {
 }
 
 fn wait_published(env: &TestEnv, ns: &str, name: &str) {
-    until(
+    chart::until(
         env,
+        LOGS,
         &format!("ServiceLog {name} to be published"),
         ROUTING,
         &[
@@ -780,7 +644,7 @@ fn given_zookeeper_unreachable_when_an_annotated_pod_starts_then_the_app_starts_
     let env = installed.env;
     let _turn = one_at_a_time();
     let ns = new_namespace(env, "zkdown");
-    apply(
+    apply_ok(
         env,
         &format!(
             "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: quiet, namespace: {ns}}}\n\
@@ -795,7 +659,7 @@ fn given_zookeeper_unreachable_when_an_annotated_pod_starts_then_the_app_starts_
     // Without fsGroup, too: the namespace's ZooKeeper identity (a Secret file written
     // as root) must still be readable by the sidecar's user for it to apply its config.
     let cut = ZooKeeperCutOff::new(env);
-    apply(env, &app(&ns, "web", "quiet", 1, None));
+    apply_ok(env, &app(&ns, "web", "quiet", 1, None));
     ok(
         "kubectl rollout status (ZooKeeper unreachable)",
         env.kubectl()
@@ -826,8 +690,9 @@ fn given_zookeeper_unreachable_when_an_annotated_pod_starts_then_the_app_starts_
 
     // When ZooKeeper is back, then the sidecar applies its config without a restart.
     drop(cut);
-    until(
+    chart::until(
         env,
+        LOGS,
         "the sidecar to apply its config once ZooKeeper is reachable",
         Duration::from_secs(90),
         &[
@@ -886,7 +751,7 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         "a foreign sidecar image was not refused at apply: {stderr}"
     );
     let extra = format!("{RELEASE}-sidecar-prepull-extra");
-    apply(
+    apply_ok(
         env,
         &format!(
             "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: broken, namespace: {ns}}}\n\
@@ -897,8 +762,9 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
     );
     wait_published(env, &ns, "broken");
     // The leader pre-pulls the per-ServiceLog image on every node; the kubelet cannot.
-    until(
+    chart::until(
         env,
+        LOGS,
         "the operator's pre-pull DaemonSet to try the ServiceLog's image and fail",
         ROLLOUT,
         &[
@@ -940,8 +806,9 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
     );
     // The Deployment is admitted; its pod gets the warning (in the ReplicaSet controller's
     // request, so not printed here) and an Event, and starts without the sidecar.
-    let text = until(
+    let text = chart::until(
         env,
+        LOGS,
         "the app's pod to be Ready without the sidecar",
         ROLLOUT,
         &["get", "pods", "-n", &ns, "-l", "app=web", "-o", "json"],
@@ -968,8 +835,9 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         "the sidecar was injected with an image no node could pull: {containers:?}"
     );
     let pod_name = name(pod);
-    let events = until(
+    let events = chart::until(
         env,
+        LOGS,
         "the ServiceLogNotInjected Event naming the image",
         ROUTING,
         &[
@@ -1041,8 +909,9 @@ fn given_a_sidecar_image_that_cannot_be_pulled_when_an_annotated_pod_starts_then
         env,
         &["delete", "servicelog", "broken", "-n", &ns, "--wait=false"],
     );
-    until(
+    chart::until(
         env,
+        LOGS,
         "the per-ServiceLog pre-pull DaemonSet to go with the last ServiceLog that named an image",
         ROUTING,
         &["get", "daemonsets", "-n", NAMESPACE, "-o", "name"],
@@ -1059,7 +928,7 @@ fn pod_start(env: &TestEnv, ns: &str, name: &str, annotations: &str) -> f64 {
          imagePullPolicy: Never\n    command: [/bin/sleep, \"3600\"]\n"
     );
     let started = Instant::now();
-    apply(env, &manifest);
+    apply_ok(env, &manifest);
     ok(
         &format!("kubectl wait for pod {name} to be Ready"),
         env.kubectl()
@@ -1084,7 +953,7 @@ fn given_twenty_pods_with_and_twenty_without_injection_then_the_sidecar_adds_at_
     let env = installed.env;
     let _turn = one_at_a_time();
     let ns = new_namespace(env, "start");
-    apply(
+    apply_ok(
         env,
         &format!(
             "apiVersion: servicelog.io/v1alpha1\nkind: ServiceLog\nmetadata: {{name: start, namespace: {ns}}}\n\
