@@ -934,12 +934,14 @@ mod tests {
                 )]
                 .into(),
                 sinks_before: [("events".to_owned(), 90)].into(),
+                rules: [("errors".to_owned(), 9)].into(),
+                rules_before: [("errors".to_owned(), 80)].into(),
                 preview: None,
             }),
         };
         let s = String::from_utf8(i.to_bytes().unwrap()).unwrap();
         assert!(
-            s.contains(r#""health":{"dropped":1,"events":10,"sinks":{"events":{"delivered":8,"rejected":1}},"sinksBefore":{"events":90}}"#),
+            s.contains(r#""health":{"dropped":1,"events":10,"rules":{"errors":9},"rulesBefore":{"errors":80},"sinks":{"events":{"delivered":8,"rejected":1}},"sinksBefore":{"events":90}}"#),
             "{s}"
         );
         assert!(s.contains(r#""state":"error""#), "{s}");

@@ -5,10 +5,14 @@
 /// A JSON string of `bytes`, invalid UTF-8 replaced by U+FFFD.
 pub fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     // `from_utf8` first: it is much faster than the lossy decoder on valid (ASCII) text.
-    let text = match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(bytes),
-    };
+    match std::str::from_utf8(bytes) {
+        Ok(s) => json_str(out, s),
+        Err(_) => json_str(out, &String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// A JSON string of `text`: [`json_string`] for text already known to be UTF-8.
+pub fn json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let mut start = 0;
     let s = text.as_bytes();

@@ -38,9 +38,20 @@ type Result<T> = std::result::Result<T, Malformed>;
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
+    /// An escaped UTF-16 surrogate (`\uD...`) was read: the text is not strict JSON (see
+    /// [`is_strict`]) unless the surrogates pair up.
+    surrogate: bool,
 }
 
 impl Cursor<'_> {
+    fn new(b: &[u8]) -> Cursor<'_> {
+        Cursor {
+            b,
+            i: 0,
+            surrogate: false,
+        }
+    }
+
     #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
@@ -86,6 +97,7 @@ impl Cursor<'_> {
                 if !hex.iter().all(u8::is_ascii_hexdigit) {
                     return Err(Malformed);
                 }
+                self.surrogate |= matches!(hex[0], b'd' | b'D');
                 self.i = j + 6;
             }
             _ => return Err(Malformed),
@@ -178,8 +190,11 @@ impl Cursor<'_> {
             let value = self.i;
             self.value(wanted, found, depth)?;
             if let Some(m) = members.as_deref_mut() {
-                let touched = wanted.is_some_and(|e| e.target.touched);
-                m.push(Member::new((start, end), escaped, (value, self.i), touched));
+                // Only touched members: the others are the text between them.
+                if let Some(e) = wanted.filter(|e| e.target.touched) {
+                    let touched = Some(e.index);
+                    m.push(Member::new((start, end), escaped, (value, self.i), touched));
+                }
             }
             self.ws();
             match self.next()? {
@@ -388,7 +403,7 @@ fn find_quote_or_backslash(s: &[u8]) -> Result<usize> {
 
 /// True when `text` is exactly one JSON number.
 pub(crate) fn is_number(text: &[u8]) -> bool {
-    let mut c = Cursor { b: text, i: 0 };
+    let mut c = Cursor::new(text);
     c.number().is_ok() && c.i == text.len()
 }
 
@@ -396,34 +411,68 @@ pub(crate) fn is_number(text: &[u8]) -> bool {
 /// character, no escaped UTF-16 surrogate. Such text can be copied to any JSON output as
 /// it is; other text needs repairs (the sidecar's `push_json_text`).
 pub fn is_strict(text: &[u8]) -> bool {
-    // In chunks without early exit, so the compiler vectorises the scan.
-    !text
-        .chunks(32)
-        .any(|c| c.iter().fold(false, |any, &b| any | (b < 0x20)))
+    !has_control(text)
         && !memchr::memchr_iter(b'\\', text)
             .any(|i| text.get(i + 1) == Some(&b'u') && matches!(text.get(i + 2), Some(b'd' | b'D')))
 }
 
+/// True when `text` holds a raw control character (below U+0020), which strict JSON
+/// strings may not.
+pub(crate) fn has_control(text: &[u8]) -> bool {
+    // In chunks without early exit, so the compiler vectorises the scan.
+    text.chunks(32)
+        .any(|c| c.iter().fold(false, |any, &b| any | (b < 0x20)))
+}
+
+/// What [`scan`] tells of a line besides the values it stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// The line escapes a UTF-16 surrogate (`\uD...`): without one, it is strict JSON
+    /// exactly when it has no raw control character (see [`is_strict`]).
+    pub(crate) surrogate: bool,
+    /// The top-level object's text between its braces.
+    pub(crate) body: (u32, u32),
+}
+
 /// Walks `line` as a JSON object, storing the values `root` asks for into `found`, and,
-/// given `members`, the ranges of every top-level member (as [`members`] gives them).
+/// given `members`, the ranges of the top-level members some rule's transforms touch
+/// ([`super::keys::Target::touched`]), in order: the text between them is members no
+/// transform looks at.
 pub(crate) fn scan(
     line: &[u8],
     root: &KeyTable,
     found: &mut Found,
     members: Option<&mut Vec<Member>>,
-) -> Result<()> {
-    let mut c = Cursor { b: line, i: 0 };
+) -> Result<Scanned> {
+    let mut c = Cursor::new(line);
     c.ws();
     if c.next()? != b'{' {
         return Err(Malformed);
     }
+    let start = c.i;
     c.object(root, found, 1, members)?;
+    // Offsets fit in `u32`: see `Member::new`.
+    let body = (start as u32, c.i.saturating_sub(1) as u32);
     c.ws();
     if c.i == line.len() {
-        Ok(())
+        Ok(Scanned {
+            surrogate: c.surrogate,
+            body,
+        })
     } else {
         Err(Malformed)
     }
+}
+
+/// `line[from..to]` (members of an object as the line holds them, between two others)
+/// without the separators and whitespace around them: the range of `"a":1,"b":2`, empty
+/// when there are none.
+pub(crate) fn trim_members(line: &[u8], from: usize, to: usize) -> std::ops::Range<usize> {
+    let skip = |b: &u8| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r');
+    let text = line.get(from..to).unwrap_or_default();
+    let start = text.iter().position(|b| !skip(b)).unwrap_or(text.len());
+    let end = text.iter().rposition(|b| !skip(b)).map_or(start, |e| e + 1);
+    from + start..from + end
 }
 
 /// One member of a top-level object, as ranges into the line.
@@ -434,8 +483,9 @@ pub(crate) struct Member {
     /// The key has escapes.
     pub(crate) escaped: bool,
     /// Recorded by the routing scan ([`scan`]): some rule's transforms read or change this
-    /// key (see [`super::keys::Target::touched`]). [`members`] leaves it false.
-    pub(crate) touched: bool,
+    /// key (see [`super::keys::Target::touched`]); the index of its entry in the source's
+    /// top-level [`KeyTable`], whose name is the key's text. [`members`] leaves it `None`.
+    pub(crate) touched: Option<u16>,
     /// The value's JSON text (a string with its quotes).
     value: (u32, u32),
 }
@@ -444,7 +494,12 @@ impl Member {
     /// Offsets fit in `u32`: [`Router::parse`](super::Router::parse) reads no longer line
     /// as JSON (and the sidecar's line limit is far below). Kept small, as a line's members
     /// are recorded while it is routed.
-    fn new(key: (usize, usize), escaped: bool, value: (usize, usize), touched: bool) -> Member {
+    fn new(
+        key: (usize, usize),
+        escaped: bool,
+        value: (usize, usize),
+        touched: Option<u16>,
+    ) -> Member {
         Member {
             key: (key.0 as u32, key.1 as u32),
             escaped,
@@ -470,7 +525,7 @@ impl Member {
 /// Walks `line` as a JSON object like [`scan`], handing each top-level member to `each`:
 /// what the transforms need to rebuild an event, at the scanner's speed.
 pub(crate) fn members(line: &[u8], mut each: impl FnMut(Member)) -> Result<()> {
-    let mut c = Cursor { b: line, i: 0 };
+    let mut c = Cursor::new(line);
     let mut found = Found::new();
     c.ws();
     if c.next()? != b'{' {
@@ -493,7 +548,7 @@ pub(crate) fn members(line: &[u8], mut each: impl FnMut(Member)) -> Result<()> {
             c.ws();
             let value = c.i;
             c.value(None, &mut found, 1)?;
-            each(Member::new((start, end), escaped, (value, c.i), false));
+            each(Member::new((start, end), escaped, (value, c.i), None));
             c.ws();
             match c.next()? {
                 b',' => c.ws(),
@@ -658,8 +713,8 @@ mod tests {
             let t = table(&["a"]);
             let mut f = Found::new();
             assert_eq!(
-                scan(ok.as_bytes(), &t, &mut f, None),
-                Ok(()),
+                scan(ok.as_bytes(), &t, &mut f, None).map(|s| s.surrogate),
+                Ok(false),
                 "{ok:?} should parse"
             );
         }
@@ -670,8 +725,8 @@ mod tests {
         let deep_ok = format!("{{\"a\":{}{}}}", "[".repeat(126), "]".repeat(126));
         let t = table(&["a"]);
         assert_eq!(
-            scan(deep_ok.as_bytes(), &t, &mut Found::new(), None),
-            Ok(())
+            scan(deep_ok.as_bytes(), &t, &mut Found::new(), None).map(|s| s.surrogate),
+            Ok(false)
         );
         let too_deep = format!("{{\"a\":{}{}}}", "[".repeat(128), "]".repeat(128));
         assert_eq!(
@@ -693,10 +748,30 @@ mod tests {
             r#"{"a":1,"b":{"c":{"d":[true,false]}}}"#,
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(line).is_ok());
-            assert_eq!(
-                scan(line.as_bytes(), &table(&["a"]), &mut Found::new(), None),
-                Ok(())
-            );
+            assert!(scan(line.as_bytes(), &table(&["a"]), &mut Found::new(), None).is_ok());
+        }
+    }
+
+    /// What the scan says of a line's escapes, with [`has_control`], is whether the line is
+    /// strict JSON (the pipeline relies on it to skip [`is_strict`] on a line it scanned):
+    /// the same answer as `is_strict`, except that it is not misled by an escaped
+    /// backslash before `ud800`, which `is_strict` takes for a surrogate.
+    #[test]
+    fn given_a_scanned_line_then_its_surrogate_flag_and_control_check_say_it_is_strict() {
+        for (line, strict) in [
+            (r#"{"a":1}"#, true),
+            (r#"{"a":"\u00e9","b":"\/"}"#, true),
+            (r#"{"a":[1,2,{"b":"\ud83d\ude00"}]}"#, false),
+            (r#"{"a":{"skipped":"\uDC00"}}"#, false),
+            ("{\"a\":\"tab\there\"}", false),
+            (r#"{"a":"\\ud800"}"#, true),
+        ] {
+            let scanned = scan(line.as_bytes(), &table(&["a"]), &mut Found::new(), None);
+            let said = scanned.map(|s| !s.surrogate && !has_control(line.as_bytes()));
+            assert_eq!(said, Ok(strict), "{line:?}");
+            if !line.contains(r"\\") {
+                assert_eq!(is_strict(line.as_bytes()), strict, "{line:?}");
+            }
         }
     }
 

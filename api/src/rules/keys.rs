@@ -86,6 +86,10 @@ pub(crate) struct KeyTable {
 #[derive(Debug)]
 pub(crate) struct Entry {
     key: Box<[u8]>,
+    /// `key` as inserted: the name a touched member's key is given by (see [`KeyTable::name`]).
+    name: Box<str>,
+    /// Where the entry is in its table's `entries`.
+    pub(crate) index: u16,
     /// The first eight bytes of `key` as [`key_word`] reads them: most keys are that
     /// short, and one integer comparison replaces a call to `memcmp`.
     word: u64,
@@ -100,7 +104,7 @@ impl KeyTable {
         let Some((first, rest)) = path.split_first() else {
             return;
         };
-        let entry = self.entry(first.as_bytes());
+        let entry = self.entry(first);
         if rest.is_empty() {
             entry.target.merge(target);
         } else {
@@ -111,17 +115,23 @@ impl KeyTable {
         }
     }
 
-    fn entry(&mut self, key: &[u8]) -> &mut Entry {
+    fn entry(&mut self, name: &str) -> &mut Entry {
+        let key = name.as_bytes();
         let pos = match self.entries.iter().position(|e| &*e.key == key) {
             Some(pos) => pos,
             None => {
                 self.entries.push(Entry {
                     key: key.into(),
+                    name: name.into(),
+                    index: 0,
                     word: key_word(key),
                     target: Target::default(),
                     child: None,
                 });
                 self.entries.sort_by_key(|e| e.key.len().min(LONG_KEY));
+                for (i, e) in self.entries.iter_mut().enumerate() {
+                    e.index = u16::try_from(i).unwrap_or(u16::MAX);
+                }
                 for n in 0..=LONG_KEY + 1 {
                     let below = self
                         .entries
@@ -135,6 +145,11 @@ impl KeyTable {
             }
         };
         &mut self.entries[pos]
+    }
+
+    /// The key of entry `index` (see [`Entry::index`]).
+    pub(crate) fn name(&self, index: u16) -> Option<&str> {
+        self.entries.get(usize::from(index)).map(|e| &*e.name)
     }
 
     /// The entry for `key`, whose [`key_word`] is `word`.

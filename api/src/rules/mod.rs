@@ -67,6 +67,7 @@ pub use transform::{
 use self::{
     compile::{CompiledRule, RuleAction, SourcePlan},
     event::{Esc, Slot, level_of, unescape},
+    keys::KeyTable,
     matcher::all,
 };
 use crate::{
@@ -102,6 +103,9 @@ pub struct Members {
     parses: u64,
     /// The list is of the event with `kept == Some((id, parses))` (when its line parsed).
     valid: bool,
+    /// What the scan told of the line.
+    scanned: json::Scanned,
+    /// The members some rule's transforms touch, in order (see [`json::scan`]).
     list: Vec<json::Member>,
 }
 
@@ -113,6 +117,7 @@ impl Default for Members {
             id: NEXT_MEMBERS.fetch_add(1, Ordering::Relaxed),
             parses: 0,
             valid: false,
+            scanned: json::Scanned::default(),
             list: Vec::new(),
         }
     }
@@ -122,8 +127,8 @@ impl Members {
     /// The members of `event`'s line, if `event` is the one this kept them for. An event
     /// from [`Router::parse`], from another `Members` or from an earlier line never is,
     /// whatever address its line has.
-    fn of(&self, event: &Event<'_>) -> Option<&[json::Member]> {
-        (self.valid && event.kept == Some((self.id, self.parses))).then_some(&self.list[..])
+    fn of(&self, event: &Event<'_>) -> Option<&Members> {
+        (self.valid && event.kept == Some((self.id, self.parses))).then_some(self)
     }
 }
 
@@ -226,12 +231,13 @@ impl Router {
         let parsed = match plan.format {
             Format::Json => {
                 let list = members.as_deref_mut().map(|m| &mut m.list);
-                let ok = json::scan(line, &plan.keys, &mut event.found, list).is_ok();
-                if let Some(m) = members.filter(|_| ok) {
+                let scanned = json::scan(line, &plan.keys, &mut event.found, list);
+                if let (Some(m), Ok(scanned)) = (members, scanned) {
                     m.valid = true;
+                    m.scanned = scanned;
                     event.kept = Some((m.id, m.parses));
                 }
-                ok
+                scanned.is_ok()
             }
             Format::Logfmt => logfmt::scan(line, &plan.keys, &mut event.found).is_ok(),
             Format::Regex => plan
@@ -317,7 +323,7 @@ impl Router {
 
     /// The whole event, for the transforms (see [`Fields`]). `event` must come from this
     /// router's [`Router::parse`] or `event_with_*` (a run never mixes routers).
-    pub fn fields<'a>(&self, event: &Event<'a>) -> Fields<'a> {
+    pub fn fields<'a>(&'a self, event: &Event<'a>) -> Fields<'a> {
         self.build_fields(event, None, &mut Spare::default(), None)
     }
 
@@ -328,7 +334,7 @@ impl Router {
     /// `event` itself (by this router's [`Router::parse_keeping`]), spare a second scan of
     /// its line; for any other event they are not used.
     pub fn fields_for<'a>(
-        &self,
+        &'a self,
         rule: u16,
         event: &Event<'a>,
         spare: &mut Spare,
@@ -341,11 +347,11 @@ impl Router {
     }
 
     fn build_fields<'a>(
-        &self,
+        &'a self,
         event: &Event<'a>,
         touched: Option<&transform::Touched>,
         spare: &mut Spare,
-        members: Option<&[json::Member]>,
+        members: Option<&Members>,
     ) -> Fields<'a> {
         let plan = self.sources.get(event.source);
         if event.text || plan.is_none() {
@@ -356,56 +362,40 @@ impl Router {
         let parsed = match format {
             Format::Json => {
                 let mut fields = Fields::new_in(Format::Json, spare);
-                fields.strict = json::is_strict(line);
+                // The scan that kept the members saw every escape: only control
+                // characters are left to look for.
+                fields.strict = match members {
+                    Some(kept) => !kept.scanned.surrogate && !json::has_control(line),
+                    None => json::is_strict(line),
+                };
                 let group = touched.filter(|_| fields.strict);
-                // Members the routing scan kept come marked (`json::Member::touched`).
-                let kept = members.is_some();
-                // The span of untouched members not pushed yet.
-                let mut run: Option<(usize, usize)> = None;
-                let mut each = |m: json::Member| {
-                    let raw = &line[m.key()];
-                    let whole = m.whole();
-                    let key = || {
-                        if m.escaped {
-                            unescape(raw, Esc::Json)
-                        } else {
-                            Cow::Borrowed(raw)
-                        }
-                    };
-                    let untouched = match group {
-                        None => false,
-                        Some(_) if kept => !m.touched,
-                        Some(t) => !t.has(&key()),
-                    };
-                    if untouched {
-                        run = Some(
-                            run.map_or((whole.start, whole.end), |(start, _)| (start, whole.end)),
-                        );
-                        return;
-                    }
-                    if let Some((start, end)) = run.take() {
-                        fields.push_run(line, &line[start..end]);
-                    }
-                    fields.push_member(
-                        line,
-                        transform_key(key()),
-                        FieldValue::Json(Cow::Borrowed(&line[m.value()])),
-                        &line[whole],
-                    );
+                // A kept list has only touched members, the others being the text
+                // between them: of use only when those may stay runs.
+                let members = members.filter(|_| group.is_some());
+                let mut b = JsonMembers {
+                    line,
+                    names: plan.map(|p| &p.keys),
+                    group,
+                    // Members the routing scan kept come marked (`json::Member::touched`).
+                    kept: members.is_some(),
+                    fields,
+                    run: None,
                 };
                 let scanned = match members {
-                    Some(list) => {
-                        list.iter().copied().for_each(&mut each);
+                    Some(kept) => {
+                        let (start, end) = kept.scanned.body;
+                        let mut from = start as usize;
+                        for &m in &kept.list {
+                            b.between(from, m.whole().start);
+                            from = m.whole().end;
+                            b.member(m);
+                        }
+                        b.between(from, end as usize);
                         Ok(())
                     }
-                    None => json::members(line, &mut each),
+                    None => json::members(line, |m| b.member(m)),
                 };
-                scanned.ok().map(|()| {
-                    if let Some((start, end)) = run {
-                        fields.push_run(line, &line[start..end]);
-                    }
-                    fields
-                })
+                scanned.ok().map(|()| b.finish())
             }
             Format::Logfmt => {
                 let mut fields = Fields::new_in(Format::Logfmt, spare);
@@ -490,6 +480,85 @@ impl Router {
             rule: None,
             drop: sinks.is_empty().then_some(DropReason::NoRoute),
         }
+    }
+}
+
+/// Builds a `json` event's [`Fields`] member by member (see [`Router::fields_for`]):
+/// members no transform of the rule looks at are gathered into runs of the line.
+struct JsonMembers<'a, 't> {
+    line: &'a [u8],
+    /// The source's top-level keys: a kept touched member's key is named there.
+    names: Option<&'a KeyTable>,
+    /// The rule's touched keys, when untouched members may stay runs (a strict line).
+    group: Option<&'t transform::Touched>,
+    /// The members come from the routing scan, marked.
+    kept: bool,
+    fields: Fields<'a>,
+    /// The span of untouched members not pushed yet.
+    run: Option<(usize, usize)>,
+}
+
+impl<'a> JsonMembers<'a, '_> {
+    #[inline]
+    fn member(&mut self, m: json::Member) {
+        let line = self.line;
+        let raw = &line[m.key()];
+        let whole = m.whole();
+        let key_bytes = || {
+            if m.escaped {
+                unescape(raw, Esc::Json)
+            } else {
+                Cow::Borrowed(raw)
+            }
+        };
+        let untouched = match self.group {
+            None => false,
+            Some(_) if self.kept => m.touched.is_none(),
+            Some(t) => !t.has(&key_bytes()),
+        };
+        if untouched {
+            self.extend_run(whole.start, whole.end);
+            return;
+        }
+        if let Some((start, end)) = self.run.take() {
+            self.fields.push_run(line, &line[start..end]);
+        }
+        // A touched member the scan kept is named by its key table, as the line's text
+        // would be once unescaped.
+        let named = m.touched.zip(self.names);
+        let key = match named.and_then(|(i, names)| names.name(i)) {
+            Some(name) => Cow::Borrowed(name),
+            None => transform_key(key_bytes()),
+        };
+        self.fields.push_member(
+            line,
+            key,
+            FieldValue::Json(Cow::Borrowed(&line[m.value()])),
+            &line[whole],
+        );
+    }
+
+    /// The text of `line[from..to]`, members no transform touches, between two that some
+    /// do (a kept list has only those; see [`json::scan`]).
+    fn between(&mut self, from: usize, to: usize) {
+        let run = json::trim_members(self.line, from, to);
+        if !run.is_empty() {
+            self.extend_run(run.start, run.end);
+        }
+    }
+
+    fn extend_run(&mut self, start: usize, end: usize) {
+        self.run = Some(match self.run {
+            Some((first, _)) => (first, end),
+            None => (start, end),
+        });
+    }
+
+    fn finish(mut self) -> Fields<'a> {
+        if let Some((start, end)) = self.run {
+            self.fields.push_run(self.line, &self.line[start..end]);
+        }
+        self.fields
     }
 }
 

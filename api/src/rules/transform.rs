@@ -634,17 +634,50 @@ pub struct Fields<'a> {
     /// The line is strict JSON (see [`is_strict`](super::json::is_strict)): members as
     /// it holds them can be copied to JSON output without repairs.
     pub(crate) strict: bool,
+    /// Byte buffers of earlier events' values, for the values transforms make.
+    bufs: Buffers,
+}
+
+/// Emptied byte buffers for values the transforms build (a new nested object's text), so
+/// that an event's transforms allocate nothing once the first events have run. Not part of
+/// the event: every two are equal.
+#[derive(Clone, Default)]
+struct Buffers(Vec<Vec<u8>>);
+
+impl Buffers {
+    /// Buffers kept at most: more than one event's transforms make.
+    const KEEP: usize = 16;
+
+    fn take(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, mut buf: Vec<u8>) {
+        if self.0.len() < Buffers::KEEP && buf.capacity() > 0 {
+            buf.clear();
+            self.0.push(buf);
+        }
+    }
+}
+
+impl PartialEq for Buffers {
+    fn eq(&self, _: &Buffers) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Buffers")
+    }
 }
 
 /// The member list of a written [`Fields`], kept so that the next event's is built
 /// without allocating (see [`Router::fields_reusing`](super::Router::fields_reusing)).
 #[derive(Debug, Default)]
-pub struct Spare(Vec<Member<'static>>);
-
-impl Spare {
-    fn take<'a>(&mut self) -> Vec<Member<'a>> {
-        recycle(std::mem::take(&mut self.0))
-    }
+pub struct Spare {
+    members: Vec<Member<'static>>,
+    bufs: Buffers,
 }
 
 /// `members` emptied and retyped for another line's lifetime: the same layout, so
@@ -666,19 +699,29 @@ impl<'a> Fields<'a> {
 
     /// Like [`Fields::new`], in `spare`'s allocation.
     pub(crate) fn new_in(format: Format, spare: &mut Spare) -> Fields<'a> {
-        let mut members = spare.take();
+        let mut members = recycle(std::mem::take(&mut spare.members));
         members.reserve(16);
         Fields {
             members,
             format,
             line: None,
             strict: false,
+            bufs: std::mem::take(&mut spare.bufs),
         }
     }
 
-    /// Gives the member list back for the next event's [`Fields`].
-    pub fn into_spare(self) -> Spare {
-        Spare(recycle(self.members))
+    /// Gives the member list and the buffers of the values made back for the next event's
+    /// [`Fields`].
+    pub fn into_spare(mut self) -> Spare {
+        for (_, value, _) in self.members.drain(..) {
+            if let FieldValue::Json(Cow::Owned(buf)) = value {
+                self.bufs.give(buf);
+            }
+        }
+        Spare {
+            members: recycle(self.members),
+            bufs: self.bufs,
+        }
     }
 
     /// A text event: `{"message": <message>}`.
@@ -692,6 +735,7 @@ impl<'a> Fields<'a> {
             format: Format::Text,
             line: None,
             strict: false,
+            bufs: Buffers::default(),
         }
     }
 
@@ -857,7 +901,7 @@ impl<'a> Fields<'a> {
             // A new object is written as its JSON text, without a tree (`{"id":123}`),
             // unless the value is line text that needs repairs a tree would make.
             let object = if self.strict || !matches!(value, FieldValue::Json(_)) {
-                FieldValue::Json(Cow::Owned(nested_json(path, &value)))
+                FieldValue::Json(Cow::Owned(nested_json(path, &value, self.bufs.take())))
             } else {
                 FieldValue::Tree(serde_json::Value::Object(Default::default()))
             };
@@ -923,9 +967,10 @@ impl<'a> Fields<'a> {
 
 /// `{"b":{"c":value}}` for the path `a.b.c`: what `put` makes of a path through objects
 /// that do not exist yet.
-fn nested_json(path: &FieldPath, value: &FieldValue<'_>) -> Vec<u8> {
+fn nested_json(path: &FieldPath, value: &FieldValue<'_>, mut text: Vec<u8>) -> Vec<u8> {
     let depth = path.segments.len() - 1;
-    let mut text = Vec::with_capacity(path.nested.len() + 16 + depth);
+    text.clear();
+    text.reserve(path.nested.len() + 16 + depth);
     text.extend_from_slice(&path.nested);
     match value {
         FieldValue::Json(raw) => text.extend_from_slice(raw),

@@ -22,7 +22,7 @@ use servicelog_api::{
     v1alpha1::Format,
 };
 
-use crate::json::{json_string, push_json_text};
+use crate::json::{json_str, json_string, push_json_text};
 
 /// The `"_servicelog":{...}` member for one source, rendered once per pipeline (and again
 /// when the pod's labels change): `container` when known, `labels` when the pod has any.
@@ -171,13 +171,13 @@ fn push_members(out: &mut Vec<u8>, fields: &Fields<'_>) {
             out.extend_from_slice(text);
             continue;
         }
-        json_string(out, key.as_bytes());
+        json_str(out, key);
         out.push(b':');
         match value {
             // JSON text of a strict line, or made strict by the transforms: no repairs.
             FieldValue::Json(raw) if copy => out.extend_from_slice(raw),
             FieldValue::Json(raw) => push_json_text(out, raw),
-            FieldValue::Text(t) => json_string(out, t.as_bytes()),
+            FieldValue::Text(t) => json_str(out, t),
             FieldValue::Tree(v) => {
                 // Writing a Value to a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, v);
@@ -463,6 +463,13 @@ mod tests {
             ("[{remove: nope}]", r#"{"a":1,"b":2}"#),
             ("[{remove: a}, {remove: b}]", r#"{"a":1,"b":2}"#),
             ("[{set: {field: a, value: 1}}]", "{}"),
+            ("[{set: {field: a, value: 1}}]", "{ \n }"),
+            // separators, spaces and newlines around the runs between touched members
+            (
+                "[{remove: m}, {set: {field: z, value: 1}}]",
+                "{\n\t\"a\":\"x, \" ,\r\n \"m\":1 ,\n\"b\":[1, 2] , \"z\" : 0 \n}",
+            ),
+            ("[{remove: m}]", "{ \"m\":1 , \"n\":{\"m\":2} }"),
         ];
         for (transform, line) in cases {
             transformed("json", transform, line);
