@@ -5,7 +5,10 @@
 //! During a staged rollout the ServiceLog's `candidate` znode is watched beside its config:
 //! each pod the candidate selects ([`Candidate::selects`], the same deterministic choice
 //! a sidecar makes) runs the candidate and says so in its record (`candidate`); the
-//! others, and every pod once the candidate is withdrawn, run the config znode's.
+//! others, and every pod once the candidate is withdrawn, run the config znode's. As in a
+//! sidecar, a canary's record carries its `health` (counted by the pod's own pipeline,
+//! refreshed every [`health::INTERVAL`]), and during a preview every pod runs the
+//! candidate's router in shadow and its record carries the per-rule `preview`.
 //!
 //! A pod's deletion drains it: its files are read to their end and acknowledged by its
 //! sinks (up to the drain timeout), then its reader and sinks stop, its record is removed
@@ -28,7 +31,7 @@ use servicelog_api::{
     wire::{Candidate, Instance, InstanceState, Layout, WireError},
     zkauth::Credentials,
 };
-use servicelog_sidecar::{metrics::Metrics, sources::file::ReadRate};
+use servicelog_sidecar::{config::health, metrics::Metrics, sources::file::ReadRate};
 use tokio::{sync::mpsc, task::JoinHandle};
 use zookeeper_client::Client;
 
@@ -140,9 +143,12 @@ pub async fn run(
     };
     tracing::info!(node = %agent.opts.node, "watching this node's pods");
     tokio::pin!(shutdown);
+    let mut health_tick = tokio::time::interval(health::INTERVAL);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
+            _ = health_tick.tick() => agent.refresh_health().await,
             event = events.next() => match event {
                 Some(Ok(event)) => agent.pod_event(event).await,
                 Some(Err(e)) => {
@@ -358,7 +364,7 @@ impl Agent {
     /// sources then stay on the rules in force) is only in the agent's log and in
     /// `servicelog_config_applied_total{result="error"}`.
     async fn answer(&mut self, uid: &str, key: &ServiceLogKey) {
-        let (Some(run), Some(watched)) = (self.pods.get(uid), self.watched.get(key)) else {
+        let (Some(run), Some(watched)) = (self.pods.get_mut(uid), self.watched.get(key)) else {
             return;
         };
         let Some(update) = &watched.latest else {
@@ -383,7 +389,7 @@ impl Agent {
                     Some(Err(e)) => (Ok(stable.clone()), Some(e.clone())),
                     _ => (Ok(stable.clone()), None),
                 };
-                match target.map(|config| (run.apply(&config), config)) {
+                let answered = match target.map(|config| (run.apply(&config), config)) {
                     Ok((Ok(swapped), config)) => {
                         if swapped && canary.is_some() {
                             tracing::info!(namespace = %key.namespace, pod = %run.pod.name, hash = %config.hash, "staged rollout: this pod is a canary and runs the candidate");
@@ -409,7 +415,13 @@ impl Agent {
                         tracing::error!(namespace = %key.namespace, pod = %run.pod.name, error = %e, "candidate not applied; the rules in force stay");
                         (InstanceState::Error, Some(e))
                     }
-                }
+                };
+                let candidate = match &watched.candidate {
+                    Some(Ok(c)) => Some(&**c),
+                    _ => None,
+                };
+                run.follow(&stable.hash, candidate);
+                answered
             }
             ConfigUpdate::Unreadable(why) => (InstanceState::Error, Some(why.clone())),
             ConfigUpdate::Missing | ConfigUpdate::SessionEnded(_) | ConfigUpdate::Candidate(_) => {
@@ -419,25 +431,59 @@ impl Agent {
         if run.pod.has_sidecar {
             return;
         }
+        let hash = run.hash().unwrap_or_default();
         let record = Instance {
             pod: run.pod.name.clone(),
-            hash: run.hash().unwrap_or_default(),
+            health: run.health(&self.metrics, &hash, canary.is_some()),
+            hash,
             state,
             error,
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             sink_errors: Default::default(),
             candidate: canary,
-            health: None,
         };
+        run.record = Some(record.clone());
+        self.write_record(key, &record).await;
+    }
+
+    /// Puts the counts of each canary, and of every pod during a preview, in its record
+    /// when they changed (called every [`health::INTERVAL`], as a sidecar refreshes its
+    /// own).
+    async fn refresh_health(&mut self) {
+        let mut changed = Vec::new();
+        for run in self.pods.values_mut() {
+            let Some(record) = &run.record else {
+                continue;
+            };
+            let now = run.health(&self.metrics, &record.hash, record.candidate.is_some());
+            if record.health == now {
+                continue;
+            }
+            let record = Instance {
+                health: now,
+                ..record.clone()
+            };
+            let key = ServiceLogKey {
+                namespace: run.pod.namespace.clone(),
+                name: run.pod.service_log.clone(),
+            };
+            run.record = Some(record.clone());
+            changed.push((key, record));
+        }
+        for (key, record) in changed {
+            self.write_record(&key, &record).await;
+        }
+    }
+
+    async fn write_record(&self, key: &ServiceLogKey, record: &Instance) {
         let (Ok(config), Ok(path)) = (
             self.layout.config(&key.namespace, &key.name),
-            self.layout
-                .instance(&key.namespace, &key.name, &run.pod.name),
+            self.layout.instance(&key.namespace, &key.name, &record.pod),
         ) else {
             return;
         };
         let identity = self.identities.get(&key.namespace);
-        if let Err(e) = zk::write_record(&self.client, &config, &path, &record, identity).await {
+        if let Err(e) = zk::write_record(&self.client, &config, &path, record, identity).await {
             tracing::warn!(error = %e, "writing the instance record");
         }
     }

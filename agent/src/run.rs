@@ -20,11 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use servicelog_api::wire::Envelope;
+use servicelog_api::wire::{Candidate, Envelope, Health, Instance};
 use servicelog_sidecar::{
-    config::last_good::LastGood,
+    config::{health::Tracker, last_good::LastGood},
     metrics::Metrics,
-    pipeline::Origin,
+    pipeline::{Origin, shadow},
     sources::{
         checkpoint::Checkpoints,
         cri::PodLogs,
@@ -64,6 +64,12 @@ pub enum RunError {
 pub struct PodRun {
     pub pod: ServedPod,
     topology: Topology,
+    /// Counts what the config in force does, in the pod's own pipeline (the agent's
+    /// metrics sum all its pods), for a canary's or a preview's record.
+    health: Option<Tracker>,
+    /// The record last written for it (none for a pod with a sidecar, which writes its
+    /// own).
+    pub record: Option<Instance>,
     last_good: LastGood,
     stop: Arc<AtomicBool>,
     wake: Sender<()>,
@@ -143,6 +149,8 @@ impl PodRun {
         Ok(Self {
             pod,
             topology,
+            health: None,
+            record: None,
             last_good,
             stop,
             wake,
@@ -159,6 +167,32 @@ impl PodRun {
             self.last_good.save(config);
         }
         Ok(applied)
+    }
+
+    /// After a config was chosen: counts from the swap on for a config newly in force,
+    /// and runs `candidate` in shadow while it previews the config in force (`stable`,
+    /// the config znode's hash), as a sidecar does.
+    pub fn follow(&mut self, stable: &str, candidate: Option<&Candidate>) {
+        let Some(running) = self.topology.running() else {
+            return;
+        };
+        if self
+            .health
+            .as_ref()
+            .is_none_or(|t| t.hash() != running.hash)
+        {
+            self.health = Some(Tracker::start_in_pipeline(&running, self.health.as_ref()));
+        }
+        shadow::sync(&running.pipeline, &running.hash, stable, candidate);
+    }
+
+    /// The health the pod's record routing with `hash` carries: on a canary, or while a
+    /// preview runs in shadow; else none.
+    pub fn health(&self, metrics: &Metrics, hash: &str, canary: bool) -> Option<Health> {
+        let running = self.topology.running()?;
+        self.health
+            .as_ref()?
+            .report(metrics, &running, hash, canary)
     }
 
     /// Hash of the config in force.

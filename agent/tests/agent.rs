@@ -968,3 +968,311 @@ async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_
         .expect("the agent task");
     assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
 }
+
+/// Per-rule counts by name.
+fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// `lines` lines of `level`, numbered from `from`.
+fn lines(from: u64, n: u64, level: &str) -> Vec<String> {
+    (from..from + n).map(|seq| line(seq, level)).collect()
+}
+
+/// Given two pods on a stable config whose rule `all` takes every line, when a 50% step's
+/// candidate (rule `errors` to `alerts`, rule `debug` dropping) runs on one of them and
+/// both print, then the canary's record carries the health of its own events only —
+/// 9 routed, 3 dropped, per rule 2/3/4, and `rulesBefore` the 3 lines `all` took before —
+/// although the agent's metrics sum both pods; the other pod's record has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_staged_rollout_when_a_canary_pod_routes_lines_then_its_record_carries_its_own_health_with_per_rule_counts()
+ {
+    use servicelog_api::{
+        rollout::is_member,
+        wire::{Candidate, Health},
+    };
+
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env
+        .create_namespace("agent-health")
+        .await
+        .expect("a namespace");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+        .await
+        .expect("a ZooKeeper client");
+    let (out_rx, alerts_rx) = (Receiver::start(), Receiver::start());
+    let all = serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["out"]}]);
+    let stable = Envelope::new("uid-1", 1, spec(&out_rx, &alerts_rx, all)).expect("stable");
+    let changed = Envelope::new(
+        "uid-1",
+        2,
+        spec(
+            &out_rx,
+            &alerts_rx,
+            serde_json::json!([
+                {"name": "errors", "when": {"level": {"atLeast": "error"}}, "to": ["alerts"]},
+                {"name": "debug", "when": {"fields": [{"name": "level", "equals": "debug"}]}, "action": "drop"},
+            ]),
+        ),
+    )
+    .expect("candidate");
+    let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
+    let canary = names
+        .iter()
+        .find(|n| is_member(&changed.hash, &ns, n, 50))
+        .expect("a member among 200 names")
+        .clone();
+    let steady = names
+        .iter()
+        .find(|n| !is_member(&changed.hash, &ns, n, 50))
+        .expect("a non-member among 200 names")
+        .clone();
+    let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let opts = options(env, &layout, tmp.path(), None);
+    let mut files = Vec::new();
+    for name in [&canary, &steady] {
+        let uid = pod_of(&pods, name, "node-a", "checkout").await;
+        files.push(
+            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
+                .join("app")
+                .join("0.log"),
+        );
+    }
+    let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
+    print(&canary_log, &lines(1, 3, "info"));
+    print(&steady_log, &lines(100, 5, "info"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let where_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out_rx), seqs(&alerts_rx));
+    let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");
+    wait_for("the 8 first lines at out", where_now, async || {
+        (seqs(&out_rx).len() == 8).then_some(())
+    })
+    .await;
+
+    let candidate_path = layout.candidate(&ns, "checkout").expect("a path");
+    let step = Candidate::new(stable.hash.clone(), 1, 50, false, &changed).expect("a candidate");
+    zk.create(
+        &candidate_path,
+        &step.to_bytes().expect("encoding the candidate"),
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("creating the candidate znode");
+    wait_for(
+        &format!("{canary}'s record running the candidate"),
+        where_now,
+        async || {
+            record(&zk, &record_of(&canary))
+                .await
+                .filter(|r| r.hash == changed.hash && r.state == InstanceState::Ok)
+        },
+    )
+    .await;
+    let mut canary_lines = lines(10, 2, "error");
+    canary_lines.extend(lines(20, 3, "debug"));
+    canary_lines.extend(lines(30, 4, "info"));
+    print(&canary_log, &canary_lines);
+    print(&steady_log, &lines(200, 7, "info"));
+    wait_for(
+        "the canary's 2 errors at alerts and 19 lines at out",
+        where_now,
+        async || (seqs(&alerts_rx).len() == 2 && seqs(&out_rx).len() == 19).then_some(()),
+    )
+    .await;
+    let health = wait_for(
+        &format!("{canary}'s record counting its 9 events (refreshed every 5 s)"),
+        where_now,
+        async || {
+            record(&zk, &record_of(&canary))
+                .await
+                .and_then(|r| r.health)
+                .filter(|h| h.events == 9)
+        },
+    )
+    .await;
+    assert_eq!(
+        health,
+        Health {
+            events: 9,
+            dropped: 3,
+            rules: counts(&[("errors", 2), ("debug", 3), ("(default)", 4)]),
+            rules_before: counts(&[("all", 3), ("(default)", 0)]),
+            ..Health::default()
+        },
+        "the canary's own events, not the steady pod's 12 summed in the agent's metrics"
+    );
+    let kept = record(&zk, &record_of(&steady))
+        .await
+        .expect("the other pod's record");
+    assert_eq!(
+        (kept.hash.as_str(), kept.health),
+        (stable.hash.as_str(), None),
+        "a pod the step does not select carries no health"
+    );
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}
+
+/// Given two pods on a stable config (rule `all` to `out`), when a preview candidate (rule
+/// `errors` to `alerts`) is published and one pod prints 6 info and 2 error lines, the other
+/// 3 info lines, then neither switches, `alerts` gets nothing, and each record's `preview`
+/// counts that pod's events per rule: stable `all` 8 / 3, candidate `errors` 2 / 0 and
+/// `(default)` 6 / 3; when the preview is withdrawn the counts go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_preview_when_two_pods_print_then_each_record_counts_its_own_events_per_rule_under_both_configs_and_nothing_is_written()
+ {
+    use servicelog_api::wire::Candidate;
+
+    let env = env();
+    let kube = env.client().await.expect("a kube client");
+    let ns = env
+        .create_namespace("agent-preview")
+        .await
+        .expect("a namespace");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+        .await
+        .expect("a ZooKeeper client");
+    let (out_rx, alerts_rx) = (Receiver::start(), Receiver::start());
+    let all = serde_json::json!([{"name": "all", "when": {"level": {"atLeast": "trace"}}, "to": ["out"]}]);
+    let stable = Envelope::new("uid-1", 1, spec(&out_rx, &alerts_rx, all)).expect("stable");
+    let errors = serde_json::json!([{"name": "errors", "when": {"level": {"atLeast": "error"}}, "to": ["alerts"]}]);
+    let mut errors_only = spec(&out_rx, &alerts_rx, errors);
+    errors_only.default_to = Vec::new();
+    let preview = Envelope::new("uid-1", 2, errors_only).expect("preview");
+    let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let opts = options(env, &layout, tmp.path(), None);
+    let mut files = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let uid = pod_of(&pods, name, "node-a", "checkout").await;
+        files.push(
+            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
+                .join("app")
+                .join("0.log"),
+        );
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+        let _ = stopped.await;
+    }));
+    let where_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out_rx), seqs(&alerts_rx));
+    let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");
+    for pod in ["web-a", "web-b"] {
+        wait_for(
+            &format!("{pod}'s record acking the stable config"),
+            where_now,
+            async || {
+                record(&zk, &record_of(pod))
+                    .await
+                    .filter(|r| r.hash == stable.hash)
+            },
+        )
+        .await;
+    }
+
+    let candidate_path = layout.candidate(&ns, "checkout").expect("a path");
+    let candidate =
+        Candidate::new(stable.hash.clone(), 1, 10, true, &preview).expect("a candidate");
+    zk.create(
+        &candidate_path,
+        &candidate.to_bytes().expect("encoding the candidate"),
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("creating the candidate znode");
+    // The shadow starts when the candidate is read: wait for the records to say so.
+    for pod in ["web-a", "web-b"] {
+        wait_for(
+            &format!("{pod}'s record with the preview"),
+            where_now,
+            async || {
+                record(&zk, &record_of(pod))
+                    .await
+                    .filter(|r| r.health.as_ref().is_some_and(|h| h.preview.is_some()))
+            },
+        )
+        .await;
+    }
+    let mut a_lines = lines(1, 6, "info");
+    a_lines.extend(lines(10, 2, "error"));
+    print(&files[0], &a_lines);
+    print(&files[1], &lines(100, 3, "info"));
+    wait_for("the 11 lines at out", where_now, async || {
+        (seqs(&out_rx).len() == 11).then_some(())
+    })
+    .await;
+    for (pod, all, errors, default) in [("web-a", 8, 2, 6), ("web-b", 3, 0, 3)] {
+        let r = wait_for(
+            &format!("{pod}'s record counting its {all} events (refreshed every 5 s)"),
+            where_now,
+            async || {
+                record(&zk, &record_of(pod)).await.filter(|r| {
+                    r.health
+                        .as_ref()
+                        .and_then(|h| h.preview.as_ref())
+                        .is_some_and(|p| p.stable.get("all") == Some(&all))
+                })
+            },
+        )
+        .await;
+        assert_eq!(
+            (r.hash.as_str(), r.candidate.as_deref()),
+            (stable.hash.as_str(), None),
+            "a preview switches no pod: {r:?}"
+        );
+        let p = r.health.and_then(|h| h.preview).expect("the preview");
+        assert_eq!(p.hash, preview.hash, "{pod}");
+        assert_eq!(
+            (p.stable, p.candidate),
+            (
+                counts(&[("all", all), ("(default)", 0)]),
+                counts(&[("errors", errors), ("(default)", default)])
+            ),
+            "{pod}'s own events per rule under both configs"
+        );
+        assert!(
+            p.elapsed_ms > 0,
+            "{pod}: the shadow says how long it counted"
+        );
+    }
+    assert_eq!(
+        seqs(&alerts_rx),
+        Vec::<u64>::new(),
+        "the shadow writes nowhere"
+    );
+
+    zk.delete(&candidate_path, None)
+        .await
+        .expect("withdrawing the preview");
+    for pod in ["web-a", "web-b"] {
+        wait_for(
+            &format!("{pod}'s record without the preview's counts"),
+            where_now,
+            async || {
+                record(&zk, &record_of(pod))
+                    .await
+                    .filter(|r| r.health.is_none())
+            },
+        )
+        .await;
+    }
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("the agent stops within the timeout")
+        .expect("the agent task");
+    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+}

@@ -12,8 +12,13 @@
 //! on every event's counter would cost more than the one add the pipeline makes), since
 //! it was built; what the config before decided is kept as `rulesBefore`, for the gate
 //! `quietRules`.
+//!
+//! The node agent runs one pipeline per pod under one set of metrics, summed over its
+//! pods: its trackers ([`Tracker::start_in_pipeline`]) take events and drops from the
+//! pod's pipeline (the sum of its per-rule counts, its drop count) and carry no per-sink
+//! counts, which only the metrics have.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
 
 use servicelog_api::{
     rules::DropReason,
@@ -133,7 +138,9 @@ impl Counters {
 #[derive(Clone, Debug)]
 pub struct Tracker {
     hash: String,
-    base: Counters,
+    /// The metrics' values at the swap; `None`: counted by the pipeline since it was
+    /// built (see [`Tracker::start_in_pipeline`]).
+    base: Option<Counters>,
     /// Per sink, what the config before delivered while it ran here.
     before: BTreeMap<String, u64>,
     /// The per-rule counts of the pipeline it started with: the next tracker's
@@ -149,23 +156,35 @@ impl Tracker {
     pub fn start(metrics: &Metrics, running: &Running, previous: Option<&Tracker>) -> Self {
         let base = Counters::read(metrics, running);
         let before = previous
-            .map(|p| {
+            .and_then(|p| p.base.as_ref())
+            .map(|then| {
                 let now = Counters {
                     sinks: base.sinks.clone(),
                     ..Counters::default()
                 };
-                let (_, _, sinks) = now.since(&p.base);
+                let (_, _, sinks) = now.since(then);
                 sinks
                     .into_iter()
-                    .filter(|(name, _)| p.base.sinks.contains_key(name))
+                    .filter(|(name, _)| then.sinks.contains_key(name))
                     .map(|(name, s)| (name, s.delivered))
                     .collect()
             })
             .unwrap_or_default();
         Self {
-            hash: running.hash.clone(),
-            base,
+            base: Some(base),
             before,
+            ..Self::start_in_pipeline(running, previous)
+        }
+    }
+
+    /// Starts counting for `running`, just swapped in, from its own pipeline's counts
+    /// rather than the process's metrics: for the node agent, whose metrics sum all its
+    /// pods. Its health has no per-sink counts.
+    pub fn start_in_pipeline(running: &Running, previous: Option<&Tracker>) -> Self {
+        Self {
+            hash: running.hash.clone(),
+            base: None,
+            before: BTreeMap::new(),
             rules: running.pipeline.matched.clone(),
             rules_before: previous.map(|p| p.rules.snapshot()).unwrap_or_default(),
         }
@@ -177,15 +196,41 @@ impl Tracker {
 
     /// What `running` (the config this tracker started with) did since.
     pub fn health(&self, metrics: &Metrics, running: &Running) -> Health {
-        let (events, dropped, sinks) = Counters::read(metrics, running).since(&self.base);
+        let rules = running.pipeline.matched.snapshot();
+        let (events, dropped, sinks) = match &self.base {
+            Some(base) => Counters::read(metrics, running).since(base),
+            None => (
+                rules.values().sum(),
+                running.pipeline.dropped.load(Ordering::Relaxed),
+                BTreeMap::new(),
+            ),
+        };
         Health {
             events,
             dropped,
             sinks,
             sinks_before: self.before.clone(),
-            rules: running.pipeline.matched.snapshot(),
+            rules,
             rules_before: self.rules_before.clone(),
             preview: None,
         }
+    }
+
+    /// The health a record routing with `hash` carries: on a canary, or on any pod while a
+    /// preview runs in shadow (with its per-rule counts); else none.
+    pub fn report(
+        &self,
+        metrics: &Metrics,
+        running: &Running,
+        hash: &str,
+        canary: bool,
+    ) -> Option<Health> {
+        let shadow = running.pipeline.shadow.load_full();
+        if running.hash != hash || self.hash != hash || !(canary || shadow.is_some()) {
+            return None;
+        }
+        let mut health = self.health(metrics, running);
+        health.preview = shadow.map(|s| s.preview());
+        Some(health)
     }
 }

@@ -22,7 +22,10 @@ pub mod podinfo;
 pub mod shadow;
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -99,6 +102,10 @@ pub struct Pipeline {
     /// Events each rule decided since this pipeline was built (a canary's health); shared
     /// so a health tracker can keep them past the pipeline.
     pub matched: Arc<shadow::RuleCounts>,
+    /// Events the rules dropped since this pipeline was built: with `matched` (whose sum
+    /// is the events routed), a health counted by the pipeline, not the process's metrics
+    /// — the node agent's metrics sum all its pods.
+    pub dropped: AtomicU64,
 }
 
 impl Pipeline {
@@ -134,6 +141,7 @@ impl Pipeline {
             origin: origin.clone(),
             shadow: arc_swap::ArcSwapOption::empty(),
             matched,
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -420,11 +428,16 @@ impl<'a> Run<'a> {
                 s.unparsed.inc_by(self.unparsed);
             }
         }
+        let mut dropped = 0;
         for (rule, reason, n) in b.drops.drain(..) {
             let rule = rule
                 .and_then(|r| self.router.rule_names().get(usize::from(r)))
                 .map_or("default", String::as_str);
             pipeline.metrics.dropped(rule, reason.as_str(), n);
+            dropped += n;
+        }
+        if dropped > 0 {
+            pipeline.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         pipeline.matched.add(&mut b.matched);
         let sinks = pipeline.sinks.len();

@@ -11,15 +11,20 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
 use servicelog_api::{
     Router,
     rules::{Decision, Event},
-    wire::Preview,
+    wire::{Candidate, Preview},
 };
+
+use super::Pipeline;
 
 /// The name the counts give events no rule decided (routed by `defaultTo` or dropped as
 /// unrouted).
@@ -124,5 +129,41 @@ impl Shadow {
             candidate: self.candidate.snapshot(),
             elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+/// Runs a preview `candidate` in shadow on `pipeline` (routing config `hash`) while it
+/// previews that config — `stable` is the config znode's hash — and stops the shadow
+/// otherwise. A candidate that does not compile is not previewed (a step would reject
+/// it). The sidecar and the node agent (per pod) both keep their shadows with it.
+pub fn sync(pipeline: &Pipeline, hash: &str, stable: &str, candidate: Option<&Candidate>) {
+    let want = candidate.filter(|c| c.preview && c.stable_hash == stable && hash == stable);
+    let have = pipeline.shadow.load_full();
+    match (want, have) {
+        (Some(c), Some(s)) if s.hash == c.hash => {}
+        (Some(c), _) => {
+            let compiled = c
+                .config()
+                .map_err(|e| e.to_string())
+                .and_then(|config| Router::compile(&config.spec).map_err(|e| e.to_string()));
+            match compiled {
+                Ok(router) => {
+                    tracing::info!(candidate = %c.hash, "staged rollout: previewing the candidate in shadow");
+                    pipeline.shadow.store(Some(Arc::new(Shadow::new(
+                        c.hash.clone(),
+                        router,
+                        &pipeline.router,
+                    ))));
+                }
+                Err(e) => {
+                    tracing::warn!(candidate = %c.hash, error = %e, "staged rollout: the preview candidate does not compile; not previewed");
+                }
+            }
+        }
+        (None, Some(_)) => {
+            tracing::info!("staged rollout: preview ended");
+            pipeline.shadow.store(None);
+        }
+        (None, None) => {}
     }
 }
