@@ -23,6 +23,9 @@
 //! `BENCH_CPU` (the core; default the last one; `none` to not pin). Prints one JSON
 //! document on stdout, progress on stderr.
 
+#[path = "../../sidecar/benches/support/mod.rs"]
+mod support;
+
 use std::{
     fs::{self, OpenOptions},
     io::Write,
@@ -37,34 +40,11 @@ use serde_json::json;
 use servicelog_api::wire::{Envelope, Layout};
 use servicelog_e2e::{TestEnv, unique_name};
 use servicelog_sidecar::sources::cri::PodLogs;
+use support::{Rng, SEED, clock_ticks, count_lines, env_num, median, pin, tally, workload_line};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_servicelog-agent");
-const SEED: u64 = 0x7a5f_0e11;
 const NODE: &str = "bench-node";
-
-const MESSAGES: [&str; 8] = [
-    "request served",
-    "cache miss",
-    "payment authorised",
-    "cart updated",
-    "session refreshed",
-    "slow query",
-    "upstream timeout",
-    "receipt sent to customer",
-];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 /// The workload as plain lines and as CRI lines; the lines expected in (alerts, info).
 struct Workload {
@@ -76,41 +56,14 @@ struct Workload {
 fn generate(lines: u64) -> Workload {
     let mut rng = Rng(SEED);
     let (mut plain, mut cri) = (Vec::new(), Vec::new());
-    let (mut alerts, mut info) = (0, 0);
+    let mut want = (0, 0);
     for i in 0..lines {
-        let level = match rng.next() % 100 {
-            0..50 => "debug",
-            50..85 => {
-                info += 1;
-                "info"
-            }
-            85..95 => {
-                alerts += 1;
-                "warn"
-            }
-            _ => {
-                alerts += 1;
-                "error"
-            }
-        };
-        let line = format!(
-            r#"{{"ts":"2026-11-24T10:{:02}:{:02}.{:06}Z","level":"{level}","service":"checkout","msg":"{}","user_id":{},"latency_ms":{},"path":"/api/v1/cart","status":200,"trace_id":"{:016x}"}}"#,
-            (i / 60_000_000) % 60,
-            (i / 1_000_000) % 60,
-            i % 1_000_000,
-            MESSAGES[(rng.next() % MESSAGES.len() as u64) as usize],
-            rng.next() % 100_000,
-            rng.next() % 2_000,
-            rng.next(),
-        );
+        let (level, line) = workload_line(&mut rng, i);
+        tally(&mut want, level);
         writeln!(plain, "{line}").expect("writing to memory");
         writeln!(cri, "2026-12-07T17:27:32.123456789Z stdout F {line}").expect("writing to memory");
     }
-    Workload {
-        plain,
-        cri,
-        want: (alerts, info),
-    }
+    Workload { plain, cri, want }
 }
 
 /// The one warm-up line, an error: it lands in `alerts`.
@@ -133,28 +86,6 @@ fn spec(source: serde_json::Value, out: &Path) -> serde_json::Value {
     })
 }
 
-fn pin() -> Option<String> {
-    let has_taskset = Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    match std::env::var("BENCH_CPU").ok() {
-        Some(v) if v == "none" => None,
-        _ if !has_taskset => {
-            eprintln!("bench: taskset not found (util-linux); runs are not pinned");
-            None
-        }
-        Some(v) => Some(v),
-        None => Some(
-            std::thread::available_parallelism()
-                .map_or(0, |n| n.get() - 1)
-                .to_string(),
-        ),
-    }
-}
-
 fn command(bin: &Path, cpu: Option<&str>) -> Command {
     match cpu {
         Some(c) => {
@@ -164,15 +95,6 @@ fn command(bin: &Path, cpu: Option<&str>) -> Command {
         }
         None => Command::new(bin),
     }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// User + system CPU seconds of a running process (`taskset` execs the binary: same pid).
@@ -208,12 +130,6 @@ fn memory(pid: u32) -> Result<(u64, u64, u64), String> {
             .ok_or_else(|| format!("/proc/{pid}/status has no {name}"))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?, field("Threads:")?))
-}
-
-fn count_lines(path: &Path) -> u64 {
-    fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
-        .unwrap_or(0)
 }
 
 fn append(path: &Path, bytes: &[u8]) {
@@ -558,19 +474,6 @@ fn pods_run(cluster: &Cluster, dir: &Path, pods: u64) -> Result<serde_json::Valu
     result
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 fn sidecar_bin() -> PathBuf {
     std::env::var_os("BENCH_SIDECAR_BIN").map_or_else(
         || {
@@ -586,12 +489,6 @@ fn sidecar_bin() -> PathBuf {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let lines = env_num("BENCH_LINES", if full { 1_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
     let pods = env_num("BENCH_PODS", if full { 100 } else { 10 });

@@ -51,6 +51,9 @@
 //! default that, else `/`). A contender that is not installed is reported unavailable.
 //! Under `cargo test` it is a smoke test: 20,000 lines, one run of each, the same checks.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     fs,
     io::{BufWriter, Write},
@@ -60,6 +63,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use support::{Rng, clock_ticks, count_lines, env_num, time_field};
 
 const BIN: &str = env!("CARGO_BIN_EXE_servicelog-sidecar");
 const SEED: u64 = 0x005e_411c_e106;
@@ -123,22 +127,6 @@ const PATHS: [&str; 10] = [
     "/metrics",
 ];
 const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The generated input and what each output must hold.
 struct Workload {
@@ -225,12 +213,6 @@ fn generate(path: &Path, lines: u64) -> Workload {
         counts,
         level_bytes,
     }
-}
-
-fn count_lines(path: &Path) -> u64 {
-    fs::read(path)
-        .map(|b| memchr::memchr_iter(b'\n', &b).count() as u64)
-        .unwrap_or(0)
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -410,12 +392,6 @@ impl Run {
             "outputs": {"alerts": self.alerts, "info": self.info},
         })
     }
-}
-
-fn time_field(report: &str, name: &str) -> Option<f64> {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
 }
 
 /// Empties `<dir>/<name>` and returns it with its `out` and `work` subdirectories made.
@@ -915,15 +891,6 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn render(template: &str, vars: &[(&str, &Path)]) -> String {
     let text = fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1128,12 +1095,6 @@ fn ratio(a: &Value, b: &Value, key: &str) -> Value {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let lines = env_num("BENCH_LINES", if full { 2_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
     let wanted: Vec<String> = std::env::var("BENCH_CONTENDERS")

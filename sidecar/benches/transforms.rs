@@ -23,6 +23,9 @@
 //! `BENCH_CPU` (the core; default the last one; `none` to not pin). Prints one JSON
 //! document on stdout, progress on stderr.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     fs,
     io::{BufWriter, Write},
@@ -32,72 +35,25 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use support::{Rng, SEED, count_lines, env_num, median, pin, tally, time_field, workload_line};
 
 const BIN: &str = env!("CARGO_BIN_EXE_servicelog-sidecar");
-const SEED: u64 = 0x7a5f_0e11;
 const TARGET_RATIO: f64 = 1.5;
 
 const TRANSFORMS: &str = "\n      transform:\n        - {set: {field: env, value: prod}}\n        - {rename: {from: user_id, to: user.id}}\n        - {redact: {pattern: email}}";
-
-const MESSAGES: [&str; 8] = [
-    "request served",
-    "cache miss",
-    "payment authorised",
-    "cart updated",
-    "session refreshed",
-    "slow query",
-    "upstream timeout",
-    "receipt sent to customer",
-];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 /// Writes the workload; returns the lines expected in (alerts, info).
 fn generate(path: &Path, lines: u64) -> (u64, u64) {
     let mut rng = Rng(SEED);
     let mut out = BufWriter::new(fs::File::create(path).expect("creating the workload"));
-    let (mut alerts, mut info) = (0, 0);
+    let mut want = (0, 0);
     for i in 0..lines {
-        let level = match rng.next() % 100 {
-            0..50 => "debug",
-            50..85 => {
-                info += 1;
-                "info"
-            }
-            85..95 => {
-                alerts += 1;
-                "warn"
-            }
-            _ => {
-                alerts += 1;
-                "error"
-            }
-        };
-        writeln!(
-            out,
-            r#"{{"ts":"2026-11-24T10:{:02}:{:02}.{:06}Z","level":"{level}","service":"checkout","msg":"{}","user_id":{},"latency_ms":{},"path":"/api/v1/cart","status":200,"trace_id":"{:016x}"}}"#,
-            (i / 60_000_000) % 60,
-            (i / 1_000_000) % 60,
-            i % 1_000_000,
-            MESSAGES[(rng.next() % MESSAGES.len() as u64) as usize],
-            rng.next() % 100_000,
-            rng.next() % 2_000,
-            rng.next(),
-        )
-        .expect("writing the workload");
+        let (level, line) = workload_line(&mut rng, i);
+        tally(&mut want, level);
+        writeln!(out, "{line}").expect("writing the workload");
     }
     out.flush().expect("writing the workload");
-    (alerts, info)
+    want
 }
 
 fn config(input: &Path, out: &Path, transforms: &str) -> String {
@@ -112,40 +68,6 @@ fn config(input: &Path, out: &Path, transforms: &str) -> String {
         input = input.display(),
         out = out.display(),
     )
-}
-
-fn pin() -> Option<String> {
-    let has_taskset = Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    match std::env::var("BENCH_CPU").ok() {
-        Some(v) if v == "none" => None,
-        _ if !has_taskset => {
-            eprintln!("bench: taskset not found (util-linux); runs are not pinned");
-            None
-        }
-        Some(v) => Some(v),
-        None => Some(
-            std::thread::available_parallelism()
-                .map_or(0, |n| n.get() - 1)
-                .to_string(),
-        ),
-    }
-}
-
-fn time_field(report: &str, name: &str) -> Option<f64> {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
-}
-
-fn count_lines(path: &Path) -> u64 {
-    fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
-        .unwrap_or(0)
 }
 
 /// One run: its CPU seconds, or why it does not count.
@@ -217,27 +139,8 @@ fn run(
     Ok(cpu_s)
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let lines = env_num("BENCH_LINES", if full { 1_000_000 } else { 20_000 });
     let runs = env_num("BENCH_RUNS", if full { 3 } else { 1 }).max(1);
     let dir = std::env::var_os("BENCH_DIR").map_or_else(
