@@ -23,6 +23,16 @@ pub const NAMESPACE: &str = "servicelog-system";
 /// [`load_receiver_image`].
 pub const RECEIVER_IMAGE: &str = "servicelog.test/receiver:1";
 
+/// Makes the tests of one file take turns on their shared cluster and release: one
+/// restarts the agent or cuts the pods off ZooKeeper, which the others would feel. (Each
+/// test file is a process of its own, with its own lock.)
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The stdout of a command that must succeed; panics naming `what` with its output.
 pub fn ok(what: &str, out: io::Result<Output>) -> String {
     let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));

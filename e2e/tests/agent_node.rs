@@ -29,7 +29,8 @@ use serde_json::Value;
 use servicelog_e2e::{
     TestEnv,
     chart::{
-        self, NAMESPACE, RECEIVER_IMAGE, apply, apply_ok, image_archive, kubectl, new_namespace, ok,
+        self, NAMESPACE, RECEIVER_IMAGE, apply, apply_ok, image_archive, kubectl, new_namespace,
+        ok, one_at_a_time,
     },
     node::{BUSYBOX_IMAGE, LogRotation},
 };
@@ -41,15 +42,6 @@ const ROLLOUT: Duration = Duration::from_secs(180);
 const ROUTING: Duration = Duration::from_secs(60);
 
 static INSTALLED: OnceLock<&'static TestEnv> = OnceLock::new();
-
-/// The tests take turns: one restarts the agent, which the others would feel.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The cluster with the images loaded and the chart installed with the agent, whose
 /// hostPaths are the node's: its kubelet's pod log directory and a state directory inside

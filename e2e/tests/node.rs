@@ -82,7 +82,7 @@ spec:
 }
 
 /// What the cluster could leave behind, as seen from the host.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 struct Traces {
     processes: Vec<String>,
     mounts: Vec<String>,
@@ -138,6 +138,27 @@ fn traces(env_dir: &Path, netns_names: &BTreeSet<String>, cgroup: &str, sock: &P
         netns,
         cgroups,
     }
+}
+
+/// The sysctls the kubelet sets are back as they were, and no containerd shim socket of
+/// the cluster is left.
+fn assert_host_restored(
+    sysctls_before: &[(&'static str, String)],
+    shim_sockets_before: &BTreeSet<String>,
+) {
+    assert_eq!(
+        node::kubelet_sysctls(),
+        sysctls_before,
+        "the sysctls the kubelet sets were not restored"
+    );
+    let shim_sockets: Vec<String> = dir_entries(SHIM_SOCKETS)
+        .difference(shim_sockets_before)
+        .cloned()
+        .collect();
+    assert!(
+        shim_sockets.is_empty(),
+        "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
+    );
 }
 
 fn dir_entries(dir: &str) -> BTreeSet<String> {
@@ -321,27 +342,10 @@ async fn given_a_real_node_when_pods_run_then_logs_dns_and_services_work_and_tea
     let after = traces(&env_dir, &ours, &cgroup, &sock);
     assert_eq!(
         after,
-        Traces {
-            processes: vec![],
-            mounts: vec![],
-            netns: vec![],
-            cgroups: vec![],
-        },
+        Traces::default(),
         "the cluster's teardown left these behind"
     );
-    assert_eq!(
-        node::kubelet_sysctls(),
-        sysctls_before,
-        "the sysctls the kubelet sets were not restored"
-    );
-    let shim_sockets: Vec<String> = dir_entries(SHIM_SOCKETS)
-        .difference(&shim_sockets_before)
-        .cloned()
-        .collect();
-    assert!(
-        shim_sockets.is_empty(),
-        "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
-    );
+    assert_host_restored(&sysctls_before, &shim_sockets_before);
 }
 
 /// `KEY='value'` lines of the node's record (`<env>/node.env`).
@@ -444,12 +448,7 @@ async fn given_a_cluster_with_a_pod_when_its_owner_is_killed_then_the_watchdog_l
 
     // Then the watchdog stops every process and removes the pods, mounts, namespaces and
     // cgroups, and restores the sysctls.
-    let empty = Traces {
-        processes: vec![],
-        mounts: vec![],
-        netns: vec![],
-        cgroups: vec![],
-    };
+    let empty = Traces::default();
     wait_until("the watchdog's teardown", Duration::from_secs(60), || {
         traces(&env_dir, &ours, &cgroup, &sock) == empty
     });
@@ -458,19 +457,7 @@ async fn given_a_cluster_with_a_pod_when_its_owner_is_killed_then_the_watchdog_l
         empty,
         "60s after its owner was killed, the cluster left these behind"
     );
-    assert_eq!(
-        node::kubelet_sysctls(),
-        sysctls_before,
-        "the sysctls the kubelet sets were not restored"
-    );
-    let shim_sockets: Vec<String> = dir_entries(SHIM_SOCKETS)
-        .difference(&shim_sockets_before)
-        .cloned()
-        .collect();
-    assert!(
-        shim_sockets.is_empty(),
-        "containerd shim sockets left in {SHIM_SOCKETS}: {shim_sockets:?}"
-    );
+    assert_host_restored(&sysctls_before, &shim_sockets_before);
     if procs::mount_under(&base).is_none() {
         let _ = fs::remove_dir_all(&base);
     }

@@ -23,7 +23,7 @@ use servicelog_e2e::{
     TestEnv,
     chart::{
         self, NAMESPACE, RECEIVER_IMAGE, RELEASE, apply_ok, container_pid, image_archive, kubectl,
-        kubectl_json, new_namespace, ok, tail,
+        kubectl_json, new_namespace, ok, one_at_a_time, tail,
     },
     node::{BUSYBOX_IMAGE, POD_SUBNET},
     unique_name,
@@ -49,15 +49,6 @@ struct Installed {
 }
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
-
-/// The tests take turns: one cuts the pods off ZooKeeper, which the others would feel.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn installed() -> &'static Installed {
     INSTALLED.get_or_init(|| {
