@@ -30,10 +30,9 @@
 //! what can wait for the ack — telling the reader threads, the log line, the
 //! last-known-good file — does.
 
-use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use servicelog_api::{
-    Router,
     wire::{Candidate, Envelope, Health, Instance, InstanceState},
     zkauth::{self, Credentials, RecordAcl},
     zktls::{self, ZkTls},
@@ -46,7 +45,7 @@ use zookeeper_client::{
 use super::{health, last_good::LastGood};
 use crate::{
     metrics::Metrics,
-    pipeline::shadow::Shadow,
+    pipeline::shadow,
     topology::{Running, Swapped, Topology},
 };
 
@@ -685,14 +684,9 @@ impl ZkConfig {
     /// The health a record routing with `hash` carries: on a canary, or on any pod while a
     /// preview runs in shadow (with its per-rule counts); else none.
     fn health_of(&self, running: &Running, hash: &str, canary: bool) -> Option<Health> {
-        let tracker = self.health.as_ref()?;
-        let shadow = running.pipeline.shadow.load_full();
-        if running.hash != hash || !(canary || shadow.is_some()) {
-            return None;
-        }
-        let mut health = tracker.health(&self.metrics, running);
-        health.preview = shadow.map(|s| s.preview());
-        Some(health)
+        self.health
+            .as_ref()?
+            .report(&self.metrics, running, hash, canary)
     }
 
     /// Puts a canary's counters in its instance record if they changed; true if they did.
@@ -715,45 +709,19 @@ impl ZkConfig {
     }
 
     /// Runs a preview candidate in shadow beside the config in force (the config znode's)
-    /// while there is one, and stops it otherwise; a candidate that does not compile is
-    /// not previewed (a step would reject it).
+    /// while there is one, and stops it otherwise (see [`shadow::sync`]).
     fn sync_shadow(&self, running: &Running) {
-        let want = match (&self.stable, &self.candidate) {
-            (Some(Ok(stable)), Some(Ok(c)))
-                if c.preview && c.stable_hash == stable.hash && running.hash == stable.hash =>
-            {
-                Some(c)
-            }
+        let stable = match &self.stable {
+            Some(Ok(stable)) => Some(stable.hash.as_str()),
             _ => None,
         };
-        let have = running.pipeline.shadow.load_full();
-        match (want, have) {
-            (Some(c), Some(s)) if s.hash == c.hash => {}
-            (Some(c), _) => {
-                let compiled = c
-                    .config()
-                    .map_err(|e| e.to_string())
-                    .and_then(|config| Router::compile(&config.spec).map_err(|e| e.to_string()));
-                match compiled {
-                    Ok(router) => {
-                        tracing::info!(candidate = %c.hash, "staged rollout: previewing the candidate in shadow");
-                        running.pipeline.shadow.store(Some(Arc::new(Shadow::new(
-                            c.hash.clone(),
-                            router,
-                            &running.pipeline.router,
-                        ))));
-                    }
-                    Err(e) => {
-                        tracing::warn!(candidate = %c.hash, error = %e, "staged rollout: the preview candidate does not compile; not previewed");
-                    }
-                }
-            }
-            (None, Some(_)) => {
-                tracing::info!("staged rollout: preview ended");
-                running.pipeline.shadow.store(None);
-            }
-            (None, None) => {}
-        }
+        let candidate = self.candidate.as_ref().and_then(|c| c.as_ref().ok());
+        shadow::sync(
+            &running.pipeline,
+            &running.hash,
+            stable.unwrap_or_default(),
+            candidate.filter(|_| stable.is_some()),
+        );
     }
 
     /// Puts the sinks' errors in the instance record if they changed; true if it did.
