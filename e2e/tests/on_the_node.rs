@@ -992,3 +992,275 @@ fn given_twenty_pods_with_and_twenty_without_injection_then_the_sidecar_adds_at_
         .args(["delete", "pods", "--all", "-n", &ns, "--wait=false"])
         .output();
 }
+
+/// Pod name → the hash of its instance record in the chart's ZooKeeper tree
+/// (`zookeeper.root`; empty when it has none), for each of `pods`: the hash its sidecar
+/// routes with. Read from the machine under the namespace's identity (the records are
+/// that identity's when ACLs are on), taken from its Secret as the sidecars are.
+fn hashes(env: &TestEnv, ns: &str, pods: &[String]) -> std::collections::BTreeMap<String, String> {
+    use servicelog_api::{
+        pod::{ZK_AUTH_KEY, ZK_AUTH_SECRET},
+        wire::{Instance, Layout},
+        zkauth::Credentials,
+    };
+    let auth = env
+        .kubectl()
+        .args(["get", "secret", ZK_AUTH_SECRET, "-n", ns, "-o"])
+        .arg(format!(
+            "go-template={{{{index .data \"{ZK_AUTH_KEY}\" | base64decode}}}}"
+        ))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .map(|line| Credentials::parse(&line).unwrap_or_else(|e| panic!("{ZK_AUTH_SECRET}: {e}")));
+    let layout = Layout::new("/servicelog").expect("the chart's root");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(async {
+            let zk = servicelog_e2e::zookeeper::connect(&env.zk_connect())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(auth) = &auth {
+                zk.auth("digest", &auth.auth_bytes())
+                    .await
+                    .unwrap_or_else(|e| panic!("authenticating as {}: {e}", auth.user()));
+            }
+            let mut hashes = std::collections::BTreeMap::new();
+            for pod in pods {
+                let path = layout
+                    .instance(ns, "checkout", pod)
+                    .expect("an instance path");
+                let hash = match zk.get_data(&path).await {
+                    Ok((data, _)) => {
+                        Instance::from_slice(&data)
+                            .unwrap_or_else(|e| panic!("{path}: {e}"))
+                            .hash
+                    }
+                    Err(zookeeper_client::Error::NoNode) => String::new(),
+                    Err(e) => panic!("reading {path}: {e}"),
+                };
+                hashes.insert(pod.clone(), hash);
+            }
+            hashes
+        })
+}
+
+/// Given four injected pods on the node whose every line goes to the receiver, when a
+/// change rolls out with one step of 50% (paused an hour), then exactly the pods
+/// `rollout::is_member` names run the candidate and the others stay on stable; when the
+/// rollout is aborted, then the canaries are back on the stable hash; and the receiver
+/// got every line the apps wrote across it.
+#[test]
+fn given_four_pods_on_the_node_when_a_change_rolls_out_to_half_and_is_aborted_then_exactly_the_canaries_ran_it_and_no_line_is_lost()
+ {
+    const PODS: usize = 4;
+    let installed = installed();
+    let env = installed.env;
+    let _turn = one_at_a_time();
+    let ns = new_namespace(env, "rollnode");
+    apply_ok(env, &receiver(&ns));
+    // Every line (info and above) to the receiver, so none may go missing.
+    apply_ok(
+        env,
+        &format!(
+            "{}  rollout:\n    steps: [{{percent: 50, pause: 1h}}]\n",
+            servicelog(&ns, "info")
+        ),
+    );
+    apply_ok(
+        env,
+        &app(&ns, "checkout", "checkout", PODS as u32, Some(FS_GROUP)),
+    );
+    ok(
+        "kubectl rollout status",
+        env.kubectl()
+            .args(["rollout", "status", "deployment/checkout", "-n", &ns])
+            .args(["--timeout=180s"])
+            .output(),
+    );
+    applied_everywhere(env, &ns, PODS);
+    let names: Vec<String> = pods(env, &ns, "checkout").iter().map(name).collect();
+    assert_eq!(names.len(), PODS);
+    let slog = kubectl_json(env, &["get", "servicelog", "checkout", "-n", &ns]);
+    let stable = slog["status"]["configHash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!stable.is_empty(), "no configHash: {}", slog["status"]);
+    assert!(
+        hashes(env, &ns, &names).values().all(|h| *h == stable),
+        "not every pod runs {stable}: {:?}",
+        hashes(env, &ns, &names)
+    );
+
+    // When a change rolls out (the HTTP sink's batch timeout: the same routing, so every
+    // line still goes to the receiver), then the step's canaries run it once they acked.
+    // A change whose 50% takes none or all of the 4 pods (1 in 8) proves nothing about
+    // the split: it is aborted and the next timeout tried.
+    let mut split = None;
+    for timeout in ["300ms", "400ms", "500ms", "600ms"] {
+        kubectl(
+            env,
+            &[
+                "patch",
+                "servicelog",
+                "checkout",
+                "-n",
+                &ns,
+                "--type=json",
+                "-p",
+                &format!(
+                    r#"[{{"op":"replace","path":"/spec/sinks/1/http/batch/timeout","value":"{timeout}"}}]"#
+                ),
+            ],
+        );
+        let text = chart::until(
+            env,
+            LOGS,
+            &format!(
+                "the change to batch timeout {timeout} at step 1, Progressing, every canary acked"
+            ),
+            ROUTING,
+            &["get", "servicelog", "checkout", "-n", &ns, "-o", "json"],
+            |text| {
+                serde_json::from_str::<Value>(text).is_ok_and(|s| {
+                    let r = &s["status"]["rollout"];
+                    r["phase"] == "Progressing"
+                        && r["step"] == 1
+                        && r["candidateHash"].as_str().is_some_and(|h| h != stable)
+                        && r["canary"]["applied"] == r["canary"]["total"]
+                        && s["status"]["observedGeneration"] == s["metadata"]["generation"]
+                })
+            },
+        );
+        let rollout =
+            serde_json::from_str::<Value>(&text).expect("JSON")["status"]["rollout"].clone();
+        assert_eq!(rollout["stableHash"], stable.as_str());
+        let candidate = rollout["candidateHash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let members: std::collections::BTreeSet<String> = names
+            .iter()
+            .filter(|p| servicelog_api::rollout::is_member(&candidate, &ns, p, 50))
+            .cloned()
+            .collect();
+        assert_eq!(
+            rollout["canary"]["total"],
+            members.len(),
+            "status.rollout.canary counts other pods than rollout::is_member: {rollout}"
+        );
+        let expected: std::collections::BTreeMap<String, String> = names
+            .iter()
+            .map(|p| {
+                let hash = if members.contains(p) {
+                    &candidate
+                } else {
+                    &stable
+                };
+                (p.clone(), hash.clone())
+            })
+            .collect();
+        assert_eq!(
+            hashes(env, &ns, &names),
+            expected,
+            "exactly the canaries {members:?} run the candidate, every other pod the stable config"
+        );
+        eprintln!(
+            "on the node: batch timeout {timeout}: candidate {candidate} on {} of {PODS} pods ({members:?})",
+            members.len()
+        );
+        let proves_the_split = !members.is_empty() && members.len() < PODS;
+
+        // When the rollout is aborted, then every pod runs the stable hash again.
+        kubectl(
+            env,
+            &[
+                "annotate",
+                "servicelog",
+                "checkout",
+                "-n",
+                &ns,
+                "servicelog.io/rollout=abort",
+                "--overwrite",
+            ],
+        );
+        let text = chart::until(
+            env,
+            LOGS,
+            &format!("the change to batch timeout {timeout} to be RolledBack"),
+            ROUTING,
+            &["get", "servicelog", "checkout", "-n", &ns, "-o", "json"],
+            |text| {
+                serde_json::from_str::<Value>(text)
+                    .is_ok_and(|s| s["status"]["rollout"]["phase"] == "RolledBack")
+            },
+        );
+        let reason =
+            serde_json::from_str::<Value>(&text).expect("JSON")["status"]["rollout"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        assert!(
+            reason.contains("abort"),
+            "the reason does not say abort: {reason}"
+        );
+        let started = Instant::now();
+        while hashes(env, &ns, &names).values().any(|h| *h != stable) {
+            assert!(
+                started.elapsed() < ROUTING,
+                "timed out after {ROUTING:?} waiting for every pod back on {stable}: {:?}",
+                hashes(env, &ns, &names)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if proves_the_split {
+            split = Some(members.len());
+            break;
+        }
+    }
+    let split = split.expect("four changes in a row took none or all of the pods (1 in 4,096)");
+
+    // Then the receiver got every line each app wrote up to now, across the changes.
+    let mut written = Vec::new();
+    for pod in pods(env, &ns, "checkout") {
+        let app = container_status(&pod, false, "app");
+        let pid = container_pid(env, app["containerID"].as_str().unwrap_or_default());
+        let log = std::fs::read_to_string(in_container(pid, "/var/log/app/app.log"))
+            .unwrap_or_else(|e| panic!("{}: the app's log file: {e}", name(&pod)));
+        written.extend(log.lines().filter_map(|l| {
+            Some(
+                l.split("\"msg\":\"")
+                    .nth(1)?
+                    .trim_end_matches("\"}")
+                    .to_owned(),
+            )
+        }));
+    }
+    let lines = written.len();
+    let received = chart::until(
+        env,
+        LOGS,
+        &format!("the {lines} lines the apps wrote at the receiver"),
+        ROUTING,
+        &["logs", "-n", &ns, "receiver", "--tail=-1"],
+        |logs| {
+            let got: std::collections::HashSet<&str> = logs
+                .lines()
+                .filter_map(|l| l.split("story-").nth(1))
+                .filter_map(|rest| rest.split('"').next())
+                .collect();
+            written
+                .iter()
+                .all(|w| got.contains(w.trim_start_matches("story-")))
+        },
+    );
+    let copies = received.matches("story-").count();
+    eprintln!(
+        "on the node: rollout of 50% on {split}/{PODS} pods aborted, {lines} lines written, {copies} received"
+    );
+}
