@@ -554,6 +554,7 @@ impl Agent {
             .flatten();
         let client = self.client.clone();
         let drain = self.opts.drain_timeout;
+        run.unthrottle();
         self.draining.retain(|t| !t.is_finished());
         self.draining.push(tokio::spawn(async move {
             let started = Instant::now();

@@ -72,6 +72,8 @@ pub struct PodRun {
     pub record: Option<Instance>,
     last_good: LastGood,
     stop: Arc<AtomicBool>,
+    /// Lifts the read rate: see [`PodRun::unthrottle`].
+    unthrottled: Arc<AtomicBool>,
     wake: Sender<()>,
     reader: Option<JoinHandle<()>>,
     state_dir: PathBuf,
@@ -126,6 +128,7 @@ impl PodRun {
             Err(e) => tracing::warn!(pod = %pod.name, error = %e, "reading the last good config"),
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let unthrottled = Arc::new(AtomicBool::new(false));
         let tailer = Tailer::new(
             TailerOptions {
                 rate,
@@ -136,6 +139,7 @@ impl PodRun {
                 stop: stop.clone(),
                 wake: wake_rx,
                 eof: None,
+                unthrottled: unthrottled.clone(),
             },
         );
         let reader = std::thread::Builder::new()
@@ -153,6 +157,7 @@ impl PodRun {
             record: None,
             last_good,
             stop,
+            unthrottled,
             wake,
             reader: Some(reader),
             state_dir,
@@ -193,6 +198,14 @@ impl PodRun {
         self.health
             .as_ref()?
             .report(metrics, &running, hash, canary)
+    }
+
+    /// Reads the pod's files at full speed from now on: a deleted pod's backlog is drained
+    /// within the drain timeout rather than at the per-pod rate (which would leave most of
+    /// a noisy pod's backlog to be dropped when the timeout ends).
+    pub fn unthrottle(&self) {
+        self.unthrottled.store(true, Ordering::Relaxed);
+        let _ = self.wake.send(());
     }
 
     /// Hash of the config in force.

@@ -179,6 +179,7 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             stop: stop.clone(),
             wake: wake_rx,
             eof: Some(eof_tx),
+            unthrottled: Arc::default(),
         },
     );
     let reader = std::thread::Builder::new()

@@ -153,6 +153,7 @@ impl PodReader {
         let tailer = Tailer::new(
             opts,
             TailerLinks {
+                unthrottled: Default::default(),
                 current: topology.files(),
                 stop: stop.clone(),
                 wake: wake_rx,

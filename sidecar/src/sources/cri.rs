@@ -379,16 +379,26 @@ impl Decoder {
 
     /// With a line in progress, how far each stream is delivered once the records up to
     /// `routed_to` are: a stream with a line in progress to its first part, the other to
-    /// `routed_to`. `None` when no line is in progress (`routed_to` says it all).
+    /// `routed_to` — or further, to where the checkpoint this decoder resumed from said it
+    /// was (a restart reads again from the held part, and a second restart must not send
+    /// what the first run delivered). `None` when no line is in progress (`routed_to`
+    /// says it all).
     pub fn streams(&self, routed_to: u64) -> Option<Streams> {
         let [stdout, stderr] = &self.partial;
         if stdout.is_none() && stderr.is_none() {
             return None;
         }
-        let to = |p: &Option<Partial>| p.as_ref().map_or(routed_to, |p| p.start.min(routed_to));
+        let to = |p: &Option<Partial>, resumed: u64| {
+            let here = p.as_ref().map_or(routed_to, |p| p.start.min(routed_to));
+            here.max(resumed)
+        };
+        let resumed = self.resume.unwrap_or(Streams {
+            stdout: 0,
+            stderr: 0,
+        });
         Some(Streams {
-            stdout: to(stdout),
-            stderr: to(stderr),
+            stdout: to(stdout, resumed.stdout),
+            stderr: to(stderr, resumed.stderr),
         })
     }
 
@@ -754,6 +764,56 @@ mod tests {
             .collect();
         assert_eq!(lines, ["out:head", "err:err 3"]);
         assert_eq!(Decoder::new(8).streams(at[3]), None, "nothing in progress");
+    }
+
+    /// Two restarts while a line is in progress: the second run, stopped after fewer
+    /// records than the first delivered, must not move the other stream's mark back.
+    #[test]
+    fn given_a_line_in_progress_when_restarted_twice_then_no_line_of_the_other_stream_comes_twice()
+    {
+        let mut records = vec![format!("{T} stdout P hea")];
+        records.extend((0..10).map(|i| format!("{T} stderr F err {i}")));
+        let at: Vec<u64> = records
+            .iter()
+            .scan(0, |pos, r| {
+                let here = *pos;
+                *pos += r.len() as u64 + 1;
+                Some(here)
+            })
+            .collect();
+        let end = at[10] + records[10].len() as u64 + 1;
+        let mut first = Decoder::new(1024);
+        let mut sent = Vec::new();
+        for (r, &a) in records.iter().zip(&at) {
+            if let Some(l) = first.feed(BOTH, r.as_bytes(), a, "f").expect("parses") {
+                sent.push(show(&l));
+            }
+        }
+        let delivered = first.streams(end);
+        // Restarted, it reads one chunk of 5 records and is stopped again.
+        let mut second = Decoder::resuming(1024, delivered);
+        for (r, &a) in records.iter().zip(&at).take(5) {
+            if let Some(l) = second.feed(BOTH, r.as_bytes(), a, "f").expect("parses") {
+                sent.push(show(&l));
+            }
+        }
+        let delivered = second.streams(at[5]);
+        assert_eq!(
+            delivered.map(|d| d.stderr),
+            Some(end),
+            "stderr was delivered to the end"
+        );
+        let mut third = Decoder::resuming(1024, delivered);
+        for (r, &a) in records.iter().zip(&at) {
+            if let Some(l) = third.feed(BOTH, r.as_bytes(), a, "f").expect("parses") {
+                sent.push(show(&l));
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|i| format!("err:err {i}")).collect();
+        assert_eq!(
+            sent, expected,
+            "every stderr line once, stdout still in progress"
+        );
     }
 
     proptest::proptest! {

@@ -274,6 +274,9 @@ pub struct TailerLinks {
     pub wake: Receiver<()>,
     /// Told once everything is read and acked (with `exit_on_eof`).
     pub eof: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    /// Set when what the files hold is to be read out before they go (the node agent
+    /// draining a deleted pod): the read rate (`TailerOptions::rate`) no longer applies.
+    pub unthrottled: Arc<AtomicBool>,
 }
 
 struct Tracked {
@@ -499,6 +502,9 @@ impl Tailer {
             return true;
         };
         while lines > 0 {
+            if self.links.unthrottled.load(Ordering::Relaxed) {
+                return true;
+            }
             let n = lines.min(burst as usize) as u32;
             let wait = match &self.limiter {
                 Some(limiter) => match NonZeroU32::new(n).map(|n| limiter.check_n(n)) {
@@ -1002,6 +1008,9 @@ impl Tailer {
         t.file.seek(SeekFrom::Start(0))?;
         t.pos = 0;
         t.epoch += 1;
+        // A new decoder: the old one's lines in progress were flushed, and the offsets it
+        // resumed from (`Decoder::resuming`) are of the file before its truncation.
+        t.cri = None;
         t.fingerprint = Fingerprint::default();
         t.idle_since = None;
         t.skipping = false;
