@@ -882,10 +882,15 @@ pub fn tripped(gates: &RollbackOn, canaries: &[(&str, &Health)]) -> Option<Strin
                 e.1 += now;
             }
         }
-        if let Some((rule, (was, _))) = rules
-            .iter()
-            .find(|(rule, (was, now))| **rule != DEFAULT_RULE && *was > 0 && *now == 0)
-        {
+        // A rule is judged only when, at its stable share of events, the candidate's
+        // events should have given it a few: `rulesBefore` can span days, and a rule that
+        // decided 3 events in a week deciding none of the candidate's first 100 says
+        // nothing.
+        let before: u64 = rules.values().map(|(was, _)| was).sum();
+        let expected = |was: u64| was as f64 / before.max(1) as f64 * events as f64;
+        if let Some((rule, (was, _))) = rules.iter().find(|(rule, (was, now))| {
+            **rule != DEFAULT_RULE && *now == 0 && expected(*was) >= QUIET_RULE_EXPECTED
+        }) {
             let pods: Vec<&str> = canaries
                 .iter()
                 .filter(|(_, h)| h.rules_before.get(*rule).is_some_and(|n| *n > 0))
@@ -900,6 +905,10 @@ pub fn tripped(gates: &RollbackOn, canaries: &[(&str, &Health)]) -> Option<Strin
     }
     None
 }
+
+/// Events a rule should have decided of the candidate's, at its share under the stable
+/// config, before `quietRules` takes none for a sign.
+const QUIET_RULE_EXPECTED: f64 = 5.0;
 
 /// The name the sidecars' per-rule counts give events no rule decided; `defaultTo` is not
 /// a rule, so `quietRules` does not judge it.
@@ -1586,6 +1595,15 @@ mod tests {
             tripped(&gates, &[("web-1", &healthy), ("web-2", &swallowed)]),
             None,
             "the rule still decides events on one canary: not quiet over the canaries"
+        );
+        let rare = canary(
+            &[("drop-all", 0), ("errors", 1), ("(default)", 99)],
+            &[("drop-all", 0), ("errors", 0), ("(default)", 120)],
+        );
+        assert_eq!(
+            tripped(&gates, &[("web-1", &rare), ("web-2", &rare)]),
+            None,
+            "a rule with 1% of the events before should have decided 2.4 of 240: too few to judge"
         );
         let renamed = canary(&before, &[("errors-v2", 0), ("(default)", 120)]);
         assert_eq!(
