@@ -99,6 +99,9 @@ pub struct Pipeline {
     origin: Origin,
     /// A staged rollout's preview in shadow, while one runs (see [`shadow`]).
     pub shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
+    /// The hash of a preview candidate that did not compile on this pipeline: not
+    /// compiled (nor warned about) again on every update while it stays the candidate.
+    pub shadow_refused: std::sync::Mutex<Option<String>>,
     /// Events each rule decided since this pipeline was built (a canary's health); shared
     /// so a health tracker can keep them past the pipeline.
     pub matched: Arc<shadow::RuleCounts>,
@@ -140,6 +143,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             origin: origin.clone(),
             shadow: arc_swap::ArcSwapOption::empty(),
+            shadow_refused: std::sync::Mutex::default(),
             matched,
             dropped: AtomicU64::new(0),
         }

@@ -141,6 +141,7 @@ pub fn sync(pipeline: &Pipeline, hash: &str, stable: &str, candidate: Option<&Ca
     let have = pipeline.shadow.load_full();
     match (want, have) {
         (Some(c), Some(s)) if s.hash == c.hash => {}
+        (Some(c), _) if refused(pipeline).as_deref() == Some(c.hash.as_str()) => {}
         (Some(c), _) => {
             let compiled = c
                 .config()
@@ -157,6 +158,7 @@ pub fn sync(pipeline: &Pipeline, hash: &str, stable: &str, candidate: Option<&Ca
                 }
                 Err(e) => {
                     tracing::warn!(candidate = %c.hash, error = %e, "staged rollout: the preview candidate does not compile; not previewed");
+                    *refused(pipeline) = Some(c.hash.clone());
                 }
             }
         }
@@ -166,4 +168,13 @@ pub fn sync(pipeline: &Pipeline, hash: &str, stable: &str, candidate: Option<&Ca
         }
         (None, None) => {}
     }
+}
+
+/// The preview candidate `pipeline` could not compile (see [`Pipeline::shadow_refused`]).
+fn refused(pipeline: &Pipeline) -> std::sync::MutexGuard<'_, Option<String>> {
+    // The value is a plain hash: one left by a panicking holder is still whole.
+    pipeline
+        .shadow_refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
