@@ -10,7 +10,7 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Output};
 
 use serde::Deserialize;
-use servicelog_e2e::{TestEnv, unique_name, workspace_dir};
+use servicelog_e2e::{TestEnv, chart::ok, unique_name, workspace_dir};
 
 /// Kubernetes version `helm template` assumes: the helm built for the tests defaults to
 /// v1.20, older than the chart's `kubeVersion`.
@@ -43,19 +43,6 @@ fn chart_dir() -> PathBuf {
 
 fn golden_dir() -> PathBuf {
     workspace_dir().join("e2e/tests/golden")
-}
-
-/// Runs a command and returns its stdout, failing the test with both streams otherwise.
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Runs a command that must fail and returns its stderr.

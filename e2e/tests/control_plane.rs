@@ -1,11 +1,11 @@
 //! Smoke tests of the test environment itself: the real API server serves the generated
 //! CRD (with its CEL rules), and the real ZooKeeper stores znodes.
 
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 use kube::{Api, api::PostParams};
 use servicelog_api::v1alpha1::ServiceLog;
-use servicelog_e2e::{TestEnv, workspace_dir};
+use servicelog_e2e::{TestEnv, chart::ok, workspace_dir};
 use zookeeper_client::{Acls, CreateMode};
 
 fn env() -> &'static TestEnv {
@@ -13,18 +13,6 @@ fn env() -> &'static TestEnv {
         Ok(env) => env,
         Err(e) => panic!("the test environment did not start: {e}"),
     }
-}
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn install_crds(env: &TestEnv) {

@@ -3,29 +3,14 @@
 //! kube-controller-manager (the cluster of `make cluster`; the control plane alone has no
 //! controller to aggregate them).
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use servicelog_e2e::{TestEnv, unique_name, workspace_dir};
+use servicelog_e2e::{TestEnv, chart::ok, unique_name, workspace_dir};
 
 const AGGREGATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn env() -> &'static TestEnv {
     TestEnv::shared_cluster().unwrap_or_else(|e| panic!("the cluster did not start: {e}"))
-}
-
-fn ok(what: &str, out: std::io::Result<Output>) -> String {
-    let out = out.unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `kubectl auth can-i VERB RESOURCE -n NS --as USER`: `yes` or `no`. A resource written

@@ -1059,21 +1059,15 @@ fn config_yaml(input: &Path, out: &Path, buffer: &str) -> String {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Medians over the good runs, or `None` if there is none.
 fn medians(runs: &[Run], w: &Workload) -> Option<Value> {
     let good: Vec<&Run> = runs.iter().filter(|r| r.error.is_none()).collect();
     if good.is_empty() {
         return None;
     }
-    let m = |f: &dyn Fn(&Run) -> f64| median(good.iter().map(|r| f(r)).collect());
+    let m = |f: &dyn Fn(&Run) -> f64| {
+        support::median(good.iter().map(|r| f(r)).collect()).unwrap_or(f64::NAN)
+    };
     let (wall, cpu) = (m(&|r| r.wall_s), m(&Run::cpu_s));
     let rss = m(&|r| r.max_rss_kib as f64);
     Some(json!({
