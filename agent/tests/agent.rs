@@ -243,10 +243,7 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         namespace_identities: false,
         pod_rate: None,
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let sinks_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out), seqs(&alerts));
 
     // Routed by the rules: info to out, error to alerts; the other node's pod not read.
@@ -448,12 +445,33 @@ async fn given_pods_on_two_nodes_when_the_agent_serves_one_then_it_routes_acks_l
         "the lines printed before the deletion are delivered before the pod is dropped"
     );
 
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
+}
+
+/// An agent running in the test's runtime until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
+}
+
+impl Running {
+    fn start(opts: AgentOptions, kube: &kube::Client) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Stops the agent as at SIGTERM; it must end cleanly within [`WAIT`].
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the agent stops within the timeout")
+            .expect("the agent task");
+        assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    }
 }
 
 /// `zkauth` permission bits as the client's.
@@ -574,10 +592,7 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
         namespace_identities: true,
         pod_rate: None,
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let path = layout.instance(&ns, "checkout", "web-a").expect("a path");
     wait_for(
         "the record acking v1, read with the namespace's identity",
@@ -601,12 +616,7 @@ async fn given_zookeeper_acls_when_the_agent_serves_a_pod_then_it_reads_with_the
         )],
         "the record is the namespace identity's alone, not every identity the agent holds"
     );
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
 }
 
 /// The ZooKeeper tree under a fresh root for `service_logs` of `ns`, each published with
@@ -712,10 +722,7 @@ async fn given_a_pod_rate_limit_when_one_pod_prints_far_over_it_then_a_quiet_pod
     let quiet = log("quiet", &pod_of(&pods, "quiet", "node-a", "quiet").await);
     print(&quiet, &[line(0, "info")]);
     print(&noisy, &[]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let counts = || {
         format!(
             "noisy: {} lines, quiet: {:?}",
@@ -790,12 +797,7 @@ async fn given_a_pod_rate_limit_when_one_pod_prints_far_over_it_then_a_quiet_pod
         "rate limit {RATE}/s: {NOISY} noisy lines in {took:?} ({:.0} lines/s); the quiet pod's slowest line {slowest:?}",
         NOISY as f64 / took.as_secs_f64()
     );
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -855,10 +857,7 @@ async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_
     let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
     print(&canary_log, &[line(100, "info")]);
     print(&steady_log, &[line(200, "info")]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let where_now = || {
         format!(
             "stable: {:?}\ncandidate: {:?}",
@@ -961,12 +960,7 @@ async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_
     assert_eq!(at_stable, [100, 102, 200, 201], "{}", where_now());
     assert_eq!(seqs(&candidate_rx), [101], "{}", where_now());
 
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
 }
 
 /// Per-rule counts by name.
@@ -1044,10 +1038,7 @@ async fn given_a_staged_rollout_when_a_canary_pod_routes_lines_then_its_record_c
     let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
     print(&canary_log, &lines(1, 3, "info"));
     print(&steady_log, &lines(100, 5, "info"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let where_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out_rx), seqs(&alerts_rx));
     let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");
     wait_for("the 8 first lines at out", where_now, async || {
@@ -1116,12 +1107,7 @@ async fn given_a_staged_rollout_when_a_canary_pod_routes_lines_then_its_record_c
         "a pod the step does not select carries no health"
     );
 
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
 }
 
 /// Given two pods on a stable config (rule `all` to `out`), when a preview candidate (rule
@@ -1163,10 +1149,7 @@ async fn given_a_preview_when_two_pods_print_then_each_record_counts_its_own_eve
                 .join("0.log"),
         );
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(opts, kube.clone(), Metrics::new(), async {
-        let _ = stopped.await;
-    }));
+    let agent = Running::start(opts, &kube);
     let where_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out_rx), seqs(&alerts_rx));
     let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");
     for pod in ["web-a", "web-b"] {
@@ -1269,10 +1252,5 @@ async fn given_a_preview_when_two_pods_print_then_each_record_counts_its_own_eve
         .await;
     }
 
-    let _ = stop.send(());
-    let result = tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("the agent stops within the timeout")
-        .expect("the agent task");
-    assert!(result.is_ok(), "the agent ends cleanly: {result:?}");
+    agent.stop().await;
 }

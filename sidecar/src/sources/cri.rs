@@ -721,6 +721,18 @@ mod tests {
         assert_eq!(d.held_from(), None);
     }
 
+    /// The file offset of each record, one record a line.
+    fn offsets(records: &[String]) -> Vec<u64> {
+        records
+            .iter()
+            .scan(0, |pos, r| {
+                let here = *pos;
+                *pos += r.len() as u64 + 1;
+                Some(here)
+            })
+            .collect()
+    }
+
     #[test]
     fn given_a_stdout_line_in_progress_when_resumed_from_its_checkpoint_then_stderr_lines_already_delivered_are_skipped()
      {
@@ -731,14 +743,7 @@ mod tests {
             format!("{T} stdout F d"),
             format!("{T} stderr F err 3"),
         ];
-        let at: Vec<u64> = records
-            .iter()
-            .scan(0, |pos, r| {
-                let here = *pos;
-                *pos += r.len() as u64 + 1;
-                Some(here)
-            })
-            .collect();
+        let at = offsets(&records);
         let mut d = Decoder::new(1024);
         for i in 0..3 {
             assert!(d.feed(BOTH, records[i].as_bytes(), at[i], "f").is_ok());
@@ -773,14 +778,7 @@ mod tests {
     {
         let mut records = vec![format!("{T} stdout P hea")];
         records.extend((0..10).map(|i| format!("{T} stderr F err {i}")));
-        let at: Vec<u64> = records
-            .iter()
-            .scan(0, |pos, r| {
-                let here = *pos;
-                *pos += r.len() as u64 + 1;
-                Some(here)
-            })
-            .collect();
+        let at = offsets(&records);
         let end = at[10] + records[10].len() as u64 + 1;
         let mut first = Decoder::new(1024);
         let mut sent = Vec::new();
