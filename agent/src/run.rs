@@ -138,6 +138,7 @@ impl PodRun {
                 current: topology.files(),
                 stop: stop.clone(),
                 wake: wake_rx,
+                waker: wake.clone(),
                 eof: None,
                 unthrottled: unthrottled.clone(),
             },

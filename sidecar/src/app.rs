@@ -178,6 +178,7 @@ pub async fn run(opts: AppOptions) -> Result<(), AppError> {
             current: topology.files(),
             stop: stop.clone(),
             wake: wake_rx,
+            waker: wake_tx.clone(),
             eof: Some(eof_tx),
             unthrottled: Arc::default(),
         },

@@ -157,6 +157,7 @@ impl PodReader {
                 current: topology.files(),
                 stop: stop.clone(),
                 wake: wake_rx,
+                waker: wake.clone(),
                 eof: None,
             },
         );

@@ -9,7 +9,7 @@
 //!
 //! Files are known by `(device, inode)`:
 //! - a new file is found by a glob scan: at once when inotify reports a file created or
-//!   renamed in a watched directory (checked every poll), otherwise every second. It is
+//!   renamed in a watched directory (checked every round), otherwise every second. It is
 //!   read from its beginning, or from its checkpoint when the checkpoint fits it (its first
 //!   bytes and the bytes before the offset are the recorded ones);
 //! - rotation by rename keeps the inode: the renamed file is read to its end, then dropped
@@ -41,6 +41,19 @@
 //! holds back the checkpoints of the files whose lines went to it, not the others. A batch
 //! a sink gave up unwritten (the sink was replaced by a config change) makes its file read
 //! again from its last checkpoint, into the sinks now in force.
+//!
+//! # Waiting for data
+//!
+//! With nothing to read, the reader sleeps until a file in a watched directory is written,
+//! created or renamed into it ([`Waker`]: a second inotify instance, read on a thread of its
+//! own only while the reader sleeps, so a busy reader's files cost that thread nothing), a
+//! config swap or a stop request wakes it, or [`TailerOptions::idle_poll`] (1 s) passes —
+//! the rescan's period, for directories that do not exist yet and files inotify cannot see
+//! written (a file deleted while open; a network filesystem written from another host).
+//! While batches wait for their acks, a sink is full, or a multi-line event waits for its
+//! timeout, it sleeps [`TailerOptions::poll`] (100 ms) at most: acks do not wake it. So an
+//! idle sidecar's reader wakes once a second, not ten times, and a line written to a quiet
+//! file is read at once rather than at the next poll. Without inotify every sleep is `poll`.
 //!
 //! # Read rate
 //!
@@ -88,15 +101,16 @@ use std::{
     io::{self, Read, Seek, SeekFrom},
     num::NonZeroU32,
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, OwnedFd},
         unix::fs::{MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, RecvTimeoutError},
+        mpsc::{Receiver, RecvTimeoutError, Sender},
     },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -108,7 +122,7 @@ use servicelog_api::{
     validate::{glob_dir, parse_duration},
 };
 
-use inotify::{Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::{
     checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint, Streams, read_at},
@@ -230,8 +244,13 @@ impl MultilineSpec {
 #[derive(Clone, Debug)]
 pub struct TailerOptions {
     pub state_dir: PathBuf,
-    /// Sleep when no file had new data.
+    /// Longest sleep when no file had new data while batches wait for acks, a sink is
+    /// full or a multi-line event waits for its timeout (acks do not wake the reader), and
+    /// whenever inotify cannot tell the reader that a file was written.
     pub poll: Duration,
+    /// Longest sleep otherwise: writes, new files, config swaps and stop requests wake the
+    /// reader before it (see the module docs, "Waiting for data").
+    pub idle_poll: Duration,
     /// Glob re-scan period.
     pub rescan: Duration,
     /// How long a deleted or rotated-away file must be idle before it is dropped.
@@ -257,6 +276,7 @@ impl TailerOptions {
         Self {
             state_dir,
             poll: Duration::from_millis(100),
+            idle_poll: Duration::from_secs(1),
             rescan: Duration::from_secs(1),
             rotate_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(8),
@@ -272,6 +292,8 @@ pub struct TailerLinks {
     pub stop: Arc<AtomicBool>,
     /// Config swaps and stop requests wake the reader early.
     pub wake: Receiver<()>,
+    /// A sender of `wake`'s channel, for the reader's own [`Waker`].
+    pub waker: Sender<()>,
     /// Told once everything is read and acked (with `exit_on_eof`).
     pub eof: Option<tokio::sync::mpsc::UnboundedSender<()>>,
     /// Set when what the files hold is to be read out before they go (the node agent
@@ -353,22 +375,35 @@ struct InFlight {
     streams: Option<Streams>,
 }
 
-/// inotify on the sources' directories: files created or renamed into them trigger a scan.
+/// inotify on the sources' directories: files created or renamed into them trigger a scan,
+/// and (through [`Waker`]) any event, writes to their files too, wakes a sleeping reader.
 struct Watch {
     inotify: Option<Inotify>,
     dirs: HashMap<PathBuf, WatchDescriptor>,
     buf: Vec<u8>,
+    waker: Option<Waker>,
+    /// Every directory of the last [`Self::set`] is watched.
+    complete: bool,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(wake: Sender<()>) -> Self {
         let inotify = Inotify::init()
             .inspect_err(|e| tracing::warn!(error = %e, "inotify unavailable; new files are found by the periodic rescan"))
             .ok();
+        let waker = inotify.as_ref().and_then(|i| {
+            rustix::io::dup(i)
+                .map_err(io::Error::from)
+                .and_then(|fd| Waker::start(fd, wake))
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot wait for writes with inotify; the file reader polls every 100 ms"))
+                .ok()
+        });
         Self {
             inotify,
             dirs: HashMap::new(),
             buf: vec![0; 4096],
+            waker,
+            complete: true,
         }
     }
 
@@ -384,22 +419,41 @@ impl Watch {
             let _ = watches.remove(wd);
             tracing::debug!(dir = %dir.display(), "no longer watching");
         }
-        for dir in dirs {
-            match watches.add(&dir, WatchMask::CREATE | WatchMask::MOVED_TO) {
+        let mut complete = true;
+        // Writes only wake the reader: `changed` looks for creates and renames.
+        let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MODIFY;
+        for dir in &dirs {
+            match watches.add(dir, mask) {
                 Ok(wd) => {
-                    self.dirs.insert(dir, wd);
+                    self.dirs.insert(dir.clone(), wd);
                 }
                 Err(e) => {
-                    if self.dirs.remove(&dir).is_some() {
+                    complete = false;
+                    if self.dirs.remove(dir).is_some() {
                         tracing::debug!(dir = %dir.display(), error = %e, "cannot watch");
                     }
                 }
             }
         }
+        self.complete = complete;
+    }
+
+    /// Whether a write to a file of a watched directory wakes the reader: the longer
+    /// [`TailerOptions::idle_poll`] may be slept.
+    fn wakes_on_writes(&self) -> bool {
+        self.inotify.is_some() && self.complete && self.waker.as_ref().is_some_and(Waker::alive)
+    }
+
+    /// Before the reader sleeps: from now on a write wakes it.
+    fn arm(&self) {
+        if let Some(waker) = &self.waker {
+            waker.arm();
+        }
     }
 
     /// Whether a file was created or renamed in a watched directory since the last call
-    /// (or the kernel's queue overflowed).
+    /// (or the kernel's queue overflowed). Reads every event queued, writes too, so the
+    /// [`Waker`] sees the descriptor readable only for what came after.
     fn changed(&mut self) -> bool {
         let Some(inotify) = &mut self.inotify else {
             return false;
@@ -409,22 +463,133 @@ impl Watch {
             match inotify.read_events(&mut self.buf) {
                 Ok(events) => {
                     let mut any = false;
-                    for _ in events {
+                    for event in events {
                         any = true;
+                        // A write only woke the reader; anything else (a create, a rename,
+                        // a watched directory gone, the queue overflowing) may be a file.
+                        changed |= event.mask != EventMask::MODIFY;
                     }
                     if !any {
                         return changed;
                     }
-                    changed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return changed,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "reading inotify events; new files are found by the periodic rescan");
                     self.inotify = None;
+                    self.waker = None;
                     return true;
                 }
             }
+        }
+    }
+}
+
+/// Wakes a sleeping reader when its inotify instance has an event (a file in a watched
+/// directory written, created or renamed into it): a thread that waits for the instance's
+/// descriptor to be readable, only while the reader is armed — from going to sleep until
+/// the thread has woken it — so the writes to a busy reader's files do not wake the thread
+/// one by one. The reader alone reads the events, every round; an event queued between its
+/// last read and going to sleep makes the descriptor readable, which wakes it at once.
+struct Waker {
+    shared: Arc<WakerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct WakerShared {
+    armed: AtomicBool,
+    stop: AtomicBool,
+    /// The thread ended (poll(2) failed): the reader polls.
+    ended: AtomicBool,
+    /// Written at stop, so the thread's poll(2) returns.
+    stop_fd: OwnedFd,
+}
+
+impl Waker {
+    /// `inotify`: a duplicate of the reader's instance's descriptor.
+    fn start(inotify: OwnedFd, wake: Sender<()>) -> io::Result<Self> {
+        let stop_fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        let shared = Arc::new(WakerShared {
+            armed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            stop_fd,
+        });
+        let thread = std::thread::Builder::new()
+            .name("file-waker".into())
+            .spawn({
+                let shared = shared.clone();
+                move || {
+                    Self::run(&inotify, &shared, &wake);
+                    shared.ended.store(true, Ordering::Release);
+                    // The reader may be asleep for its long poll.
+                    let _ = wake.send(());
+                }
+            })?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(inotify: &OwnedFd, shared: &WakerShared, wake: &Sender<()>) {
+        use rustix::event::{PollFd, PollFlags, poll};
+        loop {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if !shared.armed.load(Ordering::Acquire) {
+                std::thread::park();
+                continue;
+            }
+            let mut fds = [
+                PollFd::new(inotify, PollFlags::IN),
+                PollFd::new(&shared.stop_fd, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for inotify events; the file reader polls every 100 ms");
+                    return;
+                }
+            }
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            // Until the reader has read the events and sleeps again, the descriptor stays
+            // readable: wait to be armed again rather than wake it over and over.
+            shared.armed.store(false, Ordering::Release);
+            if wake.send(()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn alive(&self) -> bool {
+        !self.shared.ended.load(Ordering::Acquire)
+    }
+
+    fn arm(&self) {
+        if !self.shared.armed.swap(true, Ordering::AcqRel)
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = rustix::io::write(&self.shared.stop_fd, &1u64.to_ne_bytes());
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
         }
     }
 }
@@ -469,6 +634,7 @@ enum Progress {
 impl Tailer {
     pub fn new(opts: TailerOptions, links: TailerLinks) -> Self {
         let checkpoints = Checkpoints::load(&opts.state_dir);
+        let watch = Watch::new(links.waker.clone());
         let limiter = opts.rate.map(|r| {
             DefaultDirectRateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst))
         });
@@ -487,7 +653,7 @@ impl Tailer {
             scanned_at: None,
             eof_told: false,
             refused: HashSet::new(),
-            watch: Watch::new(),
+            watch,
             recovered: false,
             limiter,
             throttled_logged: None,
@@ -541,6 +707,18 @@ impl Tailer {
         true
     }
 
+    /// How long to sleep with nothing to read (see the module docs, "Waiting for data").
+    fn sleep(&self) -> Duration {
+        let waiting = self.batches_in_flight() > 0
+            || !self.parked.is_empty()
+            || self.files.values().any(|t| t.pending.is_some());
+        if waiting || !self.watch.wakes_on_writes() {
+            self.opts.poll
+        } else {
+            self.opts.idle_poll.max(self.opts.poll)
+        }
+    }
+
     fn batches_in_flight(&self) -> usize {
         self.inflight.values().map(VecDeque::len).sum()
     }
@@ -567,10 +745,12 @@ impl Tailer {
             self.flush_checkpoints(false);
             if !progressed {
                 self.maybe_tell_eof();
-                match self.links.wake.recv_timeout(self.opts.poll) {
+                let sleep = self.sleep();
+                self.watch.arm();
+                match self.links.wake.recv_timeout(sleep) {
                     Ok(()) => while self.links.wake.try_recv().is_ok() {},
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(self.opts.poll),
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(sleep),
                 }
             }
         }
