@@ -62,7 +62,7 @@ struct Cli {
     #[arg(long, env = pod::env::METRICS_ADDR, default_value = pod::METRICS_ADDR)]
     metrics_addr: String,
     /// ZooKeeper session timeout.
-    #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICELOG_ZK_SESSION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     zk_session_timeout: Duration,
     /// How long to wait for ZooKeeper at start (and per reconnect attempt) before routing
     /// with the last-known-good config.
