@@ -73,6 +73,60 @@ pub struct Fleet {
     specs: Vec<(Pod, k8s_openapi::api::core::v1::Container)>,
     /// Starts again after a port clash, per sidecar.
     restarts: Vec<u32>,
+    /// The machine's inotify instance limit, raised for the fleet and restored on drop.
+    _inotify: Option<InotifyLimit>,
+}
+
+/// The kernel's limit of inotify instances per user (`fs.inotify.max_user_instances`,
+/// 128 by default): each sidecar's file reader takes one, and a fleet's sidecars all run as
+/// this user on this one machine. On a cluster each node counts only its own pods (at most
+/// 110 by default), so past the limit the fleet would measure sidecars a node never runs:
+/// ones without inotify, which poll their files every 100 ms. Raised while the fleet runs,
+/// then put back.
+struct InotifyLimit {
+    was: u64,
+}
+
+impl InotifyLimit {
+    const PATH: &str = "/proc/sys/fs/inotify/max_user_instances";
+
+    /// Raises the limit to `size` plus room for the rest of the machine, if it is lower.
+    fn raise_for(size: usize) -> Option<Self> {
+        let was: u64 = std::fs::read_to_string(Self::PATH)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let want = size as u64 + 512;
+        if was >= want {
+            return None;
+        }
+        match std::fs::write(Self::PATH, want.to_string()) {
+            Ok(()) => {
+                eprintln!(
+                    "fleet: fs.inotify.max_user_instances raised {was} → {want} while the fleet runs (one per sidecar; a node counts its own pods only)"
+                );
+                Some(Self { was })
+            }
+            Err(e) => {
+                eprintln!(
+                    "fleet: cannot raise fs.inotify.max_user_instances ({was}) to {want}: {e}; sidecars past it poll their files"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for InotifyLimit {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(Self::PATH, self.was.to_string()) {
+            eprintln!(
+                "fleet: restoring fs.inotify.max_user_instances to {}: {e}",
+                self.was
+            );
+        }
+    }
 }
 
 /// Starts of one sidecar whose metrics port was taken between choosing and binding it
@@ -133,6 +187,7 @@ impl Fleet {
             patches: 0,
             specs: Vec::new(),
             restarts: Vec::new(),
+            _inotify: InotifyLimit::raise_for(size),
         };
         fleet.kubectl_apply(servicelog)?;
         let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.namespace);
