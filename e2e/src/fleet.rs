@@ -82,9 +82,11 @@ pub struct Fleet {
 /// this user on this one machine. On a cluster each node counts only its own pods (at most
 /// 110 by default), so past the limit the fleet would measure sidecars a node never runs:
 /// ones without inotify, which poll their files every 100 ms. Raised while the fleet runs,
-/// then put back.
+/// then put back (unless something else changed it meanwhile; a killed run leaves it
+/// raised).
 struct InotifyLimit {
     was: u64,
+    set: u64,
 }
 
 impl InotifyLimit {
@@ -106,7 +108,7 @@ impl InotifyLimit {
                 eprintln!(
                     "fleet: fs.inotify.max_user_instances raised {was} → {want} while the fleet runs (one per sidecar; a node counts its own pods only)"
                 );
-                Some(Self { was })
+                Some(Self { was, set: want })
             }
             Err(e) => {
                 eprintln!(
@@ -120,6 +122,12 @@ impl InotifyLimit {
 
 impl Drop for InotifyLimit {
     fn drop(&mut self) {
+        let now: Option<u64> = std::fs::read_to_string(Self::PATH)
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        if now != Some(self.set) {
+            return;
+        }
         if let Err(e) = std::fs::write(Self::PATH, self.was.to_string()) {
             eprintln!(
                 "fleet: restoring fs.inotify.max_user_instances to {}: {e}",

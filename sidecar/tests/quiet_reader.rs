@@ -111,3 +111,41 @@ fn given_an_idle_sidecar_when_its_files_stay_quiet_then_the_reader_wakes_about_o
         "the quiet reader woke {wakeups} times in 5 s (expected about 5 at the 1 s cap)"
     );
 }
+
+#[test]
+fn given_a_file_no_glob_matches_written_often_beside_a_quiet_log_then_the_reader_wakes_no_more_than_the_poll_did()
+ {
+    let s = Scratch::new();
+    let (sidecar, app, out) = start(&s);
+    append(&app, &[line(0, "info")]);
+    wait_until(
+        "the first line at the sink",
+        Duration::from_secs(10),
+        || count_lines(&out) >= 1,
+        || sidecar.log_tail(),
+    );
+    thread::sleep(Duration::from_secs(2));
+    // A busy neighbour in the watched directory: every write of it is an inotify event.
+    let neighbour = app.with_file_name("debug.txt");
+    let before = reader_wakeups(sidecar.pid());
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        append(&neighbour, &["not a log line".into()]);
+        thread::sleep(Duration::from_millis(5));
+    }
+    let wakeups = reader_wakeups(sidecar.pid()) - before;
+    // The 100 ms poll woke it 50 times in 5 s; waking per write would be about 1,000.
+    assert!(
+        wakeups <= 70,
+        "the reader woke {wakeups} times in 5 s while a file no glob matches was written every 5 ms"
+    );
+    // And its own file's lines still come.
+    append(&app, &[line(1, "info")]);
+    wait_until(
+        "the line written after the neighbour's writes",
+        Duration::from_secs(10),
+        || count_lines(&out) >= 2,
+        || sidecar.log_tail(),
+    );
+    assert_eq!(seqs(&out), vec![0, 1], "both lines, once, in order");
+}

@@ -45,15 +45,19 @@
 //! # Waiting for data
 //!
 //! With nothing to read, the reader sleeps until a file in a watched directory is written,
-//! created or renamed into it ([`Waker`]: a second inotify instance, read on a thread of its
-//! own only while the reader sleeps, so a busy reader's files cost that thread nothing), a
-//! config swap or a stop request wakes it, or [`TailerOptions::idle_poll`] (1 s) passes —
-//! the rescan's period, for directories that do not exist yet and files inotify cannot see
-//! written (a file deleted while open; a network filesystem written from another host).
-//! While batches wait for their acks, a sink is full, or a multi-line event waits for its
-//! timeout, it sleeps [`TailerOptions::poll`] (100 ms) at most: acks do not wake it. So an
-//! idle sidecar's reader wakes once a second, not ten times, and a line written to a quiet
-//! file is read at once rather than at the next poll. Without inotify every sleep is `poll`.
+//! created or renamed into it ([`Waker`]: a thread waiting for the reader's inotify
+//! descriptor to be readable, only while the reader sleeps, so a busy reader's files cost
+//! it nothing), a config swap or a stop request wakes it, or [`TailerOptions::idle_poll`]
+//! (1 s, at most the rescan's period) passes — for directories that do not exist yet and
+//! writes inotify cannot report (a network filesystem written from another host). It
+//! sleeps [`TailerOptions::poll`] (100 ms) at most, as it always did, while batches wait for
+//! their acks, a sink is full or a multi-line event waits for its timeout (acks do not wake
+//! it), while a file it reads is not in a watched directory (rotated into another one,
+//! deleted while open, reached through a link into a subdirectory), when inotify is
+//! unavailable, and after a wake-up that found nothing to read (a write to a file no glob
+//! matches, in a watched directory: such writes then wake it no more often than the poll
+//! did). So an idle sidecar's reader wakes once a second, not ten times, and a line
+//! written to a quiet file is read at once rather than at the next poll.
 //!
 //! # Read rate
 //!
@@ -303,6 +307,9 @@ pub struct TailerLinks {
 
 struct Tracked {
     path: PathBuf,
+    /// The directory the opened file really is in (links resolved), if known: writes to
+    /// the file wake the reader only when it is watched.
+    dir: Option<PathBuf>,
     path_text: String,
     source: String,
     /// Where `source` is in the [`FileSources`] of the pipeline with the id beside it.
@@ -395,7 +402,7 @@ impl Watch {
             rustix::io::dup(i)
                 .map_err(io::Error::from)
                 .and_then(|fd| Waker::start(fd, wake))
-                .inspect_err(|e| tracing::warn!(error = %e, "cannot wait for writes with inotify; the file reader polls every 100 ms"))
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot wait for writes with inotify; the file reader polls"))
                 .ok()
         });
         Self {
@@ -438,6 +445,11 @@ impl Watch {
         self.complete = complete;
     }
 
+    /// Whether `dir` is watched.
+    fn watches(&self, dir: &Path) -> bool {
+        self.dirs.contains_key(dir)
+    }
+
     /// Whether a write to a file of a watched directory wakes the reader: the longer
     /// [`TailerOptions::idle_poll`] may be slept.
     fn wakes_on_writes(&self) -> bool {
@@ -449,6 +461,13 @@ impl Watch {
         if let Some(waker) = &self.waker {
             waker.arm();
         }
+    }
+
+    /// Whether the waker woke the reader since the last call.
+    fn fired(&self) -> bool {
+        self.waker
+            .as_ref()
+            .is_some_and(|w| w.shared.fired.swap(false, Ordering::AcqRel))
     }
 
     /// Whether a file was created or renamed in a watched directory since the last call
@@ -502,6 +521,8 @@ struct WakerShared {
     stop: AtomicBool,
     /// The thread ended (poll(2) failed): the reader polls.
     ended: AtomicBool,
+    /// Set with each wake-up the thread sends.
+    fired: AtomicBool,
     /// Written at stop, so the thread's poll(2) returns.
     stop_fd: OwnedFd,
 }
@@ -517,6 +538,7 @@ impl Waker {
             armed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
             stop_fd,
         });
         let thread = std::thread::Builder::new()
@@ -554,7 +576,7 @@ impl Waker {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "waiting for inotify events; the file reader polls every 100 ms");
+                    tracing::warn!(error = %e, "waiting for inotify events; the file reader polls");
                     return;
                 }
             }
@@ -564,6 +586,7 @@ impl Waker {
             // Until the reader has read the events and sleeps again, the descriptor stays
             // readable: wait to be armed again rather than wake it over and over.
             shared.armed.store(false, Ordering::Release);
+            shared.fired.store(true, Ordering::Release);
             if wake.send(()).is_err() {
                 return;
             }
@@ -707,16 +730,28 @@ impl Tailer {
         true
     }
 
-    /// How long to sleep with nothing to read (see the module docs, "Waiting for data").
+    /// How long to sleep with nothing to read, and whether a write is to wake the reader
+    /// before then (see the module docs, "Waiting for data").
     fn sleep(&self) -> Duration {
         let waiting = self.batches_in_flight() > 0
             || !self.parked.is_empty()
             || self.files.values().any(|t| t.pending.is_some());
-        if waiting || !self.watch.wakes_on_writes() {
+        let unseen = self.files.values().any(|t| {
+            !t.reachable || t.deleted || !t.dir.as_ref().is_some_and(|d| self.watch.watches(d))
+        });
+        if waiting || unseen || !self.watch.wakes_on_writes() {
             self.opts.poll
         } else {
-            self.opts.idle_poll.max(self.opts.poll)
+            self.idle_sleep()
         }
+    }
+
+    /// The sleep when a write would wake the reader: at most the rescan's period.
+    fn idle_sleep(&self) -> Duration {
+        self.opts
+            .idle_poll
+            .min(self.opts.rescan)
+            .max(self.opts.poll)
     }
 
     fn batches_in_flight(&self) -> usize {
@@ -739,19 +774,38 @@ impl Tailer {
     /// Runs until `stop`: then stops reading, waits (bounded) for the sinks to ack what was
     /// sent, and writes the final checkpoint.
     pub fn run(mut self) {
+        // The last sleep was ended by the waker (a write, a create, a rename).
+        let mut by_event = false;
+        // Until then writes do not wake the reader: it polls.
+        let mut unarmed_until: Option<Instant> = None;
         while !self.links.stop.load(Ordering::Relaxed) {
             let progressed = self.round();
             self.commit();
             self.flush_checkpoints(false);
-            if !progressed {
-                self.maybe_tell_eof();
-                let sleep = self.sleep();
+            if progressed {
+                by_event = false;
+                continue;
+            }
+            self.maybe_tell_eof();
+            // Woken by an event with nothing to read (writes to a file no glob matches in
+            // a watched directory, or events of writes read already): poll unarmed for a
+            // while, so that such writes wake the reader no more often than the poll did.
+            if std::mem::take(&mut by_event) {
+                unarmed_until = Some(Instant::now() + self.idle_sleep());
+            }
+            let sleep = if unarmed_until.is_some_and(|t| Instant::now() < t) {
+                self.opts.poll
+            } else {
                 self.watch.arm();
-                match self.links.wake.recv_timeout(sleep) {
-                    Ok(()) => while self.links.wake.try_recv().is_ok() {},
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(sleep),
+                self.sleep()
+            };
+            match self.links.wake.recv_timeout(sleep) {
+                Ok(()) => {
+                    while self.links.wake.try_recv().is_ok() {}
+                    by_event = self.watch.fired();
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(sleep),
             }
         }
         let deadline = Instant::now() + self.opts.drain_timeout;
@@ -1001,11 +1055,13 @@ impl Tailer {
                 return None;
             }
         };
-        if let Some(opened) = opened_path(&file)
+        let opened = opened_path(&file);
+        if let Some(opened) = &opened
             && !opened.starts_with(root)
         {
-            return Some(opened);
+            return Some(opened.clone());
         }
+        let dir = opened.as_deref().and_then(Path::parent).map(Path::to_owned);
         let Ok(meta) = file.metadata() else {
             return None;
         };
@@ -1054,6 +1110,7 @@ impl Tailer {
             id,
             Tracked {
                 path: path.to_owned(),
+                dir,
                 path_text,
                 source: source.to_owned(),
                 spec: (0, None),
