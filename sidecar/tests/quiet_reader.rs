@@ -18,6 +18,7 @@ use common::*;
 /// the wake-up.
 const AT_ONCE: Duration = Duration::from_millis(500);
 
+/// The sidecar on `app.log`, its first line (0) at the sink.
 fn start(s: &Scratch) -> (Sidecar, std::path::PathBuf, std::path::PathBuf) {
     let logs = s.logs();
     let out = s.path("out/out.log");
@@ -33,7 +34,15 @@ fn start(s: &Scratch) -> (Sidecar, std::path::PathBuf, std::path::PathBuf) {
         )),
     );
     let sidecar = Sidecar::start(s, &["--config-file", config.to_str().expect("UTF-8")], &[]);
-    (sidecar, logs.join("app.log"), out)
+    let app = logs.join("app.log");
+    append(&app, &[line(0, "info")]);
+    wait_until(
+        "the first line at the sink",
+        Duration::from_secs(10),
+        || count_lines(&out) >= 1,
+        || sidecar.log_tail(),
+    );
+    (sidecar, app, out)
 }
 
 /// Voluntary context switches of the sidecar's `file-reader` thread (one per sleep it
@@ -60,13 +69,6 @@ fn reader_wakeups(pid: u32) -> u64 {
 fn given_a_file_quiet_for_seconds_when_a_line_is_written_then_it_is_read_at_once() {
     let s = Scratch::new();
     let (sidecar, app, out) = start(&s);
-    append(&app, &[line(0, "info")]);
-    wait_until(
-        "the first line at the sink",
-        Duration::from_secs(10),
-        || count_lines(&out) >= 1,
-        || sidecar.log_tail(),
-    );
     // Several idle sleeps, each lines written at a different point of one.
     let mut took = Vec::new();
     for (seq, quiet_ms) in [(1, 2_300), (2, 1_650), (3, 1_100)] {
@@ -92,14 +94,7 @@ fn given_a_file_quiet_for_seconds_when_a_line_is_written_then_it_is_read_at_once
 #[test]
 fn given_an_idle_sidecar_when_its_files_stay_quiet_then_the_reader_wakes_about_once_a_second() {
     let s = Scratch::new();
-    let (sidecar, app, out) = start(&s);
-    append(&app, &[line(0, "info")]);
-    wait_until(
-        "the first line at the sink",
-        Duration::from_secs(10),
-        || count_lines(&out) >= 1,
-        || sidecar.log_tail(),
-    );
+    let (sidecar, _, _) = start(&s);
     // Past the acks of the first line (while a batch waits for one it polls every 100 ms).
     thread::sleep(Duration::from_secs(2));
     let before = reader_wakeups(sidecar.pid());
@@ -117,13 +112,6 @@ fn given_a_file_no_glob_matches_written_often_beside_a_quiet_log_then_the_reader
  {
     let s = Scratch::new();
     let (sidecar, app, out) = start(&s);
-    append(&app, &[line(0, "info")]);
-    wait_until(
-        "the first line at the sink",
-        Duration::from_secs(10),
-        || count_lines(&out) >= 1,
-        || sidecar.log_tail(),
-    );
     thread::sleep(Duration::from_secs(2));
     // A busy neighbour in the watched directory: every write of it is an inotify event.
     let neighbour = app.with_file_name("debug.txt");
