@@ -388,9 +388,8 @@ struct Watch {
     inotify: Option<Inotify>,
     dirs: HashMap<PathBuf, WatchDescriptor>,
     buf: Vec<u8>,
+    /// `None` with `inotify`, or when its thread could not start.
     waker: Option<Waker>,
-    /// Every directory of the last [`Self::set`] is watched.
-    complete: bool,
 }
 
 impl Watch {
@@ -410,7 +409,6 @@ impl Watch {
             dirs: HashMap::new(),
             buf: vec![0; 4096],
             waker,
-            complete: true,
         }
     }
 
@@ -426,23 +424,20 @@ impl Watch {
             let _ = watches.remove(wd);
             tracing::debug!(dir = %dir.display(), "no longer watching");
         }
-        let mut complete = true;
         // Writes only wake the reader: `changed` looks for creates and renames.
         let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MODIFY;
-        for dir in &dirs {
-            match watches.add(dir, mask) {
+        for dir in dirs {
+            match watches.add(&dir, mask) {
                 Ok(wd) => {
-                    self.dirs.insert(dir.clone(), wd);
+                    self.dirs.insert(dir, wd);
                 }
                 Err(e) => {
-                    complete = false;
-                    if self.dirs.remove(dir).is_some() {
+                    if self.dirs.remove(&dir).is_some() {
                         tracing::debug!(dir = %dir.display(), error = %e, "cannot watch");
                     }
                 }
             }
         }
-        self.complete = complete;
     }
 
     /// Whether `dir` is watched.
@@ -451,9 +446,9 @@ impl Watch {
     }
 
     /// Whether a write to a file of a watched directory wakes the reader: the longer
-    /// [`TailerOptions::idle_poll`] may be slept.
+    /// [`TailerOptions::idle_poll`] may be slept while every file read is in one.
     fn wakes_on_writes(&self) -> bool {
-        self.inotify.is_some() && self.complete && self.waker.as_ref().is_some_and(Waker::alive)
+        self.waker.as_ref().is_some_and(Waker::alive)
     }
 
     /// Before the reader sleeps: from now on a write wakes it.
@@ -465,9 +460,7 @@ impl Watch {
 
     /// Whether the waker woke the reader since the last call.
     fn fired(&self) -> bool {
-        self.waker
-            .as_ref()
-            .is_some_and(|w| w.shared.fired.swap(false, Ordering::AcqRel))
+        self.waker.as_ref().is_some_and(Waker::fired)
     }
 
     /// Whether a file was created or renamed in a watched directory since the last call
@@ -595,6 +588,11 @@ impl Waker {
 
     fn alive(&self) -> bool {
         !self.shared.ended.load(Ordering::Acquire)
+    }
+
+    /// Whether the thread sent a wake-up since the last call.
+    fn fired(&self) -> bool {
+        self.shared.fired.swap(false, Ordering::AcqRel)
     }
 
     fn arm(&self) {
@@ -730,8 +728,7 @@ impl Tailer {
         true
     }
 
-    /// How long to sleep with nothing to read, and whether a write is to wake the reader
-    /// before then (see the module docs, "Waiting for data").
+    /// How long to sleep with nothing to read (see the module docs, "Waiting for data").
     fn sleep(&self) -> Duration {
         let waiting = self.batches_in_flight() > 0
             || !self.parked.is_empty()
