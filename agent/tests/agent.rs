@@ -803,7 +803,7 @@ async fn given_a_pod_rate_limit_when_one_pod_prints_far_over_it_then_a_quiet_pod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_that_pod_switches_the_other_stays_and_both_run_the_stable_config_once_it_is_withdrawn()
  {
-    use servicelog_api::{rollout::is_member, wire::Candidate};
+    use servicelog_api::wire::Candidate;
 
     let env = env();
     let kube = env.client().await.expect("a kube client");
@@ -830,31 +830,11 @@ async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_
         spec(&candidate_rx, &candidate_rx, serde_json::json!([])),
     )
     .expect("candidate");
-    // Pod names the 50% step puts on either side, as every sidecar and agent computes it.
-    let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
-    let canary = names
-        .iter()
-        .find(|n| is_member(&changed.hash, &ns, n, 50))
-        .expect("a member among 200 names")
-        .clone();
-    let steady = names
-        .iter()
-        .find(|n| !is_member(&changed.hash, &ns, n, 50))
-        .expect("a non-member among 200 names")
-        .clone();
+    let (canary, steady) = canary_and_steady(&changed.hash, &ns);
     let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let opts = options(env, &layout, tmp.path(), None);
-    let mut files = Vec::new();
-    for name in [&canary, &steady] {
-        let uid = pod_of(&pods, name, "node-a", "checkout").await;
-        files.push(
-            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
-                .join("app")
-                .join("0.log"),
-        );
-    }
-    let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
+    let [canary_log, steady_log] = app_logs(&pods, &opts, &ns, [&canary, &steady]).await;
     print(&canary_log, &[line(100, "info")]);
     print(&steady_log, &[line(200, "info")]);
     let agent = Running::start(opts, &kube);
@@ -964,6 +944,45 @@ async fn given_a_staged_rollout_when_its_candidate_selects_one_of_two_pods_then_
 }
 
 /// Per-rule counts by name.
+/// Pods `names` of ServiceLog `checkout` on `node-a`, and the log file of each one's `app`
+/// container under the agent's log root, in order.
+async fn app_logs<const N: usize>(
+    pods: &Api<Pod>,
+    opts: &AgentOptions,
+    ns: &str,
+    names: [&str; N],
+) -> [PathBuf; N] {
+    let mut files = Vec::new();
+    for name in names {
+        let uid = pod_of(pods, name, "node-a", "checkout").await;
+        files.push(
+            PodLogs::dir(&opts.paths.log_root, ns, name, &uid)
+                .join("app")
+                .join("0.log"),
+        );
+    }
+    files.try_into().expect("one file per name")
+}
+
+/// A pod name the 50% step of a rollout to `hash` puts on the candidate, and one it keeps
+/// on stable, as every sidecar and agent computes it.
+fn canary_and_steady(hash: &str, ns: &str) -> (String, String) {
+    use servicelog_api::rollout::is_member;
+
+    let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
+    let canary = names
+        .iter()
+        .find(|n| is_member(hash, ns, n, 50))
+        .expect("a member among 200 names")
+        .clone();
+    let steady = names
+        .iter()
+        .find(|n| !is_member(hash, ns, n, 50))
+        .expect("a non-member among 200 names")
+        .clone();
+    (canary, steady)
+}
+
 fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
@@ -981,10 +1000,7 @@ fn lines(from: u64, n: u64, level: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_staged_rollout_when_a_canary_pod_routes_lines_then_its_record_carries_its_own_health_with_per_rule_counts()
  {
-    use servicelog_api::{
-        rollout::is_member,
-        wire::{Candidate, Health},
-    };
+    use servicelog_api::wire::{Candidate, Health};
 
     let env = env();
     let kube = env.client().await.expect("a kube client");
@@ -1012,30 +1028,11 @@ async fn given_a_staged_rollout_when_a_canary_pod_routes_lines_then_its_record_c
         ),
     )
     .expect("candidate");
-    let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
-    let canary = names
-        .iter()
-        .find(|n| is_member(&changed.hash, &ns, n, 50))
-        .expect("a member among 200 names")
-        .clone();
-    let steady = names
-        .iter()
-        .find(|n| !is_member(&changed.hash, &ns, n, 50))
-        .expect("a non-member among 200 names")
-        .clone();
+    let (canary, steady) = canary_and_steady(&changed.hash, &ns);
     let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let opts = options(env, &layout, tmp.path(), None);
-    let mut files = Vec::new();
-    for name in [&canary, &steady] {
-        let uid = pod_of(&pods, name, "node-a", "checkout").await;
-        files.push(
-            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
-                .join("app")
-                .join("0.log"),
-        );
-    }
-    let (canary_log, steady_log) = (files[0].clone(), files[1].clone());
+    let [canary_log, steady_log] = app_logs(&pods, &opts, &ns, [&canary, &steady]).await;
     print(&canary_log, &lines(1, 3, "info"));
     print(&steady_log, &lines(100, 5, "info"));
     let agent = Running::start(opts, &kube);
@@ -1140,15 +1137,7 @@ async fn given_a_preview_when_two_pods_print_then_each_record_counts_its_own_eve
     let layout = publish_tree(&zk, &ns, &[("checkout", &stable)]).await;
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let opts = options(env, &layout, tmp.path(), None);
-    let mut files = Vec::new();
-    for name in ["web-a", "web-b"] {
-        let uid = pod_of(&pods, name, "node-a", "checkout").await;
-        files.push(
-            PodLogs::dir(&opts.paths.log_root, &ns, name, &uid)
-                .join("app")
-                .join("0.log"),
-        );
-    }
+    let files = app_logs(&pods, &opts, &ns, ["web-a", "web-b"]).await;
     let agent = Running::start(opts, &kube);
     let where_now = || format!("out: {:?}\nalerts: {:?}", seqs(&out_rx), seqs(&alerts_rx));
     let record_of = |pod: &str| layout.instance(&ns, "checkout", pod).expect("a path");

@@ -340,6 +340,23 @@ fn name(pod: &Value) -> String {
         .to_owned()
 }
 
+/// `kubectl patch` of the ServiceLog `checkout` in `ns` with a JSON patch.
+fn patch_checkout(env: &TestEnv, ns: &str, patch: &str) {
+    kubectl(
+        env,
+        &[
+            "patch",
+            "servicelog",
+            "checkout",
+            "-n",
+            ns,
+            "--type=json",
+            "-p",
+            patch,
+        ],
+    );
+}
+
 /// Waits until the ServiceLog's status says every injected pod acked the current spec.
 fn applied_everywhere(env: &TestEnv, ns: &str, pods: usize) {
     chart::until(
@@ -465,18 +482,10 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
 
     // When a rule is patched, then both sidecars apply it and info lines reach the
     // receiver too.
-    kubectl(
+    patch_checkout(
         env,
-        &[
-            "patch",
-            "servicelog",
-            "checkout",
-            "-n",
-            &ns,
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/rules/0/when/level/atLeast","value":"info"}]"#,
-        ],
+        &ns,
+        r#"[{"op":"replace","path":"/spec/rules/0/when/level/atLeast","value":"info"}]"#,
     );
     applied_everywhere(env, &ns, 2);
     let printed = kubectl(env, &["get", "servicelog", "checkout", "-n", &ns]);
@@ -521,18 +530,10 @@ fn given_the_chart_on_the_node_when_an_annotated_deployment_runs_then_its_logs_a
         "on the node: the standby took the Lease {:?} after the leader's deletion",
         takeover.elapsed()
     );
-    kubectl(
+    patch_checkout(
         env,
-        &[
-            "patch",
-            "servicelog",
-            "checkout",
-            "-n",
-            &ns,
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/rules/0/when/level/atLeast","value":"warn"}]"#,
-        ],
+        &ns,
+        r#"[{"op":"replace","path":"/spec/rules/0/when/level/atLeast","value":"warn"}]"#,
     );
     applied_everywhere(env, &ns, 2);
 
@@ -1103,20 +1104,12 @@ fn given_four_pods_on_the_node_when_a_change_rolls_out_to_half_and_is_aborted_th
     // the split: it is aborted and the next timeout tried.
     let mut split = None;
     for timeout in ["300ms", "400ms", "500ms", "600ms"] {
-        kubectl(
+        patch_checkout(
             env,
-            &[
-                "patch",
-                "servicelog",
-                "checkout",
-                "-n",
-                &ns,
-                "--type=json",
-                "-p",
-                &format!(
-                    r#"[{{"op":"replace","path":"/spec/sinks/1/http/batch/timeout","value":"{timeout}"}}]"#
-                ),
-            ],
+            &ns,
+            &format!(
+                r#"[{{"op":"replace","path":"/spec/sinks/1/http/batch/timeout","value":"{timeout}"}}]"#
+            ),
         );
         let text = chart::until(
             env,

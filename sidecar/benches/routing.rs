@@ -232,25 +232,10 @@ struct Pin(Option<usize>);
 
 impl Pin {
     fn from_env() -> Self {
-        let has_taskset = Command::new("taskset")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        match std::env::var("BENCH_CPU").ok().as_deref() {
-            Some("none") => Self(None),
-            _ if !has_taskset => {
-                eprintln!("bench: taskset not found (util-linux); contenders are not pinned");
-                Self(None)
-            }
-            Some(v) => Self(Some(v.parse().unwrap_or_else(|_| {
-                panic!("BENCH_CPU must be a core number or `none`, not {v:?}")
-            }))),
-            None => Self(Some(
-                std::thread::available_parallelism().map_or(0, |n| n.get() - 1),
-            )),
-        }
+        Self(support::pin().map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("BENCH_CPU must be a core number or `none`, not {v:?}"))
+        }))
     }
 
     fn command(self, program: &Path) -> Command {
