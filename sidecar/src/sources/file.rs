@@ -1459,13 +1459,15 @@ impl Tailer {
                 }
             }
         }
-        let ack = run.finish_parking(self.parked.entry(id).or_default());
+        // Counted before the batch leaves: a reader that sees a line delivered sees it
+        // counted.
         if cut > 0 {
             truncated(files, &spec.name, &t.path, &mut t.truncated_logged, 0);
             for _ in 1..cut {
                 files.pipeline.metrics().line_truncated(&spec.name);
             }
         }
+        let ack = run.finish_parking(self.parked.entry(id).or_default());
         let offset = t.pending.as_ref().map_or(offset, |p| p.start);
         // Nor past a container's line whose last part is still to come: the other
         // stream's progress is kept beside it.
