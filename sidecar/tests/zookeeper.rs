@@ -1,6 +1,7 @@
 //! The sidecar driven by a real ZooKeeper: config znode → applied → acked in
 //! `instances/<pod>`; bad configs rejected; ZooKeeper outages, session expiry, an instance
-//! znode deleted behind the sidecar's back and a start without ZooKeeper.
+//! znode deleted behind the sidecar's back or left by the pod's previous session, and a
+//! start without ZooKeeper.
 
 mod common;
 
@@ -514,6 +515,60 @@ async fn given_the_instance_znode_is_deleted_behind_its_back_then_the_sidecar_re
     publish(&client, &p.config, &third).await;
     wait_instance(&client, &p.instance, "the third hash", &sidecar, |i, _| {
         i.hash == third.hash && i.state == InstanceState::Ok
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_restart_before_the_old_session_expires_then_its_record_is_updated_and_made_again_when_zookeeper_removes_it()
+ {
+    let zk = TestZk::start("earlier");
+    let s = Scratch::new();
+    let logs = s.logs();
+    let (a, b) = (s.path("out/a.log"), s.path("out/b.log"));
+    let p = paths();
+    let client = zk_client(&zk.connect_string()).await;
+    let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &first).await;
+    let mut killed = zk_sidecar(
+        &s,
+        &zk.connect_string(),
+        &p.config,
+        &["--zk-session-timeout", "8s"],
+    );
+    let (_, old) = wait_instance(&client, &p.instance, "the first hash", &killed, |i, _| {
+        i.hash == first.hash
+    })
+    .await;
+    // Given a sidecar killed (its session stays until it times out) and started again.
+    killed.kill();
+    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
+
+    // When the config changes before the old session is gone, then the new sidecar acks in
+    // the old session's record.
+    let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
+    publish(&client, &p.config, &second).await;
+    let (_, owner) = wait_instance(&client, &p.instance, "the second hash", &sidecar, |i, _| {
+        i.hash == second.hash
+    })
+    .await;
+    assert_eq!(
+        owner, old,
+        "acked before the old session expired (8 s), so in its record"
+    );
+    // And when ZooKeeper removes that record, the new session makes its own.
+    wait_instance(
+        &client,
+        &p.instance,
+        "a record of the new session",
+        &sidecar,
+        |i, o| o != old && i.hash == second.hash && i.state == InstanceState::Ok,
+    )
+    .await;
+    let third = envelope(3, &spec_to(&logs, &a, &b, "a"));
+    publish(&client, &p.config, &third).await;
+    wait_instance(&client, &p.instance, "the third hash", &sidecar, |i, o| {
+        o != old && i.hash == third.hash
     })
     .await;
 }

@@ -3,7 +3,7 @@
 //! A session is a state machine (STYLE.md habit 8):
 //! - connected: read the config znode with a watch, apply it, write the instance znode
 //!   (ephemeral) with the hash in force and `ok`/`error`, then wait for the watch, for a
-//!   session state change, or for the instance znode to change;
+//!   session state change, or for the instance znode to be removed;
 //! - `Disconnected`: keep routing with the rules in force; on `SyncConnected` re-read and
 //!   re-watch everything, as watch events can be lost across a reconnect;
 //! - `Expired` (or closed): build a new client — a new session — and start over, which
@@ -23,6 +23,14 @@
 //! keeps it until that session times out) is updated in place and watched; when ZooKeeper
 //! removes it, this session creates its own.
 //!
+//! The instance znode's watch is persistent (ZooKeeper 3.6+ `addWatch`), set once a
+//! session: a one-time watch had to be set again with every ack, one more request for
+//! ZooKeeper per pod and change, and its old one fired for the ack's own write anyway. The
+//! events of this sidecar's own writes are ignored, and so are anyone else's `setData`s
+//! (the event cannot tell them apart; the next ack overwrites them, its version no longer
+//! matching); a removal makes the record again. Events lost across a reconnect
+//! (ZOOKEEPER-4698) are covered by checking the record once after it.
+//!
 //! The ack's path, from the config watch firing to the instance znode saying so, is one
 //! read, the swap, and one write: a watch that has not fired is kept rather than dropped
 //! (dropping it sends a RemoveWatches request, which would go out ahead of the read and,
@@ -38,8 +46,8 @@ use servicelog_api::{
     zktls::{self, ZkTls},
 };
 use zookeeper_client::{
-    Acl, Acls, AuthId, Client, CreateMode, EventType, OneshotWatcher, Permission, SessionState,
-    WatchedEvent,
+    Acl, Acls, AddWatchMode, AuthId, Client, CreateMode, EventType, OneshotWatcher, Permission,
+    PersistentWatcher, SessionState, WatchedEvent,
 };
 
 use super::{health, last_good::LastGood};
@@ -114,6 +122,15 @@ async fn fired(watch: &mut Option<Watch>) -> WatchedEvent {
     event
 }
 
+/// The next event of the persistent `watch`; pending forever while there is none. Never
+/// called again after a terminal session event: the watcher panics then.
+async fn next_event(watch: &mut Option<PersistentWatcher>) -> WatchedEvent {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a session ended.
 enum End {
     /// Expired, closed or auth failed: a new session is needed.
@@ -154,7 +171,8 @@ pub struct ZkConfig {
     /// What this session last wrote there.
     written: Option<Vec<u8>>,
     /// The data version of the instance znode this session owns, once known: a new answer
-    /// is then one conditional `setData`, pipelined with the re-watch.
+    /// is then one conditional `setData`. `None` also after a reconnect, to check the
+    /// record once.
     instance_version: Option<i32>,
     /// Applied but not yet saved as last-known-good: saved after the instance znode says
     /// so, to keep the file write off the ack's path.
@@ -305,6 +323,7 @@ impl ZkConfig {
         // Armed until they fire (`None`: to be read and watched again).
         let mut config_watch = None;
         let mut candidate_watch = None;
+        // Persistent: set once (ZooKeeper sets it again after a reconnect).
         let mut instance_watch = None;
         loop {
             if let Some(end) = terminated(client) {
@@ -328,7 +347,7 @@ impl ZkConfig {
                     if let Some(end) = self.wait_reconnect(client, &mut states).await {
                         return end;
                     }
-                    instance_watch = None;
+                    self.instance_version = None;
                     continue;
                 }
             }
@@ -351,7 +370,8 @@ impl ZkConfig {
                 .wait(
                     client,
                     &mut states,
-                    [&mut config_watch, &mut candidate_watch, &mut instance_watch],
+                    [&mut config_watch, &mut candidate_watch],
+                    &mut instance_watch,
                 )
                 .await;
             match waited {
@@ -359,7 +379,7 @@ impl ZkConfig {
                 Wait::Reconnected => {
                     config_watch = None;
                     candidate_watch = None;
-                    instance_watch = None;
+                    self.instance_version = None;
                 }
                 Wait::AuthCheck => {
                     if let Some(end) = self.check_auth(client).await {
@@ -371,13 +391,14 @@ impl ZkConfig {
         }
     }
 
-    /// Waits for something to re-read: the config, the candidate or the instance znode
-    /// changed (that watch is then spent), or the session reconnected.
+    /// Waits for something to re-read: the config or the candidate changed (that watch is
+    /// then spent), the instance znode was removed, or the session reconnected.
     async fn wait(
         &mut self,
         client: &Client,
         states: &mut zookeeper_client::StateWatcher,
-        [config_watch, candidate_watch, instance_watch]: [&mut Option<Watch>; 3],
+        [config_watch, candidate_watch]: [&mut Option<Watch>; 2],
+        instance_watch: &mut Option<PersistentWatcher>,
     ) -> Wait {
         loop {
             tokio::select! {
@@ -395,13 +416,20 @@ impl ZkConfig {
                     tracing::debug!(event = ?event.event_type, "candidate znode changed");
                     return Wait::Fired;
                 }
-                event = fired(instance_watch) => {
-                    if event.event_type == EventType::Session {
-                        return Wait::Ended(terminated(client).unwrap_or(End::Terminated(event.session_state)));
+                event = next_event(instance_watch) => match event.event_type {
+                    EventType::Session if event.session_state.is_terminated() => {
+                        return Wait::Ended(End::Terminated(event.session_state));
                     }
-                    tracing::debug!(event = ?event.event_type, "instance znode changed");
-                    return Wait::Fired;
-                }
+                    EventType::NodeDeleted => {
+                        tracing::info!(znode = %self.opts.instance_path, "instance znode removed; making it again");
+                        self.instance_version = None;
+                        self.written = None;
+                        return Wait::Fired;
+                    }
+                    // This sidecar's own writes (see the module's docs), and the session's
+                    // states, which `states` reports.
+                    _ => {}
+                },
                 () = tokio::time::sleep_until(self.auth_check_at), if self.opts.auth_file.is_some() => {
                     return Wait::AuthCheck;
                 }
@@ -740,12 +768,11 @@ impl ZkConfig {
         }
     }
 
-    /// Makes the instance znode say `desired`, and keeps `watch` armed on it (when the
-    /// write fires the one armed before, it is replaced).
+    /// Makes the instance znode say `desired`, with `watch` set on it.
     async fn publish(
         &mut self,
         client: &Client,
-        watch: &mut Option<Watch>,
+        watch: &mut Option<PersistentWatcher>,
     ) -> Result<(), zookeeper_client::Error> {
         let Some(record) = &self.desired else {
             return Ok(());
@@ -757,29 +784,20 @@ impl ZkConfig {
                 return Ok(());
             }
         };
-        if self.written.as_ref() == Some(&data) && watch.is_some() {
+        if self.written.as_ref() == Some(&data) && self.instance_version.is_some() {
             return Ok(());
         }
         let path = self.opts.instance_path.clone();
         if self.written.as_ref() != Some(&data)
             && let Some(version) = self.instance_version
         {
-            // Our own znode: write and re-watch in one round trip. Requests are sent in the
-            // order their futures are created, so the new watch is set after the write and
-            // does not fire for it; the one armed before does, before the write's answer
-            // arrives, so replacing it sends no RemoveWatches.
-            let write = client.set_data(&path, &data, Some(version));
-            let rewatch = client.check_and_watch_stat(&path);
-            let (written, watched) = tokio::join!(write, rewatch);
-            match written {
+            // Our own znode, watched: one conditional write.
+            match client.set_data(&path, &data, Some(version)).await {
                 Ok(stat) => {
                     self.instance_version = Some(stat.version);
                     self.written = Some(data.clone());
                     tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
-                    if let Ok((Some(_), w)) = watched {
-                        *watch = Some(watch_of(w));
-                        return Ok(());
-                    }
+                    return Ok(());
                 }
                 // Changed or removed behind our back: find out below.
                 Err(zookeeper_client::Error::BadVersion | zookeeper_client::Error::NoNode) => {
@@ -794,10 +812,12 @@ impl ZkConfig {
         }
         let acl = self.instance_acl.clone().unwrap_or_default();
         let ephemeral = CreateMode::Ephemeral.with_acls(Acls::new(&acl));
+        if watch.is_none() {
+            // Before the check below, so a removal after it is reported.
+            *watch = Some(client.watch(&path, AddWatchMode::Persistent).await?);
+        }
         for _ in 0..4 {
-            let (stat, w) = client.check_and_watch_stat(&path).await?;
-            *watch = Some(watch_of(w));
-            let Some(stat) = stat else {
+            let Some(stat) = client.check_stat(&path).await? else {
                 match client.create(&path, &data, &ephemeral).await {
                     Ok((stat, _)) => {
                         self.instance_version = Some(stat.version);
@@ -814,6 +834,7 @@ impl ZkConfig {
             };
             let ours = stat.ephemeral_owner == client.session_id().0;
             if ours && self.written.as_ref() == Some(&data) {
+                self.instance_version = Some(stat.version);
                 return Ok(());
             }
             match client.set_data(&path, &data, None).await {
@@ -830,7 +851,6 @@ impl ZkConfig {
             tracing::info!(znode = %path, "instance znode belongs to an earlier session; updated it and will re-create it when ZooKeeper removes it");
             return Ok(());
         }
-        *watch = None;
         Ok(())
     }
 
