@@ -2,10 +2,18 @@
 //!
 //! zookeeper-client reads its socket through async-io, whose reactor is driven by
 //! whichever thread is blocked in `async_io::block_on`, or else by async-io's own thread.
-//! On the control-plane tokio runtime, every watch event and every reply took two wake-ups
-//! before [`ZkConfig`] saw it: async-io's thread, then the runtime's. Here one thread
-//! blocks in `async_io::block_on` and polls [`ZkConfig`] and the client's tasks itself, so
-//! the socket wakes the thread that acts on it, which shortens each hop of the ack's path.
+//! On the control-plane tokio runtime every watch event and every reply woke async-io's
+//! thread, then a runtime worker, and the worker's wake-up went through the runtime's
+//! scheduler. Here one thread polls [`ZkConfig`] and the client's tasks itself, woken
+//! straight from async-io's thread.
+//!
+//! It parks in `futures`' `block_on`, not in `async_io::block_on`: that one takes turns
+//! with async-io's thread at driving the reactor, and after each turn async-io's thread
+//! polls for the reactor again with ten short sleeps (50 µs to 10 ms). Measured with the
+//! propagation bench (one sidecar, 200 changes), a change cost the sidecar 22–23 context
+//! switches and 1.2 ms of CPU that way, 15 and 1.05 ms this way (async-io's thread 0.2 →
+//! 0.085 ms), with the same ack latency; 1,000 sidecars on two cores acked sooner
+//! (docs/benchmarks.md, the fleet's fifth round).
 //!
 //! The client spawns its session task through `spawns`; this thread's spawner queues such
 //! tasks for the same loop. Tokio's timers (backoff, connect timeout) stay on the
@@ -67,7 +75,7 @@ impl ZkThread {
                     }
                     let _ = stopped_tx.send(());
                 };
-                async_io::block_on(Tasks::new(rx).run(main, CLOSE_GRACE));
+                futures::executor::block_on(Tasks::new(rx).run(main, CLOSE_GRACE));
             })?;
         Ok(Self {
             stop,
@@ -159,7 +167,7 @@ mod tests {
                 let _ = done_tx.send(());
             });
         };
-        async_io::block_on(Tasks::new(rx).run(main, Duration::from_secs(10)));
+        futures::executor::block_on(Tasks::new(rx).run(main, Duration::from_secs(10)));
         assert!(
             done.try_recv().is_ok(),
             "a task running when the main future ended must be let finish within the grace"
