@@ -115,6 +115,61 @@ fn given_new_files_after_start_then_each_is_found_within_a_poll_not_at_the_next_
 }
 
 #[test]
+fn given_a_config_change_that_widens_a_glob_then_files_it_now_matches_are_read_at_once() {
+    let s = Scratch::new();
+    let logs = s.logs();
+    let out = s.path("out/out.log");
+    let spec_for = |glob: &str| {
+        format!(
+            "sources:\n  - name: app\n    file: {{paths: [\"{logs}/{glob}\"], format: json}}\n\
+             sinks:\n  - name: out\n    file: {{path: \"{out}\"}}\n\
+             defaultTo: [out]\n",
+            logs = logs.display(),
+            out = out.display(),
+        )
+    };
+    // Files already there, which no glob of the first config matches.
+    for i in 1..4u64 {
+        append(&logs.join(format!("f{i}.log")), &lines(i..i + 1));
+    }
+    let sidecar = start(&s, &spec_for("f0*.log"));
+    thread::sleep(Duration::from_millis(1500));
+    assert!(read_lines(&out).is_empty(), "nothing matched yet");
+    let mut worst = Duration::ZERO;
+    for i in 1..4u64 {
+        // Each change widens the glob to one more file: read at the change, not at the
+        // next rescan (1 s), whatever the rescan's phase.
+        thread::sleep(Duration::from_millis(170 * i));
+        write_config(
+            &s.path("servicelog.yaml"),
+            &manifest(&spec_for(&format!("f[0-{i}]*.log"))),
+        );
+        wait_until(
+            &format!("config {} applied", i + 1),
+            Duration::from_secs(10),
+            || {
+                sidecar.metric(r#"servicelog_config_applied_total{result="ok"}"#)
+                    == Some((i + 1) as f64)
+            },
+            || sidecar.log_tail(),
+        );
+        let t0 = Instant::now();
+        wait_until(
+            &format!("line {i} at the sink"),
+            Duration::from_secs(5),
+            || seq_counts(&[&out]).contains_key(&i),
+            || sidecar.log_tail(),
+        );
+        worst = worst.max(t0.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(400),
+        "a file matched by a changed glob took {worst:?} after the change to be read (the rescan is 1 s)"
+    );
+    assert_eq!(seqs(&out), vec![1, 2, 3]);
+}
+
+#[test]
 fn given_a_file_rotated_out_of_its_glob_while_the_sink_is_down_when_killed_then_the_restart_finishes_it()
  {
     let s = Scratch::new();

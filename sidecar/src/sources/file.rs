@@ -633,6 +633,9 @@ pub struct Tailer {
     parked: BTreeMap<FileId, Vec<Parked>>,
     scratch: Scratch,
     scanned_pipeline: u64,
+    /// The sources' names and globs at the last scan: a new config whose sources are the
+    /// same (most changes are to the rules) needs no scan of its own.
+    scanned_sources: Vec<(String, Vec<String>)>,
     scanned_at: Option<Instant>,
     eof_told: bool,
     /// Paths refused at the last scan, so each is logged and counted once while it stays.
@@ -671,6 +674,7 @@ impl Tailer {
                 batcher: Batcher::default(),
             },
             scanned_pipeline: 0,
+            scanned_sources: Vec::new(),
             scanned_at: None,
             eof_told: false,
             refused: HashSet::new(),
@@ -833,6 +837,9 @@ impl Tailer {
         };
         // The watch is read every round so its queue cannot fill.
         let created = self.watch.changed();
+        if self.scanned_pipeline != files.pipeline.id && self.same_sources(&files) {
+            self.scanned_pipeline = files.pipeline.id;
+        }
         let due = created
             || self.scanned_pipeline != files.pipeline.id
             || self
@@ -878,8 +885,24 @@ impl Tailer {
         progressed
     }
 
+    /// Whether `files` has the sources of the last scan, by name and globs.
+    fn same_sources(&self, files: &FileSources) -> bool {
+        self.scanned_at.is_some()
+            && files.sources.len() == self.scanned_sources.len()
+            && files
+                .sources
+                .iter()
+                .zip(&self.scanned_sources)
+                .all(|(s, (name, paths))| s.name == *name && s.paths == *paths)
+    }
+
     fn scan(&mut self, files: &FileSources) {
         self.scanned_pipeline = files.pipeline.id;
+        self.scanned_sources = files
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), s.paths.clone()))
+            .collect();
         self.scanned_at = Some(Instant::now());
         let mut seen = HashSet::new();
         let mut refused = HashSet::new();
