@@ -11,12 +11,17 @@
 //!
 //! Both clocks start just before `setData` is sent. Prints one JSON document on stdout
 //! (progress on stderr): p50/p99 of both and their ratio (target: ack within 2× of the
-//! floor).
+//! floor), and what a change costs the sidecar: its CPU and context switches per change,
+//! by thread, net of what it takes idle (measured for 2 s before the changes), from
+//! `/proc/<pid>/task/*/schedstat` and `status` — what a fleet of sidecars on shared cores
+//! pays 1,000 times.
 //!
 //! `cargo bench -p servicelog-sidecar --bench propagation` runs it in full; under
-//! `cargo test` it is a smoke test of 10 changes.
+//! `cargo test` it is a smoke test of 10 changes. `BENCH_SIDECAR_BIN` runs another build
+//! of the sidecar (an A/B of two builds in one session).
 
 use std::{
+    collections::BTreeMap,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -37,6 +42,75 @@ const POD: &str = "bench-pod";
 /// Issue #6: the ack within this factor of ZooKeeper's floor.
 const TARGET_RATIO: f64 = 2.0;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the sidecar's idle cost is measured, to be taken out of the changes'.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// On-CPU time (ns) and context switches of `pid`'s threads, summed by thread name.
+/// Threads that ended between two snapshots are missing from the later one.
+fn threads(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let on_cpu: u64 = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or(0);
+        let switches: u64 = read("status")
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum();
+        let entry = by_name
+            .entry(read("comm").trim().to_owned())
+            .or_insert((0, 0));
+        entry.0 += on_cpu;
+        entry.1 += switches;
+    }
+    by_name
+}
+
+/// Per change and by thread, net of idle: CPU ms and context switches, with the totals.
+fn per_change(
+    snapshots: [&BTreeMap<String, (u64, u64)>; 3],
+    idle: Duration,
+    busy: Duration,
+    changes: usize,
+) -> serde_json::Value {
+    let [before, after_idle, after] = snapshots;
+    let scale = busy.as_secs_f64() / idle.as_secs_f64();
+    let delta = |a: &BTreeMap<String, (u64, u64)>, b: &BTreeMap<String, (u64, u64)>, k: &str| {
+        let (a, b) = (
+            a.get(k).copied().unwrap_or_default(),
+            b.get(k).copied().unwrap_or_default(),
+        );
+        (
+            b.0.saturating_sub(a.0) as f64,
+            b.1.saturating_sub(a.1) as f64,
+        )
+    };
+    let mut threads = serde_json::Map::new();
+    let (mut cpu_ms, mut switches) = (0.0, 0.0);
+    for name in after.keys() {
+        let (idle_ns, idle_sw) = delta(before, after_idle, name);
+        let (busy_ns, busy_sw) = delta(after_idle, after, name);
+        let ms = (busy_ns - idle_ns * scale) / 1e6 / changes as f64;
+        let sw = (busy_sw - idle_sw * scale) / changes as f64;
+        cpu_ms += ms;
+        switches += sw;
+        threads.insert(
+            name.clone(),
+            json!({"cpu_ms": ms, "switches": sw, "idle_cpu_ms_per_s": idle_ns / 1e6 / idle.as_secs_f64()}),
+        );
+    }
+    json!({"cpu_ms": cpu_ms, "switches": switches, "threads": threads})
+}
 
 fn spec(dir: &std::path::Path) -> ServiceLogSpec {
     let yaml = format!(
@@ -193,7 +267,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let (acks, floors) = runtime.block_on(async {
+    let (acks, floors, cost) = runtime.block_on(async {
         let connect_string = zk.connect_string();
         let writer = connect(&connect_string).await;
         let floor = connect(&connect_string).await;
@@ -213,7 +287,8 @@ fn main() {
             .expect("creating the config znode");
         let mut version = stat.version;
 
-        let mut cmd = Command::new(BIN);
+        let bin = std::env::var_os("BENCH_SIDECAR_BIN").unwrap_or_else(|| BIN.into());
+        let mut cmd = Command::new(bin);
         cmd.arg("--metrics-addr")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -245,6 +320,11 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!("bench: the sidecar acked its first config; {changes} changes follow");
+        let pid = sidecar.pid().expect("the sidecar's pid");
+        let before = threads(pid);
+        tokio::time::sleep(IDLE).await;
+        let after_idle = threads(pid);
+        let busy = Instant::now();
 
         let (mut acks, mut floors) = (Vec::new(), Vec::new());
         for n in 0..changes {
@@ -262,8 +342,9 @@ fn main() {
             // Let the sidecar finish its turn (the new topology settles) before the next.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let cost = per_change([&before, &after_idle, &threads(pid)], IDLE, busy.elapsed(), changes);
         drop(sidecar);
-        (acks, floors)
+        (acks, floors, cost)
     });
     zk.stop(0);
     let _ = watchdog.kill();
@@ -282,11 +363,18 @@ fn main() {
         floor["p50"].as_f64().unwrap_or(f64::NAN),
         floor["p99"].as_f64().unwrap_or(f64::NAN),
     );
+    eprintln!(
+        "bench: the sidecar's cost per change, net of idle: {:.3} ms of CPU, {:.1} context switches; by thread: {}",
+        cost["cpu_ms"].as_f64().unwrap_or(f64::NAN),
+        cost["switches"].as_f64().unwrap_or(f64::NAN),
+        cost["threads"]
+    );
     let doc = json!({
         "changes": changes,
         "ack_ms": ack,
         "zookeeper_floor_ms": floor,
         "ratio": {"p50": r50, "p99": r99},
+        "sidecar_per_change": cost,
         "target": {
             "ratio": TARGET_RATIO,
             "met": r50.zip(r99).map(|(a, b)| a <= TARGET_RATIO && b <= TARGET_RATIO),
