@@ -653,8 +653,8 @@ fn given_a_pod_printing_fast_when_the_kubelet_rotates_its_log_and_the_agent_is_k
     let started = Instant::now();
 
     // When the kubelet rotates the pod's log (1 MiB, ~4 s of its output) while the agent
-    // reads it, then what arrived so far is every line once: the two rotated files hold
-    // at least 2 MiB, over 7,000 of its ~290-byte records.
+    // reads it, then what arrived so far is every line once: at least 7,000 lines, all of
+    // them from the two rotated files (2 MiB of ~290-byte records).
     let rotated_before_kill = rotations(env, &ns, pod, 2);
     errors_reach(env, &ns, pod, 7_000);
     assert_exactly_once(

@@ -12,7 +12,7 @@
 //! Both clocks start just before `setData` is sent. Prints one JSON document on stdout
 //! (progress on stderr): p50/p99 of both and their ratio (target: ack within 2× of the
 //! floor), and what a change costs the sidecar: its CPU and context switches per change,
-//! by thread, net of what it takes idle (measured for 2 s before the changes), from
+//! by thread, net of what it takes idle (measured for 5 s before the changes), from
 //! `/proc/<pid>/task/*/schedstat` and `status` — what a fleet of sidecars on shared cores
 //! pays 1,000 times.
 //!
@@ -42,15 +42,15 @@ const POD: &str = "bench-pod";
 /// Issue #6: the ack within this factor of ZooKeeper's floor.
 const TARGET_RATIO: f64 = 2.0;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the sidecar's idle cost is measured, to be taken out of the changes'.
-const IDLE: Duration = Duration::from_secs(2);
+/// How long the sidecar's idle cost is measured, to be taken out of the changes' (a few of
+/// the ZooKeeper client's pings, every 10 s at the 30 s session timeout, and its ticks).
+const IDLE: Duration = Duration::from_secs(5);
 
-/// On-CPU time (ns) and context switches of `pid`'s threads, summed by thread name.
-/// Threads that ended between two snapshots are missing from the later one.
-fn threads(pid: u32) -> BTreeMap<String, (u64, u64)> {
-    let mut by_name = BTreeMap::new();
+/// Per thread of `pid` (by thread id): its name, on-CPU time (ns) and context switches.
+fn threads(pid: u32) -> Threads {
+    let mut by_tid = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
+        return by_tid;
     };
     for task in tasks.flatten() {
         let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
@@ -67,39 +67,44 @@ fn threads(pid: u32) -> BTreeMap<String, (u64, u64)> {
             })
             .filter_map(|n| n.trim().parse::<u64>().ok())
             .sum();
-        let entry = by_name
-            .entry(read("comm").trim().to_owned())
-            .or_insert((0, 0));
-        entry.0 += on_cpu;
-        entry.1 += switches;
+        by_tid.insert(
+            task.file_name().to_string_lossy().into_owned(),
+            (read("comm").trim().to_owned(), on_cpu, switches),
+        );
+    }
+    by_tid
+}
+
+type Threads = BTreeMap<String, (String, u64, u64)>;
+
+/// What each thread name took between two snapshots, summed over its thread ids: one that
+/// started meanwhile counts from zero; one that ended meanwhile is not in the later
+/// snapshot, and its share is missed (the sidecar's threads live as long as it does).
+fn spent(from: &Threads, to: &Threads) -> BTreeMap<String, (f64, f64)> {
+    let mut by_name: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (tid, (name, ns, switches)) in to {
+        let (_, ns0, switches0) = from.get(tid).cloned().unwrap_or_default();
+        let entry = by_name.entry(name.clone()).or_default();
+        entry.0 += ns.saturating_sub(ns0) as f64;
+        entry.1 += switches.saturating_sub(switches0) as f64;
     }
     by_name
 }
 
-/// Per change and by thread, net of idle: CPU ms and context switches, with the totals.
+/// Per change and by thread name, net of idle: CPU ms and context switches, with the
+/// totals.
 fn per_change(
-    snapshots: [&BTreeMap<String, (u64, u64)>; 3],
+    [before, after_idle, after]: [&Threads; 3],
     idle: Duration,
     busy: Duration,
     changes: usize,
 ) -> serde_json::Value {
-    let [before, after_idle, after] = snapshots;
     let scale = busy.as_secs_f64() / idle.as_secs_f64();
-    let delta = |a: &BTreeMap<String, (u64, u64)>, b: &BTreeMap<String, (u64, u64)>, k: &str| {
-        let (a, b) = (
-            a.get(k).copied().unwrap_or_default(),
-            b.get(k).copied().unwrap_or_default(),
-        );
-        (
-            b.0.saturating_sub(a.0) as f64,
-            b.1.saturating_sub(a.1) as f64,
-        )
-    };
+    let (idle_spent, busy_spent) = (spent(before, after_idle), spent(after_idle, after));
     let mut threads = serde_json::Map::new();
     let (mut cpu_ms, mut switches) = (0.0, 0.0);
-    for name in after.keys() {
-        let (idle_ns, idle_sw) = delta(before, after_idle, name);
-        let (busy_ns, busy_sw) = delta(after_idle, after, name);
+    for (name, (busy_ns, busy_sw)) in &busy_spent {
+        let (idle_ns, idle_sw) = idle_spent.get(name).copied().unwrap_or_default();
         let ms = (busy_ns - idle_ns * scale) / 1e6 / changes as f64;
         let sw = (busy_sw - idle_sw * scale) / changes as f64;
         cpu_ms += ms;

@@ -534,7 +534,7 @@ async fn given_a_restart_before_the_old_session_expires_then_its_record_is_updat
         &s,
         &zk.connect_string(),
         &p.config,
-        &["--zk-session-timeout", "8s"],
+        &["--zk-session-timeout", "15s"],
     );
     let (_, old) = wait_instance(&client, &p.instance, "the first hash", &killed, |i, _| {
         i.hash == first.hash
@@ -554,7 +554,7 @@ async fn given_a_restart_before_the_old_session_expires_then_its_record_is_updat
     .await;
     assert_eq!(
         owner, old,
-        "acked before the old session expired (8 s), so in its record"
+        "acked before the old session expired (15 s), so in its record"
     );
     // And when ZooKeeper removes that record, the new session makes its own.
     wait_instance(

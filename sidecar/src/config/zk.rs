@@ -400,6 +400,9 @@ impl ZkConfig {
         [config_watch, candidate_watch]: [&mut Option<Watch>; 2],
         instance_watch: &mut Option<PersistentWatcher>,
     ) -> Wait {
+        // A deadline, not a sleep per turn: the events ignored below (each ack's own write)
+        // must not put the next look off.
+        let mut sink_errors_at = tokio::time::Instant::now() + SINK_ERRORS_POLL;
         loop {
             tokio::select! {
                 event = fired(config_watch) => {
@@ -439,7 +442,8 @@ impl ZkConfig {
                         return Wait::Fired;
                     }
                 }
-                () = tokio::time::sleep(SINK_ERRORS_POLL) => {
+                () = tokio::time::sleep_until(sink_errors_at) => {
+                    sink_errors_at = tokio::time::Instant::now() + SINK_ERRORS_POLL;
                     if self.refresh_sink_errors() {
                         return Wait::Fired;
                     }
@@ -482,7 +486,8 @@ impl ZkConfig {
         }
         tracing::info!(file = %path.display(), user = %current.user(), "the namespace's ZooKeeper identity was rotated; added it to the session");
         self.auth_in_use = Some(current);
-        if self.instance_version.is_some()
+        // Written by this session (its version is unknown for a moment after a reconnect).
+        if self.written.is_some()
             && let Some(acl) = self.instance_acl.clone()
         {
             let record = &self.opts.instance_path;
@@ -814,7 +819,11 @@ impl ZkConfig {
         let ephemeral = CreateMode::Ephemeral.with_acls(Acls::new(&acl));
         if watch.is_none() {
             // Before the check below, so a removal after it is reported.
-            *watch = Some(client.watch(&path, AddWatchMode::Persistent).await?);
+            let added = client.watch(&path, AddWatchMode::Persistent).await;
+            if let Err(zookeeper_client::Error::Unimplemented) = &added {
+                tracing::error!(znode = %path, "ZooKeeper refused a persistent watch (addWatch): servicelog needs ZooKeeper 3.6 or later; no ack can be written");
+            }
+            *watch = Some(added?);
         }
         for _ in 0..4 {
             let Some(stat) = client.check_stat(&path).await? else {
