@@ -85,6 +85,17 @@ fn given_a_backlog_found_after_start_when_killed_while_draining_then_the_restart
     );
 }
 
+/// How long after `since` line `seq` reached `out` (waited for up to 5 s).
+fn line_after(seq: u64, out: &Path, since: Instant, sidecar: &Sidecar) -> Duration {
+    wait_until(
+        &format!("line {seq} at the sink"),
+        Duration::from_secs(5),
+        || seq_counts(&[out]).contains_key(&seq),
+        || sidecar.log_tail(),
+    );
+    since.elapsed()
+}
+
 #[test]
 fn given_new_files_after_start_then_each_is_found_within_a_poll_not_at_the_next_rescan() {
     let s = Scratch::new();
@@ -100,13 +111,7 @@ fn given_new_files_after_start_then_each_is_found_within_a_poll_not_at_the_next_
         append(&tmp, &lines(i..i + 1));
         let t0 = Instant::now();
         fs::rename(&tmp, logs.join(format!("new{i}.log"))).expect("moving a file in");
-        wait_until(
-            &format!("line {i} at the sink"),
-            Duration::from_secs(5),
-            || seq_counts(&[&out]).contains_key(&i),
-            || sidecar.log_tail(),
-        );
-        worst = worst.max(t0.elapsed());
+        worst = worst.max(line_after(i, &out, t0, &sidecar));
     }
     assert!(
         worst < Duration::from_millis(400),
@@ -153,14 +158,7 @@ fn given_a_config_change_that_widens_a_glob_then_files_it_now_matches_are_read_a
             },
             || sidecar.log_tail(),
         );
-        let t0 = Instant::now();
-        wait_until(
-            &format!("line {i} at the sink"),
-            Duration::from_secs(5),
-            || seq_counts(&[&out]).contains_key(&i),
-            || sidecar.log_tail(),
-        );
-        worst = worst.max(t0.elapsed());
+        worst = worst.max(line_after(i, &out, Instant::now(), &sidecar));
     }
     assert!(
         worst < Duration::from_millis(400),

@@ -101,6 +101,25 @@ async fn wait_instance(
     }
 }
 
+/// Publishes `first` and starts a sidecar on it (with `extra` flags): the sidecar once its
+/// record acks `first`, and the record's owner (the sidecar's session).
+async fn acking(
+    client: &zookeeper_client::Client,
+    zk: &TestZk,
+    s: &Scratch,
+    p: &Paths,
+    first: &servicelog_api::wire::Envelope,
+    extra: &[&str],
+) -> (Sidecar, i64) {
+    publish(client, &p.config, first).await;
+    let sidecar = zk_sidecar(s, &zk.connect_string(), &p.config, extra);
+    let (_, owner) = wait_instance(client, &p.instance, "the first hash", &sidecar, |i, _| {
+        i.hash == first.hash
+    })
+    .await;
+    (sidecar, owner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_config_znode_then_the_sidecar_applies_and_acks_each_change_and_keeps_the_old_rules_for_a_bad_one()
  {
@@ -423,16 +442,14 @@ async fn given_the_session_expires_then_the_instance_znode_and_the_watch_are_res
     let p = paths();
     let client = zk_client(&zk.connect_string()).await;
     let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
-    publish(&client, &p.config, &first).await;
-    let sidecar = zk_sidecar(
+    let (sidecar, owner) = acking(
+        &client,
+        &zk,
         &s,
-        &zk.connect_string(),
-        &p.config,
+        &p,
+        &first,
         &["--zk-session-timeout", "2s"],
-    );
-    let (_, owner) = wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
-        i.hash == first.hash
-    })
+    )
     .await;
 
     // Frozen past its session timeout, the sidecar's session is expired by the server.
@@ -481,12 +498,7 @@ async fn given_the_instance_znode_is_deleted_behind_its_back_then_the_sidecar_re
     let p = paths();
     let client = zk_client(&zk.connect_string()).await;
     let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
-    publish(&client, &p.config, &first).await;
-    let sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
-    wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
-        i.hash == first.hash
-    })
-    .await;
+    let (sidecar, _) = acking(&client, &zk, &s, &p, &first, &[]).await;
     // Given a config change acked, so the watch on the instance znode has outlived one.
     let second = envelope(2, &spec_to(&logs, &a, &b, "b"));
     publish(&client, &p.config, &second).await;
@@ -529,16 +541,14 @@ async fn given_a_restart_before_the_old_session_expires_then_its_record_is_updat
     let p = paths();
     let client = zk_client(&zk.connect_string()).await;
     let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
-    publish(&client, &p.config, &first).await;
-    let mut killed = zk_sidecar(
+    let (mut killed, old) = acking(
+        &client,
+        &zk,
         &s,
-        &zk.connect_string(),
-        &p.config,
+        &p,
+        &first,
         &["--zk-session-timeout", "15s"],
-    );
-    let (_, old) = wait_instance(&client, &p.instance, "the first hash", &killed, |i, _| {
-        i.hash == first.hash
-    })
+    )
     .await;
     // Given a sidecar killed (its session stays until it times out) and started again.
     killed.kill();
@@ -615,12 +625,7 @@ async fn given_sigterm_then_the_instance_znode_goes_away_with_the_session() {
     let p = paths();
     let client = zk_client(&zk.connect_string()).await;
     let first = envelope(1, &spec_to(&logs, &a, &b, "a"));
-    publish(&client, &p.config, &first).await;
-    let mut sidecar = zk_sidecar(&s, &zk.connect_string(), &p.config, &[]);
-    wait_instance(&client, &p.instance, "the first hash", &sidecar, |i, _| {
-        i.hash == first.hash
-    })
-    .await;
+    let (mut sidecar, _) = acking(&client, &zk, &s, &p, &first, &[]).await;
     let (took, status) = tokio::task::block_in_place(|| sidecar.terminate(Duration::from_secs(12)));
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
