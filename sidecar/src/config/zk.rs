@@ -801,7 +801,9 @@ impl ZkConfig {
                 Ok(stat) => {
                     self.instance_version = Some(stat.version);
                     self.written = Some(data.clone());
-                    tracing::info!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
+                    // Debug: with every ack, after the "config applied" line of the same
+                    // change (and the error's own line when it was rejected).
+                    tracing::debug!(znode = %path, state = ?record.state, hash = %record.hash, "instance znode updated");
                     return Ok(());
                 }
                 // Changed or removed behind our back: find out below.
